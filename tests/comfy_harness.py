@@ -1,0 +1,96 @@
+"""Run the pack inside a real ComfyUI in this process (node registry + PromptExecutor).
+
+The server-side harness (ComfyUI as a subprocess over HTTP) is fashion_rag.comfy_runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fashion_rag.comfy_runner import PACK_DIR_NAME, PromptFailed, comfy_path, make_base_dir
+
+
+class _ServerStub:
+    """What PromptExecutor needs of PromptServer; records the messages it sends."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata: dict = {}
+        self.messages: list[tuple[str, Any]] = []
+
+    def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
+        self.messages.append((event, data))
+
+    def queue_updated(self) -> None:
+        pass
+
+
+class InProcessComfy:
+    """ComfyUI's own node registry and executor in this process (one per process)."""
+
+    _instance: InProcessComfy | None = None
+
+    def __init__(self, base: Path) -> None:
+        comfy = str(comfy_path())
+        if comfy not in sys.path:
+            sys.path.insert(0, comfy)
+        from comfy.cli_args import args
+
+        args.cpu = True
+        args.base_directory = str(base)
+        # fp32 everywhere so parity tests can compare at 1e-4.
+        args.fp32_text_enc = True
+        args.fp32_vae = True
+        args.fp32_unet = True
+        args.disable_api_nodes = True
+        # Order matters (COMFYUI.md): utils.* before `nodes`, which `execution` imports.
+        import folder_paths  # noqa: F401, I001  (reads args.base_directory at import)
+        import utils.extra_config  # noqa: F401  (before `nodes`: see COMFYUI.md)
+        import utils.install_util  # noqa: F401
+
+        import execution
+        import nodes
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        self.base = base
+        self.nodes = nodes
+        self.execution = execution
+        self.server = _ServerStub()
+        self.executor = execution.PromptExecutor(
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+        )
+
+    @classmethod
+    def get(cls, base: Path) -> InProcessComfy:
+        if cls._instance is None:
+            cls._instance = cls(make_base_dir(base))
+        return cls._instance
+
+    @property
+    def pack(self):
+        """The pack's module as ComfyUI imported it."""
+        for name, mod in sys.modules.items():
+            if name.endswith(PACK_DIR_NAME) and hasattr(mod, "WEB_DIRECTORY"):
+                return mod
+        raise RuntimeError("the pack was not imported by ComfyUI (see the log for IMPORT FAILED)")
+
+    def validate(self, prompt: dict) -> tuple[bool, dict, list, dict]:
+        return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run(self, prompt: dict) -> dict:
+        """Validate and execute an API-format prompt; return {node_id: ui output}."""
+        ok, error, outputs, node_errors = self.validate(prompt)
+        if not ok:
+            raise PromptFailed("validation", {"error": error, "node_errors": node_errors})
+        self.server.messages.clear()
+        self.executor.execute(prompt, str(uuid.uuid4()), {}, outputs)
+        if not self.executor.success:
+            errs = [d for e, d in self.executor.status_messages if e == "execution_error"]
+            raise PromptFailed("execution", errs[0] if errs else {})
+        return self.executor.history_result["outputs"]

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real ComfyUI, in-process and as a server, with the pack installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_harness, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_rag`
+
+from comfy_harness import InProcessComfy  # noqa: E402
+from fashion_rag.comfy_runner import ComfyServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory) -> Path:
+    """The base directory (models/, custom_nodes/, output/) shared by in-process and server."""
+    return tmp_path_factory.mktemp("comfy_base")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_base) -> InProcessComfy:
+    return InProcessComfy.get(comfy_base)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_base, demo_models):
+    server = ComfyServer(comfy_base)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
