@@ -21,7 +21,7 @@ def comfy_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_base) -> InProcessComfy:
+def comfy(comfy_base, demo_models) -> InProcessComfy:
     return InProcessComfy.get(comfy_base)
 
 
@@ -33,3 +33,11 @@ def comfy_server(comfy_base, demo_models):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_models(comfy_base) -> dict:
+    """The demo index and random-weight model files, written into the shared models folder."""
+    from fashion_rag.demo_weights import install_demo_models
+
+    return install_demo_models(comfy_base / "models")
