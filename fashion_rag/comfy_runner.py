@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -49,19 +50,72 @@ class PromptFailed(Exception):
         self.payload = payload
 
 
+def _json_or_none(data: bytes) -> Any:
+    # Some routes (/settings, /free) answer 200 with an empty body.
+    return json.loads(data) if data.strip() else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class ComfyServer:
+class ComfyClient:
+    """HTTP client of a running ComfyUI server (API-format prompts, history, /view)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def log(self) -> str:
+        return ""
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, _json_or_none(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _json_or_none(e.read())
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        """POST /prompt and poll /history; return the history entry (raises on errors)."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "tests"})
+        if status != 200:
+            raise PromptFailed("validation", body)
+        pid = body["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hist = self.get(f"/history/{pid}")
+            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+                entry = hist[pid]
+                if entry["status"].get("status_str") != "success":
+                    raise PromptFailed("execution", entry["status"])
+                return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()}")
+
+    def view(self, image: dict) -> bytes:
+        """The bytes of an output image entry ({"filename", "subfolder", "type"})."""
+        query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+        with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=60) as r:
+            return r.read()
+
+
+class ComfyServer(ComfyClient):
     """`python main.py` as a subprocess on loopback, with the pack in custom_nodes."""
 
     def __init__(self, base: Path, python: str = sys.executable, extra_args: tuple = ()) -> None:
         self.base = make_base_dir(base)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = base / "server.log"
         cmd = [
             python, str(comfy_path() / "main.py"), "--cpu", "--listen", "127.0.0.1",
@@ -89,38 +143,6 @@ class ComfyServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, body: dict) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
-        """POST /prompt and poll /history; return the history entry (raises on errors)."""
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "tests"})
-        if status != 200:
-            raise PromptFailed("validation", body)
-        pid = body["prompt_id"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hist = self.get(f"/history/{pid}")
-            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
-                entry = hist[pid]
-                if entry["status"].get("status_str") != "success":
-                    raise PromptFailed("execution", entry["status"])
-                return entry
-            time.sleep(0.5)
-        raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -9,14 +9,14 @@ and writes the outputs plus a contact sheet (retrieved garments, mask, pose, res
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from PIL import Image
 
-from .comfy_runner import REPO, ComfyServer, make_base_dir
+from .comfy_runner import REPO, ComfyClient, ComfyServer, make_base_dir
 from .contact_sheet import contact_sheet
 from .demo_person import draw_person
 
@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workflow", type=Path, default=WORKFLOW, help="API-format workflow JSON")
     p.add_argument("--text", help="override the garment description of the example workflow")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
+    p.add_argument("--server", help="use this running ComfyUI (URL) instead of starting one; "
+                   "--base must then be its base directory")
     p.set_defaults(func=run_demo)
 
 
@@ -49,40 +51,46 @@ def run_demo(args: argparse.Namespace) -> int:
         for node in prompt.values():
             if node["class_type"] == "FashionRAGTextGarmentRetrieve":
                 node["inputs"]["text"] = args.text
-    print(f"[fashion-rag] starting ComfyUI (base {base})", file=sys.stderr)
-    server = ComfyServer(base)
+    if args.server:
+        client: ComfyClient = ComfyClient(args.server)
+    else:
+        print(f"[fashion-rag] starting ComfyUI (base {base})", file=sys.stderr)
+        client = ComfyServer(base)
     try:
-        server.wait_ready()
+        if isinstance(client, ComfyServer):
+            client.wait_ready()
         print("[fashion-rag] running the example workflow (CPU: a few minutes)", file=sys.stderr)
-        entry = server.run(prompt, timeout=args.timeout)
+        entry = client.run(prompt, timeout=args.timeout)
+        images = collect_outputs(prompt, entry)
+        write_outputs(client, images, args.out)
     finally:
-        server.stop()
-    images = collect_outputs(prompt, entry, base / "output")
-    write_outputs(images, args.out)
+        if isinstance(client, ComfyServer):
+            client.stop()
     print(f"[fashion-rag] wrote {args.out}/contact_sheet.png and {sum(map(len, images.values()))} "
           "images", file=sys.stderr)
     return 0
 
 
-def collect_outputs(prompt: dict, entry: dict, output_dir: Path) -> dict[str, list[Path]]:
-    """SaveImage files of a finished run, keyed by the last part of their filename prefix."""
-    found: dict[str, list[Path]] = {}
+def collect_outputs(prompt: dict, entry: dict) -> dict[str, list[dict]]:
+    """SaveImage entries of a finished run, keyed by the last part of their filename prefix."""
+    found: dict[str, list[dict]] = {}
     for node_id, out in entry.get("outputs", {}).items():
         prefix = prompt[node_id]["inputs"].get("filename_prefix", node_id)
         key = str(prefix).rsplit("/", 1)[-1]
-        for im in out.get("images", []):
-            if im.get("type") == "output":
-                found.setdefault(key, []).append(output_dir / im["subfolder"] / im["filename"])
+        found.setdefault(key, []).extend(im for im in out.get("images", []) if im.get("type") == "output")
     return found
 
 
-def write_outputs(images: dict[str, list[Path]], out: Path) -> None:
+def write_outputs(client: ComfyClient, images: dict[str, list[dict]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for key, label in ROWS:
-        paths = images.get(key, [])
-        for i, src in enumerate(paths):
-            shutil.copyfile(src, out / (f"{key}_{i + 1}.png" if len(paths) > 1 else f"{key}.png"))
-        if paths:
-            rows.append((label, [Image.open(p) for p in paths]))
+        entries = images.get(key, [])
+        loaded = []
+        for i, entry in enumerate(entries):
+            data = client.view(entry)
+            (out / (f"{key}_{i + 1}.png" if len(entries) > 1 else f"{key}.png")).write_bytes(data)
+            loaded.append(Image.open(io.BytesIO(data)))
+        if loaded:
+            rows.append((label, loaded))
     contact_sheet(rows).save(out / "contact_sheet.png")

@@ -25,21 +25,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-# Bump when any generated file changes, so caches are rebuilt.
-DEMO_VERSION = "1"
+from .unet_layout import UNetLayout, diffusers_to_ldm
+
+# Bump a file's version (in _FILES) when its generator changes, so caches are rebuilt.
 
 CHECKPOINT = "fashion_rag_demo_sd2_inpainting.safetensors"
 CLIP_VISION = "fashion_rag_demo_clip_vision_h.safetensors"
 ADAPTER = "fashion_rag_demo_adapter.safetensors"
 UNET = "fashion_rag_demo_unet.pth"
 
-# Demo Fashion-RAG UNet: the SD2-inpainting architecture, narrow.
-DEMO_UNET = dict(
-    in_channels=27, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(2, 4), use_linear_projection=True,
-    norm_num_groups=8, sample_size=64,
+# Demo Fashion-RAG UNet: the SD2-inpainting architecture (27 input channels, context 1024),
+# narrow; heads of 64 channels and GroupNorm(32) as ComfyUI's UNet assumes.
+DEMO_UNET_LAYOUT = UNetLayout(
+    block_out_channels=(64, 128), layers_per_block=1, attention_levels=(True, False),
+    cross_attention_dim=1024,
 )
 # Base SD2 checkpoint UNet: model_channels 320 and context 1024 are what ComfyUI keys SD2 on.
 BASE_UNET = dict(
@@ -91,7 +90,6 @@ def checkpoint_state_dict(seed: int = 1) -> dict[str, torch.Tensor]:
     from diffusers import AutoencoderKL
     from open_clip.model import CLIPTextCfg, _build_text_tower
 
-    from .unet_layout import diffusers_to_ldm
 
     unet = random_state_dict(_diffusers_unet_shapes(BASE_UNET), seed)
     sd = {f"model.diffusion_model.{k}": v for k, v in diffusers_to_ldm(unet).items()}
@@ -129,7 +127,8 @@ def adapter_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
 
 def unet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
     """The Fashion-RAG UNet in the reference's format: a diffusers-key plain state_dict."""
-    return random_state_dict(_diffusers_unet_shapes(DEMO_UNET), seed, dtype=torch.float32)
+    shapes = _diffusers_unet_shapes(DEMO_UNET_LAYOUT.diffusers_config())
+    return random_state_dict(shapes, seed, dtype=torch.float32)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -138,6 +137,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; model files are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -146,15 +146,15 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 def _cache_dir() -> Path:
     root = os.environ.get("FASHION_RAG_CACHE") or Path.home() / ".cache" / "fashion-rag"
-    return Path(root) / f"demo-models-v{DEMO_VERSION}"
+    return Path(root) / "demo-models"
 
 
 # target path under models/ -> (cache file name, generator, file kind)
 _FILES: dict[str, tuple[str, Callable[[], dict[str, torch.Tensor]], str]] = {
-    f"checkpoints/{CHECKPOINT}": (CHECKPOINT, checkpoint_state_dict, "safetensors"),
-    f"clip_vision/{CLIP_VISION}": (CLIP_VISION, clip_vision_state_dict, "safetensors"),
-    f"fashion_rag/adapter/{ADAPTER}": (ADAPTER, adapter_state_dict, "safetensors"),
-    f"fashion_rag/unet/{UNET}": (UNET, unet_state_dict, "pth"),
+    f"checkpoints/{CHECKPOINT}": (f"v1-{CHECKPOINT}", checkpoint_state_dict, "safetensors"),
+    f"clip_vision/{CLIP_VISION}": (f"v1-{CLIP_VISION}", clip_vision_state_dict, "safetensors"),
+    f"fashion_rag/adapter/{ADAPTER}": (f"v1-{ADAPTER}", adapter_state_dict, "safetensors"),
+    f"fashion_rag/unet/{UNET}": (f"v2-{UNET}", unet_state_dict, "pth"),
 }
 
 
@@ -184,11 +184,13 @@ def install_demo_models(models_dir: Path, log: Callable[[str], None] = print) ->
         if not cached.exists():
             log(f"[fashion-rag] generating random demo weights {name} (once; cached in {cache})")
             _write_model(cached, make, kind)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_symlink():
-                target.unlink()
-            target.symlink_to(cached)
+        if not (target.is_symlink() and target.resolve() == cached.resolve()):
+            if target.exists() and not target.is_symlink():
+                log(f"[fashion-rag] keeping your own {target}")
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                target.symlink_to(cached)
         written[rel] = target
     written["index"] = install_demo_index(models_dir)
     return written

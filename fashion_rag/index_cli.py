@@ -1,7 +1,154 @@
-"""Placeholder: filled by its issue."""
+"""`python -m fashion_rag index build|info|query`: the garment catalog index from a shell.
+
+Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
+piped. `--json` prints machine-readable output.
+"""
+
+from __future__ import annotations
 
 import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .categories import CATEGORIES
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Users' mistakes (missing files, wrong encoder, empty query) as one line, not a traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            _err(f"[index] error: {exc}")
+            return 2
+
+    return run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    from .encoders import DEFAULT_ARCH, REAL_WEIGHTS_HINT
+    from .index_store import INDEX_TYPES, IVF_THRESHOLD
+    from .retrieval import MODES
+
+    p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    isub = p.add_subparsers(dest="index_command", required=True)
+
+    b = isub.add_parser("build", help="build or update an index (only new/changed images are encoded)")
+    b.add_argument("--catalog", required=True, type=Path, help="folder of garment images")
+    b.add_argument("--out", required=True, type=Path, help="index folder to write (replaced atomically)")
+    b.add_argument("--metadata", type=Path, help="CSV or JSON-lines file: id, image, category, caption "
+                   "(default: metadata.jsonl/.csv in the catalog folder, else folder names)")
+    b.add_argument("--encoder", default=DEFAULT_ARCH, help=f"OpenCLIP architecture (default {DEFAULT_ARCH})")
+    b.add_argument("--weights", type=Path, required=True, help=f"encoder weights file ({REAL_WEIGHTS_HINT})")
+    b.add_argument("--pretrained-tag", default=None,
+                   help="open_clip pretrained tag whose preprocessing to use (default: laion2b_s32b_b82k "
+                        "for ViT-L-14); weights still come only from --weights")
+    b.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
+                   help=f"auto: exact below {IVF_THRESHOLD} garments, IVF above")
+    b.add_argument("--ivf-threshold", type=int, default=IVF_THRESHOLD, help=argparse.SUPPRESS)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=_friendly(_build))
+
+    i = isub.add_parser("info", help="summarise an index")
+    i.add_argument("index", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_friendly(_info))
+
+    q = isub.add_parser("query", help="retrieve garments for a text")
+    q.add_argument("index", type=Path)
+    q.add_argument("text")
+    q.add_argument("-k", type=int, default=5)
+    q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
+    q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
+    q.add_argument("--weights", type=Path,
+                   help="encoder weights (default: the file the index was built with)")
+    q.add_argument("--pin", default="", help="comma-separated ids returned first")
+    q.add_argument("--exclude", default="", help="comma-separated ids never returned")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_friendly(_query))
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .catalog import scan_catalog
+    from .encoders import GarmentEncoder
+    from .index_store import build_index
+
+    t0 = time.perf_counter()
+    catalog = scan_catalog(args.catalog, args.metadata)
+    _err(f"[index] catalog {catalog.root}: {len(catalog)} garments"
+         + (f", {len(catalog.problems)} entries skipped" if catalog.problems else ""))
+    encoder = GarmentEncoder(args.weights, args.encoder, args.pretrained_tag)
+    if encoder.is_random_demo:
+        _err("[index] note: these are RANDOM demo weights, not a pretrained encoder")
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - last[0] > 1.0:
+            last[0] = now
+            _err(f"[index] encoded {done}/{total}")
+
+    report = build_index(catalog, args.out, encoder, index_type=args.index_type,
+                         ivf_threshold=args.ivf_threshold, batch_size=args.batch_size,
+                         log_fn=lambda m: _err(f"[index] {m}"), progress=progress)
+    for problem in report.problems:
+        _err(f"[index] skipped: {problem}")
+    _err(f"[index] {'wrote' if report.written else 'unchanged'} {report.index_dir}: {report.items} garments, "
+         f"{report.encoded} encoded, {report.reused} reused, {report.removed} removed, "
+         f"{len(report.problems)} skipped, {report.index_type} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .index_store import load_index
+
+    info = load_index(args.index).info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"index     {info['path']}")
+    print(f"garments  {info['items']}  " + ", ".join(f"{k}: {v}" for k, v in info["per_category"].items()))
+    print(f"captions  {info['captions']}")
+    print(f"encoder   {info['encoder']}" + ("  [RANDOM demo weights]" if info["random_demo_encoder"] else ""))
+    print(f"vectors   {json.dumps(info['vector_index'])}")
+    print(f"catalog   {info['catalog_root']}")
+    print(f"built     {info['built']}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .encoders import GarmentEncoder
+    from .index_store import load_index, read_manifest
+    from .retrieval import search
+
+    manifest = read_manifest(args.index)
+    needs_encoder = args.mode != "caption"
+    encoder = None
+    if needs_encoder:
+        weights = args.weights or Path(manifest["encoder"]["weights_path"])
+        if not Path(weights).is_file():
+            _err(f"[index] encoder weights {weights} not found: pass --weights with the file the index "
+                 f"was built with ({manifest['encoder']['weights_file']}), or use --mode caption")
+            return 2
+        encoder = GarmentEncoder(weights, manifest["encoder"]["name"])
+    index = load_index(args.index, encoder)
+    hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
+                  pin_ids=args.pin, exclude_ids=args.exclude)
+    if args.json:
+        print(json.dumps([{"rank": r, "id": g.id, "score": g.score, "category": g.category,
+                           "caption": g.caption, "path": g.path} for r, g in enumerate(hits, 1)], indent=1))
+        return 0
+    for rank, g in enumerate(hits, 1):
+        print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {g.caption}")
+    return 0

@@ -1,3 +1,103 @@
-"""Placeholder: filled by its issue."""
+"""FashionRAGAdapterLoader: the inversion adapter file -> FASHION_RAG_ADAPTER (a ModelPatcher)."""
 
-NODES: list = []
+from __future__ import annotations
+
+import os
+import threading
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..fashion_rag.adapter import WEIGHTS_SOURCE, InversionAdapter, load_adapter
+from .model_paths import folder_of
+from .types import AdapterType
+
+FOLDER_KEY = "fashion_rag_adapter"
+EXPECTED_FILE = "inversion_adapter_120000.pth"
+
+# (path, mtime_ns, size) -> patcher. V3 nodes hold no state; a module-level cache lets several
+# workflows (and ComfyUI's cache misses) share one loaded copy instead of stacking copies in RAM.
+_CACHE: dict[tuple[str, int, int], comfy.model_patcher.ModelPatcher] = {}
+_LOCK = threading.Lock()
+
+
+def missing_adapter_message(name: str | None = None) -> str:
+    what = f"'{name}' was not found" if name else "no inversion adapter file was found"
+    return (
+        f"Fashion-RAG: {what} in {folder_of(FOLDER_KEY)} (models folder key '{FOLDER_KEY}', also settable "
+        f"in extra_model_paths.yaml). Put {EXPECTED_FILE} there: it comes from {WEIGHTS_SOURCE}. "
+        "Then refresh the node list (press R) and pick it."
+    )
+
+
+def _adapter_dtype(device: torch.device) -> torch.dtype:
+    # fp16 on a GPU that supports it, as the reference runs; fp32 on CPU, where fp16 matmuls
+    # are slow. A user forcing fp32 text encoders (--fp32-text-enc) gets fp32 here too.
+    if mm.is_device_cpu(device) or not mm.should_use_fp16(device):
+        return torch.float32
+    dtype = mm.text_encoder_dtype(device)
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
+
+
+def load_adapter_patcher(path: str) -> comfy.model_patcher.ModelPatcher:
+    """Load (once per file version) and wrap for ComfyUI's memory manager."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    with _LOCK:
+        patcher = _CACHE.get(key)
+        if patcher is None:
+            load_device = mm.get_torch_device()
+            offload_device = mm.unet_offload_device()
+            dtype = _adapter_dtype(load_device)
+            adapter: InversionAdapter = load_adapter(path, device=offload_device, dtype=dtype)
+            patcher = comfy.model_patcher.ModelPatcher(
+                adapter, load_device=load_device, offload_device=offload_device
+            )
+            # A changed file replaces its older versions.
+            for old in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[old]
+            _CACHE[key] = patcher
+        return patcher
+
+
+class AdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FashionRAGAdapterLoader",
+            display_name="Fashion-RAG Inversion Adapter Loader",
+            category="fashion_rag",
+            description=(
+                "Loads the Fashion-RAG inversion adapter, which turns CLIP ViT-H features of a garment "
+                f"image into 16 pseudo-words for the SD2 text encoder. Expected file: {EXPECTED_FILE} "
+                f"in models/fashion_rag/adapter, from {WEIGHTS_SOURCE}."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "adapter_name",
+                    options=folder_paths.get_filename_list(FOLDER_KEY),
+                    tooltip=f"Adapter weights in models/fashion_rag/adapter ({EXPECTED_FILE}; "
+                    ".pth/.pt/.bin/.safetensors).",
+                ),
+            ],
+            outputs=[AdapterType.Output(display_name="adapter")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, adapter_name: str) -> bool | str:
+        if folder_paths.get_full_path(FOLDER_KEY, adapter_name) is None:
+            return missing_adapter_message(adapter_name)
+        return True
+
+    @classmethod
+    def execute(cls, adapter_name: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path(FOLDER_KEY, adapter_name) if adapter_name else None
+        if path is None:
+            raise FileNotFoundError(missing_adapter_message(adapter_name))
+        return io.NodeOutput(load_adapter_patcher(path))
+
+
+NODES = [AdapterLoader]

@@ -1,3 +1,178 @@
-"""Placeholder: filled by its issue."""
+"""FashionRAGGarmentIndexLoader: an index folder + its encoder weights -> FASHION_RAG_INDEX."""
 
-NODES: list = []
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+from comfy_api.latest import io
+
+from ..fashion_rag.encoders import (
+    REAL_WEIGHTS_FILE,
+    REAL_WEIGHTS_HINT,
+    REAL_WEIGHTS_SOURCE,
+    GarmentEncoder,
+)
+from ..fashion_rag.index_store import MANIFEST, GarmentIndex, check_encoder, load_index, read_manifest
+from .model_paths import folder_of
+from .types import GarmentIndexType
+
+log = logging.getLogger("fashion_rag")
+
+INDEXES_KEY = "fashion_rag_indexes"
+WEIGHTS_KEY = "fashion_rag_retrieval"
+
+# (index dir, manifest mtime, weights path, weights mtime, size) -> loaded index. V3 nodes hold
+# no state; this lets every workflow share one loaded encoder instead of stacking copies.
+_CACHE: dict[tuple, GarmentIndex] = {}
+_LOCK = threading.Lock()
+
+
+def index_names() -> list[str]:
+    """Index folders (holding manifest.json) under the indexes folders, relative names."""
+    names = set()
+    for rel in folder_paths.get_filename_list(INDEXES_KEY):
+        parts = rel.replace("\\", "/").split("/")
+        # Hidden parts are builds in progress or set aside (.demo.tmp-*, .demo.old-*).
+        if parts[-1] == MANIFEST and not any(p.startswith(".") for p in parts):
+            names.add("/".join(parts[:-1]) or ".")
+    return sorted(names)
+
+
+def index_dir(name: str) -> str | None:
+    for base in folder_paths.get_folder_paths(INDEXES_KEY):
+        path = os.path.normpath(os.path.join(base, name))
+        if os.path.isfile(os.path.join(path, MANIFEST)):
+            return path
+    return None
+
+
+def missing_index_message(name: str) -> str:
+    searched = ", ".join(folder_paths.get_folder_paths(INDEXES_KEY))
+    found = index_names()
+    return (
+        f"No garment index named {name!r} in {searched} (an index is a folder holding {MANIFEST}; "
+        f"found: {', '.join(found) or 'none'}). Build one from a folder of garment images with "
+        f"`python -m fashion_rag index build --catalog <images folder> --out "
+        f"{os.path.join(folder_of(INDEXES_KEY), '<name>')}` and refresh the page."
+    )
+
+
+def missing_weights_message(name: str) -> str:
+    return (
+        f"Encoder weights {name!r} not found in {', '.join(folder_paths.get_folder_paths(WEIGHTS_KEY))}. "
+        f"Expected the file the index was built with; for the paper's retrieval encoder that is "
+        f"{REAL_WEIGHTS_FILE} (OpenCLIP ViT-L-14 laion2b_s32b_b82k) from {REAL_WEIGHTS_SOURCE}, "
+        f"placed in {folder_of(WEIGHTS_KEY)}."
+    )
+
+
+def _load(path: str, weights: str) -> GarmentIndex:
+    st_m, st_w = os.stat(os.path.join(path, MANIFEST)), os.stat(weights)
+    key = (path, st_m.st_mtime_ns, weights, st_w.st_mtime_ns, st_w.st_size)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        manifest = read_manifest(path)
+        encoder = GarmentEncoder(weights, manifest["encoder"]["name"])
+        check_encoder(manifest, encoder, path)  # before building a 400M-parameter model for nothing
+        index = load_index(path, encoder)
+        patcher = comfy.model_patcher.ModelPatcher(
+            encoder.module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+        # ComfyUI's memory manager moves the encoder on and off the device like its own models.
+        encoder.before_use = lambda: mm.load_model_gpu(patcher)
+        for old in [k for k in _CACHE if k[0] == path and k[2] == weights]:
+            del _CACHE[old]  # a rebuilt index or replaced weights: drop the stale copy
+        _CACHE[key] = index
+        return index
+
+
+class FashionRAGGarmentIndexLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        weights = folder_paths.get_filename_list(WEIGHTS_KEY)
+        default_weights = next((w for w in weights if os.path.basename(w) == REAL_WEIGHTS_FILE),
+                               weights[0] if weights else None)
+        indexes = index_names()
+        return io.Schema(
+            node_id="FashionRAGGarmentIndexLoader",
+            display_name="Garment Index Loader",
+            category="fashion_rag",
+            # An output node, so its summary reaches the UI also when the run is all cached.
+            is_output_node=True,
+            description=(
+                "Loads a garment catalog index (built with `python -m fashion_rag index build`) and the "
+                "OpenCLIP encoder it was built with, for Text → Garment Retrieve. The encoder is managed "
+                "by ComfyUI's memory manager like any model."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "index", options=indexes, default="demo" if "demo" in indexes else None,
+                    tooltip=f"An index folder under {folder_of(INDEXES_KEY)} (one holding {MANIFEST}).",
+                ),
+                io.Combo.Input(
+                    "encoder_weights", options=weights, default=default_weights,
+                    tooltip=(
+                        "The OpenCLIP weights the index was built with (models/fashion_rag/retrieval/). "
+                        f"The paper's: {REAL_WEIGHTS_FILE} of OpenCLIP ViT-L-14 laion2b_s32b_b82k from "
+                        f"{REAL_WEIGHTS_SOURCE}."
+                    ),
+                ),
+            ],
+            outputs=[GarmentIndexType.Output(display_name="index",
+                                             tooltip="The loaded index with its text encoder.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, index: str, encoder_weights: str) -> bool | str:
+        if index_dir(index) is None:
+            return missing_index_message(index)
+        if folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights) is None:
+            return missing_weights_message(encoder_weights)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, index: str, encoder_weights: str) -> tuple:
+        # A rebuilt index or replaced weights file must reload even though the names are the same.
+        path = index_dir(index)
+        weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
+        return (
+            os.path.getmtime(os.path.join(path, MANIFEST)) if path else None,
+            os.path.getmtime(weights) if weights else None,
+        )
+
+    @classmethod
+    def execute(cls, index: str, encoder_weights: str) -> io.NodeOutput:
+        path = index_dir(index)
+        if path is None:
+            raise FileNotFoundError(missing_index_message(index))
+        weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
+        if weights is None:
+            raise FileNotFoundError(missing_weights_message(encoder_weights))
+        loaded = _load(path, weights)
+        info = loaded.info()
+        summary = {
+            "name": index,
+            "items": info["items"],
+            "per_category": info["per_category"],
+            "encoder": info["encoder"],
+            "built": info["built"],
+            "random_demo": info["random_demo_encoder"],
+        }
+        if info["random_demo_encoder"]:
+            summary["warning"] = (
+                "The encoder weights are RANDOM demo weights, not pretrained: image similarity is "
+                f"meaningless (fusion ranks by captions only). For real retrieval, {REAL_WEIGHTS_HINT}."
+            )
+            log.warning("[fashion-rag] index %r: %s", index, summary["warning"])
+        log.info("[fashion-rag] loaded index %r: %d garments %s, encoder %s", index, info["items"],
+                 info["per_category"], info["encoder"])
+        return io.NodeOutput(loaded, ui={"fashion_rag_index": [summary]})
+
+
+NODES: list[type[io.ComfyNode]] = [FashionRAGGarmentIndexLoader]

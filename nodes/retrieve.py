@@ -1,3 +1,94 @@
-"""Placeholder: filled by its issue."""
+"""FashionRAGTextGarmentRetrieve: FASHION_RAG_INDEX + text -> garment images and FASHION_RAG_GARMENTS."""
 
-NODES: list = []
+from __future__ import annotations
+
+import comfy.model_management as mm
+from comfy_api.latest import io, ui
+
+from ..fashion_rag.categories import CATEGORIES, normalize_category
+from ..fashion_rag.garments import Garments
+from ..fashion_rag.retrieval import MODES, retrieve
+from .types import GarmentIndexType, GarmentsType
+
+
+class FashionRAGTextGarmentRetrieve(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FashionRAGTextGarmentRetrieve",
+            display_name="Text → Garment Retrieve",
+            category="fashion_rag",
+            description=(
+                "Finds the catalog garments that best match a text description (OpenCLIP text→image "
+                "similarity, BM25 over captions, or both fused). Outputs the garment images (384×512, "
+                "rank order) and the garment list for Garment Inversion."
+            ),
+            is_output_node=True,  # shows its garments even when nothing is connected yet (browsing)
+            inputs=[
+                GarmentIndexType.Input("index", tooltip="From Garment Index Loader."),
+                io.String.Input(
+                    "text", multiline=True, default="a red striped short-sleeve top",
+                    tooltip="Describe the garment, e.g. 'a red floral midi dress with puff sleeves'.",
+                ),
+                io.Int.Input(
+                    "k", default=3, min=1, max=20,
+                    tooltip="How many garments. 1–3 for generation (the paper uses up to 3; each takes 16 "
+                            "prompt tokens), up to 20 for browsing the catalog.",
+                ),
+                io.Combo.Input(
+                    "category", options=["any", *CATEGORIES], default="any",
+                    tooltip="Only garments of this category (Dress Code's three); 'any' searches all.",
+                ),
+                io.Combo.Input(
+                    "mode", options=list(MODES), default="fusion",
+                    tooltip="image: OpenCLIP text→image cosine (the paper's); caption: BM25 over the "
+                            "catalog captions; fusion: reciprocal-rank fusion of both (falls back to image "
+                            "when the catalog has no captions).",
+                ),
+                io.String.Input(
+                    "pin_ids", default="",
+                    tooltip="Comma-separated garment ids always returned first, in this order "
+                            "(clicking a garment in the gallery fills this).",
+                ),
+                io.String.Input(
+                    "exclude_ids", default="",
+                    tooltip="Comma-separated garment ids never returned.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="garments_image",
+                                tooltip="The garments, [k, 512, 384, 3], rank order."),
+                GarmentsType.Output(display_name="garments",
+                                    tooltip="Ids, scores, categories, captions and images, "
+                                            "for Garment Inversion."),
+                io.String.Output(display_name="category",
+                                 tooltip="The top garment's category (upper_body, lower_body or dresses)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text: str | None = None) -> bool | str:
+        if text is not None and not str(text).strip():
+            return "The text is empty: describe the garment to retrieve, e.g. 'red striped short-sleeve top'."
+        return True
+
+    @classmethod
+    def execute(cls, index, text: str, k: int, category: str, mode: str, pin_ids: str,
+                exclude_ids: str) -> io.NodeOutput:
+        garments: Garments = retrieve(
+            index, text, k, mode=mode, category=None if category == "any" else category,
+            pin_ids=pin_ids, exclude_ids=exclude_ids,
+        )
+        images = garments.images.to(mm.intermediate_device())
+        top = garments.items[0]
+        top_category = normalize_category(top.category) or top.category
+        preview = ui.PreviewImage(images, cls=cls).as_dict()
+        listing = [
+            {"rank": i + 1, "id": g.id, "score": round(g.score, 6), "category": g.category,
+             "caption": g.caption}
+            for i, g in enumerate(garments.items)
+        ]
+        return io.NodeOutput(images, garments, top_category, ui={**preview, "fashion_rag_garments": listing})
+
+
+NODES: list[type[io.ComfyNode]] = [FashionRAGTextGarmentRetrieve]

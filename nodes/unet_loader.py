@@ -1,3 +1,182 @@
-"""Placeholder: filled by its issue."""
+"""FashionRAGUNetLoader: the 27-channel Fashion-RAG UNet as a ComfyUI MODEL.
 
-NODES: list = []
+ComfyUI's own UNETLoader cannot read the reference's diffusers-key `.pth` ("Could not detect
+model type"), so the model is built from an explicit SD2 config (EPS prediction) whose UNet
+shape is read from the weights, then wrapped in a ModelPatcher as ComfyUI's loaders do: the
+result works with KSampler, LoRA and every other MODEL patch, and ComfyUI's memory manager
+loads and offloads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..fashion_rag.unet_layout import (
+    CONDITION_CHANNELS,
+    FASHION_RAG_IN_CHANNELS,
+    UNET_FILE,
+    WHERE_TO_GET,
+    UNetLayout,
+    load_unet_state_dict,
+)
+from .model_paths import folder_of
+
+FOLDER = "fashion_rag_unet"
+# Users who drop the file where stock UNETLoader looks get it listed too, under this prefix.
+ALT_FOLDER = "diffusion_models"
+ALT_PREFIX = "diffusion_models/"
+WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_WRAPPER_KEY = "fashion_rag_concat_check"
+
+# One loaded model per (file, mtime, size, dtype): a 27-channel SD2 UNet is 1.7-3.4 GB, so
+# keep only the latest rather than every file ever loaded.
+_cache: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
+_cache_lock = threading.Lock()
+
+
+def unet_files() -> list[str]:
+    names = list(folder_paths.get_filename_list(FOLDER))
+    try:
+        names += [ALT_PREFIX + n for n in folder_paths.get_filename_list(ALT_FOLDER)]
+    except KeyError:  # a ComfyUI without that folder key
+        pass
+    return names
+
+
+def missing_message(name: str | None) -> str:
+    what = f"'{name}' was not found" if name else "No UNet file was found"
+    return (
+        f"{what}. Put the Fashion-RAG UNet ('{UNET_FILE}', or a file made from it with "
+        f"`python -m fashion_rag convert-unet`) in {folder_of(FOLDER)} (searched: "
+        f"{', '.join(folder_paths.get_folder_paths(FOLDER))}) and refresh the page. "
+        f"{WHERE_TO_GET}."
+    )
+
+
+def resolve(name: str) -> str:
+    if name.startswith(ALT_PREFIX):
+        path = folder_paths.get_full_path(ALT_FOLDER, name[len(ALT_PREFIX):])
+    else:
+        path = folder_paths.get_full_path(FOLDER, name)
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(missing_message(name))
+    return path
+
+
+def _check_concat(executor, x, t, c_concat=None, *args, **kwargs):
+    """APPLY_MODEL wrapper: a clear error instead of a conv shape error deep in the UNet."""
+    got = 0 if c_concat is None else c_concat.shape[1]
+    if got != CONDITION_CHANNELS:
+        raise ValueError(
+            f"The Fashion-RAG UNet needs {CONDITION_CHANNELS} extra input channels (mask, "
+            f"masked-image latent, pose) but the conditioning gives {got}. Feed the sampler "
+            "through 'Fashion-RAG Inpaint Conditioning' (not InpaintModelConditioning), or use "
+            "'Fashion-RAG Inpaint'."
+        )
+    return executor(x, t, c_concat, *args, **kwargs)
+
+
+def build_model(
+    sd: dict[str, torch.Tensor], layout: UNetLayout, dtype: torch.dtype | None = None,
+) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL from an LDM-layout state dict (consumed) and its layout."""
+    model_config = comfy.supported_models.SD20(layout.ldm_config())
+    # SD20 pins 64-wide heads; only toy test models differ.
+    model_config.unet_config["num_head_channels"] = layout.head_channels
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    if dtype is None:
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(sd),
+                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(sd))
+    manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    # Explicit EPS, no auto-detection; the concat channels come from the conditioning's
+    # noise_concat (FashionRAGInpaintConditioning), so no inpaint concat keys are set.
+    model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS)
+    model = model.to(offload_device)
+    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
+    if missing or unexpected:  # load_unet_state_dict checked the file; this would be our bug
+        raise RuntimeError(f"UNet build mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    sd.clear()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, _WRAPPER_KEY, _check_concat)
+    return patcher
+
+
+def load_unet(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, weight_dtype)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        _cache.clear()  # drop the previous model before building a new one
+    sd, layout = load_unet_state_dict(path, in_channels=FASHION_RAG_IN_CHANNELS)
+    patcher = build_model(sd, layout, WEIGHT_DTYPES[weight_dtype])
+    logging.info("[fashion-rag] loaded UNet %s (%s)", path, layout)
+    with _cache_lock:
+        _cache[key] = patcher
+    return patcher
+
+
+class FashionRAGUNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = unet_files()
+        return io.Schema(
+            node_id="FashionRAGUNetLoader",
+            display_name="Fashion-RAG UNet Loader",
+            category="fashion_rag/loaders",
+            description=(
+                "Loads the Fashion-RAG UNet (SD2-inpainting with 27 input channels) as a MODEL "
+                "usable with KSampler, LoRAs and model patches. Reads the reference's "
+                f"'{UNET_FILE}' or a converted .safetensors."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "unet_name", options=files, default=files[0] if files else None,
+                    tooltip=f"File in models/fashion_rag/unet ({UNET_FILE} from the Hugging Face "
+                            "repo furio19/fashion-rag, CC BY-NC 4.0) or in models/diffusion_models.",
+                ),
+                io.Combo.Input(
+                    "weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                    tooltip="Weight dtype on the device; 'default' lets ComfyUI choose "
+                            "(fp16 on most GPUs, as the reference runs).",
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The Fashion-RAG UNet (EPS prediction).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, unet_name: str) -> bool | str:
+        # Declaring unet_name here replaces ComfyUI's "value not in list" with our message.
+        if not unet_name or unet_name not in unet_files():
+            return missing_message(unet_name)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, unet_name: str, weight_dtype: str):
+        try:
+            st = os.stat(resolve(unet_name))
+        except (FileNotFoundError, OSError):
+            return unet_name
+        return (unet_name, st.st_mtime_ns, st.st_size, weight_dtype)
+
+    @classmethod
+    def execute(cls, unet_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+        return io.NodeOutput(load_unet(resolve(unet_name), weight_dtype))
+
+
+NODES: list[type[io.ComfyNode]] = [FashionRAGUNetLoader]

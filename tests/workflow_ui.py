@@ -4,6 +4,12 @@ The example workflow is kept in both forms; the UI form is generated from the AP
 the node definitions of a running ComfyUI (/object_info), and a test converts it back and
 compares. Regenerate after changing a node's inputs:
     python tests/workflow_ui.py   (needs `bash .ci/setup` done; starts ComfyUI in-process)
+
+The UI form is laid out by pipeline column, left to right: loaders, then retrieval / pose /
+mask, inversion, inpainting, and the output nodes; within a column each node sits as close as
+it can to the nodes that feed it. Sizes are estimated from the widgets (the frontend grows a
+node that is too small, never shrinks one), so nothing overlaps once it runs and the previews
+fill in.
 """
 
 from __future__ import annotations
@@ -13,6 +19,42 @@ from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
+# Pipeline column of the node types the example uses; others go by their inputs (a node with
+# no links is a loader; an output node without outputs goes last; else right of its inputs).
+# The pose node has no inputs: it sits in the column right before the inpaint node it feeds.
+COLUMN = {
+    "CheckpointLoaderSimple": 0, "CLIPVisionLoader": 0, "FashionRAGGarmentIndexLoader": 0,
+    "FashionRAGAdapterLoader": 0, "FashionRAGUNetLoader": 0, "LoadImage": 0,
+    "FashionRAGTextGarmentRetrieve": 1, "FashionRAGGarmentMask": 1,
+    "FashionRAGGarmentInversion": 2, "FashionRAGPoseFromKeypoints": 2,
+    "FashionRAGSaveGarmentEmbedding": 3, "FashionRAGInpaintConditioning": 3, "FashionRAGInpaint": 3,
+}
+LAST_COLUMN = 4
+# Pipeline stage (1 retrieve, 2 invert, 3 inpaint): orders nodes top to bottom within a column.
+STAGE = {
+    "FashionRAGTextGarmentRetrieve": 1, "FashionRAGGarmentInversion": 2,
+    "FashionRAGSaveGarmentEmbedding": 2, "FashionRAGPoseFromKeypoints": 3,
+    "FashionRAGGarmentMask": 3, "FashionRAGInpaintConditioning": 3, "FashionRAGInpaint": 3,
+}
+# Nodes that show their own images (gallery, previews): an output node that saves those starts
+# collapsed, below the expanded ones of the last column, so the same picture is not shown twice.
+SHOWS_ITS_IMAGES = {
+    "FashionRAGTextGarmentRetrieve", "FashionRAGPoseFromKeypoints", "FashionRAGGarmentMask",
+}
+# Room for what a node shows beyond its widgets: the pack's gallery (k=3 cards) and index
+# summary (web/js/fashion_rag.js; with the demo index's random-weights warning), image
+# previews of nodes and output nodes.
+EXTRA_HEIGHT = {
+    "FashionRAGTextGarmentRetrieve": 210, "FashionRAGGarmentIndexLoader": 250,
+    "FashionRAGPoseFromKeypoints": 220, "FashionRAGGarmentMask": 220,
+    "LoadImage": 220, "SaveImage": 330, "PreviewImage": 330,
+}
+WIDTH = {"FashionRAGTextGarmentRetrieve": 330, "FashionRAGInpaint": 300, "SaveImage": 300,
+         "PreviewImage": 300}
+LOADER_WIDTH = 360  # column 0: room for the model file names
+DEFAULT_WIDTH = 320
+SLOT_H, WIDGET_H, MULTILINE_H, TITLE_H = 20, 24, 64, 30
+GAP_X, GAP_Y, MARGIN = 70, 26, 40
 
 def _inputs(info: dict) -> list[tuple[str, object, dict]]:
     order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
@@ -28,10 +70,89 @@ def _is_widget(typ: object) -> bool:
     return isinstance(typ, list) or typ in WIDGET_TYPES
 
 
-def api_to_ui(api: dict, object_info: dict, columns: int = 5) -> dict:
+def _size(class_type: str, info: dict, inputs: list[dict], widgets: list) -> list[int]:
+    """[width, height] of a node body (the title bar is above it), to fit its slots and widgets."""
+    rows = max(len(inputs), len(info["output"]))
+    height = rows * SLOT_H + len(widgets) * WIDGET_H + 16
+    for _name, typ, opts in _inputs(info):
+        if typ == "STRING" and opts.get("multiline"):
+            height += MULTILINE_H - WIDGET_H
+        if opts.get("image_upload"):
+            height += WIDGET_H  # the upload button
+    height += EXTRA_HEIGHT.get(class_type, 0)
+    return [WIDTH.get(class_type, DEFAULT_WIDTH), height]
+
+
+def _layout(api: dict, object_info: dict, ids: dict, sizes: dict, collapsed: set) -> dict:
+    """Node id -> [x, y]: pipeline columns left to right, each node near the nodes feeding it."""
+    sources = {nid: [v[0] for v in node["inputs"].values() if isinstance(v, list)]
+               for nid, node in api.items()}
+    consumers: dict[str, list[str]] = {nid: [] for nid in api}
+    for nid, srcs in sources.items():
+        for s in srcs:
+            consumers[s].append(nid)
+
+    column: dict[str, int] = {}
+
+    def col(nid: str) -> int:
+        if nid not in column:
+            ctype = api[nid]["class_type"]
+            if ctype in COLUMN:
+                column[nid] = COLUMN[ctype]
+            elif not sources[nid]:
+                column[nid] = 0
+            elif _is_output(object_info[ctype]):
+                column[nid] = LAST_COLUMN
+            else:
+                column[nid] = min(LAST_COLUMN - 1, 1 + max(col(s) for s in sources[nid]))
+        return column[nid]
+
+    def stage(nid: str) -> float:
+        own = STAGE.get(api[nid]["class_type"])
+        if own is not None:
+            return own
+        if _is_output(object_info[api[nid]["class_type"]]):  # the stage of what it shows
+            return max((stage(s) for s in sources[nid]), default=9)
+        return min((stage(c) for c in consumers[nid]), default=9)  # a loader: the first it feeds
+
+    by_col: dict[int, list[str]] = {}
+    for nid in api:
+        by_col.setdefault(col(nid), []).append(nid)
+    pos: dict[str, list[int]] = {}
+
+    def wanted(nid: str) -> float:
+        """Level with the mean of the nodes that feed it (those placed so far)."""
+        ys = [pos[s][1] for s in sources[nid] if s in pos]
+        return sum(ys) / len(ys) if ys else 0
+
+    x = MARGIN
+    for c in sorted(by_col):
+        members = sorted(by_col[c], key=lambda n: (n in collapsed, stage(n), wanted(n), ids[n]))
+        width = max([sizes[n][0] for n in members] + [LOADER_WIDTH if c == 0 else 0])
+        cursor = MARGIN + TITLE_H
+        for nid in members:
+            sizes[nid][0] = width  # one width per column: tidy edges, short straight links
+            if nid in collapsed:  # a title bar only, stacked right under the previous node
+                pos[nid] = [x, cursor]
+                cursor += TITLE_H + GAP_Y // 2
+                continue
+            pos[nid] = [x, max(cursor, int(wanted(nid)))]
+            cursor = pos[nid][1] + sizes[nid][1] + GAP_Y + TITLE_H
+        x += width + GAP_X
+    return pos
+
+
+def _is_output(info: dict) -> bool:
+    """An output node with nothing to link onwards (SaveImage, PreviewImage)."""
+    return bool(info.get("output_node")) and not info["output"]
+
+
+def api_to_ui(api: dict, object_info: dict) -> dict:
     ids = {nid: i + 1 for i, nid in enumerate(api)}
     nodes, links = [], []
     out_links: dict[tuple[int, int], list[int]] = {}
+    sizes: dict[str, list[int]] = {}
+    collapsed: set[str] = set()
     for nid, node in api.items():
         info = object_info[node["class_type"]]
         inputs, widgets = [], []
@@ -55,12 +176,25 @@ def api_to_ui(api: dict, object_info: dict, columns: int = 5) -> dict:
                 inputs[-1]["link"] = link_id
                 out_links.setdefault((src, slot), []).append(link_id)
         i = ids[nid] - 1
-        nodes.append({
-            "id": ids[nid], "type": node["class_type"],
-            "pos": [40 + (i % columns) * 360, 40 + (i // columns) * 420], "size": [320, 200],
+        sizes[nid] = _size(node["class_type"], info, inputs, widgets)
+        ui_node = {
+            "id": ids[nid], "type": node["class_type"], "pos": [0, 0], "size": sizes[nid],
             "flags": {}, "order": i, "mode": 0, "inputs": inputs, "outputs": [],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
-        })
+        }
+        prefix = node["inputs"].get("filename_prefix")
+        if node["class_type"] == "SaveImage" and isinstance(prefix, str):
+            ui_node["title"] = f"Save {prefix.rsplit('/', 1)[-1]}"  # "Save result", "Save mask"
+        if _is_output(info) and any(
+            isinstance(v, list) and api[v[0]]["class_type"] in SHOWS_ITS_IMAGES
+            for v in node["inputs"].values()
+        ):
+            ui_node["flags"] = {"collapsed": True}
+            collapsed.add(nid)
+        nodes.append(ui_node)
+    pos = _layout(api, object_info, ids, sizes, collapsed)
+    for nid, n in zip(api, nodes, strict=True):
+        n["pos"] = pos[nid]
     for n in nodes:
         info = object_info[n["type"]]
         n["outputs"] = [
@@ -68,7 +202,18 @@ def api_to_ui(api: dict, object_info: dict, columns: int = 5) -> dict:
             for s, (name, typ) in enumerate(zip(info["output_name"], info["output"], strict=True))
         ]
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
-            "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "links": links, "groups": [], "config": {}, "extra": {"ds": _view(nodes)}, "version": 0.4}
+
+
+def _view(nodes: list[dict], screen: tuple[int, int] = (1480, 800)) -> dict:
+    """The view a loaded workflow opens with: the whole graph on a ~1600x1000 window, clear of
+    the frontend's side bar (left) and menus (top)."""
+    x0 = min(n["pos"][0] for n in nodes)
+    y0 = min(n["pos"][1] for n in nodes) - TITLE_H
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
+    y1 = max(n["pos"][1] + (0 if n["flags"].get("collapsed") else n["size"][1]) for n in nodes)
+    scale = round(min(1.0, screen[0] / (x1 - x0), screen[1] / (y1 - y0)), 3)
+    return {"scale": scale, "offset": [round(80 / scale - x0), round(110 / scale - y0)]}
 
 
 def ui_to_api(ui: dict, object_info: dict) -> dict:
@@ -103,6 +248,7 @@ def node_info(cls) -> dict:
         "input_order": {k: list(v) for k, v in inputs.items()},
         "output": list(cls.RETURN_TYPES),
         "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
     }
 
 

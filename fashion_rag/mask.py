@@ -1,0 +1,242 @@
+"""Inpainting mask of a garment category from 18 body keypoints (a user convenience).
+
+The reference evaluates with "the bounding box of the garment-region mask minus fixed parts
+(head, hair, hands, shoes)". Without a human parser we build the same kind of mask from the
+pose alone. The rule, in image pixels (pixel (x, y) is inside a shape when its centre is):
+
+1. Body scale ``s`` = max(shoulder width, half the torso length neck→mid-hip); whichever of
+   the two exists, else a sixth of the image height. Every margin below is a multiple of ``s``,
+   so the mask scales with the person, not with the image.
+2. Garment box, the bounding box of the category's keypoints plus margins:
+   - ``upper_body``: shoulders, neck, elbows, wrists, hips; top = highest of shoulders/neck
+     − 0.15·s, bottom = lowest hip + 0.2·s (or the wrists, when they hang lower), sides ± 0.2·s.
+   - ``lower_body``: hips, knees, ankles; top = highest hip − 0.25·s (waistband), bottom =
+     lowest ankle + 0.1·s (else lowest knee + 0.25·s), sides ± 0.25·s.
+   - ``dresses``: the union of both: top as upper_body, bottom as lower_body, sides ± 0.2·s
+     around arms and legs.
+3. ``grow`` px enlarges the box on every side (negative shrinks it).
+4. Minus, for every category, the parts the garment never covers:
+   - head: a disc at the mean of the face keypoints (nose, eyes, ears), radius
+     max(0.33·s, 0.6·|face − neck|), which keeps the chin and hair out of a neckline;
+   - hands: per wrist, a disc centred 0.35·forearm beyond the wrist (along elbow→wrist),
+     radius max(0.35·forearm, 0.12·s), i.e. from the wrist to 0.7 forearm past it;
+     without the elbow a disc of 0.2·s at the wrist;
+   - feet: per ankle, a disc centred 0.3·shin beyond the ankle (along knee→ankle), radius
+     max(0.3·shin, 0.12·s), so it starts at the ankle and holds the shoe; without the knee a
+     disc of 0.2·s centred 0.2·s below the ankle.
+5. ``feather`` px: a linear ramp across the edge, ``feather`` px wide and centred on it
+   (Chebyshev distance), so ``mask >= 0.5`` is exactly the hard mask of step 4: the UNet,
+   which binarises at 0.5, sees the same region, and compositing gets soft edges.
+
+Keypoints follow COCO-18 / OpenPose order (METHOD.md), in pixels of the image the mask is for
+(fashion_rag.pose parses the JSON forms and rescales); a keypoint with x <= 0 and y <= 0, a
+NaN, or a confidence of 0 is missing. 1 in the mask = repaint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .categories import CATEGORIES
+
+NOSE, NECK = 0, 1
+R_SHOULDER, R_ELBOW, R_WRIST = 2, 3, 4
+L_SHOULDER, L_ELBOW, L_WRIST = 5, 6, 7
+R_HIP, R_KNEE, R_ANKLE = 8, 9, 10
+L_HIP, L_KNEE, L_ANKLE = 11, 12, 13
+R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
+
+SHOULDERS = (R_SHOULDER, L_SHOULDER)
+ELBOWS = (R_ELBOW, L_ELBOW)
+WRISTS = (R_WRIST, L_WRIST)
+HIPS = (R_HIP, L_HIP)
+KNEES = (R_KNEE, L_KNEE)
+ANKLES = (R_ANKLE, L_ANKLE)
+FACE = (NOSE, R_EYE, L_EYE, R_EAR, L_EAR)
+
+
+@dataclass(frozen=True)
+class MaskRegion:
+    """The shapes of the rule (module docstring): one box minus discs, in image pixels."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 (inclusive, pixel centres)
+    excluded: tuple[tuple[str, float, float, float], ...]  # (part, cx, cy, radius)
+    scale: float
+
+
+class BodyPoints:
+    """18 keypoints (array [18, 2] or [18, 3] with confidence) with a presence flag each."""
+
+    def __init__(self, points: np.ndarray | Sequence) -> None:
+        arr = np.asarray(points, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[0] != 18 or arr.shape[1] < 2:
+            raise ValueError(f"expected 18 keypoints as [18, 2] or [18, 3], got shape {arr.shape}")
+        self.xy = arr[:, :2].copy()
+        present = np.isfinite(self.xy).all(axis=1) & ~((self.xy[:, 0] <= 0) & (self.xy[:, 1] <= 0))
+        if arr.shape[1] >= 3:
+            present &= ~(np.isfinite(arr[:, 2]) & (arr[:, 2] <= 0))
+        self.present = present
+
+    def has(self, i: int) -> bool:
+        return bool(self.present[i])
+
+    def get(self, *idx: int) -> np.ndarray:
+        """The present ones among `idx`, as [n, 2]."""
+        keep = [i for i in idx if self.present[i]]
+        return self.xy[keep].reshape(-1, 2)
+
+    def mean(self, *idx: int) -> np.ndarray | None:
+        pts = self.get(*idx)
+        return pts.mean(axis=0) if len(pts) else None
+
+
+def body_scale(kp: BodyPoints, height: int) -> float:
+    shoulder_width = None
+    if kp.has(R_SHOULDER) and kp.has(L_SHOULDER):
+        shoulder_width = float(np.linalg.norm(kp.xy[R_SHOULDER] - kp.xy[L_SHOULDER]))
+    top = kp.xy[NECK] if kp.has(NECK) else kp.mean(*SHOULDERS)
+    hip = kp.mean(*HIPS)
+    half_torso = float(np.linalg.norm(top - hip)) / 2 if top is not None and hip is not None else None
+    candidates = [v for v in (shoulder_width, half_torso) if v]
+    return max(candidates) if candidates else height / 6.0
+
+
+def _need(kp: BodyPoints, category: str, what: str, *idx: int) -> np.ndarray:
+    pts = kp.get(*idx)
+    if not len(pts):
+        raise ValueError(
+            f"the {category} mask needs the {what} keypoints, and the pose has none of them; "
+            "draw a MASK yourself (any mask works with the inpaint node) or use another pose"
+        )
+    return pts
+
+
+def garment_region(keypoints: BodyPoints | np.ndarray | Sequence, category: str, width: int,
+                   height: int, grow: float = 0.0) -> MaskRegion:
+    """The box and the excluded discs of the rule (module docstring) for one person."""
+    kp = keypoints if isinstance(keypoints, BodyPoints) else BodyPoints(keypoints)
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
+    s = body_scale(kp, height)
+
+    if category in ("upper_body", "dresses"):
+        top_pts = _need(kp, category, "shoulder or neck", *SHOULDERS, NECK)
+        y0 = top_pts[:, 1].min() - 0.15 * s
+    if category == "upper_body":
+        pts = kp.get(*SHOULDERS, NECK, *ELBOWS, *WRISTS, *HIPS)
+        hips = kp.get(*HIPS)
+        bottom = hips[:, 1].max() + 0.2 * s if len(hips) else top_pts[:, 1].max() + 1.5 * s
+        wrists = kp.get(*WRISTS)
+        y1 = max(bottom, wrists[:, 1].max()) if len(wrists) else bottom
+        margin = 0.2 * s
+    else:
+        ankles, knees = kp.get(*ANKLES), kp.get(*KNEES)
+        if len(ankles):
+            y1 = ankles[:, 1].max() + 0.1 * s
+        elif len(knees):
+            y1 = knees[:, 1].max() + 0.25 * s
+        else:
+            raise ValueError(
+                f"the {category} mask needs knee or ankle keypoints, and the pose has none; "
+                "draw a MASK yourself (any mask works with the inpaint node)"
+            )
+        if category == "lower_body":
+            hips = _need(kp, category, "hip", *HIPS)
+            y0 = hips[:, 1].min() - 0.25 * s
+            pts = kp.get(*HIPS, *KNEES, *ANKLES)
+            margin = 0.25 * s
+        else:
+            pts = kp.get(*SHOULDERS, NECK, *ELBOWS, *WRISTS, *HIPS, *KNEES, *ANKLES)
+            margin = 0.2 * s
+    x0, x1 = pts[:, 0].min() - margin, pts[:, 0].max() + margin
+    box = (float(x0 - grow), float(y0 - grow), float(x1 + grow), float(y1 + grow))
+
+    excluded: list[tuple[str, float, float, float]] = []
+    face = kp.mean(*FACE)
+    if face is not None:
+        r = 0.33 * s
+        if kp.has(NECK):
+            r = max(r, 0.6 * float(np.linalg.norm(face - kp.xy[NECK])))
+        excluded.append(("head", float(face[0]), float(face[1]), r))
+    for wrist, elbow in ((R_WRIST, R_ELBOW), (L_WRIST, L_ELBOW)):
+        if not kp.has(wrist):
+            continue
+        w = kp.xy[wrist]
+        if kp.has(elbow):
+            d = w - kp.xy[elbow]
+            c, r = w + 0.35 * d, max(0.35 * float(np.linalg.norm(d)), 0.12 * s)
+        else:
+            c, r = w, 0.2 * s
+        excluded.append(("hand", float(c[0]), float(c[1]), r))
+    for ankle, knee in ((R_ANKLE, R_KNEE), (L_ANKLE, L_KNEE)):
+        if not kp.has(ankle):
+            continue
+        a = kp.xy[ankle]
+        if kp.has(knee):
+            d = a - kp.xy[knee]
+            c, r = a + 0.3 * d, max(0.3 * float(np.linalg.norm(d)), 0.12 * s)
+        else:
+            c, r = a + np.array([0.0, 0.2 * s]), 0.2 * s
+        excluded.append(("foot", float(c[0]), float(c[1]), r))
+    return MaskRegion(box=box, excluded=tuple(excluded), scale=float(s))
+
+
+def rasterize(region: MaskRegion, width: int, height: int) -> torch.Tensor:
+    """The hard mask [H, W] (float32, 0/1) of a region."""
+    ys = torch.arange(height, dtype=torch.float64)[:, None]
+    xs = torch.arange(width, dtype=torch.float64)[None, :]
+    x0, y0, x1, y1 = region.box
+    mask = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    for _part, cx, cy, r in region.excluded:
+        mask &= (xs - cx) ** 2 + (ys - cy) ** 2 > r * r
+    return mask.to(torch.float32)
+
+
+def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
+    """A linear ramp `feather` px wide centred on the edge of a hard [H, W] mask.
+
+    Pixels at Chebyshev distance k (1 = touching the other side) get 0.5 ± (k − 0.5)/feather,
+    clipped to [0, 1]; so `result >= 0.5` equals `mask >= 0.5` exactly.
+    """
+    if feather <= 0:
+        return mask.clone()
+    hard = (mask >= 0.5).to(torch.float32)[None, None]
+    steps = int(np.ceil(feather / 2 + 0.5))
+    inside_dist = torch.zeros_like(hard)
+    outside_dist = torch.zeros_like(hard)
+    grown, shrunk = hard, hard
+    for k in range(1, steps + 1):
+        # After k dilations the outside pixels reached are at distance <= k.
+        new_grown = F.max_pool2d(grown, 3, stride=1, padding=1)
+        outside_dist += ((new_grown > 0) & (grown == 0)).float() * k
+        grown = new_grown
+        new_shrunk = -F.max_pool2d(-shrunk, 3, stride=1, padding=1)
+        inside_dist += ((new_shrunk == 0) & (shrunk > 0)).float() * k
+        shrunk = new_shrunk
+    # Pixels farther than `steps` from the edge keep the plain 0/1 value.
+    inside_dist[(shrunk > 0)] = steps + 1
+    outside_dist[(grown == 0)] = steps + 1
+    value = torch.where(hard > 0, 0.5 + (inside_dist - 0.5) / feather, 0.5 - (outside_dist - 0.5) / feather)
+    return value.clamp(0.0, 1.0)[0, 0]
+
+
+def garment_mask(keypoints: BodyPoints | np.ndarray | Sequence, category: str, width: int, height: int,
+                 grow: float = 0.0, feather: float = 0.0) -> torch.Tensor:
+    """The garment mask [H, W] float32 in [0, 1] (1 = repaint) for one person."""
+    region = garment_region(keypoints, category, width, height, grow)
+    return feather_mask(rasterize(region, width, height), feather)
+
+
+def masked_preview(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The person as the inpainting UNet sees it: the repaint region filled with mid grey.
+
+    image [B, H, W, 3] in [0, 1], mask [B, H, W]; grey 0.5 is 0 in the UNet's [-1, 1] range,
+    which is what `image · (mask < 0.5)` gives there. Soft edges blend.
+    """
+    m = mask[..., None].to(image.dtype)
+    return image * (1 - m) + 0.5 * m

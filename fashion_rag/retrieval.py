@@ -1,0 +1,231 @@
+"""Text -> garments: the retrieval step of Fashion-RAG, over a loaded GarmentIndex.
+
+Modes:
+- "image": cosine of the OpenCLIP text embedding with the garment image embeddings (the
+  paper's retrieval); score = cosine.
+- "caption": BM25 over the catalog captions; score = BM25.
+- "fusion": reciprocal-rank fusion of both rankings (score = sum of 1/(60 + rank)); the
+  default when the catalog has captions, since exact words ("striped", a brand) and visual
+  similarity fail in different ways.
+
+Pinned ids always come first, in the order given, whatever the filters; excluded ids never
+appear. The result holds k garments (more if more ids were pinned).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+from .catalog import canonical_or_text
+from .encoders import REAL_WEIGHTS_HINT
+from .garments import Garment, Garments
+from .images import load_garment, to_image_tensor
+from .index_store import GarmentIndex
+
+log = logging.getLogger("fashion_rag")
+
+MODES: tuple[str, ...] = ("fusion", "image", "caption")
+RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
+FUSION_DEPTH = 100  # how deep each ranking is read before fusing
+_warned: set[str] = set()  # indexes already warned about (once per process is enough)
+
+
+class UnknownIdError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def parse_ids(ids: str | Iterable[str] | None) -> list[str]:
+    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped."""
+    if ids is None:
+        return []
+    parts = ids.replace("\n", ",").split(",") if isinstance(ids, str) else list(ids)
+    out: list[str] = []
+    for part in parts:
+        part = str(part).strip()
+        if part and part not in out:
+            out.append(part)
+    return out
+
+
+def resolve_mode(index: GarmentIndex, mode: str | None) -> str:
+    if mode in (None, "", "auto"):
+        mode = "fusion"
+    if mode not in MODES:
+        raise ValueError(f"Unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}.")
+    if mode == "caption" and not index.has_captions:
+        raise ValueError(
+            f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use mode "
+            "'image', or rebuild the index from a catalog with captions (metadata file or .txt files)."
+        )
+    if mode == "fusion" and not index.has_captions:
+        return "image"  # fusing with an all-zero ranking would only add noise
+    if mode == "fusion" and index.encoder_info.get("random_demo"):
+        # Random demo weights make the image ranking pure noise; fusing with it would only
+        # bury the caption matches, so the demo ranks by captions and says so.
+        if str(index.index_dir) not in _warned:
+            _warned.add(str(index.index_dir))
+            log.warning("index %r uses RANDOM demo encoder weights: image similarity is meaningless, "
+                        "fusion ranks by captions only. %s.", index.name, REAL_WEIGHTS_HINT)
+        return "caption"
+    return mode
+
+
+def search(
+    index: GarmentIndex,
+    text: str,
+    k: int = 3,
+    *,
+    mode: str | None = None,
+    category: str | None = None,
+    pin_ids: str | Sequence[str] = (),
+    exclude_ids: str | Sequence[str] = (),
+) -> list[Garment]:
+    """Rank the garments of `index` for `text`; see the module docstring. No images loaded."""
+    if not text or not text.strip():
+        raise ValueError("The garment description is empty: describe the garment to retrieve, "
+                         "e.g. 'red striped short-sleeve top'.")
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k}).")
+    mode = resolve_mode(index, mode)
+    pins = parse_ids(pin_ids)
+    unknown = [p for p in pins if p not in index]
+    if unknown:
+        raise UnknownIdError(
+            f"Pinned id(s) {', '.join(map(repr, unknown))} are not in index {index.name!r} "
+            f"({len(index)} garments); remove them from pin_ids or rebuild the index."
+        )
+    pin_pos = [index.position(p) for p in pins]
+    excluded = [index.position(e) for e in parse_ids(exclude_ids) if e in index]
+
+    n = len(index)
+    allowed = np.ones(n, dtype=bool)
+    categories = None
+    if category not in (None, "", "any"):
+        categories = {canonical_or_text(category)}
+        allowed &= index.category_mask(canonical_or_text(category))
+    allowed[excluded] = False
+    allowed[pin_pos] = False
+    skip = sorted(set(excluded) | set(pin_pos))
+    n_fill = max(0, min(k - len(pins), int(allowed.sum())))
+
+    query = None
+    if mode in ("image", "fusion"):
+        if index.encoder is None:
+            raise ValueError(f"Index {index.name!r} was loaded without its text encoder; mode {mode!r} needs "
+                             "one (load_index(path, encoder)), or use mode 'caption'.")
+        query = index.encoder.encode_texts([text])[0]
+
+    pin_scores: list[float]
+    if mode == "image":
+        assert query is not None
+        fill = rank_by_embedding(index, query, n_fill, categories, skip)
+        fill_scores = [float(index.embeddings[p] @ query) for p in fill]
+        pin_scores = [float(index.embeddings[p] @ query) for p in pin_pos]
+    elif mode == "caption":
+        bm25 = index.caption_index.scores(text)
+        fill = _score_ranking(bm25, n_fill, allowed)
+        fill_scores = [float(bm25[p]) for p in fill]
+        pin_scores = [float(bm25[p]) for p in pin_pos]
+    else:
+        assert query is not None
+        # Deep enough that the image ranking alone holds n_fill allowed garments besides the pins.
+        depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
+        rrf, image_rank = _fused_scores(index, text, query, allowed, categories, skip, pin_pos, depth)
+        candidates = [p for p in rrf if allowed[p]]
+        # Ties in fused score go to the better image rank, then catalog order: deterministic.
+        candidates.sort(key=lambda p: (-rrf[p], image_rank.get(p, n), p))
+        fill = candidates[:n_fill]
+        fill_scores = [rrf[p] for p in fill]
+        pin_scores = [rrf.get(p, 0.0) for p in pin_pos]
+
+    out = [_garment(index, p, s) for p, s in zip(pin_pos, pin_scores, strict=True)]
+    out += [_garment(index, p, s) for p, s in zip(fill, fill_scores, strict=True)]
+    if not out:
+        raise ValueError(
+            f"No garment of index {index.name!r} can be returned: "
+            + (f"it has no garments of category {category!r} (it has {index.per_category()})"
+               if categories and not index.category_mask(next(iter(categories))).any()
+               else "all candidates are excluded")
+            + ". Choose another category or remove ids from exclude_ids."
+        )
+    return out
+
+
+def retrieve(
+    index: GarmentIndex,
+    text: str,
+    k: int = 3,
+    *,
+    mode: str | None = None,
+    category: str | None = None,
+    pin_ids: str | Sequence[str] = (),
+    exclude_ids: str | Sequence[str] = (),
+) -> Garments:
+    """search() plus the garment images, each fitted to 384x512 on white, in rank order."""
+    hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids)
+    images = []
+    for hit in hits:
+        try:
+            images.append(load_garment(hit.path))
+        except (OSError, ValueError) as exc:
+            raise FileNotFoundError(
+                f"Garment {hit.id!r} of index {index.name!r}: {exc}. The catalog changed after the index "
+                f"was built (catalog folder {index.catalog_root}); rebuild the index."
+            ) from exc
+    return Garments(items=tuple(hits), images=to_image_tensor(images))
+
+
+def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
+    return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
+                   path=str(index.image_path(pos)), caption=index.captions[pos])
+
+
+def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
+                      categories: Collection[str] | None = None,
+                      exclude: Sequence[int] | np.ndarray = ()) -> list[int]:
+    """Positions of the `count` best garments by cosine with a query embedding, best first.
+
+    Exact for flat indexes; for IVF, exact among the probed candidates (see VectorStore).
+    """
+    if count <= 0:
+        return []
+    positions, _ = index.vectors.search(query, count, categories, exclude)
+    return [int(p) for p in positions]
+
+
+def _score_ranking(scores: np.ndarray, count: int, allowed: np.ndarray) -> list[int]:
+    """The `count` best allowed positions by score, ties in catalog order."""
+    if count <= 0:
+        return []
+    cand = np.flatnonzero(allowed)
+    order = np.argsort(-scores[cand], kind="stable")[:count]
+    return [int(cand[i]) for i in order]
+
+
+def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np.ndarray,
+                  categories: Collection[str] | None, skip: Sequence[int], pinned: list[int],
+                  depth: int) -> tuple[dict[int, float], dict[int, int]]:
+    """Reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest).
+
+    Returns the fused score and the image rank of every garment in either ranking.
+    """
+    positions, scores = index.vectors.search(query, depth, categories, skip)
+    # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
+    pin_scores = np.asarray(index.embeddings[pinned], dtype=np.float32) @ query if pinned else []
+    merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
+                     *zip(pinned, pin_scores, strict=True)], key=lambda ps: -ps[1])
+    image = [int(p) for p, _ in merged[:depth]]
+    pool = allowed.copy()
+    pool[pinned] = True
+    bm25 = index.caption_index.scores(text)
+    # Only captions that share a word with the query take part: an all-zero tail is not a ranking.
+    caption = _score_ranking(bm25, depth, pool & (bm25 > 0))
+    fused: dict[int, float] = {}
+    for ranking in (image, caption):
+        for rank, pos in enumerate(ranking, 1):
+            fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank)
+    return fused, {pos: rank for rank, pos in enumerate(image, 1)}

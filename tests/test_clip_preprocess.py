@@ -1,0 +1,85 @@
+"""Reference-exact CLIP preprocessing of garment images (METHOD.md step 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil
+
+from fashion_rag.clip_preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    preprocess_garments,
+    resize_shape,
+    to_uint8_rgb,
+)
+
+
+@pytest.fixture(scope="module")
+def processor() -> CLIPImageProcessorPil:
+    # transformers' PIL-backed CLIP processor on uint8 input: the computation the reference ran
+    # (transformers 4.26 on uint8). Default config = OpenAI CLIP's: shortest edge 224, bicubic.
+    return CLIPImageProcessorPil()
+
+
+def _garment(h: int = 512, w: int = 384, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Smooth content plus noise, so resampling differences would show.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) % 64) * 4], axis=-1)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_geometry_truncates_long_side():
+    assert resize_shape(512, 384) == (298, 224)  # int(224 * 512 / 384) = int(298.67)
+    assert resize_shape(384, 512) == (224, 298)
+    assert resize_shape(1024, 768) == (298, 224)
+    assert resize_shape(224, 224) == (224, 224)
+
+
+@pytest.mark.parametrize("shape", [(512, 384), (1024, 768), (300, 500), (224, 224), (100, 90)])
+def test_matches_transformers_pil_processor_on_uint8(processor, shape):
+    img = _garment(*shape)
+    want = processor(images=img, return_tensors="pt").pixel_values
+    got = preprocess_garments(img)
+    assert got.shape == (1, 3, 224, 224) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_centre_crop_takes_rows_37_to_260():
+    # A 224x298 image (already at the target scale) is only cropped: rows 37..260.
+    img = np.zeros((298, 224, 3), np.uint8)
+    img[:, :, 0] = np.arange(298)[:, None] % 256
+    got = preprocess_garments(img)[0, 0]
+    rows = torch.round((got[:, 0] * CLIP_STD[0] + CLIP_MEAN[0]) * 255).long()
+    assert rows.tolist() == [r % 256 for r in range(37, 261)]
+
+
+def test_float_image_gives_the_same_pixels_as_uint8(processor):
+    img = _garment()
+    # ComfyUI IMAGE: [N, H, W, 3] float32 holding k/255.
+    as_comfy = torch.from_numpy(img).float().div(255.0)[None]
+    torch.testing.assert_close(preprocess_garments(as_comfy), preprocess_garments(img), atol=0, rtol=0)
+    assert np.array_equal(to_uint8_rgb(as_comfy)[0], img)
+    # The trap this guards against: a modern processor given floats divides by 255 twice.
+    trap = processor(images=as_comfy[0].numpy(), return_tensors="pt").pixel_values
+    assert (trap - preprocess_garments(img)).abs().max() > 0.5
+
+
+def test_float_in_0_255_is_rejected():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        preprocess_garments(torch.from_numpy(_garment()).float()[None])
+
+
+def test_batch_list_pil_alpha_and_grey_inputs():
+    a, b = _garment(seed=1), _garment(seed=2)
+    batch = preprocess_garments(torch.from_numpy(np.stack([a, b])).float() / 255)
+    assert batch.shape == (2, 3, 224, 224)
+    single = preprocess_garments([Image.fromarray(a), b])
+    torch.testing.assert_close(batch, single, atol=0, rtol=0)
+    rgba = np.concatenate([a, np.full(a.shape[:2] + (1,), 7, np.uint8)], axis=-1)
+    torch.testing.assert_close(preprocess_garments(rgba), batch[:1], atol=0, rtol=0)
+    grey = preprocess_garments(Image.fromarray(a[:, :, 0]))
+    assert grey.shape == (1, 3, 224, 224)

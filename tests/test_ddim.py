@@ -1,0 +1,102 @@
+"""fashion_rag.ddim against diffusers' DDIMScheduler with SD2-inpainting's settings (no ComfyUI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_inpaint_parity import SCHEDULER_CONFIG, rel
+
+from fashion_rag import ddim
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(SCHEDULER_CONFIG)
+
+
+def test_timesteps_are_leading_with_offset(scheduler):
+    assert ddim.ddim_timesteps(50)[:3] == [981, 961, 941]
+    assert ddim.ddim_timesteps(50)[-1] == 1
+    for steps in (1, 7, 20, 50, 999):
+        scheduler.set_timesteps(steps)
+        assert ddim.ddim_timesteps(steps) == scheduler.timesteps.tolist()
+    with pytest.raises(ValueError):
+        ddim.ddim_timesteps(0)
+
+
+def test_schedule_and_sigmas(scheduler):
+    ac = ddim.scaled_linear_alphas_cumprod()
+    assert torch.allclose(ac.float(), scheduler.alphas_cumprod, rtol=1e-5)
+    sigmas = ddim.reference_ddim_sigmas(ac, 50)
+    assert sigmas.dtype == torch.float32 and len(sigmas) == 51
+    expected = ddim.sigmas_from_alphas_cumprod(ac[ddim.ddim_timesteps(50) + [0]])
+    assert torch.allclose(sigmas.double(), expected, rtol=1e-6)
+    # The last step lands on alphas_cumprod[0] (set_alpha_to_one=False), not on sigma 0.
+    assert float(sigmas[-1]) == pytest.approx(((1 - 0.99915) / 0.99915) ** 0.5, rel=1e-3)
+    assert torch.allclose(ddim.alphas_cumprod_from_sigmas(ddim.sigmas_from_alphas_cumprod(ac)), ac)
+    half = ddim.reference_ddim_sigmas(ac, 50, denoise=0.5)
+    assert torch.equal(half, sigmas[25:])
+    assert len(ddim.reference_ddim_sigmas(ac, 50, denoise=0.0)) == 0
+
+
+def _eps_model(x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """A deterministic, nonlinear stand-in for the UNet's noise prediction."""
+    return torch.tanh(0.7 * x_t + 0.01 * t) + 0.1 * torch.sin(x_t * t / 100)
+
+
+def _k_model(ac: torch.Tensor):
+    """The eps model seen as ComfyUI's wrapped model: (x, sigma) -> x0, x = x_t / sqrt(ac)."""
+    table = ddim.sigmas_from_alphas_cumprod(ac).float()
+
+    def model(x, sigma):
+        t = int((table.log() - sigma[0].log()).abs().argmin())
+        x_t = x / (1 + sigma[0] ** 2) ** 0.5
+        return x - sigma[0] * _eps_model(x_t, t)
+
+    return model
+
+
+def _diffusers_loop(scheduler, x, timesteps):
+    for t in timesteps:
+        x = scheduler.step(_eps_model(x, int(t)), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [50, 13])
+def test_sampler_matches_diffusers_from_unit_noise(scheduler, steps):
+    ac = scheduler.alphas_cumprod.double()
+    noise = torch.randn(2, 4, 8, 6, generator=torch.manual_seed(0))
+    scheduler.set_timesteps(steps)
+    ref = _diffusers_loop(scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps)
+
+    sigmas = ddim.reference_ddim_sigmas(ac, steps)
+    x = noise * (1 + sigmas[0] ** 2) ** 0.5  # unit DDPM noise in k-diffusion scaling
+    seen = []
+    ours = ddim.sample_ddim_reference(_k_model(ac), x, sigmas, callback=lambda d: seen.append(d["i"]))
+    assert seen == list(range(steps))
+    err = rel(ours, ref)
+    print(f"\nsample_ddim_reference vs DDIMScheduler ({steps} steps): rel {err:.2e}")
+    assert err < 1e-5
+
+
+def test_partial_denoise_matches_diffusers_img2img(scheduler):
+    """denoise < 1: diffusers' strength semantics, starting from add_noise(latent, noise, t)."""
+    ac = scheduler.alphas_cumprod.double()
+    g = torch.manual_seed(1)
+    latent, noise = torch.randn(1, 4, 8, 6, generator=g), torch.randn(1, 4, 8, 6, generator=g)
+    scheduler.set_timesteps(50)
+    timesteps = scheduler.timesteps[50 - int(50 * 0.6):]
+    ref = _diffusers_loop(scheduler, scheduler.add_noise(latent, noise, timesteps[:1]), timesteps)
+
+    sigmas = ddim.reference_ddim_sigmas(ac, 50, denoise=0.6)
+    x = latent + noise * sigmas[0]  # ComfyUI's noise scaling below sigma_max
+    assert rel(ddim.sample_ddim_reference(_k_model(ac), x, sigmas), ref) < 1e-5
+
+
+def test_zero_final_sigma_returns_x0():
+    x0 = torch.randn(1, 4, 2, 2)
+    out = ddim.sample_ddim_reference(lambda x, s: x0, torch.randn(1, 4, 2, 2) * 3,
+                                     torch.tensor([3.0, 1.0, 0.0]))
+    assert torch.allclose(out, x0)

@@ -1,0 +1,66 @@
+"""The example workflow (text -> retrieve -> invert -> inpaint) through real ComfyUI.
+
+It runs on the random-weight demo models of the real file formats (fashion_rag.demo_weights),
+through the README's main command (`python -m fashion_rag demo`) against a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from workflow_ui import node_info, ui_to_api
+
+from fashion_rag.comfy_runner import REPO
+from fashion_rag.contact_sheet import PAD, THUMB_H
+
+API = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
+UI = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"
+
+
+def test_ui_form_is_the_api_form(comfy):
+    """The UI workflow (what users drag in) converts back to exactly the API form we run."""
+    info = {name: node_info(cls) for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()}
+    assert ui_to_api(json.loads(UI.read_text()), info) == json.loads(API.read_text())
+
+
+def test_every_example_has_a_thumbnail():
+    """ComfyUI's template browser shows example_workflows/*.json with a same-name .jpg."""
+    workflows = sorted(REPO.glob("example_workflows/*.json"))
+    assert workflows
+    for wf in workflows:
+        thumb = wf.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} missing"
+        assert Image.open(thumb).size[0] >= 256
+
+
+def test_example_validates_in_process(comfy):
+    """Every node and every default file name of the example resolves in real ComfyUI."""
+    ok, error, outputs, node_errors = comfy.validate(json.loads(API.read_text()))
+    assert ok, (error, node_errors)
+    assert len(outputs) == 4  # the four SaveImage nodes
+
+
+@pytest.mark.slow
+def test_demo_command_runs_the_example(comfy_server, comfy_base, tmp_path):
+    """The README's main job, against a real server: outputs + contact sheet are written."""
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashion_rag", "demo", "--server", comfy_server.url,
+         "--base", str(comfy_base), "--out", str(out), "--timeout", "1500"],
+        cwd=REPO, capture_output=True, text=True, timeout=1600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000] + comfy_server.log()
+    result = np.asarray(Image.open(out / "result.png"))
+    assert result.shape == (512, 384, 3)
+    assert result.std() > 0  # a decoded image, not a blank
+    garments = sorted(out.glob("garments_*.png"))
+    assert len(garments) == 3
+    assert Image.open(garments[0]).size == (384, 512)
+    assert (out / "mask.png").is_file() and (out / "pose.png").is_file()
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.size[1] == 4 * (THUMB_H + PAD) + PAD  # garments, mask, pose, result rows

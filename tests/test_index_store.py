@@ -1,0 +1,267 @@
+"""Index building and loading: incremental, atomic, checked against the encoder, IVF recall."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion_rag.catalog import scan_catalog
+from fashion_rag.demo_catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
+from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.index_store import (
+    MANIFEST,
+    EncoderMismatchError,
+    GarmentIndex,
+    IndexFormatError,
+    build_index,
+    create_vector_index,
+    exact_top_k,
+    load_index,
+    recall_at_k,
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return write_tiny_encoder_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_source(tmp_path_factory) -> Path:
+    return write_demo_catalog(tmp_path_factory.mktemp("demo_src") / "catalog", seed=0)
+
+
+@pytest.fixture
+def catalog_dir(tmp_path, demo_source) -> Path:
+    """A private, modifiable copy of the demo catalog (36 garments)."""
+    return Path(shutil.copytree(demo_source, tmp_path / "catalog"))
+
+
+class CountingEncoder(GarmentEncoder):
+    """The real tiny encoder, counting the images it encodes; optionally failing mid-build."""
+
+    def __init__(self, weights: Path, fail_after_calls: int | None = None) -> None:
+        super().__init__(weights, TINY_ARCH)
+        self.images_encoded = 0
+        self.calls = 0
+        self.fail_after_calls = fail_after_calls
+
+    def encode_images(self, images, batch_size=16, progress=None):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise RuntimeError("simulated failure in the middle of a build")
+        self.calls += 1
+        self.images_encoded += len(images)
+        return super().encode_images(images, batch_size, progress)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_build_load_roundtrip(catalog_dir, weights, tmp_path):
+    enc = GarmentEncoder(weights, TINY_ARCH)
+    report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", enc)
+    assert (report.items, report.encoded, report.reused, report.written) == (36, 36, 0, True)
+    assert report.index_type == "flat"
+    index = load_index(tmp_path / "idx", enc)
+    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    assert manifest["encoder"]["name"] == TINY_ARCH and manifest["encoder"]["dim"] == 32
+    assert manifest["encoder"]["weights_sha256"] == enc.weights_hash
+    assert manifest["encoder"]["random_demo"] is True
+    assert manifest["catalog_root"] == str(catalog_dir.resolve())
+    assert all(not p.startswith("/") for p in manifest["items"]["paths"])  # relative to the catalog
+    assert index.per_category() == {"upper_body": 12, "lower_body": 12, "dresses": 12}
+    # Stored embeddings are the encoder's, unit norm, in manifest order.
+    first = Image.open(index.image_path(0)).convert("RGB")
+    np.testing.assert_allclose(index.embeddings[0], enc.encode_images([first])[0], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_incremental_rebuild_encodes_only_changes(catalog_dir, weights, tmp_path):
+    out = tmp_path / "idx"
+    enc = CountingEncoder(weights)
+    build_index(scan_catalog(catalog_dir), out, enc)
+    assert enc.images_encoded == 36
+    before = load_index(out)
+    old_emb = {i: np.array(before.embeddings[p]) for p, i in enumerate(before.ids)}
+    mtime = (out / MANIFEST).stat().st_mtime_ns
+
+    enc2 = CountingEncoder(weights)
+    report = build_index(scan_catalog(catalog_dir), out, enc2)
+    assert (enc2.images_encoded, report.written, report.reused) == (0, False, 36)
+    assert (out / MANIFEST).stat().st_mtime_ns == mtime  # untouched: ComfyUI sees no change
+
+    # Change one image, add one, remove one (the metadata lists what exists).
+    rows = [json.loads(line) for line in (catalog_dir / "metadata.jsonl").read_text().splitlines()]
+    changed, removed = rows[0], rows[13]
+    new_look = draw_garment(SHAPES["upper_body"]["long-sleeve top"], COLOURS["green"], "dots")
+    new_look.save(catalog_dir / changed["image"])
+    (catalog_dir / removed["image"]).unlink()
+    rows.remove(removed)
+    added = draw_garment(SHAPES["dresses"]["mini dress"], COLOURS["navy"], "checks")
+    added.save(catalog_dir / "dresses" / "new.png")
+    rows.append({"id": "new01", "image": "dresses/new.png", "category": "dresses",
+                 "caption": "navy checked mini dress"})
+    (catalog_dir / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    enc3 = CountingEncoder(weights)
+    report = build_index(scan_catalog(catalog_dir), out, enc3)
+    assert enc3.images_encoded == 2
+    assert (report.items, report.encoded, report.reused, report.removed) == (36, 2, 34, 1)
+    after = load_index(out, enc3)
+    assert removed["id"] not in after and "new01" in after
+    for p, item_id in enumerate(after.ids):
+        if item_id not in (changed["id"], "new01"):
+            assert np.array_equal(after.embeddings[p], old_emb[item_id])  # reused bit for bit
+    pos = after.position(changed["id"])
+    assert not np.allclose(after.embeddings[pos], old_emb[changed["id"]])
+    fresh = enc3.encode_images([Image.open(catalog_dir / changed["image"]).convert("RGB")])[0]
+    np.testing.assert_allclose(after.embeddings[pos], fresh, atol=1e-5)
+
+
+def test_corrupt_images_are_skipped_and_reported(catalog_dir, weights, tmp_path):
+    (catalog_dir / "metadata.jsonl").unlink()  # folder mode: every image file is an item
+    (catalog_dir / "dresses" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    good = (catalog_dir / "dresses" / "dress00.png").read_bytes()
+    (catalog_dir / "upper_body" / "cut.png").write_bytes(good[: len(good) // 2])
+    report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(weights, TINY_ARCH))
+    assert report.items == 36
+    assert len(report.problems) == 2
+    assert any("broken.png" in p for p in report.problems) and any("cut.png" in p for p in report.problems)
+    index = load_index(tmp_path / "idx")
+    assert "broken" not in index and "cut" not in index and "dress00" in index
+
+
+def test_failed_build_leaves_previous_index_intact(catalog_dir, weights, tmp_path):
+    out = tmp_path / "indexes" / "idx"
+    build_index(scan_catalog(catalog_dir), out, GarmentEncoder(weights, TINY_ARCH))
+    before = _snapshot(out)
+    # New images force encoding; the encoder dies on its second batch.
+    for i in range(40):
+        draw_garment(SHAPES["lower_body"]["skirt"], (i * 6, 100, 200 - i * 4), "solid").save(
+            catalog_dir / "lower_body" / f"extra{i}.png")
+    (catalog_dir / "metadata.jsonl").unlink()
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        build_index(scan_catalog(catalog_dir), out, CountingEncoder(weights, fail_after_calls=1),
+                    batch_size=8)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["idx"]  # no temp folder left behind
+    assert len(load_index(out, GarmentEncoder(weights, TINY_ARCH))) == 36
+
+
+def test_crash_between_renames_is_recovered(catalog_dir, weights, tmp_path):
+    out = tmp_path / "idx"
+    build_index(scan_catalog(catalog_dir), out, GarmentEncoder(weights, TINY_ARCH))
+    before = _snapshot(out)
+    # What a crash right after the old index stepped aside (see index_store._swap_in) leaves.
+    os.rename(out, tmp_path / ".idx.old-deadbeef")
+    index = load_index(out)
+    assert len(index) == 36 and _snapshot(out) == before
+
+
+def test_other_encoder_is_refused_naming_both(catalog_dir, weights, tmp_path):
+    build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(weights, TINY_ARCH))
+    other = write_tiny_encoder_weights(tmp_path / "other.safetensors", seed=1)
+    with pytest.raises(EncoderMismatchError) as err:
+        load_index(tmp_path / "idx", GarmentEncoder(other, TINY_ARCH))
+    msg = str(err.value)
+    assert "tiny.safetensors" in msg and "other.safetensors" in msg
+    assert GarmentEncoder(weights).weights_hash[:12] in msg and GarmentEncoder(other).weights_hash[:12] in msg
+    assert "rebuild" in msg
+    # Another architecture (and dimension) is refused before any model is built.
+    with pytest.raises(EncoderMismatchError, match=r"fashion-rag-tiny.*32-d.*ViT-B-32.*512-d"):
+        load_index(tmp_path / "idx", GarmentEncoder(weights, "ViT-B-32"))
+
+
+def test_missing_or_foreign_folder_gives_clear_error(tmp_path):
+    with pytest.raises(IndexFormatError, match="index build"):
+        load_index(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"format": "something-else"}')
+    with pytest.raises(IndexFormatError, match="not a Fashion-RAG garment index"):
+        load_index(tmp_path)
+
+
+def _clustered(n: int, d: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres (spread like image embeddings), plus held-out queries."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def draw(m: int, spread: float) -> np.ndarray:
+        x = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return draw(n, 0.12), draw(200, 0.2)
+
+
+def test_ivf_recall_at_10_against_exact():
+    x, queries = _clustered(6000, 48, clusters=60, seed=0)
+    vec = create_vector_index(x, "auto", ivf_threshold=5000)
+    assert vec.kind == "ivf" and vec.factory.endswith(",SQ8")
+    nlist = int(vec.factory[3:].split(",")[0])
+    assert 1 < vec.nprobe < nlist  # genuinely approximate, not an exhaustive scan
+    exact = exact_top_k(x, queries, 10)
+    _, found = vec.search(queries, 10)
+    assert recall_at_k(found, exact) >= 0.95
+    # The exact index agrees with brute force to the last position.
+    flat = create_vector_index(x, "auto", ivf_threshold=10_000)
+    assert flat.kind == "flat"
+    assert np.array_equal(flat.search(queries, 10)[1], exact)
+
+
+def test_filtered_ivf_search_keeps_recall_for_off_category_queries():
+    x, queries = _clustered(9000, 48, clusters=90, seed=1)
+    # Categories split the space (by one coordinate), so a query is often about garments of
+    # another category than the one filtered: the hard case for a filtered IVF probe.
+    cats = np.where(x[:, 0] > 0.1, "dresses", np.where(x[:, 0] < -0.1, "upper_body", "lower_body"))
+    index = GarmentIndex.in_memory(x, categories=list(cats), ivf_threshold=1000)
+    assert index.vectors.kind == "ivf" and len(index.vectors.parts) == 3
+    for wanted in ("dresses", "upper_body"):
+        rows = np.flatnonzero(cats == wanted)
+        exact = rows[exact_top_k(x[rows], queries, 10)]
+        found = np.stack([index.vectors.search(q, 10, {wanted})[0] for q in queries])
+        assert recall_at_k(found, exact) >= 0.95, wanted
+
+
+def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, weights, tmp_path):
+    enc = GarmentEncoder(weights, TINY_ARCH)
+    report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", enc, index_type="ivf")
+    assert report.index_type == "ivf"
+    index = load_index(tmp_path / "idx", enc)
+    parts = index.manifest["vector_index"]["parts"]
+    assert [p["categories"] for p in parts] == [["dresses"], ["lower_body"], ["upper_body"]]
+    assert [p["count"] for p in parts] == [12, 12, 12]
+    files = sorted(f.name for f in (tmp_path / "idx").glob("*.faiss"))
+    assert files == [f"vectors-{i}.faiss" for i in range(3)]
+    assert index.vectors.kind == "ivf"
+    assert [p.vectors.nprobe for p in index.vectors.parts] == [p["nprobe"] for p in parts]
+    assert [p.vectors.nprobe_filtered for p in index.vectors.parts] == [p["nprobe_filtered"] for p in parts]
+    q = enc.encode_texts(["a top"])
+    exact = exact_top_k(np.asarray(index.embeddings), q, 5)
+    assert recall_at_k(index.vectors.search(q[0], 5)[0][None], exact) == 1.0  # 12 per part: all probed
+
+
+def test_many_free_text_categories_share_a_part():
+    cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
+    x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    from fashion_rag.index_store import MAX_PARTS, GarmentIndex
+
+    index = GarmentIndex.in_memory(x, categories=cats)
+    groups = [p.categories for p in index.vectors.parts]
+    assert len(groups) == MAX_PARTS and groups[0] == ("dresses",)
+    assert sorted(c for g in groups for c in g) == sorted(set(cats))
+    q = x[7] + 0.1
+    for wanted in ({"style7"}, {"style39", "dresses"}, None):
+        allowed = np.array([wanted is None or c in wanted for c in cats])
+        got, scores = index.vectors.search(q, 8, wanted, exclude=[7])
+        allowed[7] = False
+        exact = np.flatnonzero(allowed)[np.argsort(-(x[allowed] @ q), kind="stable")[:8]]
+        assert got.tolist() == exact.tolist()
+        np.testing.assert_allclose(scores, x[exact] @ q, rtol=1e-5)

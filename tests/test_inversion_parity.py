@@ -1,0 +1,246 @@
+"""GarmentInversion through ComfyUI's own CLIP / CLIP_VISION vs the reference computation.
+
+Same random weights on both sides, tiny configs of the real architectures, fp32:
+reference = transformers CLIPImageProcessor (PIL, uint8) -> CLIPVisionModel.last_hidden_state
+-> the adapter built from transformers' CLIP layers -> the SD2-style transformers CLIPTextModel
+(ComfyUI's layer -2 + final LN == a text model one layer shorter) with the PTEs replacing the
+input token embeddings at the `$` positions (the reference's encode_text_word_embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_adapter import ReferenceAdapter
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+)
+
+from fashion_rag.adapter import AdapterConfig, expected_shapes
+from fashion_rag.comfy_runner import comfy_path
+from fashion_rag.garments import Garment, Garments
+from fashion_rag.prompt import build_prompt
+
+TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)
+TEXT_LAYERS = 3  # ComfyUI's model; the reference text model has one layer fewer (SD2's 23 of 24)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
+# heads=16: the loader reads sizes off the file, and heads (not visible in shapes) default to 16.
+ADAPTER = AdapterConfig(vision_width=32, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=64)
+ADAPTER_FILE = "parity_tiny_adapter.safetensors"
+
+
+def randomize(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded values that keep activations in range (every tensor random, norms around 1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        r = torch.randn(v.shape, generator=g)
+        if v.ndim == 1:
+            out[k] = (1.0 + 0.1 * r) if "norm" in k and k.endswith("weight") else 0.05 * r
+        elif "embedding" in k:
+            out[k] = 0.3 * r
+        else:
+            out[k] = r / np.sqrt(np.prod(v.shape[1:]))
+    return out
+
+
+def smooth_garment(seed: int, h: int = 512, w: int = 384) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, ((xx * (seed + 1) + yy) % 97) * 2.6], axis=-1)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+class Models:
+    """The same weights as ComfyUI objects (clip, clip_vision, adapter patcher) and as references."""
+
+    def __init__(self, harness, tmp_path) -> None:
+        import comfy.clip_vision
+        import comfy.sd
+        import comfy.text_encoders.sd2_clip as sd2_clip
+        import folder_paths
+
+        torch.manual_seed(0)
+        # -- text: transformers reference (layers - 1) and ComfyUI's SD2 CLIP (all layers)
+        tcfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=TEXT_LAYERS - 1,
+                              hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407,
+                              pad_token_id=0, **TEXT)
+        self.ref_text = CLIPTextModel(tcfg).eval()
+        self.ref_text.load_state_dict(randomize(self.ref_text.state_dict(), 1))
+        last = CLIPTextModel(CLIPTextConfig(**{**tcfg.to_dict(), "num_hidden_layers": TEXT_LAYERS}))
+        comfy_sd = {f"text_model.{k}": v for k, v in self.ref_text.state_dict().items()}
+        top = f"layers.{TEXT_LAYERS - 1}."
+        extra = randomize({k: v for k, v in last.state_dict().items() if top in k}, 2)
+        comfy_sd.update({f"text_model.{k}": v for k, v in extra.items()})
+        comfy_sd["text_projection.weight"] = torch.randn(TEXT["hidden_size"], TEXT["hidden_size"]) * 0.1
+
+        class Target:
+            params: dict = {}
+            clip = sd2_clip.SD2ClipModel
+            tokenizer = sd2_clip.SD2Tokenizer
+
+        self.clip = comfy.sd.CLIP(
+            Target(),
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+            model_options={"dtype": torch.float32,
+                           "clip_h_model_config": {**TEXT, "num_hidden_layers": TEXT_LAYERS}},
+        )
+        missing, unexpected = self.clip.load_sd(comfy_sd)
+        assert not missing and not unexpected, (missing, unexpected)
+        tok_dir = comfy_path() / "comfy" / "sd1_tokenizer"  # CLIP BPE; SD2 pads with "!" (id 0)
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), pad_token="!")
+
+        # -- vision: transformers reference and ComfyUI's CLIP_VISION from a json config
+        self.ref_vision = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
+        self.ref_vision.load_state_dict(randomize(self.ref_vision.state_dict(), 3))
+        cfg_path = tmp_path / "tiny_clip_vision.json"
+        cfg_path.write_text(json.dumps({**VISION, "num_channels": 3, "model_type": "clip_vision_model",
+                                        "projection_dim": 16}))
+        self.clip_vision = comfy.clip_vision.ClipVisionModel(str(cfg_path))
+        vsd = {f"vision_model.{k}": v for k, v in self.ref_vision.state_dict().items()}
+        vsd["visual_projection.weight"] = torch.randn(16, VISION["hidden_size"]) * 0.1
+        missing, unexpected = self.clip_vision.load_sd(vsd)
+        assert not missing and not unexpected, (missing, unexpected)
+        assert self.clip_vision.dtype == torch.float32
+
+        # -- adapter: a file in ComfyUI's models folder, loaded by the pack's loader node
+        asd = randomize({k: torch.empty(s) for k, s in expected_shapes(ADAPTER).items()}, 4)
+        folder = harness.base / "models" / "fashion_rag" / "adapter"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(asd, str(folder / ADAPTER_FILE))
+        self.ref_adapter = ReferenceAdapter(ADAPTER).eval()
+        self.ref_adapter.load_state_dict(asd)
+
+        nodes = harness.nodes.NODE_CLASS_MAPPINGS
+        self.inversion = nodes["FashionRAGGarmentInversion"]
+        self.module = sys.modules[self.inversion.__module__]
+        loader = nodes["FashionRAGAdapterLoader"]
+        self.adapter = loader.execute(adapter_name=ADAPTER_FILE).result[0]
+
+    # ---------------------------------------------------------------- the reference computation
+
+    def ref_ids(self, text: str) -> torch.Tensor:
+        return self.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                              return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def ref_ptes(self, garments: list[np.ndarray]) -> torch.Tensor:
+        pixels = CLIPImageProcessorPil()(images=garments, return_tensors="pt").pixel_values
+        feats = self.ref_vision(pixel_values=pixels).last_hidden_state
+        return self.ref_adapter(feats).reshape(1, ADAPTER.num_tokens * len(garments), -1)
+
+    @torch.no_grad()
+    def ref_encode(self, text: str, ptes: torch.Tensor | None = None) -> torch.Tensor:
+        ids = self.ref_ids(text)
+
+        def replace(_module, _inputs, embeds):
+            if ptes is None:
+                return embeds
+            embeds = embeds.clone()
+            pos = (ids[0] == 259).nonzero()[:, 0][: ptes.shape[1]]
+            embeds[0, pos] = ptes[0].to(embeds.dtype)
+            return embeds
+
+        hook = self.ref_text.embeddings.token_embedding.register_forward_hook(replace)
+        try:
+            return self.ref_text(input_ids=ids).last_hidden_state
+        finally:
+            hook.remove()
+
+
+@pytest.fixture(scope="module")
+def models(comfy, tmp_path_factory) -> Models:
+    return Models(comfy, tmp_path_factory.mktemp("parity"))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def test_token_ids_and_padding_match_reference(models):
+    for text in (build_prompt("dresses", 2), build_prompt("upper_body", 3, "red silk"), ""):
+        ours = [t[0] for t in models.clip.tokenize(text)["h"][0]]
+        assert ours == models.ref_ids(text)[0].tolist()
+    assert models.ref_ids("")[0, 2:].eq(0).all()  # SD2 pads with 0 after the end token
+
+
+def test_plain_text_encoder_parity(models):
+    text = "a photo of a model wearing a dress"
+    cond = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(text))[0][0]
+    assert rel_err(cond, models.ref_encode(text)) < 1e-5
+
+
+def test_garment_inversion_matches_reference(models):
+    garments = [smooth_garment(1), smooth_garment(2)]
+    image = torch.from_numpy(np.stack(garments)).float() / 255.0  # a ComfyUI IMAGE
+    out = models.inversion.execute(
+        clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter, images=image,
+        category="dresses",
+    )
+    positive, negative = out.result
+    ref_ptes = models.ref_ptes(garments)
+    ref_pos = models.ref_encode(build_prompt("dresses", 2), ref_ptes)
+    ref_neg = models.ref_encode("")
+    pos_err = rel_err(positive[0][0], ref_pos)
+    neg_err = rel_err(negative[0][0], ref_neg)
+    print(f"\nparity: positive rel err {pos_err:.2e}, negative rel err {neg_err:.2e}")
+    assert positive[0][0].shape == (1, 77, TEXT["hidden_size"])
+    assert pos_err < 1e-4 and neg_err < 1e-4
+    # The PTEs themselves (ComfyUI CLIP_VISION + our preprocessing + our adapter).
+    ptes = models.module.garment_embeddings(models.clip_vision, models.adapter, [image])
+    pte_err = rel_err(ptes.reshape(ref_ptes.shape), ref_ptes)
+    print(f"parity: PTE rel err {pte_err:.2e}")
+    assert pte_err < 1e-4
+    # The PTEs really are in the conditioning: without them it differs.
+    plain = models.ref_encode(build_prompt("dresses", 2))
+    assert rel_err(positive[0][0], plain) > 1e-2
+
+
+def test_garments_input_with_auto_category(models):
+    garments = [smooth_garment(3)]
+    items = (Garment(id="g1", score=0.9, category="upper", path="/x/g1.jpg"),)
+    retrieved = Garments(items=items, images=torch.from_numpy(np.stack(garments)).float() / 255.0)
+    positive, _ = models.inversion.execute(
+        clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter, garments=retrieved,
+        category="auto", extra_text="",
+    ).result
+    ref = models.ref_encode(build_prompt("upper_body", 1), models.ref_ptes(garments))
+    assert rel_err(positive[0][0], ref) < 1e-4
+
+
+def test_pte_equal_to_token_row_reproduces_plain_prompt(models):
+    prompt = build_prompt("lower_body", 1)
+    row = models.clip.cond_stage_model.clip_h.transformer.get_input_embeddings().weight[259]
+    tokens = models.module.inject_embeddings(models.clip, prompt, row.expand(1, 16, -1).clone())
+    assert sum(not isinstance(t[0], int) for t in tokens["h"][0]) == 16
+    injected = models.clip.encode_from_tokens_scheduled(tokens)[0][0]
+    plain = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(prompt))[0][0]
+    assert torch.equal(injected, plain)
+
+
+def test_comfy_clip_preprocess_is_not_reference_exact(models):
+    """Why the node preprocesses itself: ComfyUI's clip_preprocess rounds 298.67 up to 299 rows
+    and uses torch's antialiased bicubic; our pixels equal the reference processor's."""
+    import comfy.clip_vision
+
+    garment = smooth_garment(4)
+    image = torch.from_numpy(garment[None]).float() / 255.0
+    ref = CLIPImageProcessorPil()(images=[garment], return_tensors="pt").pixel_values
+    comfy_pixels = comfy.clip_vision.clip_preprocess(image)
+    from fashion_rag.clip_preprocess import preprocess_garments
+
+    assert rel_err(preprocess_garments(image), ref) < 1e-6
+    diff = rel_err(comfy_pixels, ref)
+    print(f"\nComfyUI clip_preprocess vs reference pixels: rel err {diff:.2e}")
+    assert diff > 1e-2

@@ -1,0 +1,230 @@
+"""Garment mask from keypoints: geometry of the rule in fashion_rag/mask.py, and the node."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fashion_rag import demo_person
+from fashion_rag.mask import (
+    ANKLES,
+    HIPS,
+    L_ANKLE,
+    L_KNEE,
+    NECK,
+    NOSE,
+    R_ANKLE,
+    R_ELBOW,
+    R_WRIST,
+    SHOULDERS,
+    feather_mask,
+    garment_mask,
+    garment_region,
+    masked_preview,
+)
+
+W, H = demo_person.WIDTH, demo_person.HEIGHT
+KP = np.array(demo_person.KEYPOINTS, dtype=float)
+
+
+def at(mask: torch.Tensor, xy) -> float:
+    x, y = xy
+    return float(mask[int(round(y)), int(round(x))])
+
+
+def bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(mask >= 0.5, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def mid(*idx: int) -> np.ndarray:
+    return KP[list(idx)].mean(axis=0)
+
+
+def test_upper_body_covers_torso_and_arms_not_head_hands_legs():
+    m = garment_mask(KP, "upper_body", W, H)
+    assert set(torch.unique(m).tolist()) == {0.0, 1.0}
+    chest = (mid(*SHOULDERS) + mid(*HIPS)) / 2
+    for p in (chest, KP[2], KP[5], KP[3], KP[6], mid(*HIPS), KP[NECK]):
+        assert at(m, p) == 1.0, p
+    hand = KP[R_WRIST] + 0.3 * (KP[R_WRIST] - KP[R_ELBOW])
+    for p in (KP[NOSE], KP[14], KP[15], hand, KP[9], KP[12], KP[10], KP[13]):
+        assert at(m, p) == 0.0, p
+    x0, y0, x1, y1 = bbox(m)
+    assert y0 < KP[list(SHOULDERS), 1].min()  # collar above the shoulder keypoints
+    assert y1 > KP[list(HIPS), 1].max()  # hem below the hip keypoints
+    assert y1 < KP[9, 1]  # but well above the knees
+    assert x0 < KP[:, 0][[3, 4]].min() and x1 > KP[:, 0][[6, 7]].max()  # arms included
+
+
+def test_lower_body_covers_hips_to_ankles_not_chest_or_feet():
+    m = garment_mask(KP, "lower_body", W, H)
+    for p in (mid(*HIPS), KP[8], KP[11], KP[9], KP[12], (KP[9] + KP[10]) / 2):
+        assert at(m, p) == 1.0, p
+    chest = (mid(*SHOULDERS) + mid(*HIPS)) / 2
+    shoe = KP[L_ANKLE] + 0.4 * (KP[L_ANKLE] - KP[L_KNEE])
+    for p in (chest, KP[NECK], KP[NOSE], shoe):
+        assert at(m, p) == 0.0, p
+    x0, y0, x1, y1 = bbox(m)
+    assert chest[1] < y0 < KP[list(HIPS), 1].min()  # waistband above the hip keypoints
+    assert y1 >= KP[list(ANKLES), 1].max()
+
+
+def test_dress_spans_shoulders_to_ankles_minus_head_and_feet():
+    m = garment_mask(KP, "dresses", W, H)
+    upper = garment_mask(KP, "upper_body", W, H)
+    lower = garment_mask(KP, "lower_body", W, H)
+    for p in (KP[2], KP[5], mid(*HIPS), KP[9], KP[12]):
+        assert at(m, p) == 1.0, p
+    for p in (KP[NOSE], KP[R_ANKLE] + 0.4 * (KP[R_ANKLE] - KP[9])):
+        assert at(m, p) == 0.0, p
+    # The dress box contains both others' boxes (same exclusions): nothing of them is lost.
+    assert bool(((upper + lower).clamp(max=1) <= m).all())
+    assert m.sum() > upper.sum() and m.sum() > lower.sum()
+
+
+def test_grow_moves_every_side_by_exactly_grow_pixels():
+    b0 = bbox(garment_mask(KP, "lower_body", W, H))
+    b1 = bbox(garment_mask(KP, "lower_body", W, H, grow=10))
+    b2 = bbox(garment_mask(KP, "lower_body", W, H, grow=-10))
+    assert (b1[0], b1[1], b1[2], b1[3]) == (b0[0] - 10, b0[1] - 10, b0[2] + 10, b0[3] + 10)
+    assert (b2[0], b2[1], b2[2], b2[3]) == (b0[0] + 10, b0[1] + 10, b0[2] - 10, b0[3] - 10)
+
+
+def test_grow_does_not_eat_into_the_head():
+    m = garment_mask(KP, "upper_body", W, H, grow=60)
+    assert at(m, KP[NOSE]) == 0.0
+    assert bbox(m)[1] < KP[NOSE][1]  # the box itself did grow past the face
+
+
+def test_feather_is_a_centred_ramp_that_binarises_back_to_the_hard_mask():
+    hard = garment_mask(KP, "upper_body", W, H)
+    soft = garment_mask(KP, "upper_body", W, H, feather=16)
+    assert torch.equal(soft >= 0.5, hard >= 0.5)
+    assert ((soft > 0) & (soft < 1)).any()
+    # Along a row through the chest, left edge: monotone ramp 16 px wide around the edge.
+    y = int(KP[list(SHOULDERS), 1].mean() + 60)
+    row = soft[y]
+    x_edge = int(torch.nonzero(hard[y] >= 0.5)[0])
+    seg = row[x_edge - 12 : x_edge + 12]
+    assert bool((seg[1:] >= seg[:-1]).all())
+    ramp = torch.nonzero((row > 0) & (row < 1)).flatten()
+    left = ramp[ramp < x_edge + 12]
+    assert 14 <= len(left) <= 17, left.tolist()
+    assert float(row[x_edge - 1]) < 0.5 <= float(row[x_edge])
+
+
+def test_feather_leaves_the_image_border_hard():
+    mask = torch.zeros(20, 30)
+    mask[:, :10] = 1  # touches the top, bottom and left borders
+    soft = feather_mask(mask, 6)
+    assert torch.equal(soft[:, 0], torch.ones(20))
+    assert torch.equal(soft[0, :6], torch.ones(6))
+
+
+def test_mask_scales_with_the_person():
+    small = garment_mask(KP, "dresses", W, H, grow=4, feather=0)
+    big = garment_mask(KP * 2, "dresses", W * 2, H * 2, grow=8, feather=0)
+    down = torch.nn.functional.interpolate(big[None, None], size=(H, W), mode="area")[0, 0] >= 0.5
+    iou = ((down & (small >= 0.5)).sum() / (down | (small >= 0.5)).sum()).item()
+    assert iou > 0.98, iou
+
+
+def test_missing_keypoints_are_skipped_not_drawn_at_the_origin():
+    kp = KP.copy()
+    kp[R_WRIST] = 0  # OpenPose writes missing points as 0, 0
+    m = garment_mask(kp, "upper_body", W, H)
+    x0, y0, _, _ = bbox(m)
+    assert x0 > 50 and y0 > 50
+    assert sum(part == "hand" for part, *_ in garment_region(kp, "upper_body", W, H).excluded) == 1
+    conf = np.concatenate([KP, np.ones((18, 1))], axis=1)
+    conf[R_WRIST, 2] = 0  # confidence 0 = missing too
+    assert torch.equal(garment_mask(conf, "upper_body", W, H), m)
+
+
+def test_lower_body_without_ankles_ends_below_the_knees():
+    kp = KP.copy()
+    kp[list(ANKLES)] = 0
+    m = garment_mask(kp, "lower_body", W, H)
+    _, _, _, y1 = bbox(m)
+    assert KP[9, 1] < y1 < KP[10, 1] - 40
+
+
+def test_unusable_pose_says_what_is_missing():
+    kp = KP.copy()
+    kp[list(HIPS)] = 0
+    with pytest.raises(ValueError, match="hip"):
+        garment_mask(kp, "lower_body", W, H)
+    with pytest.raises(ValueError, match="category"):
+        garment_mask(KP, "shoes", W, H)
+
+
+def test_masked_preview_greys_the_repaint_region_only():
+    img = torch.rand(1, H, W, 3)
+    m = garment_mask(KP, "upper_body", W, H, feather=8)[None]
+    out = masked_preview(img, m)
+    inside, outside = m[0] == 1, m[0] == 0
+    assert torch.allclose(out[0][inside], torch.full_like(out[0][inside], 0.5))
+    assert torch.equal(out[0][outside], img[0][outside])
+
+
+# --- the ComfyUI node -------------------------------------------------------------------------
+
+
+def _person_tensor(scale: int = 1) -> torch.Tensor:
+    img = demo_person.draw_person().resize((W * scale, H * scale))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def test_node_accepts_openpose_and_dress_code_json_and_scales_to_the_image(comfy):
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    openpose = demo_person.keypoints_json()
+    dresscode = json.dumps({"keypoints": [[x, y, 1.0, i] for i, (x, y) in enumerate(demo_person.KEYPOINTS)]})
+    expected = garment_mask(KP, "upper_body", W, H, grow=6, feather=4)
+    for text in (openpose, dresscode):
+        out = GarmentMask.execute(_person_tensor(), "upper_body", text, 6, 4)
+        mask, preview = out.result
+        assert mask.shape == (1, H, W) and preview.shape == (1, H, W, 3)
+        assert torch.allclose(mask[0], expected)
+    # A 2x image with the same 384x512 keypoints: the mask follows the person.
+    out = GarmentMask.execute(_person_tensor(2), "upper_body", openpose, 6, 4)
+    big = out.result[0][0]
+    assert big.shape == (2 * H, 2 * W)
+    assert at(big, KP[NOSE] * 2) == 0.0 and at(big, (mid(*SHOULDERS) + mid(*HIPS))) == 1.0
+
+
+def test_node_runs_in_a_comfyui_prompt(comfy):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "FashionRAGGarmentMask", "inputs": {
+            "image": ["1", 0], "category": "dresses", "keypoints_json": demo_person.keypoints_json(),
+            "grow": 0, "feather": 0}},
+        "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    outputs = comfy.run(prompt)
+    assert outputs["4"]["images"]
+
+
+def test_node_category_override_and_batches(comfy):
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    images = _person_tensor().repeat(2, 1, 1, 1)
+    out = GarmentMask.execute(images, "upper_body", demo_person.keypoints_json(), 0, 0,
+                              category_override="skirt")
+    mask = out.result[0]
+    assert mask.shape == (2, H, W)
+    assert torch.equal(mask[0], garment_mask(KP, "lower_body", W, H)) and torch.equal(mask[0], mask[1])
+    with pytest.raises(ValueError, match="category_override"):
+        GarmentMask.execute(images, "upper_body", demo_person.keypoints_json(), 0, 0, category_override="hat")
+    three_poses = json.dumps([json.loads(demo_person.keypoints_json())] * 3)
+    with pytest.raises(ValueError, match="3 poses for 2 images"):
+        GarmentMask.execute(images, "upper_body", three_poses, 0, 0)
+
+
+def test_node_rejects_bad_keypoints_with_a_clear_message(comfy):
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    with pytest.raises(ValueError, match="keypoints"):
+        GarmentMask.execute(_person_tensor(), "upper_body", "not json", 0, 0)

@@ -1,0 +1,171 @@
+"""FashionRAGInpaintConditioning / FashionRAGInpaint inside real ComfyUI: channel contents, stock
+KSampler use, other samplers, MODEL patches, and the bad-input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_inpaint_parity import H, W, inputs, pack_module, rel, tiny_unet, tiny_vaes
+
+from fashion_rag.unet_layout import UNetLayout
+
+
+@pytest.fixture(scope="module")
+def comfy_runtime(comfy_base):
+    from comfy_harness import InProcessComfy
+
+    return InProcessComfy.get(comfy_base)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def parts(comfy_runtime, tmp_path_factory):
+    from test_inpaint_parity import load_tiny_model
+
+    _, cvae = tiny_vaes()
+    model = load_tiny_model(comfy_runtime, tiny_unet(seed=7), tmp_path_factory.mktemp("nodes"))
+    return model, cvae, pack_module(comfy_runtime, "nodes.inpaint")
+
+
+def _concat(cond) -> torch.Tensor:
+    (entry,) = cond
+    return entry[1]["noise_concat"]
+
+
+def test_conditioning_channels(parts):
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    mask = mask * 0.8 + 0.1  # soft mask: binarised at 0.5
+    with torch.inference_mode():
+        p, n, latent = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask, pose=pose)
+    cp, cn = _concat(p), _concat(n)
+    assert cp.shape == cn.shape == (1, 23, H // 8, W // 8)
+    binary = (mask >= 0.5).float()[:, None]
+    assert torch.equal(cp[:, :1], F.interpolate(binary, size=(H // 8, W // 8), mode="nearest"))
+    masked = (image - 0.5) * (binary.movedim(1, -1) < 0.5) + 0.5
+    assert torch.allclose(cp[:, 1:5], vae.encode(masked) * 0.18215, atol=1e-6)
+    assert torch.allclose(cp[:, 5:], F.interpolate(pose, size=(H // 8, W // 8), mode="bilinear"))
+    assert torch.equal(cn[:, :5], cp[:, :5])  # mask and masked latent in both branches
+    assert not cn[:, 5:].any()  # zero pose in the negative branch
+    assert torch.allclose(latent["samples"], vae.encode(image))
+    assert "noise_mask" not in latent
+    assert p[0][0] is pos[0][0]  # the text conditioning itself is untouched
+
+    with torch.inference_mode():
+        p, n, latent = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask,
+                                                                     noise_mask=True)
+    assert not _concat(p)[:, 5:].any() and not _concat(n)[:, 5:].any()  # no pose -> zeros
+    assert torch.equal(latent["noise_mask"], binary)
+
+
+def test_stock_ksampler_samples_through_the_conditioning(comfy_runtime, parts):
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (already imported by the harness)
+
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    with torch.inference_mode():
+        p, n, latent = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask, pose=pose)
+        (out,) = comfy_nodes.common_ksampler(model, 1, 4, 7.5, "euler", "normal", p, n, latent)
+    assert out["samples"].shape == (1, 4, H // 8, W // 8) and torch.isfinite(out["samples"]).all()
+
+    # Core InpaintModelConditioning gives 5 extra channels: a clear error, not a conv error.
+    with torch.inference_mode():
+        p2, n2, latent2 = comfy_nodes.InpaintModelConditioning().encode(pos, neg, image, vae, mask)
+        with pytest.raises(ValueError, match="needs 23 extra input channels.*gives 0"):
+            comfy_nodes.common_ksampler(model, 1, 2, 7.5, "euler", "normal", p2, n2, latent2)
+
+
+@pytest.mark.parametrize("sampler,scheduler,denoise", [
+    ("euler", "karras", 1.0), ("dpmpp_2m", "normal", 1.0), ("uni_pc", "simple", 1.0),
+    ("fashion_rag_ddim", "normal", 0.5), ("euler_ancestral", "normal", 0.6),
+])
+def test_other_samplers_and_denoise(parts, sampler, scheduler, denoise):
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    with torch.inference_mode():
+        latent, decoded = inpaint.FashionRAGInpaint.execute(
+            model, pos, neg, vae, image, mask, seed=1, steps=4, cfg=7.5, sampler_name=sampler,
+            scheduler=scheduler, denoise=denoise, paste_back=False, pose=pose)
+    assert latent["samples"].shape == (1, 4, H // 8, W // 8)
+    assert decoded.shape == image.shape and torch.isfinite(decoded).all()
+
+
+def test_paste_back_keeps_unmasked_pixels_and_patches_apply(parts):
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    args = dict(seed=5, steps=3, cfg=7.5, sampler_name="fashion_rag_ddim", scheduler="normal",
+                denoise=1.0, pose=pose)
+    with torch.inference_mode():
+        run = inpaint.FashionRAGInpaint.execute
+        _, plain = run(model, pos, neg, vae, image, mask, paste_back=False, **args)
+        _, pasted = run(model, pos, neg, vae, image, mask, paste_back=True, **args)
+    keep = mask[..., None] < 0.5
+    assert torch.equal(pasted[keep.expand_as(pasted)], image[keep.expand_as(image)])
+    assert torch.equal(pasted[~keep.expand_as(pasted)], plain[~keep.expand_as(plain)])
+
+    # A weight patch on a clone (what a LoRA does) changes the result; the original is intact.
+    patched = model.clone()
+    patched.add_patches({"diffusion_model.out.2.bias": (torch.full((4,), 0.5),)}, 1.0)
+    with torch.inference_mode():
+        _, again = run(model, pos, neg, vae, image, mask, paste_back=False, **args)
+        _, other = run(patched, pos, neg, vae, image, mask, paste_back=False, **args)
+    assert rel(again, plain) < 1e-6
+    assert rel(other, plain) > 1e-3
+
+
+def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    node = inpaint.FashionRAGInpaint
+    args = dict(seed=0, steps=2, cfg=7.5, sampler_name="fashion_rag_ddim", scheduler="normal",
+                denoise=1.0, paste_back=False)
+
+    def fails(match, **kw):
+        call = dict(model=model, positive=pos, negative=neg, vae=vae, image=image, mask=mask) | args | kw
+        with pytest.raises(ValueError, match=match), torch.inference_mode():
+            node.execute(**call)
+
+    fails(r"mask is 40x64 but the image is 48x64: resize the mask", mask=mask[..., :40])
+    fails(r"mask is empty .* Paint the garment region white", mask=torch.zeros_like(mask))
+    fails(r"image is 44x60; the UNet needs width and height divisible by 8.*40x56",
+          image=image[:, :60, :44], mask=mask[:, :60, :44])
+    fails(r"FASHION_RAG_POSE \[B, 18, H, W\]", pose=pose[:, :17])
+    fails(r"2 masks for 1 images", mask=mask.expand(2, -1, -1))
+
+    # A stock 9-channel inpainting UNet plugged in.
+    loader = pack_module(comfy_runtime, "nodes.unet_loader")
+    layout = pack_module(comfy_runtime, "fashion_rag.unet_layout")
+    nine = UNetLayout(in_channels=9, block_out_channels=(64,), layers_per_block=1,
+                      attention_levels=(True,), cross_attention_dim=64)
+    sd = {k: torch.zeros(s) for k, s in nine.ldm_shapes().items()}
+    stock = loader.build_model(sd, layout.UNetLayout(**nine.__dict__), torch.float32)
+    fails(r"takes 9 input channels.*27-channel Fashion-RAG UNet.*InpaintModelConditioning", model=stock)
+
+    with pytest.raises(ValueError, match="divisible by 8"):
+        inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image[:, :, :42], mask[:, :, :42])
+
+
+def test_gpu_benchmark_setup_runs_in_smoke_mode():
+    """benchmarks/gpu_pipeline.py needs a GPU; its --smoke mode runs the same setup on the CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fashion_rag.comfy_runner import comfy_path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_pipeline.py"), "--smoke"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for row in ("a) diffusers reference loop", "b) ComfyUI node sampling", "c) FashionRAGInpaint node"):
+        assert row in run.stdout

@@ -1,0 +1,167 @@
+"""The index loader and retrieve nodes inside a real ComfyUI (in-process and over HTTP)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_harness import PromptFailed
+from fashion_rag.demo_catalog import TINY_WEIGHTS_NAME
+from fashion_rag.encoders import write_tiny_encoder_weights
+from fashion_rag.images import load_garment
+
+LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
+
+
+def workflow(text: str = "red striped trousers", k: int = 3, index: str = "demo", save: bool = False,
+             weights: str = TINY_WEIGHTS_NAME, **retrieve_inputs) -> dict:
+    inputs = {"index": ["1", 0], "text": text, "k": k, "category": "any", "mode": "fusion",
+              "pin_ids": "", "exclude_ids": "", **retrieve_inputs}
+    sink = ({"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fr_retrieve"}}
+            if save else {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}})
+    return {
+        "1": {"class_type": LOADER, "inputs": {"index": index, "encoder_weights": weights}},
+        "2": {"class_type": RETRIEVE, "inputs": inputs},
+        "3": sink,
+    }
+
+
+def _error_text(err: PromptFailed) -> str:
+    return str(err.payload)
+
+
+def test_workflow_runs_in_process(comfy, comfy_base):
+    out = comfy.run(workflow(save=True, k=3, category="lower_body"))
+    summary = out["1"]["fashion_rag_index"][0]
+    assert summary["name"] == "demo" and summary["items"] == 36
+    assert summary["per_category"] == {"upper_body": 12, "lower_body": 12, "dresses": 12}
+    assert summary["random_demo"] is True and "RANDOM demo weights" in summary["warning"]
+    assert "laion/CLIP-ViT-L-14-laion2B-s32B-b82K" in summary["warning"]
+
+    listing = out["2"]["fashion_rag_garments"]
+    assert [g["rank"] for g in listing] == [1, 2, 3]
+    assert listing[0]["caption"] == "red striped trousers"
+    assert all(g["category"] == "lower_body" for g in listing)
+    previews = out["2"]["images"]
+    assert len(previews) == 3 and all(p["type"] == "temp" for p in previews)
+    assert all((comfy_base / "temp" / p["subfolder"] / p["filename"]).is_file() for p in previews)
+
+    # The IMAGE output, as SaveImage wrote it, is each garment fitted to 384x512, in rank order.
+    saved = out["3"]["images"]
+    assert len(saved) == 3
+    catalog = comfy_base / "models" / "fashion_rag" / "catalogs" / "demo"
+    for entry, garment in zip(saved, listing, strict=True):
+        saved_file = comfy_base / "output" / entry["subfolder"] / entry["filename"]
+        png = np.asarray(Image.open(saved_file).convert("RGB"))
+        expected = np.asarray(load_garment(next(catalog.rglob(f"{garment['id']}.png"))))
+        assert png.shape == (512, 384, 3) and np.array_equal(png, expected)
+
+
+def test_pins_and_excludes_through_the_node(comfy):
+    first = comfy.run(workflow(k=4))["2"]["fashion_rag_garments"]
+    top = first[0]["id"]
+    out = comfy.run(workflow(k=4, pin_ids="dress03,top05", exclude_ids=top))["2"]["fashion_rag_garments"]
+    ids = [g["id"] for g in out]
+    assert ids[:2] == ["dress03", "top05"] and top not in ids and len(ids) == 4
+
+
+def test_image_mode_runs_the_encoder_under_comfy_memory_management(comfy):
+    import comfy.model_management as mm
+
+    out = comfy.run(workflow(text="a blue dress", k=5, mode="image", category="dresses"))
+    listing = out["2"]["fashion_rag_garments"]
+    assert len(listing) == 5 and all(g["category"] == "dresses" for g in listing)
+    scores = [g["score"] for g in listing]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)  # cosines
+    loaded = [lm.model.model for lm in mm.current_loaded_models if lm.model is not None]
+    assert any(type(m).__name__ == "CLIP" and hasattr(m, "encode_text") for m in loaded)
+
+
+def test_bad_inputs_give_clear_errors(comfy):
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(index="no_such_index"))
+    assert err.value.kind == "validation"
+    assert "No garment index named 'no_such_index'" in _error_text(err.value)
+    assert "index build" in _error_text(err.value)
+
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(k=0))
+    assert err.value.kind == "validation" and "smaller than min of 1" in _error_text(err.value)
+
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(text="   \n "))
+    assert err.value.kind == "validation" and "text is empty" in _error_text(err.value)
+
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(weights="missing_weights.safetensors"))
+    assert err.value.kind == "validation"
+    assert "open_clip_pytorch_model.bin" in _error_text(err.value) and "fashion_rag" in _error_text(err.value)
+
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(pin_ids="not_an_id"))
+    assert err.value.kind == "execution" and "'not_an_id'" in _error_text(err.value)
+
+
+def test_other_weights_are_refused_naming_both(comfy, comfy_base):
+    folder = comfy_base / "models" / "fashion_rag" / "retrieval"
+    other = write_tiny_encoder_weights(folder / "zz_other_seed.safetensors", seed=7)
+    try:
+        with pytest.raises(PromptFailed) as err:
+            comfy.run(workflow(weights=other.name))
+        text = _error_text(err.value)
+        assert err.value.kind == "execution"
+        assert TINY_WEIGHTS_NAME in text and other.name in text and "rebuild" in text
+    finally:
+        other.unlink()
+
+
+def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base, tmp_path):
+    node = comfy.nodes.NODE_CLASS_MAPPINGS[LOADER]
+    manifest = comfy_base / "models" / "fashion_rag" / "indexes" / "demo" / "manifest.json"
+    before = node.fingerprint_inputs(index="demo", encoder_weights=TINY_WEIGHTS_NAME)
+    backup = tmp_path / "manifest.json"
+    shutil.copy2(manifest, backup)
+    try:
+        os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
+        assert node.fingerprint_inputs(index="demo", encoder_weights=TINY_WEIGHTS_NAME) != before
+    finally:
+        shutil.copy2(backup, manifest)
+
+
+def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
+    info = comfy_server.get("/object_info")
+    assert LOADER in info and RETRIEVE in info
+    loader, retrieve = info[LOADER], info[RETRIEVE]
+    assert loader["display_name"] == "Garment Index Loader"
+    assert retrieve["display_name"] == "Text → Garment Retrieve"
+    index_spec = loader["input"]["required"]["index"]
+    options = index_spec[0] if isinstance(index_spec[0], list) else index_spec[1]["options"]
+    assert "demo" in options
+    required = retrieve["input"]["required"]
+    assert list(required) == ["index", "text", "k", "category", "mode", "pin_ids", "exclude_ids"]
+    assert required["k"][1]["min"] == 1 and required["k"][1]["max"] == 20 and required["k"][1]["default"] == 3
+    for spec in [*loader["input"]["required"].values(), *required.values()]:
+        assert spec[1].get("tooltip"), spec
+    assert retrieve["output"] == ["IMAGE", "FASHION_RAG_GARMENTS", "STRING"]
+    assert loader["output"] == ["FASHION_RAG_INDEX"]
+
+    entry = comfy_server.run(workflow(text="green polka-dot long dress", k=2))
+    garments = entry["outputs"]["2"]["fashion_rag_garments"]
+    assert garments[0]["caption"] == "green polka-dot long dress" and len(garments) == 2
+    assert len(entry["outputs"]["3"]["images"]) == 2
+
+    status, body = comfy_server.post("/prompt", {"prompt": workflow(k=0, text=""), "client_id": "tests"})
+    assert status == 400
+    errors = str(body["node_errors"]["2"]["errors"])
+    assert "smaller than min of 1" in errors or "text is empty" in errors
+
+
+@pytest.fixture(autouse=True)
+def _demo_present(demo_models):
+    # Everything here needs the demo index in the shared models folder.
+    assert Path(demo_models["index"], "manifest.json").is_file()

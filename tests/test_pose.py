@@ -1,0 +1,171 @@
+"""Pose keypoints -> heatmaps (the reference's rule) and the keypoint formats we read."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fashion_rag import pose as P
+
+
+def reference_heatmap(kpoint, shape, sigma=9.0):
+    """The reference's kpoint_to_heatmap, restated with numpy (pixel grid, sigma^2, max-normalised)."""
+    h, w = shape
+    if not np.any(np.asarray(kpoint) > 0):
+        return np.zeros((h, w))
+    yy, xx = np.mgrid[:h, :w]
+    m = np.exp(-((xx - kpoint[0]) ** 2 + (yy - kpoint[1]) ** 2) / sigma**2)
+    return m / (m.max() + np.finfo("float32").eps)
+
+
+def test_heatmap_peak_and_sigma_squared_rule():
+    pts = np.zeros((18, 2))
+    pts[0] = (100, 200)
+    maps = P.keypoint_heatmaps(pts, (384, 512))
+    assert maps.shape == (18, 512, 384) and maps.dtype == torch.float32
+    assert float(maps[0, 200, 100]) == pytest.approx(1.0, abs=1e-6)
+    # exp(-d^2 / sigma^2) with sigma = 9 (not 2 sigma^2): at d = 9 the value is e^-1.
+    assert float(maps[0, 200, 109]) == pytest.approx(math.exp(-1), rel=1e-5)
+    assert float(maps[0, 209, 100]) == pytest.approx(math.exp(-1), rel=1e-5)
+    assert float(maps[0, 203, 104]) == pytest.approx(math.exp(-25 / 81), rel=1e-5)
+    assert not maps[1:].any()  # (0, 0) is a missing keypoint: zero channels
+
+
+def test_missing_rule_and_reference_equality():
+    pts = np.array([[-1, -1], [0, 0], [0, 30], [40, -5], [12.4, 7.6], [383, 511]] + [[0, 0]] * 12, float)
+    maps = P.keypoint_heatmaps(pts, (48, 64)).numpy()
+    assert not maps[0].any() and not maps[1].any()  # x <= 0 and y <= 0: missing
+    assert maps[2].max() == pytest.approx(1.0) and maps[3].max() == pytest.approx(1.0)
+    for i in range(6):
+        np.testing.assert_allclose(maps[i], reference_heatmap(pts[i], (64, 48)), atol=1e-6)
+    # Off-grid keypoints are normalised to a peak of exactly 1, as in the reference.
+    assert maps[4].max() == pytest.approx(1.0, abs=1e-6)
+
+
+def _openpose(points, conf=None, **extra):
+    flat = []
+    for i, (x, y) in enumerate(points):
+        flat += [x, y, 1.0 if conf is None else conf[i]]
+    return {"people": [{"pose_keypoints_2d": flat}], **extra}
+
+
+RNG = np.random.default_rng(0)
+POINTS = RNG.uniform(10, 300, size=(18, 2)).round(1)
+
+
+def test_openpose_json_pixels_and_confidence():
+    conf = [1.0] * 18
+    conf[3] = 0.0  # OpenPose's "not detected"
+    (kp,) = P.parse_keypoints(json.dumps(_openpose(POINTS, conf)))
+    xy = kp.to_size((384, 512))
+    np.testing.assert_allclose(xy[0], POINTS[0])  # no canvas: already in the target frame
+    assert tuple(xy[3]) == (0.0, 0.0)
+    maps = P.pose_heatmaps([kp], (384, 512))
+    assert maps.shape == (1, 18, 512, 384) and not maps[0, 3].any()
+
+
+def test_pose_keypoint_frames_normalised_and_canvas():
+    frames = [_openpose(POINTS / 400.0, canvas_width=400, canvas_height=400),
+              _openpose(POINTS, canvas_width=400, canvas_height=800)]
+    kps = P.parse_keypoints(frames)
+    assert len(kps) == 2 and kps[0].normalized and not kps[1].normalized
+    np.testing.assert_allclose(kps[0].to_size((384, 512))[5], POINTS[5] / 400 * [384, 512])
+    np.testing.assert_allclose(kps[1].to_size((384, 512))[5], POINTS[5] * [384 / 400, 512 / 800])
+    empty = P.parse_keypoints([{"people": [], "canvas_width": 10, "canvas_height": 10}])
+    assert not P.pose_heatmaps(empty, (16, 16)).any()
+
+
+def test_dresscode_keypoints_rescale_like_the_reference():
+    rows = [[x, y, 0.9, i] for i, (x, y) in enumerate(POINTS)]
+    rows[7] = [-1.0, -1.0, 0.0, 7]
+    (kp,) = P.parse_keypoints({"keypoints": rows})
+    assert kp.canvas == (384, 512)
+    xy = kp.to_size((768, 1024))
+    np.testing.assert_allclose(xy[2], POINTS[2] * 2)
+    maps = P.pose_heatmaps([kp], (768, 1024))[0].numpy()
+    assert not maps[7].any()
+    np.testing.assert_allclose(maps[2], reference_heatmap(POINTS[2] * 2, (1024, 768)), atol=1e-6)
+
+
+def test_plain_lists_body25_and_coco17():
+    (a,) = P.parse_keypoints(POINTS.tolist())
+    (b,) = P.parse_keypoints(np.c_[POINTS, np.ones(18)].ravel().tolist())  # flat x, y, c
+    np.testing.assert_allclose(a.xy, POINTS)
+    np.testing.assert_allclose(b.xy, POINTS)
+
+    body25 = RNG.uniform(10, 300, size=(25, 2))
+    (c,) = P.parse_keypoints(_openpose(body25))
+    np.testing.assert_allclose(c.xy[8], body25[9])  # right hip skips BODY_25's mid-hip
+    np.testing.assert_allclose(c.xy[17], body25[18])
+
+    coco17 = RNG.uniform(10, 300, size=(17, 2))
+    (d,) = P.parse_keypoints(coco17.tolist())
+    np.testing.assert_allclose(d.xy[1], (coco17[5] + coco17[6]) / 2)  # neck = shoulders' middle
+    np.testing.assert_allclose(d.xy[2], coco17[6])  # right shoulder
+    np.testing.assert_allclose(d.xy[15], coco17[1])  # left eye
+
+
+def test_second_person_and_errors():
+    two = _openpose(POINTS)
+    two["people"].append({"pose_keypoints_2d": np.c_[POINTS + 1, np.ones(18)].ravel().tolist()})
+    np.testing.assert_allclose(P.parse_keypoints(two, person=1)[0].xy, POINTS + 1)
+    with pytest.raises(P.PoseFormatError, match="person 2"):
+        P.parse_keypoints(two, person=2)
+    with pytest.raises(P.PoseFormatError, match="not valid JSON"):
+        P.parse_keypoints("{nope")
+    with pytest.raises(P.PoseFormatError, match="12 keypoints"):
+        P.parse_keypoints(POINTS[:12].tolist())
+    with pytest.raises(P.PoseFormatError, match="unrecognised"):
+        P.parse_keypoints({"something": 1})
+
+
+def test_resize_pose_is_the_reference_bilinear():
+    maps = torch.rand(1, 18, 64, 48)
+    out = P.resize_pose(maps, 8, 6)
+    assert torch.equal(out, torch.nn.functional.interpolate(maps, size=(8, 6), mode="bilinear"))
+    assert P.resize_pose(maps, 64, 48) is maps
+
+
+def test_render_skeleton():
+    img = P.render_skeleton(POINTS, (384, 512))
+    assert img.shape == (512, 384, 3) and img.dtype == np.float32
+    assert 0 <= img.min() and img.max() <= 1
+    x, y = POINTS[0].astype(int)
+    assert img[y, x].max() > 0.5  # a dot on the nose
+    assert img[0:3, 0:3].max() == 0  # black background
+    assert not P.render_skeleton(np.zeros((18, 2)), (32, 32)).any()
+
+
+@pytest.fixture(scope="module")
+def comfy_runtime(comfy_base):
+    from comfy_harness import InProcessComfy
+
+    return InProcessComfy.get(comfy_base)
+
+
+def test_pose_node_in_comfyui(comfy_runtime):
+    text = json.dumps({"keypoints": [[x, y, 1, i] for i, (x, y) in enumerate(POINTS)]})
+    prompt = {
+        "1": {"class_type": "FashionRAGPoseFromKeypoints",
+              "inputs": {"keypoints_json": text, "width": 192, "height": 256}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}},
+    }
+    out = comfy_runtime.run(prompt)
+    assert out["2"]["images"] and out["1"]["images"]  # node preview and PreviewImage
+
+    import importlib
+
+    node = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.pose").FashionRAGPoseFromKeypoints
+    frames = [_openpose(POINTS / 400.0), _openpose(POINTS / 400.0)]
+    res = node.execute("", 96, 128, pose_keypoint=frames)
+    assert res[0].shape == (2, 18, 128, 96) and res[1].shape == (2, 128, 96, 3)
+    assert float(res[0].amax()) == pytest.approx(1.0)
+    # Pixel coordinates in another frame: source size rescales them.
+    res = node.execute(text, 192, 256, source_width=384, source_height=512)
+    assert res[0].shape == (1, 18, 256, 192)
+    with pytest.raises(ValueError, match="No keypoints"):
+        node.execute("  ", 96, 128)

@@ -1,0 +1,79 @@
+"""The reference prompt, its placeholders and the one-chunk token budget."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import CLIPTokenizer
+
+from fashion_rag.comfy_runner import comfy_path
+from fashion_rag.prompt import (
+    PLACEHOLDER_TOKEN_ID,
+    PromptTooLongError,
+    build_prompt,
+    check_prompt_fits,
+    max_garments,
+    prompt_prefix,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CLIPTokenizer:
+    # The CLIP BPE files ComfyUI ships (the vocabulary of SD2's tokenizer; SD2 pads with "!" = 0).
+    return CLIPTokenizer.from_pretrained(str(comfy_path() / "comfy" / "sd1_tokenizer"), pad_token="!")
+
+
+@pytest.fixture(scope="module")
+def count(tokenizer):
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_prompt_is_the_reference_string():
+    # The reference: f'a photo of a model wearing {category_text} made of {" $ " * num_vstar * n}'
+    assert build_prompt("dresses", 1) == "a photo of a model wearing a dress made of " + " $ " * 16
+    two = build_prompt("upper_body", 2)
+    assert two.startswith("a photo of a model wearing an upper body garment made of  $ ")
+    assert build_prompt("lower_body", 1, "  red  ").endswith(" $ red")
+    assert prompt_prefix("lower_body") == "a photo of a model wearing a lower body garment made of"
+
+
+def test_placeholders_are_token_259_right_after_the_prefix(tokenizer, count):
+    ids = tokenizer(build_prompt("dresses", 2, "with buttons"), padding="max_length", max_length=77).input_ids
+    n_prefix = count(prompt_prefix("dresses"))
+    assert PLACEHOLDER_TOKEN_ID == 259
+    assert ids[1 + n_prefix : 1 + n_prefix + 32] == [259] * 32
+    assert ids.count(259) == 32
+    assert ids[-1] == 0  # SD2 pads with id 0
+
+
+@pytest.mark.parametrize("category, k", [("dresses", 4), ("upper_body", 3), ("lower_body", 3)])
+def test_max_garments_per_category(count, tokenizer, category, k):
+    assert max_garments(category, count_tokens=count) == k
+    n = len(tokenizer(build_prompt(category, k)).input_ids)
+    assert n <= 77 < n + 16  # k fits, k + 1 would not
+
+
+def test_extra_text_takes_room(count):
+    assert max_garments("dresses", "red", count_tokens=count) == 4  # 1 + 10 + 64 + 1 + 1 = 77
+    assert max_garments("dresses", "red silk", count_tokens=count) == 3
+    assert max_garments("dresses", "word " * 70, count_tokens=count) == 0
+
+
+def test_too_many_garments_is_a_clear_error(count):
+    check_prompt_fits("upper_body", 3, count_tokens=count)
+    with pytest.raises(PromptTooLongError, match="use at most 3 garment"):
+        check_prompt_fits("upper_body", 4, count_tokens=count)
+    with pytest.raises(PromptTooLongError, match="shorten the extra text"):
+        check_prompt_fits("dresses", 1, "word " * 70, count_tokens=count)
+
+
+def test_unknown_category():
+    with pytest.raises(ValueError, match="upper_body, lower_body, dresses"):
+        build_prompt("shoes", 1)
+
+
+def test_default_counter_agrees_with_clip_tokenizer(count):
+    text = "a (red) floral-print midi dress, puff sleeves & buttons"
+    from fashion_rag.prompt import _open_clip_counter
+
+    assert _open_clip_counter()(text) == count(text)
+    assert max_garments("upper_body") == 3

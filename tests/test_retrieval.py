@@ -1,0 +1,173 @@
+"""Text -> garment retrieval: exact against brute force, BM25, fusion, filters, pins, images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from fashion_rag.catalog import scan_catalog
+from fashion_rag.demo_catalog import write_demo_catalog
+from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.images import load_garment
+from fashion_rag.index_store import build_index, load_index
+from fashion_rag.lexical import CaptionIndex, tokenize
+from fashion_rag.retrieval import RRF_K, UnknownIdError, parse_ids, retrieve, search
+
+QUERIES = ["red striped trousers", "a long dress", "black checked short-sleeve top", "polka-dot skirt"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    return write_demo_catalog(tmp_path_factory.mktemp("catalog"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_index(tmp_path_factory, catalog):
+    """The demo setup: tiny encoder with RANDOM demo weights (marked as such)."""
+    weights = write_tiny_encoder_weights(tmp_path_factory.mktemp("w") / "tiny.safetensors", seed=0)
+    enc = GarmentEncoder(weights, TINY_ARCH)
+    out = tmp_path_factory.mktemp("idx") / "demo"
+    build_index(scan_catalog(catalog), out, enc)
+    return load_index(out, enc)
+
+
+@pytest.fixture(scope="module")
+def plain_index(tmp_path_factory, catalog):
+    """Same architecture, weights *not* marked as demo weights: image similarity is used as is."""
+    folder = tmp_path_factory.mktemp("w2")
+    marked = write_tiny_encoder_weights(folder / "marked.safetensors", seed=3)
+    save_file(load_file(str(marked)), str(folder / "plain.safetensors"))  # same tensors, no mark
+    enc = GarmentEncoder(folder / "plain.safetensors", TINY_ARCH)
+    assert not enc.is_random_demo
+    out = tmp_path_factory.mktemp("idx2") / "plain"
+    build_index(scan_catalog(catalog), out, enc)
+    return load_index(out, enc)
+
+
+def _brute_force(index, text: str, allowed=None) -> tuple[list[str], np.ndarray]:
+    q = index.encoder.encode_texts([text])[0].astype(np.float64)
+    scores = np.asarray(index.embeddings, dtype=np.float64) @ q
+    order = [i for i in np.argsort(-scores, kind="stable") if allowed is None or allowed[i]]
+    return [index.ids[i] for i in order], scores[order]
+
+
+@pytest.mark.parametrize("text", QUERIES)
+def test_image_mode_equals_numpy_brute_force(plain_index, text):
+    hits = search(plain_index, text, k=10, mode="image")
+    ids, scores = _brute_force(plain_index, text)
+    assert [h.id for h in hits] == ids[:10]
+    np.testing.assert_allclose([h.score for h in hits], scores[:10], atol=1e-5)
+
+
+def test_category_filter_equals_brute_force_on_that_category(plain_index):
+    allowed = [c == "dresses" for c in plain_index.categories]
+    hits = search(plain_index, "something blue", k=7, mode="image", category="dress")  # free text ok
+    ids, _ = _brute_force(plain_index, "something blue", allowed)
+    assert [h.id for h in hits] == ids[:7]
+    assert {h.category for h in hits} == {"dresses"}
+
+
+def test_caption_query_ranks_matching_caption_first(demo_index):
+    for caption in ("red striped trousers", "green polka-dot long dress", "black striped long-sleeve top"):
+        assert caption in demo_index.captions, caption
+        for mode in ("caption", "fusion"):
+            top = search(demo_index, caption, k=3, mode=mode)[0]
+            assert top.caption == caption, (mode, caption, top)
+    # Word forms meet: plural/participle variants still find the striped items.
+    hits = search(demo_index, "stripes", k=5, mode="caption")
+    assert all("striped" in h.caption for h in hits)
+
+
+def test_demo_weights_make_fusion_rank_by_captions(demo_index, plain_index):
+    for text in QUERIES:
+        caption = [h.id for h in search(demo_index, text, 6, mode="caption")]
+        assert [h.id for h in search(demo_index, text, 6, mode="fusion")] == caption
+        assert [h.id for h in search(demo_index, text, 6)] == caption  # the default mode too
+    # With weights not marked as demo weights, the default is real fusion.
+    text = QUERIES[0]
+    default = [h.id for h in search(plain_index, text, 6)]
+    assert default == [h.id for h in search(plain_index, text, 6, mode="fusion")]
+    assert default != [h.id for h in search(plain_index, text, 6, mode="caption")]
+
+
+def test_fusion_is_reciprocal_rank_fusion(plain_index):
+    text = "red striped trousers"
+    hits = search(plain_index, text, k=8, mode="fusion")
+    image_ids, _ = _brute_force(plain_index, text)
+    bm25 = CaptionIndex(plain_index.captions).scores(text)
+    caption_order = [plain_index.ids[i] for i in np.argsort(-bm25, kind="stable") if bm25[i] > 0]
+    expected = {}
+    for ranking in (image_ids, caption_order):
+        for rank, item_id in enumerate(ranking, 1):
+            expected[item_id] = expected.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
+    best = sorted(expected, key=lambda i: (-expected[i], image_ids.index(i)))[:8]
+    assert [h.id for h in hits] == best
+    np.testing.assert_allclose([h.score for h in hits], [expected[i] for i in best], rtol=1e-6)
+    # It differs from both single rankings on this query (else the test would prove little).
+    assert [h.id for h in hits] != image_ids[:8] and [h.id for h in hits] != caption_order[:8]
+
+
+def test_pins_first_in_order_and_excludes_never(demo_index):
+    text = "red striped trousers"
+    bm25 = CaptionIndex(demo_index.captions).scores(text)
+    ranking = [demo_index.ids[i] for i in np.argsort(-bm25, kind="stable")]
+    pins, excluded = ["dress07", "top02"], ranking[:2]
+    assert all(i.startswith("bottom") for i in excluded)  # so excluding them changes the answer
+    hits = search(demo_index, text, 5, mode="caption", category="lower_body",
+                  pin_ids=" dress07, top02 ,", exclude_ids=f"{excluded[0]},{excluded[1]},nonexistent")
+    ids = [h.id for h in hits]
+    assert ids[:2] == pins  # pinned ignore the category filter, keep their order
+    lower = [i for i in ranking if demo_index.categories[demo_index.position(i)] == "lower_body"]
+    assert ids[2:] == [i for i in lower if i not in excluded][:3]
+    assert not set(excluded) & set(ids)
+    many = search(demo_index, "dress", 2, mode="caption", pin_ids=["top01", "top02", "top03"])
+    assert [h.id for h in many] == ["top01", "top02", "top03"]  # pins always included
+
+
+def test_bad_requests_say_what_is_wrong(demo_index, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        search(demo_index, "   ", 3)
+    with pytest.raises(UnknownIdError, match="'nope'"):
+        search(demo_index, "top", 3, pin_ids="nope")
+    with pytest.raises(ValueError, match="mode"):
+        search(demo_index, "top", 3, mode="psychic")
+    with pytest.raises(ValueError, match="no garments of category 'shoes'"):
+        search(demo_index, "boots", 3, mode="caption", category="shoes")
+    all_dresses = ",".join(i for i in demo_index.ids if i.startswith("dress"))
+    with pytest.raises(ValueError, match="excluded"):
+        search(demo_index, "dress", 3, mode="caption", category="dresses", exclude_ids=all_dresses)
+    no_encoder = load_index(demo_index.index_dir)
+    with pytest.raises(ValueError, match="without its text encoder"):
+        search(no_encoder, "top", 3, mode="image")
+    assert len(search(no_encoder, "top", 3, mode="caption")) == 3
+
+
+def test_retrieve_returns_fitted_images_in_rank_order(demo_index):
+    garments = retrieve(demo_index, "green polka-dot long dress", k=3, category="dresses")
+    assert garments.images.shape == (3, 512, 384, 3)
+    assert len(garments) == 3 and garments.items[0].caption == "green polka-dot long dress"
+    for img, item in zip(garments.images, garments.items, strict=True):
+        assert item.category == "dresses" and Path(item.path).is_file()
+        expected = np.asarray(load_garment(item.path), dtype=np.float32) / 255
+        assert np.array_equal(img.numpy(), expected)
+
+
+def test_ivf_index_retrieval_matches_exact_on_small_catalog(tmp_path, catalog, plain_index):
+    enc = plain_index.encoder
+    build_index(scan_catalog(catalog), tmp_path / "ivf", enc, index_type="ivf")
+    ivf = load_index(tmp_path / "ivf", enc)
+    for text in QUERIES:
+        got = search(ivf, text, 6, mode="image", category="upper_body")
+        exact = search(plain_index, text, 6, mode="image", category="upper_body")
+        assert [h.id for h in got] == [h.id for h in exact]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in exact], atol=1e-6)
+
+
+def test_tokenizer_and_id_parsing():
+    assert tokenize("Red STRIPED, stripes; dotted dots dresses dress") == \
+        ["red", "strip", "strip", "dot", "dot", "dress", "dress"]
+    assert parse_ids("a, b,,a\nc ") == ["a", "b", "c"]
+    assert not CaptionIndex(["", " "]).scores("red").any()
