@@ -88,7 +88,8 @@ class ComfyClient:
     def run(self, prompt: dict, timeout: float = 600.0) -> dict:
         """POST /prompt and poll /history; return the history entry (raises on errors)."""
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": "tests"})
-        if status != 200:
+        # 200 with node_errors means ComfyUI runs only the outputs that validated.
+        if status != 200 or body.get("node_errors"):
             raise PromptFailed("validation", body)
         pid = body["prompt_id"]
         deadline = time.monotonic() + timeout

@@ -18,10 +18,9 @@ from PIL import Image
 
 from .comfy_runner import REPO, ComfyClient, ComfyServer, make_base_dir
 from .contact_sheet import contact_sheet
-from .demo_person import draw_person
+from .demo_person import install_demo_person
 
 WORKFLOW = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
-PERSON = "fashion_rag_demo_person.png"
 # SaveImage filename prefixes in the example workflow -> contact sheet rows, in order.
 ROWS = (("garments", "retrieved"), ("mask", "mask"), ("pose", "pose"), ("result", "result"))
 
@@ -45,7 +44,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     base = make_base_dir(args.base.resolve())
     install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
-    draw_person().save(base / "input" / PERSON)
+    install_demo_person(base / "input")
     prompt = json.loads(args.workflow.read_text())
     if args.text:
         for node in prompt.values():

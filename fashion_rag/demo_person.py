@@ -7,10 +7,13 @@ demo free of downloaded images.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 WIDTH, HEIGHT = 384, 512
+# The example workflow's LoadImage input.
+PERSON_FILE = "fashion_rag_demo_person.png"
 
 # COCO-18 order (nose, neck, R-sho, R-elb, R-wri, L-sho, L-elb, L-wri, R-hip, R-knee, R-ank,
 # L-hip, L-knee, L-ank, R-eye, L-eye, R-ear, L-ear) in 384x512 pixels; the person faces the
@@ -60,3 +63,11 @@ def draw_person() -> Image.Image:
     d.ellipse([x - 26, y - 34, x + 26, y + 30], fill=skin)
     d.chord([x - 28, y - 38, x + 28, y + 10], 180, 360, fill=(70, 45, 30))
     return img
+
+
+def install_demo_person(input_dir: Path) -> Path:
+    """Write the example workflow's person image into a ComfyUI input folder."""
+    path = Path(input_dir) / PERSON_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_person().save(path)
+    return path

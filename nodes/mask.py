@@ -8,9 +8,7 @@ from comfy_api.latest import io, ui
 from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.mask import garment_mask, masked_preview
 from ..fashion_rag.pose import PoseFormatError, parse_keypoints
-
-# What DWPose/OpenPose preprocessors (comfyui_controlnet_aux) output; same as the pose node.
-PoseKeypointType = io.Custom("POSE_KEYPOINT")
+from .types import PoseKeypointType
 
 
 class FashionRAGGarmentMask(io.ComfyNode):

@@ -13,10 +13,7 @@ from ..fashion_rag.pose import (
     pose_heatmaps,
     render_skeleton,
 )
-from .types import PoseType
-
-# What DWPose/OpenPose preprocessors (comfyui_controlnet_aux) output.
-PoseKeypointType = io.Custom("POSE_KEYPOINT")
+from .types import PoseKeypointType, PoseType
 
 
 class FashionRAGPoseFromKeypoints(io.ComfyNode):

@@ -10,3 +10,5 @@ GarmentsType = io.Custom("FASHION_RAG_GARMENTS")
 AdapterType = io.Custom("FASHION_RAG_ADAPTER")
 # 18-channel pose heatmaps [B, 18, H, W] in [0, 1] (COCO-18 / OpenPose order).
 PoseType = io.Custom("FASHION_RAG_POSE")
+# What DWPose/OpenPose preprocessors (comfyui_controlnet_aux) output: keypoints per person.
+PoseKeypointType = io.Custom("POSE_KEYPOINT")

@@ -86,7 +86,9 @@ class InProcessComfy:
     def run(self, prompt: dict) -> dict:
         """Validate and execute an API-format prompt; return {node_id: ui output}."""
         ok, error, outputs, node_errors = self.validate(prompt)
-        if not ok:
+        # Like POST /prompt: valid outputs would still run, but the frontend reports any node
+        # error to the user, so a test treats it as a failed prompt.
+        if not ok or node_errors:
             raise PromptFailed("validation", {"error": error, "node_errors": node_errors})
         self.server.messages.clear()
         self.executor.execute(prompt, str(uuid.uuid4()), {}, outputs)

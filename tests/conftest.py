@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_harness, helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_rag`
@@ -26,6 +27,21 @@ def comfy(comfy_base, demo_models) -> InProcessComfy:
 
 
 @pytest.fixture(scope="session")
+def comfy_runtime(comfy_base) -> InProcessComfy:
+    """Real ComfyUI in-process, without waiting for the demo weights (tests bring tiny ones)."""
+    return InProcessComfy.get(comfy_base)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run ~10x faster on one thread when the CPU cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def comfy_server(comfy_base, demo_models):
     server = ComfyServer(comfy_base)
     try:
@@ -37,7 +53,10 @@ def comfy_server(comfy_base, demo_models):
 
 @pytest.fixture(scope="session")
 def demo_models(comfy_base) -> dict:
-    """The demo index and random-weight model files, written into the shared models folder."""
+    """The demo index, random-weight model files and person image, in the shared base dir."""
+    from fashion_rag.demo_person import install_demo_person
     from fashion_rag.demo_weights import install_demo_models
 
-    return install_demo_models(comfy_base / "models")
+    models = install_demo_models(comfy_base / "models")
+    models["person"] = install_demo_person(comfy_base / "input")  # the example's LoadImage
+    return models

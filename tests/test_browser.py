@@ -28,8 +28,6 @@ import pytest
 from PIL import Image
 
 from fashion_rag.comfy_runner import PACK_DIR_NAME, REPO
-from fashion_rag.demo_cli import PERSON
-from fashion_rag.demo_person import draw_person
 
 pytestmark = pytest.mark.browser
 
@@ -80,12 +78,10 @@ def _post(comfy_server, path: str, body: dict) -> None:
 def browser_page(request, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(
-            "Debian chromium not installed: apt-get install chromium (bash .ci/setup --browser does it)"
+            "Debian chromium not installed: apt-get install chromium (bash .ci/browser does it)"
         )
     sync_api = pytest.importorskip("playwright.sync_api")
     comfy_server = request.getfixturevalue("comfy_server")  # only once we know a browser exists
-    # The example's LoadImage input, as the demo command writes it (before the page lists inputs).
-    draw_person().save(comfy_server.base / "input" / PERSON)
     profile = tmp_path_factory.mktemp("chromium-profile")
     # A first visit opens the templates browser over the canvas; a designer closes it once.
     _post(comfy_server, "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
@@ -257,6 +253,7 @@ def _wait_for_previews(page, node_ids: list[str]) -> None:
              timeout_ms=120_000)
 
 
+@pytest.mark.slow  # one full pipeline run
 def test_example_workflow_in_the_browser(browser_page, comfy_server):
     page, console = browser_page
     api_form = json.loads(API_FORM.read_text())

