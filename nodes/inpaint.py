@@ -158,8 +158,8 @@ class FashionRAGInpaintConditioning(io.ComfyNode):
                 "branch gets a zero pose, as in the reference."
             ),
             inputs=[
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="Prompt + garment pseudo-words."),
+                io.Conditioning.Input("negative", tooltip="The empty prompt; pose is zeroed."),
                 io.Vae.Input("vae", tooltip="The SD2 VAE."),
                 io.Image.Input("pixels", tooltip="The person image; width and height divisible by 8."),
                 io.Mask.Input("mask", tooltip="1 = repaint (the garment region); same size as the image."),
@@ -208,9 +208,11 @@ class FashionRAGInpaint(io.ComfyNode):
                 io.Image.Input("image", tooltip="The person image; width and height divisible by 8."),
                 io.Mask.Input("mask", tooltip="1 = repaint (the garment region); same size as the image."),
                 PoseType.Input("pose", optional=True, tooltip=_POSE_TOOLTIP),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=50, min=1, max=1000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (reference 50)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (reference: 7.5)."),
                 io.Combo.Input(
                     "sampler_name", options=[REFERENCE_SAMPLER, *comfy.samplers.KSampler.SAMPLERS],
                     default=REFERENCE_SAMPLER,

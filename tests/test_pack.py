@@ -1,0 +1,57 @@
+"""The pack as ComfyUI users meet it: node ids, tooltips, categories, docs, and layering."""
+
+from __future__ import annotations
+
+import ast
+
+from workflow_ui import node_info
+
+from fashion_rag.comfy_runner import REPO
+
+NODE_IDS = {
+    "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve", "FashionRAGAdapterLoader",
+    "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding", "FashionRAGUNetLoader",
+    "FashionRAGPoseFromKeypoints", "FashionRAGGarmentMask", "FashionRAGInpaint",
+    "FashionRAGInpaintConditioning",
+}
+# Module names ComfyUI owns; the library must not need ComfyUI at all.
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "execution",
+                 "server", "node_helpers", "latent_preview", "utils"}
+
+
+def test_all_nodes_registered_with_tooltips_and_docs(comfy_runtime):
+    ours = {n: c for n, c in comfy_runtime.nodes.NODE_CLASS_MAPPINGS.items() if n.startswith("FashionRAG")}
+    assert set(ours) == NODE_IDS
+    for name, cls in ours.items():
+        info = node_info(cls)
+        assert info["category"].startswith("fashion_rag"), name
+        assert info["description"], name
+        for group in ("required", "optional"):
+            for inp, spec in info["input"].get(group, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
+        doc = REPO / "web" / "docs" / f"{name}.md"
+        assert doc.is_file(), f"{doc} missing"
+
+
+def test_library_never_imports_comfyui():
+    for path in sorted((REPO / "fashion_rag").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for n in names:
+                assert n.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {n}"
+
+
+def test_pack_uses_relative_imports_only():
+    """ComfyUI owns top-level names like `nodes` and `utils`: the pack must import itself relatively."""
+    for path in sorted(REPO.glob("nodes/*.py")) + [REPO / "__init__.py"]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] not in {"fashion_rag"}, f"{path}: {node.module}"
