@@ -67,6 +67,11 @@ def run_demo(args: argparse.Namespace) -> int:
             client.stop()
     print(f"[fashion-rag] wrote {args.out}/contact_sheet.png and {sum(map(len, images.values()))} "
           "images", file=sys.stderr)
+    if args.workflow == WORKFLOW:
+        print("[fashion-rag] the example uses random-weight demo models of the real formats: the "
+              "result is noise by design. Put the real weights into "
+              f"{base / 'models'} (README, 'Model files') and select them in the workflow.",
+              file=sys.stderr)
     return 0
 
 
