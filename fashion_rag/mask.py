@@ -163,26 +163,20 @@ def garment_region(keypoints: BodyPoints | np.ndarray | Sequence, category: str,
         if kp.has(NECK):
             r = max(r, 0.6 * float(np.linalg.norm(face - kp.xy[NECK])))
         excluded.append(("head", float(face[0]), float(face[1]), r))
-    for wrist, elbow in ((R_WRIST, R_ELBOW), (L_WRIST, L_ELBOW)):
-        if not kp.has(wrist):
+    # Hands beyond the wrists along the forearm, feet below the ankles along the shin.
+    for kind, tip, joint, reach, fallback in (
+        ("hand", R_WRIST, R_ELBOW, 0.35, (0.0, 0.0)), ("hand", L_WRIST, L_ELBOW, 0.35, (0.0, 0.0)),
+        ("foot", R_ANKLE, R_KNEE, 0.3, (0.0, 0.2 * s)), ("foot", L_ANKLE, L_KNEE, 0.3, (0.0, 0.2 * s)),
+    ):
+        if not kp.has(tip):
             continue
-        w = kp.xy[wrist]
-        if kp.has(elbow):
-            d = w - kp.xy[elbow]
-            c, r = w + 0.35 * d, max(0.35 * float(np.linalg.norm(d)), 0.12 * s)
+        t = kp.xy[tip]
+        if kp.has(joint):
+            d = t - kp.xy[joint]
+            c, r = t + reach * d, max(reach * float(np.linalg.norm(d)), 0.12 * s)
         else:
-            c, r = w, 0.2 * s
-        excluded.append(("hand", float(c[0]), float(c[1]), r))
-    for ankle, knee in ((R_ANKLE, R_KNEE), (L_ANKLE, L_KNEE)):
-        if not kp.has(ankle):
-            continue
-        a = kp.xy[ankle]
-        if kp.has(knee):
-            d = a - kp.xy[knee]
-            c, r = a + 0.3 * d, max(0.3 * float(np.linalg.norm(d)), 0.12 * s)
-        else:
-            c, r = a + np.array([0.0, 0.2 * s]), 0.2 * s
-        excluded.append(("foot", float(c[0]), float(c[1]), r))
+            c, r = t + np.array(fallback), 0.2 * s
+        excluded.append((kind, float(c[0]), float(c[1]), r))
     return MaskRegion(box=box, excluded=tuple(excluded), scale=float(s))
 
 
