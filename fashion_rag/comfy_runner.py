@@ -113,7 +113,8 @@ class ComfyClient:
 class ComfyServer(ComfyClient):
     """`python main.py` as a subprocess on loopback, with the pack in custom_nodes."""
 
-    def __init__(self, base: Path, python: str = sys.executable, extra_args: tuple = ()) -> None:
+    def __init__(self, base: Path, python: str = sys.executable, extra_args: tuple = (),
+                 env: dict[str, str] | None = None) -> None:
         self.base = make_base_dir(base)
         self.port = free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
@@ -125,19 +126,20 @@ class ComfyServer(ComfyClient):
             "--fp32-unet", *extra_args,
         ]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=base)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=base, env=env)
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = 180.0, node: str = "FashionRAGGarmentIndexLoader") -> None:
+        """Wait until /object_info answers; raise if `node` (one of the pack's) is not there."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                info = self.get("/object_info/FashionRAGGarmentIndexLoader")
+                info = self.get(f"/object_info/{node}")
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.5)
                 continue
-            if "FashionRAGGarmentIndexLoader" not in info:
+            if node not in info:
                 raise RuntimeError(f"ComfyUI runs but the pack did not load:\n{self.log()}")
             return
         raise TimeoutError(f"ComfyUI did not answer in {timeout}s:\n{self.log()}")

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
+
 from comfy_api.latest import ComfyExtension, io
 
 from . import model_paths
 
 model_paths.register()
 
-from . import (  # noqa: E402  (folders must be registered before nodes read them)
-    adapter_loader,
-    index_loader,
-    inpaint,
-    inversion,
-    mask,
-    pose,
-    retrieve,
-    unet_loader,
-)
+# Node families in menu order, with the extra packages (the pack's requirements.txt) each one
+# needs at run time. A family whose package is missing is left out with one clear log line, so
+# the rest of the pack still loads instead of the whole pack failing to import.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "index_loader": ("open_clip", "faiss", "bm25s"),
+    "retrieve": ("open_clip", "faiss", "bm25s"),
+    "adapter_loader": (),
+    "unet_loader": (),
+    "inversion": (),
+    "pose": (),
+    "mask": (),
+    "inpaint": (),
+}
+_PIP_NAMES = {"open_clip": "open_clip_torch", "faiss": "faiss-cpu", "bm25s": "bm25s"}
 
-_MODULES = (index_loader, retrieve, adapter_loader, unet_loader, inversion, pose, mask, inpaint)
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def _load_families() -> list:
+    modules = []
+    for name, needs in _FAMILIES.items():
+        missing = [_PIP_NAMES.get(m, m) for m in needs if not _installed(m)]
+        if missing:
+            logging.warning(
+                "[fashion_rag] the %s nodes are disabled: Python package %s missing. Install the "
+                "pack's requirements (pip install -r requirements.txt in its folder, or through "
+                "ComfyUI-Manager) and restart ComfyUI.", name, " and ".join(repr(m) for m in missing),
+            )
+            continue
+        modules.append(importlib.import_module(f".{name}", __name__))
+    return modules
+
+
+_MODULES = _load_families()
 
 
 class FashionRAGExtension(ComfyExtension):
