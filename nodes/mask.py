@@ -7,8 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.mask import garment_mask, masked_preview
-from ..fashion_rag.pose import PoseFormatError, parse_keypoints
-from .types import PoseKeypointType
+from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 
 
 class FashionRAGGarmentMask(io.ComfyNode):
@@ -30,13 +29,7 @@ class FashionRAGGarmentMask(io.ComfyNode):
                     "category", options=list(CATEGORIES), default="upper_body",
                     tooltip="Which garment to replace. Overridden by category_override when connected.",
                 ),
-                io.String.Input(
-                    "keypoints_json", multiline=True, default="",
-                    placeholder='{"people": [{"pose_keypoints_2d": [x, y, c, ...]}]}',
-                    tooltip="OpenPose JSON, Dress Code {\"keypoints\": [[x, y, score, id], ...]} (384x512 "
-                            "frame) or [[x, y], ...] x18 in COCO-18 order: the same forms as Fashion-RAG "
-                            "Pose from Keypoints. Used when no POSE_KEYPOINT is connected.",
-                ),
+                keypoints_json_input(),
                 io.Int.Input(
                     "grow", default=0, min=-256, max=256, step=1,
                     tooltip="Pixels added to every side of the garment box (negative shrinks it). Head, "
@@ -47,22 +40,13 @@ class FashionRAGGarmentMask(io.ComfyNode):
                     tooltip="Width in pixels of a soft ramp centred on the mask edge. The UNet binarises "
                             "the mask at 0.5 and so sees the same region; compositing gets soft edges.",
                 ),
-                PoseKeypointType.Input(
-                    "pose_keypoint", optional=True,
-                    tooltip="POSE_KEYPOINT from a DWPose/OpenPose estimator; wins over the JSON.",
-                ),
+                pose_keypoint_input(),
                 io.String.Input(
                     "category_override", optional=True, force_input=True,
                     tooltip="Connect Text → Garment Retrieve's category output to mask the region of the "
                             "garment it found (upper_body, lower_body, dresses or a synonym).",
                 ),
-                io.Int.Input("person_index", default=0, min=0, max=64, optional=True,
-                             tooltip="Which detected person to use when there are several."),
-                io.Int.Input("source_width", default=0, min=0, max=16384, optional=True,
-                             tooltip="Width of the frame the pixel coordinates refer to; 0 = from the "
-                                     "data (canvas size, Dress Code 384) or the image width."),
-                io.Int.Input("source_height", default=0, min=0, max=16384, optional=True,
-                             tooltip="Height of that frame; 0 = from the data or the image height."),
+                *frame_inputs("image"),
             ],
             outputs=[
                 io.Mask.Output(display_name="mask", tooltip="[B, H, W], 1 = repaint."),
@@ -85,18 +69,10 @@ class FashionRAGGarmentMask(io.ComfyNode):
                     "(or a synonym such as top, skirt, dress)."
                 )
             category = resolved
-        data = pose_keypoint if pose_keypoint is not None else keypoints_json
-        if data is None or (isinstance(data, str) and not data.strip()):
-            raise ValueError(
-                "No keypoints: connect a POSE_KEYPOINT (e.g. from the DWPose Estimator node) or paste "
-                "keypoint JSON, or draw the MASK yourself (any mask works with the inpaint node)."
-            )
-        try:
-            people = parse_keypoints(data, person=person_index)
-        except PoseFormatError as exc:
-            raise ValueError(str(exc)) from None
-        if source_width and source_height:
-            people = [k if k.normalized else type(k)(k.xy, (source_width, source_height)) for k in people]
+        people = read_keypoints(
+            keypoints_json, pose_keypoint, person_index, source_width, source_height,
+            ", or draw the MASK yourself (any mask works with the inpaint node).",
+        )
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         if len(people) == 1:
             people = people * batch
