@@ -55,3 +55,26 @@ def test_pack_uses_relative_imports_only():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 assert node.module.split(".")[0] not in {"fashion_rag"}, f"{path}: {node.module}"
+
+
+def test_model_folders_are_reachable_through_extra_model_paths(comfy, comfy_base, tmp_path):
+    """Users keep indexes/weights elsewhere and map them in extra_model_paths.yaml."""
+    import shutil
+
+    import utils.extra_config
+
+    shop = tmp_path / "elsewhere" / "indexes" / "my_shop"
+    shutil.copytree(comfy_base / "models" / "fashion_rag" / "indexes" / "demo", shop)
+    yaml = tmp_path / "extra_model_paths.yaml"
+    yaml.write_text(f"mine:\n  base_path: {tmp_path / 'elsewhere'}\n  fashion_rag_indexes: indexes\n")
+    import folder_paths
+
+    before = list(folder_paths.get_folder_paths("fashion_rag_indexes"))
+    utils.extra_config.load_extra_path_config(str(yaml))
+    try:
+        loader = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentIndexLoader"]
+        spec = node_info(loader)["input"]["required"]["index"]
+        options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+        assert "my_shop" in options and "demo" in options
+    finally:  # the in-process ComfyUI is shared by the whole session
+        folder_paths.folder_names_and_paths["fashion_rag_indexes"][0][:] = before
