@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fashion_rag.comfy_runner import comfy_path, make_base_dir  # noqa: E402
-from fashion_rag.unet_layout import FULL, TINY, UNetLayout, diffusers_to_ldm  # noqa: E402
+from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+from fashion_rag.inpaint.unet_layout import FULL, TINY, UNetLayout, diffusers_to_ldm  # noqa: E402
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2)
 TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)

@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.adapter import WEIGHTS_SOURCE, InversionAdapter, load_adapter
+from ..fashion_rag.inversion.adapter import WEIGHTS_SOURCE, InversionAdapter, load_adapter
 from .model_paths import folder_of
 from .types import AdapterType
 

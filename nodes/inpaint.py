@@ -8,7 +8,7 @@ branch). Any stock KSampler/SamplerCustom then samples the Fashion-RAG UNet corr
 
 FashionRAGInpaint: the whole reference inpainting in one node, sampling through
 comfy.sample.sample_custom so LoRAs and MODEL patches apply. Its default sampler is the
-reference-exact DDIM (fashion_rag.ddim); every stock sampler/scheduler is available too.
+reference-exact DDIM (fashion_rag.inpaint.ddim); every stock sampler/scheduler is available too.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..fashion_rag.ddim import alphas_cumprod_from_sigmas, reference_ddim_sigmas, sample_ddim_reference
-from ..fashion_rag.pose import resize_pose
-from ..fashion_rag.unet_layout import FASHION_RAG_IN_CHANNELS, LATENT_CHANNELS, POSE_CHANNELS
+from ..fashion_rag.inpaint.ddim import (
+    alphas_cumprod_from_sigmas,
+    reference_ddim_sigmas,
+    sample_ddim_reference,
+)
+from ..fashion_rag.inpaint.pose import resize_pose
+from ..fashion_rag.inpaint.unet_layout import FASHION_RAG_IN_CHANNELS, LATENT_CHANNELS, POSE_CHANNELS
 from .types import PoseType
 
 REFERENCE_SAMPLER = "fashion_rag_ddim"
@@ -35,7 +39,7 @@ _LATENT_FORMAT = comfy.latent_formats.SD15()
 
 
 class ReferenceDDIM(comfy.samplers.KSAMPLER):
-    """ComfyUI sampler object running fashion_rag.ddim.sample_ddim_reference.
+    """ComfyUI sampler object running fashion_rag.inpaint.ddim.sample_ddim_reference.
 
     With unit_noise_start, ComfyUI's noise scaling uses its "max denoise" form,
     noise * sqrt(1 + sigma^2) (+ the zero latent): exactly unit noise in DDPM space, where the

@@ -20,8 +20,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
-from ..fashion_rag.clip_preprocess import preprocess_garments
-from ..fashion_rag.prompt import (
+from ..fashion_rag.inversion.clip_preprocess import preprocess_garments
+from ..fashion_rag.inversion.prompt import (
     NEGATIVE_PROMPT,
     PLACEHOLDER,
     PromptTooLongError,

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
-from ..fashion_rag.mask import garment_mask, masked_preview
+from ..fashion_rag.inpaint.mask import garment_mask, masked_preview
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 
 

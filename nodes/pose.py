@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..fashion_rag.pose import DEFAULT_SIZE, pose_heatmaps, render_skeleton
+from ..fashion_rag.inpaint.pose import DEFAULT_SIZE, pose_heatmaps, render_skeleton
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 from .types import PoseType
 

@@ -23,7 +23,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.unet_layout import (
+from ..fashion_rag.inpaint.unet_layout import (
     CONDITION_CHANNELS,
     FASHION_RAG_IN_CHANNELS,
     UNET_FILE,

@@ -1,6 +1,6 @@
 """Run the pack inside a real ComfyUI in this process (node registry + PromptExecutor).
 
-The server-side harness (ComfyUI as a subprocess over HTTP) is fashion_rag.comfy_runner.
+The server-side harness (ComfyUI as a subprocess over HTTP) is fashion_rag.cli.comfy_server.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fashion_rag.comfy_runner import PACK_DIR_NAME, PromptFailed, comfy_path, make_base_dir
+from fashion_rag.cli.comfy_server import PACK_DIR_NAME, PromptFailed, comfy_path, make_base_dir
 
 
 class _ServerStub:

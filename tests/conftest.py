@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_harness, helpe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_rag`
 
 from comfy_harness import InProcessComfy  # noqa: E402
-from fashion_rag.comfy_runner import ComfyServer  # noqa: E402
+from fashion_rag.cli.comfy_server import ComfyServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +54,8 @@ def comfy_server(comfy_base, demo_models):
 @pytest.fixture(scope="session")
 def demo_models(comfy_base) -> dict:
     """The demo index, random-weight model files and person image, in the shared base dir."""
-    from fashion_rag.demo_person import install_demo_person
-    from fashion_rag.demo_weights import install_demo_models
+    from tools.demo.person import install_demo_person
+    from tools.demo.weights import install_demo_models
 
     models = install_demo_models(comfy_base / "models")
     models["person"] = install_demo_person(comfy_base / "input")  # the example's LoadImage

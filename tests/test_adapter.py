@@ -9,7 +9,7 @@ from torch import nn
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from fashion_rag.adapter import (
+from fashion_rag.inversion.adapter import (
     AdapterConfig,
     InversionAdapter,
     expected_shapes,

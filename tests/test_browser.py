@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_rag.comfy_runner import PACK_DIR_NAME, REPO
+from fashion_rag.cli.comfy_server import PACK_DIR_NAME, REPO
 
 pytestmark = pytest.mark.browser
 

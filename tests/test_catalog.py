@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from fashion_rag.catalog import scan_catalog
-from fashion_rag.demo_catalog import PER_CATEGORY, demo_items, write_demo_catalog
 from fashion_rag.images import (
     GARMENT_SIZE,
     ImageLoadError,
@@ -19,6 +18,7 @@ from fashion_rag.images import (
     load_image,
     to_image_tensor,
 )
+from tools.demo.catalog import PER_CATEGORY, demo_items, write_demo_catalog
 
 
 def _png(path: Path, size=(40, 60), colour=(200, 0, 0)) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_rag.demo_catalog import write_demo_catalog
 from fashion_rag.encoders import write_tiny_encoder_weights
+from tools.demo.catalog import write_demo_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 

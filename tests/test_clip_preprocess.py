@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from fashion_rag.clip_preprocess import (
+from fashion_rag.inversion.clip_preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     preprocess_garments,

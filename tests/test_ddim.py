@@ -1,4 +1,4 @@
-"""fashion_rag.ddim against diffusers' DDIMScheduler with SD2-inpainting's settings (no ComfyUI)."""
+"""fashion_rag.inpaint.ddim against diffusers' DDIMScheduler with SD2-inpainting's settings (no ComfyUI)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_inpaint_parity import SCHEDULER_CONFIG, rel
 
-from fashion_rag import ddim
+from fashion_rag.inpaint import ddim
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The example workflow (text -> retrieve -> invert -> inpaint) through real ComfyUI.
 
-It runs on the random-weight demo models of the real file formats (fashion_rag.demo_weights),
-through the README's main command (`python -m fashion_rag demo`) against a real server.
+It runs on the random-weight demo models of the real file formats (tools.demo.weights),
+through the README's main command (`bash .ci/demo`, i.e. `python -m tools.demo`) against a real server.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from workflow_ui import node_info, ui_to_api
 
-from fashion_rag.comfy_runner import REPO
-from fashion_rag.contact_sheet import PAD, THUMB_H
+from fashion_rag.cli.comfy_server import REPO
+from tools.demo.contact_sheet import PAD, THUMB_H
 
 API = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 UI = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"
@@ -52,7 +52,7 @@ def test_demo_command_runs_the_example(comfy_server, comfy_base, tmp_path):
     """The README's main job, against a real server: outputs + contact sheet are written."""
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "fashion_rag", "demo", "--server", comfy_server.url,
+        [sys.executable, "-m", "tools.demo", "--server", comfy_server.url,
          "--base", str(comfy_base), "--out", str(out), "--timeout", "1500"],
         cwd=REPO, capture_output=True, text=True, timeout=1600,
     )

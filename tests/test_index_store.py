@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from fashion_rag.catalog import scan_catalog
-from fashion_rag.demo_catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
 from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
 from fashion_rag.index_store import (
     MANIFEST,
@@ -25,6 +24,7 @@ from fashion_rag.index_store import (
     load_index,
     recall_at_k,
 )
+from tools.demo.catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_rag.unet_layout import TINY, UNetLayout
+from fashion_rag.inpaint.unet_layout import TINY, UNetLayout
 
 H, W = 64, 48  # pixels (a 3:4 portrait like the reference's 512x384), latent 8x6
 CTX_TOKENS = 7

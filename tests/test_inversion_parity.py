@@ -26,10 +26,10 @@ from transformers import (
     CLIPVisionModel,
 )
 
-from fashion_rag.adapter import AdapterConfig, expected_shapes
-from fashion_rag.comfy_runner import comfy_path
+from fashion_rag.cli.comfy_server import comfy_path
 from fashion_rag.garments import Garment, Garments
-from fashion_rag.prompt import build_prompt
+from fashion_rag.inversion.adapter import AdapterConfig, expected_shapes
+from fashion_rag.inversion.prompt import build_prompt
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)
 TEXT_LAYERS = 3  # ComfyUI's model; the reference text model has one layer fewer (SD2's 23 of 24)
@@ -238,7 +238,7 @@ def test_comfy_clip_preprocess_is_not_reference_exact(models):
     image = torch.from_numpy(garment[None]).float() / 255.0
     ref = CLIPImageProcessorPil()(images=[garment], return_tensors="pt").pixel_values
     comfy_pixels = comfy.clip_vision.clip_preprocess(image)
-    from fashion_rag.clip_preprocess import preprocess_garments
+    from fashion_rag.inversion.clip_preprocess import preprocess_garments
 
     assert rel_err(preprocess_garments(image), ref) < 1e-6
     diff = rel_err(comfy_pixels, ref)

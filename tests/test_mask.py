@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_rag import demo_person
-from fashion_rag.mask import (
+from fashion_rag.inpaint.mask import (
     ANKLES,
     HIPS,
     L_ANKLE,
@@ -25,6 +24,7 @@ from fashion_rag.mask import (
     garment_region,
     masked_preview,
 )
+from tools.demo import person as demo_person
 
 W, H = demo_person.WIDTH, demo_person.HEIGHT
 KP = np.array(demo_person.KEYPOINTS, dtype=float)

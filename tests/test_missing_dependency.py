@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from fashion_rag.comfy_runner import ComfyServer
+from fashion_rag.cli.comfy_server import ComfyServer
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_inpaint_parity import H, W, inputs, pack_module, rel, tiny_unet, tiny_vaes
 
-from fashion_rag.unet_layout import UNetLayout
+from fashion_rag.inpaint.unet_layout import UNetLayout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,7 +129,7 @@ def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
 
     # A stock 9-channel inpainting UNet plugged in.
     loader = pack_module(comfy_runtime, "nodes.unet_loader")
-    layout = pack_module(comfy_runtime, "fashion_rag.unet_layout")
+    layout = pack_module(comfy_runtime, "fashion_rag.inpaint.unet_layout")
     nine = UNetLayout(in_channels=9, block_out_channels=(64,), layers_per_block=1,
                       attention_levels=(True,), cross_attention_dim=64)
     sd = {k: torch.zeros(s) for k, s in nine.ldm_shapes().items()}
@@ -147,7 +147,7 @@ def test_gpu_benchmark_setup_runs_in_smoke_mode():
     import sys
     from pathlib import Path
 
-    from fashion_rag.comfy_runner import comfy_path
+    from fashion_rag.cli.comfy_server import comfy_path
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), OMP_NUM_THREADS="1")

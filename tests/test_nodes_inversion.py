@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from test_inversion_parity import ADAPTER_FILE, Models, rel_err, smooth_garment
 
 from comfy_harness import PromptFailed
-from fashion_rag.prompt import build_prompt
+from fashion_rag.inversion.prompt import build_prompt
 
 EMBEDDING = "fr_test_garments"
 
@@ -204,7 +204,7 @@ def test_node_schemas_have_tooltips(env):
 def test_pixels_of_load_image_are_8bit_levels(env):
     # LoadImage gives k/255 floats: the node's round() brings back the PNG's bytes exactly.
     comfy, _, garments = env
-    from fashion_rag.clip_preprocess import to_uint8_rgb
+    from fashion_rag.inversion.clip_preprocess import to_uint8_rgb
 
     image = torch.from_numpy(np.array(Image.open(comfy.base / "input" / "fr_garment_0.png"))).float() / 255.0
     assert np.array_equal(to_uint8_rgb(image[None])[0], garments[0])
@@ -220,7 +220,7 @@ def test_text_width_mismatch_is_a_clear_error(env):
 def test_full_size_demo_models_through_stock_loaders(env):
     """Real sizes end to end: the demo SD2 checkpoint's CLIP (24 layers, 1024 wide), the demo
     ViT-H/14 CLIP_VISION via CLIPVisionLoader, the full-size demo adapter; 3 upper-body garments."""
-    from fashion_rag.demo_weights import ADAPTER, CHECKPOINT, CLIP_VISION
+    from tools.demo.weights import ADAPTER, CHECKPOINT, CLIP_VISION
 
     comfy, _, _ = env
     g = {

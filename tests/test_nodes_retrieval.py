@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from comfy_harness import PromptFailed
-from fashion_rag.demo_catalog import TINY_WEIGHTS_NAME
 from fashion_rag.encoders import write_tiny_encoder_weights
 from fashion_rag.images import load_garment
+from tools.demo.catalog import TINY_WEIGHTS_NAME
 
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
 

@@ -6,7 +6,7 @@ import ast
 
 from workflow_ui import node_info
 
-from fashion_rag.comfy_runner import REPO
+from fashion_rag.cli.comfy_server import REPO
 
 NODE_IDS = {
     "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve", "FashionRAGAdapterLoader",
@@ -35,7 +35,7 @@ def test_all_nodes_registered_with_tooltips_and_docs(comfy_runtime):
 
 
 def test_library_never_imports_comfyui():
-    for path in sorted((REPO / "fashion_rag").glob("*.py")):
+    for path in sorted((REPO / "fashion_rag").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

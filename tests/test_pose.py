@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_rag import pose as P
+from fashion_rag.inpaint import pose as P
 
 
 def reference_heatmap(kpoint, shape, sigma=9.0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import CLIPTokenizer
 
-from fashion_rag.comfy_runner import comfy_path
-from fashion_rag.prompt import (
+from fashion_rag.cli.comfy_server import comfy_path
+from fashion_rag.inversion.prompt import (
     PLACEHOLDER_TOKEN_ID,
     PromptTooLongError,
     build_prompt,
@@ -73,7 +73,7 @@ def test_unknown_category():
 
 def test_default_counter_agrees_with_clip_tokenizer(count):
     text = "a (red) floral-print midi dress, puff sleeves & buttons"
-    from fashion_rag.prompt import _open_clip_counter
+    from fashion_rag.inversion.prompt import _open_clip_counter
 
     assert _open_clip_counter()(text) == count(text)
     assert max_garments("upper_body") == 3

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_inpaint_parity import load_tiny_model, pack_module, rel, tiny_unet
 
-from fashion_rag import unet_layout as U
-from fashion_rag.__main__ import main as cli
+from fashion_rag.cli import main as cli
+from fashion_rag.inpaint import unet_layout as U
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -230,7 +230,7 @@ def test_loader_node_messages_and_cache(comfy_runtime, tmp_path):
         }
         assert "2" in comfy_runtime.run(prompt)
         prompt["1"]["inputs"]["unet_name"] = "unet_120000.pth"
-        from fashion_rag.comfy_runner import PromptFailed
+        from fashion_rag.cli.comfy_server import PromptFailed
 
         with pytest.raises(PromptFailed, match="furio19/fashion-rag"):
             comfy_runtime.run(prompt)

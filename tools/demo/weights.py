@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .unet_layout import UNetLayout, diffusers_to_ldm
+from fashion_rag.inpaint.unet_layout import UNetLayout, diffusers_to_ldm
 
 # Bump a file's version (in _FILES) when its generator changes, so caches are rebuilt.
 
@@ -120,7 +120,7 @@ def clip_vision_state_dict(seed: int = 4) -> dict[str, torch.Tensor]:
 
 def adapter_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
     """The inversion adapter at its real size (ViT-H width 1280 → 16 × 1024)."""
-    from .adapter import AdapterConfig, InversionAdapter
+    from fashion_rag.inversion.adapter import AdapterConfig, InversionAdapter
 
     return random_state_dict(_shapes(lambda: InversionAdapter(AdapterConfig())), seed)
 
@@ -173,7 +173,7 @@ def install_demo_models(models_dir: Path, log: Callable[[str], None] = print) ->
     Weight files are generated once into a cache (FASHION_RAG_CACHE, default ~/.cache/fashion-rag)
     and symlinked, so reruns take milliseconds; a missing cache is simply rebuilt.
     """
-    from .demo_catalog import install_demo_index
+    from .catalog import install_demo_index
 
     models_dir = Path(models_dir)
     cache = _cache_dir()

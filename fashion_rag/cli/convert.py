@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .unet_layout import UNetFileError, convert_unet_file
+    from ..inpaint.unet_layout import UNetFileError, convert_unet_file
 
     try:
         out = convert_unet_file(args.input, args.output, _torch_dtype(args.dtype), overwrite=args.force)

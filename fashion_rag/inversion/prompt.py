@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
-from .categories import CATEGORIES, PROMPT_NOUN
+from ..categories import CATEGORIES, PROMPT_NOUN
 
 PLACEHOLDER = "$"
 PLACEHOLDER_TOKEN_ID = 259  # "$</w>" in the CLIP BPE vocabulary, as the reference hard-codes

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .categories import CATEGORIES
+from ..categories import CATEGORIES
 
 NOSE, NECK = 0, 1
 R_SHOULDER, R_ELBOW, R_WRIST = 2, 3, 4

@@ -1,6 +1,6 @@
 """Start a real ComfyUI as a subprocess with this pack installed, and run API prompts over HTTP.
 
-Used by the demo command (`python -m fashion_rag demo`) and by the tests. It never imports
+Used by the demo (`python -m tools.demo`) and by the tests. It never imports
 ComfyUI: it only talks to its server on loopback.
 """
 
@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the pack: fashion_rag/cli/ -> root
 PACK_DIR_NAME = "comfyui_fashion_rag"
 
 

@@ -1,4 +1,4 @@
-"""`python -m fashion_rag demo`: run the example workflow through a real ComfyUI server.
+"""`python -m tools.demo` (what `bash .ci/demo` runs): run the example workflow through a real ComfyUI server.
 
 Sets up a ComfyUI base directory (models, input, output, the pack in custom_nodes) outside the
 checkout, installs the demo catalog index and random-weight demo models there (or uses the real
@@ -16,18 +16,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from .comfy_runner import REPO, ComfyClient, ComfyServer, make_base_dir
 from .contact_sheet import contact_sheet
-from .demo_person import install_demo_person
+from .person import install_demo_person
+from fashion_rag.cli.comfy_server import REPO, ComfyClient, ComfyServer, make_base_dir
 
 WORKFLOW = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 # SaveImage filename prefixes in the example workflow -> contact sheet rows, in order.
 ROWS = (("garments", "retrieved"), ("mask", "mask"), ("pose", "pose"), ("result", "result"))
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the example workflow through real ComfyUI",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder")
     p.add_argument("--base", type=Path, default=Path.home() / ".cache" / "fashion-rag" / "demo-base",
                    help="ComfyUI base directory (models/, input/, output/) to use")
@@ -36,11 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
     p.add_argument("--server", help="use this running ComfyUI (URL) instead of starting one; "
                    "--base must then be its base directory")
-    p.set_defaults(func=run_demo)
+    return run_demo(p.parse_args(argv))
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo_weights import install_demo_models
+    from .weights import install_demo_models
 
     base = make_base_dir(args.base.resolve())
     install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
