@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.pose import Keypoints, PoseFormatError, parse_keypoints
+from ..fashion_rag.inpaint.keypoints import Keypoints, PoseFormatError, parse_keypoints
 from .types import PoseKeypointType
 
 _NO_KEYPOINTS = (

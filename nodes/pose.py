@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..fashion_rag.inpaint.pose import DEFAULT_SIZE, pose_heatmaps, render_skeleton
+from ..fashion_rag.inpaint.pose import pose_heatmaps, render_skeleton
+from ..fashion_rag.reference import IMAGE_SIZE
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 from .types import PoseType
 
@@ -25,9 +26,9 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
             ),
             inputs=[
                 keypoints_json_input(),
-                io.Int.Input("width", default=DEFAULT_SIZE[0], min=8, max=8192, step=8,
+                io.Int.Input("width", default=IMAGE_SIZE[0], min=8, max=8192, step=8,
                              tooltip="Width of the person image the pose is for."),
-                io.Int.Input("height", default=DEFAULT_SIZE[1], min=8, max=8192, step=8,
+                io.Int.Input("height", default=IMAGE_SIZE[1], min=8, max=8192, step=8,
                              tooltip="Height of the person image the pose is for."),
                 *frame_inputs("target"),
                 pose_keypoint_input(),

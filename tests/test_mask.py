@@ -139,7 +139,7 @@ def test_missing_keypoints_are_skipped_not_drawn_at_the_origin():
     m = garment_mask(kp, "upper_body", W, H)
     x0, y0, _, _ = bbox(m)
     assert x0 > 50 and y0 > 50
-    assert sum(part == "hand" for part, *_ in garment_region(kp, "upper_body", W, H).excluded) == 1
+    assert sum(part == "hand" for part, *_ in garment_region(kp, "upper_body", H).excluded) == 1
     conf = np.concatenate([KP, np.ones((18, 1))], axis=1)
     conf[R_WRIST, 2] = 0  # confidence 0 = missing too
     assert torch.equal(garment_mask(conf, "upper_body", W, H), m)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fashion_rag.inpaint import keypoints as K
 from fashion_rag.inpaint import pose as P
 
 
@@ -60,7 +61,7 @@ POINTS = RNG.uniform(10, 300, size=(18, 2)).round(1)
 def test_openpose_json_pixels_and_confidence():
     conf = [1.0] * 18
     conf[3] = 0.0  # OpenPose's "not detected"
-    (kp,) = P.parse_keypoints(json.dumps(_openpose(POINTS, conf)))
+    (kp,) = K.parse_keypoints(json.dumps(_openpose(POINTS, conf)))
     xy = kp.to_size((384, 512))
     np.testing.assert_allclose(xy[0], POINTS[0])  # no canvas: already in the target frame
     assert tuple(xy[3]) == (0.0, 0.0)
@@ -71,18 +72,18 @@ def test_openpose_json_pixels_and_confidence():
 def test_pose_keypoint_frames_normalised_and_canvas():
     frames = [_openpose(POINTS / 400.0, canvas_width=400, canvas_height=400),
               _openpose(POINTS, canvas_width=400, canvas_height=800)]
-    kps = P.parse_keypoints(frames)
+    kps = K.parse_keypoints(frames)
     assert len(kps) == 2 and kps[0].normalized and not kps[1].normalized
     np.testing.assert_allclose(kps[0].to_size((384, 512))[5], POINTS[5] / 400 * [384, 512])
     np.testing.assert_allclose(kps[1].to_size((384, 512))[5], POINTS[5] * [384 / 400, 512 / 800])
-    empty = P.parse_keypoints([{"people": [], "canvas_width": 10, "canvas_height": 10}])
+    empty = K.parse_keypoints([{"people": [], "canvas_width": 10, "canvas_height": 10}])
     assert not P.pose_heatmaps(empty, (16, 16)).any()
 
 
 def test_dresscode_keypoints_rescale_like_the_reference():
     rows = [[x, y, 0.9, i] for i, (x, y) in enumerate(POINTS)]
     rows[7] = [-1.0, -1.0, 0.0, 7]
-    (kp,) = P.parse_keypoints({"keypoints": rows})
+    (kp,) = K.parse_keypoints({"keypoints": rows})
     assert kp.canvas == (384, 512)
     xy = kp.to_size((768, 1024))
     np.testing.assert_allclose(xy[2], POINTS[2] * 2)
@@ -92,18 +93,18 @@ def test_dresscode_keypoints_rescale_like_the_reference():
 
 
 def test_plain_lists_body25_and_coco17():
-    (a,) = P.parse_keypoints(POINTS.tolist())
-    (b,) = P.parse_keypoints(np.c_[POINTS, np.ones(18)].ravel().tolist())  # flat x, y, c
+    (a,) = K.parse_keypoints(POINTS.tolist())
+    (b,) = K.parse_keypoints(np.c_[POINTS, np.ones(18)].ravel().tolist())  # flat x, y, c
     np.testing.assert_allclose(a.xy, POINTS)
     np.testing.assert_allclose(b.xy, POINTS)
 
     body25 = RNG.uniform(10, 300, size=(25, 2))
-    (c,) = P.parse_keypoints(_openpose(body25))
+    (c,) = K.parse_keypoints(_openpose(body25))
     np.testing.assert_allclose(c.xy[8], body25[9])  # right hip skips BODY_25's mid-hip
     np.testing.assert_allclose(c.xy[17], body25[18])
 
     coco17 = RNG.uniform(10, 300, size=(17, 2))
-    (d,) = P.parse_keypoints(coco17.tolist())
+    (d,) = K.parse_keypoints(coco17.tolist())
     np.testing.assert_allclose(d.xy[1], (coco17[5] + coco17[6]) / 2)  # neck = shoulders' middle
     np.testing.assert_allclose(d.xy[2], coco17[6])  # right shoulder
     np.testing.assert_allclose(d.xy[15], coco17[1])  # left eye
@@ -112,15 +113,15 @@ def test_plain_lists_body25_and_coco17():
 def test_second_person_and_errors():
     two = _openpose(POINTS)
     two["people"].append({"pose_keypoints_2d": np.c_[POINTS + 1, np.ones(18)].ravel().tolist()})
-    np.testing.assert_allclose(P.parse_keypoints(two, person=1)[0].xy, POINTS + 1)
-    with pytest.raises(P.PoseFormatError, match="person 2"):
-        P.parse_keypoints(two, person=2)
-    with pytest.raises(P.PoseFormatError, match="not valid JSON"):
-        P.parse_keypoints("{nope")
-    with pytest.raises(P.PoseFormatError, match="12 keypoints"):
-        P.parse_keypoints(POINTS[:12].tolist())
-    with pytest.raises(P.PoseFormatError, match="unrecognised"):
-        P.parse_keypoints({"something": 1})
+    np.testing.assert_allclose(K.parse_keypoints(two, person=1)[0].xy, POINTS + 1)
+    with pytest.raises(K.PoseFormatError, match="person 2"):
+        K.parse_keypoints(two, person=2)
+    with pytest.raises(K.PoseFormatError, match="not valid JSON"):
+        K.parse_keypoints("{nope")
+    with pytest.raises(K.PoseFormatError, match="12 keypoints"):
+        K.parse_keypoints(POINTS[:12].tolist())
+    with pytest.raises(K.PoseFormatError, match="unrecognised"):
+        K.parse_keypoints({"something": 1})
 
 
 def test_resize_pose_is_the_reference_bilinear():

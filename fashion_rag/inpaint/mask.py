@@ -40,16 +40,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..categories import CATEGORIES
-
-NOSE, NECK = 0, 1
-R_SHOULDER, R_ELBOW, R_WRIST = 2, 3, 4
-L_SHOULDER, L_ELBOW, L_WRIST = 5, 6, 7
-R_HIP, R_KNEE, R_ANKLE = 8, 9, 10
-L_HIP, L_KNEE, L_ANKLE = 11, 12, 13
-R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
+from .keypoints import (
+    L_ANKLE,
+    L_EAR,
+    L_ELBOW,
+    L_EYE,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_WRIST,
+    NECK,
+    NOSE,
+    R_ANKLE,
+    R_EAR,
+    R_ELBOW,
+    R_EYE,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+    Keypoints,
+)
 
 SHOULDERS = (R_SHOULDER, L_SHOULDER)
 ELBOWS = (R_ELBOW, L_ELBOW)
@@ -69,33 +82,7 @@ class MaskRegion:
     scale: float
 
 
-class BodyPoints:
-    """18 keypoints (array [18, 2] or [18, 3] with confidence) with a presence flag each."""
-
-    def __init__(self, points: np.ndarray | Sequence) -> None:
-        arr = np.asarray(points, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[0] != 18 or arr.shape[1] < 2:
-            raise ValueError(f"expected 18 keypoints as [18, 2] or [18, 3], got shape {arr.shape}")
-        self.xy = arr[:, :2].copy()
-        present = np.isfinite(self.xy).all(axis=1) & ~((self.xy[:, 0] <= 0) & (self.xy[:, 1] <= 0))
-        if arr.shape[1] >= 3:
-            present &= ~(np.isfinite(arr[:, 2]) & (arr[:, 2] <= 0))
-        self.present = present
-
-    def has(self, i: int) -> bool:
-        return bool(self.present[i])
-
-    def get(self, *idx: int) -> np.ndarray:
-        """The present ones among `idx`, as [n, 2]."""
-        keep = [i for i in idx if self.present[i]]
-        return self.xy[keep].reshape(-1, 2)
-
-    def mean(self, *idx: int) -> np.ndarray | None:
-        pts = self.get(*idx)
-        return pts.mean(axis=0) if len(pts) else None
-
-
-def body_scale(kp: BodyPoints, height: int) -> float:
+def body_scale(kp: Keypoints, height: int) -> float:
     shoulder_width = None
     if kp.has(R_SHOULDER) and kp.has(L_SHOULDER):
         shoulder_width = float(np.linalg.norm(kp.xy[R_SHOULDER] - kp.xy[L_SHOULDER]))
@@ -106,7 +93,7 @@ def body_scale(kp: BodyPoints, height: int) -> float:
     return max(candidates) if candidates else height / 6.0
 
 
-def _need(kp: BodyPoints, category: str, what: str, *idx: int) -> np.ndarray:
+def _need(kp: Keypoints, category: str, what: str, *idx: int) -> np.ndarray:
     pts = kp.get(*idx)
     if not len(pts):
         raise ValueError(
@@ -116,10 +103,10 @@ def _need(kp: BodyPoints, category: str, what: str, *idx: int) -> np.ndarray:
     return pts
 
 
-def garment_region(keypoints: BodyPoints | np.ndarray | Sequence, category: str, width: int,
-                   height: int, grow: float = 0.0) -> MaskRegion:
+def garment_region(keypoints: Keypoints | np.ndarray | Sequence, category: str, height: int,
+                   grow: float = 0.0) -> MaskRegion:
     """The box and the excluded discs of the rule (module docstring) for one person."""
-    kp = keypoints if isinstance(keypoints, BodyPoints) else BodyPoints(keypoints)
+    kp = keypoints if isinstance(keypoints, Keypoints) else Keypoints(keypoints)
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
     s = body_scale(kp, height)
@@ -194,35 +181,25 @@ def rasterize(region: MaskRegion, width: int, height: int) -> torch.Tensor:
 def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
     """A linear ramp `feather` px wide centred on the edge of a hard [H, W] mask.
 
-    Pixels at Chebyshev distance k (1 = touching the other side) get 0.5 ± (k − 0.5)/feather,
-    clipped to [0, 1]; so `result >= 0.5` equals `mask >= 0.5` exactly.
+    Pixels at Chebyshev distance k from the other side (1 = touching it) get
+    0.5 ± (k − 0.5)/feather, clipped to [0, 1]; so `result >= 0.5` equals `mask >= 0.5`
+    exactly. The image border is not an edge.
     """
-    if feather <= 0:
-        return mask.clone()
-    hard = (mask >= 0.5).to(torch.float32)[None, None]
-    steps = int(np.ceil(feather / 2 + 0.5))
-    inside_dist = torch.zeros_like(hard)
-    outside_dist = torch.zeros_like(hard)
-    grown, shrunk = hard, hard
-    for k in range(1, steps + 1):
-        # After k dilations the outside pixels reached are at distance <= k.
-        new_grown = F.max_pool2d(grown, 3, stride=1, padding=1)
-        outside_dist += ((new_grown > 0) & (grown == 0)).float() * k
-        grown = new_grown
-        new_shrunk = -F.max_pool2d(-shrunk, 3, stride=1, padding=1)
-        inside_dist += ((new_shrunk == 0) & (shrunk > 0)).float() * k
-        shrunk = new_shrunk
-    # Pixels farther than `steps` from the edge keep the plain 0/1 value.
-    inside_dist[(shrunk > 0)] = steps + 1
-    outside_dist[(grown == 0)] = steps + 1
-    value = torch.where(hard > 0, 0.5 + (inside_dist - 0.5) / feather, 0.5 - (outside_dist - 0.5) / feather)
-    return value.clamp(0.0, 1.0)[0, 0]
+    hard = (mask >= 0.5).cpu().numpy()
+    if feather <= 0 or hard.all() or not hard.any():
+        return torch.from_numpy(hard.astype(np.float32)) if feather > 0 else mask.clone()
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_cdt(hard, metric="chessboard")
+    outside = ndimage.distance_transform_cdt(~hard, metric="chessboard")
+    value = np.where(hard, 0.5 + (inside - 0.5) / feather, 0.5 - (outside - 0.5) / feather)
+    return torch.from_numpy(np.clip(value, 0.0, 1.0).astype(np.float32))
 
 
-def garment_mask(keypoints: BodyPoints | np.ndarray | Sequence, category: str, width: int, height: int,
+def garment_mask(keypoints: Keypoints | np.ndarray | Sequence, category: str, width: int, height: int,
                  grow: float = 0.0, feather: float = 0.0) -> torch.Tensor:
     """The garment mask [H, W] float32 in [0, 1] (1 = repaint) for one person."""
-    region = garment_region(keypoints, category, width, height, grow)
+    region = garment_region(keypoints, category, height, grow)
     return feather_mask(rasterize(region, width, height), feather)
 
 

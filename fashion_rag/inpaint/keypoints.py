@@ -1,0 +1,204 @@
+"""18 body keypoints (COCO-18 / OpenPose order): the one type the pose heatmaps and the garment
+mask share, and the JSON forms it is read from.
+
+A keypoint is *missing* when x <= 0 and y <= 0 (the reference's rule), when it is not finite,
+or when its detector confidence is 0; missing keypoints are stored as (0, 0).
+
+Accepted inputs (`parse_keypoints`):
+- OpenPose JSON: {"people": [{"pose_keypoints_2d": [x, y, c] * 18}], ...}, optionally with
+  "canvas_width"/"canvas_height" (what ComfyUI's DWPose/OpenPose preprocessors emit as
+  POSE_KEYPOINT: a list of such dicts, one per image), normalised (<= 1) or pixel coordinates;
+  BODY_25 (25 points) is mapped to COCO-18;
+- Dress Code: {"keypoints": [[x, y, score, id], ...]} in 384x512 pixel coordinates;
+- plain lists: [[x, y], ...] or [[x, y, c], ...] (18, 17 = COCO-17, or 25 = BODY_25 points),
+  or a flat [x, y, c] * N list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..reference import IMAGE_SIZE
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
+    "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
+    "left_knee", "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear",
+)
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+NOSE, NECK = 0, 1
+R_SHOULDER, R_ELBOW, R_WRIST = 2, 3, 4
+L_SHOULDER, L_ELBOW, L_WRIST = 5, 6, 7
+R_HIP, R_KNEE, R_ANKLE = 8, 9, 10
+L_HIP, L_KNEE, L_ANKLE = 11, 12, 13
+R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
+
+DRESSCODE_SIZE = IMAGE_SIZE  # Dress Code keypoints are given in the reference's frame
+
+# OpenPose BODY_25 index of each COCO-18 keypoint (BODY_25 adds mid-hip at 8 and feet at 19+).
+_FROM_BODY25 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+# COCO-17 (no neck) index of each COCO-18 keypoint; the neck (-1) is the shoulders' midpoint.
+_FROM_COCO17 = (0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
+
+_FORMS = ("an OpenPose JSON {'people': [{'pose_keypoints_2d': [x, y, c, ...]}]}, a list of "
+          "those (POSE_KEYPOINT), Dress Code's {'keypoints': [[x, y, score, id], ...]}, or a "
+          "list of 18 [x, y] pairs")
+
+
+class PoseFormatError(ValueError):
+    """Keypoints in a form we cannot read; the message says which forms work."""
+
+
+def _missing(rows: np.ndarray) -> np.ndarray:
+    """[N] bool: the rule of the module docstring, on [N, 2+] rows (x, y[, confidence])."""
+    xy = rows[:, :2]
+    missing = ~np.isfinite(xy).all(axis=1) | ((xy[:, 0] <= 0) & (xy[:, 1] <= 0))
+    if rows.shape[1] >= 3:
+        missing |= np.isfinite(rows[:, 2]) & (rows[:, 2] <= 0)
+    return missing
+
+
+@dataclass(frozen=True)
+class Keypoints:
+    """One person's 18 keypoints: xy [18, 2] in the frame `canvas` (width, height) or, when
+    `normalized`, in [0, 1]; canvas None means "already in the target frame"."""
+
+    xy: np.ndarray
+    canvas: tuple[int, int] | None = None
+    normalized: bool = False
+
+    def __post_init__(self) -> None:
+        rows = np.asarray(self.xy, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[0] != NUM_KEYPOINTS or rows.shape[1] < 2:
+            raise ValueError(f"expected 18 keypoints as [18, 2] or [18, 3], got shape {rows.shape}")
+        xy = rows[:, :2].copy()
+        xy[_missing(rows)] = 0.0
+        object.__setattr__(self, "xy", xy)
+
+    @classmethod
+    def none(cls) -> Keypoints:
+        """All keypoints missing (a frame without people: zero heatmaps)."""
+        return cls(np.zeros((NUM_KEYPOINTS, 2)))
+
+    @property
+    def present(self) -> np.ndarray:
+        """[18] bool."""
+        return ~((self.xy[:, 0] <= 0) & (self.xy[:, 1] <= 0))
+
+    def has(self, i: int) -> bool:
+        return bool(self.present[i])
+
+    def get(self, *idx: int) -> np.ndarray:
+        """The present ones among `idx`, as [n, 2]."""
+        keep = [i for i in idx if self.present[i]]
+        return self.xy[keep].reshape(-1, 2)
+
+    def mean(self, *idx: int) -> np.ndarray | None:
+        pts = self.get(*idx)
+        return pts.mean(axis=0) if len(pts) else None
+
+    def in_frame(self, size: tuple[int, int]) -> Keypoints:
+        """The same keypoints in pixels of an image of `size` (width, height)."""
+        w, h = size
+        if self.normalized:
+            scale = np.array([w, h], dtype=np.float64)
+        elif self.canvas is not None:
+            scale = np.array([w / self.canvas[0], h / self.canvas[1]], dtype=np.float64)
+        else:
+            scale = np.ones(2)
+        xy = self.xy * scale
+        xy[~self.present] = 0.0
+        return Keypoints(xy)
+
+    def to_size(self, size: tuple[int, int]) -> np.ndarray:
+        """Pixel coordinates [18, 2] in an image of `size` (width, height); missing stay (0, 0)."""
+        return self.in_frame(size).xy
+
+
+def _rows(values: Any, where: str) -> np.ndarray:
+    """Keypoint rows [N, >=2] from nested or flat [x, y, c] lists."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PoseFormatError(f"{where}: keypoints are not numbers; expected {_FORMS}") from None
+    if arr.ndim == 1:
+        if arr.size % 3:
+            raise PoseFormatError(
+                f"{where}: a flat keypoint list needs [x, y, c] triples, got {arr.size} values")
+        arr = arr.reshape(-1, 3)
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise PoseFormatError(f"{where}: keypoints have shape {arr.shape}; expected [N, 2+]")
+    return arr
+
+
+def _to_coco18(rows: np.ndarray, use_confidence: bool, where: str) -> np.ndarray:
+    xy = rows[:, :2].copy()
+    xy[_missing(rows if use_confidence else rows[:, :2])] = 0.0
+    n = len(xy)
+    if n == NUM_KEYPOINTS:
+        return xy
+    if n == 25:
+        return xy[list(_FROM_BODY25)]
+    if n == 17:
+        out = np.zeros((NUM_KEYPOINTS, 2))
+        for i, j in enumerate(_FROM_COCO17):
+            if j >= 0:
+                out[i] = xy[j]
+        right, left = xy[6], xy[5]
+        if np.any(right > 0) and np.any(left > 0):
+            out[NECK] = (right + left) / 2
+        return out
+    raise PoseFormatError(
+        f"{where}: {n} keypoints; expected 18 (COCO-18/OpenPose), 25 (BODY_25) or 17 (COCO)")
+
+
+def _canvas(d: dict) -> tuple[int, int] | None:
+    w, h = d.get("canvas_width"), d.get("canvas_height")
+    return (int(w), int(h)) if w and h else None
+
+
+def _detected(xy: np.ndarray, canvas: tuple[int, int] | None) -> Keypoints:
+    # Detectors emit either pixels or [0, 1] fractions; no real pixel pose fits in a 1x1 box.
+    kp = Keypoints(xy, canvas)
+    normalized = bool(kp.present.any()) and float(kp.xy[kp.present].max()) <= 1.0
+    return Keypoints(kp.xy, canvas, normalized)
+
+
+def _from_frame(frame: Any, person: int, where: str) -> Keypoints | None:
+    """One image's keypoints, or None for a frame without people."""
+    if isinstance(frame, dict) and "people" in frame:
+        people = frame["people"] or []
+        if not people:
+            return None
+        if person >= len(people):
+            raise PoseFormatError(f"{where}: person {person} asked for, but only {len(people)} found")
+        p = people[person]
+        if not isinstance(p, dict) or not p.get("pose_keypoints_2d"):
+            raise PoseFormatError(f"{where}: person {person} has no 'pose_keypoints_2d'")
+        return _detected(_to_coco18(_rows(p["pose_keypoints_2d"], where), True, where), _canvas(frame))
+    if isinstance(frame, dict) and "keypoints" in frame:  # Dress Code: fixed 384x512 frame
+        rows = _rows(frame["keypoints"], where)
+        return Keypoints(_to_coco18(rows, False, where), _canvas(frame) or DRESSCODE_SIZE)
+    if isinstance(frame, (list, tuple)):
+        return _detected(_to_coco18(_rows(frame, where), True, where), None)
+    raise PoseFormatError(f"{where}: unrecognised keypoint data; expected {_FORMS}")
+
+
+def parse_keypoints(data: Any, person: int = 0) -> list[Keypoints]:
+    """Keypoints of one person per image from JSON text or already-decoded data.
+
+    A single pose gives a one-element list; POSE_KEYPOINT (a list of frames) gives one per
+    frame. Frames without people give all-missing keypoints (zero heatmaps).
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise PoseFormatError(f"keypoints are not valid JSON ({exc}); expected {_FORMS}") from None
+    is_frame_list = isinstance(data, (list, tuple)) and data and all(isinstance(f, dict) for f in data)
+    frames = list(data) if is_frame_list else [data]
+    return [_from_frame(frame, person, f"pose {i}") or Keypoints.none() for i, frame in enumerate(frames)]
