@@ -11,12 +11,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.inversion.adapter import WEIGHTS_SOURCE, InversionAdapter, load_adapter
-from .model_paths import folder_of
+from ..fashion_rag.inversion.adapter import InversionAdapter, load_adapter
+from ..fashion_rag.model_files import ADAPTER, missing_file_message
 from .types import AdapterType
 
-FOLDER_KEY = "fashion_rag_adapter"
-EXPECTED_FILE = "inversion_adapter_120000.pth"
+FOLDER_KEY = ADAPTER.key
 
 # (path, mtime_ns, size) -> patcher. V3 nodes hold no state; a module-level cache lets several
 # workflows (and ComfyUI's cache misses) share one loaded copy instead of stacking copies in RAM.
@@ -25,12 +24,7 @@ _LOCK = threading.Lock()
 
 
 def missing_adapter_message(name: str | None = None) -> str:
-    what = f"'{name}' was not found" if name else "no inversion adapter file was found"
-    return (
-        f"Fashion-RAG: {what} in {folder_of(FOLDER_KEY)} (models folder key '{FOLDER_KEY}', also settable "
-        f"in extra_model_paths.yaml). Put {EXPECTED_FILE} there: it comes from {WEIGHTS_SOURCE}. "
-        "Then refresh the node list (press R) and pick it."
-    )
+    return missing_file_message(ADAPTER, name, folder_paths.get_folder_paths(FOLDER_KEY))
 
 
 def _adapter_dtype(device: torch.device) -> torch.dtype:
@@ -72,14 +66,14 @@ class AdapterLoader(io.ComfyNode):
             category="fashion_rag",
             description=(
                 "Loads the Fashion-RAG inversion adapter, which turns CLIP ViT-H features of a garment "
-                f"image into 16 pseudo-words for the SD2 text encoder. Expected file: {EXPECTED_FILE} "
-                f"in models/fashion_rag/adapter, from {WEIGHTS_SOURCE}."
+                f"image into 16 pseudo-words for the SD2 text encoder. Expected file: {ADAPTER.file} "
+                f"in models/fashion_rag/adapter, from {ADAPTER.source}."
             ),
             inputs=[
                 io.Combo.Input(
                     "adapter_name",
                     options=folder_paths.get_filename_list(FOLDER_KEY),
-                    tooltip=f"Adapter weights in models/fashion_rag/adapter ({EXPECTED_FILE}; "
+                    tooltip=f"Adapter weights in models/fashion_rag/adapter ({ADAPTER.file}; "
                     ".pth/.pt/.bin/.safetensors).",
                 ),
             ],

@@ -23,14 +23,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.unet_layout import (
-    CONDITION_CHANNELS,
-    FASHION_RAG_IN_CHANNELS,
-    UNET_FILE,
-    WHERE_TO_GET,
-    UNetLayout,
-    load_unet_state_dict,
-)
+from ..fashion_rag.inpaint.unet_file import WHERE_TO_GET, load_unet_state_dict
+from ..fashion_rag.inpaint.unet_layout import CONDITION_CHANNELS, FASHION_RAG_IN_CHANNELS, UNetLayout
+from ..fashion_rag.model_files import UNET
 from .model_paths import folder_of
 
 FOLDER = "fashion_rag_unet"
@@ -58,7 +53,7 @@ def unet_files() -> list[str]:
 def missing_message(name: str | None) -> str:
     what = f"'{name}' was not found" if name else "No UNet file was found"
     return (
-        f"{what}. Put the Fashion-RAG UNet ('{UNET_FILE}', or a file made from it with "
+        f"{what}. Put the Fashion-RAG UNet ('{UNET.file}', or a file made from it with "
         f"`python -m fashion_rag convert-unet`) in {folder_of(FOLDER)} (searched: "
         f"{', '.join(folder_paths.get_folder_paths(FOLDER))}) and refresh the page. "
         f"{WHERE_TO_GET}."
@@ -142,12 +137,12 @@ class FashionRAGUNetLoader(io.ComfyNode):
             description=(
                 "Loads the Fashion-RAG UNet (SD2-inpainting with 27 input channels) as a MODEL "
                 "usable with KSampler, LoRAs and model patches. Reads the reference's "
-                f"'{UNET_FILE}' or a converted .safetensors."
+                f"'{UNET.file}' or a converted .safetensors."
             ),
             inputs=[
                 io.Combo.Input(
                     "unet_name", options=files, default=files[0] if files else None,
-                    tooltip=f"File in models/fashion_rag/unet ({UNET_FILE} from the Hugging Face "
+                    tooltip=f"File in models/fashion_rag/unet ({UNET.file} from the Hugging Face "
                             "repo furio19/fashion-rag, CC BY-NC 4.0) or in models/diffusion_models.",
                 ),
                 io.Combo.Input(

@@ -132,7 +132,7 @@ def test_load_adapter_strict_check_names_file_and_keys(tmp_path):
     msg = str(err.value)
     assert str(path) in msg
     assert "layers.3.bias" in msg and "extra.weight" in msg
-    assert "post_layernorm.bias: (31,) (expected (32,))" in msg
+    assert "post_layernorm.bias (31,) (expected (32,))" in msg
     assert "furio19/fashion-rag" in msg
 
 

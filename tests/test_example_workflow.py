@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_ui import node_info, ui_to_api
 
 from fashion_rag.cli.comfy_server import REPO
 from tools.demo.contact_sheet import PAD, THUMB_H
+from workflow_ui import node_info, ui_to_api
 
 API = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 UI = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_rag.inpaint.unet_layout import TINY, UNetLayout
+from fashion_rag.inpaint.unet_layout import UNetLayout
+from tiny_models import TINY_UNET as TINY
 
 H, W = 64, 48  # pixels (a 3:4 portrait like the reference's 512x384), latent 8x6
 CTX_TOKENS = 7

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from workflow_ui import node_info
-
 from fashion_rag.cli.comfy_server import REPO
+from workflow_ui import node_info
 
 NODE_IDS = {
     "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve", "FashionRAGAdapterLoader",

@@ -8,7 +8,10 @@ from safetensors.torch import load_file, save_file
 from test_inpaint_parity import load_tiny_model, pack_module, rel, tiny_unet
 
 from fashion_rag.cli import main as cli
+from fashion_rag.inpaint import unet_file as F
 from fashion_rag.inpaint import unet_layout as U
+from fashion_rag.weights import WeightFileError
+from tiny_models import TINY_UNET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,7 +22,7 @@ def full_meta_sd() -> dict[str, torch.Tensor]:
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        return UNet2DConditionModel(**U.FASHION_RAG_UNET_DIFFUSERS_CONFIG).state_dict()
+        return UNet2DConditionModel(**U.FULL.diffusers_config()).state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_full_conversion_matches_comfy_unet_model(comfy_runtime, full_meta_sd):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     ldm = U.diffusers_to_ldm(full_meta_sd)
-    config = comfy.supported_models.SD20(U.FASHION_RAG_UNET_LDM_CONFIG).unet_config
+    config = comfy.supported_models.SD20(U.FULL.ldm_config()).unet_config
     comfy_unet = UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
     assert shapes(ldm) == shapes(comfy_unet.state_dict())
     assert len(ldm) == 686
@@ -64,13 +67,13 @@ def test_ldm_config_equals_comfy_detection(comfy_runtime, full_meta_sd):
     import comfy.model_detection
 
     detected = comfy.model_detection.detect_unet_config(U.diffusers_to_ldm(full_meta_sd), "")
-    ours = U.FASHION_RAG_UNET_LDM_CONFIG
+    ours = U.FULL.ldm_config()
     assert {k: ours[k] for k in detected} == detected
 
 
 def test_tiny_round_trip_and_layout_from_ldm(tiny_sd):
     ldm = U.diffusers_to_ldm(tiny_sd)
-    assert U.layout_from_ldm(ldm) == U.TINY
+    assert U.layout_from_ldm(ldm) == TINY_UNET
     back = U.ldm_to_diffusers(ldm)
     assert back.keys() == tiny_sd.keys()
     assert all(back[k] is tiny_sd[k] for k in tiny_sd)
@@ -112,8 +115,8 @@ def test_load_any_supported_form(tmp_path, tiny_sd, form):
                                    "c.safetensors"),
         "wrapped_pth": ({"state_dict": tiny_sd, "step": torch.tensor(120000)}, "u.pth"),
     }[form]
-    loaded, layout = U.load_unet_state_dict(_save(sd, tmp_path / name))
-    assert layout == U.TINY
+    loaded, layout = F.load_unet_state_dict(_save(sd, tmp_path / name))
+    assert layout == TINY_UNET
     assert loaded.keys() == ldm.keys()
     assert all(torch.equal(loaded[k], ldm[k]) for k in ldm)
 
@@ -125,7 +128,7 @@ def test_wrong_input_channels_say_what_to_get(tmp_path, channels, hint):
     sd = {k: torch.zeros(s) for k, s in layout.diffusers_shapes().items()}
     path = _save(sd, tmp_path / "sd2_inpainting.safetensors")
     with pytest.raises(U.UNetFileError) as err:
-        U.load_unet_state_dict(path)
+        F.load_unet_state_dict(path)
     msg = str(err.value)
     for part in (str(path), f"takes {channels} input channels", "not the Fashion-RAG UNet", hint,
                  "unet_120000.pth", "furio19/fashion-rag", "CC BY-NC 4.0"):
@@ -139,7 +142,7 @@ def test_missing_unexpected_and_wrong_shapes_are_named(tmp_path, tiny_sd):
     sd["conv_out.bias"] = torch.zeros(5)
     path = _save(sd, tmp_path / "broken.pth")
     with pytest.raises(U.UNetFileError) as err:
-        U.load_unet_state_dict(path)
+        F.load_unet_state_dict(path)
     msg = str(err.value)
     assert str(path) in msg
     assert "missing keys: mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight" in msg
@@ -150,13 +153,14 @@ def test_missing_unexpected_and_wrong_shapes_are_named(tmp_path, tiny_sd):
 def test_pickled_objects_and_non_unets_are_refused(tmp_path):
     bad = tmp_path / "pickled.pth"
     torch.save({"weights": torch.nn.Linear(2, 2)}, bad)  # a module: needs unpickling code
-    with pytest.raises(U.UNetFileError, match="weights_only"):
-        U.load_unet_state_dict(bad)
+    with pytest.raises(WeightFileError, match="weights_only") as err:
+        F.load_unet_state_dict(bad)
+    assert "Unsupported global" in str(err.value) and "weights_only=False" not in str(err.value)
     other = _save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(U.UNetFileError, match="not a UNet state dict"):
-        U.load_unet_state_dict(other)
+        F.load_unet_state_dict(other)
     with pytest.raises(FileNotFoundError):
-        U.load_unet_state_dict(tmp_path / "nope.pth")
+        F.load_unet_state_dict(tmp_path / "nope.pth")
 
 
 def test_convert_cli_round_trip(tmp_path, tiny_sd, capsys):
@@ -167,8 +171,8 @@ def test_convert_cli_round_trip(tmp_path, tiny_sd, capsys):
     expected = U.diffusers_to_ldm(tiny_sd)
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
-    reloaded, layout = U.load_unet_state_dict(out)  # the converted file loads like the original
-    assert layout == U.TINY and reloaded.keys() == expected.keys()
+    reloaded, layout = F.load_unet_state_dict(out)  # the converted file loads like the original
+    assert layout == TINY_UNET and reloaded.keys() == expected.keys()
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp file left behind
 
     assert cli(["convert-unet", str(src), str(out)]) == 1  # exists: refuse without --force
@@ -188,7 +192,7 @@ def test_loaded_model_matches_diffusers_forward(comfy_runtime, tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 27, 8, 6, generator=g)
     t = torch.tensor([981.0, 21.0])
-    ctx = torch.randn(2, 5, U.TINY.cross_attention_dim, generator=g)
+    ctx = torch.randn(2, 5, TINY_UNET.cross_attention_dim, generator=g)
     with torch.no_grad():
         ours = model.model.diffusion_model(x, t, context=ctx)
         theirs = unet(x, t, encoder_hidden_states=ctx).sample

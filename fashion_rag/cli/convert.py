@@ -28,11 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inpaint.unet_layout import UNetFileError, convert_unet_file
+    from ..inpaint.unet_file import convert_unet_file
+    from ..weights import WeightFileError
 
     try:
         out = convert_unet_file(args.input, args.output, _torch_dtype(args.dtype), overwrite=args.force)
-    except (UNetFileError, FileNotFoundError, FileExistsError) as exc:
+    except (WeightFileError, FileNotFoundError, FileExistsError) as exc:
         print(f"convert-unet: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -1,26 +1,22 @@
-"""The Fashion-RAG UNet: configs and key layouts, and loading its weight files strictly.
+"""The Fashion-RAG UNet's architecture, described once: its configs and its key layouts.
 
 The reference ships `unet_120000.pth`, a plain state_dict of diffusers' UNet2DConditionModel
 (SD2-inpainting architecture) whose `conv_in` takes 27 channels: noisy latent (4) | mask (1) |
-masked-image latent (4) | pose heatmaps (18). ComfyUI's UNetModel has the same weights under
-LDM ("input_blocks/middle_block/output_blocks") names. This module describes the architecture
-once (`UNetLayout`), derives it from the weights, maps diffusers names to LDM names, checks every
-key and shape, and converts a file once into an LDM-layout safetensors (see convert_cli).
-
-It imports neither ComfyUI nor diffusers: a layout gives the configs for both, and tests check
-it against the real classes of each.
+masked-image latent (4) | pose heatmaps (18). ComfyUI's UNetModel holds the same weights under
+LDM ("input_blocks/middle_block/output_blocks") names. `UNetLayout` lists every parameter in
+both namings with its shape, is derived from the weights of either, and gives the configs of
+both libraries (tests check it against the real classes of each). Files: unet_file.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
+
+from ..weights import WeightFileError, check_state_dict
 
 LATENT_CHANNELS = 4
 POSE_CHANNELS = 18
@@ -28,25 +24,11 @@ POSE_CHANNELS = 18
 CONDITION_CHANNELS = 1 + LATENT_CHANNELS + POSE_CHANNELS
 FASHION_RAG_IN_CHANNELS = LATENT_CHANNELS + CONDITION_CHANNELS  # 27
 
-UNET_FILE = "unet_120000.pth"
-HF_REPO = "furio19/fashion-rag"
-LICENCE = "CC BY-NC 4.0"
-WHERE_TO_GET = (
-    f"Get the Fashion-RAG UNet file '{UNET_FILE}' from the Hugging Face hub repository "
-    f"'{HF_REPO}' (licence {LICENCE}: non-commercial use only; this pack does not and may not "
-    "redistribute it)"
-)
-
 # SD2's attention heads are 64 wide (320 channels / 5 heads); the width is not stored in the
 # weights, so it is fixed here as ComfyUI's SD20 config fixes it.
 SD2_HEAD_CHANNELS = 64
 
-# Prefixes seen in the wild: DataParallel checkpoints and single-file SD checkpoints.
-_DATAPARALLEL_PREFIX = "module."
-_CHECKPOINT_PREFIX = "model.diffusion_model."
-
-
-class UNetFileError(ValueError):
+class UNetFileError(WeightFileError):
     """A UNet weight file that cannot be used, with a message that says what to do."""
 
 
@@ -253,15 +235,8 @@ def _transformer_block(c: int, ctx: int) -> Iterator[tuple[str, tuple[int, ...]]
     yield "ff.net.2.bias", (c,)
 
 
-# The real Fashion-RAG UNet (SD2-inpainting with 27 input channels), and a tiny one of the same
-# architecture for tests (64-wide heads, GroupNorm-32-compatible widths).
+# The real Fashion-RAG UNet (SD2-inpainting with 27 input channels).
 FULL = UNetLayout()
-TINY = UNetLayout(
-    block_out_channels=(64, 128), layers_per_block=1, attention_levels=(True, False),
-    cross_attention_dim=64,
-)
-FASHION_RAG_UNET_DIFFUSERS_CONFIG: dict = FULL.diffusers_config()
-FASHION_RAG_UNET_LDM_CONFIG: dict = FULL.ldm_config()
 
 
 # -- deriving a layout from weights ----------------------------------------------------------
@@ -358,29 +333,11 @@ def layout_from_ldm(sd: Mapping[str, torch.Tensor], source: str = "state dict") 
 # -- conversion and strict checks ------------------------------------------------------------
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(sorted(keys)[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def check_state_dict(
-    sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str,
-) -> None:
+def check_layout(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                 source: str) -> None:
     """Every expected key present with its shape, and nothing else; else UNetFileError."""
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} (expected {expected[k]})"
-             for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {_listing(wrong)}")
-    if problems:
-        raise UNetFileError(f"{source}: the UNet weights do not match their own layout; "
-                            + "; ".join(problems) + ". The file may be truncated or of another model.")
+    check_state_dict(sd, expected, source, "a complete UNet of the layout its keys imply",
+                     error=UNetFileError)
 
 
 def diffusers_to_ldm(
@@ -388,7 +345,7 @@ def diffusers_to_ldm(
 ) -> dict[str, torch.Tensor]:
     """Rename a diffusers-layout UNet state dict to LDM/ComfyUI names, checking it strictly."""
     layout = layout or layout_from_diffusers(sd, source)
-    check_state_dict(sd, layout.diffusers_shapes(), source)
+    check_layout(sd, layout.diffusers_shapes(), source)
     names = layout.ldm_key_map()
     return {names[k]: v for k, v in sd.items()}
 
@@ -398,131 +355,6 @@ def ldm_to_diffusers(
 ) -> dict[str, torch.Tensor]:
     """The inverse of diffusers_to_ldm."""
     layout = layout or layout_from_ldm(sd, source)
-    check_state_dict(sd, layout.ldm_shapes(), source)
+    check_layout(sd, layout.ldm_shapes(), source)
     names = {ldm: d for d, ldm in layout.ldm_key_map().items()}
     return {names[k]: v for k, v in sd.items()}
-
-
-# -- files -----------------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or of a .pth/.pt/.bin plain state_dict (no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise UNetFileError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        try:  # mmap avoids a second copy of a 3.4 GB file in RAM
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UNetFileError(
-            f"{path}: cannot be read as a plain torch state_dict with weights_only=True ({exc}). "
-            "Only tensors are loaded, never pickled code; re-save it as a state_dict or safetensors."
-        ) from None
-    for wrapper in ("state_dict", "model"):  # training checkpoints wrap the weights
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict) and len(obj) <= 4:
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UNetFileError(f"{path}: holds no state_dict of tensors")
-    return obj
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith(_DATAPARALLEL_PREFIX) for k in sd):
-        sd = {k[len(_DATAPARALLEL_PREFIX):]: v for k, v in sd.items()}
-    if any(k.startswith(_CHECKPOINT_PREFIX) for k in sd):  # a full checkpoint: keep the UNet only
-        sd = {k[len(_CHECKPOINT_PREFIX):]: v for k, v in sd.items() if k.startswith(_CHECKPOINT_PREFIX)}
-    return sd
-
-
-def check_in_channels(in_channels: int, source: str, expected: int = FASHION_RAG_IN_CHANNELS) -> None:
-    if in_channels == expected:
-        return
-    hint = {
-        9: " A 9-channel UNet is a stock Stable Diffusion inpainting model: load it with "
-           "ComfyUI's own loaders and use InpaintModelConditioning.",
-        4: " A 4-channel UNet is a plain text-to-image model.",
-    }.get(in_channels, "")
-    raise UNetFileError(
-        f"{source}: this UNet takes {in_channels} input channels, so it is not the Fashion-RAG "
-        f"UNet, which takes {expected} (noisy latent 4 + mask 1 + masked-image latent 4 + pose "
-        f"heatmaps 18).{hint} {WHERE_TO_GET}."
-    )
-
-
-def load_unet_state_dict(
-    path: str | os.PathLike, in_channels: int | None = FASHION_RAG_IN_CHANNELS,
-) -> tuple[dict[str, torch.Tensor], UNetLayout]:
-    """Load a UNet file in any supported layout; return its LDM-layout state dict and layout.
-
-    Accepts the reference's diffusers-key .pth (optionally `module.`-prefixed), diffusers
-    .safetensors/.bin, and LDM-layout files (optionally `model.diffusion_model.`-prefixed, as
-    in full checkpoints). Checks every key and shape; `in_channels=None` skips the channel check.
-    """
-    source = str(path)
-    sd = _strip_prefixes(read_state_dict(path))
-    if "conv_in.weight" in sd:
-        if in_channels is not None:
-            check_in_channels(sd["conv_in.weight"].shape[1], source, in_channels)
-        layout = layout_from_diffusers(sd, source)
-        return diffusers_to_ldm(sd, layout, source), layout
-    if "input_blocks.0.0.weight" in sd:
-        if in_channels is not None:
-            check_in_channels(sd["input_blocks.0.0.weight"].shape[1], source, in_channels)
-        layout = layout_from_ldm(sd, source)
-        check_state_dict(sd, layout.ldm_shapes(), source)
-        return sd, layout
-    first = ", ".join(list(sd)[:5]) or "none"
-    raise UNetFileError(
-        f"{source}: not a UNet state dict (neither diffusers 'conv_in.weight' nor LDM "
-        f"'input_blocks.0.0.weight'; first keys: {first}). {WHERE_TO_GET}."
-    )
-
-
-def convert_unet_file(
-    src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16,
-    overwrite: bool = False,
-) -> Path:
-    """Write `src` once as an LDM-layout .safetensors (no prefix), atomically; return dst.
-
-    Later loads then skip pickle parsing and renaming, and ComfyUI can memory-map the file.
-    """
-    dst = Path(dst)
-    if dst.suffix != ".safetensors":
-        raise UNetFileError(f"{dst}: the output must be a .safetensors file")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists; pass overwrite (--force) to replace it")
-    from safetensors.torch import save_file
-
-    sd, layout = load_unet_state_dict(src)
-    out = {k: v.to(dtype).contiguous() for k, v in sd.items()}
-    meta = {
-        "fashion_rag": "unet", "layout": "ldm", "in_channels": str(layout.in_channels),
-        "source": Path(src).name, "licence": LICENCE,
-    }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(out, tmp, metadata=meta)
-        os.replace(tmp, dst)  # readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
-
-
-def with_head_channels(layout: UNetLayout, head_channels: int) -> UNetLayout:
-    """The same layout with another head width (for toy models built with other heads)."""
-    return replace(layout, head_channels=head_channels)

@@ -17,11 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Where users get the real weights; repeated in every "file missing / file wrong" message.
-WEIGHTS_SOURCE = (
-    "the Hugging Face hub repository furio19/fashion-rag (file inversion_adapter_120000.pth; "
-    "licence CC BY-NC 4.0, non-commercial use only; this project does not redistribute it)"
-)
+from ..model_files import ADAPTER
+from ..weights import WeightFileError, check_state_dict, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -171,58 +168,11 @@ def expected_shapes(config: AdapterConfig | None = None) -> dict[str, tuple[int,
     return {k: tuple(v.shape) for k, v in InversionAdapter(config, device="meta").state_dict().items()}
 
 
-def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def load_adapter_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an adapter state dict from .pth/.pt/.bin (plain state_dict) or .safetensors.
-
-    Only tensors are read (`weights_only=True`): a pickled file cannot run code here. A
-    `module.` prefix (saved from DataParallel/DDP) is stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Inversion adapter file not found: {path}. Get it from {WEIGHTS_SOURCE}.")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path), device="cpu")
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} could not be read as a torch state dict: {exc}") from exc
-        # Some training scripts wrap the weights ({"state_dict": ...}).
-        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-            sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return _strip_prefix(sd, "module.")
-
-
-def check_state_dict(
-    sd: Mapping[str, torch.Tensor], config: AdapterConfig, source: str = "state dict"
-) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped key."""
-    want = expected_shapes(config)
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    misshaped = sorted(
-        f"{k}: {tuple(sd[k].shape)} (expected {want[k]})"
-        for k in set(want) & set(sd)
-        if tuple(sd[k].shape) != want[k]
-    )
-    if missing or unexpected or misshaped:
-        lines = [f"{source} is not an inversion adapter of the expected layout."]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
-                lines.append(f"{len(keys)} {title} key(s): {shown}")
-        lines.append(f"The expected file is inversion_adapter_120000.pth from {WEIGHTS_SOURCE}.")
-        raise ValueError("\n".join(lines))
+    """An adapter state dict from .pth/.pt/.bin (tensors only, never pickled code) or .safetensors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Inversion adapter file not found: {path}. Get {ADAPTER.where_to_get}.")
+    return read_state_dict(path, what="an inversion adapter")
 
 
 def load_adapter(
@@ -237,13 +187,14 @@ def load_adapter(
     Without `config`, the sizes are read off the file (heads=16, 16 tokens per garment).
     """
     sd = load_adapter_state_dict(path)
+    advice = f"The expected file is {ADAPTER.where_to_get}."
     if config is None:
         try:
             config = AdapterConfig.from_state_dict(sd)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}. The expected file is inversion_adapter_120000.pth "
-                             f"from {WEIGHTS_SOURCE}.") from None
-    check_state_dict(sd, config, source=str(path))
+            raise WeightFileError(f"{path}: {exc}. {advice}") from None
+    check_state_dict(sd, expected_shapes(config), str(path), "an inversion adapter of the expected layout",
+                     advice)
     model = InversionAdapter(config, device="meta")
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

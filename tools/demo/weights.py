@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from fashion_rag.files import atomic_write
 from fashion_rag.inpaint.unet_layout import UNetLayout, diffusers_to_ldm
 
 # Bump a file's version (in _FILES) when its generator changes, so caches are rebuilt.
@@ -131,19 +131,6 @@ def unet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
     return random_state_dict(shapes, seed, dtype=torch.float32)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; model files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _cache_dir() -> Path:
     root = os.environ.get("FASHION_RAG_CACHE") or Path.home() / ".cache" / "fashion-rag"
     return Path(root) / "demo-models"
@@ -162,9 +149,9 @@ def _write_model(path: Path, make: Callable[[], dict[str, torch.Tensor]], kind: 
     sd = make()
     if kind == "safetensors":
         meta = {"fashion_rag_demo": "random weights, not a trained model"}
-        _atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     else:  # the reference ships plain torch state_dicts; weights_only loading reads them
-        _atomic_write(path, lambda tmp: torch.save(sd, tmp))
+        atomic_write(path, lambda tmp: torch.save(sd, tmp))
 
 
 def install_demo_models(models_dir: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
