@@ -1,0 +1,55 @@
+"""`pip install .` gives the library and the `fashion-rag` command; registry metadata is valid."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import tomllib
+
+from fashion_rag.cli.comfy_server import REPO
+
+
+def test_wheel_holds_the_library_and_the_console_command(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "fashion_rag", src / "fashion_rag",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True)
+    (wheel,) = (tmp_path / "dist").glob("fashion_rag-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"fashion_rag"}
+    assert "fashion_rag/inversion/adapter.py" in names and "fashion_rag/inpaint/unet_layout.py" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "fashion-rag = fashion_rag.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", "from fashion_rag.cli import main; main(['--help'])"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+    assert out.returncode == 0 and "index" in out.stdout and "convert-unet" in out.stdout, out.stderr
+
+
+def test_comfy_registry_metadata():
+    """What the Comfy registry checks (docs.comfy.org/registry/specifications)."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    name = project["name"]
+    assert len(name) < 100 and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*", name)
+    assert "comfyui" not in name.lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["urls"]["Repository"].startswith("https://")
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    # The pack's runtime needs are the ones ComfyUI-Manager installs.
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    reqs = {re.split(r"[<>=]", x)[0].strip() for x in lines if x.strip() and not x.startswith("#")}
+    declared = {re.split(r"[<>=]", d)[0].strip() for d in project["dependencies"]}
+    assert reqs <= declared
