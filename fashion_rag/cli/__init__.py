@@ -1,17 +1,17 @@
-"""Command line: `python -m fashion_rag {index,convert-unet} --help`."""
+"""Command line: `python -m fashion_rag {index,convert-unet,batch} --help`."""
 
 from __future__ import annotations
 
 import argparse
 
 from .. import index_cli
-from . import convert
+from . import batch, convert
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fashion_rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (index_cli, convert):
+    for module in (index_cli, convert, batch):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -7,6 +7,7 @@ ComfyUI: it only talks to its server on loopback.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +88,18 @@ class ComfyClient:
         except urllib.error.HTTPError as e:
             return e.code, _json_or_none(e.read())
 
-    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
-        """POST /prompt and poll /history; return the history entry (raises on errors)."""
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "tests"})
+    def run(self, prompt: dict, timeout: float = 600.0, *, prompt_id: str | None = None,
+            extra_data: dict | None = None, on_wait: Callable[[], None] | None = None) -> dict:
+        """POST /prompt and poll /history; return the history entry (raises on errors).
+
+        `extra_data` is stored with the prompt in the server's history (the batch tags its rows);
+        `on_wait` is called at every poll (a progress display)."""
+        body: dict[str, Any] = {"prompt": prompt, "client_id": "tests"}
+        if prompt_id:
+            body["prompt_id"] = prompt_id
+        if extra_data:
+            body["extra_data"] = extra_data
+        status, body = self.post("/prompt", body)
         # 200 with node_errors means ComfyUI runs only the outputs that validated.
         if status != 200 or body.get("node_errors"):
             raise PromptFailed("validation", body)
@@ -100,8 +112,37 @@ class ComfyClient:
                 if entry["status"].get("status_str") != "success":
                     raise PromptFailed("execution", entry["status"])
                 return entry
-            time.sleep(0.5)
+            if on_wait:
+                on_wait()
+            time.sleep(0.2 if on_wait else 0.5)
         raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()}")
+
+    def cancel(self, prompt_id: str) -> None:
+        """Drop a prompt from the queue, or interrupt it if it is running (only that prompt)."""
+        self.post("/queue", {"delete": [prompt_id]})
+        self.post("/interrupt", {"prompt_id": prompt_id})
+
+    def upload_image(self, path: str | os.PathLike, name: str | None = None, subfolder: str = "",
+                     overwrite: bool = True) -> str:
+        """POST /upload/image (multipart, like the frontend): a local file into the server's input
+        folder. Returns the value for a LoadImage `image` input ("subfolder/name" or "name")."""
+        data = Path(path).read_bytes()
+        name = name or Path(path).name
+        boundary = uuid.uuid4().hex
+        fields = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                 for k, v in fields.items()]
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+                     f'filename="{name}"\r\nContent-Type: {mime}\r\n\r\n'.encode() + data + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        req = urllib.request.Request(
+            self.url + "/upload/image", data=b"".join(parts), method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            answer = json.loads(r.read())
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
     def view(self, image: dict) -> bytes:
         """The bytes of an output image entry ({"filename", "subfolder", "type"})."""
@@ -110,23 +151,33 @@ class ComfyClient:
             return r.read()
 
 
+# The test/demo harness's flags: CPU, and fp32 everywhere so parity tests compare like with like.
+HARNESS_ARGS = ("--cpu", "--fp32-text-enc", "--fp32-vae", "--fp32-unet")
+
+
 class ComfyServer(ComfyClient):
-    """`python main.py` as a subprocess on loopback, with the pack in custom_nodes."""
+    """`python main.py` as a subprocess on loopback, with the pack in custom_nodes.
+
+    `comfyui` defaults to comfy_path(); `install_pack=False` uses `base` as it is (a user's
+    ComfyUI that already holds the pack); `own_session` keeps a terminal's Ctrl-C, meant for
+    the caller, from reaching the server."""
 
     def __init__(self, base: Path, python: str = sys.executable, extra_args: tuple = (),
-                 env: dict[str, str] | None = None) -> None:
-        self.base = make_base_dir(base)
+                 env: dict[str, str] | None = None, *, comfyui: Path | None = None,
+                 device_args: tuple[str, ...] = HARNESS_ARGS, install_pack: bool = True,
+                 log_path: Path | None = None, own_session: bool = False) -> None:
+        self.base = make_base_dir(base) if install_pack else Path(base)
         self.port = free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
-        self.log_path = base / "server.log"
+        self.log_path = log_path or base / "server.log"
         cmd = [
-            python, str(comfy_path() / "main.py"), "--cpu", "--listen", "127.0.0.1",
+            python, str((comfyui or comfy_path()) / "main.py"), *device_args, "--listen", "127.0.0.1",
             "--port", str(self.port), "--base-directory", str(self.base),
-            "--disable-auto-launch", "--disable-api-nodes", "--fp32-text-enc", "--fp32-vae",
-            "--fp32-unet", *extra_args,
+            "--disable-auto-launch", "--disable-api-nodes", *extra_args,
         ]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=base, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=base, env=env,
+                                     start_new_session=own_session)
 
     def wait_ready(self, timeout: float = 180.0, node: str = "FashionRAGGarmentIndexLoader") -> None:
         """Wait until /object_info answers; raise if `node` (one of the pack's) is not there."""

@@ -1,0 +1,289 @@
+"""`fashion-rag batch --workflow API.json --jobs jobs.csv`: one workflow run per CSV row, unattended.
+
+Each row sets inputs of the workflow (columns: see `fashion_rag.cli.batch_jobs` or the README,
+"Batch runs") and runs through a ComfyUI server: --server URL, or one started for the run. Every
+image its SaveImage/PreviewImage nodes produce is fetched into OUT/<row id>/; OUT/summary.csv
+records each row (id, status ok/failed/skipped, seconds, outputs, error, scores). Running the
+same command again skips the rows that finished ok. Ctrl-C stops after the current row (twice:
+at once). Exit status: 0 every row ok, 1 some row failed, 2 nothing ran (bad workflow, job table
+or server), 130 stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import signal
+import sys
+import time
+import urllib.error
+import uuid
+from pathlib import Path
+from typing import Any
+
+from . import batch_jobs
+from .batch_jobs import Job, JobError, JobTable, Target, build_prompt, load_workflow, read_jobs
+from .batch_outputs import save_outputs
+from .batch_report import (
+    FAILED,
+    OK,
+    SKIPPED,
+    SUMMARY_NAME,
+    Progress,
+    Record,
+    one_line,
+    read_summary,
+    write_summary,
+)
+from .batch_server import ServerSetupError, default_comfyui, describe, start_server
+from .comfy_server import ComfyClient, ComfyServer, PromptFailed
+
+UPLOAD_SUBFOLDER = "fashion_rag_batch"
+# Fallback when /object_info does not flag an input as an upload (older servers).
+_FILE_INPUTS = {("LoadImage", "image"), ("LoadImageMask", "image")}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="run an API workflow once per row of a CSV job table",
+                       description=__doc__, epilog=batch_jobs.__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workflow", required=True, type=Path, help="API-format workflow JSON (Export (API))")
+    p.add_argument("--jobs", required=True, type=Path,
+                   help="CSV job table: a header row, one row per run; relative file paths in it are "
+                        "relative to its folder")
+    p.add_argument("--out", type=Path, help="output folder: OUT/<id>/ per row and OUT/summary.csv "
+                   "(default: <jobs>_out beside the job table)")
+    p.add_argument("--server", help="URL of a running ComfyUI (with this pack) to use, e.g. "
+                   "http://127.0.0.1:8188; default: start one for the run")
+    p.add_argument("--comfyui", type=Path, help="ComfyUI folder to start (default: the ComfyUI this pack "
+                   "is installed in, else $COMFYUI_PATH, else ~/.cache/fashion-rag/ComfyUI)")
+    p.add_argument("--base", type=Path, help="ComfyUI base directory (models/, input/, output/, "
+                   "custom_nodes/) for the started server (default: the --comfyui folder itself); any "
+                   "other folder gets this pack linked into its custom_nodes/")
+    p.add_argument("--python", default=sys.executable,
+                   help="Python that runs ComfyUI's main.py (default: this one)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="started server: auto passes --cpu to ComfyUI only when torch sees no GPU")
+    p.add_argument("--comfyui-args", default="", help="extra arguments for ComfyUI's main.py, one string "
+                   "(e.g. \"--lowvram\")")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds one row may run (default 3600)")
+    p.set_defaults(func=run)
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C: finish the current row, then stop. Second: abort now (KeyboardInterrupt)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.requested = False
+        self.progress = progress
+
+    def __enter__(self) -> _StopOnInterrupt:
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.progress.note("batch: stopping after the current row (Ctrl-C again to abort now)")
+
+
+def run(args: argparse.Namespace) -> int:
+    def err(message: str) -> None:
+        print(f"batch: {message}", file=sys.stderr, flush=True)
+
+    try:
+        workflow = load_workflow(args.workflow)
+        table = read_jobs(args.jobs, workflow)
+    except JobError as exc:
+        err(str(exc))
+        return 2
+    out: Path = args.out or args.jobs.with_name(f"{args.jobs.stem}_out")
+    summary_path = out / SUMMARY_NAME
+    previous = read_summary(summary_path)
+    records = {job.id: _resumed(previous.get(job.id), job, out) for job in table.jobs}
+    todo = [job for job in table.jobs if records[job.id].status != OK]
+    if len(todo) < len(table.jobs):
+        err(f"{len(table.jobs) - len(todo)} of {len(table.jobs)} rows already done ({summary_path}): "
+            "not run again")
+    if not todo:
+        write_summary(summary_path, list(records.values()))
+        return _exit_code(records, False)
+    progress = Progress(len(todo))
+    server: ComfyServer | None = None
+    with _StopOnInterrupt(progress) as stop:
+        try:
+            if args.server:
+                client = ComfyClient(args.server)
+            else:
+                client = server = _start(args, out, err)
+            file_inputs = _check_server(client, workflow)
+            runner = _RowRunner(client, workflow, table, out, args.timeout, file_inputs)
+            for job in todo:
+                if stop.requested:
+                    break
+                progress.start_row(job.id)
+                records[job.id] = runner.run(job, progress.draw)
+                write_summary(summary_path, list(records.values()))
+                progress.finish_row(records[job.id])
+        except (JobError, ServerSetupError, OSError, RuntimeError) as exc:
+            # Setup failures and a lost server: the rows run so far stay recorded.
+            progress.note(f"batch: {one_line(exc, 2000)}")
+            write_summary(summary_path, list(records.values()))
+            return 2
+        except KeyboardInterrupt:
+            progress.note("batch: aborted; the current row was dropped")
+            stop.requested = True
+        finally:
+            progress.close()
+            if server is not None:
+                server.stop()
+    if stop.requested:
+        for job in todo:
+            if records[job.id].status == SKIPPED:
+                records[job.id].error = "not run: stopped by Ctrl-C"
+    write_summary(summary_path, list(records.values()))
+    counts = {s: sum(r.status == s for r in records.values()) for s in (OK, FAILED, SKIPPED)}
+    err(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped; summary {summary_path}")
+    return _exit_code(records, stop.requested)
+
+
+def _exit_code(records: dict[str, Record], interrupted: bool) -> int:
+    if interrupted:
+        return 130
+    return 1 if any(r.status != OK for r in records.values()) else 0
+
+
+def _resumed(old: Record | None, job: Job, out: Path) -> Record:
+    """The earlier record counts as done only if it ran these very inputs and its files are there."""
+    done = old and old.status == OK and old.digest == job.digest
+    if done and all((out / o).is_file() for o in old.outputs):
+        return old
+    if old and old.status == FAILED:
+        return old  # shown as failed until it is run again
+    return Record(job.id, digest=job.digest)
+
+
+def _start(args: argparse.Namespace, out: Path, err: Any) -> ComfyServer:
+    comfyui = args.comfyui or default_comfyui()
+    server = start_server(comfyui, args.base or comfyui, args.python, args.device, args.comfyui_args,
+                          out / "comfyui.log")
+    err(f"starting ComfyUI {comfyui} ({describe(server)})")
+    t0 = time.monotonic()
+    try:
+        server.wait_ready(timeout=600)
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop()
+        raise ServerSetupError(f"ComfyUI did not start: {one_line(exc, 1500)}") from exc
+    err(f"ComfyUI ready in {time.monotonic() - t0:.0f}s at {server.url}")
+    return server
+
+
+def _check_server(client: ComfyClient, workflow: dict[str, dict]) -> set[Target]:
+    """Every node type of the workflow exists on the server; returns the file-upload inputs."""
+    try:
+        info = client.get("/object_info")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServerSetupError(f"no ComfyUI answers at {client.url}: {exc}") from exc
+    missing = sorted({f"{n['class_type']} (node {nid})" for nid, n in workflow.items()
+                      if n["class_type"] not in info})
+    if missing:
+        raise ServerSetupError(f"the server at {client.url} lacks node types of the workflow: "
+                               f"{', '.join(missing)} (pack not installed or failed to import?)")
+    files = set()
+    for nid, node in workflow.items():
+        spec = info[node["class_type"]].get("input", {})
+        for name in node.get("inputs", {}):
+            declared = spec.get("required", {}).get(name) or spec.get("optional", {}).get(name) or []
+            options = declared[1] if len(declared) > 1 and isinstance(declared[1], dict) else {}
+            if options.get("image_upload") or (node["class_type"], name) in _FILE_INPUTS:
+                files.add((nid, name))
+    return files
+
+
+class _RowRunner:
+    def __init__(self, client: ComfyClient, workflow: dict[str, dict], table: JobTable, out: Path,
+                 timeout: float, file_inputs: set[Target]) -> None:
+        self.client, self.workflow, self.table, self.out = client, workflow, table, out
+        self.timeout, self.file_inputs = timeout, file_inputs
+        self.uploaded: dict[tuple[str, int, int], str] = {}
+        self.not_local: list[str] = []
+
+    def file_value(self, target: Target, value: str) -> str:
+        """A local file (path relative to the job table) is uploaded; anything else is taken as the
+        name of a file already in the server's input folder (ComfyUI checks it)."""
+        if target not in self.file_inputs:
+            return value
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else self.table.path.parent / path
+        if not path.is_file():
+            self.not_local.append(str(path))
+            return value
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in self.uploaded:
+            # Named by content: re-uploads are idempotent and two local files never collide.
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            name = f"{digest}_{re.sub(r'[^A-Za-z0-9._-]', '_', path.name)}"
+            self.uploaded[key] = self.client.upload_image(path, name=name, subfolder=UPLOAD_SUBFOLDER)
+        return self.uploaded[key]
+
+    def run(self, job: Job, on_wait: Any) -> Record:
+        t0 = time.monotonic()
+        self.not_local = []
+        pid = str(uuid.uuid4())
+        record = Record(job.id, FAILED, digest=job.digest)
+        try:
+            prompt = build_prompt(self.workflow, self.table, job, self.file_value)
+            # The row id in the server's history says which row a prompt was (and lets tests count).
+            tag = {"fashion_rag_batch": {"row": job.id, "jobs": str(self.table.path)}}
+            entry = self.client.run(prompt, timeout=self.timeout, prompt_id=pid, on_wait=on_wait,
+                                    extra_data=tag)
+            record.outputs, record.scores = save_outputs(self.client, self.workflow, entry, self.out, job.id)
+            record.status = OK
+        except PromptFailed as exc:
+            if exc.kind == "validation":
+                # ComfyUI queues the outputs that did validate (200 + node_errors): don't run them.
+                self.client.cancel(pid)
+            record.error = one_line(_prompt_error(exc) + "".join(
+                f" (no local file {p} either)" for p in self.not_local))
+        except JobError as exc:
+            record.error = one_line(exc)
+        except TimeoutError:
+            self.client.cancel(pid)  # or every later row queues behind it
+            record.error = f"did not finish in {self.timeout:.0f}s (cancelled)"
+        except KeyboardInterrupt:
+            self.client.cancel(pid)
+            raise
+        except urllib.error.HTTPError as exc:  # e.g. an upload refused
+            record.error = one_line(f"HTTP {exc.code} from {exc.url}: {exc.reason}")
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise RuntimeError(f"lost the ComfyUI server at {self.client.url}: {exc}") from exc
+        record.seconds = time.monotonic() - t0
+        return record
+
+
+def _prompt_error(exc: PromptFailed) -> str:
+    """ComfyUI's error payloads as one readable line: which node, what went wrong."""
+    payload = exc.payload or {}
+    if exc.kind == "validation":
+        parts = []
+        for nid, ne in (payload.get("node_errors") or {}).items():
+            for e in ne.get("errors", []):
+                what = e.get("details") or e.get("message")
+                parts.append(f"{ne.get('class_type', '?')} (node {nid}): {what}")
+        if not parts:
+            e = payload.get("error") or {}
+            parts.append(f"{e.get('message', 'invalid prompt')}: {e.get('details', '')}".rstrip(": "))
+        return "invalid: " + "; ".join(parts)
+    for name, data in payload.get("messages", []):
+        if name == "execution_error":
+            return (f"{data.get('node_type', '?')} (node {data.get('node_id', '?')}) failed: "
+                    f"{data.get('exception_type', '')}: {data.get('exception_message', '')}")
+        if name == "execution_interrupted":
+            return "interrupted on the server"
+    return f"failed: {payload.get('status_str', 'unknown error')}"

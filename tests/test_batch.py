@@ -1,0 +1,309 @@
+"""`python -m fashion_rag batch`: the job table's columns (no server), then whole runs through a real
+ComfyUI server on the demo weights: a bad row, kill-and-resume, Ctrl-C, and a server it starts.
+
+The workflow here uses the pack's real nodes without diffusion (retrieve -> SaveImage, person ->
+garment mask -> SaveImage), so a row takes about a second on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fashion_rag.cli.batch_jobs import JobError, build_prompt, load_workflow, map_columns, read_jobs
+from fashion_rag.cli.batch_report import Progress, Record, read_summary, write_summary
+from fashion_rag.cli.batch_server import ServerSetupError, start_server
+from fashion_rag.cli.comfy_server import REPO, comfy_path
+from tools.demo.person import PERSON_FILE, draw_person, keypoints_json
+
+
+def batch_workflow() -> dict:
+    return {
+        "1": {"class_type": "FashionRAGGarmentIndexLoader",
+              "inputs": {"index": "demo", "encoder_weights": "fashion_rag_tiny_random.safetensors"}},
+        "2": {"class_type": "FashionRAGTextGarmentRetrieve",
+              "inputs": {"index": ["1", 0], "text": "a red striped top", "k": 2, "category": "any",
+                         "mode": "fusion", "pin_ids": "", "exclude_ids": ""}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "batch/garments"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": PERSON_FILE}},
+        "5": {"class_type": "FashionRAGGarmentMask",
+              "inputs": {"image": ["4", 0], "category": "upper_body", "keypoints_json": keypoints_json(),
+                         "grow": 8, "feather": 0, "person_index": 0, "source_width": 0,
+                         "source_height": 0}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 1], "filename_prefix": "batch/mask"}},
+    }
+
+
+def _write_csv(path: Path, rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def _table(tmp_path: Path, rows: list[list], workflow: dict | None = None):
+    workflow = workflow or batch_workflow()
+    return workflow, read_jobs(_write_csv(tmp_path / "jobs.csv", rows), workflow)
+
+
+# --- the job table, without a server -----------------------------------------------------------
+
+def test_columns_plain_names_aliases_node_ids_and_class_types():
+    wf = batch_workflow()
+    cols = {c.header: c.targets for c in map_columns(
+        wf, ["id", "text", "category", "person", "2.k", "FashionRAGGarmentMask.grow", "# note"])}
+    assert cols == {"text": (("2", "text"),), "category": (("2", "category"), ("5", "category")),
+                    "person": (("4", "image"),), "2.k": (("2", "k"),),
+                    "FashionRAGGarmentMask.grow": (("5", "grow"),)}
+    wf["7"] = {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2}}
+    wf["8"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}}
+    assert map_columns(wf, ["seed"])[0].targets == (("7", "seed"), ("8", "noise_seed"))
+
+
+def test_unknown_columns_fail_together_before_anything_runs():
+    with pytest.raises(JobError) as err:
+        map_columns(batch_workflow(), ["txt", "9.text", "5.image", "FashionRAGGarmentMask.text", "text"])
+    message = str(err.value)
+    assert "'txt': no node has an input 'txt' (settable: category, " in message
+    assert "'9.text': the workflow has no node id '9' and no node of type '9'" in message
+    assert "'5.image': input 'image' of node 5 (FashionRAGGarmentMask) is a link" in message
+    assert "'FashionRAGGarmentMask.text': FashionRAGGarmentMask (node 5) has no input 'text'" in message
+    # Different ranks may overlap (the specific one wins); the same rank may not.
+    map_columns(batch_workflow(), ["text", "FashionRAGTextGarmentRetrieve.text", "2.text"])
+    with pytest.raises(JobError, match="'person' and 'image' both set input image of node 4"):
+        map_columns(batch_workflow(), ["person", "image"])
+
+
+def test_person_alias_with_several_image_loaders():
+    wf = batch_workflow()
+    wf["9"] = {"class_type": "LoadImage", "inputs": {"image": "garment.png"}}
+    with pytest.raises(JobError, match="'person' is ambiguous: LoadImage nodes 4, 9"):
+        map_columns(wf, ["person"])
+    wf["4"]["_meta"] = {"title": "Person photo"}
+    assert map_columns(wf, ["Person"])[0].targets == (("4", "image"),)
+
+
+def test_rows_become_prompts(tmp_path):
+    wf, table = _table(tmp_path, [
+        ["text", "k", "category", "5.category", "person"],
+        ["a green dress", "3", "dresses", "", "me.png"],
+        ["", "1.0", "lower_body", "upper_body", ""],
+    ])
+    assert [j.id for j in table.jobs] == ["1", "2"]  # no id column: row numbers
+    first = build_prompt(wf, table, table.jobs[0])
+    assert first["2"]["inputs"] | {"index": 0} == {**wf["2"]["inputs"], "index": 0, "text": "a green dress",
+                                                     "k": 3, "category": "dresses"}
+    assert first["5"]["inputs"]["category"] == "dresses" and first["4"]["inputs"]["image"] == "me.png"
+    second = build_prompt(wf, table, table.jobs[1])
+    assert second["2"]["inputs"]["text"] == "a red striped top"  # empty cell: the workflow's value
+    assert second["2"]["inputs"]["k"] == 1 and isinstance(second["2"]["inputs"]["k"], int)
+    # The more specific column wins where both set the same input.
+    assert second["2"]["inputs"]["category"] == "lower_body"
+    assert second["5"]["inputs"]["category"] == "upper_body"
+    assert wf == batch_workflow()  # the workflow itself is untouched
+    assert table.jobs[0].digest != table.jobs[1].digest
+
+
+def test_bad_cells_ids_and_files(tmp_path):
+    wf, table = _table(tmp_path, [["id", "k"], ["a", "2.5"]])
+    with pytest.raises(JobError, match=r"row 'a', column 'k': '2.5' is not a whole number"):
+        build_prompt(wf, table, table.jobs[0])
+    with pytest.raises(JobError, match="id 'x' also on line 2"):
+        _table(tmp_path, [["id", "k"], ["x", "1"], ["x", "2"]])
+    with pytest.raises(JobError, match="cannot be a folder name"):
+        _table(tmp_path, [["id", "k"], ["../up", "1"]])
+    with pytest.raises(JobError, match="has a header but no job rows"):
+        _table(tmp_path, [["id", "k"]])
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": []}))
+    with pytest.raises(JobError, match="UI workflow; save it in API format"):
+        load_workflow(ui)
+
+
+def test_summary_round_trip_and_plain_progress(tmp_path, capsys):
+    path = tmp_path / "summary.csv"
+    write_summary(path, [Record("a", "ok", 1.5, ["a/x.png"], "", [0.25, 0.5], "d1"),
+                         Record("b", "failed", 0.2, [], "bad, \"quoted\"\nthing")])
+    back = read_summary(path)
+    assert back["a"] == Record("a", "ok", 1.5, ["a/x.png"], "", [0.25, 0.5], "d1")
+    assert back["b"].error == "bad, \"quoted\"\nthing" and back["b"].status == "failed"
+    assert next(csv.reader(path.open()))[:6] == ["id", "status", "seconds", "outputs", "error", "scores"]
+    progress = Progress(2, sys.stderr)  # pytest's stderr is no terminal: a line per row
+    progress.start_row("a")
+    progress.finish_row(Record("a", "ok", 2.0))
+    assert capsys.readouterr().err == "[1/2] a: ok in 2.0s  (ETA 0:02)\n"
+
+
+def test_never_adds_the_pack_to_a_users_comfyui(tmp_path):
+    (tmp_path / "main.py").write_text("")
+    (tmp_path / "custom_nodes").mkdir()
+    with pytest.raises(ServerSetupError, match="pack is not installed in .*--base DIR"):
+        start_server(tmp_path, tmp_path, sys.executable, "cpu", "", tmp_path / "log")
+    assert not any((tmp_path / "custom_nodes").iterdir())
+
+
+# --- whole runs through a real ComfyUI server ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("people")
+    draw_person().save(folder / "p1.png")
+    draw_person().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "p2.png")
+    draw_person().resize((192, 256)).save(folder / "small.png")
+    return folder
+
+
+def _batch(workflow: Path, jobs: Path, out: Path, *extra: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "fashion_rag", "batch", "--workflow", str(workflow), "--jobs", str(jobs),
+           "--out", str(out), *extra]
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Path]:
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps(batch_workflow()))
+    jobs = _write_csv(tmp_path / "jobs.csv", rows)
+    (tmp_path / "people").symlink_to(people)  # relative paths in the job table: from its folder
+    return workflow, jobs
+
+
+def _prompts_per_row(server, jobs: Path) -> dict[str, int]:
+    """How often the server ran each row of this job table (the batch tags its prompts)."""
+    counts: dict[str, int] = {}
+    for entry in server.get("/history").values():
+        tag = entry["prompt"][3].get("fashion_rag_batch") or {}
+        if tag.get("jobs") == str(jobs):
+            counts[tag["row"]] = counts.get(tag["row"], 0) + 1
+    return counts
+
+
+def _wait_for_ok(summary: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(r.status == "ok" for r in read_summary(summary).values()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {n} ok rows in {summary}: {proc.poll()} {proc.stderr.read()}")
+
+
+def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_path):
+    workflow, jobs = _job_files(tmp_path, people, [
+        ["id", "text", "k", "category", "person"],
+        ["top", "a red striped short-sleeve top", 1, "upper_body", "people/p1.png"],
+        ["trousers", "blue denim trousers", 2, "lower_body", "people/p2.png"],
+        ["dress", "a green floral dress", 3, "dresses", "people/p1.png"],
+        ["ghost", "a white shirt", 1, "upper_body", "people/missing.png"],
+        ["on-server", "a black skirt", 2, "lower_body", PERSON_FILE],  # already in the input folder
+        ["small", "a yellow dress", 1, "dresses", str(people / "small.png")],  # an absolute path
+    ])
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    run = _batch(workflow, jobs, out, "--server", comfy_server.url)
+    seconds = time.monotonic() - t0
+    assert run.returncode == 1, run.stderr  # a row failed
+    summary = read_summary(out / "summary.csv")
+    assert {k: r.status for k, r in summary.items()} == {
+        "top": "ok", "trousers": "ok", "dress": "ok", "ghost": "failed", "on-server": "ok", "small": "ok"}
+    error = summary["ghost"].error
+    assert "missing.png" in error and "LoadImage (node 4)" in error and "\n" not in error, error
+    assert "[4/6] ghost: failed" in run.stderr and "5 ok, 1 failed, 0 skipped" in run.stderr
+    for row_id, k, size in (("top", 1, (384, 512)), ("trousers", 2, (384, 512)), ("dress", 3, (384, 512)),
+                            ("on-server", 2, (384, 512)), ("small", 1, (192, 256))):
+        garments = ["garments.png"] if k == 1 else [f"garments_{i}.png" for i in range(1, k + 1)]
+        assert summary[row_id].outputs == [f"{row_id}/{n}" for n in [*garments, "mask.png"]]
+        assert sorted(p.name for p in (out / row_id).iterdir()) == sorted([*garments, "mask.png"])
+        assert Image.open(out / row_id / "mask.png").size == size
+        assert Image.open(out / row_id / garments[0]).size == (384, 512)
+    assert not (out / "ghost").exists()
+    # One upload per distinct local file, named by its content.
+    uploaded = sorted(p.name for p in (comfy_base / "input" / "fashion_rag_batch").iterdir())
+    assert any(n.endswith("_p1.png") for n in uploaded) and any(n.endswith("_small.png") for n in uploaded)
+    assert seconds < 60, seconds
+
+    again = _batch(workflow, jobs, out, "--server", comfy_server.url)  # resume: only the failed row
+    assert again.returncode == 1
+    assert "5 of 6 rows already done" in again.stderr and "[1/1] ghost: failed" in again.stderr
+    counts = _prompts_per_row(comfy_server, jobs)
+    counts.pop("ghost", None)  # its valid part may have started before it was cancelled
+    assert counts == {"top": 1, "trousers": 1, "dress": 1, "on-server": 1, "small": 1}
+
+
+def _many_rows(n: int) -> list[list]:
+    cats = ("upper_body", "lower_body", "dresses")
+    return [["id", "text", "k", "category", "person"],
+            *[[f"r{i}", f"garment number {i}", 20, cats[i % 3], f"people/p{1 + i % 2}.png"]
+              for i in range(n)]]
+
+
+def test_killed_batch_resumes_without_rerunning_finished_rows(comfy_server, people, tmp_path):
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(8))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, "--server", comfy_server.url, wait=False)
+    _wait_for_ok(out / "summary.csv", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = {k for k, r in read_summary(out / "summary.csv").items() if r.status == "ok"}
+    assert 2 <= len(finished) < 8, finished
+
+    rerun = _batch(workflow, jobs, out, "--server", comfy_server.url)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} of 8 rows already done" in rerun.stderr
+    summary = read_summary(out / "summary.csv")
+    assert all(r.status == "ok" for r in summary.values()) and len(summary) == 8
+    counts = _prompts_per_row(comfy_server, jobs)
+    assert all(counts[row] == 1 for row in finished), counts  # never run twice
+    assert set(counts) == set(summary)
+    for row in summary:
+        assert len(list((out / row).glob("garments_*.png"))) == 12  # k=20 of a 12-garment category
+
+
+def test_ctrl_c_stops_after_the_current_row(comfy_server, people, tmp_path):
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(6))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, "--server", comfy_server.url, wait=False)
+    _wait_for_ok(out / "summary.csv", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "stopping after the current row" in stderr
+    summary = list(read_summary(out / "summary.csv").values())
+    statuses = [r.status for r in summary]
+    n_ok = statuses.count("ok")
+    assert 1 <= n_ok < 6 and statuses == ["ok"] * n_ok + ["skipped"] * (6 - n_ok), statuses
+    assert all(r.error == "not run: stopped by Ctrl-C" for r in summary[n_ok:])
+    # The row running at Ctrl-C was finished and recorded, not dropped: every prompt sent is an ok row.
+    assert _prompts_per_row(comfy_server, jobs) == {r.id: 1 for r in summary[:n_ok]}
+
+
+def test_second_ctrl_c_aborts_at_once(comfy_server, people, tmp_path):
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(6))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, "--server", comfy_server.url, wait=False)
+    _wait_for_ok(out / "summary.csv", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    summary = read_summary(out / "summary.csv")
+    assert len(summary) == 6 and "ok" in {r.status for r in summary.values()}
+
+
+def test_starts_its_own_server(comfy_server, comfy_base, people, tmp_path):
+    """No --server: ComfyUI is started for the run (the harness base, pack already linked in)."""
+    rows = [["id", "text", "person"], ["one", "a red top", "people/p1.png"]]
+    workflow, jobs = _job_files(tmp_path, people, rows)
+    out = tmp_path / "out"
+    run = _batch(workflow, jobs, out, "--comfyui", str(comfy_path()), "--base", str(comfy_base))
+    assert run.returncode == 0, run.stderr + (out / "comfyui.log").read_text()[-3000:]
+    assert "ComfyUI ready in" in run.stderr
+    assert (out / "one" / "garments_1.png").is_file() and (out / "comfyui.log").stat().st_size > 0
