@@ -119,12 +119,25 @@ def test_bad_cells_ids_and_files(tmp_path):
         _table(tmp_path, [["id", "k"], ["x", "1"], ["x", "2"]])
     with pytest.raises(JobError, match="cannot be a folder name"):
         _table(tmp_path, [["id", "k"], ["../up", "1"]])
+    with pytest.raises(JobError, match="cannot be a folder name"):
+        _table(tmp_path, [["id", "k"], ["Summary.csv", "1"]])  # the summary's own name
     with pytest.raises(JobError, match="has a header but no job rows"):
         _table(tmp_path, [["id", "k"]])
     ui = tmp_path / "ui.json"
     ui.write_text(json.dumps({"nodes": [], "links": []}))
     with pytest.raises(JobError, match="UI workflow; save it in API format"):
         load_workflow(ui)
+
+
+def test_a_replaced_photo_is_a_changed_row(tmp_path):
+    """Resume compares digests: same cells but a new file under the same name must run again."""
+    (tmp_path / "me.png").write_bytes(b"1")
+    rows = [["id", "person", "#note"], ["a", "me.png", "x"]]
+    _, before = _table(tmp_path, rows)
+    _, same = _table(tmp_path, [["id", "person", "#note"], ["a", "me.png", "a note edited"]])
+    (tmp_path / "me.png").write_bytes(b"22")
+    _, after = _table(tmp_path, rows)
+    assert before.jobs[0].digest == same.jobs[0].digest != after.jobs[0].digest
 
 
 def test_summary_round_trip_and_plain_progress(tmp_path, capsys):
@@ -293,7 +306,7 @@ def test_second_ctrl_c_aborts_at_once(comfy_server, people, tmp_path):
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130 and "batch: aborted" in stderr, stderr
     summary = read_summary(out / "summary.csv")
     assert len(summary) == 6 and "ok" in {r.status for r in summary.values()}
 

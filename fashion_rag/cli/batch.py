@@ -5,14 +5,15 @@ Each row sets inputs of the workflow (columns: see `fashion_rag.cli.batch_jobs` 
 image its SaveImage/PreviewImage nodes produce is fetched into OUT/<row id>/; OUT/summary.csv
 records each row (id, status ok/failed/skipped, seconds, outputs, error, scores). Running the
 same command again skips the rows that finished ok. Ctrl-C stops after the current row (twice:
-at once). Exit status: 0 every row ok, 1 some row failed, 2 nothing ran (bad workflow, job table
-or server), 130 stopped by Ctrl-C.
+at once). Exit status: 0 every row ok, 1 some row failed, 2 a bad workflow or job table (nothing
+ran) or no usable server, 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import signal
 import sys
@@ -74,22 +75,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 class _StopOnInterrupt:
     """First Ctrl-C: finish the current row, then stop. Second: abort now (KeyboardInterrupt)."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, tty: bool) -> None:
         self.requested = False
-        self.progress = progress
+        self.tty = tty
 
     def __enter__(self) -> _StopOnInterrupt:
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = signal.getsignal(signal.SIGINT)
+        if self._old is not signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, `&`): keep it so
+            signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        if self._old is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self._old)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.progress.note("batch: stopping after the current row (Ctrl-C again to abort now)")
+        # os.write, not print: the handler may interrupt a print to the same buffered stream.
+        os.write(2, ("\r\x1b[K" if self.tty else "").encode()
+                 + b"batch: stopping after the current row (Ctrl-C again to abort now)\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return _exit_code(records, False)
     progress = Progress(len(todo))
     server: ComfyServer | None = None
-    with _StopOnInterrupt(progress) as stop:
+    with _StopOnInterrupt(progress.tty) as stop:
         try:
             if args.server:
                 client = ComfyClient(args.server)

@@ -35,6 +35,7 @@ SEED_INPUTS = ("seed", "noise_seed")
 BARE, CLASS, NODE = 0, 1, 2
 # Row ids become folder names: no separators, no leading dot, nothing Windows refuses.
 _BAD_ID = re.compile(r'[/\\<>:"|?*\x00-\x1f]|^\.|^\s|\s$')
+_RESERVED_IDS = ("summary.csv", "comfyui.log")  # files of their own in the output folder
 
 
 class JobError(ValueError):
@@ -196,20 +197,32 @@ def read_jobs(path: Path, workflow: dict[str, dict]) -> JobTable:
             continue
         cells = dict(zip(headers, (c.strip() for c in row), strict=False))
         job_id = cells.get("id") or str(number)
-        if _BAD_ID.search(job_id) or job_id in (".", "..") or len(job_id) > 100:
+        if _BAD_ID.search(job_id) or job_id.casefold() in _RESERVED_IDS or len(job_id) > 100:
             problems.append(f"line {line}: id {job_id!r} cannot be a folder name (no / \\ : * ? \" < > |, "
                             "no leading dot or space)")
         if job_id in ids:
             problems.append(f"line {line}: id {job_id!r} also on line {ids[job_id]}")
         ids[job_id] = line
         kept = {h: v for h, v in cells.items() if h in mapped and v}
-        digest = hashlib.sha256(json.dumps([wf_digest, kept], sort_keys=True).encode()).hexdigest()[:16]
+        # A replaced photo under the same name is a changed row too (size and time, not content:
+        # cheap for thousands of rows).
+        files = [_file_stamp(path.parent, v) for v in kept.values()]
+        stamp = json.dumps([wf_digest, kept, files], sort_keys=True)
+        digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
         table.jobs.append(Job(job_id, line, kept, digest))
     if problems:
         raise JobError("\n  ".join([f"{path}:", *problems]))
     if not table.jobs:
         raise JobError(f"{path} has a header but no job rows")
     return table
+
+
+def _file_stamp(folder: Path, value: str) -> list[int] | None:
+    try:
+        st = (folder / Path(value).expanduser()).stat()
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def convert(value: str, current: Any, where: str) -> Any:

@@ -59,7 +59,7 @@ def save_outputs(client: ComfyClient, workflow: dict[str, dict], entry: dict, ou
     an old run's files and a half-fetched new one."""
     images = output_images(workflow, entry)
     labels = {nid: _label(workflow, nid) for nid in images}
-    taken = [lab for lab in labels.values()]
+    taken = list(labels.values())
     partial = out / f".{job_id}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
