@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_
 
 from comfy_harness import InProcessComfy  # noqa: E402
 from fashion_rag.cli.comfy_server import ComfyServer  # noqa: E402
+
+
+def _checkout_state() -> set[str] | None:
+    """`git status` lines of the checkout (untracked and ignored files included, bytecode caches
+    aside), or None where there is no git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line for line in out.splitlines() if "__pycache__/" not in line and not line.endswith(".pyc")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tests write into temp folders only: a file a test session adds to or changes in the
+    checkout (screenshots, benchmark folders, outputs) fails the session at its end."""
+    before = _checkout_state()
+    yield
+    after = _checkout_state()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, f"the tests wrote into the checkout: {new[:20]}"
 
 
 @pytest.fixture(scope="session")
