@@ -9,7 +9,9 @@ WEB_DIRECTORY = "./web"
 try:  # ComfyUI present: expose the V3 entry point
     from .nodes import comfy_entrypoint  # noqa: F401
 except ImportError as exc:  # imported outside ComfyUI (e.g. by pytest collecting the root)
-    if "comfy" not in str(exc):
+    # Without ComfyUI the import fails on "comfy"; pytest imports this file as a plain module (no
+    # parent package) when the checkout's folder is not a Python name, e.g. comfyui-fashion-rag.
+    if "comfy" not in str(exc) and __package__:
         raise
 
 __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

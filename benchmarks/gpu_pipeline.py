@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib
+import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +47,10 @@ def start_comfy(cpu: bool):
 
     args.cpu = cpu
     args.disable_api_nodes = True
-    args.base_directory = str(make_base_dir(Path(tempfile.mkdtemp(prefix="fashion_rag_bench_"))))
+    # A throwaway ComfyUI base folder (models, outputs, settings), removed when the process exits.
+    base = Path(tempfile.mkdtemp(prefix="fashion_rag_bench_"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)  # unlinks the pack's link, not the pack
+    args.base_directory = str(make_base_dir(base))
     import folder_paths  # noqa: F401, I001  (order: see docs/COMFYUI.md)
     import utils.extra_config  # noqa: F401
     import utils.install_util  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_
 
 from comfy_harness import InProcessComfy  # noqa: E402
 from fashion_rag.cli.comfy_server import ComfyServer  # noqa: E402
+
+
+def _new_files_in_checkout() -> set[str] | None:
+    """Untracked and ignored files of the checkout, as `git status` lists them, or None where
+    there is no git checkout. Left out: bytecode caches, and hidden or editor backup files (an
+    editor's swap files and tool caches come and go while the tests run)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = set()
+    for line in out.splitlines():
+        status, path = line[:2], line[3:]
+        parts = Path(path.strip('"')).parts
+        if status not in ("??", "!!") or "__pycache__" in parts or path.endswith((".pyc", "~")):
+            continue
+        if any(p.startswith((".", "#")) for p in parts):
+            continue
+        found.add(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tests write into temp folders only: a file a test session adds to the checkout
+    (screenshots, benchmark folders, outputs) fails the session at its end."""
+    before = _new_files_in_checkout()
+    yield
+    after = _new_files_in_checkout()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, f"the tests wrote into the checkout: {new[:20]}"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ Runs: two retrieval-only ones ("Queue Selected Output Nodes", seconds) for the g
 pins, then ONE full pipeline run (inversion + inpainting: minutes on CPU; instant when the
 server already ran the same prompt, e.g. the demo test, since ComfyUI caches outputs) with the
 example's own widget values, so its outputs stay cached for later tests on the same server.
-Screenshots go to tests/artifacts/.
+Screenshots go to pytest's temp folder (the path is printed; pytest keeps the last three runs).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from fashion_rag.cli.comfy_server import PACK_DIR_NAME, REPO
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 WORKFLOW = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"  # UI form
 API_FORM = REPO / "example_workflows" / "api" / WORKFLOW.name
 FULL_RUN_TIMEOUT_S = 15 * 60  # ViT-H vision and the SD VAE at full size on 2 CPU cores
@@ -111,6 +110,14 @@ def browser_page(request, tmp_path_factory):
         finally:
             context.close()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where the screenshots go: a temp folder, never the checkout."""
+    folder = tmp_path_factory.mktemp("browser_screenshots")
+    print(f"\nbrowser screenshots: {folder}")
+    return folder
 
 
 def _open_template(page) -> None:
@@ -254,7 +261,7 @@ def _wait_for_previews(page, node_ids: list[str]) -> None:
 
 
 @pytest.mark.slow  # one full pipeline run
-def test_example_workflow_in_the_browser(browser_page, comfy_server):
+def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots):
     page, console = browser_page
     api_form = json.loads(API_FORM.read_text())
     retrieve_id = next(i for i, n in api_form.items() if n["class_type"] == "FashionRAGTextGarmentRetrieve")
@@ -288,8 +295,7 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server):
                             ".map(t => +t.textContent);"))
     assert items > 0 and sum(rows) == items, (items, rows, summary)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "browser_gallery.png"))
+    page.screenshot(path=str(screenshots / "browser_gallery.png"))
 
     # A real click on the last card pins it; two clicks on the first exclude it.
     last, first = cards[-1]["id"], cards[0]["id"]
@@ -299,7 +305,7 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server):
     assert _pins(page) == [last, first]
     states = {c["id"]: c["state"] for c in _cards(page)}
     assert states[last] == "pin" and states[first] == "exclude"
-    page.screenshot(path=str(ARTIFACTS / "browser_gallery_pinned.png"))
+    page.screenshot(path=str(screenshots / "browser_gallery_pinned.png"))
 
     # Ctrl+Z undoes the last click (ComfyUI rebuilds the nodes; the gallery comes back), Ctrl+Y redoes it.
     _click_empty_canvas(page)
@@ -325,7 +331,7 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server):
                              ".map(c => [c.dataset.garmentId, c.dataset.state]);"))
     assert chips == [[last, "pin"], [first, "exclude"]]
     _show_graph(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_gallery_reloaded.png"))
+    page.screenshot(path=str(screenshots / "browser_gallery_reloaded.png"))
     prompt = page.evaluate(js("return (await app.graphToPrompt()).output;"))
     assert _api(prompt) == _expected(pin_ids=last, exclude_ids=first)
     assert not any("fashion_rag_gallery" in json.dumps(n["inputs"]) for n in prompt.values())
@@ -339,7 +345,7 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server):
     assert first not in states and states.get(last) == "pin", states
     assert cards[0]["id"] == last and cards[0]["rank"] == "1", cards  # pins come first
     _show_graph(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_gallery_rerun.png"))
+    page.screenshot(path=str(screenshots / "browser_gallery_rerun.png"))
 
     # Clear them from the gallery (pin -> exclude -> clear on the card; the excluded one's chip).
     page.locator(f'.fashion-rag-card[data-garment-id="{last}"]').click()
@@ -358,7 +364,7 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server):
     assert [(c["id"], c["state"]) for c in cards] == [(i, "none") for i in first_ids], cards
     _show_graph(page)
     _wait_for_previews(page, saves)
-    page.screenshot(path=str(ARTIFACTS / "browser_example_run.png"))
+    page.screenshot(path=str(screenshots / "browser_example_run.png"))
 
     # Nothing the designer would have to dismiss: no error or warning toast, no dialog (e.g. an invalid
     # workflow alert after the reload, the templates browser left open).

@@ -140,8 +140,12 @@ def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
         inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image[:, :, :42], mask[:, :, :42])
 
 
-def test_gpu_benchmark_setup_runs_in_smoke_mode():
-    """benchmarks/gpu_pipeline.py needs a GPU; its --smoke mode runs the same setup on the CPU."""
+def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):
+    """benchmarks/gpu_pipeline.py needs a GPU; its --smoke mode runs the same setup on the CPU.
+
+    Its ComfyUI base folder goes to the temp folder (here pytest's) and is removed at exit.
+    Mutation caught: the benchmark's atexit clean-up removed (a fashion_rag_bench_* folder is left).
+    """
     import os
     import subprocess
     import sys
@@ -150,9 +154,11 @@ def test_gpu_benchmark_setup_runs_in_smoke_mode():
     from fashion_rag.cli.comfy_server import comfy_path
 
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), OMP_NUM_THREADS="1")
+    env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     run = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_pipeline.py"), "--smoke"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fashion_rag_bench_"))
+    assert not left, f"the benchmark left its temp folder(s) {left} in {tmp_path}"
     for row in ("a) diffusers reference loop", "b) ComfyUI node sampling", "c) FashionRAGInpaint node"):
         assert row in run.stdout

@@ -77,3 +77,15 @@ def test_model_folders_are_reachable_through_extra_model_paths(comfy, comfy_base
         assert "my_shop" in options and "demo" in options
     finally:  # the in-process ComfyUI is shared by the whole session
         folder_paths.folder_names_and_paths["fashion_rag_indexes"][0][:] = before
+
+
+def test_root_module_imports_without_a_parent_package():
+    """pytest imports the pack's __init__.py as a plain module when the checkout's folder is not a
+    Python name (the README's `git clone ... comfyui-fashion-rag`): that must not fail collection.
+    Mutation caught: re-raising every ImportError but ComfyUI's ("no known parent package")."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("comfyui-fashion-rag", REPO / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web"
