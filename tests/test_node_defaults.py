@@ -13,6 +13,7 @@ k 4 (FashionRAGTextGarmentRetrieve); category "dresses" (FashionRAGGarmentInvers
 from __future__ import annotations
 
 import pytest
+
 from workflow_ui import node_info
 
 REFERENCE_SAMPLER = "fashion_rag_ddim"  # the reference-exact DDIM (test_inpaint_parity)
