@@ -88,7 +88,7 @@ def test_pack_config_is_the_published_one_with_27_channels():
     default shows too. Mutations caught: SD2_HEAD_CHANNELS 32 (attention_head_dim 10/20/40/40),
     flip_sin_to_cos False or sample_size 32 in UNetLayout.diffusers_config.
     """
-    ours = _plain(_published_model(U.FASHION_RAG_UNET_DIFFUSERS_CONFIG).config)
+    ours = _plain(_published_model(U.FULL.diffusers_config()).config)
     published = _published_model(FASHION_RAG_UNET)
     theirs = _plain(published.config)
     diff = {k: (ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys()
