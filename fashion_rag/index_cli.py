@@ -36,9 +36,9 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .encoders import DEFAULT_ARCH, REAL_WEIGHTS_HINT
-    from .index_store import INDEX_TYPES, IVF_THRESHOLD
-    from .retrieval import MODES
+    from .retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
+    from .retrieval.index_store import INDEX_TYPES, IVF_THRESHOLD
+    from .retrieval.search import MODES
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,9 +80,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .catalog import scan_catalog
-    from .encoders import GarmentEncoder
-    from .index_store import build_index
+    from .retrieval.catalog import scan_catalog
+    from .retrieval.encoder import GarmentEncoder
+    from .retrieval.index_store import build_index
 
     t0 = time.perf_counter()
     catalog = scan_catalog(args.catalog, args.metadata)
@@ -111,7 +111,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .index_store import load_index
+    from .retrieval.index_store import load_index
 
     info = load_index(args.index).info()
     if args.json:
@@ -128,9 +128,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from .encoders import GarmentEncoder
-    from .index_store import load_index, read_manifest
-    from .retrieval import search
+    from .retrieval.encoder import GarmentEncoder
+    from .retrieval.index_store import load_index, read_manifest
+    from .retrieval.search import search
 
     manifest = read_manifest(args.index)
     needs_encoder = args.mode != "caption"

@@ -11,13 +11,19 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from ..fashion_rag.encoders import (
+from ..fashion_rag.retrieval.encoder import (
     REAL_WEIGHTS_FILE,
     REAL_WEIGHTS_HINT,
     REAL_WEIGHTS_SOURCE,
     GarmentEncoder,
 )
-from ..fashion_rag.index_store import MANIFEST, GarmentIndex, check_encoder, load_index, read_manifest
+from ..fashion_rag.retrieval.index_store import (
+    MANIFEST,
+    GarmentIndex,
+    check_encoder,
+    load_index,
+    read_manifest,
+)
 from .model_paths import folder_of
 from .types import GarmentIndexType
 

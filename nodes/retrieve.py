@@ -6,8 +6,8 @@ import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
-from ..fashion_rag.garments import Garments
-from ..fashion_rag.retrieval import MODES, retrieve
+from ..fashion_rag.retrieval.garments import Garments
+from ..fashion_rag.retrieval.search import MODES, retrieve
 from .types import GarmentIndexType, GarmentsType
 
 

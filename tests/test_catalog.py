@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_rag.catalog import scan_catalog
 from fashion_rag.demo_catalog import PER_CATEGORY, demo_items, write_demo_catalog
 from fashion_rag.images import (
     GARMENT_SIZE,
@@ -19,6 +18,7 @@ from fashion_rag.images import (
     load_image,
     to_image_tensor,
 )
+from fashion_rag.retrieval.catalog import scan_catalog
 
 
 def _png(path: Path, size=(40, 60), colour=(200, 0, 0)) -> Path:

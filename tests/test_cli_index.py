@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fashion_rag.demo_catalog import write_demo_catalog
-from fashion_rag.encoders import write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_rag.catalog import scan_catalog
 from fashion_rag.demo_catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
-from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
-from fashion_rag.index_store import (
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.index_store import (
     MANIFEST,
     EncoderMismatchError,
     GarmentIndex,
@@ -251,7 +251,7 @@ def test_many_free_text_categories_share_a_part():
     cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
     x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    from fashion_rag.index_store import MAX_PARTS, GarmentIndex
+    from fashion_rag.retrieval.index_store import MAX_PARTS, GarmentIndex
 
     index = GarmentIndex.in_memory(x, categories=cats)
     groups = [p.categories for p in index.vectors.parts]

@@ -12,8 +12,8 @@ from PIL import Image
 
 from comfy_harness import PromptFailed
 from fashion_rag.demo_catalog import TINY_WEIGHTS_NAME
-from fashion_rag.encoders import write_tiny_encoder_weights
 from fashion_rag.images import load_garment
+from fashion_rag.retrieval.encoder import write_tiny_encoder_weights
 
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
 

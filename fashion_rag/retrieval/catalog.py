@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .categories import normalize_category
-from .images import IMAGE_EXTENSIONS
+from ..categories import normalize_category
+from ..images import IMAGE_EXTENSIONS
 
 METADATA_NAMES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
 

@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from ..images import ImageLoadError, decode_image, fit_garment
 from .catalog import Catalog, CatalogItem
-from .images import ImageLoadError, decode_image, fit_garment
 
 log = logging.getLogger("fashion_rag")
 

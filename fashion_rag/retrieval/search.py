@@ -19,10 +19,10 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
+from ..images import load_garment, to_image_tensor
 from .catalog import canonical_or_text
-from .encoders import REAL_WEIGHTS_HINT
+from .encoder import REAL_WEIGHTS_HINT
 from .garments import Garment, Garments
-from .images import load_garment, to_image_tensor
 from .index_store import GarmentIndex
 
 log = logging.getLogger("fashion_rag")
