@@ -10,9 +10,10 @@ from safetensors.torch import load_file, save_file
 
 from fashion_rag.demo_catalog import write_demo_catalog
 from fashion_rag.images import load_garment
+from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
-from fashion_rag.retrieval.index_store import build_index, load_index
+from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
 from fashion_rag.retrieval.search import RRF_K, UnknownIdError, parse_ids, retrieve, search
 
