@@ -49,22 +49,26 @@ def index_names() -> list[str]:
         except OSError:
             continue
         for name in entries:
-            if _find_in(root, name) is not None:
-                names.add(name)
+            try:
+                if _find_in(root, name) is not None:
+                    names.add(name)
+            except PathRuleError:
+                continue
     return sorted(names)
 
 
 def _find_in(root: str, name: str) -> str | None:
-    try:
-        check_index_name(name)
-        path = inside(name, root, "index folder")  # a symlink may not lead out of the indexes folder
-    except PathRuleError:
+    """The index folder root/name, if there is one; PathRuleError if it leads out of root."""
+    check_index_name(name)
+    candidate = os.path.join(root, name)
+    if not os.path.lexists(candidate):
         return None
+    path = inside(name, root, "index folder")  # a symlink may not lead out of the indexes folder
     return str(path) if path.is_dir() and looks_like_index(path) else None
 
 
 def index_dir(name: str) -> str | None:
-    """The folder of index `name` (PathRuleError for anything but one visible folder name)."""
+    """The folder of index `name` (PathRuleError for anything but one visible folder name in a root)."""
     check_index_name(name, _roots())
     return next((p for p in (_find_in(root, name) for root in _roots()) if p is not None), None)
 
