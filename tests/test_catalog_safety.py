@@ -9,7 +9,6 @@ layout, skip reports and strict builds, odd but valid images, a decompression bo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audit import opened_files
 from PIL import Image
 
 from comfy_harness import PromptFailed
@@ -33,29 +33,6 @@ from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
 
 REPO = Path(__file__).resolve().parents[1]
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
-
-# Every file this process opens while `opened_files()` is active (Python's audit hooks see
-# open() and os.open(), which is how the library reads images, manifests and embeddings).
-_opened: list[str] | None = None
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, os.PathLike)):
-        _opened.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)
-
-
-@contextlib.contextmanager
-def opened_files():
-    global _opened
-    _opened = []
-    try:
-        yield _opened
-    finally:
-        _opened = None
-
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> GarmentEncoder:

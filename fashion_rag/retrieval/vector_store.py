@@ -185,7 +185,7 @@ def _read_faiss(path: Path, index_dir: Path, manifest: dict[str, Any]) -> Any:
 
     try:
         return faiss.read_index(str(path))
-    except RuntimeError as exc:  # FAISS's C++ errors: a damaged file, not a bug of the caller
+    except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
         if not path.exists():  # removed by a newer build while this load ran: load_index retries
             raise FileNotFoundError(2, "No such file", str(path)) from exc
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
