@@ -36,7 +36,15 @@ from .manifest import (
     same_embedding_space,
 )
 from .paths import PathRuleError
-from .storage import build_lock, clean_stale, looks_like_index, prepare_out, publish, resolve_version
+from .storage import (
+    build_lock,
+    clean_stale,
+    discard_unpublished,
+    looks_like_index,
+    prepare_out,
+    publish,
+    resolve_version,
+)
 from .vector_store import VECTORS, VectorStore, create_vector_store, partition_categories
 from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
 
@@ -145,58 +153,70 @@ def build_index(
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
     say = log_fn or log.info
     out = prepare_out(out_dir, catalog.root)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with build_lock(out):
-        cleaned = clean_stale(out)  # what dead builds left
-        enc = encoder_record(encoder)
-        old_manifest, old_version, old_emb = _previous_embeddings(out, enc, say)
-        skipped = list(catalog.skipped)
-        hashed = _hash_items(catalog, skipped)
-        todo: dict[str, CatalogItem] = {}  # identical files (same hash) are encoded once
-        for item, h in hashed:
-            if h not in old_emb:
-                todo.setdefault(h, item)
-        say(f"{len(hashed)} images: {sum(h in old_emb for _, h in hashed)} unchanged, {len(todo)} to encode")
-        new_emb, bad = _encode(catalog, list(todo.items()), encoder, batch_size, skipped, progress)
+    try:
+        with build_lock(out):
+            return _build_locked(catalog, out, encoder, index_type, ivf_threshold, batch_size, strict, say,
+                                 progress)
+    except BaseException:
+        if created:
+            discard_unpublished(out)  # a first build that failed leaves no folder behind
+        raise
 
-        kept = [(item, h) for item, h in hashed if h not in bad]
-        items = {
-            "ids": [item.id for item, _ in kept],
-            "paths": [item.path for item, _ in kept],
-            "categories": [item.category for item, _ in kept],
-            "captions": [item.caption for item, _ in kept],
-            "sha256": [h for _, h in kept],
-        }
-        old_ids = set(old_manifest["items"]["ids"]) if old_manifest else set()
-        report = BuildReport(out, len(kept), len(new_emb), len(kept) - sum(h in new_emb for _, h in kept),
-                             len(old_ids - set(items["ids"])), "", written=False, version=old_version,
-                             skipped=skipped, cleaned=cleaned)
-        if strict and skipped:
-            raise SkippedItemsError(report)
-        if not kept:
-            shown = "; ".join(str(s) for s in skipped[:3])
-            raise ValueError(f"No usable garment images in catalog {catalog.root}"
-                             + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
-                             + ". Point --catalog at a folder of garment images (or a metadata file "
-                               "listing them).")
-        groups = partition_categories(items["categories"])
-        plan = [(list(g), part_kind(index_type, sum(c in g for c in items["categories"]), ivf_threshold))
-                for g in groups]
-        kinds = {k for _, k in plan}
-        report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
-        if (old_manifest is not None and old_emb and old_manifest.get("format_version") == FORMAT_VERSION
-                and old_manifest["items"] == items and old_manifest["encoder"] == enc
-                and [(p["categories"], p["type"]) for p in old_manifest["vector_index"]["parts"]] == plan
-                and old_manifest["catalog_root"] == str(catalog.root)):
-            say(f"index {out} is up to date ({len(kept)} garments)")
-            return report
 
-        emb = np.stack([old_emb[h] if h in old_emb else new_emb[h] for _, h in kept]).astype(np.float32)
-        vectors = create_vector_store(emb, items["categories"], index_type, ivf_threshold, log_fn=say)
-        manifest, writers = _manifest_and_writers(catalog, out, enc, items, emb, vectors)
-        report.version = publish(out, writers, manifest)
-        report.written = True
-        report.cleaned += clean_stale(out)  # versions before the previous one
+def _build_locked(catalog: Catalog, out: Path, encoder: Encoder, index_type: str, ivf_threshold: int,
+                  batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None) -> BuildReport:
+    cleaned = clean_stale(out)  # what dead builds left
+    enc = encoder_record(encoder)
+    old_manifest, old_version, old_emb = _previous_embeddings(out, enc, say)
+    skipped = list(catalog.skipped)
+    hashed = _hash_items(catalog, skipped)
+    todo: dict[str, CatalogItem] = {}  # identical files (same hash) are encoded once
+    for item, h in hashed:
+        if h not in old_emb:
+            todo.setdefault(h, item)
+    say(f"{len(hashed)} images: {sum(h in old_emb for _, h in hashed)} unchanged, {len(todo)} to encode")
+    new_emb, bad = _encode(catalog, list(todo.items()), encoder, batch_size, skipped, progress)
+
+    kept = [(item, h) for item, h in hashed if h not in bad]
+    items = {
+        "ids": [item.id for item, _ in kept],
+        "paths": [item.path for item, _ in kept],
+        "categories": [item.category for item, _ in kept],
+        "captions": [item.caption for item, _ in kept],
+        "sha256": [h for _, h in kept],
+    }
+    old_ids = set(old_manifest["items"]["ids"]) if old_manifest else set()
+    report = BuildReport(out, len(kept), len(new_emb), len(kept) - sum(h in new_emb for _, h in kept),
+                         len(old_ids - set(items["ids"])), "", written=False, version=old_version,
+                         skipped=skipped, cleaned=cleaned)
+    if strict and skipped:
+        raise SkippedItemsError(report)
+    if not kept:
+        shown = "; ".join(str(s) for s in skipped[:3])
+        raise ValueError(f"No usable garment images in catalog {catalog.root}"
+                         + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
+                         + ". Point --catalog at a folder of garment images (or a metadata file "
+                           "listing them).")
+    groups = partition_categories(items["categories"])
+    plan = [(list(g), part_kind(index_type, sum(c in g for c in items["categories"]), ivf_threshold))
+            for g in groups]
+    kinds = {k for _, k in plan}
+    report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
+    if (old_manifest is not None and old_emb and old_manifest.get("format_version") == FORMAT_VERSION
+            and old_manifest["items"] == items and old_manifest["encoder"] == enc
+            and [(p["categories"], p["type"]) for p in old_manifest["vector_index"]["parts"]] == plan
+            and old_manifest["catalog_root"] == str(catalog.root)):
+        say(f"index {out} is up to date ({len(kept)} garments)")
+        return report
+
+    emb = np.stack([old_emb[h] if h in old_emb else new_emb[h] for _, h in kept]).astype(np.float32)
+    vectors = create_vector_store(emb, items["categories"], index_type, ivf_threshold, log_fn=say)
+    manifest, writers = _manifest_and_writers(catalog, out, enc, items, emb, vectors)
+    report.version = publish(out, writers, manifest)
+    report.written = True
+    report.cleaned += clean_stale(out)  # versions before the previous one
     say(f"index written to {out} ({report.version}): {report.summary()}, {vectors.factory}")
     return report
 

@@ -330,3 +330,12 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def discard_unpublished(out: Path) -> None:
+    """Remove a folder a failed first build created, if it holds only what that build left."""
+    with contextlib.suppress(OSError):
+        if read_pointer(out) is None and not (out / MANIFEST).exists():
+            clean_stale(out)
+            (out / LOCK).unlink(missing_ok=True)
+            out.rmdir()  # fails, harmlessly, if anything else is in it
