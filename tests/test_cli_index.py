@@ -75,7 +75,8 @@ def test_errors_are_one_clear_line(setup, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     # --out equal to --catalog deleted every catalog image (exit code 0) before issue 7.
     before = sorted(p for p in catalog.rglob("*"))
-    r = _cli("build", "--catalog", catalog, "--out", catalog, "--weights", weights)
+    r = _cli("build", "--catalog", catalog, "--out", catalog, "--encoder", "fashion-rag-tiny",
+             "--weights", weights)
     assert r.returncode == 2 and "is the catalog folder" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(p for p in catalog.rglob("*")) == before
     r = _cli("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000)
