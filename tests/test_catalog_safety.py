@@ -389,12 +389,13 @@ def test_every_skip_is_reported_by_id_row_and_reason_and_strict_fails(catalog_di
     dresses = catalog_dir / "dresses"
     (dresses / "text.png").write_text("just text")
     (dresses / "cut.png").write_bytes((dresses / "dress00.png").read_bytes()[:300])
+    shutil.copy(dresses / "cut.png", dresses / "cut_copy.png")  # the same content: refused with it
     Image.new("RGB", (500, 500)).save(dresses / "big.png")
     rows = _rows(catalog_dir) + [
         {"id": "gone", "image": "dresses/gone.png"}, {"id": "out", "image": "../x.png"},
         {"id": "text", "image": "dresses/text.png"}, {"id": "cut", "image": "dresses/cut.png"},
         {"id": "big", "image": "dresses/big.png"}, {"id": "dress00", "image": "dresses/dress01.png"},
-        {"id": "noimage"},
+        {"id": "noimage"}, {"id": "cut_copy", "image": "dresses/cut_copy.png"},
     ]
     _write_rows(catalog_dir, rows)
     monkeypatch.setattr("fashion_rag.images.MAX_IMAGE_PIXELS", 200_000)  # big.png: 250k pixels
@@ -406,12 +407,12 @@ def test_every_skip_is_reported_by_id_row_and_reason_and_strict_fails(catalog_di
     assert [(s.id, s.row, s.reason) for s in report.skipped] == [
         ("gone", 37, "missing"), ("out", 38, "outside the catalog"), ("dress00", 42, "duplicate id"),
         ("noimage", 43, "no image path"), ("text", 39, "not an image"), ("cut", 40, "unreadable"),
-        ("big", 41, "too large")]
+        ("big", 41, "too large"), ("cut_copy", 44, "unreadable")]
     assert str(report.skipped[0]).startswith("'gone' (metadata.jsonl line 37): missing: ")
     report = build_index(scan_catalog(catalog_dir), out, encoder)
-    assert report.summary() == ("36 garments indexed (36 encoded, 0 reused, 0 removed), 7 skipped "
+    assert report.summary() == ("36 garments indexed (36 encoded, 0 reused, 0 removed), 8 skipped "
                                 "(1 duplicate id, 1 missing, 1 no image path, 1 not an image, "
-                                "1 outside the catalog, 1 too large, 1 unreadable)")
+                                "1 outside the catalog, 1 too large, 2 unreadable)")
 
 
 def _odd_images(folder: Path) -> dict[str, Path]:

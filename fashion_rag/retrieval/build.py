@@ -178,6 +178,9 @@ def _build_locked(catalog: Catalog, out: Path, encoder: Encoder, index_type: str
             todo.setdefault(h, item)
     say(f"{len(hashed)} images: {sum(h in old_emb for _, h in hashed)} unchanged, {len(todo)} to encode")
     new_emb, bad = _encode(catalog, list(todo.items()), encoder, batch_size, skipped, progress)
+    for item, h in hashed:  # copies of a refused file (same content) are refused with it
+        if h in bad and todo[h] is not item:
+            skipped.append(item.skip(bad[h].reason, bad[h].detail))
 
     kept = [(item, h) for item, h in hashed if h not in bad]
     items = {
@@ -222,10 +225,14 @@ def _build_locked(catalog: Catalog, out: Path, encoder: Encoder, index_type: str
 
 
 def _encode(catalog: Catalog, todo: list[tuple[str, CatalogItem]], encoder: Encoder, batch_size: int,
-            skipped: list[Skip], progress: ProgressFn | None) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Pass 2: decode and encode the new images, batch by batch (memory stays one batch)."""
+            skipped: list[Skip], progress: ProgressFn | None
+            ) -> tuple[dict[str, np.ndarray], dict[str, Skip]]:
+    """Pass 2: decode and encode the new images, batch by batch (memory stays one batch).
+
+    Returns the embeddings by content hash, and the skip of each hash that could not be used.
+    """
     new_emb: dict[str, np.ndarray] = {}
-    bad: set[str] = set()
+    bad: dict[str, Skip] = {}
     for start in range(0, len(todo), batch_size):
         batch, hashes = [], []
         for h, item in todo[start : start + batch_size]:
@@ -233,17 +240,16 @@ def _encode(catalog: Catalog, todo: list[tuple[str, CatalogItem]], encoder: Enco
                 path = catalog.image_path(item)
                 data = read_image_bytes(path)
                 if hashlib.sha256(data).hexdigest() != h:
-                    skipped.append(item.skip(CHANGED, f"{path} changed during the build (build again)"))
-                    bad.add(h)
-                    continue
-                batch.append(fit_garment(decode_image(data, str(path))))
-                hashes.append(h)
+                    bad[h] = item.skip(CHANGED, f"{path} changed during the build (build again)")
+                else:
+                    batch.append(fit_garment(decode_image(data, str(path))))
+                    hashes.append(h)
             except ImageLoadError as exc:
-                skipped.append(item.skip(exc.reason, str(exc)))
-                bad.add(h)
+                bad[h] = item.skip(exc.reason, str(exc))
             except PathRuleError as exc:
-                skipped.append(item.skip(OUTSIDE, str(exc)))
-                bad.add(h)
+                bad[h] = item.skip(OUTSIDE, str(exc))
+            if h in bad:
+                skipped.append(bad[h])
         if batch:
             vecs = np.asarray(encoder.encode_images(batch, batch_size=batch_size), dtype=np.float32)
             new_emb.update(zip(hashes, vecs, strict=True))
