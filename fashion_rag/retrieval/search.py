@@ -16,7 +16,7 @@ limits.MAX_K: requests come from shared workflows, so every input is bounded (li
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class UnknownIdError(KeyError):
         return str(self.args[0])
 
 
-def parse_ids(ids: str | Iterable[str] | None, what: str = "ids") -> list[str]:
+def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
     """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped.
 
     ValueError (naming `what`) beyond limits.MAX_IDS ids, MAX_ID_CHARS per id or

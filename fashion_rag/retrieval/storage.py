@@ -273,7 +273,7 @@ def _legacy_leftovers(out: Path) -> list[Path]:
     if not out.parent.is_dir():
         return []
     found = []
-    for path in out.parent.glob(f".{glob_escape(out.name)}.*-*"):
+    for path in out.parent.glob(f".{_glob_escape(out.name)}.*-*"):
         rest = path.name[len(out.name) + 2:]
         if (rest.startswith(("tmp-", "old-")) and path.is_dir() and not path.is_symlink()
                 and all(_LEGACY_FILES.fullmatch(p.name) and p.is_file() for p in path.iterdir())):
@@ -281,7 +281,7 @@ def _legacy_leftovers(out: Path) -> list[Path]:
     return found
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
