@@ -6,7 +6,7 @@
 For each catalog size it builds the index the library builds (`index_type="auto"`: IVF with
 8-bit scalar quantisation above the threshold, nprobe tuned at build time) and measures:
 build time (train + add + nprobe tuning), the FAISS index's memory, single-query latency for
-k=10 through the library's ranking path (`retrieval.rank_by_embedding`: one-thread IVF probe
+k=10 through the library's ranking path (`retrieval.search.rank_by_embedding`: one-thread IVF probe
 plus exact re-ranking of the candidates with the float32 embeddings), and recall@10 against
 exact brute force. The exact flat index is measured beside it as the baseline. Text encoding
 is not included (it is the same for every index type).
@@ -32,8 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fashion_rag.index_store import GarmentIndex, exact_top_k, recall_at_k  # noqa: E402
-from fashion_rag.retrieval import rank_by_embedding  # noqa: E402
+from fashion_rag.retrieval.index import GarmentIndex  # noqa: E402
+from fashion_rag.retrieval.search import rank_by_embedding  # noqa: E402
+from fashion_rag.retrieval.vectors import exact_top_k, recall_at_k  # noqa: E402
 
 DIM = 768
 K = 10

@@ -8,6 +8,7 @@ background), so a square or landscape product photo is not stretched.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,36 +24,77 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
+# Limits on one garment image, so one planted file cannot exhaust memory: 64 megapixels is
+# more than any product photo (a decoded RGB image of that size is ~190 MB) and far below
+# what a decompression bomb asks for; the byte limit stops a huge file before it is read.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_BYTES = 128 * 2**20
+
+# Why an image was refused (ImageLoadError.reason): the words build reports count by.
+MISSING, UNREADABLE, NOT_AN_IMAGE, TOO_LARGE = "missing", "unreadable", "not an image", "too large"
+
+
 class ImageLoadError(ValueError):
-    """An image file that cannot be decoded (truncated, corrupt, not an image, too large)."""
+    """An image file that cannot be used: missing, unreadable, not an image, or too large."""
+
+    def __init__(self, message: str, reason: str = UNREADABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Decode fully (not lazily, so truncated files fail here) to RGB, EXIF rotation applied."""
+    """Decode fully (not lazily, so truncated files fail here) to RGB, EXIF rotation applied.
+
+    The pixel count is checked from the header, before any pixel is decoded.
+    """
     try:
         with warnings.catch_warnings():
             # A decompression-bomb *warning* would pass silently; make it an error like the hard limit.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageLoadError(f"image {name} is too large: {width}x{height} pixels, more than "
+                                     f"{MAX_IMAGE_PIXELS:,}", TOO_LARGE)
             img.load()
             img = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"cannot read image {name}: {exc}") from exc
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"image {name} is too large: {exc}", TOO_LARGE) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{name} is not an image (no image format recognised)", NOT_AN_IMAGE) from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes is a bad file, not a bug
+        raise ImageLoadError(f"cannot read image {name}: {exc}", UNREADABLE) from exc
     return _to_rgb(img)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, refusing files above MAX_IMAGE_BYTES before reading them."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise ImageLoadError(f"image {path} is too large: {size:,} bytes, more than "
+                                     f"{MAX_IMAGE_BYTES:,}", TOO_LARGE)
+            return f.read(MAX_IMAGE_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ImageLoadError(f"image {path} not found", MISSING) from exc
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read image {path}: {exc}", UNREADABLE) from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Read and decode one image file; ImageLoadError names the file and the reason."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read image {path}: {exc}") from exc
-    return decode_image(data, str(path))
+    return decode_image(read_image_bytes(path), str(path))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit greyscale: PIL's convert() clips at 255 (a white garment); keep the top 8 bits.
+        levels = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
+        img = Image.fromarray(levels.astype(np.uint8), "L")
     # Transparent product cut-outs go onto white, the catalog background, not onto black.
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

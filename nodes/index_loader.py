@@ -11,13 +11,17 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from ..fashion_rag.encoders import (
+from ..fashion_rag.retrieval.encoder import (
     REAL_WEIGHTS_FILE,
     REAL_WEIGHTS_HINT,
     REAL_WEIGHTS_SOURCE,
     GarmentEncoder,
 )
-from ..fashion_rag.index_store import MANIFEST, GarmentIndex, check_encoder, load_index, read_manifest
+from ..fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
+from ..fashion_rag.retrieval.limits import shorten
+from ..fashion_rag.retrieval.manifest import check_encoder
+from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, inside
+from ..fashion_rag.retrieval.storage import POINTER, looks_like_index, resolve_version
 from .model_paths import folder_of
 from .types import GarmentIndexType
 
@@ -26,40 +30,66 @@ log = logging.getLogger("fashion_rag")
 INDEXES_KEY = "fashion_rag_indexes"
 WEIGHTS_KEY = "fashion_rag_retrieval"
 
-# (index dir, manifest mtime, weights path, weights mtime, size) -> loaded index. V3 nodes hold
-# no state; this lets every workflow share one loaded encoder instead of stacking copies.
+# (index dir, version, weights path, weights mtime, size) -> loaded index. V3 nodes hold no
+# state; this lets every workflow share one loaded encoder instead of stacking copies.
 _CACHE: dict[tuple, GarmentIndex] = {}
 _LOCK = threading.Lock()
 
 
+def _roots() -> list[str]:
+    return list(folder_paths.get_folder_paths(INDEXES_KEY))
+
+
 def index_names() -> list[str]:
-    """Index folders (holding manifest.json) under the indexes folders, relative names."""
+    """Index folders directly inside the registered indexes folders (hidden ones never)."""
     names = set()
-    for rel in folder_paths.get_filename_list(INDEXES_KEY):
-        parts = rel.replace("\\", "/").split("/")
-        # Hidden parts are builds in progress or set aside (.demo.tmp-*, .demo.old-*).
-        if parts[-1] == MANIFEST and not any(p.startswith(".") for p in parts):
-            names.add("/".join(parts[:-1]) or ".")
+    for root in _roots():
+        try:
+            entries = os.listdir(root)
+        except OSError:
+            continue
+        for name in entries:
+            try:
+                if _find_in(root, name) is not None:
+                    names.add(name)
+            except PathRuleError:
+                continue
     return sorted(names)
 
 
+def _find_in(root: str, name: str) -> str | None:
+    """The index folder root/name, if there is one; PathRuleError if it leads out of root."""
+    check_index_name(name)
+    candidate = os.path.join(root, name)
+    if not os.path.lexists(candidate):
+        return None
+    path = inside(name, root, "index folder")  # a symlink may not lead out of the indexes folder
+    return str(path) if path.is_dir() and looks_like_index(path) else None
+
+
 def index_dir(name: str) -> str | None:
-    for base in folder_paths.get_folder_paths(INDEXES_KEY):
-        path = os.path.normpath(os.path.join(base, name))
-        if os.path.isfile(os.path.join(path, MANIFEST)):
-            return path
-    return None
+    """The folder of index `name` (PathRuleError for anything but one visible folder name in a root)."""
+    check_index_name(name, _roots())
+    return next((p for p in (_find_in(root, name) for root in _roots()) if p is not None), None)
 
 
 def missing_index_message(name: str) -> str:
-    searched = ", ".join(folder_paths.get_folder_paths(INDEXES_KEY))
+    searched = ", ".join(_roots())
     found = index_names()
     return (
-        f"No garment index named {name!r} in {searched} (an index is a folder holding {MANIFEST}; "
+        f"No garment index named {shorten(name)} in {searched} (an index is a folder holding {POINTER}; "
         f"found: {', '.join(found) or 'none'}). Build one from a folder of garment images with "
         f"`python -m fashion_rag index build --catalog <images folder> --out "
         f"{os.path.join(folder_of(INDEXES_KEY), '<name>')}` and refresh the page."
     )
+
+
+def index_problem(name: str) -> str | None:
+    """Why index `name` cannot be loaded (a bad name, or no such index), else None."""
+    try:
+        return None if index_dir(name) is not None else missing_index_message(name)
+    except PathRuleError as exc:
+        return str(exc)
 
 
 def missing_weights_message(name: str) -> str:
@@ -72,8 +102,8 @@ def missing_weights_message(name: str) -> str:
 
 
 def _load(path: str, weights: str) -> GarmentIndex:
-    st_m, st_w = os.stat(os.path.join(path, MANIFEST)), os.stat(weights)
-    key = (path, st_m.st_mtime_ns, weights, st_w.st_mtime_ns, st_w.st_size)
+    st_w = os.stat(weights)
+    key = (path, resolve_version(path).token, weights, st_w.st_mtime_ns, st_w.st_size)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -113,7 +143,8 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "index", options=indexes, default="demo" if "demo" in indexes else None,
-                    tooltip=f"An index folder under {folder_of(INDEXES_KEY)} (one holding {MANIFEST}).",
+                    tooltip=f"An index folder directly inside {folder_of(INDEXES_KEY)} (built with "
+                            "`python -m fashion_rag index build`).",
                 ),
                 io.Combo.Input(
                     "encoder_weights", options=weights, default=default_weights,
@@ -130,27 +161,31 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, index: str, encoder_weights: str) -> bool | str:
-        if index_dir(index) is None:
-            return missing_index_message(index)
+        problem = index_problem(index)
+        if problem:
+            return problem
         if folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights) is None:
             return missing_weights_message(encoder_weights)
         return True
 
     @classmethod
     def fingerprint_inputs(cls, index: str, encoder_weights: str) -> tuple:
-        # A rebuilt index or replaced weights file must reload even though the names are the same.
-        path = index_dir(index)
+        # A rebuilt index (a new version swapped in) or replaced weights file must reload even
+        # though the names are the same.
+        try:
+            path = index_dir(index)
+            version = resolve_version(path).token if path else None
+        except ValueError:  # a bad name or a damaged index: execute() reports it
+            version = None
         weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
-        return (
-            os.path.getmtime(os.path.join(path, MANIFEST)) if path else None,
-            os.path.getmtime(weights) if weights else None,
-        )
+        return (version, os.path.getmtime(weights) if weights else None)
 
     @classmethod
     def execute(cls, index: str, encoder_weights: str) -> io.NodeOutput:
-        path = index_dir(index)
+        problem = index_problem(index)
+        path = index_dir(index) if problem is None else None
         if path is None:
-            raise FileNotFoundError(missing_index_message(index))
+            raise FileNotFoundError(problem or missing_index_message(index))
         weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
         if weights is None:
             raise FileNotFoundError(missing_weights_message(encoder_weights))

@@ -6,8 +6,9 @@ import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
-from ..fashion_rag.garments import Garments
-from ..fashion_rag.retrieval import MODES, retrieve
+from ..fashion_rag.retrieval.garments import Garments
+from ..fashion_rag.retrieval.limits import MAX_K
+from ..fashion_rag.retrieval.search import MODES, request_problem, retrieve
 from .types import GarmentIndexType, GarmentsType
 
 
@@ -31,9 +32,9 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                     tooltip="Describe the garment, e.g. 'a red floral midi dress with puff sleeves'.",
                 ),
                 io.Int.Input(
-                    "k", default=3, min=1, max=20,
+                    "k", default=3, min=1, max=MAX_K,
                     tooltip="How many garments. 1–3 for generation (the paper uses up to 3; each takes 16 "
-                            "prompt tokens), up to 20 for browsing the catalog.",
+                            f"prompt tokens), up to {MAX_K} for browsing the catalog (pinned ones included).",
                 ),
                 io.Combo.Input(
                     "category", options=["any", *CATEGORIES], default="any",
@@ -48,7 +49,7 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                 io.String.Input(
                     "pin_ids", default="",
                     tooltip="Comma-separated garment ids always returned first, in this order "
-                            "(clicking a garment in the gallery fills this).",
+                            f"(clicking a garment in the gallery fills this); at most {MAX_K}.",
                 ),
                 io.String.Input(
                     "exclude_ids", default="",
@@ -67,10 +68,12 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text: str | None = None) -> bool | str:
-        if text is not None and not str(text).strip():
-            return "The text is empty: describe the garment to retrieve, e.g. 'red striped short-sleeve top'."
-        return True
+    def validate_inputs(cls, text: str | None = None, pin_ids: str | None = None,
+                        exclude_ids: str | None = None) -> bool | str:
+        # k is left to ComfyUI's own min/max check. Inputs fed by links arrive as None (not
+        # known yet); the library checks every input again at run time.
+        problem = request_problem(text, None, pin_ids, exclude_ids)
+        return problem or True
 
     @classmethod
     def execute(cls, index, text: str, k: int, category: str, mode: str, pin_ids: str,

@@ -2,9 +2,9 @@
 
 from comfy_api.latest import io
 
-# A loaded catalog index (fashion_rag.index_store.GarmentIndex).
+# A loaded catalog index (fashion_rag.retrieval.index.GarmentIndex).
 GarmentIndexType = io.Custom("FASHION_RAG_INDEX")
-# Retrieval results: fashion_rag.retrieval.Garments (ids, scores, categories, paths, images).
+# Retrieval results: fashion_rag.retrieval.garments.Garments (ids, scores, categories, paths, images).
 GarmentsType = io.Custom("FASHION_RAG_GARMENTS")
 # The inversion adapter (wrapped for ComfyUI's memory manager).
 AdapterType = io.Custom("FASHION_RAG_ADAPTER")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_rag.catalog import scan_catalog
 from fashion_rag.images import (
     GARMENT_SIZE,
     ImageLoadError,
@@ -18,6 +17,7 @@ from fashion_rag.images import (
     load_image,
     to_image_tensor,
 )
+from fashion_rag.retrieval.catalog import scan_catalog
 from tools.demo.catalog import PER_CATEGORY, demo_items, write_demo_catalog
 
 
@@ -51,7 +51,7 @@ def test_folder_scan_categories_ids_and_captions(tmp_path):
     # Stems are ids unless they collide; then the path keeps them apart.
     assert by_path["women/dresses/d1.jpg"].id == "d1"
     assert {by_path["Tops/a1.png"].id, by_path["misc/sub/a1.png"].id} == {"Tops/a1", "misc/sub/a1"}
-    assert cat.problems == []
+    assert cat.skipped == []
 
 
 def test_metadata_csv_with_problems(tmp_path):
@@ -74,9 +74,9 @@ def test_metadata_csv_with_problems(tmp_path):
         ("s2", "img/2.png", "upper_body", "White tee"),
         ("s5", "img/3.png", "accessories", "A scarf"),
     ]
-    joined = "\n".join(cat.problems)
-    assert len(cat.problems) == 3
-    assert "missing.png not found" in joined and "duplicate id 's1'" in joined and "no image path" in joined
+    assert [(s.id, s.row, s.reason) for s in cat.skipped] == [
+        ("s3", 4, "missing"), ("s1", 5, "duplicate id"), ("s4", 6, "no image path")]
+    assert "missing.png" in str(cat.skipped[0]) and "shop.csv line 4" in str(cat.skipped[0])
 
 
 def test_metadata_jsonl_is_found_in_the_catalog_folder(tmp_path):

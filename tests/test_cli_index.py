@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_rag.encoders import write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import write_tiny_encoder_weights
 from tools.demo.catalog import write_demo_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +39,13 @@ def test_build_info_query(setup):
     r = _cli(*build)
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # progress and problems go to stderr
-    assert "encoded 37/37" in r.stderr and "broken" in r.stderr and "36 garments" in r.stderr
-    assert "RANDOM demo weights" in r.stderr
+    assert "encoded 37/37" in r.stderr and "RANDOM demo weights" in r.stderr
+    assert "skipped: 'broken' (metadata.jsonl line 37): not an image: " in r.stderr  # by id, row, reason
+    assert "36 garments indexed (36 encoded, 0 reused, 0 removed), 1 skipped (1 not an image)" in r.stderr
+    # --strict: any skip fails the build, and nothing is written.
+    r = _cli(*build[:-2], "--out", root / "strict", "--weights", weights, "--strict")
+    assert r.returncode == 1 and "skipped: 'broken'" in r.stderr and "--strict" in r.stderr
+    assert "Traceback" not in r.stderr and not (root / "strict").exists()
 
     r = _cli("info", out)
     assert r.returncode == 0, r.stderr
@@ -68,3 +73,11 @@ def test_errors_are_one_clear_line(setup, tmp_path):
     assert "No garment index" in r.stderr and "index build" in r.stderr
     r = _cli("build", "--catalog", tmp_path / "missing", "--out", tmp_path / "i", "--weights", weights)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    # --out equal to --catalog deleted every catalog image (exit code 0) before issue 7.
+    before = sorted(p for p in catalog.rglob("*"))
+    r = _cli("build", "--catalog", catalog, "--out", catalog, "--encoder", "fashion-rag-tiny",
+             "--weights", weights)
+    assert r.returncode == 2 and "is the catalog folder" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and sorted(p for p in catalog.rglob("*")) == before
+    r = _cli("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr) < 400

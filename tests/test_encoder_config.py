@@ -14,16 +14,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import open_clip  # noqa: E402  (the pack requires it)
 import pytest
 import torch
 from PIL import Image
 
-try:  # the retrieval stage's package, or the flat module it moves from (issue 8)
-    from fashion_rag.retrieval.encoder import GarmentEncoder
-except ImportError:
-    from fashion_rag.encoders import GarmentEncoder
-
-open_clip = pytest.importorskip("open_clip")
+from fashion_rag.retrieval.encoder import GarmentEncoder
 
 ARCH, TAG = "ViT-L-14", "laion2b_s32b_b82k"  # METHOD.md: the paper's retrieval encoder
 # What open_clip's registry says for that tag (open_clip/pretrained.py, model_configs/ViT-L-14.json).

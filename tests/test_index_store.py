@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -11,19 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_rag.catalog import scan_catalog
-from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
-from fashion_rag.index_store import (
-    MANIFEST,
-    EncoderMismatchError,
-    GarmentIndex,
-    IndexFormatError,
-    build_index,
-    create_vector_index,
-    exact_top_k,
-    load_index,
-    recall_at_k,
-)
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
+from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
+from fashion_rag.retrieval.storage import POINTER
+from fashion_rag.retrieval.vectors import create_vector_index, exact_top_k, recall_at_k
 from tools.demo.catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
 
 
@@ -70,7 +63,8 @@ def test_build_load_roundtrip(catalog_dir, weights, tmp_path):
     assert (report.items, report.encoded, report.reused, report.written) == (36, 36, 0, True)
     assert report.index_type == "flat"
     index = load_index(tmp_path / "idx", enc)
-    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    manifest = read_manifest(tmp_path / "idx")
+    assert manifest == json.loads((index.index_dir / index.version / MANIFEST).read_text())
     assert manifest["encoder"]["name"] == TINY_ARCH and manifest["encoder"]["dim"] == 32
     assert manifest["encoder"]["weights_sha256"] == enc.weights_hash
     assert manifest["encoder"]["random_demo"] is True
@@ -90,12 +84,12 @@ def test_incremental_rebuild_encodes_only_changes(catalog_dir, weights, tmp_path
     assert enc.images_encoded == 36
     before = load_index(out)
     old_emb = {i: np.array(before.embeddings[p]) for p, i in enumerate(before.ids)}
-    mtime = (out / MANIFEST).stat().st_mtime_ns
+    mtime = (out / POINTER).stat().st_mtime_ns
 
     enc2 = CountingEncoder(weights)
     report = build_index(scan_catalog(catalog_dir), out, enc2)
     assert (enc2.images_encoded, report.written, report.reused) == (0, False, 36)
-    assert (out / MANIFEST).stat().st_mtime_ns == mtime  # untouched: ComfyUI sees no change
+    assert (out / POINTER).stat().st_mtime_ns == mtime  # untouched: ComfyUI sees no change
 
     # Change one image, add one, remove one (the metadata lists what exists).
     rows = [json.loads(line) for line in (catalog_dir / "metadata.jsonl").read_text().splitlines()]
@@ -132,8 +126,10 @@ def test_corrupt_images_are_skipped_and_reported(catalog_dir, weights, tmp_path)
     (catalog_dir / "upper_body" / "cut.png").write_bytes(good[: len(good) // 2])
     report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(weights, TINY_ARCH))
     assert report.items == 36
-    assert len(report.problems) == 2
-    assert any("broken.png" in p for p in report.problems) and any("cut.png" in p for p in report.problems)
+    assert sorted((s.id, s.reason) for s in report.skipped) == [("broken", "not an image"),
+                                                                ("cut", "unreadable")]
+    assert report.summary().startswith("36 garments indexed (36 encoded, 0 reused, 0 removed), 2 skipped "
+                                       "(1 not an image, 1 unreadable)")
     index = load_index(tmp_path / "idx")
     assert "broken" not in index and "cut" not in index and "dress00" in index
 
@@ -152,17 +148,8 @@ def test_failed_build_leaves_previous_index_intact(catalog_dir, weights, tmp_pat
                     batch_size=8)
     assert _snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["idx"]  # no temp folder left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     assert len(load_index(out, GarmentEncoder(weights, TINY_ARCH))) == 36
-
-
-def test_crash_between_renames_is_recovered(catalog_dir, weights, tmp_path):
-    out = tmp_path / "idx"
-    build_index(scan_catalog(catalog_dir), out, GarmentEncoder(weights, TINY_ARCH))
-    before = _snapshot(out)
-    # What a crash right after the old index stepped aside (see index_store._swap_in) leaves.
-    os.rename(out, tmp_path / ".idx.old-deadbeef")
-    index = load_index(out)
-    assert len(index) == 36 and _snapshot(out) == before
 
 
 def test_other_encoder_is_refused_naming_both(catalog_dir, weights, tmp_path):
@@ -237,7 +224,7 @@ def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, weights, t
     parts = index.manifest["vector_index"]["parts"]
     assert [p["categories"] for p in parts] == [["dresses"], ["lower_body"], ["upper_body"]]
     assert [p["count"] for p in parts] == [12, 12, 12]
-    files = sorted(f.name for f in (tmp_path / "idx").glob("*.faiss"))
+    files = sorted(f.name for f in (tmp_path / "idx" / index.version).glob("*.faiss"))
     assert files == [f"vectors-{i}.faiss" for i in range(3)]
     assert index.vectors.kind == "ivf"
     assert [p.vectors.nprobe for p in index.vectors.parts] == [p["nprobe"] for p in parts]
@@ -251,7 +238,7 @@ def test_many_free_text_categories_share_a_part():
     cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
     x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    from fashion_rag.index_store import MAX_PARTS, GarmentIndex
+    from fashion_rag.retrieval.vectors import MAX_PARTS
 
     index = GarmentIndex.in_memory(x, categories=cats)
     groups = [p.categories for p in index.vectors.parts]

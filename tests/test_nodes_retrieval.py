@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,8 +10,11 @@ import pytest
 from PIL import Image
 
 from comfy_harness import PromptFailed
-from fashion_rag.encoders import write_tiny_encoder_weights
 from fashion_rag.images import load_garment
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.storage import POINTER, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME
 
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
@@ -120,17 +122,23 @@ def test_other_weights_are_refused_naming_both(comfy, comfy_base):
         other.unlink()
 
 
-def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base, tmp_path):
+def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base):
+    """A new version swapped in (same name) must make ComfyUI reload the index."""
     node = comfy.nodes.NODE_CLASS_MAPPINGS[LOADER]
-    manifest = comfy_base / "models" / "fashion_rag" / "indexes" / "demo" / "manifest.json"
-    before = node.fingerprint_inputs(index="demo", encoder_weights=TINY_WEIGHTS_NAME)
-    backup = tmp_path / "manifest.json"
-    shutil.copy2(manifest, backup)
+    indexes = comfy_base / "models" / "fashion_rag" / "indexes"
+    catalog = scan_catalog(comfy_base / "models" / "fashion_rag" / "catalogs" / "demo")
+    weights = comfy_base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME
+    encoder = GarmentEncoder(weights, TINY_ARCH)
     try:
-        os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
-        assert node.fingerprint_inputs(index="demo", encoder_weights=TINY_WEIGHTS_NAME) != before
+        build_index(catalog, indexes / "fp_test", encoder, index_type="flat")
+        before = node.fingerprint_inputs(index="fp_test", encoder_weights=TINY_WEIGHTS_NAME)
+        assert before[0] == resolve_version(indexes / "fp_test").version
+        build_index(catalog, indexes / "fp_test", encoder, index_type="ivf")  # another version
+        after = node.fingerprint_inputs(index="fp_test", encoder_weights=TINY_WEIGHTS_NAME)
+        assert after != before and after[0] == resolve_version(indexes / "fp_test").version
+        assert "fp_test" in comfy.pack.nodes.index_loader.index_names()
     finally:
-        shutil.copy2(backup, manifest)
+        shutil.rmtree(indexes / "fp_test")
 
 
 def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
@@ -166,4 +174,4 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
 @pytest.fixture(autouse=True)
 def _demo_present(demo_models):
     # Everything here needs the demo index in the shared models folder.
-    assert Path(demo_models["index"], "manifest.json").is_file()
+    assert Path(demo_models["index"], POINTER).is_file()

@@ -44,7 +44,7 @@ def test_library_never_imports_comfyui():
             else:
                 continue
             for n in names:
-                assert n.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {n}"
+                assert n.split(".")[0] not in COMFY_MODULES, f"{path.relative_to(REPO)} imports {n}"
 
 
 def test_pack_uses_relative_imports_only():

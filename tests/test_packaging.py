@@ -26,7 +26,7 @@ def test_wheel_holds_the_library_and_the_console_command(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"fashion_rag"}
-    assert "fashion_rag/inversion/adapter.py" in names and "fashion_rag/inpaint/unet_layout.py" in names
+    assert "fashion_rag/retrieval/index.py" in names and "fashion_rag/inpaint/unet_layout.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fashion-rag = fashion_rag.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from fashion_rag.catalog import scan_catalog
-from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
 from fashion_rag.images import load_garment
-from fashion_rag.index_store import build_index, load_index
-from fashion_rag.lexical import CaptionIndex, tokenize
-from fashion_rag.retrieval import RRF_K, UnknownIdError, parse_ids, retrieve, search
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
+from fashion_rag.retrieval.search import RRF_K, UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog
 
 QUERIES = ["red striped trousers", "a long dress", "black checked short-sleeve top", "polka-dot skirt"]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .. import index_cli
-from . import batch, convert
+from . import batch, convert, index
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fashion_rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (index_cli, convert, batch):
+    for module in (index, convert, batch):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

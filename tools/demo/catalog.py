@@ -128,9 +128,9 @@ def install_demo_index(models_dir: str | Path) -> Path:
     Idempotent and quick on reruns: existing weights are kept, the catalog is rewritten only if
     incomplete, and the index build is a no-op (the folder untouched) when nothing changed.
     """
-    from fashion_rag.catalog import scan_catalog
-    from fashion_rag.encoders import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
-    from fashion_rag.index_store import build_index
+    from fashion_rag.retrieval.build import build_index
+    from fashion_rag.retrieval.catalog import scan_catalog
+    from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
 
     base = Path(models_dir) / "fashion_rag"
     weights = base / "retrieval" / TINY_WEIGHTS_NAME

@@ -11,9 +11,11 @@ it, so checking whether an index is up to date costs no model load.
 
 from __future__ import annotations
 
-import hashlib
+import atexit
+import copy
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from .hashing import cached_sha256
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
@@ -55,47 +59,35 @@ _registered = False
 
 
 def register_configs() -> None:
-    """Make our own architectures known to open_clip by name (once per process)."""
+    """Make our own architectures known to open_clip by name (once per process), writing no files.
+
+    open_clip's public add_model_config() reads JSON files from a folder, and a folder with a
+    predictable name in the shared temp dir can be planted by another user. So the configs go
+    straight into open_clip's registry dict (its rescans keep existing entries), or, should a
+    future open_clip lack that dict, into a private mkdtemp folder (0700, random name) removed
+    at exit.
+    """
     global _registered
-    import open_clip
+    from open_clip import factory
 
     with _register_lock:
-        if _registered and all(name in open_clip.list_models() for name in _OWN_CONFIGS):
+        if _registered and all(name in factory.list_models() for name in _OWN_CONFIGS):
             return
-        # open_clip's registry only reads JSON files named after the model. One temp folder per
-        # user and config content (so processes share it, and a changed config gets a new one);
-        # each file is written whole and renamed into place, so concurrent writers are safe.
-        blob = json.dumps(_OWN_CONFIGS, sort_keys=True)
-        tag = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        user = os.getuid() if hasattr(os, "getuid") else "user"
-        folder = Path(tempfile.gettempdir()) / f"fashion-rag-open-clip-{user}-{tag}"
-        folder.mkdir(exist_ok=True)
-        for name, cfg in _OWN_CONFIGS.items():
-            target = folder / f"{name}.json"
-            text = json.dumps(cfg)
-            if not target.is_file() or target.read_text() != text:
-                tmp = folder / f".{name}.{os.getpid()}.tmp"
-                tmp.write_text(text)
-                os.replace(tmp, target)
-        open_clip.add_model_config(folder)
+        registry = getattr(factory, "_MODEL_CONFIGS", None)
+        if isinstance(registry, dict):
+            registry.update({name: copy.deepcopy(cfg) for name, cfg in _OWN_CONFIGS.items()})
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="fashion-rag-open-clip-"))
+            atexit.register(shutil.rmtree, folder, True)
+            for name, cfg in _OWN_CONFIGS.items():
+                (folder / f"{name}.json").write_text(json.dumps(cfg), encoding="utf-8")
+            factory.add_model_config(folder)
         _registered = True
 
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
 def weights_sha256(path: str | Path) -> str:
-    """sha256 of a weights file, cached per (path, size, mtime) since files can be 1.7 GB."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
+    """sha256 of a weights file, cached per file version since files can be 1.7 GB."""
+    return cached_sha256(path)
 
 
 def is_random_demo_weights(path: str | Path) -> bool:
@@ -215,16 +207,22 @@ class GarmentEncoder:
         if self.pretrained_tag:
             tag_cfg = open_clip.get_pretrained_cfg(self.name, self.pretrained_tag) or {}
             quick_gelu = bool(tag_cfg.get("quick_gelu"))
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            self.name,
-            pretrained=str(self.weights_path),  # a local file: open_clip never downloads for a path
-            force_quick_gelu=quick_gelu,
-            image_mean=mean,
-            image_std=std,
-            image_interpolation=interp,
-            image_resize_mode=mode,
-            weights_only=True,
-        )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.name,
+                pretrained=str(self.weights_path),  # a local file: open_clip never downloads for a path
+                force_quick_gelu=quick_gelu,
+                image_mean=mean,
+                image_std=std,
+                image_interpolation=interp,
+                image_resize_mode=mode,
+                weights_only=True,  # never unpickle code
+            )
+        except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
+            raise ValueError(
+                f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). Check "
+                f"that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
+            ) from exc
         model.eval().requires_grad_(False)
         self._model, self._preprocess = model, preprocess
         self._tokenizer = open_clip.get_tokenizer(self.name)

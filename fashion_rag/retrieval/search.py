@@ -9,21 +9,24 @@ Modes:
   similarity fail in different ways.
 
 Pinned ids always come first, in the order given, whatever the filters; excluded ids never
-appear. The result holds k garments (more if more ids were pinned).
+appear. The result holds k garments (more if more ids were pinned), never more than
+limits.MAX_K: requests come from shared workflows, so every input is bounded (limits.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from ..images import to_image_tensor
 from .catalog import canonical_or_text
-from .encoders import REAL_WEIGHTS_HINT
+from .encoder import REAL_WEIGHTS_HINT
 from .garments import Garment, Garments
-from .images import load_garment, to_image_tensor
-from .index_store import GarmentIndex
+from .index import CatalogChangedError, GarmentIndex
+from .limits import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
+from .manifest import rebuild_hint
 
 log = logging.getLogger("fashion_rag")
 
@@ -38,17 +41,58 @@ class UnknownIdError(KeyError):
         return str(self.args[0])
 
 
-def parse_ids(ids: str | Iterable[str] | None) -> list[str]:
-    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped."""
+def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
+    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped.
+
+    ValueError (naming `what`) beyond limits.MAX_IDS ids, MAX_ID_CHARS per id or
+    MAX_ID_LIST_CHARS in all.
+    """
     if ids is None:
         return []
-    parts = ids.replace("\n", ",").split(",") if isinstance(ids, str) else list(ids)
+    if not isinstance(ids, (str, list, tuple)):
+        raise ValueError(f"{what} must be text: comma-separated garment ids.")
+    if isinstance(ids, str):
+        if len(ids) > MAX_ID_LIST_CHARS:
+            raise ValueError(f"{what} is {len(ids):,} characters long, more than the {MAX_ID_LIST_CHARS:,} "
+                             "allowed: list fewer ids.")
+        ids = ids.replace("\n", ",").split(",")
     out: list[str] = []
-    for part in parts:
+    seen: set[str] = set()
+    for part in ids:
         part = str(part).strip()
-        if part and part not in out:
-            out.append(part)
+        if not part or part in seen:
+            continue
+        if len(part) > MAX_ID_CHARS:
+            raise ValueError(f"{what} holds an id of {len(part):,} characters ({shorten(part)}); garment ids "
+                             f"are at most {MAX_ID_CHARS} characters.")
+        if len(out) == MAX_IDS:
+            raise ValueError(f"{what} lists more than {MAX_IDS} ids: list fewer.")
+        seen.add(part)
+        out.append(part)
     return out
+
+
+def request_problem(text: object, k: object, pin_ids: object = "", exclude_ids: object = "") -> str | None:
+    """What is wrong with a retrieval request (None: nothing), checked before any work is done.
+
+    None for an input means "not known yet" (a linked input at validation time): not checked.
+    """
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        return "The text is empty: describe the garment to retrieve, e.g. 'red striped short-sleeve top'."
+    if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+        return (f"The text is {len(text):,} characters long; at most {MAX_TEXT_CHARS:,} are read (the text "
+                "encoder sees 77 tokens): shorten it.")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K):
+        return f"k must be a whole number from 1 to {MAX_K} (got {shorten(k)})."
+    try:
+        pins = parse_ids(pin_ids, "pin_ids")  # type: ignore[arg-type]
+        parse_ids(exclude_ids, "exclude_ids")  # type: ignore[arg-type]
+    except ValueError as exc:
+        return str(exc)
+    if len(pins) > MAX_K:
+        return (f"pin_ids lists {len(pins)} garments, but one request returns at most {MAX_K} garments, pins "
+                "included: pin fewer.")
+    return None
 
 
 def resolve_mode(index: GarmentIndex, mode: str | None) -> str:
@@ -85,21 +129,21 @@ def search(
     exclude_ids: str | Sequence[str] = (),
 ) -> list[Garment]:
     """Rank the garments of `index` for `text`; see the module docstring. No images loaded."""
-    if not text or not text.strip():
-        raise ValueError("The garment description is empty: describe the garment to retrieve, "
-                         "e.g. 'red striped short-sleeve top'.")
-    if k < 1:
-        raise ValueError(f"k must be at least 1 (got {k}).")
+    problem = request_problem(text, k, pin_ids, exclude_ids)
+    if problem:
+        raise ValueError(problem)
     mode = resolve_mode(index, mode)
-    pins = parse_ids(pin_ids)
+    pins = parse_ids(pin_ids, "pin_ids")
     unknown = [p for p in pins if p not in index]
     if unknown:
+        shown = ", ".join(shorten(p) for p in unknown[:5])
+        shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise UnknownIdError(
-            f"Pinned id(s) {', '.join(map(repr, unknown))} are not in index {index.name!r} "
-            f"({len(index)} garments); remove them from pin_ids or rebuild the index."
+            f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); remove them from "
+            "pin_ids or rebuild the index."
         )
     pin_pos = [index.position(p) for p in pins]
-    excluded = [index.position(e) for e in parse_ids(exclude_ids) if e in index]
+    excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
     n = len(index)
     allowed = np.ones(n, dtype=bool)
@@ -170,18 +214,22 @@ def retrieve(
     images = []
     for hit in hits:
         try:
-            images.append(load_garment(hit.path))
-        except (OSError, ValueError) as exc:
-            raise FileNotFoundError(
-                f"Garment {hit.id!r} of index {index.name!r}: {exc}. The catalog changed after the index "
-                f"was built (catalog folder {index.catalog_root}); rebuild the index."
+            images.append(index.garment_image(index.position(hit.id)))
+        except CatalogChangedError:
+            raise
+        except (OSError, ValueError) as exc:  # gone, unreadable, or outside the catalog folder
+            raise CatalogChangedError(
+                f"Garment {shorten(hit.id)} of index {index.name!r}: {exc}. The catalog (folder "
+                f"{index.catalog_root}) changed after the index was built; "
+                f"{rebuild_hint(index.index_dir, index.manifest)}"
             ) from exc
     return Garments(items=tuple(hits), images=to_image_tensor(images))
 
 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
+    # The path as the manifest names it under the catalog: checked when the image is read.
     return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
-                   path=str(index.image_path(pos)), caption=index.captions[pos])
+                   path=str(index.catalog_root / index.rel_paths[pos]), caption=index.captions[pos])
 
 
 def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,

@@ -1,7 +1,9 @@
 """`python -m fashion_rag index build|info|query`: the garment catalog index from a shell.
 
 Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
-piped. `--json` prints machine-readable output.
+piped. `--json` prints machine-readable output. Exit codes: 0 done; 1 `build --strict` skipped
+catalog entries (nothing written); 2 an error, printed as one line (bad input, a damaged or
+missing index, an unsafe --out, ...).
 """
 
 from __future__ import annotations
@@ -14,31 +16,47 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .categories import CATEGORIES
+from ..categories import CATEGORIES
 
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + "…"
+
+
 def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Users' mistakes (missing files, wrong encoder, empty query) as one line, not a traceback."""
+    """Expected failures (bad input, missing or damaged files, wrong encoder) as one line, not a traceback."""
 
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
+        from ..retrieval.build import SkippedItemsError
+
         try:
             return func(args)
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            _err(f"[index] error: {exc}")
+        except SkippedItemsError as exc:
+            for skip in exc.report.skipped:
+                _err(f"[index] skipped: {skip}")
+            _err(f"[index] error: {_one_line(exc)}")
+            return 1
+        except (OSError, ValueError, KeyError) as exc:  # every library error is one of these
+            _err(f"[index] error: {_one_line(exc)}")
             return 2
+        except KeyboardInterrupt:
+            _err("[index] interrupted (an interrupted build leaves the previous index as it was)")
+            return 130
 
     return run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .encoders import DEFAULT_ARCH, REAL_WEIGHTS_HINT
-    from .index_store import INDEX_TYPES, IVF_THRESHOLD
-    from .retrieval import MODES
+    from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
+    from ..retrieval.limits import MAX_K
+    from ..retrieval.search import MODES
+    from ..retrieval.vectors import INDEX_TYPES, IVF_THRESHOLD
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     b = isub.add_parser("build", help="build or update an index (only new/changed images are encoded)")
     b.add_argument("--catalog", required=True, type=Path, help="folder of garment images")
-    b.add_argument("--out", required=True, type=Path, help="index folder to write (replaced atomically)")
+    b.add_argument("--out", required=True, type=Path,
+                   help="index folder to write: new, empty, or an index built before (outside the catalog); "
+                        "a new version replaces the current one atomically")
     b.add_argument("--metadata", type=Path, help="CSV or JSON-lines file: id, image, category, caption "
                    "(default: metadata.jsonl/.csv in the catalog folder, else folder names)")
     b.add_argument("--encoder", default=DEFAULT_ARCH, help=f"OpenCLIP architecture (default {DEFAULT_ARCH})")
@@ -58,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"auto: exact below {IVF_THRESHOLD} garments, IVF above")
     b.add_argument("--ivf-threshold", type=int, default=IVF_THRESHOLD, help=argparse.SUPPRESS)
     b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--strict", action="store_true",
+                   help="fail (exit code 1, nothing written) if any catalog entry is skipped")
     b.set_defaults(func=_friendly(_build))
 
     i = isub.add_parser("info", help="summarise an index")
@@ -68,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = isub.add_parser("query", help="retrieve garments for a text")
     q.add_argument("index", type=Path)
     q.add_argument("text")
-    q.add_argument("-k", type=int, default=5)
+    q.add_argument("-k", type=int, default=5, help=f"garments to return (1-{MAX_K}, pins included)")
     q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
     q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
     q.add_argument("--weights", type=Path,
@@ -80,14 +102,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .catalog import scan_catalog
-    from .encoders import GarmentEncoder
-    from .index_store import build_index
+    from ..retrieval.build import build_index
+    from ..retrieval.catalog import scan_catalog
+    from ..retrieval.encoder import GarmentEncoder
+    from ..retrieval.storage import prepare_out
 
     t0 = time.perf_counter()
     catalog = scan_catalog(args.catalog, args.metadata)
+    prepare_out(args.out, catalog.root)  # refuse an unsafe --out before loading any model
     _err(f"[index] catalog {catalog.root}: {len(catalog)} garments"
-         + (f", {len(catalog.problems)} entries skipped" if catalog.problems else ""))
+         + (f", {len(catalog.skipped)} entries skipped" if catalog.skipped else ""))
     encoder = GarmentEncoder(args.weights, args.encoder, args.pretrained_tag)
     if encoder.is_random_demo:
         _err("[index] note: these are RANDOM demo weights, not a pretrained encoder")
@@ -100,24 +124,25 @@ def _build(args: argparse.Namespace) -> int:
             _err(f"[index] encoded {done}/{total}")
 
     report = build_index(catalog, args.out, encoder, index_type=args.index_type,
-                         ivf_threshold=args.ivf_threshold, batch_size=args.batch_size,
+                         ivf_threshold=args.ivf_threshold, batch_size=args.batch_size, strict=args.strict,
                          log_fn=lambda m: _err(f"[index] {m}"), progress=progress)
-    for problem in report.problems:
-        _err(f"[index] skipped: {problem}")
-    _err(f"[index] {'wrote' if report.written else 'unchanged'} {report.index_dir}: {report.items} garments, "
-         f"{report.encoded} encoded, {report.reused} reused, {report.removed} removed, "
-         f"{len(report.problems)} skipped, {report.index_type} ({time.perf_counter() - t0:.1f} s)")
+    for skip in report.skipped:
+        _err(f"[index] skipped: {skip}")
+    if report.cleaned:
+        _err(f"[index] removed stale build folders: {', '.join(report.cleaned)}")
+    _err(f"[index] {'wrote' if report.written else 'unchanged'} {report.index_dir} ({report.version}): "
+         f"{report.summary()}; {report.index_type} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .index_store import load_index
+    from ..retrieval.index import load_index
 
     info = load_index(args.index).info()
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"index     {info['path']}")
+    print(f"index     {info['path']} (version {info['version']})")
     print(f"garments  {info['items']}  " + ", ".join(f"{k}: {v}" for k, v in info["per_category"].items()))
     print(f"captions  {info['captions']}")
     print(f"encoder   {info['encoder']}" + ("  [RANDOM demo weights]" if info["random_demo_encoder"] else ""))
@@ -128,9 +153,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from .encoders import GarmentEncoder
-    from .index_store import load_index, read_manifest
-    from .retrieval import search
+    from ..retrieval.encoder import GarmentEncoder
+    from ..retrieval.index import load_index, read_manifest
+    from ..retrieval.search import search
 
     manifest = read_manifest(args.index)
     needs_encoder = args.mode != "caption"

@@ -5,24 +5,28 @@ Two ways to describe one:
   any word categories.normalize_category knows), caption from a same-named `.txt` beside the
   image if there is one;
 - a metadata file (CSV with a header row, or JSON lines) with one row per garment: `id`,
-  `image` (path relative to the catalog folder, or absolute), `category`, `caption` (or
-  `title`). If the catalog folder holds `metadata.jsonl` or `metadata.csv`, it is used.
+  `image` (path relative to the catalog folder, or absolute inside it), `category`, `caption`
+  (or `title`). If the catalog folder holds `metadata.jsonl` or `metadata.csv`, it is used.
 
-Problems (missing files, duplicate ids, rows without an image) are collected, not raised, so
-one bad row does not stop a 50k-garment build; the caller reports them.
+Every image must lie inside the catalog folder once resolved (paths.inside): a row naming
+`../x.png` or `/etc/x.png`, or a symlink in the catalog pointing outside it, is skipped, not
+read. Skipped entries (missing, outside the catalog, duplicate id, no image) are collected as
+Skip records, not raised, so one bad row does not stop a 50k-garment build; the build adds
+the images it cannot use and reports them all.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .categories import normalize_category
-from .images import IMAGE_EXTENSIONS
+from ..categories import normalize_category
+from ..images import IMAGE_EXTENSIONS, MISSING
+from .limits import shorten
+from .paths import PathRuleError, inside, is_plain_relative
 
 METADATA_NAMES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
 
@@ -34,33 +38,50 @@ _CATEGORY_KEYS = ("category", "cat", "garment_category", "type")
 _CAPTION_KEYS = ("caption", "title", "text", "description", "name")
 
 
+# Why a catalog entry was skipped (besides images.MISSING / UNREADABLE / NOT_AN_IMAGE / TOO_LARGE).
+OUTSIDE, DUPLICATE_ID, NO_IMAGE, CHANGED = "outside the catalog", "duplicate id", "no image path", "changed"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A catalog entry left out of the index, and why."""
+
+    id: str  # the item id ("" when the row has none)
+    reason: str  # one of the reasons above, for the summary counts
+    detail: str  # what exactly: the path and the error
+    row: int | None = None  # line of the metadata file, when the item comes from one
+    source: str = ""  # that metadata file's name
+
+    def __str__(self) -> str:
+        where = f" ({self.source} line {self.row})" if self.row is not None else ""
+        return f"{shorten(self.id) if self.id else '(no id)'}{where}: {self.reason}: {self.detail}"
+
+
 @dataclass(frozen=True)
 class CatalogItem:
     id: str
-    path: str  # relative to the catalog root, '/'-separated (may start with '../' if outside)
+    path: str  # relative to the catalog root, '/'-separated, inside it
     category: str  # one of categories.CATEGORIES, else the catalog's own text, else ""
     caption: str = ""
+    row: int | None = None  # line of the metadata file it comes from (for reports)
+    source: str = ""  # that metadata file's name
+
+    def skip(self, reason: str, detail: str) -> Skip:
+        return Skip(self.id, reason, detail, self.row, self.source)
 
 
 @dataclass
 class Catalog:
     root: Path
     items: list[CatalogItem]
-    problems: list[str] = field(default_factory=list)  # skipped entries, one line each
+    skipped: list[Skip] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def image_path(self, item: CatalogItem) -> Path:
-        return self.root / item.path
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        """The image, resolved; PathRuleError if it now lies outside the catalog (a swapped symlink)."""
+        return inside(item.path, self.root, f"image of garment {shorten(item.id)}")
 
 
 def category_from_folders(rel_path: str) -> str:
@@ -99,12 +120,27 @@ def _from_folder(root: Path) -> Catalog:
                 files.append(Path(dirpath, name).relative_to(root).as_posix())
     files.sort()
     ids = _ids_for(files)
-    items = []
+    items, skipped = [], []
     for rel, item_id in zip(files, ids, strict=True):
-        sidecar = (root / rel).with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else ""
+        try:
+            inside(rel, root, "image")
+        except PathRuleError as exc:  # a symlink pointing out of the catalog
+            skipped.append(Skip(item_id, OUTSIDE, str(exc)))
+            continue
+        caption = _read_sidecar((root / rel).with_suffix(".txt"), root)
         items.append(CatalogItem(item_id, rel, category_from_folders(rel), " ".join(caption.split())))
-    return Catalog(root, items, [])
+    return Catalog(root, items, skipped)
+
+
+def _read_sidecar(sidecar: Path, root: Path) -> str:
+    """A caption .txt beside the image (only inside the catalog, at most 64 kB, never fatal)."""
+    try:
+        if not sidecar.is_file():
+            return ""
+        with open(inside(sidecar, root, "caption file"), "rb") as f:
+            return f.read(1 << 16).decode("utf-8", errors="replace").strip()
+    except (OSError, PathRuleError):
+        return ""
 
 
 def _ids_for(rel_paths: list[str]) -> list[str]:
@@ -116,7 +152,8 @@ def _ids_for(rel_paths: list[str]) -> list[str]:
     return [s if counts[s] == 1 else p.rsplit(".", 1)[0] for s, p in zip(stems, rel_paths, strict=True)]
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs, column names lower-cased."""
     if not path.is_file():
         raise FileNotFoundError(f"Metadata file {path} does not exist.")
     text = path.read_text(encoding="utf-8-sig")
@@ -127,14 +164,15 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a JSON object per line ({exc.msg}).") from exc
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a JSON object per line ({str(exc)[:80]}).") from exc
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append({str(k).lower(): "" if v is None else str(v) for k, v in row.items()})
+            rows.append((lineno, {str(k).lower(): "" if v is None else str(v) for k, v in row.items()}))
         return rows
     reader = csv.DictReader(text.splitlines())
-    return [{(k or "").strip().lower(): (v or "") for k, v in row.items()} for row in reader]
+    return [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
+                               for k, v in row.items()}) for row in reader]
 
 
 def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -146,33 +184,40 @@ def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
 
 def _from_metadata(root: Path, metadata: Path) -> Catalog:
     rows = _read_rows(metadata)
-    if rows and _pick(rows[0], _IMAGE_KEYS) is None:
+    if rows and _pick(rows[0][1], _IMAGE_KEYS) is None:
         raise ValueError(
             f"Metadata file {metadata} has no image column; name one of {', '.join(_IMAGE_KEYS)} "
-            f"(columns found: {', '.join(rows[0])})."
+            f"(columns found: {', '.join(rows[0][1])})."
         )
     items: list[CatalogItem] = []
-    problems: list[str] = []
+    skipped: list[Skip] = []
     seen: set[str] = set()
-    rels: list[str] = []
-    for n, row in enumerate(rows, 1):
+    src = metadata.name
+    for line, row in rows:
         image = _pick(row, _IMAGE_KEYS)
+        item_id = _pick(row, _ID_KEYS) or (Path(image).stem if image else "")
         if not image:
-            problems.append(f"{metadata.name} row {n}: no image path, skipped")
+            skipped.append(Skip(item_id, NO_IMAGE, "the row names no image file", line, src))
             continue
-        full = Path(image) if Path(image).is_absolute() else root / image
+        try:
+            full = inside(image, root, "image")
+        except PathRuleError as exc:
+            skipped.append(Skip(item_id, OUTSIDE, str(exc), line, src))
+            continue
         if not full.is_file():
-            problems.append(f"{metadata.name} row {n}: image {full} not found, skipped")
+            skipped.append(Skip(item_id, MISSING, f"image {shorten(image)} not found in {root}", line, src))
             continue
-        rels.append(Path(os.path.relpath(full, root)).as_posix())
-        item_id = _pick(row, _ID_KEYS) or Path(image).stem
         if item_id in seen:
-            problems.append(f"{metadata.name} row {n}: duplicate id {item_id!r}, skipped")
-            rels.pop()
+            skipped.append(Skip(item_id, DUPLICATE_ID, f"id {shorten(item_id)} is used by an earlier row",
+                                line, src))
             continue
         seen.add(item_id)
+        # The path as the row names it (a symlink inside the catalog keeps its own name).
+        rel = Path(os.path.relpath(os.path.normpath(root / image), root)).as_posix()
+        if not is_plain_relative(rel):  # e.g. an absolute path through a symlinked parent
+            rel = full.relative_to(root).as_posix()
         category = _pick(row, _CATEGORY_KEYS)
-        category = canonical_or_text(category) if category else category_from_folders(rels[-1])
+        category = canonical_or_text(category) if category else category_from_folders(rel)
         caption = " ".join((_pick(row, _CAPTION_KEYS) or "").split())
-        items.append(CatalogItem(item_id, rels[-1], category, caption))
-    return Catalog(root, items, problems)
+        items.append(CatalogItem(item_id, rel, category, caption, line, src))
+    return Catalog(root, items, skipped)

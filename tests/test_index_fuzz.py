@@ -1,0 +1,227 @@
+"""Fuzzing an index's files (issue 7): corrupt manifests, truncated or garbled embeddings and
+.faiss files give a clear error (IndexFormatError, naming the rebuild command), never a crash
+and never a read outside the index folder. Seeded and bounded: a few seconds.
+
+FAISS itself does not survive garbled files (a flipped length field makes it allocate
+terabytes), which is why version-2 indexes record a sha256 of every data file and check it
+before FAISS sees a byte; consistent-but-truncated files (checksum updated) reach FAISS and
+must come back as the same clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from audit import opened_files
+
+from fashion_rag.demo_catalog import write_demo_catalog
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
+from fashion_rag.retrieval.storage import resolve_version
+
+MANIFEST_CASES, EMBEDDING_CASES, FAISS_CASES = 400, 120, 60
+ODD_VALUES: list[Any] = [None, True, 0, -1, 2**70, 1.5, float("nan"), "", "../../etc/passwd", "/abs/x.png",
+                         "x" * 5000, [], [1, 2], {}, {"a": 1}, "C:\\x.png", "a\x00b"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, GarmentEncoder, dict[str, bytes]]:
+    root = tmp_path_factory.mktemp("fuzz")
+    encoder = GarmentEncoder(write_tiny_encoder_weights(root / "tiny.safetensors"), TINY_ARCH)
+    catalog = write_demo_catalog(root / "catalog", seed=0)
+    out = root / "indexes" / "idx"
+    build_index(scan_catalog(catalog), out, encoder, index_type="ivf")  # .faiss files too
+    data_dir = resolve_version(out).data_dir
+    return out, encoder, {p.name: p.read_bytes() for p in data_dir.iterdir()}
+
+
+def _outside(opened: list[str], index_dir: Path) -> list[str]:
+    """Opened files outside the index folder (Python's own module files aside)."""
+    prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)})
+    bad = []
+    for path in opened:
+        real = os.path.realpath(path)
+        if not Path(real).is_relative_to(index_dir.resolve()) and not real.startswith(prefixes):
+            bad.append(real)
+    return bad
+
+
+def _check_load(out: Path, encoder: GarmentEncoder, what: str) -> str:
+    """Load once: 'ok' (a usable index) or 'refused' (a clear error); anything else fails the test."""
+    with opened_files() as opened:
+        try:
+            index = load_index(out, encoder)
+            index.vectors.search(np.asarray(index.embeddings[0]), 3)  # and it answers queries
+            outcome = "ok"
+        except (IndexFormatError, EncoderMismatchError) as exc:
+            message = str(exc)
+            assert "\n" not in message and len(message) < 3000, (what, message[:500])
+            assert "rebuild" in message or "build" in message, (what, message)
+            outcome = "refused"
+        except Exception as exc:  # the failure this test exists to catch
+            raise AssertionError(f"{what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    assert not _outside(opened, out), (what, _outside(opened, out))
+    return outcome
+
+
+def _restore(out: Path, pristine: dict[str, bytes]) -> Path:
+    data_dir = resolve_version(out).data_dir
+    for name, data in pristine.items():
+        (data_dir / name).write_bytes(data)
+    return data_dir
+
+
+def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key/index path into a JSON tree (lists sampled: the item lists hold 36 entries)."""
+    found = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found += _paths(value, prefix + (key,))
+    elif isinstance(obj, list):
+        for i in sorted({0, len(obj) // 2, len(obj) - 1}) if obj else ():
+            found += _paths(obj[i], prefix + (i,))
+    return found
+
+
+def _mutate(manifest: dict, rng: random.Random) -> tuple[Any, str]:
+    """A damaged copy of the manifest (a JSON value or raw bytes) and what was done."""
+    kind = rng.choice(["set", "set", "delete", "list", "text", "text"])
+    m = copy.deepcopy(manifest)
+    path = rng.choice(_paths(m))
+    parent = m
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if kind == "set":
+        parent[last] = rng.choice(ODD_VALUES)
+        return m, f"set {path} = {str(parent[last])[:40]!r}"
+    if kind == "delete":
+        del parent[last]
+        return m, f"delete {path}"
+    if kind == "list":
+        target = parent[last]
+        if isinstance(target, list) and target:
+            choice = rng.choice(["pop", "dup", "shuffle"])
+            if choice == "pop":
+                target.pop()
+            elif choice == "dup":
+                target.append(target[0])
+            else:
+                rng.shuffle(target)
+            return m, f"list {choice} {path}"
+        parent[last] = [parent[last]]
+        return m, f"wrap {path} in a list"
+    raw = json.dumps(m).encode()
+    choice = rng.choice(["truncate", "flip", "nest", "bytes"])
+    if choice == "truncate":
+        return raw[: rng.randrange(len(raw))], "truncate the text"
+    if choice == "flip":
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b), "flip bytes of the text"
+    if choice == "nest":
+        return b"[" * 100_000 + b"]" * 100_000, "100k nested lists"
+    return bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))), "random bytes"
+
+
+def test_fuzzed_manifests_give_clear_errors(built):
+    out, encoder, pristine = built
+    data_dir = _restore(out, pristine)
+    manifest = json.loads(pristine[MANIFEST])
+    rng = random.Random(1)
+    outcomes = []
+    for i in range(MANIFEST_CASES):
+        damaged, what = _mutate(manifest, rng)
+        raw = damaged if isinstance(damaged, bytes) else json.dumps(damaged).encode()
+        (data_dir / MANIFEST).write_bytes(raw)
+        outcomes.append(_check_load(out, encoder, f"case {i}: {what}"))
+    (data_dir / MANIFEST).write_bytes(pristine[MANIFEST])
+    assert outcomes.count("refused") > MANIFEST_CASES // 2 and "ok" in outcomes  # both kinds exercised
+
+
+def _set_checksum(data_dir: Path, name: str) -> None:
+    manifest = json.loads((data_dir / MANIFEST).read_text())
+    manifest["files"]["sha256"][name] = hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
+    (data_dir / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _garble(data: bytes, rng: random.Random, header_bytes: int) -> tuple[bytes, str]:
+    choice = rng.choice(["truncate", "flip_header", "flip_data", "header_len", "append"])
+    if choice == "truncate":
+        return data[: rng.randrange(len(data))], choice
+    if choice == "append":
+        return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))), choice
+    if choice == "header_len":
+        return rng.choice([2**63, 2**40, 0, len(data)]).to_bytes(8, "little") + data[8:], choice
+    b = bytearray(data)
+    lo, hi = (0, header_bytes) if choice == "flip_header" else (header_bytes, len(b))
+    for _ in range(rng.randint(1, 6)):
+        b[rng.randrange(lo, hi)] = rng.randrange(256)
+    return bytes(b), choice
+
+
+def test_fuzzed_embeddings_give_clear_errors(built):
+    out, encoder, pristine = built
+    name = "embeddings.safetensors"
+    header_bytes = 8 + int.from_bytes(pristine[name][:8], "little")
+    rng = random.Random(2)
+    for i in range(EMBEDDING_CASES):
+        data_dir = _restore(out, pristine)
+        damaged, what = _garble(pristine[name], rng, header_bytes)
+        (data_dir / name).write_bytes(damaged)
+        consistent = i % 2 == 1  # also as a file whose checksum matches: our own parser must hold
+        if consistent:
+            _set_checksum(data_dir, name)
+        outcome = _check_load(out, encoder, f"embeddings case {i}: {what}, checksum updated {consistent}")
+        if not consistent:
+            assert outcome == "refused"
+    _restore(out, pristine)
+
+
+def test_fuzzed_faiss_files_give_clear_errors(built):
+    out, encoder, pristine = built
+    names = sorted(n for n in pristine if n.endswith(".faiss"))
+    rng = random.Random(3)
+    for i in range(FAISS_CASES):
+        data_dir = _restore(out, pristine)
+        name = rng.choice(names)
+        damaged, what = _garble(pristine[name], rng, 64)
+        (data_dir / name).write_bytes(damaged)
+        assert _check_load(out, encoder, f"faiss case {i}: {name} {what}") == "refused"
+        # Truncated but with a matching checksum, the file reaches FAISS: its error is wrapped.
+        (data_dir / name).write_bytes(pristine[name][: rng.randrange(len(pristine[name]))])
+        _set_checksum(data_dir, name)
+        assert _check_load(out, encoder, f"faiss case {i}: {name} truncated, checksum updated") == "refused"
+    _restore(out, pristine)
+    assert _check_load(out, encoder, "restored") == "ok"
+    with opened_files() as opened:  # the audit sees the library's reads (so the checks above mean something)
+        load_index(out)
+    assert {Path(p).name for p in opened} >= {"index.json", MANIFEST, "embeddings.safetensors"}
+
+
+def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
+    out, encoder, pristine = built
+    _restore(out, pristine)
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    pointer = copy_dir / "index.json"
+    good = pointer.read_bytes()
+    cases = [b"", b"{", b"[]", b'{"format": "fashion-rag-garment-index", "current": "../../etc"}',
+             b'{"format": "fashion-rag-garment-index", "current": "v-20990101T000000Z-00000000"}',
+             b'{"format": "other", "current": "v-20990101T000000Z-00000000"}', b"x" * 10_000, good[:-5]]
+    for raw in cases:
+        pointer.write_bytes(raw)
+        assert _check_load(copy_dir, encoder, f"pointer {raw[:60]!r}") == "refused"
