@@ -22,7 +22,6 @@ from audit import opened_files
 from PIL import Image
 
 from comfy_harness import PromptFailed
-from fashion_rag.demo_catalog import TINY_WEIGHTS_NAME, write_demo_catalog
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
@@ -30,6 +29,7 @@ from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
 from fashion_rag.retrieval.search import search
 from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
+from tools.demo.catalog import TINY_WEIGHTS_NAME, write_demo_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
