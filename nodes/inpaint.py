@@ -27,6 +27,7 @@ from comfy_api.latest import io
 from ..fashion_rag.ddim import alphas_cumprod_from_sigmas, reference_ddim_sigmas, sample_ddim_reference
 from ..fashion_rag.pose import resize_pose
 from ..fashion_rag.unet_layout import FASHION_RAG_IN_CHANNELS, LATENT_CHANNELS, POSE_CHANNELS
+from .compat import check_combos, require_combos
 from .types import PoseType
 
 REFERENCE_SAMPLER = "fashion_rag_ddim"
@@ -235,9 +236,23 @@ class FashionRAGInpaint(io.ComfyNode):
         )
 
     @classmethod
+    def _combos(cls, sampler_name: str | None, scheduler: str | None) -> dict[str, str | None]:
+        # The reference sampler ignores the scheduler: a workflow carrying a scheduler this
+        # ComfyUI lacks still runs unchanged with it.
+        return {"sampler_name": sampler_name,
+                "scheduler": None if sampler_name == REFERENCE_SAMPLER else scheduler}
+
+    @classmethod
+    def validate_inputs(cls, sampler_name: str | None = None, scheduler: str | None = None) -> bool | str:
+        # A shared workflow may name a sampler/scheduler this ComfyUI lacks: a message naming the
+        # choices before the run, the same on every ComfyUI version (see compat.py).
+        return check_combos(cls, **cls._combos(sampler_name, scheduler))
+
+    @classmethod
     def execute(cls, model, positive, negative, vae, image, mask, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, denoise: float,
                 paste_back: bool, pose=None) -> io.NodeOutput:
+        require_combos(cls, **cls._combos(sampler_name, scheduler))
         check_model(model)
         pixels, mask, pose = _prepare(image, mask, pose)
         concat_pos, concat_neg = condition_channels(vae, pixels, mask, pose)
