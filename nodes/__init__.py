@@ -6,6 +6,14 @@ import importlib
 import importlib.util
 import logging
 
+# The ComfyUI API namespace: every node module imports `comfy_api.latest`, not a versioned one.
+# Both supported ComfyUIs (0.3.75, 0.33.0) ship latest, v0_0_2 and v0_0_1, but v0_0_2 (STABLE =
+# False) re-exports latest's own io/ui/ComfyExtension objects, and v0_0_1 (STABLE = True) is "a
+# template for future version adapters" exporting none of them: a version name would pin nothing
+# today. `latest` is what all of ComfyUI's own nodes (comfy_extras) import, so it is the API its
+# executor and validation keep working with, and the suite runs on each supported ComfyUI (README,
+# "ComfyUI versions") to catch changes. Move all modules at once when a numbered version that
+# exports io/ui is marked STABLE; tests/test_pack.py checks that they all import one namespace.
 from comfy_api.latest import ComfyExtension, io
 
 from . import model_paths

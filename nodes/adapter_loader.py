@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from ..fashion_rag.inversion.adapter import InversionAdapter, load_adapter
 from ..fashion_rag.model_files import ADAPTER, missing_file_message
+from .compat import new_model_patcher
 from .types import AdapterType
 
 FOLDER_KEY = ADAPTER.key
@@ -47,9 +48,7 @@ def load_adapter_patcher(path: str) -> comfy.model_patcher.ModelPatcher:
             offload_device = mm.unet_offload_device()
             dtype = _adapter_dtype(load_device)
             adapter: InversionAdapter = load_adapter(path, device=offload_device, dtype=dtype)
-            patcher = comfy.model_patcher.ModelPatcher(
-                adapter, load_device=load_device, offload_device=offload_device
-            )
+            patcher = new_model_patcher(adapter, load_device, offload_device)
             # A changed file replaces its older versions.
             for old in [k for k in _CACHE if k[0] == key[0]]:
                 del _CACHE[old]
@@ -81,8 +80,10 @@ class AdapterLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, adapter_name: str) -> bool | str:
-        if folder_paths.get_full_path(FOLDER_KEY, adapter_name) is None:
+    def validate_inputs(cls, adapter_name: str | None = None) -> bool | str:
+        # Declared here, the file name is checked by this message on every ComfyUI version (0.8+
+        # would otherwise answer "value not in list"); None: linked, checked when it runs.
+        if adapter_name is not None and folder_paths.get_full_path(FOLDER_KEY, adapter_name) is None:
             return missing_adapter_message(adapter_name)
         return True
 

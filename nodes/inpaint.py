@@ -31,6 +31,7 @@ from ..fashion_rag.inpaint.ddim import (
 )
 from ..fashion_rag.inpaint.pose import resize_pose
 from ..fashion_rag.inpaint.unet_layout import FASHION_RAG_IN_CHANNELS, LATENT_CHANNELS, POSE_CHANNELS
+from .compat import check_combos, require_combos
 from .types import PoseType
 
 REFERENCE_SAMPLER = "fashion_rag_ddim"
@@ -239,9 +240,23 @@ class FashionRAGInpaint(io.ComfyNode):
         )
 
     @classmethod
+    def _combos(cls, sampler_name: str | None, scheduler: str | None) -> dict[str, str | None]:
+        # The reference sampler ignores the scheduler: a workflow carrying a scheduler this
+        # ComfyUI lacks still runs unchanged with it.
+        return {"sampler_name": sampler_name,
+                "scheduler": None if sampler_name == REFERENCE_SAMPLER else scheduler}
+
+    @classmethod
+    def validate_inputs(cls, sampler_name: str | None = None, scheduler: str | None = None) -> bool | str:
+        # A shared workflow may name a sampler/scheduler this ComfyUI lacks: a message naming the
+        # choices before the run, the same on every ComfyUI version (see compat.py).
+        return check_combos(cls, **cls._combos(sampler_name, scheduler))
+
+    @classmethod
     def execute(cls, model, positive, negative, vae, image, mask, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, denoise: float,
                 paste_back: bool, pose=None) -> io.NodeOutput:
+        require_combos(cls, **cls._combos(sampler_name, scheduler))
         check_model(model)
         pixels, mask, pose = _prepare(image, mask, pose)
         concat_pos, concat_neg = condition_channels(vae, pixels, mask, pose)

@@ -28,6 +28,7 @@ from ..fashion_rag.inversion.prompt import (
     build_prompt,
     check_prompt_fits,
 )
+from .compat import check_combos
 from .types import AdapterType, GarmentsType
 
 CLIP_VISION_HINT = (
@@ -260,6 +261,12 @@ class GarmentInversion(io.ComfyNode):
                 io.Conditioning.Output(display_name="negative"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, category: str | None = None) -> bool | str:
+        # The same check and message on every ComfyUI version (see compat.py); resolve_category
+        # checks a linked value when the node runs.
+        return check_combos(cls, category=category)
 
     @classmethod
     def execute(

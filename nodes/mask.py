@@ -7,6 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.inpaint.mask import garment_mask, masked_preview
+from .compat import check_combos, require_combos
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 
 
@@ -58,6 +59,11 @@ class FashionRAGGarmentMask(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, category: str | None = None) -> bool | str:
+        # The same check and message on every ComfyUI version (see compat.py).
+        return check_combos(cls, category=category)
+
+    @classmethod
     def execute(cls, image: torch.Tensor, category: str, keypoints_json: str, grow: int, feather: int,
                 pose_keypoint=None, category_override: str | None = None, person_index: int = 0,
                 source_width: int = 0, source_height: int = 0) -> io.NodeOutput:
@@ -69,6 +75,8 @@ class FashionRAGGarmentMask(io.ComfyNode):
                     "(or a synonym such as top, skirt, dress)."
                 )
             category = resolved
+        else:
+            require_combos(cls, category=category)  # a linked value skipped validate_inputs
         people = read_keypoints(
             keypoints_json, pose_keypoint, person_index, source_width, source_height,
             ", or draw the MASK yourself (any mask works with the inpaint node).",

@@ -26,6 +26,7 @@ from comfy_api.latest import io
 from ..fashion_rag.inpaint.unet_file import WHERE_TO_GET, load_unet_state_dict
 from ..fashion_rag.inpaint.unet_layout import CONDITION_CHANNELS, FASHION_RAG_IN_CHANNELS, UNetLayout
 from ..fashion_rag.model_files import UNET
+from .compat import check_combos, new_model_patcher, require_combos
 from .model_paths import folder_of
 
 FOLDER = "fashion_rag_unet"
@@ -106,7 +107,7 @@ def build_model(
     if missing or unexpected:  # load_unet_state_dict checked the file; this would be our bug
         raise RuntimeError(f"UNet build mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     sd.clear()
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = new_model_patcher(model, load_device, offload_device)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, _WRAPPER_KEY, _check_concat)
     return patcher
 
@@ -155,11 +156,12 @@ class FashionRAGUNetLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, unet_name: str) -> bool | str:
-        # Declaring unet_name here replaces ComfyUI's "value not in list" with our message.
-        if not unet_name or unet_name not in unet_files():
+    def validate_inputs(cls, unet_name: str | None = None, weight_dtype: str | None = None) -> bool | str:
+        # Declaring the combos here replaces ComfyUI's "value not in list" (0.8+; none before)
+        # with our messages on every version. None: linked, checked when it runs.
+        if unet_name is not None and (not unet_name or unet_name not in unet_files()):
             return missing_message(unet_name)
-        return True
+        return check_combos(cls, weight_dtype=weight_dtype)
 
     @classmethod
     def fingerprint_inputs(cls, unet_name: str, weight_dtype: str):
@@ -171,6 +173,7 @@ class FashionRAGUNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+        require_combos(cls, weight_dtype=weight_dtype)
         return io.NodeOutput(load_unet(resolve(unet_name), weight_dtype))
 
 

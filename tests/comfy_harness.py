@@ -6,12 +6,21 @@ The server-side harness (ComfyUI as a subprocess over HTTP) is fashion_rag.cli.c
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from fashion_rag.cli.comfy_server import PACK_DIR_NAME, PromptFailed, comfy_path, make_base_dir
+
+
+def comfyui_version(comfy: Path) -> tuple[int, ...]:
+    """(major, minor, patch) of the ComfyUI at `comfy`, from its comfyui_version.py."""
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', (comfy / "comfyui_version.py").read_text())
+    if match is None:
+        raise RuntimeError(f"{comfy}/comfyui_version.py holds no __version__: is it a ComfyUI checkout?")
+    return tuple(int(p) for p in re.findall(r"\d+", match.group(1))[:3])
 
 
 class _ServerStub:
@@ -62,8 +71,11 @@ class InProcessComfy:
         self.nodes = nodes
         self.execution = execution
         self.server = _ServerStub()
+        # CLASSIC caching as `main.py --cache-classic`; cache_args carries every key any supported
+        # ComfyUI reads (0.23+ reads "ram_inactive" on each prompt, older ones ignore it).
         self.executor = execution.PromptExecutor(
-            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+            self.server, cache_type=execution.CacheType.CLASSIC,
+            cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
         )
 
     @classmethod

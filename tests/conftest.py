@@ -12,8 +12,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_harness, helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_rag`
 
-from comfy_harness import InProcessComfy  # noqa: E402
-from fashion_rag.cli.comfy_server import ComfyServer  # noqa: E402
+from comfy_harness import InProcessComfy, comfyui_version  # noqa: E402
+from fashion_rag.cli.comfy_server import ComfyServer, comfy_path  # noqa: E402
+
+
+def pytest_report_header(config) -> str:
+    """Which ComfyUI the suite runs on (COMFYUI_PATH; .ci/test sets it)."""
+    try:
+        path = comfy_path()
+        return f"ComfyUI {'.'.join(map(str, comfyui_version(path)))} at {path}"
+    except (RuntimeError, OSError) as exc:
+        return f"ComfyUI: {exc}"
 
 
 def _new_files_in_checkout() -> set[str] | None:

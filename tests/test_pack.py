@@ -56,6 +56,17 @@ def test_pack_uses_relative_imports_only():
                 assert node.module.split(".")[0] not in {"fashion_rag"}, f"{path}: {node.module}"
 
 
+def test_all_node_modules_import_one_comfy_api_namespace():
+    """nodes/__init__.py says which comfy_api namespace the pack uses and why; all modules agree."""
+    namespaces = {}
+    for path in sorted(REPO.glob("nodes/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+            if module and module.split(".")[0] == "comfy_api":
+                namespaces.setdefault(node.module, []).append(path.name)
+    assert set(namespaces) == {"comfy_api.latest"}, namespaces
+
+
 def test_model_folders_are_reachable_through_extra_model_paths(comfy, comfy_base, tmp_path):
     """Users keep indexes/weights elsewhere and map them in extra_model_paths.yaml."""
     import shutil

@@ -29,7 +29,7 @@ pose alone. The rule, in image pixels (pixel (x, y) is inside a shape when its c
    which binarises at 0.5, sees the same region, and compositing gets soft edges.
 
 Keypoints follow COCO-18 / OpenPose order (METHOD.md), in pixels of the image the mask is for
-(fashion_rag.pose parses the JSON forms and rescales); a keypoint with x <= 0 and y <= 0, a
+(keypoints.py parses the JSON forms and rescales); a keypoint with x <= 0 and y <= 0, a
 NaN, or a confidence of 0 is missing. 1 in the mask = repaint.
 """
 
