@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,3 +38,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_hashes: dict[tuple[str, int, int, int], str] = {}
+_hashes_lock = threading.Lock()
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256_file, remembered per (path, size, mtime, inode): a large file is hashed once per process."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _hashes_lock:
+        if key in _hashes:
+            return _hashes[key]
+    digest = sha256_file(path)
+    with _hashes_lock:
+        _hashes[key] = digest
+    return digest

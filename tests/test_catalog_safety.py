@@ -24,12 +24,13 @@ from PIL import Image
 from comfy_harness import PromptFailed
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
 from fashion_rag.retrieval.search import search
 from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME, write_demo_catalog
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
@@ -342,18 +343,21 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
 def test_defect8_no_files_in_the_shared_temp_dir(tmp_path):
     shared_tmp = tmp_path / "shared_tmp"
     shared_tmp.mkdir()
+    weights = write_tiny_encoder_weights(tmp_path / "tiny.safetensors")
+    # The weights carry their architecture: loading them registers it, writing no file anywhere.
     code = (
-        "from fashion_rag.retrieval.encoder import TINY_ARCH, register_configs, model_config;"
-        "import open_clip;"
-        "register_configs(); open_clip.add_model_config(open_clip.factory._MODEL_CONFIG_PATHS[0]);"
-        "m = open_clip.create_model(TINY_ARCH);"
-        "assert open_clip.get_model_config(TINY_ARCH) == model_config(TINY_ARCH);"
-        "print(sum(p.numel() for p in m.parameters()))"
+        "import sys, open_clip; from fashion_rag.retrieval.encoder import GarmentEncoder;"
+        f"e = GarmentEncoder({str(weights)!r}, {TINY_ARCH!r});"
+        "v = e.encode_texts(['a red top']);"
+        "open_clip.add_model_config(open_clip.factory._MODEL_CONFIG_PATHS[0]);"
+        f"m = open_clip.create_model({TINY_ARCH!r});"
+        "print(v.shape[1], sum(p.numel() for p in m.parameters()))"
     )
     env = {**os.environ, "TMPDIR": str(shared_tmp), "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert int(r.stdout.split()[-1]) > 0  # the tiny architecture still builds (after a rescan, too)
+    dim, params = map(int, r.stdout.split()[-2:])
+    assert dim == 32 and params > 0  # the tiny architecture still builds (after a rescan, too)
     assert list(shared_tmp.iterdir()) == []
 
 

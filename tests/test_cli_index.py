@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_rag.retrieval.encoder import write_tiny_encoder_weights
 from tools.demo.catalog import write_demo_catalog
+from tools.demo.encoder import write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 

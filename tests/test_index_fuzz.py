@@ -26,11 +26,12 @@ from audit import opened_files
 
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
 from fashion_rag.retrieval.storage import resolve_version
 from tools.demo.catalog import write_demo_catalog
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 MANIFEST_CASES, EMBEDDING_CASES, FAISS_CASES = 400, 120, 60
 ODD_VALUES: list[Any] = [None, True, 0, -1, 2**70, 1.5, float("nan"), "", "../../etc/passwd", "/abs/x.png",

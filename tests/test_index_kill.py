@@ -19,10 +19,11 @@ import pytest
 
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.storage import LOCK, POINTER
 from tools.demo.catalog import write_demo_catalog
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS, MIN_BUILDS, TIME_BUDGET_S = 50, 5, 150

@@ -15,7 +15,7 @@ from PIL import Image
 from test_inpaint_parity import pack_module, tiny_unet, tiny_vaes
 from test_inversion_parity import ADAPTER_FILE, Models
 
-from fashion_rag.demo_catalog import TINY_WEIGHTS_NAME
+from tools.demo.catalog import TINY_WEIGHTS_NAME
 
 UNET_FILE = "fr_test_memory_unet.pth"
 H, W = 64, 48

@@ -13,9 +13,10 @@ from comfy_harness import PromptFailed
 from fashion_rag.images import load_garment
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.storage import POINTER, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"
 

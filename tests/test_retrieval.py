@@ -11,11 +11,12 @@ from safetensors.torch import load_file, save_file
 from fashion_rag.images import load_garment
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
 from fashion_rag.retrieval.search import RRF_K, UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 QUERIES = ["red striped trousers", "a long dress", "black checked short-sleeve top", "polka-dot skirt"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from .. import images
+from ..files import sha256_file
 from ..images import TOO_LARGE, ImageLoadError, decode_image, fit_garment, read_image_bytes
 from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from .hashing import sha256_file
 from .index import map_embeddings, read_version_manifest, verify_files
 from .manifest import (
     EMBEDDINGS,

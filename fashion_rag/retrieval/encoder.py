@@ -11,12 +11,8 @@ it, so checking whether an index is up to date costs no model load.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .hashing import cached_sha256
+from ..files import cached_sha256
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
@@ -37,52 +33,58 @@ REAL_WEIGHTS_HINT = (
     f"{REAL_WEIGHTS_SOURCE} into models/fashion_rag/retrieval/ and build the index with it"
 )
 
-TINY_ARCH = "fashion-rag-tiny"
-# A real open_clip CLIP (ViT image tower + transformer text tower, the real BPE tokenizer),
-# just very small: for tests and the demo, where only random weights exist.
-TINY_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-_OWN_CONFIGS: dict[str, dict[str, Any]] = {TINY_ARCH: TINY_CONFIG}
+# A safetensors weights file may carry its own open_clip architecture in its metadata, under
+# this key: {"open_clip": {"name": <arch>, "config": <open_clip model config>}}, plus
+# "random_demo": true for files of random weights (so every tool can say so). Architectures
+# open_clip does not ship (small or fine-tuned ones) then need no config file anywhere.
+METADATA_KEY = "fashion_rag"
 # open_clip's defaults (open_clip.constants), repeated so that describing an encoder does not
 # import open_clip (seconds) when nothing needs the model.
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
-RANDOM_DEMO_MARK = "random-demo"  # safetensors metadata value of files written by write_tiny_encoder_weights
 
 ProgressFn = Callable[[int, int], None]
 
 _register_lock = threading.Lock()
-_registered = False
 
 
-def register_configs() -> None:
-    """Make our own architectures known to open_clip by name (once per process), writing no files.
+def weights_metadata(path: str | Path) -> dict[str, Any]:
+    """The pack's entry in a safetensors file's metadata ({} for any other file)."""
+    if not str(path).endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get(METADATA_KEY, "")
+        data = json.loads(value) if value else {}
+    except Exception:  # not a readable safetensors file, or not our entry: nothing to read
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _carried_config(arch: str, weights: str | Path) -> dict[str, Any] | None:
+    carried = weights_metadata(weights).get("open_clip")
+    if isinstance(carried, dict) and carried.get("name") == arch and isinstance(carried.get("config"), dict):
+        return carried["config"]
+    return None
+
+
+def register_config(arch: str, config: dict[str, Any]) -> None:
+    """Make an architecture known to open_clip by name, writing no files.
 
     open_clip's public add_model_config() reads JSON files from a folder, and a folder with a
-    predictable name in the shared temp dir can be planted by another user. So the configs go
-    straight into open_clip's registry dict (its rescans keep existing entries), or, should a
-    future open_clip lack that dict, into a private mkdtemp folder (0700, random name) removed
-    at exit.
+    predictable name in the shared temp dir can be planted by another user; its registry dict
+    takes the config directly (its rescans keep existing entries).
     """
-    global _registered
     from open_clip import factory
 
     with _register_lock:
-        if _registered and all(name in factory.list_models() for name in _OWN_CONFIGS):
-            return
         registry = getattr(factory, "_MODEL_CONFIGS", None)
-        if isinstance(registry, dict):
-            registry.update({name: copy.deepcopy(cfg) for name, cfg in _OWN_CONFIGS.items()})
-        else:
-            folder = Path(tempfile.mkdtemp(prefix="fashion-rag-open-clip-"))
-            atexit.register(shutil.rmtree, folder, True)
-            for name, cfg in _OWN_CONFIGS.items():
-                (folder / f"{name}.json").write_text(json.dumps(cfg), encoding="utf-8")
-            factory.add_model_config(folder)
-        _registered = True
+        if not isinstance(registry, dict):
+            raise RuntimeError("this open_clip version has no model registry to add an architecture to; "
+                               "use an architecture open_clip ships (open_clip.list_models())")
+        registry[arch] = copy.deepcopy(config)
 
 
 def weights_sha256(path: str | Path) -> str:
@@ -91,28 +93,22 @@ def weights_sha256(path: str | Path) -> str:
 
 
 def is_random_demo_weights(path: str | Path) -> bool:
-    """True for files written by write_tiny_encoder_weights (marked in their safetensors header)."""
-    if not str(path).endswith(".safetensors"):
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("fashion_rag") == RANDOM_DEMO_MARK
-    except Exception:  # not a readable safetensors file: certainly not ours
-        return False
+    """True for weights files marked as random (the demo's), so tools can say results mean nothing."""
+    return bool(weights_metadata(path).get("random_demo"))
 
 
-def model_config(arch: str) -> dict[str, Any]:
-    if arch in _OWN_CONFIGS:
-        return _OWN_CONFIGS[arch]
+def model_config(arch: str, weights: str | Path | None = None) -> dict[str, Any]:
+    """open_clip's config of `arch`, or the one the weights file carries (see METADATA_KEY)."""
+    carried = _carried_config(arch, weights) if weights is not None else None
+    if carried is not None:
+        return carried
     import open_clip
 
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise ValueError(
-            f"Unknown OpenCLIP architecture {arch!r}. Use one of open_clip.list_models() "
-            f"(the paper's is {DEFAULT_ARCH}) or {TINY_ARCH!r} for tests."
+            f"Unknown OpenCLIP architecture {arch!r}: open_clip does not ship it and the weights file does "
+            f"not carry it. Use one of open_clip.list_models() (the paper's is {DEFAULT_ARCH})."
         )
     return cfg
 
@@ -157,7 +153,7 @@ class GarmentEncoder:
 
     @property
     def dim(self) -> int:
-        return int(model_config(self.name)["embed_dim"])
+        return int(model_config(self.name, self.weights_path)["embed_dim"])
 
     @property
     def is_random_demo(self) -> bool:
@@ -166,7 +162,7 @@ class GarmentEncoder:
     @property
     def preprocess_id(self) -> str:
         """What the image embeddings depend on besides the weights; stored in index manifests."""
-        size = model_config(self.name)["vision_cfg"].get("image_size", 224)
+        size = model_config(self.name, self.weights_path)["vision_cfg"].get("image_size", 224)
         mean, std, interp, mode = self._preprocess_cfg()
         return f"garment384x512-whitepad|{size}|{mode}|{interp}|{list(mean)}|{list(std)}"
 
@@ -200,8 +196,9 @@ class GarmentEncoder:
     def _load(self) -> None:
         import open_clip
 
-        if self.name in _OWN_CONFIGS:
-            register_configs()
+        carried = _carried_config(self.name, self.weights_path)
+        if carried is not None:
+            register_config(self.name, carried)
         mean, std, interp, mode = self._preprocess_cfg()
         quick_gelu = False
         if self.pretrained_tag:
@@ -273,28 +270,3 @@ def _normalise(feats: torch.Tensor) -> np.ndarray:
     x = feats.detach().float().cpu().numpy()
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def write_tiny_encoder_weights(path: str | Path, seed: int = 0) -> Path:
-    """Write seeded random weights of the tiny architecture (same seed, same bytes).
-
-    The file is marked as random demo weights in its safetensors metadata, so loaders can
-    tell users plainly that retrieval with it is meaningless.
-    """
-    import open_clip
-    from safetensors.torch import save_file
-
-    register_configs()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):  # seed locally; leave the caller's RNG alone
-        torch.manual_seed(seed)
-        model = open_clip.create_model(TINY_ARCH, pretrained=None)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # One metadata key only: safetensors writes several in hash order, which breaks "same seed,
-    # same bytes" (and so the weights hash an index records).
-    save_file(state, str(tmp), metadata={"fashion_rag": RANDOM_DEMO_MARK})
-    os.chmod(tmp, 0o644)  # safetensors creates files private to the user; weights are not secret
-    os.replace(tmp, path)  # readers never see a half-written file
-    return path

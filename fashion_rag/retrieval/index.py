@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..files import cached_sha256
 from ..images import decode_image, fit_garment, read_image_bytes
-from .hashing import cached_sha256
 from .limits import shorten
 from .manifest import (
     FORMAT_VERSION,

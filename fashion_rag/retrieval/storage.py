@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hashing import sha256_file
+from ..files import sha256_file
 from .manifest import FORMAT, MANIFEST, IndexFormatError
 from .paths import inside
 

@@ -128,13 +128,15 @@ def install_demo_index(models_dir: str | Path) -> Path:
     Idempotent and quick on reruns: existing weights are kept, the catalog is rewritten only if
     incomplete, and the index build is a no-op (the folder untouched) when nothing changed.
     """
+    from .encoder import TINY_ARCH, tiny_encoder_metadata, write_tiny_encoder_weights
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
-    from fashion_rag.retrieval.encoder import TINY_ARCH, GarmentEncoder, write_tiny_encoder_weights
+    from fashion_rag.retrieval.encoder import GarmentEncoder, weights_metadata
 
     base = Path(models_dir) / "fashion_rag"
     weights = base / "retrieval" / TINY_WEIGHTS_NAME
-    if not weights.is_file():
+    # Rewritten when missing or written by an older demo (its metadata then differs).
+    if weights_metadata(weights) != json.loads(next(iter(tiny_encoder_metadata().values()))):
         write_tiny_encoder_weights(weights, seed=0)
     catalog_dir = write_demo_catalog(base / "catalogs" / "demo", seed=0)
     index_dir = base / "indexes" / "demo"
