@@ -85,7 +85,7 @@ class Encoders:
 
         tokenizer_dir = comfy_path() / "comfy" / "sd1_tokenizer"  # the CLIP BPE files
         self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!")
-        self.inversion = pack_module(harness, "nodes.inversion")
+        self.inversion = pack_module(harness, "nodes.token_injection")
 
     def ids(self, text: str) -> torch.Tensor:
         return self.tokenizer(text, padding="max_length", max_length=77, truncation=True,

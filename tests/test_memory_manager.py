@@ -105,13 +105,14 @@ def workflow(tag: str) -> dict:
 
 def the_packs_models(harness) -> dict[str, torch.nn.Module]:
     """The torch modules behind the pack's patchers, from the loaders' own caches."""
-    unet = pack_module(harness, "nodes.unet_loader")._cache
-    adapter = pack_module(harness, "nodes.adapter_loader")._CACHE
-    index = pack_module(harness, "nodes.index_loader")._CACHE
+    unet = pack_module(harness, "nodes.unet_loader")._UNETS.items()
+    adapter = pack_module(harness, "nodes.adapter_loader")._ADAPTERS.items()
+    encoders = pack_module(harness, "nodes.index_loader")._ENCODERS.items()
     assert len(unet) == 1, "the UNet loader keeps one model"
-    (unet_patcher,) = unet.values()
-    (adapter_patcher,) = [p for k, p in adapter.items() if k[0].endswith(ADAPTER_FILE)]
-    (encoder,) = [i.encoder for k, i in index.items() if k[2].endswith(TINY_WEIGHTS_NAME)]
+    ((_, unet_patcher),) = unet
+    (adapter_patcher,) = [p for path, p in adapter if path.endswith(ADAPTER_FILE)]
+    # One encoder per weights file, however many indexes were loaded with it.
+    (encoder,) = [e for path, e in encoders if path.endswith(TINY_WEIGHTS_NAME)]
     return {"unet": unet_patcher.model, "adapter": adapter_patcher.model, "encoder": encoder.module}
 
 

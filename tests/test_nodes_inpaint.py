@@ -3,6 +3,8 @@ KSampler use, other samplers, MODEL patches, and the bad-input errors."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,8 @@ def parts(comfy_runtime, tmp_path_factory):
 
     _, cvae = tiny_vaes()
     model = load_tiny_model(comfy_runtime, tiny_unet(seed=7), tmp_path_factory.mktemp("nodes"))
-    return model, cvae, pack_module(comfy_runtime, "nodes.inpaint")
+    nodes = comfy_runtime.nodes.NODE_CLASS_MAPPINGS
+    return model, cvae, SimpleNamespace(**{k: v for k, v in nodes.items() if k.startswith("FashionRAG")})
 
 
 def _concat(cond) -> torch.Tensor:

@@ -197,7 +197,7 @@ def test_node_schemas_have_tooltips(env):
     ids = ("FashionRAGAdapterLoader", "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding")
     for node_id in ids:
         schema = comfy.nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
-        assert schema.category == "fashion_rag" and schema.description
+        assert schema.category.startswith("fashion_rag/") and schema.description
         assert all(i.tooltip for i in schema.inputs), node_id
 
 
@@ -213,7 +213,8 @@ def test_pixels_of_load_image_are_8bit_levels(env):
 def test_text_width_mismatch_is_a_clear_error(env):
     _, models, _ = env
     with pytest.raises(ValueError, match="48-wide embeddings, but this CLIP's text encoder .* is 64-wide"):
-        models.module.inject_embeddings(models.clip, build_prompt("dresses", 1), torch.zeros(1, 16, 48))
+        prompt = build_prompt("dresses", 1)
+        models.token_injection.inject_embeddings(models.clip, prompt, torch.zeros(1, 16, 48))
 
 
 @pytest.mark.slow

@@ -206,7 +206,7 @@ def test_loader_node_messages_and_cache(comfy_runtime, tmp_path):
 
     loader = pack_module(comfy_runtime, "nodes.unet_loader")
     msg = loader.FashionRAGUNetLoader.validate_inputs("unet_120000.pth")
-    for part in ("'unet_120000.pth' was not found", loader.folder_of("fashion_rag_unet"),
+    for part in ("'unet_120000.pth' was not found", "models/fashion_rag/unet/",
                  "furio19/fashion-rag", "CC BY-NC 4.0", "convert-unet"):
         assert part in msg
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 from .. import images
 from ..files import sha256_file
 from ..images import TOO_LARGE, ImageLoadError, decode_image, fit_garment, read_image_bytes
+from ..logs import log
 from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from .index import map_embeddings, read_version_manifest, verify_files
 from .manifest import (
@@ -47,8 +47,6 @@ from .storage import (
 )
 from .vector_store import VECTORS, VectorStore, create_vector_store, partition_categories
 from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
-
-log = logging.getLogger("fashion_rag")
 
 ProgressFn = Callable[[int, int], None]
 LogFn = Callable[[str], None]
