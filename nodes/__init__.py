@@ -26,6 +26,7 @@ model_folders.register()
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "index_loader": ("open_clip", "faiss", "bm25s"),
     "retrieve": ("open_clip", "faiss", "bm25s"),
+    "checkpoint_loader": (),
     "adapter_loader": (),
     "unet_loader": (),
     "garment_inversion": (),

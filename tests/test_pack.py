@@ -12,7 +12,7 @@ NODE_IDS = {
     "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve", "FashionRAGAdapterLoader",
     "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding", "FashionRAGUNetLoader",
     "FashionRAGPoseFromKeypoints", "FashionRAGGarmentMask", "FashionRAGInpaint",
-    "FashionRAGInpaintConditioning", "FashionRAGReferenceDDIM",
+    "FashionRAGInpaintConditioning", "FashionRAGReferenceDDIM", "FashionRAGCheckpointCLIPVAELoader",
 }
 # Module names ComfyUI owns; the library must not need ComfyUI at all.
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "execution",
