@@ -111,7 +111,7 @@ def summarise_pack(result: dict) -> dict[str, Any]:
     ev = result["events"]
     first, second = _between(ev, "prompt", "done", index=0), _between(ev, "prompt", "done", index=1)
     secs = node_seconds(first)
-    steps = [e["t"] for e in first if e["what"] == "step" and e.get("node") == "11"]
+    steps = [e for e in first if e["what"] == "step" and e.get("node") == "11"]
     executed2 = [e["node"] for e in second if e["what"] == "node" and e["node"]]
     cached2 = [n for e in second if e["what"] == "cached" for n in e["nodes"]]
     return {
@@ -119,7 +119,8 @@ def summarise_pack(result: dict) -> dict[str, Any]:
         "load": sum(secs.get(n, 0.0) for n in MODEL_LOADERS),
         "load_parts": {MODEL_LOADERS[n]: round(secs.get(n, 0.0), 2) for n in MODEL_LOADERS} | {
             "index (no counterpart)": round(secs.get("3", 0.0), 2)},
-        "step": step_seconds(steps), "first_prompt": first[-1]["t"] - first[0]["t"],
+        "step": step_seconds([e["t"] for e in steps]), "step_cpu": step_seconds([e["cpu"] for e in steps]),
+        "first_prompt": first[-1]["t"] - first[0]["t"], "load_avg": sorted({e["load"] for e in ev}),
         "second_prompt": second[-1]["t"] - second[0]["t"], "second_executed": executed2,
         "second_cached": cached2, "reloads": sorted(set(executed2) & {*MODEL_LOADERS, "3"}),
         "rss_growth_second": second[-1]["rss"] - second[0]["rss"],
@@ -132,10 +133,12 @@ def summarise_reference(result: dict) -> dict[str, Any]:
     ev = result["events"]
     loads = [e for e in ev if e["what"] in ("load", "loaded")]
     parts = {a["model"]: round(b["t"] - a["t"], 2) for a, b in zip(loads, loads[1:], strict=False)}
-    steps = [e["t"] for e in ev if e["what"] == "step"]
+    steps = [e for e in ev if e["what"] == "step"]
     start = next(e for e in ev if e["what"] == "load")
     return {"peak": ev[-1]["peak"], "load": loads[-1]["t"] - loads[0]["t"], "load_parts": parts,
-            "step": step_seconds(steps), "first_prompt": ev[-1]["t"] - start["t"]}
+            "step": step_seconds([e["t"] for e in steps]),
+            "step_cpu": step_seconds([e["cpu"] for e in steps]),
+            "first_prompt": ev[-1]["t"] - start["t"], "load_avg": sorted({e["load"] for e in ev})}
 
 
 def latent_difference(pack_dir: Path, ref_dir: Path) -> float:
@@ -164,6 +167,7 @@ def table(pack: dict[str, dict], ref: dict, diffs: dict[str, float]) -> str:
     row("peak process memory (VmHWM)", "peak", gb)
     row("loading the models (s)", "load", lambda s: f"{s:.1f}")
     row("one denoising step (s)", "step", lambda s: f"{s:.2f}")
+    row("one denoising step (CPU s)", "step_cpu", lambda s: f"{s:.2f}")
     row("first prompt, load to image (s)", "first_prompt", lambda s: f"{s:.1f}")
     pack_row("final latent, relative difference", [f"{diffs[m]:.1e}" for m in pack])
     pack_row("second prompt (s), models warm", [f"{p['second_prompt']:.1f}" for p in pack.values()])
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
               f"ran {s['second_executed']}, cached {s['second_cached']}, "
               f"RSS +{s['rss_growth_second'] / GiB:.2f} GiB")
     print(f"reference: model loads {ref['load_parts']}")
+    print("load average during the runs: " + "; ".join(
+        f"{name} {r['load_avg'][0]}-{r['load_avg'][-1]}" for name, r in [*pack.items(), ("reference", ref)]))
     if a.json:
         write_json(a.json, {"pack": pack, "reference": ref, "latent_difference": diffs, "sizes": sizes.name})
     return 0

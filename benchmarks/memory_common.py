@@ -43,19 +43,22 @@ class Timeline:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def mark(self, what: str, **data: Any) -> dict[str, Any]:
+        # cpu: this process's CPU seconds (all threads), which other jobs on a shared machine
+        # disturb far less than wall seconds.
         mem = proc_memory()
-        event = {"what": what, "t": time.perf_counter() - self.start, "rss": mem.get("VmRSS", 0),
-                 "peak": mem.get("VmHWM", 0), "rss_file": mem.get("RssFile", 0), **data}
+        event = {"what": what, "t": time.perf_counter() - self.start, "cpu": time.process_time(),
+                 "rss": mem.get("VmRSS", 0), "peak": mem.get("VmHWM", 0), "rss_file": mem.get("RssFile", 0),
+                 "load": Path("/proc/loadavg").read_text().split()[0], **data}
         self.events.append(event)
         return event
 
 
 def step_seconds(step_times: list[float]) -> float:
-    """Seconds per denoising step from the times each step ended: the mean interval after the
-    first step (whose interval would include the sampler's set-up), or the first when alone."""
+    """Seconds per denoising step from the times (wall or CPU) each step ended: the mean
+    interval after the first step (whose interval would include the sampler's set-up)."""
     if len(step_times) >= 2:
         return (step_times[-1] - step_times[0]) / (len(step_times) - 1)
-    return step_times[0] if step_times else float("nan")
+    return float("nan")
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
