@@ -110,14 +110,15 @@ def load_in_parts(module: torch.nn.Module, sd: dict[str, torch.Tensor],
     Each block's tensors are copied into the module's own weights (cast to their dtype and
     device), then dropped from `sd`, and when they were memory-mapped from `source` their pages
     are given back (FilePages): the file and the model overlap by one block (a few percent of a
-    UNet) instead of being both whole in memory. Blocks are the keys' first two name parts
-    (`input_blocks.4`, `time_embed.0`). Returns (missing, unexpected) keys as load_state_dict.
+    UNet) instead of being both whole in memory. Blocks are the keys' names up to their first
+    number (`input_blocks.4`, `vision_model.encoder.layers.7`). Returns (missing, unexpected)
+    keys as load_state_dict.
     """
     pages = FilePages(source) if source is not None else None
     expected = set(module.state_dict())
     blocks: dict[str, list[str]] = {}
     for key in sd:
-        blocks.setdefault(".".join(key.split(".")[:2]), []).append(key)
+        blocks.setdefault(_block_of(key), []).append(key)
     loaded: set[str] = set()
     unexpected: list[str] = []
     for keys in blocks.values():
@@ -129,6 +130,13 @@ def load_in_parts(module: torch.nn.Module, sd: dict[str, torch.Tensor],
             pages.release(part.values())
         del part
     return sorted(expected - loaded), unexpected
+
+
+def _block_of(key: str) -> str:
+    """`input_blocks.4.1.proj.weight` -> `input_blocks.4`; a name without a number: its first two parts."""
+    parts = key.split(".")
+    number = next((i for i, part in enumerate(parts[:-1]) if part.isdigit()), None)
+    return ".".join(parts[:number + 1] if number is not None else parts[:2])
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "index_loader": ("open_clip", "faiss", "bm25s"),
     "retrieve": ("open_clip", "faiss", "bm25s"),
     "checkpoint_loader": (),
+    "clip_vision_loader": (),
     "adapter_loader": (),
     "unet_loader": (),
     "garment_inversion": (),

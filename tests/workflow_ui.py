@@ -26,6 +26,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # The pose node has no inputs: it sits in the column right before the inpaint node it feeds.
 COLUMN = {
     "CheckpointLoaderSimple": 0, "FashionRAGCheckpointCLIPVAELoader": 0, "CLIPVisionLoader": 0,
+    "FashionRAGCLIPVisionLoader": 0,
     "FashionRAGGarmentIndexLoader": 0,
     "FashionRAGAdapterLoader": 0, "FashionRAGUNetLoader": 0, "LoadImage": 0,
     "FashionRAGTextGarmentRetrieve": 1, "FashionRAGGarmentMask": 1,
