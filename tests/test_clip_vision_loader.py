@@ -7,49 +7,20 @@ mapped file beside the model, +0.5 model), and the weights equal the stock loade
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from load_probe import measure_load
 from safetensors.torch import save_file
 
-TESTS = Path(__file__).resolve().parent
-
-_LOAD = r"""
-import gc, json, sys
-from pathlib import Path
-sys.path[:0] = [sys.argv[2], str(Path(sys.argv[2]).parent)]
-from comfy_harness import InProcessComfy
-
-def mem():
-    d = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            d[k] = int(v.split()[0]) * 1024
-    return d
-
-InProcessComfy.get(Path(sys.argv[3]))
+_STOCK = r"""
 import comfy.clip_vision
-loader = [m for n, m in sys.modules.items() if n.endswith("nodes.clip_vision_loader")][0]
-gc.collect()
-open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
-before = mem()
-ours = loader.load_clip_vision(sys.argv[1])
-gc.collect()
-after = mem()
-nbytes = sum(p.numel() * p.element_size() for p in ours.model.parameters())
-stock = comfy.clip_vision.load(sys.argv[1])
-a, b = ours.model.state_dict(), stock.model.state_dict()
-same = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
-print(json.dumps({"bytes": nbytes, "before": before["VmRSS"], "after": after["VmRSS"], "peak": after["VmHWM"],
-                  "same": same, "dtype": str(next(ours.model.parameters()).dtype),
-                  "classes": [type(ours.patcher).__name__, type(stock.patcher).__name__],
-                  "image_size": [ours.image_size, stock.image_size]}))
+stock = comfy.clip_vision.load(args[0])
+a, b = model.state_dict(), stock.model.state_dict()
+extra = {"same": a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a),
+         "classes": [type(ours.patcher).__name__, type(stock.patcher).__name__],
+         "image_size": [ours.image_size, stock.image_size]}
 """
 
 
@@ -60,13 +31,9 @@ def test_full_size_equals_the_stock_loader_with_one_model_at_peak(demo_models, c
     from tools.demo.weights import CLIP_VISION
 
     path = str(comfy_base / "models" / "clip_vision" / CLIP_VISION)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _LOAD, path,
-                          str(TESTS), str(tmp_path / "base")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    m = json.loads(out.stdout.strip().splitlines()[-1])
-    peak, kept = (m["peak"] - m["before"]) / m["bytes"], (m["after"] - m["before"]) / m["bytes"]
+    m = measure_load('ours = pack_module("clip_vision_loader").load_clip_vision(args[0]); model = ours.model',
+                     tmp_path / "base", path, then=_STOCK)
+    peak, kept = m["peak_models"], m["kept_models"]
     print(f"\nCLIP vision load ({m['bytes'] / 2**30:.2f} GiB of weights): peak {peak:.2f} models, "
           f"kept {kept:.2f}")
     assert m["same"], "the weights differ from ComfyUI's stock CLIPVisionLoader's"

@@ -23,6 +23,7 @@ import weakref
 from pathlib import Path
 
 import torch
+from load_probe import measure_load
 from test_inpaint_parity import load_tiny_model, pack_module, tiny_unet
 
 from fashion_rag.inpaint.unet_layout import UNetLayout, diffusers_to_ldm
@@ -48,49 +49,18 @@ g = torch.Generator().manual_seed(0)
 torch.save({k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}, sys.argv[1])
 """
 
-# Loads it in a fresh process (nothing else allocated and freed before), VmHWM (peak RSS) reset
-# right before the load, so the peak is the load's.
-_LOAD = r"""
-import gc, json, sys
-from pathlib import Path
-sys.path[:0] = [sys.argv[2], str(Path(sys.argv[2]).parent)]
-from comfy_harness import InProcessComfy
-
-def mem():
-    d = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            d[k] = int(v.split()[0]) * 1024
-    return d
-
-comfy = InProcessComfy.get(Path(sys.argv[3]))
-loader = [m for n, m in sys.modules.items() if n.endswith("nodes.unet_loader")][0]
-gc.collect()
-open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
-before = mem()
-patcher = loader.load_unet(sys.argv[1], "fp32")
-gc.collect()
-after = mem()
-nbytes = sum(p.numel() * p.element_size() for p in patcher.model.diffusion_model.parameters())
-print(json.dumps({"bytes": nbytes, "before": before["VmRSS"], "after": after["VmRSS"],
-                  "peak": after["VmHWM"]}))
-"""
-
-
 def test_unet_load_peak_and_kept_memory_are_one_model(tmp_path):
     """The loader's peak over the RSS before it < 1.5 models (was ~2: mapped file + model) and
     what it keeps < 1.25 models (no state dict left behind). Mutation caught: mmap=True back in
     read_state_dict, or the whole dict to load_state_dict (peak ~2.0 models)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     path = str(tmp_path / "mid_unet.pth")
-    for script, args in ((_WRITE, [path, json.dumps(MID_LAYOUT), str(TESTS.parent)]),
-                         (_LOAD, [path, str(TESTS), str(tmp_path / "base")])):
-        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                             timeout=600, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-    m = json.loads(out.stdout.strip().splitlines()[-1])
-    peak, kept = (m["peak"] - m["before"]) / m["bytes"], (m["after"] - m["before"]) / m["bytes"]
+    out = subprocess.run([sys.executable, "-c", _WRITE, path, json.dumps(MID_LAYOUT), str(TESTS.parent)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = measure_load('model = pack_module("unet_loader").load_unet(args[0], "fp32").model.diffusion_model',
+                     tmp_path / "base", path)
+    peak, kept = m["peak_models"], m["kept_models"]
     print(f"\nUNet load ({m['bytes'] / 2**30:.2f} GiB of weights): peak {peak:.2f} models, kept {kept:.2f}")
     assert 0.8 < kept < 1.25
     assert peak < 1.5
