@@ -11,7 +11,7 @@ from ..fashion_rag.inversion.adapter import load_adapter
 from ..fashion_rag.model_files import ADAPTER
 from .compat import new_model_patcher
 from .model_cache import ModelCache
-from .model_folders import file_list, full_path, missing_message, require
+from .model_folders import check_file, file_list, require
 from .types import AdapterType
 
 _ADAPTERS: ModelCache[comfy.model_patcher.ModelPatcher] = ModelCache(max_entries=2)
@@ -61,11 +61,7 @@ class FashionRAGAdapterLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, adapter_name: str | None = None) -> bool | str:
-        # Declared here, the file name is checked by this message on every ComfyUI version (0.8+
-        # would otherwise answer "value not in list"); None: linked, checked when it runs.
-        if adapter_name is not None and full_path(ADAPTER, adapter_name) is None:
-            return missing_message(ADAPTER, adapter_name)
-        return True
+        return check_file(ADAPTER, adapter_name)
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:

@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from ..fashion_rag.model_files import CHECKPOINT
 from .model_cache import ModelCache
-from .model_folders import file_list, full_path, missing_message, require
+from .model_folders import check_file, file_list, require
 
 # Keys of the diffusion model (and its EMA copy) in single-file SD checkpoints.
 _UNET_PREFIXES = ("model.diffusion_model.", "model_ema.")
@@ -94,10 +94,7 @@ class FashionRAGCheckpointCLIPVAELoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name: str | None = None) -> bool | str:
-        # Declared here, the file name gets the pack's message on every ComfyUI version.
-        if ckpt_name is not None and full_path(CHECKPOINT, ckpt_name) is None:
-            return missing_message(CHECKPOINT, ckpt_name)
-        return True
+        return check_file(CHECKPOINT, ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name: str) -> io.NodeOutput:

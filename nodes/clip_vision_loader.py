@@ -18,7 +18,7 @@ from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import CLIP_VISION
 from ..fashion_rag.weights import WeightFileError, load_in_parts, read_state_dict
 from .model_cache import ModelCache
-from .model_folders import file_list, full_path, missing_message, require
+from .model_folders import check_file, file_list, require
 
 _LOADED: ModelCache[comfy.clip_vision.ClipVisionModel] = ModelCache(max_entries=1)
 # ViT-H/14 has 32 layers; ComfyUI picks its ViT-H config by the 31st layer's key (ViT-g has 48).
@@ -83,9 +83,7 @@ class FashionRAGCLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, clip_name: str | None = None) -> bool | str:
-        if clip_name is not None and full_path(CLIP_VISION, clip_name) is None:
-            return missing_message(CLIP_VISION, clip_name)
-        return True
+        return check_file(CLIP_VISION, clip_name)
 
     @classmethod
     def execute(cls, clip_name: str) -> io.NodeOutput:

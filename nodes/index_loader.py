@@ -18,7 +18,7 @@ from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, insid
 from ..fashion_rag.retrieval.storage import POINTER, looks_like_index, resolve_version
 from .compat import new_model_patcher
 from .model_cache import ModelCache
-from .model_folders import file_list, folder_of, full_path, missing_message
+from .model_folders import check_file, file_list, folder_of, full_path, missing_message
 from .types import GarmentIndexType
 
 # One encoder per weights file however many indexes use it, and the loaded indexes (their
@@ -147,9 +147,7 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
         problem = index_problem(index) if index is not None else None
         if problem:
             return problem
-        if encoder_weights is not None and full_path(RETRIEVAL_ENCODER, encoder_weights) is None:
-            return missing_message(RETRIEVAL_ENCODER, encoder_weights)
-        return True
+        return check_file(RETRIEVAL_ENCODER, encoder_weights)
 
     @classmethod
     def fingerprint_inputs(cls, index: str, encoder_weights: str) -> tuple:

@@ -55,6 +55,15 @@ def missing_message(model: ModelFile, name: str | None) -> str:
     return missing_file_message(model, name, folder_paths.get_folder_paths(model.key))
 
 
+def check_file(model: ModelFile, name: str | None) -> bool | str:
+    """validate_inputs for a file dropdown: True, or the pack's missing-file message. Declared by
+    the node, the same message answers on every ComfyUI version (0.8+ would otherwise say "value
+    not in list"); None: linked from another node, checked when it runs."""
+    if name is not None and full_path(model, name) is None:
+        return missing_message(model, name)
+    return True
+
+
 def require(model: ModelFile, name: str | None) -> str:
     """The full path of `name`, or FileNotFoundError with the pack's one missing-file message."""
     path = full_path(model, name)
