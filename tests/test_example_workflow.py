@@ -19,19 +19,25 @@ from tools.demo.contact_sheet import PAD, THUMB_H
 from workflow_ui import node_info, ui_to_api
 
 API = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
-UI = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"
+TEMPLATES = sorted(p.stem for p in (REPO / "example_workflows" / "api").glob("*.json"))
 
 
-def test_ui_form_is_the_api_form(comfy):
-    """The UI workflow (what users drag in) converts back to exactly the API form we run."""
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_ui_form_is_the_api_form(comfy, name):
+    """Each template's UI workflow (what users drag in) converts back to exactly the API form we
+    run, and every node and default file name of it resolves in real ComfyUI."""
     info = {name: node_info(cls) for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()}
-    assert ui_to_api(json.loads(UI.read_text()), info) == json.loads(API.read_text())
+    api = json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    assert ui_to_api(ui, info) == api
+    ok, error, outputs, node_errors = comfy.validate(api)
+    assert ok and not node_errors, (error, node_errors)
 
 
 def test_every_example_has_a_thumbnail():
     """ComfyUI's template browser shows example_workflows/*.json with a same-name .jpg."""
     workflows = sorted(REPO.glob("example_workflows/*.json"))
-    assert workflows
+    assert [w.stem for w in workflows] == TEMPLATES
     for wf in workflows:
         thumb = wf.with_suffix(".jpg")
         assert thumb.is_file(), f"{thumb.name} missing"
