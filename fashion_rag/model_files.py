@@ -48,9 +48,9 @@ CHECKPOINT = ModelFile(
 )
 CLIP_VISION = ModelFile(
     key="clip_vision", folder="clip_vision", role="CLIP ViT-H/14 vision tower",
-    file="model.safetensors (often saved as clip_vision_h.safetensors)",
-    source="the Hugging Face hub repository laion/CLIP-ViT-H-14-laion2B-s32B-b79K", licence="MIT",
-    layout="a transformers CLIPVisionModel state dict (1280 wide, 32 layers)",
+    file="model.safetensors", source="the Hugging Face hub repository laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    licence="MIT", layout="a transformers CLIPVisionModel state dict (1280 wide, 32 layers)",
+    also="the same file under ComfyUI's usual name clip_vision_h.safetensors",
 )
 RETRIEVAL_ENCODER = ModelFile(
     key="fashion_rag_retrieval", folder="fashion_rag/retrieval",

@@ -9,17 +9,8 @@ from comfy_api.latest import io
 
 from ..fashion_rag.categories import CATEGORIES, resolve_category
 from .compat import check_combos
-from .pseudo_words import (
-    ADAPTER_TIP,
-    CLIP_VISION_TIP,
-    GARMENTS_TIP,
-    IMAGES_TIP,
-    first_garment,
-    garment_batches,
-    garment_embeddings,
-)
+from .pseudo_words import first_garment, garment_batches, garment_embeddings, garment_inputs
 from .token_injection import check_fits, encode_each_garment, encode_garments
-from .types import AdapterType, GarmentsType
 
 
 class FashionRAGGarmentInversion(io.ComfyNode):
@@ -37,10 +28,7 @@ class FashionRAGGarmentInversion(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The SD2 text encoder (stable-diffusion-2-inpainting's CLIP)."),
-                io.ClipVision.Input("clip_vision", tooltip=CLIP_VISION_TIP),
-                AdapterType.Input("adapter", tooltip=ADAPTER_TIP),
-                GarmentsType.Input("garments", optional=True, tooltip=GARMENTS_TIP),
-                io.Image.Input("images", optional=True, tooltip=IMAGES_TIP),
+                *garment_inputs(),
                 io.Combo.Input(
                     "category", options=["auto", *CATEGORIES], default="auto",
                     tooltip="Garment category, which picks the prompt's noun. auto: the first retrieved "

@@ -10,9 +10,11 @@ from typing import Any
 import comfy.clip_model
 import comfy.model_management as mm
 import torch
+from comfy_api.latest import io
 
 from ..fashion_rag.inversion.clip_preprocess import preprocess_garments
 from ..fashion_rag.model_files import CLIP_VISION
+from .types import AdapterType, GarmentsType
 
 CLIP_VISION_HINT = (
     f"Load the {CLIP_VISION.role} ({CLIP_VISION.where_to_get}, in models/{CLIP_VISION.folder}/) with a "
@@ -90,11 +92,16 @@ def garment_embeddings(clip_vision: Any, adapter: Any, batches: list[torch.Tenso
     return ptes.float().to(mm.intermediate_device())
 
 
-# Tooltips of the inputs both nodes share.
-GARMENTS_TIP = "Retrieved garments (from 'Fashion-RAG Text → Garment Retrieve'), used in rank order."
-IMAGES_TIP = (
-    "Garment photos (in-shop, plain background), used instead of or after 'garments'. Ideally "
-    "384x512 like the reference's garments."
-)
-CLIP_VISION_TIP = f"The {CLIP_VISION.role}: {CLIP_VISION.where_to_get}."
-ADAPTER_TIP = "The inversion adapter, from 'Fashion-RAG Inversion Adapter Loader'."
+def garment_inputs() -> list[io.Input]:
+    """The inputs of the nodes that turn garments into pseudo-words: vision model, adapter, garments."""
+    return [
+        io.ClipVision.Input("clip_vision", tooltip=f"The {CLIP_VISION.role}: {CLIP_VISION.where_to_get}."),
+        AdapterType.Input("adapter",
+                          tooltip="The inversion adapter, from 'Fashion-RAG Inversion Adapter Loader'."),
+        GarmentsType.Input("garments", optional=True,
+                           tooltip="Retrieved garments (from 'Fashion-RAG Text → Garment Retrieve'), used in "
+                                   "rank order."),
+        io.Image.Input("images", optional=True,
+                       tooltip="Garment photos (in-shop, plain background), used instead of or after "
+                               "'garments'. Ideally 384x512 like the reference's garments."),
+    ]

@@ -11,15 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.inversion.embedding_file import embedding_name, save_embedding
-from .pseudo_words import (
-    ADAPTER_TIP,
-    CLIP_VISION_TIP,
-    GARMENTS_TIP,
-    IMAGES_TIP,
-    garment_batches,
-    garment_embeddings,
-)
-from .types import AdapterType, GarmentsType
+from .pseudo_words import garment_batches, garment_embeddings, garment_inputs
 
 
 class FashionRAGSaveGarmentEmbedding(io.ComfyNode):
@@ -34,10 +26,7 @@ class FashionRAGSaveGarmentEmbedding(io.ComfyNode):
                 "embedding in models/embeddings, usable in any SD2 prompt as embedding:<name>."
             ),
             inputs=[
-                io.ClipVision.Input("clip_vision", tooltip=CLIP_VISION_TIP),
-                AdapterType.Input("adapter", tooltip=ADAPTER_TIP),
-                GarmentsType.Input("garments", optional=True, tooltip=GARMENTS_TIP),
-                io.Image.Input("images", optional=True, tooltip=IMAGES_TIP),
+                *garment_inputs(),
                 io.String.Input(
                     "name", default="fashion_rag_garment",
                     tooltip="File name (without .safetensors) in models/embeddings; use it in a prompt as "

@@ -25,6 +25,7 @@ from ..fashion_rag.inpaint.unet_file import read_unet_file
 from ..fashion_rag.inpaint.unet_layout import CONDITION_CHANNELS, FASHION_RAG_IN_CHANNELS, UNetLayout
 from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import UNET
+from ..fashion_rag.weights import load_in_parts
 from .compat import check_combos, new_model_patcher, require_combos
 from .model_cache import ModelCache
 from .model_folders import missing_message
@@ -72,15 +73,19 @@ def _check_concat(executor, x, t, c_concat=None, *args, **kwargs):
 
 
 def to_ldm(sd: dict[str, torch.Tensor], layout: UNetLayout) -> dict[str, torch.Tensor]:
-    """A checked diffusers-layout state dict in ComfyUI's names, by ComfyUI's own key map."""
+    """A checked diffusers-layout state dict in ComfyUI's names, by ComfyUI's own key map (the
+    same tensor objects: renaming copies nothing)."""
     names = comfy.utils.unet_to_diffusers(layout.ldm_config())  # diffusers name -> LDM name
     return {names[k]: v for k, v in sd.items()}
 
 
 def build_model(
     sd: dict[str, torch.Tensor], layout: UNetLayout, dtype: torch.dtype | None = None,
+    source: str | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A ComfyUI MODEL from an LDM-layout state dict (consumed) and its layout."""
+    """A ComfyUI MODEL from an LDM-layout state dict (emptied as it is loaded) and its layout;
+    `source`: the file the tensors are memory-mapped from (its pages are given back as they
+    are copied)."""
     model_config = comfy.supported_models.SD20(layout.ldm_config())
     # SD20 pins 64-wide heads; only toy test models differ.
     model_config.unet_config["num_head_channels"] = layout.head_channels
@@ -96,10 +101,11 @@ def build_model(
     # noise_concat (FashionRAGInpaintConditioning), so no inpaint concat keys are set.
     model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS)
     model = model.to(offload_device)
-    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
-    if missing or unexpected:  # load_unet_state_dict checked the file; this would be our bug
+    # Block by block, each block's file pages given back once copied: the file and the model
+    # are never both whole in memory (a 27-channel UNet is 3.5 GB in fp32).
+    missing, unexpected = load_in_parts(model.diffusion_model, sd, source)
+    if missing or unexpected:  # read_unet_file checked the file; this would be our bug
         raise RuntimeError(f"UNet build mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    sd.clear()
     patcher = new_model_patcher(model, load_device, offload_device)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, _WRAPPER_KEY, _check_concat)
     return patcher
@@ -108,8 +114,9 @@ def build_model(
 def load_unet(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
     def load() -> comfy.model_patcher.ModelPatcher:
         sd, layout, naming = read_unet_file(path, in_channels=FASHION_RAG_IN_CHANNELS)
-        patcher = build_model(to_ldm(sd, layout) if naming == "diffusers" else sd, layout,
-                              WEIGHT_DTYPES[weight_dtype])
+        if naming == "diffusers":
+            sd = to_ldm(sd, layout)  # the same tensors renamed; the only dict holding them now
+        patcher = build_model(sd, layout, WEIGHT_DTYPES[weight_dtype], source=path)
         log.info("loaded UNet %s (%s)", path, layout)
         return patcher
 

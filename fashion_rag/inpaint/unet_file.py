@@ -99,7 +99,9 @@ def convert_unet_file(
     from safetensors.torch import save_file
 
     sd, layout = load_unet_state_dict(src)
-    out = {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    # Tensor by tensor, each source tensor dropped once cast: the fp32 file and its fp16 copy
+    # are never both whole in memory.
+    out = {k: sd.pop(k).to(dtype).contiguous() for k in list(sd)}
     meta = {
         "fashion_rag": "unet", "layout": "ldm", "in_channels": str(layout.in_channels),
         "source": Path(src).name, "licence": UNET.licence,
