@@ -178,7 +178,14 @@ def _batch(workflow: Path, jobs: Path, out: Path, *extra: str, wait: bool = True
            "--out", str(out), *extra]
     if wait:
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_enabled)
+
+
+def _ctrl_c_enabled() -> None:
+    # A shell starts background jobs (`pytest ... &`) with Ctrl-C ignored, and the batch keeps that
+    # (as nohup asks); the Ctrl-C tests are a user at a terminal, whatever started pytest.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Path]:
