@@ -37,6 +37,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "inpaint_conditioning": (),
     "inpaint": (),
     "reference_sampler": (),
+    "score": (),
 }
 _PIP_NAMES = {"open_clip": "open_clip_torch", "faiss": "faiss-cpu", "bm25s": "bm25s"}
 

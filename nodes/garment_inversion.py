@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..fashion_rag.categories import CATEGORIES, resolve_category
 from .compat import check_combos
 from .pseudo_words import first_garment, garment_batches, garment_embeddings, garment_inputs
-from .token_injection import check_fits, encode_garments
+from .token_injection import check_fits, encode_each_garment, encode_garments
 
 
 class FashionRAGGarmentInversion(io.ComfyNode):
@@ -23,7 +23,8 @@ class FashionRAGGarmentInversion(io.ComfyNode):
             description=(
                 "Turns each garment image into 16 pseudo-words (CLIP ViT-H features through the inversion "
                 "adapter) and encodes the reference prompt 'a photo of a model wearing <category> made of "
-                "<pseudo-words>' with the SD2 text encoder. Negative: the empty prompt, as the reference."
+                "<pseudo-words>' with the SD2 text encoder. Negative: the empty prompt, as the reference. "
+                "per_garment: one prompt per garment instead, to compare candidates."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The SD2 text encoder (stable-diffusion-2-inpainting's CLIP)."),
@@ -37,6 +38,12 @@ class FashionRAGGarmentInversion(io.ComfyNode):
                     "extra_text", optional=True, default="", multiline=False,
                     tooltip="Optional words appended after the pseudo-words (empty = the reference prompt). "
                             "Everything must fit one 77-token CLIP prompt.",
+                ),
+                io.Boolean.Input(
+                    "per_garment", optional=True, default=False,
+                    tooltip="Off (the reference): one prompt holding every garment's pseudo-words. On: "
+                            "one prompt per garment, as a batch of k, so 'Fashion-RAG Inpaint' dresses the "
+                            "person in each garment separately (candidates side by side, one noise for all).",
                 ),
             ],
             outputs=[
@@ -54,14 +61,15 @@ class FashionRAGGarmentInversion(io.ComfyNode):
     @classmethod
     def execute(cls, clip: Any, clip_vision: Any, adapter: Any, category: str = "auto",
                 garments: Any | None = None, images: torch.Tensor | None = None,
-                extra_text: str = "") -> io.NodeOutput:
+                extra_text: str = "", per_garment: bool = False) -> io.NodeOutput:
         batches = garment_batches(garments, images)
         cat = resolve_category(category, first_garment(garments))
         # Fail before running the vision tower when the garments cannot fit the prompt.
         k = sum(b.shape[0] for b in batches)
-        check_fits(clip, cat, k, adapter.model.config.num_tokens, extra_text or "")
+        check_fits(clip, cat, 1 if per_garment else k, adapter.model.config.num_tokens, extra_text or "")
         ptes = garment_embeddings(clip_vision, adapter, batches)
-        positive, negative = encode_garments(clip, ptes, cat, extra_text or "")
+        encode = encode_each_garment if per_garment else encode_garments
+        positive, negative = encode(clip, ptes, cat, extra_text or "")
         return io.NodeOutput(positive, negative)
 
 

@@ -3,6 +3,10 @@
 The person's garment region is repainted by the Fashion-RAG UNet through ComfyUI's
 comfy.sample.sample_custom, so LoRAs and MODEL patches apply. The default sampler is the
 reference-exact DDIM (reference_sampler.py); every stock sampler/scheduler is available too.
+
+Candidates: a positive CONDITIONING batch of k prompts (one per garment) with one person image
+samples k results in one batch, all from the noise that `seed` gives a single image, so they
+differ by their garment only, and candidate i equals a run with garment i alone and that seed.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.inputs import LATENT_DOWNSCALE, channel_hint, paste_outside, prepare_inputs
+from ..fashion_rag.inpaint.inputs import LATENT_DOWNSCALE, channel_hint, paste_outside
 from ..fashion_rag.inpaint.unet_layout import FASHION_RAG_IN_CHANNELS, LATENT_CHANNELS
 from .compat import check_combos, require_combos
-from .inpaint_conditioning import POSE_TOOLTIP, with_inpaint_channels
+from .inpaint_conditioning import POSE_TOOLTIP, inpaint_inputs, with_inpaint_channels
 from .reference_sampler import FULL_DENOISE, REFERENCE_SAMPLER, sampler_and_sigmas
 from .types import PoseType
 
@@ -59,11 +63,13 @@ class FashionRAGInpaint(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The prompt with the garment pseudo-tokens."),
                 io.Conditioning.Input("negative", tooltip="The reference uses the empty prompt."),
                 io.Vae.Input("vae", tooltip="The SD2 VAE."),
-                io.Image.Input("image", tooltip="The person image; width and height divisible by 8."),
+                io.Image.Input("image", tooltip="The person image; width and height divisible by 8. One "
+                                                "image with k prompts (one per garment) gives k candidates."),
                 io.Mask.Input("mask", tooltip="1 = repaint (the garment region); same size as the image."),
                 PoseType.Input("pose", optional=True, tooltip=POSE_TOOLTIP),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the initial noise."),
+                             tooltip="Seed of the initial noise (candidates of one person all get the "
+                                     "noise this seed gives one image)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (reference 50)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (reference: 7.5)."),
@@ -107,7 +113,7 @@ class FashionRAGInpaint(io.ComfyNode):
                 paste_back: bool, pose=None) -> io.NodeOutput:
         require_combos(cls, **cls._combos(sampler_name, scheduler))
         check_model(model)
-        pixels, mask, pose = prepare_inputs(image, mask, pose)
+        pixels, mask, pose, same_noise = inpaint_inputs(image, mask, pose, positive)
         positive, negative = with_inpaint_channels(positive, negative, vae, pixels, mask, pose)
 
         b, h, w, _ = pixels.shape
@@ -115,7 +121,9 @@ class FashionRAGInpaint(io.ComfyNode):
             latent_image = torch.zeros(b, LATENT_CHANNELS, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE)
         else:
             latent_image = vae.encode(pixels).to(mm.intermediate_device())
-        noise = comfy.sample.prepare_noise(latent_image, seed)
+        # Candidates share one noise: item 0's for every item, which is also what this seed
+        # gives a batch of one (prepare_noise draws per index when given indices).
+        noise = comfy.sample.prepare_noise(latent_image, seed, [0] * b if same_noise else None)
         sampler, sigmas = sampler_and_sigmas(model, sampler_name, scheduler, steps, denoise)
 
         callback = latent_preview.prepare_callback(model, max(len(sigmas) - 1, 1))

@@ -5,6 +5,10 @@ Like core InpaintModelConditioning, but each conditioning gets a "noise_concat" 
 (bilinear), with a zero pose in the negative branch (the reference's unconditional branch). Any
 stock KSampler/SamplerCustom then samples the Fashion-RAG UNet correctly; 'Fashion-RAG Inpaint'
 builds the same channels.
+
+A positive CONDITIONING batch of k prompts (one per garment, 'Fashion-RAG Garment Inversion' with
+per_garment) and one person image give k candidates: the person is repeated k times, and the
+latent's batch_index marks every item as item 0, so KSampler draws the same noise for each.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.inputs import LATENT_DOWNSCALE, masked_pixels, prepare_inputs
+from ..fashion_rag.inpaint.inputs import (
+    LATENT_DOWNSCALE,
+    masked_pixels,
+    one_person_per_prompt,
+    prepare_inputs,
+)
 from ..fashion_rag.inpaint.pose import resize_pose
 from ..fashion_rag.inpaint.unet_layout import LATENT_CHANNELS, POSE_CHANNELS
 from .types import PoseType
@@ -47,6 +56,18 @@ def condition_channels(vae, pixels: torch.Tensor, mask: torch.Tensor, pose: torc
     return positive, negative
 
 
+def prompt_count(conditioning: list) -> int:
+    """The batch size of a CONDITIONING's prompts (k for one prompt per garment, else 1)."""
+    return max((int(entry[0].shape[0]) for entry in conditioning), default=1)
+
+
+def inpaint_inputs(image: torch.Tensor, mask: torch.Tensor, pose: torch.Tensor | None, positive: list
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """prepare_inputs, then one copy of the person per prompt (True: the same noise for each)."""
+    pixels, mask, pose = prepare_inputs(image, mask, pose)
+    return one_person_per_prompt(pixels, mask, pose, prompt_count(positive))
+
+
 def with_inpaint_channels(positive, negative, vae, pixels, mask, pose) -> tuple[list, list]:
     """Both conditionings with their "noise_concat" channels."""
     concat_pos, concat_neg = condition_channels(vae, pixels, mask, pose)
@@ -70,7 +91,8 @@ class FashionRAGInpaintConditioning(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="Prompt + garment pseudo-words."),
                 io.Conditioning.Input("negative", tooltip="The empty prompt; pose is zeroed."),
                 io.Vae.Input("vae", tooltip="The SD2 VAE."),
-                io.Image.Input("pixels", tooltip="The person image; width and height divisible by 8."),
+                io.Image.Input("pixels", tooltip="The person image; width and height divisible by 8. "
+                                                 "One image with k prompts (one per garment): k candidates."),
                 io.Mask.Input("mask", tooltip="1 = repaint (the garment region); same size as the image."),
                 PoseType.Input("pose", optional=True, tooltip=POSE_TOOLTIP),
                 io.Boolean.Input(
@@ -89,9 +111,11 @@ class FashionRAGInpaintConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, pixels, mask, pose=None,
                 noise_mask: bool = False) -> io.NodeOutput:
-        pixels, mask, pose = prepare_inputs(pixels, mask, pose)
+        pixels, mask, pose, same_noise = inpaint_inputs(pixels, mask, pose, positive)
         positive, negative = with_inpaint_channels(positive, negative, vae, pixels, mask, pose)
         latent = {"samples": vae.encode(pixels)}
+        if same_noise:  # KSampler draws noise per batch_index: all candidates get item 0's
+            latent["batch_index"] = [0] * pixels.shape[0]
         if noise_mask:
             latent["noise_mask"] = mask
         return io.NodeOutput(positive, negative, latent)

@@ -1,4 +1,9 @@
-"""FashionRAGPoseFromKeypoints: keypoints (JSON text or POSE_KEYPOINT) -> FASHION_RAG_POSE."""
+"""FashionRAGPoseFromKeypoints: keypoints (JSON text or POSE_KEYPOINT) -> FASHION_RAG_POSE.
+
+It also passes the keypoints on, parsed and in the person image's pixels, as POSE_KEYPOINT: every
+'Fashion-RAG Garment Mask' of a workflow (one per garment of an outfit) then reads the one pose
+the heatmaps come from, instead of a pasted copy that could drift from it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..fashion_rag.inpaint.keypoints import openpose_frames
 from ..fashion_rag.inpaint.pose import pose_heatmaps, render_skeleton
 from ..fashion_rag.reference import IMAGE_SIZE
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
-from .types import PoseType
+from .types import PoseKeypointType, PoseType
 
 
 class FashionRAGPoseFromKeypoints(io.ComfyNode):
@@ -22,7 +28,8 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
             description=(
                 "Turns 18 body keypoints into the 18 Gaussian heatmaps (sigma 9) the Fashion-RAG "
                 "UNet was trained with. Connect a DWPose/OpenPose estimator's POSE_KEYPOINT, or "
-                "paste OpenPose or Dress Code keypoint JSON."
+                "paste OpenPose or Dress Code keypoint JSON. Passes the keypoints on (POSE_KEYPOINT) so "
+                "every garment mask of the workflow reads the same pose."
             ),
             inputs=[
                 keypoints_json_input(),
@@ -36,6 +43,12 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
             outputs=[
                 PoseType.Output(display_name="pose", tooltip="[B, 18, H, W] heatmaps in [0, 1]."),
                 io.Image.Output(display_name="preview", tooltip="The skeleton, for checking."),
+                PoseKeypointType.Output(
+                    display_name="keypoints",
+                    tooltip="The same keypoints as POSE_KEYPOINT in pixels of width x height (the chosen "
+                            "person as person 0), for the pose_keypoint input of each 'Fashion-RAG Garment "
+                            "Mask', so all masks and the pose read one source.",
+                ),
             ],
         )
 
@@ -50,7 +63,8 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
         size = (width, height)
         pose = pose_heatmaps(keypoints, size)
         preview = torch.from_numpy(np.stack([render_skeleton(k.to_size(size), size) for k in keypoints]))
-        return io.NodeOutput(pose, preview, ui=ui.PreviewImage(preview, cls=cls))
+        return io.NodeOutput(pose, preview, openpose_frames(keypoints, size),
+                             ui=ui.PreviewImage(preview, cls=cls))
 
 
 NODES: list[type[io.ComfyNode]] = [FashionRAGPoseFromKeypoints]

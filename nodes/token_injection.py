@@ -85,11 +85,43 @@ def check_fits(clip: Any, category: str, garments: int, tokens_per_garment: int,
                       tokens_per_garment=tokens_per_garment)
 
 
-def encode_garments(clip: Any, ptes: torch.Tensor, category: str, extra_text: str = "") -> tuple[list, list]:
-    """(positive, negative) CONDITIONING: the reference prompt with the PTEs, and the empty prompt."""
+def _encode_prompt(clip: Any, ptes: torch.Tensor, category: str, extra_text: str) -> list:
+    """The reference prompt holding these PTEs (all of them), encoded."""
     k, num_tokens = ptes.shape[0], ptes.shape[1]
     check_fits(clip, category, k, num_tokens, extra_text)
     prompt = build_prompt(category, k, extra_text, tokens_per_garment=num_tokens)
-    positive = clip.encode_from_tokens_scheduled(inject_embeddings(clip, prompt, ptes))
-    negative = clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE_PROMPT))
-    return positive, negative
+    return clip.encode_from_tokens_scheduled(inject_embeddings(clip, prompt, ptes))
+
+
+def _negative(clip: Any) -> list:
+    return clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE_PROMPT))
+
+
+def encode_garments(clip: Any, ptes: torch.Tensor, category: str, extra_text: str = "") -> tuple[list, list]:
+    """(positive, negative) CONDITIONING: the reference prompt with the PTEs, and the empty prompt."""
+    return _encode_prompt(clip, ptes, category, extra_text), _negative(clip)
+
+
+def batch_conditionings(conditionings: list[list]) -> list:
+    """Several one-prompt CONDITIONINGs as one CONDITIONING with a prompt batch, in order.
+
+    Entry by entry, the prompt tensors and the tensor extras of batch 1 (SD2's pooled_output)
+    are concatenated; other extras are the first prompt's. The prompts all fill the same 77
+    positions, so the tensors line up."""
+    batched = []
+    for entries in zip(*conditionings, strict=True):
+        extras = {}
+        for key, value in entries[0][1].items():
+            values = [e[1].get(key) for e in entries]
+            tensors = all(isinstance(v, torch.Tensor) and v.shape[0] == 1 for v in values)
+            extras[key] = torch.cat(values) if tensors else value
+        batched.append([torch.cat([e[0] for e in entries]), extras])
+    return batched
+
+
+def encode_each_garment(clip: Any, ptes: torch.Tensor, category: str, extra_text: str = ""
+                        ) -> tuple[list, list]:
+    """(positive, negative): one reference prompt per garment, as a prompt batch of k (candidates:
+    each garment worn on its own), and the empty prompt."""
+    positives = [_encode_prompt(clip, ptes[i : i + 1], category, extra_text) for i in range(ptes.shape[0])]
+    return batch_conditionings(positives), _negative(clip)

@@ -178,7 +178,14 @@ def _batch(workflow: Path, jobs: Path, out: Path, *extra: str, wait: bool = True
            "--out", str(out), *extra]
     if wait:
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_enabled)
+
+
+def _ctrl_c_enabled() -> None:
+    # A shell starts background jobs (`pytest ... &`) with Ctrl-C ignored, and the batch keeps that
+    # (as nohup asks); the Ctrl-C tests are a user at a terminal, whatever started pytest.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Path]:
@@ -320,3 +327,27 @@ def test_starts_its_own_server(comfy_server, comfy_base, people, tmp_path):
     assert run.returncode == 0, run.stderr + (out / "comfyui.log").read_text()[-3000:]
     assert "ComfyUI ready in" in run.stderr
     assert (out / "one" / "garments_1.png").is_file() and (out / "comfyui.log").stat().st_size > 0
+
+
+def test_rows_record_the_score_nodes_scores(comfy_server, people, tmp_path):
+    """A workflow with 'Fashion-RAG Score' (the tiny demo encoder: no diffusion, the person photo
+    itself scored against the retrieved garments): each row's scores land in the summary and in
+    OUT/<id>/scores.json, as the node ranked them."""
+    workflow, jobs = _job_files(tmp_path, people, [
+        ["id", "text", "person"], ["red", "a red striped top", "people/p1.png"],
+        ["blue", "a blue plain top", "people/p2.png"]])
+    graph = json.loads(workflow.read_text())
+    graph["7"] = {"class_type": "FashionRAGScore",
+                  "inputs": {"images": ["4", 0], "mask": ["5", 0], "garments": ["2", 1], "index": ["1", 0],
+                             "text": "", "rank_by": "mean", "clip_i_garments": "all", "category": "auto"}}
+    workflow.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    run = _batch(workflow, jobs, out, "--server", comfy_server.url)
+    assert run.returncode == 0, run.stderr
+    summary = read_summary(out / "summary.csv")
+    for row in ("red", "blue"):
+        entries = json.loads((out / row / "scores.json").read_text())
+        assert [e["node"] for e in entries] == ["7"] and entries[0]["rank"] == 1
+        e = entries[0]
+        assert e["clip_t"] is not None and e["score"] == pytest.approx((e["clip_t"] + e["clip_i"]) / 2)
+        assert summary[row].scores == pytest.approx([entries[0]["score"]], rel=1e-5)  # 6 digits

@@ -16,26 +16,57 @@ from PIL import Image
 
 from fashion_rag.cli.comfy_server import REPO
 from tools.demo.contact_sheet import PAD, THUMB_H
+from tools.thumbnails import CLOSE_UPS, MAX_BYTES, workflow_digest
 from workflow_ui import node_info, ui_to_api
 
 API = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
-UI = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"
+TEMPLATES = sorted(p.stem for p in (REPO / "example_workflows" / "api").glob("*.json"))
 
 
-def test_ui_form_is_the_api_form(comfy):
-    """The UI workflow (what users drag in) converts back to exactly the API form we run."""
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_ui_form_is_the_api_form(comfy, name):
+    """Each template's UI workflow (what users drag in) converts back to exactly the API form we
+    run, and every node and default file name of it resolves in real ComfyUI."""
     info = {name: node_info(cls) for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()}
-    assert ui_to_api(json.loads(UI.read_text()), info) == json.loads(API.read_text())
+    api = json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    assert ui_to_api(ui, info) == api
+    ok, error, outputs, node_errors = comfy.validate(api)
+    assert ok and not node_errors, (error, node_errors)
 
 
 def test_every_example_has_a_thumbnail():
     """ComfyUI's template browser shows example_workflows/*.json with a same-name .jpg."""
     workflows = sorted(REPO.glob("example_workflows/*.json"))
-    assert workflows
+    assert [w.stem for w in workflows] == TEMPLATES
     for wf in workflows:
         thumb = wf.with_suffix(".jpg")
         assert thumb.is_file(), f"{thumb.name} missing"
         assert Image.open(thumb).size[0] >= 256
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_thumbnail_shows_the_current_workflow(name):
+    """tools/thumbnails.py writes the digest of the UI form it ran into each picture's JPEG comment
+    (the thumbnail and its close-ups): a template changed after its screenshot (a node, a link, a
+    widget value, the layout) fails here until `python -m tools.thumbnails NAME` is run again.
+    The pictures stay small (the README shows them all; the repository keeps every version)."""
+    ui = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    pictures = [REPO / "example_workflows" / f"{name}.jpg"]
+    pictures += [picture for (template, _), picture in CLOSE_UPS.items() if template == name]
+    for picture in pictures:
+        comment = Image.open(picture).info.get("comment", b"").decode()
+        assert comment == workflow_digest(ui), f"{picture.name} is stale: python -m tools.thumbnails {name}"
+        assert picture.stat().st_size <= MAX_BYTES, f"{picture.name}: {picture.stat().st_size} bytes"
+
+
+def test_the_digest_tells_one_widget_value_apart():
+    """What makes the staleness test above able to fail: one changed widget, another digest."""
+    ui = json.loads((REPO / "example_workflows" / f"{TEMPLATES[0]}.json").read_text())
+    changed = json.loads(json.dumps(ui))
+    node = next(n for n in changed["nodes"] if n.get("widgets_values"))
+    node["widgets_values"][0] = f"{node['widgets_values'][0]}x"
+    assert workflow_digest(changed) != workflow_digest(ui) == workflow_digest(json.loads(json.dumps(ui)))
 
 
 def test_example_validates_in_process(comfy):

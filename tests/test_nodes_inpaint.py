@@ -111,6 +111,42 @@ def test_paste_back_keeps_unmasked_pixels_and_patches_apply(parts):
     assert rel(other, plain) > 1e-3
 
 
+def test_one_person_and_a_prompt_batch_give_candidates_with_one_noise(comfy_runtime, parts):
+    """k prompts (one per garment) + one person -> k results, all from the noise the seed gives one
+    image: candidate i equals the run with prompt i alone; equal prompts give equal results. The
+    same through Inpaint Conditioning + a stock KSampler (batch_index 0 for every item).
+    Mutation caught: drawing a noise per item (ComfyUI's default for a batch), or keeping only the
+    first prompt."""
+    import nodes as comfy_nodes
+
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    other = torch.randn_like(pos[0][0])
+    batch = [[torch.cat([pos[0][0], other, pos[0][0]]), {}]]
+    args = dict(seed=3, steps=3, cfg=7.5, sampler_name="fashion_rag_ddim", scheduler="normal",
+                denoise=1.0, paste_back=False, pose=pose)
+    with torch.inference_mode():
+        run = inpaint.FashionRAGInpaint.execute
+        latent, images = run(model, batch, neg, vae, image, mask, **args)
+        alone = [run(model, [[c[None], {}]], neg, vae, image, mask, **args)[0]["samples"]
+                 for c in batch[0][0]]
+    samples = latent["samples"]
+    assert samples.shape[0] == images.shape[0] == 3
+    for i in range(3):
+        assert rel(samples[i : i + 1], alone[i]) < 1e-5, i
+    assert rel(samples[0], samples[2]) < 1e-6 and rel(samples[0], samples[1]) > 1e-3
+
+    with torch.inference_mode():
+        p, n, lat = inpaint.FashionRAGInpaintConditioning.execute(batch, neg, vae, image, mask, pose=pose)
+        assert lat["samples"].shape[0] == 3 and lat["batch_index"] == [0, 0, 0]
+        (out,) = comfy_nodes.common_ksampler(model, 3, 3, 7.5, "euler", "normal", p, n, lat)
+    ks = out["samples"]
+    assert rel(ks[0], ks[2]) < 1e-6 and rel(ks[0], ks[1]) > 1e-3
+
+    with pytest.raises(ValueError, match="3 prompts .one per garment. for 2 person images"):
+        run(model, batch, neg, vae, image.expand(2, -1, -1, -1), mask, **args)
+
+
 def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
     model, vae, inpaint = parts
     image, mask, pose, pos, neg = inputs()

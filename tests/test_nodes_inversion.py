@@ -115,6 +115,25 @@ def test_too_many_garments_is_a_clear_error(env):
         comfy.run(graph(images=five, inversion={"images": ["rep", 0], "category": "upper_body"}))
 
 
+def test_per_garment_gives_one_reference_prompt_per_garment(env):
+    """per_garment: a CONDITIONING batch of k, prompt i = the reference prompt with garment i
+    alone; not bound by the 77 tokens (5 garments of an upper body). Mutation caught: all
+    pseudo-words in every prompt, or pooled outputs left at batch 1."""
+    comfy, models, garments = env
+    comfy.run(graph(inversion={"per_garment": True}, tag="each"))
+    positive, negative = _captured("each")
+    ((cond, extras),) = positive
+    assert cond.shape[0] == 2 and extras["pooled_output"].shape[0] == 2
+    for i in range(2):
+        ref = models.ref_encode(build_prompt("dresses", 1), models.ref_ptes(garments[i : i + 1]))
+        assert rel_err(cond[i : i + 1], ref) < 1e-4, i
+    assert rel_err(negative[0][0], models.ref_encode("")) < 1e-4
+    five = {"rep": {"class_type": "RepeatImageBatch", "inputs": {"image": ["img0", 0], "amount": 5}}}
+    comfy.run(graph(images=five, inversion={"images": ["rep", 0], "category": "upper_body",
+                                            "per_garment": True}, tag="five"))
+    assert _captured("five")[0][0][0].shape[0] == 5
+
+
 def test_missing_garments_and_auto_category_errors(env):
     comfy, _, _ = env
     with pytest.raises(PromptFailed, match="connect 'garments'"):

@@ -13,7 +13,7 @@ NODE_IDS = {
     "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding", "FashionRAGUNetLoader",
     "FashionRAGPoseFromKeypoints", "FashionRAGGarmentMask", "FashionRAGInpaint",
     "FashionRAGInpaintConditioning", "FashionRAGReferenceDDIM", "FashionRAGCheckpointCLIPVAELoader",
-    "FashionRAGCLIPVisionLoader",
+    "FashionRAGCLIPVisionLoader", "FashionRAGScore",
 }
 # Module names ComfyUI owns; the library must not need ComfyUI at all.
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "execution",

@@ -163,3 +163,22 @@ def test_pose_node_in_comfyui(comfy_runtime):
     assert res[0].shape == (1, 18, 256, 192)
     with pytest.raises(ValueError, match="No keypoints"):
         node.execute("  ", 96, 128)
+
+
+def test_pose_node_passes_its_keypoints_on_as_pose_keypoint(comfy_runtime):
+    """The node's third output is POSE_KEYPOINT in the target frame: read back, it gives the very
+    keypoints the heatmaps were drawn from, so masks fed from it share the pose's source."""
+    import importlib
+
+    node = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.pose").FashionRAGPoseFromKeypoints
+    text = json.dumps({"keypoints": [[x, y, 1, i] for i, (x, y) in enumerate(POINTS)]})
+    pose, _, frames = node.execute(text, 192, 256, source_width=384, source_height=512)
+    assert frames[0]["canvas_width"] == 192 and frames[0]["canvas_height"] == 256
+    (again,) = K.parse_keypoints(frames)
+    (original,) = K.parse_keypoints(text)
+    original = K.Keypoints(original.xy, (384, 512))
+    assert np.allclose(again.to_size((192, 256)), original.to_size((192, 256)))
+    assert np.array_equal(again.present, original.present)
+    assert torch.equal(P.pose_heatmaps([again], (192, 256)), pose)
+    # A frame without anyone stays a frame without anyone (zero heatmaps downstream).
+    assert K.openpose_frames([K.Keypoints.none()], (8, 8))[0]["people"] == []

@@ -26,3 +26,17 @@ def test_tree_names_every_library_package_and_top_level_folder():
         assert name in tree, f"fashion_rag/{name} missing from the README tree"
     for folder in ("nodes", "web", "example_workflows", "tools/demo", "benchmarks", "tests", ".ci"):
         assert re.search(rf"^{re.escape(folder)}/", tree, re.M), folder
+
+
+def test_pictures_exist_and_every_template_is_shown():
+    """Every picture the README and the help pages show is in the repository, and each template
+    (example_workflows/api/*.json) is shown by its thumbnail. Mutation caught: a template added
+    without its README section, a picture renamed or not committed."""
+    shown = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", README)
+    for path in shown:
+        assert (REPO / path).is_file(), path
+    for page in (REPO / "web" / "docs").glob("*.md"):
+        for path in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+            assert (page.parent / path).is_file(), f"{page.name}: {path}"
+    for template in (REPO / "example_workflows" / "api").glob("*.json"):
+        assert f"example_workflows/{template.stem}.jpg" in shown, f"{template.stem}: no picture in the README"

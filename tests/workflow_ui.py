@@ -33,7 +33,9 @@ COLUMN = {
     "FashionRAGGarmentInversion": 2, "FashionRAGPoseFromKeypoints": 2,
     "FashionRAGSaveGarmentEmbedding": 3, "FashionRAGInpaintConditioning": 3, "FashionRAGInpaint": 3,
 }
-LAST_COLUMN = 4
+LAST_COLUMN = 4  # at least: the output nodes go right of every other node
+PASS_COLUMNS = 3  # retrieve/mask, inversion/pose, inpaint: one pass
+INPAINT_TYPES = {"FashionRAGInpaint", "FashionRAGInpaintConditioning"}
 # Pipeline stage (1 retrieve, 2 invert, 3 inpaint): orders nodes top to bottom within a column.
 STAGE = {
     "FashionRAGTextGarmentRetrieve": 1, "FashionRAGGarmentInversion": 2,
@@ -51,10 +53,17 @@ SHOWS_ITS_IMAGES = {
 EXTRA_HEIGHT = {
     "FashionRAGTextGarmentRetrieve": 210, "FashionRAGGarmentIndexLoader": 250,
     "FashionRAGPoseFromKeypoints": 220, "FashionRAGGarmentMask": 220,
-    "LoadImage": 220, "SaveImage": 330, "PreviewImage": 330,
+    "LoadImage": 220, "SaveImage": 330, "PreviewImage": 330, "FashionRAGScore": 330,
 }
+# The gallery's cards (web/js/fashion_rag.js: 88 px wide, 6 px apart, 10 px margins): the retrieve
+# node is as wide as one row of its k cards (up to 5), so a run does not wrap them onto a row the
+# layout has no room for.
+CARD_W, CARD_GAP, GALLERY_MAX_COLS = 88, 6, 5
+# An output node showing stitched sheets (candidates: garment | result, one per garment) gets room
+# for their grid.
+SHEETS_SIZE = [640, 560]
 WIDTH = {"FashionRAGTextGarmentRetrieve": 330, "FashionRAGInpaint": 300, "SaveImage": 300,
-         "PreviewImage": 300}
+         "PreviewImage": 300, "FashionRAGScore": 330}
 LOADER_WIDTH = 360  # column 0: room for the model file names
 DEFAULT_WIDTH = 320
 SLOT_H, WIDGET_H, MULTILINE_H, TITLE_H = 20, 24, 64, 30
@@ -97,32 +106,56 @@ def _layout(api: dict, object_info: dict, ids: dict, sizes: dict, collapsed: set
         for s in srcs:
             consumers[s].append(nid)
 
+    def downstream(nid: str) -> set[str]:
+        seen, todo = set(), [nid]
+        while todo:
+            for c in consumers[todo.pop()]:
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+        return seen
+
+    # Chained passes (an outfit: one inpaint node per garment, each repainting the last one's
+    # result): pass i's retrieve .. inpaint columns go right of pass i-1's, so each pass reads
+    # left to right. A node's pass is that of the first inpaint node it feeds.
+    inpaints = [n for n in api if api[n]["class_type"] in INPAINT_TYPES]
+    inpaints.sort(key=lambda n: -len(downstream(n) & set(inpaints)))
+    pass_of = {nid: min((i for i, n in enumerate(inpaints) if n == nid or n in downstream(nid)), default=0)
+               for nid in api}
     column: dict[str, int] = {}
 
     def col(nid: str) -> int:
         if nid not in column:
             ctype = api[nid]["class_type"]
             if ctype in COLUMN:
-                column[nid] = COLUMN[ctype]
+                c = COLUMN[ctype]
+                column[nid] = c + PASS_COLUMNS * pass_of[nid] if c > 0 else c
             elif not sources[nid]:
                 column[nid] = 0
             elif _is_output(object_info[ctype]):
-                column[nid] = LAST_COLUMN
-            else:
-                column[nid] = min(LAST_COLUMN - 1, 1 + max(col(s) for s in sources[nid]))
+                column[nid] = -1  # the last column, once the others are known
+            else:  # right of what feeds it (image stitching, scoring, picking from a batch)
+                column[nid] = 1 + max(col(s) for s in sources[nid])
         return column[nid]
 
-    def stage(nid: str) -> float:
-        own = STAGE.get(api[nid]["class_type"])
-        if own is not None:
-            return own
-        if _is_output(object_info[api[nid]["class_type"]]):  # the stage of what it shows
-            return max((stage(s) for s in sources[nid]), default=9)
-        return min((stage(c) for c in consumers[nid]), default=9)  # a loader: the first it feeds
+    stages: dict[str, float] = {}
 
+    def stage(nid: str) -> float:
+        if nid in stages:
+            return stages[nid]
+        stages[nid] = 9  # while it is being worked out (a node reached again through a cycle)
+        own = STAGE.get(api[nid]["class_type"])
+        if own is None and sources[nid]:  # after what feeds it
+            own = max(stage(s) for s in sources[nid])
+        elif own is None:  # a loader: the first it feeds
+            own = min((stage(c) for c in consumers[nid]), default=9)
+        stages[nid] = own
+        return own
+
+    last = max(max(col(n) for n in api) + 1, LAST_COLUMN)
     by_col: dict[int, list[str]] = {}
     for nid in api:
-        by_col.setdefault(col(nid), []).append(nid)
+        by_col.setdefault(col(nid) if col(nid) >= 0 else last, []).append(nid)
     pos: dict[str, list[int]] = {}
 
     def wanted(nid: str) -> float:
@@ -132,7 +165,7 @@ def _layout(api: dict, object_info: dict, ids: dict, sizes: dict, collapsed: set
 
     x = MARGIN
     for c in sorted(by_col):
-        members = sorted(by_col[c], key=lambda n: (n in collapsed, stage(n), wanted(n), ids[n]))
+        members = sorted(by_col[c], key=lambda n: (n in collapsed, pass_of[n], stage(n), wanted(n), ids[n]))
         width = max([sizes[n][0] for n in members] + [LOADER_WIDTH if c == 0 else 0])
         cursor = MARGIN + TITLE_H
         for nid in members:
@@ -182,6 +215,12 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 out_links.setdefault((src, slot), []).append(link_id)
         i = ids[nid] - 1
         sizes[nid] = _size(node["class_type"], info, inputs, widgets)
+        if _is_output(info) and any(isinstance(v, list) and api[v[0]]["class_type"] == "ImageStitch"
+                                    for v in node["inputs"].values()):
+            sizes[nid] = list(SHEETS_SIZE)
+        if node["class_type"] == "FashionRAGTextGarmentRetrieve" and isinstance(node["inputs"].get("k"), int):
+            cards = min(node["inputs"]["k"], GALLERY_MAX_COLS)
+            sizes[nid][0] = max(sizes[nid][0], 20 + cards * (CARD_W + CARD_GAP) - CARD_GAP)
         ui_node = {
             "id": ids[nid], "type": node["class_type"], "pos": [0, 0], "size": sizes[nid],
             "flags": {}, "order": i, "mode": 0, "inputs": inputs, "outputs": [],

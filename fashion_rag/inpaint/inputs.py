@@ -61,6 +61,27 @@ def prepare_inputs(pixels: torch.Tensor, mask: torch.Tensor, pose: torch.Tensor 
     return pixels, mask, pose
 
 
+def one_person_per_prompt(pixels: torch.Tensor, mask: torch.Tensor, pose: torch.Tensor | None, prompts: int
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """Candidates: one person image and a batch of `prompts` prompts (one per garment) give
+    `prompts` copies of the person, mask and pose, and True = draw the same noise for each, so
+    the results differ by their garment only. A batch of people is kept as it is (False).
+
+    Why: a sampler fed a latent batch of 1 keeps only the first prompt of a larger prompt batch,
+    so without this only the first garment would be worn.
+    """
+    b = pixels.shape[0]
+    if prompts <= 1 or prompts == b:
+        return pixels, mask, pose, False
+    if b != 1:
+        raise ValueError(
+            f"{prompts} prompts (one per garment) for {b} person images: give one person image (each "
+            "garment is then worn by it) or one image per prompt."
+        )
+    pose = pose.expand(prompts, -1, -1, -1) if pose is not None else None
+    return pixels.expand(prompts, -1, -1, -1), mask.expand(prompts, -1, -1, -1), pose, True
+
+
 def masked_pixels(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """image * (mask < 0.5) in [-1, 1], in [0, 1] terms: the repaint region becomes 0.5 grey."""
     keep = (mask < 0.5).movedim(1, -1).to(pixels.dtype)  # [B,H,W,1]

@@ -188,6 +188,22 @@ def _from_frame(frame: Any, person: int, where: str) -> Keypoints | None:
     raise PoseFormatError(f"{where}: unrecognised keypoint data; expected {_FORMS}")
 
 
+def openpose_frames(people: list[Keypoints], size: tuple[int, int]) -> list[dict[str, Any]]:
+    """POSE_KEYPOINT (what DWPose/OpenPose estimators emit): one OpenPose frame per image, each
+    holding one person in pixels of an image of `size` (width, height), a missing keypoint as
+    (0, 0, 0) and a person without keypoints as an empty frame. parse_keypoints reads it back
+    unchanged, so several nodes can share one parsed pose."""
+    w, h = size
+    frames = []
+    for kp in people:
+        xy = kp.to_size(size)
+        flat = [float(v) for (x, y), present in zip(xy, kp.present, strict=True)
+                for v in (x, y, 1.0 if present else 0.0)]
+        people_out = [{"pose_keypoints_2d": flat}] if kp.present.any() else []
+        frames.append({"people": people_out, "canvas_width": int(w), "canvas_height": int(h)})
+    return frames
+
+
 def parse_keypoints(data: Any, person: int = 0) -> list[Keypoints]:
     """Keypoints of one person per image from JSON text or already-decoded data.
 

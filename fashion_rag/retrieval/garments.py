@@ -27,6 +27,7 @@ class Garments:
 
     items: tuple[Garment, ...]
     images: torch.Tensor = field(repr=False)
+    query: str = ""  # the text they were retrieved for (what a score node compares results with)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -210,7 +210,7 @@ def retrieve(
                 f"{index.catalog_root}) changed after the index was built; "
                 f"{rebuild_hint(index.index_dir, index.manifest)}"
             ) from exc
-    return Garments(items=tuple(hits), images=to_image_tensor(images))
+    return Garments(items=tuple(hits), images=to_image_tensor(images), query=text)
 
 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:

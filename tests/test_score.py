@@ -1,0 +1,246 @@
+"""Fashion-RAG Score: the reference's CLIP-T / CLIP-I on the repainted region, in real ComfyUI.
+
+The regions are checked against the reference's own torchvision calls, the scores against an
+independent open_clip computation with the same weights (the demo index's tiny encoder is a
+real open_clip CLIP), and the CLIP_VISION route against ComfyUI's own encode_image.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.ops import masks_to_boxes
+
+from fashion_rag.evaluation import crop as C
+from fashion_rag.evaluation.scores import OWN_GARMENT, rank
+from fashion_rag.retrieval.garments import Garment, Garments
+from tools.demo.catalog import TINY_WEIGHTS_NAME
+from tools.demo.person import keypoints_json
+
+
+def _reference_crop(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """val_metrics.py: masks_to_boxes, the box's pixels, white outside the mask. ([3,h,w], box)"""
+    box = masks_to_boxes(mask[None])[0].int()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    crop = image.movedim(-1, 0)[:, y0 : y1 + 1, x0 : x1 + 1].clone()
+    crop[:, mask[y0 : y1 + 1, x0 : x1 + 1] == 0] = 1
+    return crop, box
+
+
+def _reference_clip_t_input(image, mask):
+    crop, _ = _reference_crop(image, mask)
+    _, h, w = crop.shape
+    if h > w:
+        h_new, w_new = 224, round(224 * w / h)
+        padded = T.Resize((h_new, w_new), antialias=True)(crop)
+        left = round((224 - w_new) / 2)
+        return T.Pad([left, 0, 224 - w_new - left, 0], fill=1)(padded)
+    w_new, h_new = 224, round(224 * h / w)
+    padded = T.Resize((h_new, w_new), antialias=True)(crop)
+    top = round((224 - h_new) / 2)
+    return T.Pad([0, top, 0, 224 - h_new - top], fill=1)(padded)
+
+
+def _reference_patch(image, mask, category, size):
+    crop, box = _reference_crop(image, mask)
+    if category == "lower_body":
+        top = round(C.LOWER_BODY_TOP * image.shape[0] / C.REFERENCE_HEIGHT)
+        return TF.crop(crop, top, int(box[2] - box[0]) // 2 - size // 2, size, size)
+    return T.CenterCrop(size)(crop)
+
+
+@pytest.mark.parametrize("box,height", [((10, 30, 70, 120), 512), ((5, 3, 40, 200), 256),
+                                        ((20, 40, 28, 49), 512), ((2, 2, 90, 20), 128)])
+def test_regions_are_the_reference_torchvision_ones(box, height):
+    """Crop, CLIP-T square and CLIP-I patch (centre, lower-body, and a box smaller than the patch,
+    padded as torchvision pads) equal the reference's torchvision calls."""
+    g = torch.Generator().manual_seed(sum(box))
+    image = torch.rand(height, 96, 3, generator=g)
+    mask = torch.zeros(height, 96)
+    x0, y0, x1, y1 = box
+    mask[y0 : y1 + 1, x0 : x1 + 1] = 1.0
+    mask[y0 + 2 : y0 + 5, x0 : x0 + 3] = 0.0  # a hole: white in the crop
+    ref_crop, ref_box = _reference_crop(image, mask)
+    assert C.mask_box(mask) == tuple(int(v) for v in ref_box)
+    assert torch.equal(C.garment_crop(image, mask), ref_crop)
+    torch.testing.assert_close(C.clip_t_input(image, mask), _reference_clip_t_input(image, mask).clamp(0, 1))
+    size = C.patch_size(height)
+    for category in ("upper_body", "lower_body", "dresses"):
+        expected = _reference_patch(image, mask, category, size)
+        assert torch.equal(C.clip_i_patch(image, mask, category), expected)
+    with pytest.raises(ValueError, match="the mask is empty"):
+        C.mask_box(torch.zeros(8, 8))
+
+
+# -- in ComfyUI ------------------------------------------------------------------------------------
+
+TEXT = "a red striped short-sleeve top"
+
+
+@pytest.fixture(scope="module")
+def scored(comfy):
+    """Three results (the demo person with differently coloured tops, 96x128) scored by the node:
+    index = the demo index (tiny OpenCLIP), garments = the top 2 for TEXT, mask from the keypoints."""
+    from template_runs import SMALL, probe, saved, small_person
+
+    person = Image.open(small_person(comfy)).convert("RGB")
+    files = []
+    for i, colour in enumerate([(200, 30, 40), (40, 80, 200), (235, 200, 40)]):
+        img = np.asarray(person).copy()
+        img[40:80, 25:70] = colour  # the torso
+        img[40:80:6, 25:70] = 255  # stripes
+        name = f"fr_score_result_{i}.png"
+        Image.fromarray(img).save(comfy.base / "input" / name)
+        files.append(name)
+    prompt = {
+        "1": {"class_type": "FashionRAGGarmentIndexLoader",
+              "inputs": {"index": "demo", "encoder_weights": TINY_WEIGHTS_NAME}},
+        "2": {"class_type": "FashionRAGTextGarmentRetrieve",
+              "inputs": {"index": ["1", 0], "text": TEXT, "k": 2, "category": "upper_body", "mode": "caption",
+                         "pin_ids": "", "exclude_ids": ""}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": files[0]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": files[1]}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": files[2]}},
+        "6": {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["4", 0]}},
+        "7": {"class_type": "ImageBatch", "inputs": {"image1": ["6", 0], "image2": ["5", 0]}},
+        "8": {"class_type": "FashionRAGGarmentMask",
+              "inputs": {"image": ["3", 0], "category": "upper_body", "keypoints_json": keypoints_json(),
+                         "grow": 4, "feather": 0}},
+        "9": {"class_type": "FashionRAGScore",
+              "inputs": {"images": ["7", 0], "mask": ["8", 0], "garments": ["2", 1], "index": ["1", 0],
+                         "text": "", "rank_by": "mean", "clip_i_garments": "all", "category": "auto"}},
+        "10": {"class_type": "SaveImage",
+               "inputs": {"images": ["9", 0], "filename_prefix": "test/score_sorted"}},
+    }
+    mask_probe = probe(prompt, ["8", 0], "score_mask", mask=True)
+    out = comfy.run(prompt)
+    mask = torch.from_numpy(saved(comfy, out, mask_probe)[0][..., 0] >= 128).float()
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(comfy.base / "input" / f), np.float32) / 255)
+                          for f in files])
+    assert mask.shape == (SMALL[1], SMALL[0])
+    return comfy, out, images, mask, [g["id"] for g in out["2"]["fashion_rag_garments"]]
+
+
+def _open_clip_model(comfy):
+    """The demo index's tiny encoder built by open_clip itself, not by the pack's GarmentEncoder."""
+    import open_clip
+
+    from tools.demo.encoder import TINY_ARCH, TINY_CONFIG
+
+    open_clip.factory._MODEL_CONFIGS[TINY_ARCH] = TINY_CONFIG
+    path = comfy.base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_ARCH, pretrained=str(path))
+    return model.eval(), preprocess, open_clip.get_tokenizer(TINY_ARCH)
+
+
+def _embed_images(model, preprocess, pictures: list[torch.Tensor]) -> torch.Tensor:
+    pil = [Image.fromarray((p.clamp(0, 1) * 255).round().byte().movedim(0, -1).numpy()) for p in pictures]
+    with torch.no_grad():
+        feats = model.encode_image(torch.stack([preprocess(p) for p in pil]))
+    return torch.nn.functional.normalize(feats.double(), dim=-1)
+
+
+def test_scores_equal_an_independent_open_clip_computation(scored):
+    comfy, out, images, mask, garment_ids = scored
+    model, preprocess, tokenizer = _open_clip_model(comfy)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.encode_text(tokenizer([TEXT])).double(), dim=-1)[0]
+    crops = [_reference_clip_t_input(img, mask) for img in images]
+    clip_t = torch.clamp(100 * _embed_images(model, preprocess, crops) @ text, min=0)
+
+    from fashion_rag.retrieval.index import load_index
+
+    index = load_index(str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"))
+    pictures = [np.asarray(index.garment_image(index.position(g)), np.float32) / 255 for g in garment_ids]
+    garments = [torch.from_numpy(p).movedim(-1, 0) for p in pictures]
+    size = C.patch_size(images.shape[1])
+    patches = [_reference_patch(img, mask, "upper_body", size) for img in images]
+    cos = _embed_images(model, preprocess, patches) @ _embed_images(model, preprocess, garments).T
+    clip_i = 100 * cos.mean(dim=1)
+
+    entries = out["9"]["fashion_rag_scores"]
+    by_index = {e["index"]: e for e in entries}
+    assert sorted(by_index) == [0, 1, 2]
+    for n in range(3):
+        assert by_index[n]["clip_t"] == pytest.approx(float(clip_t[n]), abs=1e-3)
+        assert by_index[n]["clip_i"] == pytest.approx(float(clip_i[n]), abs=1e-3)
+        assert by_index[n]["score"] == pytest.approx((float(clip_t[n]) + float(clip_i[n])) / 2, abs=1e-3)
+    scores = [e["score"] for e in entries]
+    assert scores == sorted(scores, reverse=True) and [e["rank"] for e in entries] == [1, 2, 3]
+    # The sorted images are the inputs in that order (SaveImage of the node's first output).
+    from template_runs import saved
+
+    for e, picture in zip(entries, saved(comfy, out, "10"), strict=True):
+        assert np.abs(picture.astype(int) - np.round(images[e["index"]].numpy() * 255)).max() <= 1
+    assert len(out["9"]["images"]) == 3  # the preview with the scores drawn on
+
+
+def test_outputs_report_and_pairings(scored):
+    """The node's outputs directly: FLOAT list, report, preview; one garment per image; errors."""
+    comfy, _, images, mask, _ = scored
+    node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
+    loader = importlib.import_module(f"{comfy.pack.__name__}.nodes.index_loader")
+    index = loader.load_garment_index(
+        str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"),
+        str(comfy.base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME))
+    items = tuple(Garment(id=f"g{i}", score=1.0, category="upper_body", path="") for i in range(3))
+    own = Garments(items=items, images=images.clone(), query=TEXT)
+    res = node.execute(images, mask, "clip_i", OWN_GARMENT, "auto", garments=own, index=index)
+    sorted_images, scores, report, preview = res.result
+    assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
+    assert "CLIP-I" in report and "garment g" in report and "against its own garment" in report
+    assert preview.shape == images.shape and sorted_images.shape == images.shape
+    entries = res.ui["fashion_rag_scores"]
+    assert [e["garment"] for e in entries] == [f"g{e['index']}" for e in entries]
+
+    with pytest.raises(ValueError, match="3 images and 2 garments"):
+        node.execute(images, mask, "mean", OWN_GARMENT, "auto",
+                     garments=Garments(items=own.items[:2], images=images[:2]), index=index)
+    with pytest.raises(ValueError, match="nothing to score: CLIP-T needs a text"):
+        node.execute(images, mask, "mean", "all", "auto")
+    with pytest.raises(ValueError, match="rank_by 'clip_t', but CLIP-T needs a text"):
+        node.execute(images, mask, "clip_t", "all", "auto", garments=Garments(items=own.items, images=images),
+                     index=index)
+    with pytest.raises(ValueError, match="the mask is 48x64 but the image is 96x128"):
+        node.execute(images, mask[:64, :48], "mean", "all", "auto", garments=own, index=index)
+    assert [s.index for s in rank(np.array([1.0, 3.0, 3.0]), None, "clip_t")] == [1, 2, 0]
+
+
+def test_clip_i_through_a_connected_clip_vision(scored, tmp_path):
+    """CLIP-I from a CLIP_VISION (ComfyUI's own preprocessing and projected embeddings): the
+    node's number is 100 x mean cos of encode_image on the reference's patches and garments."""
+    import comfy.clip_vision
+
+    comfy_, _, images, mask, _ = scored
+    cfg = tmp_path / "tiny_clip_vision.json"
+    cfg.write_text('{"hidden_size": 32, "image_size": 32, "intermediate_size": 64, "num_attention_heads": 2, '
+                   '"num_hidden_layers": 2, "patch_size": 8, "projection_dim": 16, "hidden_act": "gelu", '
+                   '"layer_norm_eps": 1e-5, "num_channels": 3, "model_type": "clip_vision_model"}')
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(cfg))
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in clip_vision.model.state_dict().items()}
+    clip_vision.load_sd(sd)
+    node = importlib.import_module(f"{comfy_.pack.__name__}.nodes.score").FashionRAGScore
+    one = (Garment(id="a", score=1.0, category="lower_body", path=""),)
+    garments = Garments(items=one, images=images[:1])
+    res = node.execute(images, mask, "clip_i", "all", "auto", garments=garments, clip_vision=clip_vision)
+
+    def embed(pictures):
+        eight_bit = [((p.clamp(0, 1) * 255).round() / 255).movedim(0, -1)[None] for p in pictures]
+        with torch.no_grad():
+            rows = [clip_vision.encode_image(p)["image_embeds"] for p in eight_bit]
+        return torch.nn.functional.normalize(torch.cat(rows).double(), dim=-1)
+
+    size = C.patch_size(images.shape[1])
+    patches = [_reference_patch(img, mask, "lower_body", size) for img in images]  # auto: the garment's
+    expected = 100 * (embed(patches) @ embed([images[0].movedim(-1, 0)]).T)[:, 0]
+    got = {e["index"]: e["clip_i"] for e in res.ui["fashion_rag_scores"]}
+    for n in range(3):
+        assert got[n] == pytest.approx(float(expected[n]), abs=1e-3)
+    assert all(e["clip_t"] is None for e in res.ui["fashion_rag_scores"])  # no text tower, no index
