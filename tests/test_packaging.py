@@ -53,3 +53,19 @@ def test_comfy_registry_metadata():
     reqs = {re.split(r"[<>=]", x)[0].strip() for x in lines if x.strip() and not x.startswith("#")}
     declared = {re.split(r"[<>=]", d)[0].strip() for d in project["dependencies"]}
     assert reqs <= declared
+
+
+def test_a_cached_comfy_base_runs_this_checkouts_pack(tmp_path):
+    """A base dir kept in a cache (demo, thumbnails) may link another checkout, or a deleted one:
+    it must be repointed to this checkout, or its server runs someone else's code."""
+    from fashion_rag.cli.comfy_server import PACK_DIR_NAME, make_base_dir
+
+    link = tmp_path / "base" / "custom_nodes" / PACK_DIR_NAME
+    for old in (tmp_path / "other_checkout", tmp_path / "deleted_checkout"):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "other_checkout").mkdir(exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(old, target_is_directory=True)
+        make_base_dir(tmp_path / "base")
+        assert link.resolve() == REPO
+    assert [p.name for p in link.parent.iterdir()] == [PACK_DIR_NAME]  # no temporary link left

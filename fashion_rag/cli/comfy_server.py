@@ -41,8 +41,14 @@ def make_base_dir(base: Path) -> Path:
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_DIR_NAME
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
+    # A cached base may link another checkout (or a deleted one): it must run this one's code.
+    if not (link.is_symlink() and Path(os.readlink(link)) == REPO):
+        if link.exists() and not link.is_symlink():
+            raise FileExistsError(f"{link} is not the link to the pack this tool made; move it away")
+        tmp = link.with_name(f".{PACK_DIR_NAME}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(REPO, target_is_directory=True)
+        os.replace(tmp, link)  # never a moment without the pack
     return base
 
 
