@@ -168,11 +168,15 @@ def create_vector_index(
         np.random.default_rng(2).choice(n, size=n_train, replace=False))
     index.train(x.take(sample))
     del sample
+    if log_fn:
+        log_fn(f"adding {n} vectors to {factory}")
     for _, block in x.blocks():
         index.add(block)
     vec = VectorIndex(index, "ivf", factory, nprobe=nprobe or 1)
     if nprobe is not None:
         return vec
+    if log_fn:
+        log_fn("tuning nprobe on probe queries")
     rng = np.random.default_rng(0)
     garment_probes = probe_queries(x, 100, rng)
     if filtered_probes is None:
