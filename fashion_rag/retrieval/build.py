@@ -22,7 +22,7 @@ from pathlib import Path
 from .build_plan import BuildPlan, LogFn, ProgressFn, plan_build
 from .build_write import write_index
 from .catalog import Catalog, Skip
-from .engines import Engine, ImageEncoder, LocalEngine, NewEmbeddings
+from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
 from .manifest import FORMAT_VERSION
 from .storage import build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
 from .vector_store import partition_categories
@@ -63,14 +63,6 @@ class SkippedItemsError(ValueError):
         super().__init__(f"{len(report.skipped)} catalog entries skipped and --strict given: the index was "
                          f"not written ({report.summary()}). Fix or remove those entries and build again.")
         self.report = report
-
-
-class BuildFailedError(ValueError):
-    """The engine could not encode some images (a worker kept failing): nothing was written."""
-
-    def __init__(self, message: str, failed: list[str]) -> None:
-        super().__init__(message)
-        self.failed = failed  # ids of the items left unencoded
 
 
 def build_index(

@@ -18,7 +18,15 @@ from .build_plan import ProgressFn, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
 from .manifest import Encoder
 
-NEW_EMBEDDINGS = "new-embeddings.f32"
+NEW_EMBEDDINGS = "new-embeddings.npy"
+
+
+class BuildFailedError(ValueError):
+    """An engine could not encode some images (a worker kept failing): nothing was written."""
+
+    def __init__(self, message: str, failed: list[str]) -> None:
+        super().__init__(message)
+        self.failed = failed  # ids of the items that were not encoded
 
 
 class NewEmbeddings:
