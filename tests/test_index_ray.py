@@ -207,9 +207,9 @@ def test_incremental_ray_build_encodes_only_new_images(built, weights, tmp_path)
     index = load_index(out)
     assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
     # Exactly the index a local build of the changed catalog gives.
-    build_index(scan_catalog(catalog), tmp_path / "local", GarmentEncoder(weights, TINY_ARCH),
-                ivf_threshold=50)
-    _same_index(tmp_path / "local", out, GarmentEncoder(weights, TINY_ARCH))
+    local = Path(shutil.copytree(root / "local", tmp_path / "local"))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(weights, TINY_ARCH))
 
 
 def test_workers_killed_mid_build_are_retried(built, weights, tmp_path):
@@ -228,9 +228,9 @@ def test_workers_killed_mid_build_are_retried(built, weights, tmp_path):
                          engine=RayEngine())
     assert sorted(p.name for p in marks.iterdir()) == ["actor-died", "task-died"]  # both really died
     assert report.written and (report.encoded, report.items) == (40, 341)
-    build_index(scan_catalog(catalog), tmp_path / "local", GarmentEncoder(weights, TINY_ARCH),
-                ivf_threshold=50)
-    _same_index(tmp_path / "local", out, GarmentEncoder(weights, TINY_ARCH))
+    local = Path(shutil.copytree(root / "local", tmp_path / "local"))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(weights, TINY_ARCH))
 
 
 def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, weights, tmp_path):
@@ -271,10 +271,11 @@ def test_cli_engine_ray(built, weights, tmp_path, capsys, monkeypatch):
 
 
 def test_local_build_never_imports_ray(built, weights, tmp_path):
-    _, catalog, _, _ = built
+    root, catalog, _, _ = built
+    out = shutil.copytree(root / "local", tmp_path / "i")  # (nothing to encode: a quick build)
     code = ("import sys; from fashion_rag.cli import main;"
-            f"code = main(['index', 'build', '--catalog', {str(catalog)!r}, '--out', {str(tmp_path / 'i')!r},"
-            f" '--encoder', {TINY_ARCH!r}, '--weights', {str(weights)!r}]);"
+            f"code = main(['index', 'build', '--catalog', {str(catalog)!r}, '--out', {str(out)!r},"
+            f" '--encoder', {TINY_ARCH!r}, '--weights', {str(weights)!r}, '--ivf-threshold', '50']);"
             "print(code, 'ray' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.stdout.split() == ["0", "False"], r.stderr[-2000:]

@@ -34,7 +34,10 @@ from .build_plan import ProgressFn
 from .catalog import Catalog, CatalogItem, Skip
 from .engines import BuildFailedError, ImageEncoder, NewEmbeddings
 from .limits import shorten
-from .ray_workers import Encoder, hash_batch, prepare_batch
+from .ray_workers import EncoderActor, hash_batch, prepare_batch
+
+PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
+DECODED_IMAGE_BYTES = 16 * 2**20  # one decoded product photo (~5 MP RGB) and its copies
 
 
 class RayUnavailableError(ValueError):
@@ -116,9 +119,13 @@ class RayEngine:
         items = [item for _, item in todo]
         ds = ray.data.from_arrow(_listing(range(len(todo)), [i.path for i in items], [h for h, _ in todo],
                                           batch_size, int(resources.get("CPU", 1))))
+        # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
+        # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
+        prepare = min(batch_size, PREPARE_BATCH)
         ds = ds.map_batches(prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
-                            batch_size=batch_size, batch_format="pyarrow", num_cpus=1)
-        ds = ds.map_batches(Encoder, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
+                            batch_size=prepare, batch_format="pyarrow", num_cpus=1,
+                            memory=prepare * DECODED_IMAGE_BYTES)
+        ds = ds.map_batches(EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                             num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
@@ -136,8 +143,7 @@ class RayEngine:
             bad, errors = _read_shards(shards, todo, store)
             _raise_failures("encoding", items, errors, [])
         finally:
-            if self.shards:
-                _delete(shards)
+            _delete(shards)  # now, not with the build's temp folder: 10M embeddings are 30 GB of shards
         if progress:
             progress(len(todo), len(todo))
         return bad

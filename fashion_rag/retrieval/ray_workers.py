@@ -69,7 +69,7 @@ def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
             "pixels": pixels}
 
 
-class Encoder:
+class EncoderActor:
     """An actor holding the model: pixels -> embeddings, a batch at a time."""
 
     def __init__(self, encoder: Any, gpu: bool) -> None:

@@ -197,6 +197,7 @@ def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: 
         vec = create_vector_index(Rows(embeddings, positions), index_type, ivf_threshold, log_fn=log_fn,
                                   filtered_probes=filtered_probes)
         yield group, positions, vec
+        del vec  # (write_vector_parts has written it: the next part is built without it in memory)
 
 
 def load_vector_store(data_dir: Path, index_dir: Path, manifest: dict[str, Any],
