@@ -37,7 +37,9 @@ from .limits import shorten
 from .ray_workers import EncoderActor, hash_batch, prepare_batch
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
-DECODED_IMAGE_BYTES = 16 * 2**20  # one decoded product photo (~5 MP RGB) and its copies
+# Memory a decoding task asks for: a worker with torch and open_clip imported (Ray Data measured
+# ~550 MiB), plus one decoded product photo (~5 MP RGB) and its copies per image of its batch.
+WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
 
 
 class RayUnavailableError(ValueError):
@@ -124,7 +126,7 @@ class RayEngine:
         prepare = min(batch_size, PREPARE_BATCH)
         ds = ds.map_batches(prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
                             batch_size=prepare, batch_format="pyarrow", num_cpus=1,
-                            memory=prepare * DECODED_IMAGE_BYTES)
+                            memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES)
         ds = ds.map_batches(EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
