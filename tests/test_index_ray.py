@@ -201,8 +201,11 @@ def test_incremental_ray_build_encodes_only_new_images(built, weights, tmp_path)
 
     log = tmp_path / "encoded.log"
     counting = CountingEncoder(weights, log)
-    report = build_index(scan_catalog(catalog), out, counting, ivf_threshold=50, engine=RayEngine())
+    shards = tmp_path / "shards"  # (--ray-shards: a folder or URI of the user's, not the index's)
+    report = build_index(scan_catalog(catalog), out, counting, ivf_threshold=50,
+                         engine=RayEngine(shards=str(shards)))
     assert (report.encoded, report.removed, report.reused, report.items) == (5, 5, 296, 301)
+    assert shards.is_dir() and not list(shards.rglob("*"))  # the build's shards, deleted once read
     assert sum(int(n) for n in log.read_text().split()) == 5  # what the actors ran through the model
     index = load_index(out)
     assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
