@@ -9,6 +9,8 @@ bit-identical results.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -111,7 +113,9 @@ def the_packs_models(harness) -> dict[str, torch.nn.Module]:
     assert len(unet) == 1, "the UNet loader keeps one model"
     (unet_patcher,) = unet.values()
     (adapter_patcher,) = [p for k, p in adapter.items() if k[0].endswith(ADAPTER_FILE)]
-    (encoder,) = [i.encoder for k, i in index.items() if k[2].endswith(TINY_WEIGHTS_NAME)]
+    # The demo index's (earlier modules of the session may have loaded other indexes with these weights).
+    (encoder,) = [i.encoder for k, i in index.items()
+                  if k[2].endswith(TINY_WEIGHTS_NAME) and os.path.basename(k[0]) == "demo"]
     return {"unet": unet_patcher.model, "adapter": adapter_patcher.model, "encoder": encoder.module}
 
 
