@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+from fashion_rag.inpaint.inputs import prepare_inputs  # noqa: E402
 from fashion_rag.inpaint.unet_layout import FULL, UNetLayout, diffusers_to_ldm  # noqa: E402
 
 # --smoke: the same architecture, narrow and two levels deep.
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pack = start_comfy(cpu=a.smoke)
     loader = importlib.import_module(f"{pack.__name__}.nodes.unet_loader")
+    conditioning = importlib.import_module(f"{pack.__name__}.nodes.inpaint_conditioning")
+    reference = importlib.import_module(f"{pack.__name__}.nodes.reference_sampler")
     inpaint = importlib.import_module(f"{pack.__name__}.nodes.inpaint")
     import comfy.model_management as mm
     import comfy.sd
@@ -178,15 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         def node_sampling():
             import comfy.sample
 
-            px, mk, ps = inpaint._prepare(image, mask, pose)
-            cp, cn = inpaint.condition_channels(cvae, px, mk, ps)
-            positive, negative = inpaint.with_concat(pos, neg, cp, cn)
-            ms = model.get_model_object("model_sampling")
-            sigmas = inpaint.reference_ddim_sigmas(
-                inpaint.alphas_cumprod_from_sigmas(ms.sigmas.cpu()), steps)
+            px, mk, ps = prepare_inputs(image, mask, pose)
+            positive, negative = conditioning.with_inpaint_channels(pos, neg, cvae, px, mk, ps)
+            sampler, sigmas = reference.sampler_and_sigmas(model, reference.REFERENCE_SAMPLER, "normal",
+                                                           steps, 1.0)
             latent = torch.zeros(1, 4, lh, lw)
             noise = comfy.sample.prepare_noise(latent, 0)
-            sampler = inpaint.ReferenceDDIM()
             t = Timer(device)
             with t:
                 comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative,
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             with Timer(device) as t:
                 inpaint.FashionRAGInpaint.execute(
                     model, pos, neg, cvae, image, mask, seed=0, steps=steps, cfg=cfg,
-                    sampler_name=inpaint.REFERENCE_SAMPLER, scheduler="normal", denoise=1.0,
+                    sampler_name=reference.REFERENCE_SAMPLER, scheduler="normal", denoise=1.0,
                     paste_back=False, pose=pose)
             best = t if best is None or t.seconds < best.seconds else best
         rows.append(("c) FashionRAGInpaint node (incl. VAE)", best))

@@ -34,3 +34,25 @@ def normalize_category(text: str | None) -> str | None:
         if word in _SYNONYMS:
             return _SYNONYMS[word]
     return None
+
+
+def resolve_category(choice: str, first_garment: tuple[str, str] | None) -> str:
+    """The category a node's `category` input names: one of CATEGORIES, or "auto" for the first
+    retrieved garment's (`first_garment` = (id, category), None when no garment is connected)."""
+    if choice != "auto":
+        if choice not in CATEGORIES:
+            raise ValueError(f"unknown category {choice!r}; use auto or one of {', '.join(CATEGORIES)}")
+        return choice
+    if first_garment is None:
+        raise ValueError(
+            "category 'auto' takes the category of the first retrieved garment, but no 'garments' input is "
+            f"connected: choose one of {', '.join(CATEGORIES)}."
+        )
+    garment_id, category = first_garment
+    found = normalize_category(category)
+    if found is None:
+        raise ValueError(
+            f"category 'auto': the first garment ({garment_id}) has category {category!r}, which is "
+            f"none of {', '.join(CATEGORIES)}; choose the category by hand."
+        )
+    return found

@@ -19,6 +19,7 @@ class ModelFile:
     source: str  # where to get it
     licence: str
     layout: str  # the keys the loader expects, for error messages
+    also: str = ""  # other files that work, for the missing-file message
 
     @property
     def where_to_get(self) -> str:
@@ -30,6 +31,7 @@ UNET = ModelFile(
     file="unet_120000.pth", source="the Hugging Face hub repository furio19/fashion-rag",
     licence=FASHION_RAG_LICENCE,
     layout="a diffusers UNet2DConditionModel state dict with conv_in.weight [320, 27, 3, 3]",
+    also="a .safetensors made from it once with `python -m fashion_rag convert-unet` (loads faster)",
 )
 ADAPTER = ModelFile(
     key="fashion_rag_adapter", folder="fashion_rag/adapter", role="Fashion-RAG inversion adapter",
@@ -46,9 +48,9 @@ CHECKPOINT = ModelFile(
 )
 CLIP_VISION = ModelFile(
     key="clip_vision", folder="clip_vision", role="CLIP ViT-H/14 vision tower",
-    file="model.safetensors (often saved as clip_vision_h.safetensors)",
-    source="the Hugging Face hub repository laion/CLIP-ViT-H-14-laion2B-s32B-b79K", licence="MIT",
-    layout="a transformers CLIPVisionModel state dict (1280 wide, 32 layers)",
+    file="model.safetensors", source="the Hugging Face hub repository laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    licence="MIT", layout="a transformers CLIPVisionModel state dict (1280 wide, 32 layers)",
+    also="the same file under ComfyUI's usual name clip_vision_h.safetensors",
 )
 RETRIEVAL_ENCODER = ModelFile(
     key="fashion_rag_retrieval", folder="fashion_rag/retrieval",
@@ -65,8 +67,9 @@ def missing_file_message(model: ModelFile, name: str | None, searched: Sequence[
     """The one message for a model file that is not there: what, where searched, where from."""
     what = f"The {model.role} file {name!r} was not found" if name else f"No {model.role} file was found"
     return (
-        f"{what} (searched: {', '.join(searched) or 'no folder'}). Put {model.where_to_get} into "
-        f"models/{model.folder}/ (or a folder mapped to '{model.key}' in extra_model_paths.yaml), "
+        f"{what} (searched: {', '.join(searched) or 'no folder'}). Put {model.where_to_get}"
+        + (f", or {model.also}," if model.also else "")
+        + f" into models/{model.folder}/ (or a folder mapped to '{model.key}' in extra_model_paths.yaml), "
         "then refresh the node list (press R) and pick it."
     )
 

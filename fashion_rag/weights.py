@@ -1,14 +1,19 @@
-"""Reading weight files without running pickled code, and checking their keys and shapes."""
+"""Reading weight files without running pickled code, checking their keys and shapes, and
+copying them into a model without holding the file and the model whole at the same time."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 _WRAPPERS = ("state_dict", "model")  # training scripts wrap the weights in these
+_MADV_DONTNEED = 4  # Linux
 
 
 class WeightFileError(ValueError):
@@ -18,9 +23,11 @@ class WeightFileError(ValueError):
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file or of a .pth/.pt/.bin plain state dict.
 
-    Torch files are read with weights_only=True (memory-mapped where possible, so a 3.4 GB
-    file is not held twice): a file that needs unpickling code is refused. A training wrapper
-    ({"state_dict": ...}) and a DataParallel `module.` prefix are removed.
+    Torch files are read with weights_only=True: a file that needs unpickling code is refused.
+    Both kinds are memory-mapped where possible: a tensor's bytes are read when first used, and
+    the file's pages are page cache the kernel can reclaim, not memory of the process of its own
+    (load_in_parts gives them back as it copies). A training wrapper ({"state_dict": ...}) and a
+    DataParallel `module.` prefix are removed.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,6 +60,75 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightFileError(f"{path}: holds no state dict of tensors, so it is not {what}")
     return strip_prefix(sd, "module.")
+
+
+class FilePages:
+    """Gives back the resident pages of a memory-mapped weights file once tensors read from it
+    have been copied (Linux). A mapped file's pages otherwise stay in the process's memory until
+    its last tensor is gone, so a model filled from it tensor by tensor would end up holding the
+    whole file and the whole model. The pages stay valid: touched again, they are read back from
+    the page cache or the file. Only pages inside a private mapping of this very file are
+    released (never anonymous memory, whose pages would read back as zeros); elsewhere, or for
+    tensors that are not mapped from it, nothing happens."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self._madvise = None
+        if not sys.platform.startswith("linux"):
+            return
+        real = os.path.realpath(path)
+        try:
+            lines = Path("/proc/self/maps").read_text().splitlines()
+            madvise = ctypes.CDLL(None, use_errno=True).madvise
+        except (OSError, AttributeError):
+            return
+        for line in lines:  # "start-end perms offset dev inode path"
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5] == real and parts[1].endswith("p"):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                self.ranges.append((start, end))
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._madvise = madvise
+
+    def release(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Drop the pages of `tensors` (which must not have been modified in place)."""
+        if self._madvise is None or not self.ranges:
+            return
+        page = mmap.PAGESIZE
+        for t in tensors:
+            begin, end = t.data_ptr(), t.data_ptr() + t.nbytes
+            if any(lo <= begin and end <= hi for lo, hi in self.ranges):
+                first, last = -(-begin // page) * page, end // page * page  # whole pages inside only
+                if last > first:
+                    self._madvise(first, last - first, _MADV_DONTNEED)
+
+
+def load_in_parts(module: torch.nn.Module, sd: dict[str, torch.Tensor],
+                  source: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """`module.load_state_dict(sd, strict=False)` one block at a time, emptying `sd` as it goes.
+
+    Each block's tensors are copied into the module's own weights (cast to their dtype and
+    device), then dropped from `sd`, and when they were memory-mapped from `source` their pages
+    are given back (FilePages): the file and the model overlap by one block (a few percent of a
+    UNet) instead of being both whole in memory. Blocks are the keys' first two name parts
+    (`input_blocks.4`, `time_embed.0`). Returns (missing, unexpected) keys as load_state_dict.
+    """
+    pages = FilePages(source) if source is not None else None
+    expected = set(module.state_dict())
+    blocks: dict[str, list[str]] = {}
+    for key in sd:
+        blocks.setdefault(".".join(key.split(".")[:2]), []).append(key)
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for keys in blocks.values():
+        part = {k: sd.pop(k) for k in keys}
+        result = module.load_state_dict(part, strict=False)
+        unexpected += result.unexpected_keys
+        loaded.update(k for k in part if k in expected)
+        if pages is not None:
+            pages.release(part.values())
+        del part
+    return sorted(expected - loaded), unexpected
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

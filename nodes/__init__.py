@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 
 # The ComfyUI API namespace: every node module imports `comfy_api.latest`, not a versioned one.
 # Both supported ComfyUIs (0.3.75, 0.33.0) ship latest, v0_0_2 and v0_0_1, but v0_0_2 (STABLE =
@@ -16,9 +15,10 @@ import logging
 # exports io/ui is marked STABLE; tests/test_pack.py checks that they all import one namespace.
 from comfy_api.latest import ComfyExtension, io
 
-from . import model_paths
+from ..fashion_rag.logs import log
+from . import model_folders
 
-model_paths.register()
+model_folders.register()
 
 # Node families in menu order, with the extra packages (the pack's requirements.txt) each one
 # needs at run time. A family whose package is missing is left out with one clear log line, so
@@ -26,12 +26,16 @@ model_paths.register()
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "index_loader": ("open_clip", "faiss", "bm25s"),
     "retrieve": ("open_clip", "faiss", "bm25s"),
+    "checkpoint_loader": (),
     "adapter_loader": (),
     "unet_loader": (),
-    "inversion": (),
+    "garment_inversion": (),
+    "save_garment_embedding": (),
     "pose": (),
     "mask": (),
+    "inpaint_conditioning": (),
     "inpaint": (),
+    "reference_sampler": (),
 }
 _PIP_NAMES = {"open_clip": "open_clip_torch", "faiss": "faiss-cpu", "bm25s": "bm25s"}
 
@@ -48,8 +52,8 @@ def _load_families() -> list:
     for name, needs in _FAMILIES.items():
         missing = [_PIP_NAMES.get(m, m) for m in needs if not _installed(m)]
         if missing:
-            logging.warning(
-                "[fashion_rag] the %s nodes are disabled: Python package %s missing. Install the "
+            log.warning(
+                "the %s nodes are disabled: Python package %s missing. Install the "
                 "pack's requirements (pip install -r requirements.txt in its folder, or through "
                 "ComfyUI-Manager) and restart ComfyUI.", name, " and ".join(repr(m) for m in missing),
             )

@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from ..fashion_rag.retrieval.encoder import (
-    REAL_WEIGHTS_FILE,
-    REAL_WEIGHTS_HINT,
-    REAL_WEIGHTS_SOURCE,
-    GarmentEncoder,
-)
+from ..fashion_rag.logs import log
+from ..fashion_rag.model_files import INDEXES_KEY, RETRIEVAL_ENCODER
+from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder
 from ..fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
 from ..fashion_rag.retrieval.limits import shorten
 from ..fashion_rag.retrieval.manifest import check_encoder
 from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, inside
 from ..fashion_rag.retrieval.storage import POINTER, looks_like_index, resolve_version
-from .model_paths import folder_of
+from .compat import new_model_patcher
+from .model_cache import ModelCache
+from .model_folders import file_list, folder_of, full_path, missing_message
 from .types import GarmentIndexType
 
-log = logging.getLogger("fashion_rag")
-
-INDEXES_KEY = "fashion_rag_indexes"
-WEIGHTS_KEY = "fashion_rag_retrieval"
-
-# (index dir, version, weights path, weights mtime, size) -> loaded index. V3 nodes hold no
-# state; this lets every workflow share one loaded encoder instead of stacking copies.
-_CACHE: dict[tuple, GarmentIndex] = {}
-_LOCK = threading.Lock()
+# One encoder per weights file however many indexes use it, and the loaded indexes (their
+# metadata and memory-mapped embeddings) per folder and version.
+_ENCODERS: ModelCache[GarmentEncoder] = ModelCache(max_entries=2)
+_INDEXES: ModelCache[GarmentIndex] = ModelCache(max_entries=8)
 
 
 def _roots() -> list[str]:
@@ -74,11 +65,10 @@ def index_dir(name: str) -> str | None:
 
 
 def missing_index_message(name: str) -> str:
-    searched = ", ".join(_roots())
     found = index_names()
     return (
-        f"No garment index named {shorten(name)} in {searched} (an index is a folder holding {POINTER}; "
-        f"found: {', '.join(found) or 'none'}). Build one from a folder of garment images with "
+        f"No garment index named {shorten(name)} in {', '.join(_roots())} (an index is a folder holding "
+        f"{POINTER}; found: {', '.join(found) or 'none'}). Build one from a folder of garment images with "
         f"`python -m fashion_rag index build --catalog <images folder> --out "
         f"{os.path.join(folder_of(INDEXES_KEY), '<name>')}` and refresh the page."
     )
@@ -92,53 +82,46 @@ def index_problem(name: str) -> str | None:
         return str(exc)
 
 
-def missing_weights_message(name: str) -> str:
-    return (
-        f"Encoder weights {name!r} not found in {', '.join(folder_paths.get_folder_paths(WEIGHTS_KEY))}. "
-        f"Expected the file the index was built with; for the paper's retrieval encoder that is "
-        f"{REAL_WEIGHTS_FILE} (OpenCLIP ViT-L-14 laion2b_s32b_b82k) from {REAL_WEIGHTS_SOURCE}, "
-        f"placed in {folder_of(WEIGHTS_KEY)}."
-    )
-
-
-def _load(path: str, weights: str) -> GarmentIndex:
-    st_w = os.stat(weights)
-    key = (path, resolve_version(path).token, weights, st_w.st_mtime_ns, st_w.st_size)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        manifest = read_manifest(path)
-        encoder = GarmentEncoder(weights, manifest["encoder"]["name"])
-        check_encoder(manifest, encoder, path)  # before building a 400M-parameter model for nothing
-        index = load_index(path, encoder)
-        patcher = comfy.model_patcher.ModelPatcher(
-            encoder.module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-        )
+def _encoder(weights: str, arch: str) -> GarmentEncoder:
+    def load() -> GarmentEncoder:
+        encoder = GarmentEncoder(weights, arch)
+        patcher = new_model_patcher(encoder.module, mm.get_torch_device(), mm.unet_offload_device())
         # ComfyUI's memory manager moves the encoder on and off the device like its own models.
         encoder.before_use = lambda: mm.load_model_gpu(patcher)
-        for old in [k for k in _CACHE if k[0] == path and k[2] == weights]:
-            del _CACHE[old]  # a rebuilt index or replaced weights: drop the stale copy
-        _CACHE[key] = index
-        return index
+        return encoder
+
+    return _ENCODERS.get(weights, load, options=arch)
+
+
+def load_garment_index(path: str, weights: str) -> GarmentIndex:
+    version = resolve_version(path).token
+
+    def load() -> GarmentIndex:
+        manifest = read_manifest(path)
+        arch = manifest["encoder"]["name"]
+        check_encoder(manifest, GarmentEncoder(weights, arch), path)  # before building the model
+        return load_index(path, _encoder(weights, arch))
+
+    return _INDEXES.get(path, load, options=os.path.realpath(weights), token=version)
 
 
 class FashionRAGGarmentIndexLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        weights = folder_paths.get_filename_list(WEIGHTS_KEY)
-        default_weights = next((w for w in weights if os.path.basename(w) == REAL_WEIGHTS_FILE),
+        weights = file_list(RETRIEVAL_ENCODER)
+        default_weights = next((w for w in weights if os.path.basename(w) == RETRIEVAL_ENCODER.file),
                                weights[0] if weights else None)
         indexes = index_names()
         return io.Schema(
             node_id="FashionRAGGarmentIndexLoader",
-            display_name="Garment Index Loader",
-            category="fashion_rag",
+            display_name="Fashion-RAG Garment Index Loader",
+            category="fashion_rag/loaders",
             # An output node, so its summary reaches the UI also when the run is all cached.
             is_output_node=True,
             description=(
                 "Loads a garment catalog index (built with `python -m fashion_rag index build`) and the "
-                "OpenCLIP encoder it was built with, for Text → Garment Retrieve. The encoder is managed "
-                "by ComfyUI's memory manager like any model."
+                "OpenCLIP encoder it was built with, for 'Fashion-RAG Text → Garment Retrieve'. The encoder "
+                "is managed by ComfyUI's memory manager like any model."
             ),
             inputs=[
                 io.Combo.Input(
@@ -148,11 +131,9 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "encoder_weights", options=weights, default=default_weights,
-                    tooltip=(
-                        "The OpenCLIP weights the index was built with (models/fashion_rag/retrieval/). "
-                        f"The paper's: {REAL_WEIGHTS_FILE} of OpenCLIP ViT-L-14 laion2b_s32b_b82k from "
-                        f"{REAL_WEIGHTS_SOURCE}."
-                    ),
+                    tooltip="The OpenCLIP weights the index was built with "
+                            f"(models/{RETRIEVAL_ENCODER.folder}/). The paper's: "
+                            f"{RETRIEVAL_ENCODER.where_to_get}.",
                 ),
             ],
             outputs=[GarmentIndexType.Output(display_name="index",
@@ -160,12 +141,14 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, index: str, encoder_weights: str) -> bool | str:
-        problem = index_problem(index)
+    def validate_inputs(cls, index: str | None = None, encoder_weights: str | None = None) -> bool | str:
+        # Declared here, these messages answer on every ComfyUI version (compat.py); None: linked,
+        # checked when it runs.
+        problem = index_problem(index) if index is not None else None
         if problem:
             return problem
-        if folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights) is None:
-            return missing_weights_message(encoder_weights)
+        if encoder_weights is not None and full_path(RETRIEVAL_ENCODER, encoder_weights) is None:
+            return missing_message(RETRIEVAL_ENCODER, encoder_weights)
         return True
 
     @classmethod
@@ -177,7 +160,7 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
             version = resolve_version(path).token if path else None
         except ValueError:  # a bad name or a damaged index: execute() reports it
             version = None
-        weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
+        weights = full_path(RETRIEVAL_ENCODER, encoder_weights)
         return (version, os.path.getmtime(weights) if weights else None)
 
     @classmethod
@@ -186,10 +169,10 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
         path = index_dir(index) if problem is None else None
         if path is None:
             raise FileNotFoundError(problem or missing_index_message(index))
-        weights = folder_paths.get_full_path(WEIGHTS_KEY, encoder_weights)
+        weights = full_path(RETRIEVAL_ENCODER, encoder_weights)
         if weights is None:
-            raise FileNotFoundError(missing_weights_message(encoder_weights))
-        loaded = _load(path, weights)
+            raise FileNotFoundError(missing_message(RETRIEVAL_ENCODER, encoder_weights))
+        loaded = load_garment_index(path, weights)
         info = loaded.info()
         summary = {
             "name": index,
@@ -202,10 +185,10 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
         if info["random_demo_encoder"]:
             summary["warning"] = (
                 "The encoder weights are RANDOM demo weights, not pretrained: image similarity is "
-                f"meaningless (fusion ranks by captions only). For real retrieval, {REAL_WEIGHTS_HINT}."
+                f"meaningless, so retrieve with mode 'caption'. For real retrieval, {REAL_WEIGHTS_HINT}."
             )
-            log.warning("[fashion-rag] index %r: %s", index, summary["warning"])
-        log.info("[fashion-rag] loaded index %r: %d garments %s, encoder %s", index, info["items"],
+            log.warning("index %r: %s", index, summary["warning"])
+        log.info("loaded index %r: %d garments %s, encoder %s", index, info["items"],
                  info["per_category"], info["encoder"])
         return io.NodeOutput(loaded, ui={"fashion_rag_index": [summary]})
 

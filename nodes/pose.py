@@ -18,7 +18,7 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
         return io.Schema(
             node_id="FashionRAGPoseFromKeypoints",
             display_name="Fashion-RAG Pose from Keypoints",
-            category="fashion_rag/pose",
+            category="fashion_rag/inpaint",
             description=(
                 "Turns 18 body keypoints into the 18 Gaussian heatmaps (sigma 9) the Fashion-RAG "
                 "UNet was trained with. Connect a DWPose/OpenPose estimator's POSE_KEYPOINT, or "

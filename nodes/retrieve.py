@@ -9,6 +9,7 @@ from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.retrieval.garments import Garments
 from ..fashion_rag.retrieval.limits import MAX_K
 from ..fashion_rag.retrieval.search import MODES, request_problem, retrieve
+from .compat import check_combos, require_combos
 from .types import GarmentIndexType, GarmentsType
 
 
@@ -17,16 +18,16 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="FashionRAGTextGarmentRetrieve",
-            display_name="Text → Garment Retrieve",
-            category="fashion_rag",
+            display_name="Fashion-RAG Text → Garment Retrieve",
+            category="fashion_rag/retrieval",
             description=(
                 "Finds the catalog garments that best match a text description (OpenCLIP text→image "
                 "similarity, BM25 over captions, or both fused). Outputs the garment images (384×512, "
-                "rank order) and the garment list for Garment Inversion."
+                "rank order) and the garment list for 'Fashion-RAG Garment Inversion'."
             ),
             is_output_node=True,  # shows its garments even when nothing is connected yet (browsing)
             inputs=[
-                GarmentIndexType.Input("index", tooltip="From Garment Index Loader."),
+                GarmentIndexType.Input("index", tooltip="From 'Fashion-RAG Garment Index Loader'."),
                 io.String.Input(
                     "text", multiline=True, default="a red striped short-sleeve top",
                     tooltip="Describe the garment, e.g. 'a red floral midi dress with puff sleeves'.",
@@ -44,7 +45,7 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                     "mode", options=list(MODES), default="fusion",
                     tooltip="image: OpenCLIP text→image cosine (the paper's); caption: BM25 over the "
                             "catalog captions; fusion: reciprocal-rank fusion of both (falls back to image "
-                            "when the catalog has no captions).",
+                            "when the catalog has no captions). Random demo encoder weights: use caption.",
                 ),
                 io.String.Input(
                     "pin_ids", default="",
@@ -61,7 +62,7 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                                 tooltip="The garments, [k, 512, 384, 3], rank order."),
                 GarmentsType.Output(display_name="garments",
                                     tooltip="Ids, scores, categories, captions and images, "
-                                            "for Garment Inversion."),
+                                            "for 'Fashion-RAG Garment Inversion'."),
                 io.String.Output(display_name="category",
                                  tooltip="The top garment's category (upper_body, lower_body or dresses)."),
             ],
@@ -69,15 +70,18 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, text: str | None = None, pin_ids: str | None = None,
-                        exclude_ids: str | None = None) -> bool | str:
+                        exclude_ids: str | None = None, category: str | None = None,
+                        mode: str | None = None) -> bool | str:
         # k is left to ComfyUI's own min/max check. Inputs fed by links arrive as None (not
-        # known yet); the library checks every input again at run time.
+        # known yet); the library checks every input again at run time. The combos get the same
+        # check and message on every ComfyUI version (compat.py).
         problem = request_problem(text, None, pin_ids, exclude_ids)
-        return problem or True
+        return problem or check_combos(cls, category=category, mode=mode)
 
     @classmethod
     def execute(cls, index, text: str, k: int, category: str, mode: str, pin_ids: str,
                 exclude_ids: str) -> io.NodeOutput:
+        require_combos(cls, category=category, mode=mode)  # linked values skip validate_inputs
         garments: Garments = retrieve(
             index, text, k, mode=mode, category=None if category == "any" else category,
             pin_ids=pin_ids, exclude_ids=exclude_ids,

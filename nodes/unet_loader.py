@@ -9,9 +9,7 @@ loads and offloads it.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 
 import comfy.model_base
 import comfy.model_management as mm
@@ -23,27 +21,27 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.unet_file import WHERE_TO_GET, load_unet_state_dict
+from ..fashion_rag.inpaint.unet_file import read_unet_file
 from ..fashion_rag.inpaint.unet_layout import CONDITION_CHANNELS, FASHION_RAG_IN_CHANNELS, UNetLayout
+from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import UNET
+from ..fashion_rag.weights import load_in_parts
 from .compat import check_combos, new_model_patcher, require_combos
-from .model_paths import folder_of
+from .model_cache import ModelCache
+from .model_folders import missing_message
 
-FOLDER = "fashion_rag_unet"
 # Users who drop the file where stock UNETLoader looks get it listed too, under this prefix.
 ALT_FOLDER = "diffusion_models"
 ALT_PREFIX = "diffusion_models/"
 WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _WRAPPER_KEY = "fashion_rag_concat_check"
 
-# One loaded model per (file, mtime, size, dtype): a 27-channel SD2 UNet is 1.7-3.4 GB, so
-# keep only the latest rather than every file ever loaded.
-_cache: dict[tuple, comfy.model_patcher.ModelPatcher] = {}
-_cache_lock = threading.Lock()
+# A 27-channel SD2 UNet is 1.7-3.4 GB: keep only the latest rather than every file ever loaded.
+_UNETS: ModelCache[comfy.model_patcher.ModelPatcher] = ModelCache(max_entries=1)
 
 
 def unet_files() -> list[str]:
-    names = list(folder_paths.get_filename_list(FOLDER))
+    names = list(folder_paths.get_filename_list(UNET.key))
     try:
         names += [ALT_PREFIX + n for n in folder_paths.get_filename_list(ALT_FOLDER)]
     except KeyError:  # a ComfyUI without that folder key
@@ -51,23 +49,13 @@ def unet_files() -> list[str]:
     return names
 
 
-def missing_message(name: str | None) -> str:
-    what = f"'{name}' was not found" if name else "No UNet file was found"
-    return (
-        f"{what}. Put the Fashion-RAG UNet ('{UNET.file}', or a file made from it with "
-        f"`python -m fashion_rag convert-unet`) in {folder_of(FOLDER)} (searched: "
-        f"{', '.join(folder_paths.get_folder_paths(FOLDER))}) and refresh the page. "
-        f"{WHERE_TO_GET}."
-    )
-
-
 def resolve(name: str) -> str:
     if name.startswith(ALT_PREFIX):
         path = folder_paths.get_full_path(ALT_FOLDER, name[len(ALT_PREFIX):])
     else:
-        path = folder_paths.get_full_path(FOLDER, name)
+        path = folder_paths.get_full_path(UNET.key, name)
     if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(missing_message(name))
+        raise FileNotFoundError(missing_message(UNET, name))
     return path
 
 
@@ -84,10 +72,20 @@ def _check_concat(executor, x, t, c_concat=None, *args, **kwargs):
     return executor(x, t, c_concat, *args, **kwargs)
 
 
+def to_ldm(sd: dict[str, torch.Tensor], layout: UNetLayout) -> dict[str, torch.Tensor]:
+    """A checked diffusers-layout state dict in ComfyUI's names, by ComfyUI's own key map (the
+    same tensor objects: renaming copies nothing)."""
+    names = comfy.utils.unet_to_diffusers(layout.ldm_config())  # diffusers name -> LDM name
+    return {names[k]: v for k, v in sd.items()}
+
+
 def build_model(
     sd: dict[str, torch.Tensor], layout: UNetLayout, dtype: torch.dtype | None = None,
+    source: str | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A ComfyUI MODEL from an LDM-layout state dict (consumed) and its layout."""
+    """A ComfyUI MODEL from an LDM-layout state dict (emptied as it is loaded) and its layout;
+    `source`: the file the tensors are memory-mapped from (its pages are given back as they
+    are copied)."""
     model_config = comfy.supported_models.SD20(layout.ldm_config())
     # SD20 pins 64-wide heads; only toy test models differ.
     model_config.unet_config["num_head_channels"] = layout.head_channels
@@ -103,28 +101,26 @@ def build_model(
     # noise_concat (FashionRAGInpaintConditioning), so no inpaint concat keys are set.
     model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS)
     model = model.to(offload_device)
-    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
-    if missing or unexpected:  # load_unet_state_dict checked the file; this would be our bug
+    # Block by block, each block's file pages given back once copied: the file and the model
+    # are never both whole in memory (a 27-channel UNet is 3.5 GB in fp32).
+    missing, unexpected = load_in_parts(model.diffusion_model, sd, source)
+    if missing or unexpected:  # read_unet_file checked the file; this would be our bug
         raise RuntimeError(f"UNet build mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    sd.clear()
     patcher = new_model_patcher(model, load_device, offload_device)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, _WRAPPER_KEY, _check_concat)
     return patcher
 
 
 def load_unet(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, weight_dtype)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-        _cache.clear()  # drop the previous model before building a new one
-    sd, layout = load_unet_state_dict(path, in_channels=FASHION_RAG_IN_CHANNELS)
-    patcher = build_model(sd, layout, WEIGHT_DTYPES[weight_dtype])
-    logging.info("[fashion-rag] loaded UNet %s (%s)", path, layout)
-    with _cache_lock:
-        _cache[key] = patcher
-    return patcher
+    def load() -> comfy.model_patcher.ModelPatcher:
+        sd, layout, naming = read_unet_file(path, in_channels=FASHION_RAG_IN_CHANNELS)
+        if naming == "diffusers":
+            sd = to_ldm(sd, layout)  # the same tensors renamed; the only dict holding them now
+        patcher = build_model(sd, layout, WEIGHT_DTYPES[weight_dtype], source=path)
+        log.info("loaded UNet %s (%s)", path, layout)
+        return patcher
+
+    return _UNETS.get(path, load, options=weight_dtype)
 
 
 class FashionRAGUNetLoader(io.ComfyNode):
@@ -143,8 +139,9 @@ class FashionRAGUNetLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "unet_name", options=files, default=files[0] if files else None,
-                    tooltip=f"File in models/fashion_rag/unet ({UNET.file} from the Hugging Face "
-                            "repo furio19/fashion-rag, CC BY-NC 4.0) or in models/diffusion_models.",
+                    tooltip=f"File in models/{UNET.folder}/ or models/diffusion_models/: "
+                            f"{UNET.where_to_get}, or a file made from it with `python -m fashion_rag "
+                            "convert-unet`.",
                 ),
                 io.Combo.Input(
                     "weight_dtype", options=list(WEIGHT_DTYPES), default="default",
@@ -160,7 +157,7 @@ class FashionRAGUNetLoader(io.ComfyNode):
         # Declaring the combos here replaces ComfyUI's "value not in list" (0.8+; none before)
         # with our messages on every version. None: linked, checked when it runs.
         if unet_name is not None and (not unet_name or unet_name not in unet_files()):
-            return missing_message(unet_name)
+            return missing_message(UNET, unet_name)
         return check_combos(cls, weight_dtype=weight_dtype)
 
     @classmethod

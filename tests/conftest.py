@@ -106,3 +106,27 @@ def demo_models(comfy_base) -> dict:
     models = install_demo_models(comfy_base / "models")
     models["person"] = install_demo_person(comfy_base / "input")  # the example's LoadImage
     return models
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """The tiny random open_clip encoder's weights (tools/demo/encoder.py), seed 0."""
+    from tools.demo.encoder import write_tiny_encoder_weights
+
+    return write_tiny_encoder_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_source(tmp_path_factory) -> Path:
+    """The demo catalog (36 garments with metadata.jsonl), written once; copy it to modify it."""
+    from tools.demo.catalog import write_demo_catalog
+
+    return write_demo_catalog(tmp_path_factory.mktemp("demo_src") / "catalog", seed=0)
+
+
+@pytest.fixture
+def catalog_dir(tmp_path, demo_source) -> Path:
+    """A private, modifiable copy of the demo catalog."""
+    import shutil
+
+    return Path(shutil.copytree(demo_source, tmp_path / "catalog"))

@@ -29,7 +29,7 @@ from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
 from fashion_rag.retrieval.search import search
 from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
-from tools.demo.catalog import TINY_WEIGHTS_NAME, write_demo_catalog
+from tools.demo.catalog import TINY_WEIGHTS_NAME
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,15 +41,6 @@ def encoder(tmp_path_factory) -> GarmentEncoder:
                           TINY_ARCH)
 
 
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory) -> Path:
-    return write_demo_catalog(tmp_path_factory.mktemp("demo_src") / "catalog", seed=0)
-
-
-@pytest.fixture
-def catalog_dir(tmp_path, demo_source) -> Path:
-    """A private, modifiable copy of the demo catalog (36 garments, metadata.jsonl)."""
-    return Path(shutil.copytree(demo_source, tmp_path / "catalog"))
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

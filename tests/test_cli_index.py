@@ -52,7 +52,7 @@ def test_build_info_query(setup):
     assert "garments  36" in r.stdout and "upper_body: 12" in r.stdout and "dresses: 12" in r.stdout
     assert "fashion-rag-tiny" in r.stdout and "RANDOM demo weights" in r.stdout
 
-    r = _cli("query", out, "red striped trousers", "-k", "3", "--json")
+    r = _cli("query", out, "red striped trousers", "-k", "3", "--mode", "caption", "--json")
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]

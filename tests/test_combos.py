@@ -22,11 +22,6 @@ from fashion_rag.categories import CATEGORIES
 from fashion_rag.cli.comfy_server import REPO
 
 API = json.loads((REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json").read_text())
-# nodes/index_loader.py and nodes/retrieve.py are being rewritten elsewhere; issue 9's report
-# gives the validate_inputs lines they need. Remove a node from here once it has them.
-PENDING = {"FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve"}
-
-
 def combo_inputs(cls) -> list[str]:
     from comfy_api.latest import io
 
@@ -34,9 +29,7 @@ def combo_inputs(cls) -> list[str]:
 
 
 @pytest.mark.parametrize("node_id", sorted(NODE_IDS))
-def test_every_combo_is_declared_in_validate_inputs(comfy_runtime, node_id, request):
-    if node_id in PENDING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="needs issue 9's validate_inputs"))
+def test_every_combo_is_declared_in_validate_inputs(comfy_runtime, node_id):
     cls = comfy_runtime.nodes.NODE_CLASS_MAPPINGS[node_id]
     combos = combo_inputs(cls)
     if not combos:

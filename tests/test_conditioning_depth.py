@@ -16,11 +16,11 @@ LayerNorm. The negative is the empty prompt through the same model.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from test_inpaint_parity import pack_module
+from test_inversion_parity import randomize
 
 from fashion_rag.cli.comfy_server import comfy_path
 
@@ -35,21 +35,6 @@ CASES = [("dresses", 4), ("upper_body", 3), ("lower_body", 3), ("dresses", 1)]
 
 def literal_prompt(category: str, k: int) -> str:
     return "a photo of a model wearing " + NOUNS[category] + " made of " + " $ " * (TOKENS_PER_GARMENT * k)
-
-
-def randomize(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Seeded values that keep activations in range through 24 layers."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in sd.items():
-        r = torch.randn(v.shape, generator=g)
-        if v.ndim == 1:
-            out[k] = (1.0 + 0.1 * r) if "norm" in k and k.endswith("weight") else 0.05 * r
-        elif "embedding" in k:
-            out[k] = 0.3 * r
-        else:
-            out[k] = r / np.sqrt(np.prod(v.shape[1:]))
-    return out
 
 
 class Encoders:
@@ -85,7 +70,7 @@ class Encoders:
 
         tokenizer_dir = comfy_path() / "comfy" / "sd1_tokenizer"  # the CLIP BPE files
         self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!")
-        self.inversion = pack_module(harness, "nodes.inversion")
+        self.inversion = pack_module(harness, "nodes.token_injection")
 
     def ids(self, text: str) -> torch.Tensor:
         return self.tokenizer(text, padding="max_length", max_length=77, truncation=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,8 @@ from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, Index
 from fashion_rag.retrieval.storage import POINTER
 from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k
 from fashion_rag.retrieval.vectors import create_vector_index
-from tools.demo.catalog import COLOURS, SHAPES, draw_garment, write_demo_catalog
+from tools.demo.catalog import COLOURS, SHAPES, draw_garment
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_encoder_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=0)
-
-
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory) -> Path:
-    return write_demo_catalog(tmp_path_factory.mktemp("demo_src") / "catalog", seed=0)
-
-
-@pytest.fixture
-def catalog_dir(tmp_path, demo_source) -> Path:
-    """A private, modifiable copy of the demo catalog (36 garments)."""
-    return Path(shutil.copytree(demo_source, tmp_path / "catalog"))
 
 
 class CountingEncoder(GarmentEncoder):
@@ -59,8 +42,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_build_load_roundtrip(catalog_dir, weights, tmp_path):
-    enc = GarmentEncoder(weights, TINY_ARCH)
+def test_build_load_roundtrip(catalog_dir, tiny_weights, tmp_path):
+    enc = GarmentEncoder(tiny_weights, TINY_ARCH)
     report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", enc)
     assert (report.items, report.encoded, report.reused, report.written) == (36, 36, 0, True)
     assert report.index_type == "flat"
@@ -79,16 +62,16 @@ def test_build_load_roundtrip(catalog_dir, weights, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
 
 
-def test_incremental_rebuild_encodes_only_changes(catalog_dir, weights, tmp_path):
+def test_incremental_rebuild_encodes_only_changes(catalog_dir, tiny_weights, tmp_path):
     out = tmp_path / "idx"
-    enc = CountingEncoder(weights)
+    enc = CountingEncoder(tiny_weights)
     build_index(scan_catalog(catalog_dir), out, enc)
     assert enc.images_encoded == 36
     before = load_index(out)
     old_emb = {i: np.array(before.embeddings[p]) for p, i in enumerate(before.ids)}
     mtime = (out / POINTER).stat().st_mtime_ns
 
-    enc2 = CountingEncoder(weights)
+    enc2 = CountingEncoder(tiny_weights)
     report = build_index(scan_catalog(catalog_dir), out, enc2)
     assert (enc2.images_encoded, report.written, report.reused) == (0, False, 36)
     assert (out / POINTER).stat().st_mtime_ns == mtime  # untouched: ComfyUI sees no change
@@ -106,7 +89,7 @@ def test_incremental_rebuild_encodes_only_changes(catalog_dir, weights, tmp_path
                  "caption": "navy checked mini dress"})
     (catalog_dir / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
-    enc3 = CountingEncoder(weights)
+    enc3 = CountingEncoder(tiny_weights)
     report = build_index(scan_catalog(catalog_dir), out, enc3)
     assert enc3.images_encoded == 2
     assert (report.items, report.encoded, report.reused, report.removed) == (36, 2, 34, 1)
@@ -121,12 +104,12 @@ def test_incremental_rebuild_encodes_only_changes(catalog_dir, weights, tmp_path
     np.testing.assert_allclose(after.embeddings[pos], fresh, atol=1e-5)
 
 
-def test_corrupt_images_are_skipped_and_reported(catalog_dir, weights, tmp_path):
+def test_corrupt_images_are_skipped_and_reported(catalog_dir, tiny_weights, tmp_path):
     (catalog_dir / "metadata.jsonl").unlink()  # folder mode: every image file is an item
     (catalog_dir / "dresses" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     good = (catalog_dir / "dresses" / "dress00.png").read_bytes()
     (catalog_dir / "upper_body" / "cut.png").write_bytes(good[: len(good) // 2])
-    report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(weights, TINY_ARCH))
+    report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(tiny_weights, TINY_ARCH))
     assert report.items == 36
     assert sorted((s.id, s.reason) for s in report.skipped) == [("broken", "not an image"),
                                                                 ("cut", "unreadable")]
@@ -136,9 +119,9 @@ def test_corrupt_images_are_skipped_and_reported(catalog_dir, weights, tmp_path)
     assert "broken" not in index and "cut" not in index and "dress00" in index
 
 
-def test_failed_build_leaves_previous_index_intact(catalog_dir, weights, tmp_path):
+def test_failed_build_leaves_previous_index_intact(catalog_dir, tiny_weights, tmp_path):
     out = tmp_path / "indexes" / "idx"
-    build_index(scan_catalog(catalog_dir), out, GarmentEncoder(weights, TINY_ARCH))
+    build_index(scan_catalog(catalog_dir), out, GarmentEncoder(tiny_weights, TINY_ARCH))
     before = _snapshot(out)
     # New images force encoding; the encoder dies on its second batch.
     for i in range(40):
@@ -146,26 +129,27 @@ def test_failed_build_leaves_previous_index_intact(catalog_dir, weights, tmp_pat
             catalog_dir / "lower_body" / f"extra{i}.png")
     (catalog_dir / "metadata.jsonl").unlink()
     with pytest.raises(RuntimeError, match="simulated failure"):
-        build_index(scan_catalog(catalog_dir), out, CountingEncoder(weights, fail_after_calls=1),
+        build_index(scan_catalog(catalog_dir), out, CountingEncoder(tiny_weights, fail_after_calls=1),
                     batch_size=8)
     assert _snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["idx"]  # no temp folder left behind
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
-    assert len(load_index(out, GarmentEncoder(weights, TINY_ARCH))) == 36
+    assert len(load_index(out, GarmentEncoder(tiny_weights, TINY_ARCH))) == 36
 
 
-def test_other_encoder_is_refused_naming_both(catalog_dir, weights, tmp_path):
-    build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(weights, TINY_ARCH))
+def test_other_encoder_is_refused_naming_both(catalog_dir, tiny_weights, tmp_path):
+    build_index(scan_catalog(catalog_dir), tmp_path / "idx", GarmentEncoder(tiny_weights, TINY_ARCH))
     other = write_tiny_encoder_weights(tmp_path / "other.safetensors", seed=1)
     with pytest.raises(EncoderMismatchError) as err:
         load_index(tmp_path / "idx", GarmentEncoder(other, TINY_ARCH))
     msg = str(err.value)
     assert "tiny.safetensors" in msg and "other.safetensors" in msg
-    assert GarmentEncoder(weights).weights_hash[:12] in msg and GarmentEncoder(other).weights_hash[:12] in msg
+    assert GarmentEncoder(tiny_weights).weights_hash[:12] in msg
+    assert GarmentEncoder(other).weights_hash[:12] in msg
     assert "rebuild" in msg
     # Another architecture (and dimension) is refused before any model is built.
     with pytest.raises(EncoderMismatchError, match=r"fashion-rag-tiny.*32-d.*ViT-B-32.*512-d"):
-        load_index(tmp_path / "idx", GarmentEncoder(weights, "ViT-B-32"))
+        load_index(tmp_path / "idx", GarmentEncoder(tiny_weights, "ViT-B-32"))
 
 
 def test_missing_or_foreign_folder_gives_clear_error(tmp_path):
@@ -218,8 +202,8 @@ def test_filtered_ivf_search_keeps_recall_for_off_category_queries():
         assert recall_at_k(found, exact) >= 0.95, wanted
 
 
-def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, weights, tmp_path):
-    enc = GarmentEncoder(weights, TINY_ARCH)
+def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, tiny_weights, tmp_path):
+    enc = GarmentEncoder(tiny_weights, TINY_ARCH)
     report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", enc, index_type="ivf")
     assert report.index_type == "ivf"
     index = load_index(tmp_path / "idx", enc)

@@ -124,7 +124,9 @@ class Models:
 
         nodes = harness.nodes.NODE_CLASS_MAPPINGS
         self.inversion = nodes["FashionRAGGarmentInversion"]
-        self.module = sys.modules[self.inversion.__module__]
+        pack = sys.modules[self.inversion.__module__].__name__.rsplit(".", 2)[0]
+        self.pseudo_words = sys.modules[f"{pack}.nodes.pseudo_words"]
+        self.token_injection = sys.modules[f"{pack}.nodes.token_injection"]
         loader = nodes["FashionRAGAdapterLoader"]
         self.adapter = loader.execute(adapter_name=ADAPTER_FILE).result[0]
 
@@ -198,7 +200,7 @@ def test_garment_inversion_matches_reference(models):
     assert positive[0][0].shape == (1, 77, TEXT["hidden_size"])
     assert pos_err < 1e-4 and neg_err < 1e-4
     # The PTEs themselves (ComfyUI CLIP_VISION + our preprocessing + our adapter).
-    ptes = models.module.garment_embeddings(models.clip_vision, models.adapter, [image])
+    ptes = models.pseudo_words.garment_embeddings(models.clip_vision, models.adapter, [image])
     pte_err = rel_err(ptes.reshape(ref_ptes.shape), ref_ptes)
     print(f"parity: PTE rel err {pte_err:.2e}")
     assert pte_err < 1e-4
@@ -222,7 +224,7 @@ def test_garments_input_with_auto_category(models):
 def test_pte_equal_to_token_row_reproduces_plain_prompt(models):
     prompt = build_prompt("lower_body", 1)
     row = models.clip.cond_stage_model.clip_h.transformer.get_input_embeddings().weight[259]
-    tokens = models.module.inject_embeddings(models.clip, prompt, row.expand(1, 16, -1).clone())
+    tokens = models.token_injection.inject_embeddings(models.clip, prompt, row.expand(1, 16, -1).clone())
     assert sum(not isinstance(t[0], int) for t in tokens["h"][0]) == 16
     injected = models.clip.encode_from_tokens_scheduled(tokens)[0][0]
     plain = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(prompt))[0][0]

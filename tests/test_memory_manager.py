@@ -9,55 +9,19 @@ bit-identical results.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from PIL import Image
 from test_inpaint_parity import pack_module, tiny_unet, tiny_vaes
 from test_inversion_parity import ADAPTER_FILE, Models
 
+from probe_nodes import FRTestCapture, probe_nodes
 from tools.demo.catalog import TINY_WEIGHTS_NAME
 
 UNET_FILE = "fr_test_memory_unet.pth"
 H, W = 64, 48
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class TinyObjects:
-    """Test-only node: ComfyUI CLIP, CLIP_VISION and VAE objects built by the test."""
-
-    OBJECTS: dict = {}
-    RETURN_TYPES = ("CLIP", "CLIP_VISION", "VAE")
-    FUNCTION = "get"
-    CATEGORY = "testing"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"key": ("STRING", {"default": "tiny"})}}
-
-    def get(self, key):
-        return self.OBJECTS[key]
-
-
-class CaptureRun:
-    """Test-only output node: keeps what the prompt produced."""
-
-    RESULTS: dict = {}
-    RETURN_TYPES = ()
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-    CATEGORY = "testing"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"latent": ("LATENT",), "positive": ("CONDITIONING",),
-                             "tag": ("STRING", {"default": "x"})}}
-
-    def capture(self, latent, positive, tag):
-        self.RESULTS[tag] = (latent["samples"].clone(), positive[0][0].clone())
-        return {"ui": {"captured": [tag]}}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +31,10 @@ def env(comfy, tmp_path_factory):
     unet_dir.mkdir(parents=True, exist_ok=True)
     torch.save(tiny_unet(seed=11).state_dict(), unet_dir / UNET_FILE)
     Image.new("RGB", (W, H), (180, 90, 60)).save(comfy.base / "input" / "fr_memory_person.png")
-    TinyObjects.OBJECTS["tiny"] = (models.clip, models.clip_vision, tiny_vaes()[1])
-    mapping = comfy.nodes.NODE_CLASS_MAPPINGS
-    mapping["FRTestTinyObjects"], mapping["FRTestCaptureRun"] = TinyObjects, CaptureRun
     try:
-        yield comfy
+        with probe_nodes(comfy, tiny=(models.clip, models.clip_vision, tiny_vaes()[1])):
+            yield comfy
     finally:
-        mapping.pop("FRTestTinyObjects", None)
-        mapping.pop("FRTestCaptureRun", None)
         # Cached outputs would hide the next module's output nodes from history on 0.3.75.
         comfy.executor.reset()
 
@@ -86,7 +46,7 @@ def workflow(tag: str) -> dict:
         "ret": {"class_type": "FashionRAGTextGarmentRetrieve",
                 "inputs": {"index": ["idx", 0], "text": "a blue dress", "k": 2, "category": "dresses",
                            "mode": "image", "pin_ids": "", "exclude_ids": ""}},
-        "obj": {"class_type": "FRTestTinyObjects", "inputs": {"key": "tiny"}},
+        "obj": {"class_type": "FRTestObjects", "inputs": {"key": "tiny"}},
         "adapter": {"class_type": "FashionRAGAdapterLoader", "inputs": {"adapter_name": ADAPTER_FILE}},
         "inv": {"class_type": "FashionRAGGarmentInversion",
                 "inputs": {"clip": ["obj", 0], "clip_vision": ["obj", 1], "adapter": ["adapter", 0],
@@ -100,22 +60,21 @@ def workflow(tag: str) -> dict:
                            "vae": ["obj", 2], "image": ["person", 0], "mask": ["mask", 0], "seed": 5,
                            "steps": 2, "cfg": 7.5, "sampler_name": "fashion_rag_ddim", "scheduler": "normal",
                            "denoise": 1.0, "paste_back": False}},
-        "cap": {"class_type": "FRTestCaptureRun",
+        "cap": {"class_type": "FRTestCapture",
                 "inputs": {"latent": ["inp", 0], "positive": ["inv", 0], "tag": tag}},
     }
 
 
 def the_packs_models(harness) -> dict[str, torch.nn.Module]:
     """The torch modules behind the pack's patchers, from the loaders' own caches."""
-    unet = pack_module(harness, "nodes.unet_loader")._cache
-    adapter = pack_module(harness, "nodes.adapter_loader")._CACHE
-    index = pack_module(harness, "nodes.index_loader")._CACHE
+    unet = pack_module(harness, "nodes.unet_loader")._UNETS.items()
+    adapter = pack_module(harness, "nodes.adapter_loader")._ADAPTERS.items()
+    encoders = pack_module(harness, "nodes.index_loader")._ENCODERS.items()
     assert len(unet) == 1, "the UNet loader keeps one model"
-    (unet_patcher,) = unet.values()
-    (adapter_patcher,) = [p for k, p in adapter.items() if k[0].endswith(ADAPTER_FILE)]
-    # The demo index's (earlier modules of the session may have loaded other indexes with these weights).
-    (encoder,) = [i.encoder for k, i in index.items()
-                  if k[2].endswith(TINY_WEIGHTS_NAME) and os.path.basename(k[0]) == "demo"]
+    ((_, unet_patcher),) = unet
+    (adapter_patcher,) = [p for path, p in adapter if path.endswith(ADAPTER_FILE)]
+    # One encoder per weights file, however many indexes were loaded with it.
+    (encoder,) = [e for path, e in encoders if path.endswith(TINY_WEIGHTS_NAME)]
     return {"unet": unet_patcher.model, "adapter": adapter_patcher.model, "encoder": encoder.module}
 
 
@@ -147,7 +106,8 @@ def test_models_load_offload_and_reload_across_prompts(env):
     for i, after in enumerate(["unload_all_models", "free_memory", None, "unload_all_models"]):
         harness.executor.reset()  # a cold output cache: every node runs again
         out = harness.run(workflow(f"run{i}"))
-        latent, positive = CaptureRun.RESULTS[f"run{i}"]
+        got = FRTestCapture.RESULTS[f"run{i}"]
+        latent, positive = got["latent"]["samples"].clone(), got["positive"][0][0].clone()
         runs[i] = (latent, positive, out["ret"]["fashion_rag_garments"])
 
         now = the_packs_models(harness)

@@ -3,6 +3,8 @@ KSampler use, other samplers, MODEL patches, and the bad-input errors."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,8 @@ def parts(comfy_runtime, tmp_path_factory):
 
     _, cvae = tiny_vaes()
     model = load_tiny_model(comfy_runtime, tiny_unet(seed=7), tmp_path_factory.mktemp("nodes"))
-    return model, cvae, pack_module(comfy_runtime, "nodes.inpaint")
+    nodes = comfy_runtime.nodes.NODE_CLASS_MAPPINGS
+    return model, cvae, SimpleNamespace(**{k: v for k, v in nodes.items() if k.startswith("FashionRAG")})
 
 
 def _concat(cond) -> torch.Tensor:
@@ -162,3 +165,43 @@ def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):
     assert not left, f"the benchmark left its temp folder(s) {left} in {tmp_path}"
     for row in ("a) diffusers reference loop", "b) ComfyUI node sampling", "c) FashionRAGInpaint node"):
         assert row in run.stdout
+
+
+@pytest.mark.parametrize("sampler,scheduler,steps,denoise", [
+    ("euler", "normal", 7, 1.0), ("dpm_2", "karras", 5, 1.0), ("uni_pc", "simple", 6, 0.7),
+    ("dpmpp_2m", "sgm_uniform", 9, 0.35), ("ddim", "ddim_uniform", 10, 1.0), ("euler", "normal", 4, 0.0),
+])
+def test_stock_sigmas_are_ksamplers(comfy_runtime, parts, sampler, scheduler, steps, denoise):
+    """The inpaint node takes stock schedules from ComfyUI's calculate_sigmas instead of building a
+    KSampler: the same sigmas, with KSampler's denoise rule and its penultimate-sigma rule
+    (dpm_2, uni_pc). Mutations caught: dropping either rule, int() rounding changed."""
+    import comfy.samplers
+
+    model = parts[0]
+    ours = pack_module(comfy_runtime, "nodes.reference_sampler").stock_sigmas(
+        model, sampler, scheduler, steps, denoise)
+    theirs = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler, scheduler=scheduler,
+                                     denoise=denoise, model_options=model.model_options).sigmas
+    assert torch.equal(ours, theirs.cpu())
+
+
+def test_reference_ddim_pair_in_sampler_custom_equals_the_inpaint_node(comfy_runtime, parts):
+    """'Fashion-RAG Reference DDIM' (SAMPLER + SIGMAS) in core SamplerCustom, fed by 'Fashion-RAG
+    Inpaint Conditioning' and an empty latent, gives the inpaint node's latent: the reference
+    sampler is usable outside our node. Mutations caught: the pair losing the unit-noise start or
+    the last step to alpha_bar_0 (both change the latent by > 1e-3)."""
+    import nodes as comfy_nodes
+
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    steps, seed = 6, 11
+    with torch.inference_mode():
+        want, _ = inpaint.FashionRAGInpaint.execute(
+            model, pos, neg, vae, image, mask, seed=seed, steps=steps, cfg=7.5,
+            sampler_name="fashion_rag_ddim", scheduler="normal", denoise=1.0, paste_back=False, pose=pose)
+        p, n, _ = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask, pose=pose)
+        sampler, sigmas = inpaint.FashionRAGReferenceDDIM.execute(model, steps, 1.0)
+        empty = {"samples": torch.zeros(1, 4, H // 8, W // 8)}
+        custom = comfy_nodes.NODE_CLASS_MAPPINGS["SamplerCustom"]  # a V3 node on 0.3.75 and 0.33
+        got = custom.execute(model, True, seed, 7.5, p, n, sampler, sigmas, empty).result[0]["samples"]
+    assert rel(got, want["samples"]) < 1e-6

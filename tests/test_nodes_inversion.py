@@ -17,70 +17,30 @@ from test_inversion_parity import ADAPTER_FILE, Models, rel_err, smooth_garment
 
 from comfy_harness import PromptFailed
 from fashion_rag.inversion.prompt import build_prompt
+from probe_nodes import FRTestCapture, probe_nodes
 
 EMBEDDING = "fr_test_garments"
 
 
-class TinyModels:
-    """Test-only node: the tiny CLIP and CLIP_VISION of this module."""
-
-    OBJECTS: dict = {}
-    RETURN_TYPES = ("CLIP", "CLIP_VISION")
-    FUNCTION = "get"
-    CATEGORY = "testing"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"key": ("STRING", {"default": "tiny"})}}
-
-    def get(self, key):
-        return self.OBJECTS[key]
-
-
-class Capture:
-    """Test-only output node: keeps the conditionings it receives."""
-
-    RESULTS: dict = {}
-    RETURN_TYPES = ()
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-    CATEGORY = "testing"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-                             "tag": ("STRING", {"default": "x"})}}
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # always run, so each test sees its own result
-
-    def capture(self, positive, negative, tag):
-        self.RESULTS[tag] = (positive, negative)
-        return {"ui": {"captured": [tag]}}
+def _captured(tag: str) -> tuple:
+    got = FRTestCapture.RESULTS[tag]
+    return got["positive"], got["negative"]
 
 
 @pytest.fixture(scope="module")
 def env(comfy, tmp_path_factory):
     models = Models(comfy, tmp_path_factory.mktemp("nodes_inversion"))
-    mapping = comfy.nodes.NODE_CLASS_MAPPINGS
-    TinyModels.OBJECTS["tiny"] = (models.clip, models.clip_vision)
-    mapping["FRTestTinyModels"] = TinyModels
-    mapping["FRTestCapture"] = Capture
     garments = [smooth_garment(11), smooth_garment(12), smooth_garment(13)]
     for i, g in enumerate(garments):
         Image.fromarray(g).save(comfy.base / "input" / f"fr_garment_{i}.png")
-    try:
+    with probe_nodes(comfy, tiny=(models.clip, models.clip_vision)):
         yield comfy, models, garments
-    finally:
-        mapping.pop("FRTestTinyModels", None)
-        mapping.pop("FRTestCapture", None)
 
 
 def graph(images: dict | None = None, inversion: dict | None = None, save: dict | None = None,
           tag: str = "x") -> dict:
     g = {
-        "models": {"class_type": "FRTestTinyModels", "inputs": {"key": "tiny"}},
+        "models": {"class_type": "FRTestObjects", "inputs": {"key": "tiny"}},
         "adapter": {"class_type": "FashionRAGAdapterLoader", "inputs": {"adapter_name": ADAPTER_FILE}},
         "img0": {"class_type": "LoadImage", "inputs": {"image": "fr_garment_0.png"}},
         "img1": {"class_type": "LoadImage", "inputs": {"image": "fr_garment_1.png"}},
@@ -104,7 +64,7 @@ def graph(images: dict | None = None, inversion: dict | None = None, save: dict 
 def test_inversion_runs_in_comfyui_and_matches_reference(env):
     comfy, models, garments = env
     comfy.run(graph(inversion={}, tag="ref"))
-    positive, negative = Capture.RESULTS["ref"]
+    positive, negative = _captured("ref")
     ref = models.ref_encode(build_prompt("dresses", 2), models.ref_ptes(garments[:2]))
     assert rel_err(positive[0][0], ref) < 1e-4
     assert rel_err(negative[0][0], models.ref_encode("")) < 1e-4
@@ -121,7 +81,7 @@ def test_saved_embedding_reproduces_the_conditioning(env):
     # ComfyUI's own `embedding:` syntax with the file gives the node's conditioning.
     text = f"a photo of a model wearing a dress made of embedding:{EMBEDDING}"
     via_file = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(text))[0][0]
-    positive, _ = Capture.RESULTS["emb"]
+    positive, _ = _captured("emb")
     torch.testing.assert_close(via_file, positive[0][0], atol=1e-6, rtol=0)
 
 
@@ -197,7 +157,7 @@ def test_node_schemas_have_tooltips(env):
     ids = ("FashionRAGAdapterLoader", "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding")
     for node_id in ids:
         schema = comfy.nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
-        assert schema.category == "fashion_rag" and schema.description
+        assert schema.category.startswith("fashion_rag/") and schema.description
         assert all(i.tooltip for i in schema.inputs), node_id
 
 
@@ -213,7 +173,8 @@ def test_pixels_of_load_image_are_8bit_levels(env):
 def test_text_width_mismatch_is_a_clear_error(env):
     _, models, _ = env
     with pytest.raises(ValueError, match="48-wide embeddings, but this CLIP's text encoder .* is 64-wide"):
-        models.module.inject_embeddings(models.clip, build_prompt("dresses", 1), torch.zeros(1, 16, 48))
+        prompt = build_prompt("dresses", 1)
+        models.token_injection.inject_embeddings(models.clip, prompt, torch.zeros(1, 16, 48))
 
 
 @pytest.mark.slow
@@ -239,8 +200,8 @@ def test_full_size_demo_models_through_stock_loaders(env):
                                                                 "negative": ["empty", 0], "tag": "empty"}},
     }
     comfy.run(g)
-    positive, negative = Capture.RESULTS["full"]
+    positive, negative = _captured("full")
     assert positive[0][0].shape == (1, 77, 1024) and torch.isfinite(positive[0][0]).all()
     # The negative is exactly what a stock CLIPTextEncode of the empty prompt gives.
-    torch.testing.assert_close(negative[0][0], Capture.RESULTS["empty"][0][0][0], atol=0, rtol=0)
+    torch.testing.assert_close(negative[0][0], _captured("empty")[0][0][0], atol=0, rtol=0)
     assert not torch.allclose(positive[0][0], negative[0][0])

@@ -23,7 +23,8 @@ LOADER, RETRIEVE = "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetriev
 
 def workflow(text: str = "red striped trousers", k: int = 3, index: str = "demo", save: bool = False,
              weights: str = TINY_WEIGHTS_NAME, **retrieve_inputs) -> dict:
-    inputs = {"index": ["1", 0], "text": text, "k": k, "category": "any", "mode": "fusion",
+    # The demo's encoder weights are random: captions are what makes its rankings meaningful.
+    inputs = {"index": ["1", 0], "text": text, "k": k, "category": "any", "mode": "caption",
               "pin_ids": "", "exclude_ids": "", **retrieve_inputs}
     sink = ({"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fr_retrieve"}}
             if save else {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}})
@@ -146,8 +147,8 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
     info = comfy_server.get("/object_info")
     assert LOADER in info and RETRIEVE in info
     loader, retrieve = info[LOADER], info[RETRIEVE]
-    assert loader["display_name"] == "Garment Index Loader"
-    assert retrieve["display_name"] == "Text → Garment Retrieve"
+    assert loader["display_name"] == "Fashion-RAG Garment Index Loader"
+    assert retrieve["display_name"] == "Fashion-RAG Text → Garment Retrieve"
     index_spec = loader["input"]["required"]["index"]
     options = index_spec[0] if isinstance(index_spec[0], list) else index_spec[1]["options"]
     assert "demo" in options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 from fashion_rag.cli.comfy_server import REPO
 from workflow_ui import node_info
@@ -11,7 +12,7 @@ NODE_IDS = {
     "FashionRAGGarmentIndexLoader", "FashionRAGTextGarmentRetrieve", "FashionRAGAdapterLoader",
     "FashionRAGGarmentInversion", "FashionRAGSaveGarmentEmbedding", "FashionRAGUNetLoader",
     "FashionRAGPoseFromKeypoints", "FashionRAGGarmentMask", "FashionRAGInpaint",
-    "FashionRAGInpaintConditioning",
+    "FashionRAGInpaintConditioning", "FashionRAGReferenceDDIM", "FashionRAGCheckpointCLIPVAELoader",
 }
 # Module names ComfyUI owns; the library must not need ComfyUI at all.
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "execution",
@@ -31,6 +32,48 @@ def test_all_nodes_registered_with_tooltips_and_docs(comfy_runtime):
                 assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
         doc = REPO / "web" / "docs" / f"{name}.md"
         assert doc.is_file(), f"{doc} missing"
+
+
+MENU = {"fashion_rag/loaders", "fashion_rag/retrieval", "fashion_rag/inversion", "fashion_rag/inpaint",
+        "fashion_rag/evaluation"}
+
+
+def _texts(info: dict) -> list[str]:
+    texts = [info["description"]]
+    for group in ("required", "optional"):
+        for spec in info["input"].get(group, {}).values():
+            texts.append((spec[1] if len(spec) > 1 else {}).get("tooltip", ""))
+    return texts + list(info.get("output_tooltips") or [])
+
+
+def test_one_naming_scheme(comfy_runtime):
+    """Class names are node ids, display names say "Fashion-RAG", one menu tree, docs titled by
+    display name, and every node a tooltip, description or doc names exists.
+    Mutations caught: a class named unlike its id, a display name or menu path of its own, a doc
+    title left behind by a rename, a tooltip naming a node that does not exist."""
+    ours = {n: c for n, c in comfy_runtime.nodes.NODE_CLASS_MAPPINGS.items() if n.startswith("FashionRAG")}
+    infos = {n: node_info(c) for n, c in ours.items()}
+    displays = {info["display_name"] for info in infos.values()}
+    for name, cls in ours.items():
+        info = infos[name]
+        assert cls.__name__ == name
+        assert info["display_name"].startswith("Fashion-RAG "), name
+        assert info["category"] in MENU, (name, info["category"])
+        doc = (REPO / "web" / "docs" / f"{name}.md").read_text()
+        assert doc.splitlines()[0] == f"# {info['display_name']}", name
+        named = re.findall(r"'(Fashion-RAG [^']+)'", " ".join(t or "" for t in _texts(info)))
+        named += re.findall(r"\*\*(Fashion-RAG [^*]+)\*\*", doc)
+        named = [" ".join(n.split()) for n in named]  # names wrapped across lines
+        allowed = displays | {"Fashion-RAG UNet"}  # the model, which docs name too
+        assert set(named) <= allowed, (name, set(named) - allowed)
+
+
+def test_one_log_prefix():
+    """Every log line goes through fashion_rag.logs (one prefix); no module writes its own."""
+    for path in sorted(REPO.glob("fashion_rag/**/*.py")) + sorted(REPO.glob("nodes/*.py")):
+        text = path.read_text()
+        assert "[fashion_rag]" not in text and "[fashion-rag]" not in text, path
+        assert "logging.getLogger(\"fashion_rag\")" not in text or path.name == "logs.py", path
 
 
 def test_library_never_imports_comfyui():

@@ -171,6 +171,6 @@ def test_full_size_loader_model_matches_published_unet(comfy_runtime, tmp_path):
                  if isinstance(m, CrossAttention)}
         assert heads == {(c, h, c // h) for c, h in HEADS_BY_WIDTH.items()}, heads
     finally:  # 2 x 3.5 GB: free them for the rest of the session
-        loader._cache.clear()
+        loader._UNETS.clear()
         del model
         gc.collect()

@@ -25,7 +25,8 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # no links is a loader; an output node without outputs goes last; else right of its inputs).
 # The pose node has no inputs: it sits in the column right before the inpaint node it feeds.
 COLUMN = {
-    "CheckpointLoaderSimple": 0, "CLIPVisionLoader": 0, "FashionRAGGarmentIndexLoader": 0,
+    "CheckpointLoaderSimple": 0, "FashionRAGCheckpointCLIPVAELoader": 0, "CLIPVisionLoader": 0,
+    "FashionRAGGarmentIndexLoader": 0,
     "FashionRAGAdapterLoader": 0, "FashionRAGUNetLoader": 0, "LoadImage": 0,
     "FashionRAGTextGarmentRetrieve": 1, "FashionRAGGarmentMask": 1,
     "FashionRAGGarmentInversion": 2, "FashionRAGPoseFromKeypoints": 2,

@@ -70,7 +70,8 @@ class ComfyClient:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
-    def log(self) -> str:
+    def _log_tail(self) -> str:
+        """What to add to an error message: a server we started shows its log (ComfyServer)."""
         return ""
 
     def get(self, path: str) -> Any:
@@ -115,7 +116,7 @@ class ComfyClient:
             if on_wait:
                 on_wait()
             time.sleep(0.2 if on_wait else 0.5)
-        raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"prompt {pid} did not finish in {timeout}s{self._log_tail()}")
 
     def cancel(self, prompt_id: str) -> None:
         """Drop a prompt from the queue, or interrupt it if it is running (only that prompt)."""
@@ -197,6 +198,9 @@ class ComfyServer(ComfyClient):
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def _log_tail(self) -> str:
+        return f":\n{self.log()}"
 
     def stop(self) -> None:
         self.proc.terminate()

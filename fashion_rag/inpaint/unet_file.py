@@ -16,6 +16,7 @@ import torch
 from ..files import atomic_write
 from ..model_files import UNET
 from ..weights import read_state_dict
+from .inputs import channel_hint
 from .unet_layout import (
     FASHION_RAG_IN_CHANNELS,
     UNetFileError,
@@ -39,43 +40,47 @@ def _unet_part(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def check_in_channels(in_channels: int, source: str, expected: int = FASHION_RAG_IN_CHANNELS) -> None:
     if in_channels == expected:
         return
-    hint = {
-        9: " A 9-channel UNet is a stock Stable Diffusion inpainting model: load it with "
-           "ComfyUI's own loaders and use InpaintModelConditioning.",
-        4: " A 4-channel UNet is a plain text-to-image model.",
-    }.get(in_channels, "")
+    hint = channel_hint(in_channels)
     raise UNetFileError(
         f"{source}: this UNet takes {in_channels} input channels, so it is not the Fashion-RAG "
         f"UNet, which takes {expected} (noisy latent 4 + mask 1 + masked-image latent 4 + pose "
-        f"heatmaps 18).{hint} {WHERE_TO_GET}."
+        f"heatmaps 18).{' ' + hint if hint else ''} {WHERE_TO_GET}."
+    )
+
+
+def read_unet_file(
+    path: str | os.PathLike, in_channels: int | None = FASHION_RAG_IN_CHANNELS,
+) -> tuple[dict[str, torch.Tensor], UNetLayout, str]:
+    """A UNet file's state dict as stored, its layout, and its naming ("diffusers" or "ldm").
+
+    Every key and shape is checked in the file's own naming (see the module docstring for the
+    forms); `in_channels=None` skips the channel check.
+    """
+    source = str(path)
+    sd = _unet_part(read_state_dict(path, what="a UNet"))
+    for naming, first, derive, shapes in (
+        ("diffusers", "conv_in.weight", layout_from_diffusers, UNetLayout.diffusers_shapes),
+        ("ldm", "input_blocks.0.0.weight", layout_from_ldm, UNetLayout.ldm_shapes),
+    ):
+        if first in sd:
+            if in_channels is not None:
+                check_in_channels(sd[first].shape[1], source, in_channels)
+            layout = derive(sd, source)
+            check_layout(sd, shapes(layout), source)
+            return sd, layout, naming
+    first_keys = ", ".join(list(sd)[:5]) or "none"
+    raise UNetFileError(
+        f"{source}: not a UNet state dict (neither diffusers 'conv_in.weight' nor LDM "
+        f"'input_blocks.0.0.weight'; first keys: {first_keys}). {WHERE_TO_GET}."
     )
 
 
 def load_unet_state_dict(
     path: str | os.PathLike, in_channels: int | None = FASHION_RAG_IN_CHANNELS,
 ) -> tuple[dict[str, torch.Tensor], UNetLayout]:
-    """Load a UNet file in any supported layout; return its LDM-layout state dict and layout.
-
-    See the module docstring for the forms; `in_channels=None` skips the channel check.
-    """
-    source = str(path)
-    sd = _unet_part(read_state_dict(path, what="a UNet"))
-    if "conv_in.weight" in sd:
-        if in_channels is not None:
-            check_in_channels(sd["conv_in.weight"].shape[1], source, in_channels)
-        layout = layout_from_diffusers(sd, source)
-        return diffusers_to_ldm(sd, layout, source), layout
-    if "input_blocks.0.0.weight" in sd:
-        if in_channels is not None:
-            check_in_channels(sd["input_blocks.0.0.weight"].shape[1], source, in_channels)
-        layout = layout_from_ldm(sd, source)
-        check_layout(sd, layout.ldm_shapes(), source)
-        return sd, layout
-    first = ", ".join(list(sd)[:5]) or "none"
-    raise UNetFileError(
-        f"{source}: not a UNet state dict (neither diffusers 'conv_in.weight' nor LDM "
-        f"'input_blocks.0.0.weight'; first keys: {first}). {WHERE_TO_GET}."
-    )
+    """A UNet file in any supported form as an LDM-layout state dict, and its layout."""
+    sd, layout, naming = read_unet_file(path, in_channels)
+    return (diffusers_to_ldm(sd, layout, str(path)) if naming == "diffusers" else sd), layout
 
 
 def convert_unet_file(
@@ -94,7 +99,9 @@ def convert_unet_file(
     from safetensors.torch import save_file
 
     sd, layout = load_unet_state_dict(src)
-    out = {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    # Tensor by tensor, each source tensor dropped once cast: the fp32 file and its fp16 copy
+    # are never both whole in memory.
+    out = {k: sd.pop(k).to(dtype).contiguous() for k in list(sd)}
     meta = {
         "fashion_rag": "unet", "layout": "ldm", "in_channels": str(layout.in_channels),
         "source": Path(src).name, "licence": UNET.licence,

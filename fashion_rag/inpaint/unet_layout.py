@@ -348,13 +348,3 @@ def diffusers_to_ldm(
     check_layout(sd, layout.diffusers_shapes(), source)
     names = layout.ldm_key_map()
     return {names[k]: v for k, v in sd.items()}
-
-
-def ldm_to_diffusers(
-    sd: Mapping[str, torch.Tensor], layout: UNetLayout | None = None, source: str = "state dict",
-) -> dict[str, torch.Tensor]:
-    """The inverse of diffusers_to_ldm."""
-    layout = layout or layout_from_ldm(sd, source)
-    check_layout(sd, layout.ldm_shapes(), source)
-    names = {ldm: d for d, ldm in layout.ldm_key_map().items()}
-    return {names[k]: v for k, v in sd.items()}

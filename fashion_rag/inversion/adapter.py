@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_files import ADAPTER
-from ..weights import WeightFileError, check_state_dict, read_state_dict
+from ..weights import WeightFileError, check_state_dict, load_in_parts, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,9 @@ def load_adapter(
             raise WeightFileError(f"{path}: {exc}. {advice}") from None
     check_state_dict(sd, expected_shapes(config), str(path), "an inversion adapter of the expected layout",
                      advice)
-    model = InversionAdapter(config, device="meta")
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # Copied into weights of the model's own, block by block with the file's pages given back:
+    # never the file and the model both whole in memory, and weights that do not change (or
+    # crash the process) when the file is rewritten while loaded, as mapped weights would.
+    model = InversionAdapter(config, device="meta", dtype=dtype).to_empty(device=device)  # no random init
+    load_in_parts(model, sd, source=path)  # keys and shapes checked above
+    return model.eval().requires_grad_(False)

@@ -114,3 +114,16 @@ def check_prompt_fits(
         f"start/end (2) + '{prompt_prefix(category)}' ({n_prefix}){extra} leave room for {max(room, 0)}. "
         f"With category {category}, {advice}."
     )
+
+
+def placeholder_positions(ids: list, placeholder_id: int, count: int) -> list[int]:
+    """Positions of the run of `count` placeholders in token ids (the first run: extra text comes
+    after), or ValueError."""
+    try:
+        start = ids.index(placeholder_id)
+    except ValueError:
+        start = -1
+    if start < 0 or ids[start : start + count] != [placeholder_id] * count:
+        found = sum(1 for i in ids if i == placeholder_id)
+        raise ValueError(f"expected {count} consecutive placeholder tokens in the prompt, found {found}")
+    return list(range(start, start + count))

@@ -13,12 +13,12 @@ what to encode), encode (the engine: this process, or a Ray cluster, ray_engine.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..logs import log
 from .build_plan import BuildPlan, LogFn, ProgressFn, plan_build
 from .build_write import write_index
 from .catalog import Catalog, Skip
@@ -27,8 +27,6 @@ from .manifest import FORMAT_VERSION
 from .storage import build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
 from .vector_store import partition_categories
 from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
-
-log = logging.getLogger("fashion_rag")
 
 
 @dataclass

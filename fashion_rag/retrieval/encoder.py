@@ -23,14 +23,14 @@ import torch
 from PIL import Image
 
 from ..files import cached_sha256
+from ..model_files import RETRIEVAL_ENCODER
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
-REAL_WEIGHTS_FILE = "open_clip_pytorch_model.bin"
-REAL_WEIGHTS_SOURCE = "the Hugging Face hub repo laion/CLIP-ViT-L-14-laion2B-s32B-b82K"
 REAL_WEIGHTS_HINT = (
-    f"OpenCLIP {DEFAULT_ARCH} {DEFAULT_PRETRAINED_TAG}: put {REAL_WEIGHTS_FILE} from "
-    f"{REAL_WEIGHTS_SOURCE} into models/fashion_rag/retrieval/ and build the index with it"
+    f"for the paper's encoder (OpenCLIP {DEFAULT_ARCH} {DEFAULT_PRETRAINED_TAG}), put "
+    f"{RETRIEVAL_ENCODER.where_to_get} into models/{RETRIEVAL_ENCODER.folder}/ and build the index "
+    "with it"
 )
 
 # A safetensors weights file may carry its own open_clip architecture in its metadata, under
@@ -130,8 +130,7 @@ class GarmentEncoder:
         self.weights_path = Path(weights).expanduser().resolve()
         if not self.weights_path.is_file():
             raise FileNotFoundError(
-                f"Encoder weights file {self.weights_path} not found. For the paper's encoder, "
-                f"{REAL_WEIGHTS_HINT}."
+                f"Encoder weights file {self.weights_path} not found; {REAL_WEIGHTS_HINT}."
             )
         self.name = arch
         # The pretrained tag is used only for its preprocessing (mean/std): LAION-2B ViT-L-14

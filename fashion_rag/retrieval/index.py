@@ -99,9 +99,6 @@ class GarmentIndex:
     def dim(self) -> int:
         return int(self.manifest["encoder"]["dim"])
 
-    @property
-    def encoder_info(self) -> dict[str, Any]:
-        return dict(self.manifest["encoder"])
 
     @property
     def built(self) -> str:

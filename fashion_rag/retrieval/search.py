@@ -15,25 +15,20 @@ limits.MAX_K: requests come from shared workflows, so every input is bounded (li
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Sequence
 
 import numpy as np
 
 from ..images import to_image_tensor
 from .catalog import canonical_or_text
-from .encoder import REAL_WEIGHTS_HINT
 from .garments import Garment, Garments
 from .index import CatalogChangedError, GarmentIndex
 from .limits import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
 from .manifest import rebuild_hint
 
-log = logging.getLogger("fashion_rag")
-
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
 FUSION_DEPTH = 100  # how deep each ranking is read before fusing
-_warned: set[str] = set()  # indexes already warned about (once per process is enough)
 
 
 class UnknownIdError(KeyError):
@@ -107,14 +102,6 @@ def resolve_mode(index: GarmentIndex, mode: str | None) -> str:
         )
     if mode == "fusion" and not index.has_captions:
         return "image"  # fusing with an all-zero ranking would only add noise
-    if mode == "fusion" and index.encoder_info.get("random_demo"):
-        # Random demo weights make the image ranking pure noise; fusing with it would only
-        # bury the caption matches, so the demo ranks by captions and says so.
-        if str(index.index_dir) not in _warned:
-            _warned.add(str(index.index_dir))
-            log.warning("index %r uses RANDOM demo encoder weights: image similarity is meaningless, "
-                        "fusion ranks by captions only. %s.", index.name, REAL_WEIGHTS_HINT)
-        return "caption"
     return mode
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import logging
 import os
 import re
 import secrets
@@ -36,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from ..files import sha256_file
+from ..logs import log
 from .manifest import FORMAT, MANIFEST, IndexFormatError
 from .paths import inside
-
-log = logging.getLogger("fashion_rag")
 
 POINTER = "index.json"
 LOCK = ".build.lock"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .catalog import TINY_WEIGHTS_NAME
 from .contact_sheet import contact_sheet
 from .person import install_demo_person
 from fashion_rag.cli.comfy_server import REPO, ComfyClient, ComfyServer, make_base_dir
@@ -46,10 +47,13 @@ def run_demo(args: argparse.Namespace) -> int:
     install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
     install_demo_person(base / "input")
     prompt = json.loads(args.workflow.read_text())
-    if args.text:
-        for node in prompt.values():
-            if node["class_type"] == "FashionRAGTextGarmentRetrieve":
+    for node in prompt.values():
+        if node["class_type"] == "FashionRAGTextGarmentRetrieve":
+            if args.text:
                 node["inputs"]["text"] = args.text
+            if _uses_demo_encoder(prompt, node):
+                # Random encoder weights rank images by noise: the demo ranks by captions instead.
+                node["inputs"]["mode"] = "caption"
     if args.server:
         client: ComfyClient = ComfyClient(args.server)
     else:
@@ -73,6 +77,12 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{base / 'models'} (README, 'Model files') and select them in the workflow.",
               file=sys.stderr)
     return 0
+
+
+def _uses_demo_encoder(prompt: dict, retrieve: dict) -> bool:
+    link = retrieve["inputs"].get("index")
+    loader = prompt.get(str(link[0])) if isinstance(link, list) else None
+    return bool(loader) and loader["inputs"].get("encoder_weights") == TINY_WEIGHTS_NAME
 
 
 def collect_outputs(prompt: dict, entry: dict) -> dict[str, list[dict]]:

@@ -1,0 +1,212 @@
+"""The pack's side of benchmarks/memory.py: the example graph in a real ComfyUI, in this process.
+
+    python benchmarks/memory_pack.py SPEC.json -- --cpu --fp32-unet ... (ComfyUI's own flags)
+
+ComfyUI parses the flags after `--` as main.py does; the graph runs twice through ComfyUI's
+PromptExecutor (the second prompt: another text and seed, so retrieval, inversion and inpainting
+run again while the loaders' outputs stay cached). Written to SPEC's `out` folder: result.json
+(seconds and resident memory at every node start and sampler step, the peak) and tensors.safetensors
+(the non-model inputs the reference run needs, and the final latent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from memory_common import PROMPTS, Timeline, write_json  # noqa: E402
+
+from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+
+EXAMPLE = HERE.parent / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
+LOADERS = {"1": "CLIP + VAE", "2": "CLIP vision", "3": "index", "5": "adapter", "7": "UNet"}
+SMOKE_CLIP_VAE, SMOKE_VISION = "FashionRAGBenchTinyCLIPVAE", "FashionRAGBenchTinyCLIPVision"
+
+
+def graph(spec: dict[str, Any], text: str, seed: int) -> dict[str, Any]:
+    """The example graph with the benchmark's files, steps, text and seed."""
+    g = copy.deepcopy(json.loads(EXAMPLE.read_text()))
+    g["4"]["inputs"]["text"] = text
+    g["5"]["inputs"]["adapter_name"] = spec["adapter"]
+    g["7"]["inputs"]["unet_name"] = spec["unet"]
+    g["11"]["inputs"].update(steps=spec["steps"], seed=seed)
+    if spec["smoke"]:  # ComfyUI's loaders fix these models' sizes: tiny ones come from here
+        g["1"] = {"class_type": SMOKE_CLIP_VAE, "inputs": {"spec": json.dumps(spec["smoke"])}}
+        g["2"] = {"class_type": SMOKE_VISION, "inputs": {"spec": json.dumps(spec["smoke"])}}
+    else:
+        g["1"]["inputs"]["ckpt_name"] = spec["checkpoint"]
+        g["2"]["inputs"]["clip_name"] = spec["clip_vision"]
+    return g
+
+
+class TinyCLIPVAE:
+    """Smoke mode only: ComfyUI's SD2 text encoder and VAE classes at tiny sizes."""
+
+    RETURN_TYPES = ("CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "fashion_rag/benchmark"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802 (ComfyUI's name)
+        return {"required": {"spec": ("STRING", {"default": "{}"})}}
+
+    def load(self, spec: str) -> tuple:
+        import comfy.sd
+        import comfy.text_encoders.sd2_clip as sd2_clip
+        import folder_paths
+        from safetensors.torch import load_file
+
+        s = json.loads(spec)
+        sd = load_file(s["clip_vae"])
+
+        class Target:
+            params: dict = {}
+            clip = sd2_clip.SD2ClipModel
+            tokenizer = sd2_clip.SD2Tokenizer
+
+        clip = comfy.sd.CLIP(Target(), embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                             model_options={"clip_h_model_config": s["text"]})
+        missing, unexpected = clip.load_sd({k[5:]: v for k, v in sd.items() if k.startswith("text.")})
+        if missing or unexpected:
+            raise RuntimeError(f"tiny text encoder: missing {missing}, unexpected {unexpected}")
+        vae = comfy.sd.VAE(sd={k[4:]: v for k, v in sd.items() if k.startswith("vae.")}, config=s["vae"])
+        return clip, vae
+
+
+class TinyCLIPVision:
+    """Smoke mode only: ComfyUI's CLIP vision class from a tiny json config."""
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "fashion_rag/benchmark"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802 (ComfyUI's name)
+        return {"required": {"spec": ("STRING", {"default": "{}"})}}
+
+    def load(self, spec: str) -> tuple:
+        import comfy.clip_vision
+        from safetensors.torch import load_file
+
+        s = json.loads(spec)
+        model = comfy.clip_vision.ClipVisionModel(s["vision_json"])
+        missing, _ = model.load_sd(load_file(s["clip_vision"]))
+        if missing:
+            raise RuntimeError(f"tiny vision tower: missing {missing}")
+        return (model,)
+
+
+class _Server:
+    """What PromptExecutor needs of PromptServer; every message lands on the timeline."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.client_id = "benchmark"  # ComfyUI sends node events only to a client (extra_data's)
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata: dict = {}
+        self.timeline = timeline
+        self.node: str | None = None  # the node running now (progress reports carry no node id)
+
+    def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
+        if event == "executing":
+            self.node = data.get("node")
+            self.timeline.mark("node", node=self.node)
+        elif event == "execution_cached":
+            self.timeline.mark("cached", nodes=list(data.get("nodes", [])))
+
+    def queue_updated(self) -> None:
+        pass
+
+
+def start_comfy(flags: list[str], base: Path) -> tuple[Any, Any]:
+    """ComfyUI's modules with `flags` parsed as main.py parses them; returns (nodes, execution)."""
+    comfy_dir = str(comfy_path())
+    sys.path.insert(0, comfy_dir)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = ["main.py", *flags, "--base-directory", str(base), "--disable-api-nodes"]
+    import folder_paths  # noqa: F401, I001  (after the flags: reads the base directory at import)
+    import utils.extra_config  # noqa: F401  (before `nodes`, see docs/COMFYUI.md)
+    import utils.install_util  # noqa: F401
+
+    import execution
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    nodes.NODE_CLASS_MAPPINGS.update({SMOKE_CLIP_VAE: TinyCLIPVAE, SMOKE_VISION: TinyCLIPVision})
+    return nodes, execution
+
+
+def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    out = Path(spec["out"])
+    timeline = Timeline()
+    nodes, execution = start_comfy(flags, make_base_dir(Path(spec["base"])))
+    import comfy.utils
+
+    def progress(value: int, total: int, preview: Any, node_id: Any = None, **_: Any) -> None:
+        timeline.mark("step", value=value, total=total, node=node_id or server.node)
+
+    server = _Server(timeline)
+    comfy.utils.set_progress_bar_global_hook(progress)
+    # main.py's default cache (CLASSIC): a node's outputs are kept while its inputs are unchanged.
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    timeline.mark("ready")
+    prompts = []
+    for i, (text, seed) in enumerate(PROMPTS[: spec["prompts"]]):
+        prompt = graph(spec, text, seed)
+        ok, error, outputs, node_errors = asyncio.run(
+            execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+        if not ok or node_errors:
+            raise RuntimeError(f"invalid graph: {error} {node_errors}")
+        timeline.mark("prompt", index=i)
+        executor.execute(prompt, str(uuid.uuid4()), {"client_id": server.client_id}, outputs)
+        timeline.mark("done", index=i)
+        if not executor.success:
+            raise RuntimeError(f"prompt {i} failed: {executor.status_messages[-1:]}")
+        prompts.append(prompt)
+        if i == 0:
+            save_tensors(executor, out / "tensors.safetensors")
+    return {"events": timeline.events, "nodes": {k: v["class_type"] for k, v in prompts[0].items()}}
+
+
+def save_tensors(executor: Any, path: Path) -> None:
+    """The first prompt's non-model inputs (for the reference) and its final latent."""
+
+    def output(node: str, slot: int) -> Any:
+        return executor.caches.outputs.get(node).outputs[slot][0]
+
+    latent = output("11", 0)["samples"]
+    tensors = {
+        "garments": output("4", 0), "person": output("8", 0), "mask": output("10", 0), "pose": output("9", 0),
+        "latent": latent, "image": output("11", 1),
+    }
+    meta = {"category": output("4", 2)}
+    save_file({k: v.float().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def main() -> None:
+    spec_path, flags = sys.argv[1], sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    spec = json.loads(Path(spec_path).read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
+        result = run(spec, flags)
+    write_json(Path(spec["out"]) / "result.json", result)
+
+
+if __name__ == "__main__":
+    main()
