@@ -27,7 +27,7 @@ from fashion_rag.retrieval.engines import BuildFailedError  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
 from fashion_rag.retrieval.ray_engine import RayEngine  # noqa: E402
 from fashion_rag.retrieval.search import search  # noqa: E402
-from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights  # noqa: E402
+from tools.demo.encoder import TINY_ARCH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ("upper_body", "lower_body", "dresses")
@@ -156,23 +156,18 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_encoder_weights(tmp_path_factory.mktemp("w") / "tiny.safetensors", seed=0)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, cluster, weights):
+def built(tmp_path_factory, cluster, tiny_weights):
     """The catalog, built once locally and once on Ray."""
     root = tmp_path_factory.mktemp("built")
     catalog = _write_catalog(root / "catalog")
-    encoder = GarmentEncoder(weights, TINY_ARCH)
+    encoder = GarmentEncoder(tiny_weights, TINY_ARCH)
     local = build_index(scan_catalog(catalog), root / "local", encoder, index_type="auto", ivf_threshold=50)
     on_ray = build_index(scan_catalog(catalog), root / "ray", encoder, index_type="auto", ivf_threshold=50,
                          engine=RayEngine())
     return root, catalog, local, on_ray
 
 
-def test_ray_build_is_the_local_build(built, weights):
+def test_ray_build_is_the_local_build(built, tiny_weights):
     root, catalog, local, on_ray = built
     assert on_ray.written and on_ray.index_type == "ivf"  # 100 per category, threshold 50: IVF parts
     assert (on_ray.items, on_ray.encoded, on_ray.reused) == (local.items, local.encoded, local.reused) == (
@@ -182,11 +177,11 @@ def test_ray_build_is_the_local_build(built, weights):
                                     ("ghost", "missing", 303)]
     assert [s.detail for s in sorted(on_ray.skipped, key=lambda s: s.id)] == [
         s.detail for s in sorted(local.skipped, key=lambda s: s.id)]
-    _same_index(root / "local", root / "ray", GarmentEncoder(weights, TINY_ARCH))
+    _same_index(root / "local", root / "ray", GarmentEncoder(tiny_weights, TINY_ARCH))
     assert not [p for p in (root / "ray").iterdir() if p.name.startswith(".tmp-")]  # shards cleaned up
 
 
-def test_incremental_ray_build_encodes_only_new_images(built, weights, tmp_path):
+def test_incremental_ray_build_encodes_only_new_images(built, tiny_weights, tmp_path):
     root, source, _, _ = built
     catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
     out = Path(shutil.copytree(root / "ray", tmp_path / "ray"))
@@ -200,7 +195,7 @@ def test_incremental_ray_build_encodes_only_new_images(built, weights, tmp_path)
     _write_rows(catalog, rows)
 
     log = tmp_path / "encoded.log"
-    counting = CountingEncoder(weights, log)
+    counting = CountingEncoder(tiny_weights, log)
     shards = tmp_path / "shards"  # (--ray-shards: a folder or URI of the user's, not the index's)
     report = build_index(scan_catalog(catalog), out, counting, ivf_threshold=50,
                          engine=RayEngine(shards=str(shards)))
@@ -211,11 +206,11 @@ def test_incremental_ray_build_encodes_only_new_images(built, weights, tmp_path)
     assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
     # Exactly the index a local build of the changed catalog gives.
     local = Path(shutil.copytree(root / "local", tmp_path / "local"))
-    build_index(scan_catalog(catalog), local, GarmentEncoder(weights, TINY_ARCH), ivf_threshold=50)
-    _same_index(local, out, GarmentEncoder(weights, TINY_ARCH))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
 
 
-def test_workers_killed_mid_build_are_retried(built, weights, tmp_path):
+def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
     root, source, _, _ = built
     catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
     out = Path(shutil.copytree(root / "ray", tmp_path / "ray"))
@@ -227,16 +222,16 @@ def test_workers_killed_mid_build_are_retried(built, weights, tmp_path):
     _write_rows(catalog, rows)
     marks = tmp_path / "marks"
     marks.mkdir()
-    report = build_index(scan_catalog(catalog), out, DiesOnceEncoder(weights, marks), ivf_threshold=50,
+    report = build_index(scan_catalog(catalog), out, DiesOnceEncoder(tiny_weights, marks), ivf_threshold=50,
                          engine=RayEngine())
     assert sorted(p.name for p in marks.iterdir()) == ["actor-died", "task-died"]  # both really died
     assert report.written and (report.encoded, report.items) == (40, 341)
     local = Path(shutil.copytree(root / "local", tmp_path / "local"))
-    build_index(scan_catalog(catalog), local, GarmentEncoder(weights, TINY_ARCH), ivf_threshold=50)
-    _same_index(local, out, GarmentEncoder(weights, TINY_ARCH))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
 
 
-def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, weights, tmp_path):
+def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weights, tmp_path):
     root, source, _, _ = built
     catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
     out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
@@ -245,7 +240,7 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, weights, 
     _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
                                             "category": "dresses"}])
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
-        build_index(scan_catalog(catalog), out, PoisonedEncoder(weights, TINY_ARCH), ivf_threshold=50,
+        build_index(scan_catalog(catalog), out, PoisonedEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50,
                     engine=RayEngine())
     assert err.value.failed == ["magenta"]  # the one new image: its batch failed
     assert "poisoned batch" in str(err.value)
@@ -253,11 +248,11 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, weights, 
     assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
 
 
-def test_cli_engine_ray(built, weights, tmp_path, capsys, monkeypatch):
+def test_cli_engine_ray(built, tiny_weights, tmp_path, capsys, monkeypatch):
     root, catalog, _, _ = built
     out = Path(shutil.copytree(root / "ray", tmp_path / "idx"))
     args = ["index", "build", "--catalog", str(catalog), "--out", str(out), "--encoder", TINY_ARCH,
-            "--weights", str(weights), "--ivf-threshold", "50"]
+            "--weights", str(tiny_weights), "--ivf-threshold", "50"]
     assert cli_main([*args, "--engine", "ray", "--ray-actors", "1"]) == 0  # on this module's cluster
     err = capsys.readouterr().err
     assert "unchanged" in err and "301 garments indexed (0 encoded, 301 reused, 0 removed), 3 skipped" in err
@@ -273,12 +268,12 @@ def test_cli_engine_ray(built, weights, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "b").exists()
 
 
-def test_local_build_never_imports_ray(built, weights, tmp_path):
+def test_local_build_never_imports_ray(built, tiny_weights, tmp_path):
     root, catalog, _, _ = built
     out = shutil.copytree(root / "local", tmp_path / "i")  # (nothing to encode: a quick build)
     code = ("import sys; from fashion_rag.cli import main;"
             f"code = main(['index', 'build', '--catalog', {str(catalog)!r}, '--out', {str(out)!r},"
-            f" '--encoder', {TINY_ARCH!r}, '--weights', {str(weights)!r}, '--ivf-threshold', '50']);"
+            f" '--encoder', {TINY_ARCH!r}, '--weights', {str(tiny_weights)!r}, '--ivf-threshold', '50']);"
             "print(code, 'ray' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.stdout.split() == ["0", "False"], r.stderr[-2000:]
