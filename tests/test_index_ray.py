@@ -25,7 +25,7 @@ from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
 from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.engines import BuildFailedError  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
-from fashion_rag.retrieval.ray_engine import RayEngine  # noqa: E402
+from fashion_rag.retrieval.ray_engine import RETRIES, RayEngine  # noqa: E402
 from fashion_rag.retrieval.search import search  # noqa: E402
 from tools.demo.encoder import TINY_ARCH  # noqa: E402
 
@@ -69,6 +69,21 @@ class DiesOnceEncoder(GarmentEncoder):
     def encode_pixels(self, pixels):
         self._die_once("actor-died")
         return super().encode_pixels(pixels)
+
+
+class CrashesOnMagentaEncoder(GarmentEncoder):
+    """Kills its worker every time it decodes the magenta image (as an image that crashes a decoder)."""
+
+    def __init__(self, weights: Path, attempts: Path) -> None:
+        super().__init__(weights, TINY_ARCH)
+        self.attempts = attempts
+
+    def preprocess_images(self, images):
+        if any(im.getpixel((192, 256)) == (255, 0, 255) for im in images):
+            with open(self.attempts, "a") as f:
+                f.write("attempt\n")
+            os._exit(1)
+        return super().preprocess_images(images)
 
 
 class PoisonedEncoder(GarmentEncoder):
@@ -245,6 +260,27 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
     assert err.value.failed == ["magenta"]  # the one new image: its batch failed
     assert "poisoned batch" in str(err.value)
     assert _snapshot(out) == before  # the previous index, byte for byte, and nothing left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
+
+
+def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
+    """Ray Data alone would retry a dying batch forever; the build gives up after RETRIES retries."""
+    root, source, _, _ = built
+    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
+    out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
+    before = _snapshot(out)
+    Image.new("RGB", (384, 512), (255, 0, 255)).save(catalog / "dresses" / "magenta.png")
+    _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
+                                            "category": "dresses"}])
+    attempts = tmp_path / "attempts"
+    with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
+        build_index(scan_catalog(catalog), out, CrashesOnMagentaEncoder(tiny_weights, attempts),
+                    ivf_threshold=50, engine=RayEngine())
+    # Named: the images not encoded, i.e. the failing block's (the two unreadable images have no
+    # embedding, so every build reads them again; they share the new image's block).
+    assert err.value.failed == ["broken", "cut", "magenta"] and "magenta" in str(err.value)
+    assert len(attempts.read_text().split()) == 1 + RETRIES
+    assert _snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
 
 

@@ -11,8 +11,10 @@ same last step writes the index, so both engines publish the same index. Here:
   (row, reason, detail, error, embedding), which the driver reads into the build's NewEmbeddings.
 What runs on the workers is in ray_workers.py.
 
-Failures: a task whose worker dies is retried (Ray's default: 3 times), an actor that dies is
-restarted and its batch retried (Ray Data's default for actor pools). A batch whose code raises
+Failures: a batch whose worker process dies (a task's, or an actor's: the actor is restarted)
+is retried up to RETRIES times, then the build fails naming the images not encoded; Ray Data's
+own default is to retry forever, so one image that crashes its decoder would hang the build.
+A batch whose code raises
 (an encoder error no retry cures) is recorded in its shard with the error, the other batches
 finish, and then the build fails naming every such item; the previous index stays as it was
 (nothing is published). Every node needs the catalog, the weights file and the shard folder at
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batche
 # Memory a decoding task asks for: a worker with torch and open_clip imported (Ray Data measured
 # ~550 MiB), plus one decoded product photo (~5 MP RGB) and its copies per image of its batch.
 WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
+RETRIES = 3  # attempts after the first for a batch whose worker died (preemption, OOM kill, crash)
 
 
 class RayUnavailableError(ValueError):
@@ -91,8 +95,8 @@ class RayEngine:
         ray = self._connect()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         ds = ray.data.from_arrow(_listing(range(len(items)), [i.path for i in items], None, 64, cpus))
-        ds = ds.map_batches(hash_batch, fn_kwargs={"root": str(catalog.root)}, batch_format="pyarrow",
-                            num_cpus=1)
+        ds = _map_batches(ds, hash_batch, fn_kwargs={"root": str(catalog.root)}, batch_format="pyarrow",
+                          num_cpus=1, max_retries=RETRIES)
         results: list[str | Skip | None] = [None] * len(items)
         errors: dict[int, str] = {}
         try:
@@ -124,13 +128,14 @@ class RayEngine:
         # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
         # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
         prepare = min(batch_size, PREPARE_BATCH)
-        ds = ds.map_batches(prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
-                            batch_size=prepare, batch_format="pyarrow", num_cpus=1,
-                            memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES)
-        ds = ds.map_batches(EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
-                            batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+        ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
+                          batch_size=prepare, batch_format="pyarrow", num_cpus=1,
+                          memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
+        ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
+                          batch_size=batch_size, batch_format="numpy",
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                          num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+                          max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
         shards = f"{self.shards.rstrip('/')}/fashion-rag-{secrets.token_hex(6)}" if self.shards else str(
             work_dir / "shards")
         try:
@@ -149,6 +154,15 @@ class RayEngine:
         if progress:
             progress(len(todo), len(todo))
         return bad
+
+
+def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
+    """ds.map_batches, quietly: Ray Data 2.60 takes the retry limits (max_retries, max_task_retries)
+    only as `ray_remote_args`, which it calls deprecated with no named replacement yet; hence the
+    ray extra's upper bound (pyproject.toml)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs)
 
 
 def _listing(rows: range, paths: list[str], hashes: list[str] | None, batch_size: int,
