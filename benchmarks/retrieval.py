@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fashion_rag.retrieval.index import GarmentIndex  # noqa: E402
 from fashion_rag.retrieval.search import rank_by_embedding  # noqa: E402
-from fashion_rag.retrieval.vectors import exact_top_k, recall_at_k  # noqa: E402
+from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k  # noqa: E402
 
 DIM = 768
 K = 10
@@ -44,28 +45,50 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+class Synthetic:
+    """The synthetic catalog of the module docstring, generated a chunk at a time."""
+
+    CHUNK = 100_000  # rows: 1M x 768 noise at once would double memory
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        self.rng = rng = np.random.default_rng(seed)
+        self.n_fine = max(n // 50, 1)
+        self.image_mean, self.text_mean = _unit(rng.standard_normal((2, DIM))).astype(np.float32)
+        self.types = _unit(rng.standard_normal((300, DIM))).astype(np.float32)
+        self.fine = _unit(rng.standard_normal((self.n_fine, DIM))).astype(np.float32)
+        self.fine_type = rng.integers(0, 300, self.n_fine)
+        self.type_category = rng.integers(0, 3, 300)  # each garment type belongs to one category
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(embeddings [m, 768], category per item [m]) for rows 0..n-1, in order; call once."""
+        for start in range(0, self.n, self.CHUNK):
+            m = min(self.CHUNK, self.n - start)
+            f = self.rng.integers(0, self.n_fine, m)
+            noise = self.rng.standard_normal((m, DIM), dtype=np.float32) / np.sqrt(DIM)
+            kind = self.fine_type[f]
+            mix = 0.55 * self.image_mean + 0.6 * self.types[kind] + 0.45 * self.fine[f] + 0.35 * noise
+            yield _unit(mix), self.type_category[kind]
+
+    def queries(self, n_queries: int) -> np.ndarray:
+        """Text-like queries (after chunks(), as the results in RESULTS.md were drawn)."""
+        f = self.rng.integers(0, self.n_fine, n_queries)
+        noise = self.rng.standard_normal((n_queries, DIM), dtype=np.float32) / np.sqrt(DIM)
+        mix = 0.3 * self.text_mean + 0.6 * self.types[self.fine_type[f]] + 0.15 * self.fine[f] + 0.9 * noise
+        return _unit(mix).astype(np.float32)
+
+
 def synthetic(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, 768], queries [q, 768], category per item [n]) — see the module docstring."""
-    rng = np.random.default_rng(seed)
-    n_types, n_fine = 300, max(n // 50, 1)
-    image_mean, text_mean = _unit(rng.standard_normal((2, DIM))).astype(np.float32)
-    types = _unit(rng.standard_normal((n_types, DIM))).astype(np.float32)
-    fine = _unit(rng.standard_normal((n_fine, DIM))).astype(np.float32)
-    fine_type = rng.integers(0, n_types, n_fine)
-    type_category = rng.integers(0, 3, n_types)  # each garment type belongs to one category
+    gen = Synthetic(n, seed)
     x = np.empty((n, DIM), np.float32)
     cats = np.empty(n, np.int64)
-    for start in range(0, n, 100_000):  # in chunks: 1M x 768 noise at once would double memory
-        m = min(100_000, n - start)
-        f = rng.integers(0, n_fine, m)
-        noise = rng.standard_normal((m, DIM), dtype=np.float32) / np.sqrt(DIM)
-        mix = 0.55 * image_mean + 0.6 * types[fine_type[f]] + 0.45 * fine[f] + 0.35 * noise
-        x[start : start + m] = _unit(mix)
-        cats[start : start + m] = type_category[fine_type[f]]
-    f = rng.integers(0, n_fine, n_queries)
-    noise = rng.standard_normal((n_queries, DIM), dtype=np.float32) / np.sqrt(DIM)
-    q = _unit(0.3 * text_mean + 0.6 * types[fine_type[f]] + 0.15 * fine[f] + 0.9 * noise).astype(np.float32)
-    return x, q, cats
+    start = 0
+    for chunk, chunk_cats in gen.chunks():
+        x[start : start + len(chunk)] = chunk
+        cats[start : start + len(chunk)] = chunk_cats
+        start += len(chunk)
+    return x, gen.queries(n_queries), cats
 
 
 def measure(index: GarmentIndex, queries: np.ndarray, exact: np.ndarray,

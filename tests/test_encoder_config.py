@@ -121,5 +121,7 @@ def test_pack_encoder_is_open_clips_own_for_the_tag(tmp_path, monkeypatch, open_
     assert tuple(model.visual.preprocess_cfg["std"]) == LITERAL["std"]
     image = _garment()
     assert torch.equal(transform(image), ref_transform(image))
+    # The transform the encoder builds without its model (the Ray build's CPU workers use it).
+    assert torch.equal(encoder.image_transform()(image), ref_transform(image))
     assert _activations(model) == _activations(ref_model) == {("visual", "GELU", "none"),
                                                               ("transformer", "GELU", "none")}

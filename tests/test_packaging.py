@@ -29,6 +29,10 @@ def test_wheel_holds_the_library_and_the_console_command(tmp_path):
     assert "fashion_rag/retrieval/index.py" in names and "fashion_rag/inpaint/unet_layout.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fashion-rag = fashion_rag.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    # `pip install "fashion-rag[ray]"` (the README) brings Ray Data for `index build --engine ray`.
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "Provides-Extra: ray" in metadata
+    assert re.search(r"Requires-Dist: ray\[data\][<>=,.\d]+ ?; extra == .ray.", metadata)
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),

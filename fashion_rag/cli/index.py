@@ -3,7 +3,10 @@
 Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
 piped. `--json` prints machine-readable output. Exit codes: 0 done; 1 `build --strict` skipped
 catalog entries (nothing written); 2 an error, printed as one line (bad input, a damaged or
-missing index, an unsafe --out, ...).
+missing index, an unsafe --out, images a Ray build could not encode, ...).
+
+`build --engine ray` hashes and encodes on a Ray cluster (optional: pip install
+"fashion-rag[ray]"); the index is the one the default local engine builds.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..categories import CATEGORIES
+
+if TYPE_CHECKING:
+    from ..retrieval.engines import Engine
+
+_MAX_LISTED = 50  # failed items listed one per line; the rest counted
 
 
 def _err(msg: str) -> None:
@@ -34,6 +43,7 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
         from ..retrieval.build import SkippedItemsError
+        from ..retrieval.engines import BuildFailedError
 
         try:
             return func(args)
@@ -42,6 +52,13 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
                 _err(f"[index] skipped: {skip}")
             _err(f"[index] error: {_one_line(exc)}")
             return 1
+        except BuildFailedError as exc:
+            for item_id in exc.failed[:_MAX_LISTED]:
+                _err(f"[index] not encoded: {item_id!r}")
+            if len(exc.failed) > _MAX_LISTED:
+                _err(f"[index] … and {len(exc.failed) - _MAX_LISTED} more not encoded")
+            _err(f"[index] error: {_one_line(exc)}")
+            return 2
         except (OSError, ValueError, KeyError) as exc:  # every library error is one of these
             _err(f"[index] error: {_one_line(exc)}")
             return 2
@@ -77,9 +94,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                    help=f"auto: exact below {IVF_THRESHOLD} garments, IVF above")
     b.add_argument("--ivf-threshold", type=int, default=IVF_THRESHOLD, help=argparse.SUPPRESS)
-    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--batch-size", type=int, default=16,
+                   help="images per encoder batch (16 suits a CPU; ~256 a GPU, with --engine ray)")
     b.add_argument("--strict", action="store_true",
                    help="fail (exit code 1, nothing written) if any catalog entry is skipped")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: hash and encode on a Ray cluster with Ray Data (needs "
+                        "pip install \"fashion-rag[ray]\"; the catalog, weights and --out on storage every "
+                        "node sees). Same index either way")
+    b.add_argument("--ray-address", default=None,
+                   help="the Ray cluster (e.g. auto, ray://head:10001; default: $RAY_ADDRESS, else a "
+                        "local Ray started for the build)")
+    b.add_argument("--ray-actors", type=int, default=None,
+                   help="encoder actors at most (default: one per GPU of the cluster, else one per 2 CPUs)")
+    b.add_argument("--ray-shards", default=None,
+                   help="where workers write embedding shards: a folder every node sees or a URI "
+                        "(s3://…, gs://…); default: a temp folder inside --out")
     b.set_defaults(func=_friendly(_build))
 
     i = isub.add_parser("info", help="summarise an index")
@@ -107,6 +137,7 @@ def _build(args: argparse.Namespace) -> int:
     from ..retrieval.encoder import GarmentEncoder
     from ..retrieval.storage import prepare_out
 
+    engine = _engine(args)
     t0 = time.perf_counter()
     catalog = scan_catalog(args.catalog, args.metadata)
     prepare_out(args.out, catalog.root)  # refuse an unsafe --out before loading any model
@@ -125,7 +156,7 @@ def _build(args: argparse.Namespace) -> int:
 
     report = build_index(catalog, args.out, encoder, index_type=args.index_type,
                          ivf_threshold=args.ivf_threshold, batch_size=args.batch_size, strict=args.strict,
-                         log_fn=lambda m: _err(f"[index] {m}"), progress=progress)
+                         log_fn=lambda m: _err(f"[index] {m}"), progress=progress, engine=engine)
     for skip in report.skipped:
         _err(f"[index] skipped: {skip}")
     if report.cleaned:
@@ -133,6 +164,23 @@ def _build(args: argparse.Namespace) -> int:
     _err(f"[index] {'wrote' if report.written else 'unchanged'} {report.index_dir} ({report.version}): "
          f"{report.summary()}; {report.index_type} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _engine(args: argparse.Namespace) -> Engine | None:
+    """The build's engine: None (local), or a RayEngine; Ray is imported only for --engine ray."""
+    ray_options = {"--ray-address": args.ray_address, "--ray-actors": args.ray_actors,
+                   "--ray-shards": args.ray_shards}
+    if args.engine != "ray":
+        given = [name for name, value in ray_options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only applies to --engine ray; add --engine ray or drop it")
+        return None
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise ValueError("--ray-actors must be at least 1")
+    from ..retrieval.ray_engine import RayEngine, import_ray
+
+    import_ray()  # a missing Ray is reported before any work starts
+    return RayEngine(args.ray_address, actors=args.ray_actors, shards=args.ray_shards)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -141,8 +141,19 @@ class GarmentEncoder:
         self.pretrained_tag = pretrained_tag
         self.before_use: Callable[[], None] | None = None
         self._model: torch.nn.Module | None = None
-        self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
+        self._transform: Callable[[Image.Image], torch.Tensor] | None = None
         self._tokenizer: Callable[..., torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An encoder travels to other processes (the Ray build's workers) unloaded: each builds
+        # its model from the weights file there; a loaded model or a lock does not pickle.
+        state = dict(self.__dict__)
+        state.update(_model=None, _transform=None, _tokenizer=None, _lock=None, before_use=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     # -- cheap facts (no model build) -------------------------------------------------------
@@ -178,6 +189,26 @@ class GarmentEncoder:
             cfg.get("resize_mode", "shortest"),
         )
 
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The eval transform open_clip builds with this model, built without the model.
+
+        So that workers which only preprocess (the Ray build's CPU stage) load no weights;
+        tests/test_encoder_config.py holds it equal to open_clip's own for the paper's encoder.
+        """
+        if self._transform is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            size = model_config(self.name, self.weights_path)["vision_cfg"].get("image_size", 224)
+            mean, std, interp, mode = self._preprocess_cfg()
+            cfg = PreprocessCfg(size=size, mean=mean, std=std, interpolation=interp, resize_mode=mode)
+            self._transform = image_transform_v2(cfg, is_train=False)
+        return self._transform
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> [N, 3, S, S] float32 model input (CPU work: no model needed)."""
+        transform = self.image_transform()
+        return torch.stack([transform(img) for img in images])
+
     def describe(self) -> str:
         kind = "RANDOM demo weights, not pretrained" if self.is_random_demo else "weights"
         return f"{self.name} ({kind} {self.weights_path.name}, sha256 {self.weights_hash[:12]}, {self.dim}-d)"
@@ -204,7 +235,7 @@ class GarmentEncoder:
             tag_cfg = open_clip.get_pretrained_cfg(self.name, self.pretrained_tag) or {}
             quick_gelu = bool(tag_cfg.get("quick_gelu"))
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model = open_clip.create_model_and_transforms(
                 self.name,
                 pretrained=str(self.weights_path),  # a local file: open_clip never downloads for a path
                 force_quick_gelu=quick_gelu,
@@ -213,14 +244,14 @@ class GarmentEncoder:
                 image_interpolation=interp,
                 image_resize_mode=mode,
                 weights_only=True,  # never unpickle code
-            )
+            )[0]
         except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
             raise ValueError(
                 f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). Check "
                 f"that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
             ) from exc
         model.eval().requires_grad_(False)
-        self._model, self._preprocess = model, preprocess
+        self._model = model
         self._tokenizer = open_clip.get_tokenizer(self.name)
 
     def _device(self) -> torch.device:
@@ -236,17 +267,24 @@ class GarmentEncoder:
         """PIL images -> [N, dim] float32, unit L2 norm (the garment's 384x512 form is expected)."""
         if self.before_use:
             self.before_use()
-        model = self.module
-        assert self._preprocess is not None
         out = np.zeros((len(images), self.dim), dtype=np.float32)
-        device, dtype = self._device(), self._dtype()
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self._preprocess(img) for img in images[start : start + batch_size]])
-            feats = model.encode_image(batch.to(device=device, dtype=dtype))
-            out[start : start + len(batch)] = _normalise(feats)
+            batch = images[start : start + batch_size]
+            out[start : start + len(batch)] = self._forward(self.preprocess_images(batch))
             if progress:
                 progress(min(start + batch_size, len(images)), len(images))
         return out
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+        """preprocess_images' output -> [N, dim] float32, unit L2 norm (one forward pass)."""
+        if self.before_use:
+            self.before_use()
+        return self._forward(pixels)
+
+    def _forward(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+        batch = torch.as_tensor(pixels).to(device=self._device(), dtype=self._dtype())
+        return _normalise(self.module.encode_image(batch))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -29,7 +29,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,28 +194,36 @@ def build_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def publish(out: Path, writers: dict[str, Callable[[Path], None]], manifest: dict[str, Any]) -> str:
-    """Write a new version (each writer writes its file, then the manifest) and swap it in.
+@contextlib.contextmanager
+def temp_folder(out: Path) -> Iterator[Path]:
+    """A private folder in `out` for a build's work (a new version's files, encoder output).
 
-    The manifest gets the sha256 of every file under files.sha256. Returns the version name.
-    Call under build_lock.
+    Removed on leaving, unless publish() renamed it into a version; one that a killed build
+    left is removed by the next build (clean_stale), and never read.
     """
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out))
     try:
-        hashes = {}
-        for name, write in writers.items():
-            write(tmp / name)
-            hashes[name] = sha256_file(tmp / name)
-        manifest["files"]["sha256"] = hashes
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-        _match_umask(tmp)
-        for path in tmp.iterdir():
-            _fsync(path)
-        _fsync(tmp)
-        version = f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-        os.rename(tmp, out / version)
+        yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
+
+
+def publish(out: Path, tmp: Path, manifest: dict[str, Any], hashes: dict[str, str] | None = None) -> str:
+    """Make the files in `tmp` (a temp_folder) a new version with this manifest, and swap it in.
+
+    The manifest gets the sha256 of every file under files.sha256 (`hashes`: those the caller
+    computed while writing, so a 30 GB embeddings file is not read back). Returns the version
+    name. Call under build_lock.
+    """
+    known = dict(hashes or {})
+    manifest["files"]["sha256"] = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    _match_umask(tmp)
+    for path in tmp.iterdir():
+        _fsync(path)
+    _fsync(tmp)
+    version = f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    os.rename(tmp, out / version)
     _fsync(out)
     pointer = read_pointer(out)
     previous = pointer["current"] if pointer else (LEGACY if (out / MANIFEST).is_file() else None)

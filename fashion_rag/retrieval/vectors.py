@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .vector_rows import Rows, as_rows, exact_top_k, mean_row, recall_at_k
+
 # Below this many garments an exact search is already fast (a flat scan of 10k x 768 floats
 # is ~30 MB per query); above it the IVF index keeps single queries in milliseconds.
 IVF_THRESHOLD = 10_000
@@ -122,7 +124,7 @@ class VectorIndex:
 
 
 def create_vector_index(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | Rows,
     index_type: str = "auto",
     ivf_threshold: int = IVF_THRESHOLD,
     nprobe: int | None = None,
@@ -135,16 +137,19 @@ def create_vector_index(
     The IVF nprobe is tuned (unless given) on probe queries made from these garments;
     nprobe_filtered on `filtered_probes` (queries made from *other* garments, see
     create_vector_store), or on probes around the data's mean when there are none.
+    The embeddings are read a block at a time (vector_rows.Rows: a memory-mapped file works),
+    so an IVF build holds its sample, one block and the index, never all the float32 vectors.
     """
     import faiss
 
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    x = as_rows(embeddings)
     n, d = x.shape
     if part_kind(index_type, n, ivf_threshold) == "flat":
         index = faiss.IndexFlatIP(d)
-        index.add(x)
+        for _, block in x.blocks():
+            index.add(block)
         return VectorIndex(index, "flat", "Flat")
     nlist = ivf_nlist(n)
     # SQ8 keeps 1 byte per dimension (a quarter of float32: 1M x 768 in ~0.8 GB) and, on unit
@@ -153,20 +158,35 @@ def create_vector_index(
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
-    # the result anyway) and trains 8x faster than FAISS's default of 256.
+    # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
+    # here, not by FAISS, so that only the sample is ever read into memory.
     ivf.cp.max_points_per_centroid = 32
+    n_train = min(n, 32 * nlist)
     if log_fn:
-        log_fn(f"training {factory} on {min(n, 32 * nlist)} of {n} vectors")
-    index.train(x)
-    index.add(x)
+        log_fn(f"training {factory} on {n_train} of {n} vectors")
+    sample = np.arange(n) if n_train == n else np.sort(
+        np.random.default_rng(2).choice(n, size=n_train, replace=False))
+    index.train(x.take(sample))
+    del sample
+    if log_fn:
+        log_fn(f"adding {n} vectors to {factory}")
+    for _, block in x.blocks():
+        index.add(block)
     vec = VectorIndex(index, "ivf", factory, nprobe=nprobe or 1)
     if nprobe is not None:
         return vec
+    if log_fn:
+        log_fn("tuning nprobe on probe queries")
     rng = np.random.default_rng(0)
-    nprobe, garment_recall = tune_nprobe(vec, x, probe_queries(x, 100, rng), TUNE_RECALL)
+    garment_probes = probe_queries(x, 100, rng)
     if filtered_probes is None:
         filtered_probes = probe_queries(x, 100, rng, around_mean=True)
-    vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, TUNE_RECALL, start=nprobe)
+    # One pass over the embeddings for both probe sets' exact neighbours (10M rows: 30 GB read).
+    exact = exact_top_k(x, np.concatenate([garment_probes, filtered_probes]), min(10, n))
+    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL,
+                                         exact=exact[: len(garment_probes)])
+    vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, TUNE_RECALL, start=nprobe,
+                                                    exact=exact[len(garment_probes):])
     vec.nprobe = nprobe
     vec.tuned_recall = {"garment_queries": garment_recall, "other_queries": other_recall}
     if log_fn:
@@ -183,26 +203,8 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
     return index_type
 
 
-def exact_top_k(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k).
-
-    faiss.knn scans in blocks, so 1M x 768 needs no 1M x Q score matrix.
-    """
-    import faiss
-
-    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    _, positions = faiss.knn(q, np.ascontiguousarray(x, dtype=np.float32), int(k),
-                             metric=faiss.METRIC_INNER_PRODUCT)
-    return positions
-
-
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    k = exact.shape[1]
-    hits = sum(len(set(f[:k].tolist()) & set(e.tolist())) for f, e in zip(found, exact, strict=True))
-    return hits / exact.size
-
-
-def probe_queries(x: np.ndarray, m: int, rng: np.random.Generator, around_mean: bool = False) -> np.ndarray:
+def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
+                  around_mean: bool = False) -> np.ndarray:
     """Synthetic queries for tuning nprobe, [m, d] unit vectors.
 
     Each sits between two random garments (or, around_mean, at the data's mean direction: a
@@ -210,11 +212,12 @@ def probe_queries(x: np.ndarray, m: int, rng: np.random.Generator, around_mean: 
     neighbours spread over several lists as a text query's do: text and image embeddings meet
     at cosines far below 1.
     """
-    n, d = x.shape
+    rows = as_rows(x)
+    n, d = rows.shape
     if around_mean:
-        anchors = np.repeat(np.asarray(x, dtype=np.float32).mean(axis=0, keepdims=True), m, axis=0)
+        anchors = np.repeat(mean_row(rows)[None, :], m, axis=0)
     else:
-        anchors = np.asarray(x[rng.choice(n, size=m)], dtype=np.float32) + x[rng.choice(n, size=m)]
+        anchors = rows.take(rng.choice(n, size=m)) + rows.take(rng.choice(n, size=m))
     anchors /= np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
     noise = rng.standard_normal((m, d)).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
@@ -222,30 +225,33 @@ def probe_queries(x: np.ndarray, m: int, rng: np.random.Generator, around_mean: 
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tune_nprobe(vec: VectorIndex, x: np.ndarray, queries: np.ndarray, target: float, k: int = 10,
-                start: int = MIN_NPROBE) -> tuple[int, float]:
+def tune_nprobe(vec: VectorIndex, x: np.ndarray | Rows, queries: np.ndarray, target: float, k: int = 10,
+                start: int = MIN_NPROBE, exact: np.ndarray | None = None) -> tuple[int, float]:
     """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`.
 
-    Recall is measured as the library searches: 4k+10 candidates re-ranked exactly.
+    Recall is measured as the library searches: 4k+10 candidates re-ranked exactly. `exact`:
+    the queries' exact top-k, when the caller has it (computing it reads all of x).
     """
-    n = len(x)
+    rows = as_rows(x)
+    n = len(rows)
     k = min(k, n)
-    exact = exact_top_k(x, queries, k)
+    if exact is None:
+        exact = exact_top_k(rows, queries, k)
     nlist = faiss_nlist(vec)
     nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
     while True:
         vec.nprobe = nprobe
         _, cand = vec.search(queries, min(n, 4 * k + 10))
-        found = np.stack([_rerank(x, row[row >= 0], q, k) for row, q in zip(cand, queries, strict=True)])
+        found = np.stack([_rerank(rows, row[row >= 0], q, k) for row, q in zip(cand, queries, strict=True)])
         recall = recall_at_k(found, exact)
         if recall >= target or nprobe >= nlist:
             return nprobe, recall
         nprobe = min(nprobe * 2, nlist)
 
 
-def _rerank(x: np.ndarray, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+def _rerank(rows: Rows, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     cand = np.sort(cand)
-    top = cand[np.argsort(-(x[cand] @ query), kind="stable")[:k]]
+    top = cand[np.argsort(-(rows.take(cand) @ query), kind="stable")[:k]]
     return np.pad(top, (0, k - len(top)), constant_values=-1)
 
 

@@ -1,0 +1,121 @@
+"""A build's plan: what the previous index holds, what each image's content is, what to encode.
+
+Shared by every engine (engines.py, ray_engine.py): the per-image steps here (hash_image,
+load_garment) are what an engine runs, on this machine or on cluster workers, so that the
+two engines skip the same entries for the same reasons and encode the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .. import images
+from ..files import sha256_file
+from ..images import TOO_LARGE, ImageLoadError, decode_image, fit_garment, read_image_bytes
+from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
+from .index import map_embeddings, read_version_manifest, verify_files
+from .manifest import Encoder, IndexFormatError, describe_encoder, encoder_record, same_embedding_space
+from .paths import PathRuleError
+from .storage import looks_like_index, resolve_version
+
+LogFn = Callable[[str], None]
+ProgressFn = Callable[[int, int], None]
+
+
+class HashingEngine(Protocol):
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]: ...
+
+
+def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
+    """The sha256 of the item's image file, or why it cannot be used (cheap: no decoding)."""
+    try:
+        path = catalog.image_path(item)
+        size = path.stat().st_size
+        if size > images.MAX_IMAGE_BYTES:
+            return item.skip(TOO_LARGE, f"{path} is {size:,} bytes, more than {images.MAX_IMAGE_BYTES:,}")
+        return sha256_file(path)
+    except PathRuleError as exc:
+        return item.skip(OUTSIDE, str(exc))
+    except OSError as exc:
+        reason = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
+        return item.skip(reason, f"cannot read {item.path} ({exc.strerror or exc})")
+
+
+def load_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
+    """The item's image in the garment form the encoder takes, if its content is still `sha256`."""
+    try:
+        path = catalog.image_path(item)
+        data = read_image_bytes(path)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return item.skip(CHANGED, f"{path} changed during the build (build again)")
+        return fit_garment(decode_image(data, str(path)))
+    except ImageLoadError as exc:
+        return item.skip(exc.reason, str(exc))
+    except PathRuleError as exc:
+        return item.skip(OUTSIDE, str(exc))
+
+
+@dataclass
+class BuildPlan:
+    """What a build starts from and what it has to encode."""
+
+    enc: dict[str, Any]  # the encoder's manifest record
+    old_manifest: dict[str, Any] | None
+    old_version: str
+    old_embeddings: np.ndarray | None  # the previous version's, memory-mapped (same space only)
+    old_rows: dict[str, int]  # image content hash -> its row in old_embeddings
+    hashed: list[tuple[CatalogItem, str]]  # every usable catalog item and its content hash
+    todo: list[tuple[str, CatalogItem]]  # content hashes to encode (one item each), in catalog order
+    skipped: list[Skip]
+
+
+def plan_build(catalog: Catalog, out: Path, encoder: Encoder, engine: HashingEngine, say: LogFn) -> BuildPlan:
+    """Hash the catalog's images (through the engine) and decide which to encode.
+
+    Only contents the previous index does not hold are encoded; identical files once.
+    """
+    enc = encoder_record(encoder)
+    old_manifest, old_version, old_emb, old_rows = _previous_embeddings(out, enc, say)
+    skipped = list(catalog.skipped)
+    hashed: list[tuple[CatalogItem, str]] = []
+    for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
+        if isinstance(result, Skip):
+            skipped.append(result)
+        else:
+            hashed.append((item, result))
+    todo: dict[str, CatalogItem] = {}
+    for item, h in hashed:
+        if h not in old_rows:
+            todo.setdefault(h, item)
+    say(f"{len(hashed)} images: {sum(h in old_rows for _, h in hashed)} unchanged, {len(todo)} to encode")
+    return BuildPlan(enc, old_manifest, old_version, old_emb, old_rows, hashed, list(todo.items()), skipped)
+
+
+def _previous_embeddings(out: Path, enc: dict[str, Any], say: LogFn
+                         ) -> tuple[dict[str, Any] | None, str, np.ndarray | None, dict[str, int]]:
+    """The previous manifest, its version, its embeddings and their rows by image hash (same space only)."""
+    try:
+        ver = resolve_version(out)
+        old = read_version_manifest(ver)
+    except (IndexFormatError, OSError) as exc:
+        if looks_like_index(out):
+            say(f"previous index not reusable ({exc}); building from scratch")
+        return None, "", None, {}
+    if not same_embedding_space(old["encoder"], enc):
+        say(f"previous index used encoder {describe_encoder(old['encoder'])}; re-encoding everything")
+        return old, ver.version, None, {}
+    try:
+        verify_files(ver, old)
+        n, dim = len(old["items"]["ids"]), int(old["encoder"]["dim"])
+        emb = map_embeddings(ver.data_dir / old["files"]["embeddings"], n, dim, out, old)
+    except (IndexFormatError, OSError, PathRuleError) as exc:  # rebuilding is always correct, just slower
+        say(f"previous embeddings unusable ({exc}); re-encoding everything")
+        return old, ver.version, None, {}
+    return old, ver.version, emb, {h: i for i, h in enumerate(old["items"]["sha256"])}

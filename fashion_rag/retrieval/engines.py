@@ -1,0 +1,111 @@
+"""How a build hashes and encodes images: here, in this process (LocalEngine), or on a Ray
+cluster (ray_engine.RayEngine). Everything else about a build is shared (build.py).
+
+An engine fills a NewEmbeddings store: row i holds the embedding of the plan's todo[i], in a
+file on disk, so a 10M-image first build holds no embeddings in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from .build_plan import ProgressFn, hash_image, load_garment
+from .catalog import Catalog, CatalogItem, Skip
+from .manifest import Encoder
+
+NEW_EMBEDDINGS = "new-embeddings.npy"
+
+
+class BuildFailedError(ValueError):
+    """An engine could not encode some images (a worker kept failing): nothing was written."""
+
+    def __init__(self, message: str, failed: list[str]) -> None:
+        super().__init__(message)
+        self.failed = failed  # ids of the items that were not encoded
+
+
+class NewEmbeddings:
+    """The embeddings a build encodes: [n, dim] float32 in a file of the build's temp folder."""
+
+    def __init__(self, folder: Path, n: int, dim: int) -> None:
+        self.path = folder / NEW_EMBEDDINGS
+        self.dim = int(dim)
+        self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
+        self.filled = np.zeros(n, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.filled)
+
+    def put(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
+            # An encoder of another dimension or a broken model: never store it as an embedding.
+            raise ValueError(f"the encoder returned {vectors.shape[1:] or 'no'} embeddings for "
+                             f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
+                             f"values; check the encoder weights")
+        self.vectors[rows] = vectors
+        self.filled[rows] = True
+
+    @property
+    def count(self) -> int:
+        return int(self.filled.sum())
+
+
+class ImageEncoder(Encoder, Protocol):
+    """What an engine needs of an encoder (encoder.GarmentEncoder)."""
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray: ...
+
+
+class Engine(Protocol):
+    """Hashes a catalog's images and encodes the new ones (see the module docstring)."""
+
+    name: str
+
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
+        """The content hash of each item's image, or its Skip, in the order given."""
+        ...
+
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
+               ) -> dict[str, Skip]:
+        """Put the embedding of todo[i] into store row i; return the Skip of each hash not usable.
+
+        work_dir: a folder of the build's own, removed after the build. On failure, raise:
+        nothing is written then.
+        """
+        ...
+
+
+class LocalEngine:
+    """This process: images read, decoded and encoded batch by batch (memory: one batch)."""
+
+    name = "local"
+
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
+        return [hash_image(catalog, item) for item in items]
+
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
+               ) -> dict[str, Skip]:
+        bad: dict[str, Skip] = {}
+        for start in range(0, len(todo), batch_size):
+            batch, rows = [], []
+            for row, (h, item) in enumerate(todo[start : start + batch_size], start):
+                garment = load_garment(catalog, item, h)
+                if isinstance(garment, Skip):
+                    bad[h] = garment
+                else:
+                    batch.append(garment)
+                    rows.append(row)
+            if batch:
+                store.put(np.asarray(rows), encoder.encode_images(batch, batch_size=batch_size))
+            if progress:
+                progress(min(start + batch_size, len(todo)), len(todo))
+        return bad

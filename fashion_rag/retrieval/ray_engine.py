@@ -1,0 +1,260 @@
+"""The build's hashing and encoding on a Ray cluster (Ray Data), for catalogs one machine is slow on.
+
+Everything else is the local build's (build.py): the same plan decides what to encode, the
+same last step writes the index, so both engines publish the same index. Here:
+
+- hashing: the catalog listing (row, path) becomes a Ray dataset; CPU tasks hash the image
+  files (build_plan.hash_image), so the driver never reads 10M images;
+- encoding: CPU tasks read, check, decode and preprocess the new images (build_plan.load_garment,
+  the encoder's model-free transform); actors hold the model (one per GPU when the cluster has
+  GPUs, else CPU actors) and encode batches; the embeddings are written as Parquet shards
+  (row, reason, detail, error, embedding), which the driver reads into the build's NewEmbeddings.
+What runs on the workers is in ray_workers.py.
+
+Failures: a batch whose worker process dies (a task's, or an actor's: the actor is restarted)
+is retried up to RETRIES times, then the build fails naming the images not encoded; Ray Data's
+own default is to retry forever, so one image that crashes its decoder would hang the build.
+A batch whose code raises
+(an encoder error no retry cures) is recorded in its shard with the error, the other batches
+finish, and then the build fails naming every such item; the previous index stays as it was
+(nothing is published). Every node needs the catalog, the weights file and the shard folder at
+the same paths (shared storage), and a Python with fashion-rag's dependencies; this package's
+code is shipped with the job.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .build_plan import ProgressFn
+from .catalog import Catalog, CatalogItem, Skip
+from .engines import BuildFailedError, ImageEncoder, NewEmbeddings
+from .limits import shorten
+from .ray_workers import EncoderActor, hash_batch, prepare_batch
+
+PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
+# Memory a decoding task asks for: a worker with torch and open_clip imported (Ray Data measured
+# ~550 MiB), plus one decoded product photo (~5 MP RGB) and its copies per image of its batch.
+WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
+RETRIES = 3  # attempts after the first for a batch whose worker died (preemption, OOM kill, crash)
+
+
+class RayUnavailableError(ValueError):
+    """Ray Data is not installed (it is an optional dependency)."""
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise RayUnavailableError(
+            f"--engine ray needs Ray Data, which is not installed ({exc}): pip install \"fashion-rag[ray]\" "
+            "(or pip install \"ray[data]\"), or build with the default --engine local.") from None
+    return ray
+
+
+class RayEngine:
+    """Hash and encode on Ray (see the module docstring).
+
+    address: the cluster (as ray.init takes it: "auto", "ray://head:10001", ...); None starts
+    a local one unless Ray is already initialised. actors: encoder actors at most (default:
+    one per GPU, else one per two CPUs). shards: where the embedding shards go (a folder every
+    node sees, or a URI such as s3://bucket/tmp); default: the build's temp folder in the index.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None, shards: str | None = None,
+                 gpus: bool | None = None) -> None:
+        self.address = address
+        self.actors = actors
+        self.shards = shards
+        self.gpus = gpus  # None: use GPUs when the cluster has any
+
+    def _connect(self) -> Any:
+        ray = import_ray()
+        if not ray.is_initialized():
+            import fashion_rag
+
+            # Ship this package with the job, so workers run the driver's code, not another version.
+            package = str(Path(fashion_rag.__file__).parent)
+            ray.init(address=self.address, runtime_env={"py_modules": [package]})
+        return ray
+
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
+        if not items:
+            return []
+        ray = self._connect()
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        ds = ray.data.from_arrow(_listing(range(len(items)), [i.path for i in items], None, 64, cpus))
+        ds = _map_batches(ds, hash_batch, fn_kwargs={"root": str(catalog.root)}, batch_format="pyarrow",
+                          num_cpus=1, max_retries=RETRIES)
+        results: list[str | Skip | None] = [None] * len(items)
+        errors: dict[int, str] = {}
+        try:
+            batches = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        except Exception as exc:
+            raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
+                                   "is unchanged", []) from exc
+        for batch in batches:
+            cols = (batch[c].to_pylist() for c in ("row", "sha256", "reason", "detail", "error"))
+            for row, sha, reason, detail, error in zip(*cols, strict=True):
+                if error:
+                    errors[row] = error
+                else:
+                    results[row] = sha if not reason else items[row].skip(reason, detail)
+        missing = [i for i, r in enumerate(results) if r is None and i not in errors]
+        _raise_failures("hashing", items, errors, missing)
+        return results  # type: ignore[return-value]
+
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
+               ) -> dict[str, Skip]:
+        ray = self._connect()
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0) if self.gpus is None else int(self.gpus)
+        actors = self.actors or (int(gpus) if gpus else max(1, int(resources.get("CPU", 2)) // 2))
+        items = [item for _, item in todo]
+        ds = ray.data.from_arrow(_listing(range(len(todo)), [i.path for i in items], [h for h, _ in todo],
+                                          batch_size, int(resources.get("CPU", 1))))
+        # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
+        # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
+        prepare = min(batch_size, PREPARE_BATCH)
+        ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
+                          batch_size=prepare, batch_format="pyarrow", num_cpus=1,
+                          memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
+        ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
+                          batch_size=batch_size, batch_format="numpy",
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                          num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+                          max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
+        shards = f"{self.shards.rstrip('/')}/fashion-rag-{secrets.token_hex(6)}" if self.shards else str(
+            work_dir / "shards")
+        try:
+            try:
+                ds.write_parquet(shards)
+            except Exception as exc:  # retries exhausted, or an actor that cannot start
+                done = _written_rows(shards)
+                failed = [item.id for i, item in enumerate(items) if i not in done]
+                raise BuildFailedError(f"the Ray build failed ({_cause(exc)}); {len(failed)} images were not "
+                                       f"encoded ({_ids(failed)}); the previous index is unchanged",
+                                       failed) from exc
+            bad, errors = _read_shards(shards, todo, store)
+            _raise_failures("encoding", items, errors, [])
+        finally:
+            _delete(shards)  # now, not with the build's temp folder: 10M embeddings are 30 GB of shards
+        if progress:
+            progress(len(todo), len(todo))
+        return bad
+
+
+def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
+    """ds.map_batches, quietly: Ray Data 2.60 takes the retry limits (max_retries, max_task_retries)
+    only as `ray_remote_args`, which it calls deprecated with no named replacement yet; hence the
+    ray extra's upper bound (pyproject.toml)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs)
+
+
+def _listing(rows: range, paths: list[str], hashes: list[str] | None, batch_size: int,
+             cpus: int) -> list[Any]:
+    """The rows as Arrow tables, one Ray block each: the unit a task runs, retries and writes.
+
+    Two blocks per CPU at least (every worker busy), at most 4096 rows (a retry redoes little).
+    """
+    import pyarrow as pa
+
+    per_block = max(batch_size, min(4096, math.ceil(len(rows) / (2 * cpus))))
+    tables = []
+    for start in range(0, len(rows), per_block):
+        cols = {"row": pa.array(rows[start : start + per_block], pa.int64()),
+                "path": pa.array(paths[start : start + per_block], pa.string())}
+        if hashes is not None:
+            cols["sha256"] = pa.array(hashes[start : start + per_block], pa.string())
+        tables.append(pa.table(cols))
+    return tables
+
+
+def _raise_failures(step: str, items: Sequence[CatalogItem], errors: dict[int, str],
+                    missing: list[int]) -> None:
+    """A BuildFailedError naming every item whose batch raised, or that no worker returned."""
+    if not errors and not missing:
+        return
+    failed = [items[r].id for r in sorted(errors) + missing]
+    first = next(iter(errors.values()), "no result returned")
+    raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({_ids(failed)}): {first}; the "
+                           f"previous index is unchanged: fix or remove them and build again", failed)
+
+
+def _cause(exc: BaseException) -> str:
+    """The line that says what went wrong (Ray's errors carry the worker's whole traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return shorten(lines[-1] if lines else type(exc).__name__, 300)
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(shorten(i, 60) for i in ids[:5]) + (f", … ({len(ids)} in all)" if len(ids) > 5 else "")
+
+
+def _shard_files(uri: str) -> tuple[Any, list[str]]:
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except FileNotFoundError:  # nothing written yet
+        return fs, []
+    return fs, sorted(f.path for f in infos if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+
+
+def _written_rows(uri: str) -> set[int]:
+    import pyarrow.parquet as pq
+
+    fs, files = _shard_files(uri)
+    tables = (pq.read_table(path, filesystem=fs, columns=["row"]) for path in files)
+    return {int(r) for table in tables for r in table["row"].to_numpy()}
+
+
+def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEmbeddings
+                 ) -> tuple[dict[str, Skip], dict[int, str]]:
+    """Fill the store from the shards; return the Skip of every image a worker refused and the
+    error of every row whose batch raised."""
+    import pyarrow.parquet as pq
+
+    fs, files = _shard_files(uri)
+    bad: dict[str, Skip] = {}
+    errors: dict[int, str] = {}
+    for path in files:
+        table = pq.read_table(path, filesystem=fs)
+        rows = table["row"].to_numpy()
+        reasons, details, errs = (table[c].to_pylist() for c in ("reason", "detail", "error"))
+        emb = table["embedding"].combine_chunks()
+        vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
+        ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
+        store.put(rows[ok], vectors[ok])
+        for i in np.flatnonzero(~ok):
+            h, item = todo[rows[i]]
+            if errs[i]:
+                errors[int(rows[i])] = errs[i]
+            else:
+                bad[h] = item.skip(reasons[i], details[i])
+    return bad, errors
+
+
+def _delete(uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        fs.delete_dir(base)
+    except (OSError, ValueError):  # never written, or already gone
+        pass

@@ -1,0 +1,315 @@
+"""`index build --engine ray`: the same index as the local build, built by Ray Data workers.
+
+A real local Ray cluster (2 CPUs) for the module; the encoders below are the real tiny encoder,
+counting what it encodes or dying once, shipped to the workers by value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="Ray Data is optional (pip install \"fashion-rag[ray]\")")
+
+from fashion_rag.cli import main as cli_main  # noqa: E402
+from fashion_rag.retrieval.build import build_index  # noqa: E402
+from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
+from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
+from fashion_rag.retrieval.engines import BuildFailedError  # noqa: E402
+from fashion_rag.retrieval.index import load_index  # noqa: E402
+from fashion_rag.retrieval.ray_engine import RETRIES, RayEngine  # noqa: E402
+from fashion_rag.retrieval.search import search  # noqa: E402
+from tools.demo.encoder import TINY_ARCH  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ("upper_body", "lower_body", "dresses")
+PER_CATEGORY = 100
+QUERIES = ["red top", "blue striped trousers", "a long dress", "green", "checked skirt", "black"]
+
+
+class CountingEncoder(GarmentEncoder):
+    """The tiny encoder, appending the size of every batch it encodes to a file (workers are processes)."""
+
+    def __init__(self, weights: Path, log: Path) -> None:
+        super().__init__(weights, TINY_ARCH)
+        self.log = log
+
+    def encode_pixels(self, pixels):
+        with open(self.log, "a") as f:
+            f.write(f"{len(pixels)}\n")
+        return super().encode_pixels(pixels)
+
+
+class DiesOnceEncoder(GarmentEncoder):
+    """Kills its worker process once while preprocessing (a task) and once while encoding (an actor)."""
+
+    def __init__(self, weights: Path, marks: Path) -> None:
+        super().__init__(weights, TINY_ARCH)
+        self.marks = marks
+
+    def _die_once(self, name: str) -> None:
+        try:
+            os.close(os.open(self.marks / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)  # no exception, no cleanup: the process is gone, as with a crash or an OOM kill
+
+    def preprocess_images(self, images):
+        self._die_once("task-died")
+        return super().preprocess_images(images)
+
+    def encode_pixels(self, pixels):
+        self._die_once("actor-died")
+        return super().encode_pixels(pixels)
+
+
+class CrashesOnMagentaEncoder(GarmentEncoder):
+    """Kills its worker every time it decodes the magenta image (as an image that crashes a decoder)."""
+
+    def __init__(self, weights: Path, attempts: Path) -> None:
+        super().__init__(weights, TINY_ARCH)
+        self.attempts = attempts
+
+    def preprocess_images(self, images):
+        if any(im.getpixel((192, 256)) == (255, 0, 255) for im in images):
+            with open(self.attempts, "a") as f:
+                f.write("attempt\n")
+            os._exit(1)
+        return super().preprocess_images(images)
+
+
+class PoisonedEncoder(GarmentEncoder):
+    """Raises on any batch holding the magenta image (a model error that no retry cures)."""
+
+    def encode_pixels(self, pixels):
+        px = np.asarray(pixels)
+        if ((px[:, 0].mean(axis=(1, 2)) > 1.5) & (px[:, 1].mean(axis=(1, 2)) < -1.5)).any():
+            raise ValueError("poisoned batch")
+        return super().encode_pixels(pixels)
+
+
+def _garment(rng: np.random.Generator, size=(48, 64)) -> Image.Image:
+    """A small distinct image: a colour, a few bands of another (fitted to 384x512 by the build)."""
+    w, h = size
+    pixels = np.empty((h, w, 3), np.uint8)
+    pixels[:] = rng.integers(0, 256, 3)
+    for _ in range(int(rng.integers(1, 4))):
+        y = int(rng.integers(0, h - 4))
+        pixels[y : y + int(rng.integers(2, 12))] = rng.integers(0, 256, 3)
+    return Image.fromarray(pixels)
+
+
+def _write_catalog(root: Path) -> Path:
+    """300 garments, plus entries every build must skip or share: the same list for both engines."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for cat in CATEGORIES:
+        (root / cat).mkdir(parents=True)
+        for i in range(PER_CATEGORY):
+            item = f"{cat[:3]}{i:03d}"
+            _garment(rng).save(root / cat / f"{item}.png")
+            rows.append({"id": item, "image": f"{cat}/{item}.png", "category": cat,
+                         "caption": f"{QUERIES[i % len(QUERIES)]} {cat.replace('_', ' ')} {i}"})
+    (root / "dresses" / "broken.png").write_bytes(b"not an image at all")
+    good = (root / "dresses" / "dre000.png").read_bytes()
+    (root / "dresses" / "cut.png").write_bytes(good[: len(good) // 2])
+    shutil.copy(root / "upper_body" / "upp007.png", root / "upper_body" / "twin.png")  # same content
+    rows += [{"id": "broken", "image": "dresses/broken.png", "category": "dresses"},
+             {"id": "cut", "image": "dresses/cut.png", "category": "dresses"},
+             {"id": "ghost", "image": "dresses/ghost.png", "category": "dresses"},
+             {"id": "twin", "image": "upper_body/twin.png", "category": "upper_body", "caption": "twin"}]
+    _write_rows(root, rows)
+    return root
+
+
+def _write_rows(root: Path, rows: list[dict]) -> None:
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _rows(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _same_index(a: Path, b: Path, encoder: GarmentEncoder) -> None:
+    """Same items, categories, captions, hashes, embeddings (1e-6), vector parts and top-10s."""
+    ia, ib = load_index(a, encoder), load_index(b, encoder)
+    for key in ("ids", "paths", "categories", "captions", "sha256"):
+        assert ia.manifest["items"][key] == ib.manifest["items"][key], key
+    np.testing.assert_allclose(np.asarray(ia.embeddings), np.asarray(ib.embeddings), atol=1e-6, rtol=0)
+    parts = [[{k: v for k, v in part.items() if k != "tuned_recall_at_10"}
+              for part in i.manifest["vector_index"]["parts"]] for i in (ia, ib)]
+    assert parts[0] == parts[1]
+    for text in QUERIES:
+        for category in ("any", *CATEGORIES):
+            top = [[g.id for g in search(i, text, 10, mode="image", category=category)] for i in (ia, ib)]
+            assert top[0] == top[1] and len(top[0]) == 10, (text, category)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=str(temp),
+             logging_level="ERROR", configure_logging=False)
+    # This module's encoders travel to the workers by value (the workers cannot import a test module).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, cluster, tiny_weights):
+    """The catalog, built once locally and once on Ray."""
+    root = tmp_path_factory.mktemp("built")
+    catalog = _write_catalog(root / "catalog")
+    encoder = GarmentEncoder(tiny_weights, TINY_ARCH)
+    local = build_index(scan_catalog(catalog), root / "local", encoder, index_type="auto", ivf_threshold=50)
+    on_ray = build_index(scan_catalog(catalog), root / "ray", encoder, index_type="auto", ivf_threshold=50,
+                         engine=RayEngine())
+    return root, catalog, local, on_ray
+
+
+def test_ray_build_is_the_local_build(built, tiny_weights):
+    root, catalog, local, on_ray = built
+    assert on_ray.written and on_ray.index_type == "ivf"  # 100 per category, threshold 50: IVF parts
+    assert (on_ray.items, on_ray.encoded, on_ray.reused) == (local.items, local.encoded, local.reused) == (
+        301, 300, 0)  # the twin has upp007's content: 300 contents encoded, for 301 items
+    skips = [sorted((s.id, s.reason, s.row) for s in r.skipped) for r in (local, on_ray)]
+    assert skips[0] == skips[1] == [("broken", "not an image", 301), ("cut", "unreadable", 302),
+                                    ("ghost", "missing", 303)]
+    assert [s.detail for s in sorted(on_ray.skipped, key=lambda s: s.id)] == [
+        s.detail for s in sorted(local.skipped, key=lambda s: s.id)]
+    _same_index(root / "local", root / "ray", GarmentEncoder(tiny_weights, TINY_ARCH))
+    assert not [p for p in (root / "ray").iterdir() if p.name.startswith(".tmp-")]  # shards cleaned up
+
+
+def test_incremental_ray_build_encodes_only_new_images(built, tiny_weights, tmp_path):
+    root, source, _, _ = built
+    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
+    out = Path(shutil.copytree(root / "ray", tmp_path / "ray"))
+    rows = _rows(catalog)
+    removed = [r["id"] for r in rows[10:15]]
+    rows = rows[:10] + rows[15:]
+    rng = np.random.default_rng(99)
+    for i in range(5):
+        _garment(rng).save(catalog / "lower_body" / f"new{i}.png")
+        rows.append({"id": f"new{i}", "image": f"lower_body/new{i}.png", "category": "lower_body"})
+    _write_rows(catalog, rows)
+
+    log = tmp_path / "encoded.log"
+    counting = CountingEncoder(tiny_weights, log)
+    shards = tmp_path / "shards"  # (--ray-shards: a folder or URI of the user's, not the index's)
+    report = build_index(scan_catalog(catalog), out, counting, ivf_threshold=50,
+                         engine=RayEngine(shards=str(shards)))
+    assert (report.encoded, report.removed, report.reused, report.items) == (5, 5, 296, 301)
+    assert shards.is_dir() and not list(shards.rglob("*"))  # the build's shards, deleted once read
+    assert sum(int(n) for n in log.read_text().split()) == 5  # what the actors ran through the model
+    index = load_index(out)
+    assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
+    # Exactly the index a local build of the changed catalog gives.
+    local = Path(shutil.copytree(root / "local", tmp_path / "local"))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
+
+
+def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
+    root, source, _, _ = built
+    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
+    out = Path(shutil.copytree(root / "ray", tmp_path / "ray"))
+    rng = np.random.default_rng(7)
+    rows = _rows(catalog)
+    for i in range(40):  # 3 blocks of new images: one task and one actor call die, once each
+        _garment(rng).save(catalog / "dresses" / f"extra{i}.png")
+        rows.append({"id": f"extra{i}", "image": f"dresses/extra{i}.png", "category": "dresses"})
+    _write_rows(catalog, rows)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    report = build_index(scan_catalog(catalog), out, DiesOnceEncoder(tiny_weights, marks), ivf_threshold=50,
+                         engine=RayEngine())
+    assert sorted(p.name for p in marks.iterdir()) == ["actor-died", "task-died"]  # both really died
+    assert report.written and (report.encoded, report.items) == (40, 341)
+    local = Path(shutil.copytree(root / "local", tmp_path / "local"))
+    build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
+    _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
+
+
+def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weights, tmp_path):
+    root, source, _, _ = built
+    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
+    out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
+    before = _snapshot(out)
+    Image.new("RGB", (384, 512), (255, 0, 255)).save(catalog / "dresses" / "magenta.png")
+    _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
+                                            "category": "dresses"}])
+    with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
+        build_index(scan_catalog(catalog), out, PoisonedEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50,
+                    engine=RayEngine())
+    assert err.value.failed == ["magenta"]  # the one new image: its batch failed
+    assert "poisoned batch" in str(err.value)
+    assert _snapshot(out) == before  # the previous index, byte for byte, and nothing left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
+
+
+def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
+    """Ray Data alone would retry a dying batch forever; the build gives up after RETRIES retries."""
+    root, source, _, _ = built
+    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
+    out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
+    before = _snapshot(out)
+    Image.new("RGB", (384, 512), (255, 0, 255)).save(catalog / "dresses" / "magenta.png")
+    _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
+                                            "category": "dresses"}])
+    attempts = tmp_path / "attempts"
+    with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
+        build_index(scan_catalog(catalog), out, CrashesOnMagentaEncoder(tiny_weights, attempts),
+                    ivf_threshold=50, engine=RayEngine())
+    # Named: the images not encoded, i.e. the failing block's (the two unreadable images have no
+    # embedding, so every build reads them again; they share the new image's block).
+    assert err.value.failed == ["broken", "cut", "magenta"] and "magenta" in str(err.value)
+    assert len(attempts.read_text().split()) == 1 + RETRIES
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
+
+
+def test_cli_engine_ray(built, tiny_weights, tmp_path, capsys, monkeypatch):
+    root, catalog, _, _ = built
+    out = Path(shutil.copytree(root / "ray", tmp_path / "idx"))
+    args = ["index", "build", "--catalog", str(catalog), "--out", str(out), "--encoder", TINY_ARCH,
+            "--weights", str(tiny_weights), "--ivf-threshold", "50"]
+    assert cli_main([*args, "--engine", "ray", "--ray-actors", "1"]) == 0  # on this module's cluster
+    err = capsys.readouterr().err
+    assert "unchanged" in err and "301 garments indexed (0 encoded, 301 reused, 0 removed), 3 skipped" in err
+    assert "skipped: 'cut' (metadata.jsonl line 302): unreadable" in err  # by id, line and reason
+    # Ray options without --engine ray, and a missing Ray: one line each, exit code 2, nothing built.
+    args[5] = str(tmp_path / "b")
+    assert cli_main([*args, "--ray-address", "auto"]) == 2
+    assert "--ray-address only applies to --engine ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
+    assert cli_main([*args, "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "fashion-rag[ray]"' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_local_build_never_imports_ray(built, tiny_weights, tmp_path):
+    root, catalog, _, _ = built
+    out = shutil.copytree(root / "local", tmp_path / "i")  # (nothing to encode: a quick build)
+    code = ("import sys; from fashion_rag.cli import main;"
+            f"code = main(['index', 'build', '--catalog', {str(catalog)!r}, '--out', {str(out)!r},"
+            f" '--encoder', {TINY_ARCH!r}, '--weights', {str(tiny_weights)!r}, '--ivf-threshold', '50']);"
+            "print(code, 'ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["0", "False"], r.stderr[-2000:]
