@@ -30,7 +30,7 @@ def test_template_shape():
     assert s["images"] == [inpaint, 1] and s["mask"] == api[inpaint]["inputs"]["mask"]
     assert s["garments"] == api[api[inpaint]["inputs"]["positive"][0]]["inputs"]["garments"]
     assert api[s["index"][0]]["class_type"] == "FashionRAGGarmentIndexLoader"
-    assert api[s["clip_vision"][0]]["class_type"] == "CLIPVisionLoader"  # the reference's CLIP-I model
+    assert api[s["clip_vision"][0]]["class_type"] == "FashionRAGCLIPVisionLoader"  # ViT-H: reference CLIP-I
     assert s["clip_i_garments"] == "all" and not s["text"]  # the retrieval text
     assert api[pick]["inputs"] == {"image": [score, 0], "batch_index": 0, "length": 1}
     assert api[save]["inputs"]["images"] == [pick, 0]

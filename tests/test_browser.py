@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from fashion_rag.cli.comfy_server import PACK_DIR_NAME, REPO
+from tools.thumbnails import FIT_VIEW
 
 pytestmark = pytest.mark.browser
 
@@ -221,20 +222,7 @@ def _pins(page) -> list[str]:
 def _show_graph(page) -> None:
     """Pan/zoom the canvas so the whole graph (galleries, previews) is on screen, at most 1:1,
     clear of the side bar (left), the menus (top) and the canvas controls (bottom right)."""
-    page.evaluate(js("""
-        const canvas = app.canvas;
-        canvas.deselectAll();
-        const boxes = app.graph.nodes.map(n => n.boundingRect);  // title bar and collapse included
-        const x0 = Math.min(...boxes.map(b => b[0])), y0 = Math.min(...boxes.map(b => b[1]));
-        const x1 = Math.max(...boxes.map(b => b[0] + b[2])), y1 = Math.max(...boxes.map(b => b[1] + b[3]));
-        const [left, top, right, bottom] = [80, 110, 30, 60];
-        const [w, h] = [canvas.canvas.clientWidth - left - right, canvas.canvas.clientHeight - top - bottom];
-        const scale = Math.min(1, w / (x1 - x0), h / (y1 - y0));
-        canvas.ds.scale = scale;
-        canvas.ds.offset[0] = left / scale - x0 + (w / scale - (x1 - x0)) / 2;
-        canvas.ds.offset[1] = top / scale - y0;
-        canvas.setDirty(true, true);
-    """))
+    page.evaluate("() => { " + FIT_VIEW + " }")  # the thumbnails' view
     page.wait_for_timeout(500)
 
 
