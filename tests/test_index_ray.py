@@ -220,10 +220,15 @@ def test_incremental_ray_build_encodes_only_new_images(built, tiny_weights, tmp_
     index = load_index(out)
     assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
     # Exactly the index a local build of the changed catalog gives.
+    _same_as_local_rebuild(root, catalog, out, tiny_weights, tmp_path)
+
+
+
+def _same_as_local_rebuild(root: Path, catalog: Path, out: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    """`out` is exactly the index an incremental local build of `catalog` gives."""
     local = Path(shutil.copytree(root / "local", tmp_path / "local"))
     build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
     _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
-
 
 def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
     root, source, _, _ = built
@@ -241,9 +246,7 @@ def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
                          engine=RayEngine())
     assert sorted(p.name for p in marks.iterdir()) == ["actor-died", "task-died"]  # both really died
     assert report.written and (report.encoded, report.items) == (40, 341)
-    local = Path(shutil.copytree(root / "local", tmp_path / "local"))
-    build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
-    _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
+    _same_as_local_rebuild(root, catalog, out, tiny_weights, tmp_path)
 
 
 def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weights, tmp_path):
