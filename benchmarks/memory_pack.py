@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 import logging
 import sys
@@ -188,7 +189,10 @@ def save_tensors(executor: Any, path: Path) -> None:
     """The first prompt's non-model inputs (for the reference) and its final latent."""
 
     def output(node: str, slot: int) -> Any:
-        return executor.caches.outputs.get(node).outputs[slot][0]
+        entry = executor.caches.outputs.get(node)
+        if inspect.iscoroutine(entry):  # async in newer ComfyUI (0.33), plain in 0.3.75
+            entry = asyncio.run(entry)
+        return entry.outputs[slot][0]
 
     latent = output("11", 0)["samples"]
     tensors = {

@@ -105,31 +105,43 @@ class FilePages:
 
 def load_in_parts(module: torch.nn.Module, sd: dict[str, torch.Tensor],
                   source: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
-    """`module.load_state_dict(sd, strict=False)` one block at a time, emptying `sd` as it goes.
+    """`module.load_state_dict(sd, strict=False)`, giving the file's pages back block by block.
 
-    Each block's tensors are copied into the module's own weights (cast to their dtype and
-    device), then dropped from `sd`, and when they were memory-mapped from `source` their pages
-    are given back (FilePages): the file and the model overlap by one block (a few percent of a
-    UNet) instead of being both whole in memory. Blocks are the keys' names up to their first
-    number (`input_blocks.4`, `vision_model.encoder.layers.7`). Returns (missing, unexpected)
-    keys as load_state_dict.
+    One load_state_dict call with the whole dict, so every module's own loading hook sees what
+    the stock loaders show it (ComfyUI's CLIP vision model drops its projection when the dict it
+    is given lacks one: loading a part at a time would drop it). When `sd` is memory-mapped from
+    `source`, a hook after each block (the keys' names up to their first number:
+    `input_blocks.4`, `vision_model.encoder.layers.7`) gives that block's file pages back once
+    copied (FilePages): the file and the model overlap by one block (a few percent of a UNet)
+    instead of being both whole in memory. `sd` is emptied. Returns (missing, unexpected) keys.
     """
     pages = FilePages(source) if source is not None else None
-    expected = set(module.state_dict())
-    blocks: dict[str, list[str]] = {}
-    for key in sd:
-        blocks.setdefault(_block_of(key), []).append(key)
-    loaded: set[str] = set()
-    unexpected: list[str] = []
-    for keys in blocks.values():
-        part = {k: sd.pop(k) for k in keys}
-        result = module.load_state_dict(part, strict=False)
-        unexpected += result.unexpected_keys
-        loaded.update(k for k in part if k in expected)
-        if pages is not None:
-            pages.release(part.values())
-        del part
-    return sorted(expected - loaded), unexpected
+    hooks = []
+    if pages is not None and pages.ranges:
+        modules = dict(module.named_modules())
+        owned: dict[str, list[torch.Tensor]] = {}
+        for key, tensor in sd.items():
+            owned.setdefault(_owner(_block_of(key), modules), []).append(tensor)
+        for name, tensors in owned.items():
+            if name:  # the root's own keys are given back after the load
+                hooks.append(modules[name].register_load_state_dict_post_hook(
+                    lambda _module, _keys, tensors=tensors: pages.release(tensors)))
+    try:
+        result = module.load_state_dict(sd, strict=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if pages is not None:
+        pages.release(sd.values())
+    sd.clear()
+    return sorted(result.missing_keys), list(result.unexpected_keys)
+
+
+def _owner(block: str, modules: Mapping[str, torch.nn.Module]) -> str:
+    """The deepest module whose name `block` starts with ("" for the root)."""
+    while block and block not in modules:
+        block = block.rpartition(".")[0]
+    return block
 
 
 def _block_of(key: str) -> str:

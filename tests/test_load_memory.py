@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from load_probe import measure_load
+from safetensors.torch import save_file
 from test_inpaint_parity import load_tiny_model, pack_module, tiny_unet
 
 from fashion_rag.inpaint.unet_layout import UNetLayout, diffusers_to_ldm
@@ -131,6 +132,35 @@ def test_load_in_parts_equals_load_state_dict_and_frees_the_source():
     for k, v in target.state_dict().items():
         if k != "conv_in.bias":
             assert torch.equal(v, source.state_dict()[k]), k
+
+
+class _ProjectionIfGiven(torch.nn.Module):
+    """Like ComfyUI's CLIPVisionModelProjection (0.33): drops its projection when the dict it is
+    given lacks the projection's weight, so it must see the whole dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+        self.projection = torch.nn.Linear(4, 2, bias=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if f"{prefix}projection.weight" not in state_dict:
+            self.projection = torch.nn.Identity()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def test_load_in_parts_shows_every_module_the_whole_dict(tmp_path):
+    """A module whose loading depends on what else the dict holds loads as with one
+    load_state_dict. Mutation caught: one load_state_dict per block (the projection became an
+    Identity: ComfyUI 0.33's CLIP vision tower lost its visual_projection)."""
+    source = _ProjectionIfGiven()
+    path = tmp_path / "projection.safetensors"
+    save_file(source.state_dict(), str(path))
+    target = _ProjectionIfGiven()
+    missing, unexpected = load_in_parts(target, read_state_dict(path), source=path)
+    assert (missing, unexpected) == ([], [])
+    assert isinstance(target.projection, torch.nn.Linear)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
 
 
 def _rss_file() -> int:
