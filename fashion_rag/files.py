@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int = 0o644) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int = 0o644,
+                 durable: bool = False) -> Path:
     """Call write(tmp) on a temp file beside `path`, then rename it over `path`.
 
     The temp file has an unpredictable name in the target folder (same file system, so the
     rename is atomic); it is removed on any failure. `mode` replaces mkstemp's private 0600:
     model files and indexes are meant to be read by a ComfyUI running as another user.
+    `durable`: the file's bytes and the rename reach the disk before returning, so a power cut
+    leaves the old file or the new one, never a name pointing at unwritten data.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,11 +28,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: in
     try:
         write(tmp)
         os.chmod(tmp, mode)
+        if durable:
+            fsync_path(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if durable:
+        fsync_path(path.parent)
     return path
+
+
+def is_atomic_temp(name: str, target: str) -> bool:
+    """Whether `name` is a temp file atomic_write leaves for `target` when killed mid-write
+    (exactly mkstemp's pattern, so no file of a user's is ever taken for one)."""
+    return re.fullmatch(rf"\.{re.escape(target)}\.[a-z0-9_]{{8}}\.tmp", name) is not None
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or folder to disk (a folder: the names in it, e.g. a rename)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
+    except OSError:  # Windows cannot open folders; its renames are journaled anyway
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

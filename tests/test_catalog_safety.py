@@ -249,7 +249,9 @@ def test_defect5_stale_build_folders_are_cleaned_and_never_loadable(catalog_dir,
     stale_version = out / "v-20000101T000000Z-deadbeef"
     shutil.copytree(current, stale_version)
     shutil.copytree(current, out / ".tmp-dead01")
-    (out / f".{POINTER}.tmp-0badf00d").write_text("{")
+    (out / f".{POINTER}.tmp-0badf00d").write_text("{")  # a pointer write killed (before 2026-11-30)
+    (out / f".{POINTER}.k3x_9q2z.tmp").write_text("{")  # a pointer write killed (files.atomic_write)
+    (out / f".{POINTER}.backup").write_text("mine")  # a user's: looks alike, is not ours
     for old in (".idx.old-deadbeef", ".idx.tmp-x1y2z3"):
         shutil.copytree(current, indexes / old)
     (out / "notes.txt").write_text("mine")
@@ -259,7 +261,7 @@ def test_defect5_stale_build_folders_are_cleaned_and_never_loadable(catalog_dir,
     assert load_index(out).version == current.name
     build_index(scan_catalog(catalog_dir), out, encoder)  # unchanged, but it still cleans up
     assert sorted(p.name for p in out.iterdir()) == sorted([".build.lock", POINTER, current.name,
-                                                            "notes.txt"])
+                                                            "notes.txt", f".{POINTER}.backup"])
     assert sorted(p.name for p in indexes.iterdir()) == [".idx.backup", "idx"]
     # Each build keeps the current and the previous version only.
     for n in (35, 34, 33):

@@ -55,7 +55,7 @@ def entries() -> set:
 
 
 def writing() -> bool:
-    return any(n.startswith((".tmp-", ".index.json.tmp-")) for n in entries())
+    return any(n.startswith((".tmp-", ".index.json.")) for n in entries())
 
 
 while (kills < cfg["kills"] or builds < cfg["builds"]) and time.monotonic() - start < cfg["budget"]:
@@ -99,7 +99,7 @@ while (kills < cfg["kills"] or builds < cfg["builds"]) and time.monotonic() - st
         kills += 1
         # Killed after it began writing a version (its temp or version folder is new).
         new = entries() - before
-        mid_write += any(n.startswith((".tmp-", "v-", ".index.json.tmp-")) for n in new)
+        mid_write += any(n.startswith((".tmp-", "v-", ".index.json.")) for n in new)
     else:
         if os.waitstatus_to_exitcode(status) != 0:
             print(json.dumps({"failed_build": os.waitstatus_to_exitcode(status)}), flush=True)

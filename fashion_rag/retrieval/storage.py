@@ -5,6 +5,7 @@
       v-<time>-<rand>/  one complete build: manifest.json, embeddings.safetensors, vectors-<i>.faiss
       .tmp-<rand>/      a build in progress (or one that died); never read
       .build.lock       held by the running build (flock), so two builds never clean each other up
+      .index.json.*.tmp a pointer being written (or one whose writer died); never read
 
 A build writes a whole new version folder, renames it into place, then swaps the pointer with
 one os.replace: a reader (a running ComfyUI, another process) resolves the pointer once per
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import sha256_file
+from ..files import atomic_write, fsync_path, is_atomic_temp, sha256_file
 from ..logs import log
 from .manifest import FORMAT, MANIFEST, IndexFormatError
 from .paths import inside
@@ -44,7 +45,7 @@ LOCK = ".build.lock"
 LEGACY = "legacy"  # the version name of a previous-layout index (files directly in NAME/)
 _VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")
 _TMP_PREFIX = ".tmp-"
-_POINTER_TMP_PREFIX = f".{POINTER}.tmp-"
+_OLD_POINTER_TMP = re.compile(r"\.index\.json\.tmp-[0-9a-f]{8}")  # written by builds before 2026-11-30
 _LEGACY_FILES = re.compile(r"manifest\.json|embeddings\.safetensors|vectors-\d+\.faiss")
 _MAX_POINTER_BYTES = 4096
 
@@ -170,7 +171,7 @@ def _foreign_entries(out: Path) -> list[str]:
             is_ours = False
         return [] if is_ours else [MANIFEST]
     # What only a build of ours leaves: a first build that died before its pointer existed.
-    return [n for n in names if not (n == LOCK or n.startswith((_TMP_PREFIX, _POINTER_TMP_PREFIX))
+    return [n for n in names if not (n == LOCK or n.startswith(_TMP_PREFIX) or _is_pointer_temp(n)
                                      or _VERSION.fullmatch(n))]
 
 
@@ -220,11 +221,11 @@ def publish(out: Path, tmp: Path, manifest: dict[str, Any], hashes: dict[str, st
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
     _match_umask(tmp)
     for path in tmp.iterdir():
-        _fsync(path)
-    _fsync(tmp)
+        fsync_path(path)
+    fsync_path(tmp)
     version = f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     os.rename(tmp, out / version)
-    _fsync(out)
+    fsync_path(out)
     pointer = read_pointer(out)
     previous = pointer["current"] if pointer else (LEGACY if (out / MANIFEST).is_file() else None)
     _write_pointer(out, {"format": FORMAT, "current": version, "previous": previous})
@@ -232,18 +233,13 @@ def publish(out: Path, tmp: Path, manifest: dict[str, Any], hashes: dict[str, st
 
 
 def _write_pointer(out: Path, pointer: dict[str, Any]) -> None:
-    tmp = out / f"{_POINTER_TMP_PREFIX}{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(pointer) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / POINTER)  # the swap: readers see the old pointer or the new one
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(out)
+    text = json.dumps(pointer) + "\n"
+    # The swap: readers see the old pointer or the new one.
+    atomic_write(out / POINTER, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=True)
+
+
+def _is_pointer_temp(name: str) -> bool:
+    return is_atomic_temp(name, POINTER) or _OLD_POINTER_TMP.fullmatch(name) is not None
 
 
 def clean_stale(out: Path) -> list[str]:
@@ -264,7 +260,7 @@ def clean_stale(out: Path) -> list[str]:
                 or (is_dir and _VERSION.fullmatch(name) and name not in keep)):
             shutil.rmtree(entry.path, ignore_errors=True)  # a folder a reader maps stays on Windows
         elif entry.is_file(follow_symlinks=False) and (
-                name.startswith(_POINTER_TMP_PREFIX)
+                _is_pointer_temp(name)
                 or (pointer and LEGACY not in keep and _LEGACY_FILES.fullmatch(name))):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -322,20 +318,6 @@ def _match_umask(folder: Path) -> None:
     for path in folder.iterdir():
         os.chmod(path, file_mode)
     os.chmod(folder, file_mode | ((file_mode & 0o444) >> 2))  # x wherever r
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk, so a power cut cannot leave a pointer to unwritten data."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
-    except OSError:  # Windows cannot open folders; its renames are journaled anyway
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def discard_unpublished(out: Path) -> None:
