@@ -50,3 +50,8 @@ def test_unet_load_benchmark_smoke(tmp_path):
     out = _run("unet_load.py", "--cache", str(tmp_path / "cache"), "--base", str(tmp_path / "base"))
     assert "convert-unet (once)" in out
     assert out.count("| fp32 |") == 2  # the .pth and the converted file
+
+
+def test_encoder_load_benchmark_smoke(tmp_path):
+    out = _run("encoder_load.py", "--cache", str(tmp_path / "cache"))
+    assert "| whole model (before) |" in out and "| text-first (index loader node) |" in out

@@ -117,6 +117,7 @@ def test_models_load_offload_and_reload_across_prompts(env):
         assert all(now[k] is modules[k] for k in modules)
         assert weight_pointers(now) == pointers
         assert loaded_counts(modules) == {"unet": 1, "adapter": 1, "encoder": 1}, f"run {i}"
+        assert modules["encoder"].visual is None, "text retrieval loaded the encoder's image tower"
 
         offload(after)
         if after is not None:

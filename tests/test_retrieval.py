@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from fashion_rag.images import load_garment
@@ -168,3 +169,27 @@ def test_tokenizer_and_id_parsing():
         ["red", "strip", "strip", "dot", "dot", "dress", "dress"]
     assert parse_ids("a, b,,a\nc ") == ["a", "b", "c"]
     assert not CaptionIndex(["", " "]).scores("red").any()
+
+
+def test_a_text_first_encoder_holds_no_image_tower_until_an_image_is_encoded(tiny_weights):
+    """image_tower=False (the index loader node's): text queries build and keep the text tower
+    only; the first image encode loads the image tower apart; both give exactly the full
+    model's embeddings. Mutation caught: the image tower kept (1.13 GiB fp32 for ViT-L/14)."""
+    full = GarmentEncoder(tiny_weights, TINY_ARCH)
+    lean = GarmentEncoder(tiny_weights, TINY_ARCH, image_tower=False)
+    used = []
+    lean.before_use = used.append
+    texts = ["a red dress", "blue jeans"]
+    assert np.array_equal(lean.encode_texts(texts), full.encode_texts(texts))
+    assert lean.module.visual is None and lean._visual is None and used == ["text"]
+    text_params = {id(p) for p in lean.module.parameters()}
+    assert sum(p.numel() for p in lean.module.parameters()) < sum(p.numel() for p in full.module.parameters())
+
+    garments = [Image.new("RGB", (384, 512), colour) for colour in ((200, 40, 40), (30, 60, 200))]
+    assert np.array_equal(lean.encode_images(garments), full.encode_images(garments))
+    assert used == ["text", "image"] and lean.module.visual is None
+    visual = lean.tower("image")
+    assert not text_params & {id(p) for p in visual.parameters()}
+    assert lean.tower("image") is visual  # loaded once
+    with pytest.raises(ValueError, match="'text' or 'image'"):
+        lean.tower("audio")
