@@ -24,18 +24,11 @@ sys.path.insert(0, str(HERE.parent))
 
 _ROW = r"""
 import gc, json, sys, time
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
 import open_clip, torch  # imported before the figures: their memory is not the model's
 from PIL import Image
 from fashion_rag.retrieval.encoder import GarmentEncoder
-
-def mem():
-    d = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            d[k] = int(v.split()[0]) * 1024
-    return d
+from memory_common import proc_memory as mem
 
 torch.set_num_threads(2)
 gc.collect()

@@ -131,8 +131,10 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
             is_output_node=True,
             description=(
                 "Loads a garment catalog index (built with `python -m fashion_rag index build`) and the "
-                "OpenCLIP encoder it was built with, for 'Fashion-RAG Text → Garment Retrieve'. The encoder "
-                "is managed by ComfyUI's memory manager like any model."
+                "OpenCLIP encoder it was built with, for 'Fashion-RAG Text → Garment Retrieve'. Only the "
+                "encoder's text tower is loaded (a text query needs nothing else; ViT-L-14's image tower is "
+                "1.1 GiB in fp32); the score node loads the image tower when it needs it. Both are managed "
+                "by ComfyUI's memory manager like any model."
             ),
             inputs=[
                 io.Combo.Input(
