@@ -249,7 +249,9 @@ def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
     _same_as_local_rebuild(root, catalog, out, tiny_weights, tmp_path)
 
 
-def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weights, tmp_path):
+def _ray_index_and_a_new_image(built, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A copy of the Ray-built index, its catalog with one new image ("magenta"), and the
+    index's bytes before any rebuild."""
     root, source, _, _ = built
     catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
     out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
@@ -257,6 +259,11 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
     Image.new("RGB", (384, 512), (255, 0, 255)).save(catalog / "dresses" / "magenta.png")
     _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
                                             "category": "dresses"}])
+    return catalog, out, before
+
+
+def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weights, tmp_path):
+    catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
         build_index(scan_catalog(catalog), out, PoisonedEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50,
                     engine=RayEngine())
@@ -268,13 +275,7 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
 
 def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
     """Ray Data alone would retry a dying batch forever; the build gives up after RETRIES retries."""
-    root, source, _, _ = built
-    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
-    out = Path(shutil.copytree(root / "ray", tmp_path / "indexes" / "ray"))
-    before = _snapshot(out)
-    Image.new("RGB", (384, 512), (255, 0, 255)).save(catalog / "dresses" / "magenta.png")
-    _write_rows(catalog, _rows(catalog) + [{"id": "magenta", "image": "dresses/magenta.png",
-                                            "category": "dresses"}])
+    catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     attempts = tmp_path / "attempts"
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
         build_index(scan_catalog(catalog), out, CrashesOnMagentaEncoder(tiny_weights, attempts),
