@@ -45,7 +45,7 @@ LOCK = ".build.lock"
 LEGACY = "legacy"  # the version name of a previous-layout index (files directly in NAME/)
 _VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")
 _TMP_PREFIX = ".tmp-"
-_OLD_POINTER_TMP = re.compile(r"\.index\.json\.tmp-[0-9a-f]{8}")  # written by builds before 2026-11-30
+_OLD_POINTER_TMP = re.compile(rf"\.{re.escape(POINTER)}\.tmp-[0-9a-f]{{8}}")  # builds before 2026-11-30
 _LEGACY_FILES = re.compile(r"manifest\.json|embeddings\.safetensors|vectors-\d+\.faiss")
 _MAX_POINTER_BYTES = 4096
 
