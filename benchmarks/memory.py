@@ -5,10 +5,13 @@
 
 Random weights of the real formats and sizes (benchmarks/memory_models.py, generated once into
 ~/.cache/fashion-rag/bench/). Each pipeline runs in a process of its own, one after the other:
-- the pack: the example workflow (example_workflows/api/) in a real ComfyUI, its own flags
-  (`--cpu --fp32-unet --fp32-vae --fp32-text-enc`), once per attention setting (ComfyUI's
-  default CPU attention, and `--use-pytorch-cross-attention`), two prompts each: the second with
-  another text and seed, its models warm (benchmarks/memory_pack.py);
+- the pack: the example workflow (example_workflows/api/) in a real ComfyUI (`--cpu`), once per
+  weight storage and attention setting, two prompts each: the second with another text and
+  seed, its models warm (benchmarks/memory_pack.py). Weight storage: `fp32` stores every weight
+  in fp32 as the reference does (`--fp32-unet --fp32-vae --fp32-text-enc`); `comfy` keeps
+  ComfyUI's CPU defaults, which store the text encoder and CLIP vision in fp16 (their files'
+  dtype) and compute them in fp32, so their results are the same. Attention: ComfyUI's default
+  CPU attention, or `--use-pytorch-cross-attention`;
 - the reference: the same models and inputs in diffusers/transformers (benchmarks/memory_reference.py).
 Before each run the files it loads are read once, so every run loads from the page cache.
 Printed: peak resident memory (VmHWM, file pages of memory-mapped weights included), the
@@ -37,7 +40,11 @@ from memory_models import FULL_SIZES, SMOKE_SIZES, Files, Sizes, files_for, gene
 
 from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
 
-COMFY_FLAGS = ["--cpu", "--fp32-unet", "--fp32-vae", "--fp32-text-enc"]
+COMFY_FLAGS = ["--cpu"]
+# How the pack's models store their weights (ComfyUI's flags). Both compute in fp32: ComfyUI runs
+# its text encoders and CLIP vision in fp32 whatever they are stored in (casting each layer's
+# weights as it runs), and the UNet and VAE on the CPU are fp32 by default.
+WEIGHTS = {"fp32": ["--fp32-unet", "--fp32-vae", "--fp32-text-enc"], "comfy": []}
 ATTENTION = {"default": [], "pytorch": ["--use-pytorch-cross-attention"]}
 # Loader nodes of the example graph that have a counterpart in the reference (the retrieval
 # index, node 3, has none: the reference takes the retrieved garments as input).
@@ -85,6 +92,11 @@ def warm_page_cache(*paths: Path) -> None:
             with open(file, "rb") as f:
                 while f.read(1 << 24):
                     pass
+
+
+def pack_dir(out: Path, mode: str) -> Path:
+    """The folder of one pack run ("fp32/default" -> pack-fp32-default)."""
+    return out / ("pack-" + mode.replace("/", "-"))
 
 
 def run_process(script: str, spec: dict, out: Path, args: list[str],
@@ -137,7 +149,7 @@ def summarise_pack(result: dict) -> dict[str, Any]:
         "second_cached": cached2, "reloads": sorted(set(executed2) & {*MODEL_LOADERS, "3"}),
         "rss_growth_second": second[-1]["rss"] - second[0]["rss"],
         "node_rss": {e["node"]: e["rss"] for e in first if e["what"] == "node" and e["node"]},
-        "node_seconds": {k: round(v, 2) for k, v in secs.items()},
+        "node_seconds": {k: round(v, 2) for k, v in secs.items()}, "dtypes": result["dtypes"],
     }
 
 
@@ -153,10 +165,10 @@ def summarise_reference(result: dict) -> dict[str, Any]:
             "first_prompt": ev[-1]["t"] - start["t"], "load_avg": sorted({e["load"] for e in ev})}
 
 
-def latent_difference(pack_dir: Path, ref_dir: Path) -> float:
+def latent_difference(pack_run: Path, ref_dir: Path) -> float:
     from safetensors.torch import load_file
 
-    ours = load_file(str(pack_dir / "tensors.safetensors"))["latent"] * LATENT_SCALE
+    ours = load_file(str(pack_run / "tensors.safetensors"))["latent"] * LATENT_SCALE
     ref = load_file(str(ref_dir / "reference.safetensors"))["latent"]
     return float((ours - ref).norm() / ref.norm())
 
@@ -165,7 +177,7 @@ def table(pack: dict[str, dict], ref: dict, diffs: dict[str, float]) -> str:
     def gb(b: float) -> str:
         return f"{b / GiB:.2f} GiB"
 
-    head = " | ".join(f"pack, {m} attention" for m in pack)
+    head = " | ".join(f"pack, {w} weights, {m} attention" for w, m in (k.split("/") for k in pack))
     rows = [f"| | {head} | reference | ratios (pack / ref) |", "|---|" + "---|" * (len(pack) + 2)]
 
     def row(name: str, key: str, fmt: Any) -> None:
@@ -182,6 +194,8 @@ def table(pack: dict[str, dict], ref: dict, diffs: dict[str, float]) -> str:
     row("one denoising step (CPU s)", "step_cpu", lambda s: f"{s:.2f}")
     row("first prompt, load to image (s)", "first_prompt", lambda s: f"{s:.1f}")
     pack_row("final latent, relative difference", [f"{diffs[m]:.1e}" for m in pack])
+    pack_row("weights stored as (text encoder, CLIP vision, UNet)", [
+        ", ".join(p["dtypes"][k] for k in ("text encoder", "vision", "UNet")) for p in pack.values()])
     pack_row("second prompt (s), models warm", [f"{p['second_prompt']:.1f}" for p in pack.values()])
     pack_row("second prompt: loaders run again", [", ".join(p["reloads"]) or "none" for p in pack.values()])
     return "\n".join(rows)
@@ -191,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny configs (checks the script; seconds)")
     p.add_argument("--attention", choices=["default", "pytorch", "both"], default="both")
+    p.add_argument("--weights", choices=["fp32", "comfy", "both"], default="both",
+                   help="how the pack stores weights: all fp32 as the reference, or ComfyUI's CPU defaults")
     p.add_argument("--unet", choices=["pth", "fp16"], default="pth",
                    help="the UNet file the graph loads: the .pth, or its convert-unet fp16 safetensors")
     p.add_argument("--steps", type=int, default=2)
@@ -208,28 +224,31 @@ def main(argv: list[str] | None = None) -> int:
         unet = convert_once(files)
     out = a.out or Path(tempfile.mkdtemp(prefix="fashion_rag_memory_"))
     names = prepare_base(out / "comfy_base", files, sizes, unet)
-    modes = ["default", "pytorch"] if a.attention == "both" else [a.attention]
+    weights = list(WEIGHTS) if a.weights == "both" else [a.weights]
+    attention = list(ATTENTION) if a.attention == "both" else [a.attention]
+    modes = [f"{w}/{m}" for w in weights for m in attention]  # "fp32/default", ...
     threads = 1 if a.smoke else None
     pack, diffs = {}, {}
     for mode in modes:
-        run_dir = out / f"pack-{mode}"
+        storage, attn = mode.split("/")
+        run_dir = pack_dir(out, mode)
         spec = pack_spec(sizes, files, names, run_dir, out / "comfy_base", a.steps)
-        print(f"[bench] pack, {mode} attention: {run_dir}", flush=True)
+        print(f"[bench] pack, {storage} weights, {attn} attention: {run_dir}", flush=True)
         warm_page_cache(unet, files.adapter, files.checkpoint if sizes.base_unet else files.clip_vae,
                         files.clip_vision)
-        pack[mode] = summarise_pack(run_process("memory_pack.py", spec, run_dir,
-                                                ["--", *COMFY_FLAGS, *ATTENTION[mode]], threads))
+        flags = ["--", *COMFY_FLAGS, *WEIGHTS[storage], *ATTENTION[attn]]
+        pack[mode] = summarise_pack(run_process("memory_pack.py", spec, run_dir, flags, threads))
     ref_dir = out / "reference"
     ref_spec = {"out": str(ref_dir), "reference": str(files.ref), "adapter_pth": str(files.adapter),
                 "unet_pth": str(files.unet), "adapter_config": dataclasses.asdict(sizes.adapter),
                 "tokenizer": str(comfy_path() / "comfy" / "sd1_tokenizer"),
-                "tensors": str(out / f"pack-{modes[0]}" / "tensors.safetensors"),
+                "tensors": str(pack_dir(out, modes[0]) / "tensors.safetensors"),
                 "steps": a.steps, "seed": PROMPTS[0][1]}
     print(f"[bench] reference: {ref_dir}", flush=True)
     warm_page_cache(files.ref, files.adapter, files.unet)  # ref/: links to the shared files included
     ref = summarise_reference(run_process("memory_reference.py", ref_spec, ref_dir, [], threads))
     for mode in modes:
-        diffs[mode] = latent_difference(out / f"pack-{mode}", ref_dir)
+        diffs[mode] = latent_difference(pack_dir(out, mode), ref_dir)
     print(table(pack, ref, diffs))
     for mode, s in pack.items():
         print(f"pack ({mode}): model loads {s['load_parts']}; nodes {s['node_seconds']}; second prompt "

@@ -182,17 +182,42 @@ def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
         prompts.append(prompt)
         if i == 0:
             save_tensors(executor, out / "tensors.safetensors")
-    return {"events": timeline.events, "nodes": {k: v["class_type"] for k, v in prompts[0].items()}}
+            dtypes = weight_dtypes(executor)
+    return {"events": timeline.events, "nodes": {k: v["class_type"] for k, v in prompts[0].items()},
+            "dtypes": dtypes}
+
+
+def _output(executor: Any, node: str, slot: int) -> Any:
+    """A node's cached output of the last prompt."""
+    entry = executor.caches.outputs.get(node)
+    if inspect.iscoroutine(entry):  # async in newer ComfyUI (0.33), plain in 0.3.75
+        entry = asyncio.run(entry)
+    return entry.outputs[slot][0]
+
+
+def weight_dtypes(executor: Any) -> dict[str, str]:
+    """The dtype each loaded model stores its weights in (ComfyUI picks it from its flags)."""
+
+    def dtype(module: torch.nn.Module) -> str:  # the dtype holding most parameters (a scalar may differ)
+        numel: dict[torch.dtype, int] = {}
+        for p in module.parameters():
+            numel[p.dtype] = numel.get(p.dtype, 0) + p.numel()
+        return str(max(numel, key=numel.__getitem__)).removeprefix("torch.")
+
+    return {
+        "text encoder": dtype(_output(executor, "1", 0).cond_stage_model),
+        "VAE": dtype(_output(executor, "1", 1).first_stage_model),
+        "vision": dtype(_output(executor, "2", 0).model),
+        "adapter": dtype(_output(executor, "5", 0).model),
+        "UNet": dtype(_output(executor, "7", 0).model.diffusion_model),
+    }
 
 
 def save_tensors(executor: Any, path: Path) -> None:
     """The first prompt's non-model inputs (for the reference) and its final latent."""
 
     def output(node: str, slot: int) -> Any:
-        entry = executor.caches.outputs.get(node)
-        if inspect.iscoroutine(entry):  # async in newer ComfyUI (0.33), plain in 0.3.75
-            entry = asyncio.run(entry)
-        return entry.outputs[slot][0]
+        return _output(executor, node, slot)
 
     latent = output("11", 0)["samples"]
     tensors = {

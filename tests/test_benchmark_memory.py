@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,22 +30,34 @@ def _run(script: str, *args: str) -> str:
 
 def test_memory_benchmark_smoke(tmp_path):
     summary = tmp_path / "summary.json"
-    table = _run("memory.py", "--attention", "default", "--cache", str(tmp_path / "cache"),
-                 "--out", str(tmp_path / "run"), "--json", str(summary))
+    table = _run("memory.py", "--attention", "default", "--weights", "both",
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--json", str(summary))
     print(table)
     s = json.loads(summary.read_text())
-    pack, ref = s["pack"]["default"], s["reference"]
-    # The two pipelines compute the same thing (fp32 rounding apart).
-    assert s["latent_difference"]["default"] < 1e-4
-    # The warm second prompt reran retrieval, inversion and inpainting, and no loader.
-    assert pack["reloads"] == []
-    assert {"1", "2", "3", "5", "7"} <= set(pack["second_cached"])
-    assert {"4", "6", "11"} <= set(pack["second_executed"])
-    for figures in (pack, ref):
+    ref = s["reference"]
+    # ComfyUI's CPU defaults store the text encoder and CLIP vision as their fp16 files; the
+    # fp32 flags store everything in fp32. The UNet and adapter are fp32 either way.
+    stored = {w: s["pack"][f"{w}/default"]["dtypes"] for w in ("fp32", "comfy")}
+    assert set(stored["fp32"].values()) == {"float32"}
+    assert stored["comfy"] == {**stored["fp32"], "text encoder": "float16", "vision": "float16"}
+    for mode, pack in s["pack"].items():
+        # Both storages compute in fp32: the same latent as the reference (fp32 rounding apart).
+        assert s["latent_difference"][mode] < 1e-4, mode
+        # The warm second prompt reran retrieval, inversion and inpainting, and no loader.
+        assert pack["reloads"] == []
+        assert {"1", "2", "3", "5", "7"} <= set(pack["second_cached"])
+        assert {"4", "6", "11"} <= set(pack["second_executed"])
+        assert set(pack["load_parts"]) >= {"text encoder + VAE", "vision", "adapter", "UNet"}
+    # fp16 files stored as fp16 and computed in fp32 give the very latent fp32 storage gives.
+    latents = [load_file(str(tmp_path / "run" / f"pack-{w}-default" / "tensors.safetensors"))["latent"]
+               for w in ("fp32", "comfy")]
+    assert float((latents[0] - latents[1]).norm() / latents[0].norm()) < 1e-6
+    for figures in (*s["pack"].values(), ref):
         assert figures["peak"] > 0 and figures["load"] > 0
         assert math.isfinite(figures["step"]) and figures["step"] > 0
-    assert set(pack["load_parts"]) >= {"text encoder + VAE", "vision", "adapter", "UNet"}
     assert "| peak process memory (VmHWM) |" in table
+    assert ("| weights stored as (text encoder, CLIP vision, UNet) | float32, float32, float32 "
+            "| float16, float16, float32 |") in table
 
 
 def test_unet_load_benchmark_smoke(tmp_path):
