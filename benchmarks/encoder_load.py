@@ -1,13 +1,16 @@
-"""Memory of the retrieval encoder: the whole OpenCLIP model vs its text tower only.
+"""Memory of the retrieval encoder: open_clip's own load, the whole model, its text tower only.
 
     python benchmarks/encoder_load.py            # full size: OpenCLIP ViT-L-14 (428M parameters)
     python benchmarks/encoder_load.py --smoke    # the tiny demo encoder: checks the script
 
 The index loader node builds its encoder text-first (`GarmentEncoder(image_tower=False)`): text
 retrieval never needs the image tower, which is loaded apart when a node first encodes an image
-(the score node). Random weights of ViT-L-14's layout, fp32 safetensors (written once to the
-cache folder). Each row runs in a fresh process: load, encode one text, then (text-first row)
-one image; prints seconds and the memory over the RSS before the load (peak and kept).
+(the score node). The encoder makes its model with the parameters on the meta device and reads
+only the part it needs from the memory-mapped file, block by block; open_clip's own load (the
+first row: what the encoder did before) builds the whole model and reads the whole file beside
+it. Random weights of ViT-L-14's layout, fp32 safetensors (written once to the cache folder).
+Each row runs in a fresh process: load, encode one text, then one image; prints seconds and the
+memory over the RSS before the load (peak and kept).
 """
 
 from __future__ import annotations
@@ -27,8 +30,24 @@ import gc, json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
 import open_clip, torch  # imported before the figures: their memory is not the model's
 from PIL import Image
-from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.retrieval.encoder import GarmentEncoder, model_config, register_config
 from memory_common import proc_memory as mem
+
+
+class OpenClipOwn:  # open_clip's own load of the whole model from the file (the encoder before)
+
+    def __init__(self, path, arch):
+        register_config(arch, model_config(arch, path))  # the tiny one's config is in its file
+        self.model = open_clip.create_model(arch, pretrained=path).eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+
+    @torch.no_grad()
+    def encode_texts(self, texts):
+        return self.model.encode_text(self.tokenizer(texts))
+
+    @torch.no_grad()
+    def encode_images(self, images):
+        return self.model.encode_image(torch.zeros(len(images), 3, *self.model.visual.image_size))
 
 torch.set_num_threads(2)
 gc.collect()
@@ -36,7 +55,10 @@ open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
 before = mem()
 row = {}
 start = time.perf_counter()
-encoder = GarmentEncoder(sys.argv[2], sys.argv[3], image_tower=sys.argv[4] == "both")
+if sys.argv[4] == "open_clip":
+    encoder = OpenClipOwn(sys.argv[2], sys.argv[3])
+else:
+    encoder = GarmentEncoder(sys.argv[2], sys.argv[3], image_tower=sys.argv[4] == "both")
 encoder.encode_texts(["a red dress"])
 gc.collect()
 m = mem()
@@ -88,7 +110,8 @@ def main() -> None:
     print(f"encoder {arch}, {path.stat().st_size / gib:.2f} GiB file (fp32, random weights)\n")
     print("| encoder | after load + 1 text: s | peak GiB | kept GiB | + 1 image: s | kept GiB |")
     print("|---|---|---|---|---|---|")
-    for towers, label in (("both", "whole model (before)"), ("text", "text-first (index loader node)")):
+    for towers, label in (("open_clip", "open_clip's own load (the encoder before)"),
+                          ("both", "whole model, read in parts"), ("text", "text-first (index loader node)")):
         out = subprocess.run([sys.executable, "-c", _ROW, str(HERE.parent), str(path), arch, towers],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
         if out.returncode != 0:

@@ -7,7 +7,8 @@ import ctypes
 import mmap
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -149,6 +150,40 @@ def _block_of(key: str) -> str:
     parts = key.split(".")
     number = next((i for i, part in enumerate(parts[:-1]) if part.isdigit()), None)
     return ".".join(parts[:number + 1] if number is not None else parts[:2])
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device: no memory and no random
+    initialisation for weights that a file will fill. Buffers stay real, since some are
+    computed rather than loaded (a text transformer's causal mask). torch's registration hook
+    is process-wide, so another thread building a module meanwhile would get meta parameters
+    too: keep the block to one model's construction."""
+
+    def to_meta(_module: torch.nn.Module, _name: str,
+                param: torch.nn.Parameter | None) -> torch.nn.Parameter | None:
+        if param is None or param.is_meta:
+            return None  # keep it as it is
+        return torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(to_meta)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def materialize(module: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    """Give `module`'s meta parameters uninitialised storage on `device`, for a load to fill
+    (a parameter shared by two modules stays shared)."""
+    made: dict[int, torch.nn.Parameter] = {}
+    for sub in module.modules():
+        for name, param in sub._parameters.items():
+            if param is not None and param.is_meta:
+                if id(param) not in made:
+                    made[id(param)] = torch.nn.Parameter(torch.empty_like(param, device=device),
+                                                         requires_grad=param.requires_grad)
+                sub._parameters[name] = made[id(param)]
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -34,6 +34,9 @@ def pack_module(name):
 
 InProcessComfy.get(Path(sys.argv[2]))
 args = sys.argv[3:]
+"""
+
+_RESET = r"""
 gc.collect()
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 before = mem()
@@ -51,12 +54,12 @@ print(json.dumps({**extra, "bytes": nbytes, "before": before["VmRSS"], "after": 
 """
 
 
-def measure_load(load: str, base: Path, *args: str, then: str = "extra = {}") -> dict:
-    """Run `load` (code that sets `model`, a torch module, from `args`) in a fresh process, then
-    `then` (code that sets `extra`, a dict reported too, after the figures are taken); returns
-    the figures, with `peak_models` and `kept_models`: memory over the RSS before the load,
-    divided by the model's bytes."""
-    script = "\n".join([_PRELUDE, load, _MEASURED, then, _REPORT])
+def measure_load(load: str, base: Path, *args: str, then: str = "extra = {}", setup: str = "") -> dict:
+    """Run `setup` (imports whose memory is not the load's), then `load` (code that sets `model`,
+    a torch module, from `args`) in a fresh process, then `then` (code that sets `extra`, a dict
+    reported too, after the figures are taken); returns the figures, with `peak_models` and
+    `kept_models`: memory over the RSS before the load, divided by the model's bytes."""
+    script = "\n".join([_PRELUDE, setup, _RESET, load, _MEASURED, then, _REPORT])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script, str(TESTS), str(base), *args],
                          capture_output=True, text=True, timeout=600, env=env)

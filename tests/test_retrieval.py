@@ -171,6 +171,44 @@ def test_tokenizer_and_id_parsing():
     assert not CaptionIndex(["", " "]).scores("red").any()
 
 
+def test_the_encoder_reads_only_its_part_and_equals_open_clips_own_load(tiny_weights, tmp_path, monkeypatch):
+    """The encoder fills a model made on the meta device from the file (text-first: the text keys
+    only, open_clip's whole load never runs) and gives what open_clip's own load of the file
+    gives. A file open_clip must convert first (logit_scale stored as [1]) takes open_clip's
+    load, with the same embeddings. Mutations caught: a key left unloaded (the model keeps an
+    uninitialised tensor), the causal mask made on the meta device (no such mask to run)."""
+    import open_clip
+    import torch
+    from safetensors import safe_open
+
+    loads = []
+    real_create = GarmentEncoder._create
+    monkeypatch.setattr(GarmentEncoder, "_create", lambda self, weights: loads.append(weights) or
+                        real_create(self, weights))
+    texts = ["a red dress", "blue jeans"]
+    garments = [Image.new("RGB", (384, 512), colour) for colour in ((200, 40, 40), (30, 60, 200))]
+    lean = GarmentEncoder(tiny_weights, TINY_ARCH, image_tower=False)
+    got_texts, got_images = lean.encode_texts(texts), lean.encode_images(garments)
+    assert loads == [None, None]  # text tower, then image tower: no open_clip load of the whole file
+
+    own = open_clip.create_model(TINY_ARCH, pretrained=str(tiny_weights)).eval()  # config registered above
+    with torch.no_grad():
+        want_texts = torch.nn.functional.normalize(own.encode_text(open_clip.get_tokenizer(TINY_ARCH)(texts)))
+        want_images = torch.nn.functional.normalize(own.encode_image(lean.preprocess_images(garments)))
+    np.testing.assert_allclose(got_texts, want_texts.numpy(), atol=1e-6)
+    np.testing.assert_allclose(got_images, want_images.numpy(), atol=1e-6)
+
+    converted = tmp_path / "converted.safetensors"
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    sd["logit_scale"] = sd["logit_scale"].reshape(1)
+    save_file(sd, str(converted), metadata=meta)
+    loads.clear()
+    other = GarmentEncoder(converted, TINY_ARCH, image_tower=False)
+    np.testing.assert_allclose(other.encode_texts(texts), got_texts, atol=1e-6)
+    assert loads == [None, str(converted)]  # the part did not match: open_clip's load took over
+
+
 def test_a_text_first_encoder_holds_no_image_tower_until_an_image_is_encoded(tiny_weights):
     """image_tower=False (the index loader node's): text queries build and keep the text tower
     only; the first image encode loads the image tower apart; both give exactly the full

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..files import cached_sha256
 from ..model_files import RETRIEVAL_ENCODER
+from ..weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
@@ -227,10 +228,7 @@ class GarmentEncoder:
         without its image tower (`visual` is None) when image_tower=False."""
         with self._lock:
             if self._model is None:
-                model = self._build()
-                if not self.image_tower:
-                    model.visual = None  # freed here: text queries never need it
-                self._model = model
+                self._model = self._build("all" if self.image_tower else "text")
             return self._model
 
     def tower(self, kind: str) -> torch.nn.Module:
@@ -243,10 +241,43 @@ class GarmentEncoder:
             return self.module.visual
         with self._lock:
             if self._visual is None:
-                self._visual = self._build().visual  # the rest of that model is freed on return
+                self._visual = self._build("image")
             return self._visual
 
-    def _build(self) -> torch.nn.Module:
+    def _build(self, part: str) -> torch.nn.Module:
+        """The whole model ("all"), the model without its image tower ("text": `visual` is None)
+        or the image tower alone ("image"), loaded from the weights file, in eval mode.
+
+        The model is made with its parameters on the meta device and only the part's weights
+        are read, from the memory-mapped file, block by block (load_in_parts): a text-first
+        load holds the text tower once, not the whole model beside the whole file. A file whose
+        keys open_clip must convert first (another layout, an older format) goes through
+        open_clip's own load of the whole model, and the part is taken from it.
+        """
+        import open_clip
+
+        try:
+            model = self._create(None)
+            module, prefix = (model.visual, "visual.") if part == "image" else (model, "")
+            if part == "text":
+                model.visual = None
+            if not self._fill(module, prefix, skip="visual." if part == "text" else None):
+                model = self._create(str(self.weights_path))  # a local file: never downloads
+                module = model.visual if part == "image" else model
+                if part == "text":
+                    model.visual = None
+        except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
+            raise ValueError(
+                f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). Check "
+                f"that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
+            ) from exc
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.name)
+        return module.eval().requires_grad_(False)
+
+    def _create(self, weights: str | None) -> torch.nn.Module:
+        """open_clip's model of this architecture with the tag's settings: loaded from `weights`,
+        or, without, its parameters on the meta device (nothing allocated, nothing initialised)."""
         import open_clip
 
         carried = _carried_config(self.name, self.weights_path)
@@ -257,26 +288,32 @@ class GarmentEncoder:
         if self.pretrained_tag:
             tag_cfg = open_clip.get_pretrained_cfg(self.name, self.pretrained_tag) or {}
             quick_gelu = bool(tag_cfg.get("quick_gelu"))
+        kwargs: dict[str, Any] = dict(
+            force_quick_gelu=quick_gelu,
+            force_preprocess_cfg={"mean": mean, "std": std, "interpolation": interp, "resize_mode": mode},
+        )
+        if weights is not None:
+            return open_clip.create_model(self.name, pretrained=weights, weights_only=True, **kwargs)
+        with parameters_on_meta():
+            return open_clip.create_model(self.name, device=None, **kwargs)  # device None: not moved
+
+    def _fill(self, module: torch.nn.Module, prefix: str, skip: str | None) -> bool:
+        """Load the file's `prefix` keys (less those starting with `skip`) into `module`, whose
+        parameters are on the meta device; False, with nothing loaded, when they are not
+        exactly the module's keys and shapes (a layout open_clip converts)."""
         try:
-            model = open_clip.create_model_and_transforms(
-                self.name,
-                pretrained=str(self.weights_path),  # a local file: open_clip never downloads for a path
-                force_quick_gelu=quick_gelu,
-                image_mean=mean,
-                image_std=std,
-                image_interpolation=interp,
-                image_resize_mode=mode,
-                weights_only=True,  # never unpickle code
-            )[0]
-        except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
-            raise ValueError(
-                f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). Check "
-                f"that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
-            ) from exc
-        model.eval().requires_grad_(False)
-        if self._tokenizer is None:
-            self._tokenizer = open_clip.get_tokenizer(self.name)
-        return model
+            sd = read_state_dict(self.weights_path, f"OpenCLIP {self.name} weights")
+        except WeightFileError:  # not a plain state dict (open_clip also reads big_vision .npz)
+            return False
+        part = {k[len(prefix):]: v for k, v in sd.items()
+                if k.startswith(prefix) and not (skip and k.startswith(skip))}
+        del sd  # the other keys' tensors are never touched: their pages are never read
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in part.items()} != expected:
+            return False
+        materialize(module)
+        load_in_parts(module, part, source=self.weights_path)
+        return True
 
     def _use(self, kind: str) -> torch.nn.Module:
         module = self.tower(kind)
