@@ -174,9 +174,10 @@ def test_tokenizer_and_id_parsing():
 def test_the_encoder_reads_only_its_part_and_equals_open_clips_own_load(tiny_weights, tmp_path, monkeypatch):
     """The encoder fills a model made on the meta device from the file (text-first: the text keys
     only, open_clip's whole load never runs) and gives what open_clip's own load of the file
-    gives. A file open_clip must convert first (logit_scale stored as [1]) takes open_clip's
-    load, with the same embeddings. Mutations caught: a key left unloaded (the model keeps an
-    uninitialised tensor), the causal mask made on the meta device (no such mask to run)."""
+    gives. A file open_clip must convert first (logit_scale stored as [1]), or a failure of the
+    reading in parts, takes open_clip's load, with the same embeddings. Mutations caught: the
+    causal mask made on the meta device too (torch.device("meta") for the build: no mask to
+    run); the text-first read taking the image keys too (no match: open_clip's load runs)."""
     import open_clip
     import torch
     from safetensors import safe_open
@@ -207,6 +208,15 @@ def test_the_encoder_reads_only_its_part_and_equals_open_clips_own_load(tiny_wei
     other = GarmentEncoder(converted, TINY_ARCH, image_tower=False)
     np.testing.assert_allclose(other.encode_texts(texts), got_texts, atol=1e-6)
     assert loads == [None, str(converted)]  # the part did not match: open_clip's load took over
+
+    def broken(self, weights):  # reading in parts failing for any reason (say, a new open_clip)
+        if weights is None:
+            raise RuntimeError("meta build failed")
+        return real_create(self, weights)
+
+    monkeypatch.setattr(GarmentEncoder, "_create", broken)
+    fallback = GarmentEncoder(tiny_weights, TINY_ARCH, image_tower=False)
+    np.testing.assert_allclose(fallback.encode_texts(texts), got_texts, atol=1e-6)
 
 
 def test_a_text_first_encoder_holds_no_image_tower_until_an_image_is_encoded(tiny_weights):

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..files import cached_sha256
+from ..logs import log
 from ..model_files import RETRIEVAL_ENCODER
 from ..weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
 
@@ -257,23 +258,34 @@ class GarmentEncoder:
         import open_clip
 
         try:
-            model = self._create(None)
-            module, prefix = (model.visual, "visual.") if part == "image" else (model, "")
+            module = self._read_part(part)
+        except Exception as exc:  # reading in parts only saves memory: open_clip's own load decides
+            log.warning("%s: could not read the %s weights in parts (%s); open_clip loads the whole model",
+                        self.weights_path, part, str(exc)[:200])
+            module = None
+        if module is None:
+            try:
+                model = self._create(str(self.weights_path))  # a local file: never downloads
+            except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
+                raise ValueError(
+                    f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). "
+                    f"Check that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
+                ) from exc
+            module = model.visual if part == "image" else model
             if part == "text":
                 model.visual = None
-            if not self._fill(module, prefix, skip="visual." if part == "text" else None):
-                model = self._create(str(self.weights_path))  # a local file: never downloads
-                module = model.visual if part == "image" else model
-                if part == "text":
-                    model.visual = None
-        except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
-            raise ValueError(
-                f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). Check "
-                f"that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
-            ) from exc
         if self._tokenizer is None:
             self._tokenizer = open_clip.get_tokenizer(self.name)
         return module.eval().requires_grad_(False)
+
+    def _read_part(self, part: str) -> torch.nn.Module | None:
+        """The part made on the meta device and filled from the file; None when the file's keys
+        are not exactly the part's (a layout open_clip converts, or not a plain state dict)."""
+        model = self._create(None)
+        module, prefix = (model.visual, "visual.") if part == "image" else (model, "")
+        if part == "text":
+            model.visual = None
+        return module if self._fill(module, prefix, skip="visual." if part == "text" else None) else None
 
     def _create(self, weights: str | None) -> torch.nn.Module:
         """open_clip's model of this architecture with the tag's settings: loaded from `weights`,
