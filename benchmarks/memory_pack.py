@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -215,10 +216,7 @@ def weight_dtypes(executor: Any) -> dict[str, str]:
 
 def save_tensors(executor: Any, path: Path) -> None:
     """The first prompt's non-model inputs (for the reference) and its final latent."""
-
-    def output(node: str, slot: int) -> Any:
-        return _output(executor, node, slot)
-
+    output = functools.partial(_output, executor)
     latent = output("11", 0)["samples"]
     tensors = {
         "garments": output("4", 0), "person": output("8", 0), "mask": output("10", 0), "pose": output("9", 0),
