@@ -271,9 +271,7 @@ class GarmentEncoder:
                     f"Cannot load {self.weights_path} as OpenCLIP {self.name} weights ({str(exc)[:200]}). "
                     f"Check that the file is complete and matches the architecture; {REAL_WEIGHTS_HINT}."
                 ) from exc
-            module = model.visual if part == "image" else model
-            if part == "text":
-                model.visual = None
+            module = _part_of(model, part)
         if self._tokenizer is None:
             self._tokenizer = open_clip.get_tokenizer(self.name)
         return module.eval().requires_grad_(False)
@@ -281,10 +279,8 @@ class GarmentEncoder:
     def _read_part(self, part: str) -> torch.nn.Module | None:
         """The part made on the meta device and filled from the file; None when the file's keys
         are not exactly the part's (a layout open_clip converts, or not a plain state dict)."""
-        model = self._create(None)
-        module, prefix = (model.visual, "visual.") if part == "image" else (model, "")
-        if part == "text":
-            model.visual = None
+        module = _part_of(self._create(None), part)
+        prefix = "visual." if part == "image" else ""
         return module if self._fill(module, prefix, skip="visual." if part == "text" else None) else None
 
     def _create(self, weights: str | None) -> torch.nn.Module:
@@ -363,6 +359,16 @@ class GarmentEncoder:
             tokens = self._tokenizer(list(texts[start : start + batch_size])).to(device)
             out[start : start + len(tokens)] = _normalise(model.encode_text(tokens))
         return out
+
+
+def _part_of(model: torch.nn.Module, part: str) -> torch.nn.Module:
+    """A part of a whole open_clip model: the model ("all"), the model less its image tower
+    ("text": `visual` set to None, freeing it) or the image tower ("image")."""
+    if part == "image":
+        return model.visual
+    if part == "text":
+        model.visual = None
+    return model
 
 
 def _forward(visual: torch.nn.Module, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
