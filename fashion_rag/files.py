@@ -5,10 +5,62 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+# Ceilings for files read whole into memory (the size of a real one is far below each).
+MAX_JSON_BYTES = 64 << 20  # manifests, workflows, keypoint and caption files
+MAX_TABLE_BYTES = 256 << 20  # metadata and job tables (CSV, JSON Lines)
+MAX_IMAGE_BYTES = 256 << 20  # one photo or garment image as stored
+
+
+class UnreadableFileError(ValueError):
+    """A path that is not a regular file (FIFO, device, socket, folder) or is larger than allowed."""
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int | None = None, what: str = "file") -> BinaryIO:
+    """Open `path` for binary reading only if it is a regular file of at most `max_bytes` bytes.
+
+    Opened with O_NONBLOCK so that a FIFO in its place returns at once instead of waiting for a
+    writer (which would hang a server's whole prompt queue), then checked with fstat on the open
+    descriptor (no window between the check and the read). Raises UnreadableFileError, or
+    FileNotFoundError / PermissionError as open() does.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (6, 21):  # ENXIO: a socket; EISDIR: a folder
+            raise UnreadableFileError(f"{what} {path} is not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFileError(f"{what} {path} is not a regular file (a FIFO, device, socket or "
+                                      "folder cannot be read)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise UnreadableFileError(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} "
+                                      "allowed")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (a file that grows while read is cut
+    off at the bound and refused, never read without end)."""
+    with open_regular(path, max_bytes, what) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFileError(f"{what} {path} grew past the {max_bytes} bytes allowed while read")
+    return data
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int = 0o644,
@@ -62,7 +114,7 @@ def fsync_path(path: Path) -> None:
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes, read in chunks (weights files are gigabytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
