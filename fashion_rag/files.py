@@ -30,7 +30,8 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None, what: st
     descriptor (no window between the check and the read). Raises UnreadableFileError, or
     FileNotFoundError / PermissionError as open() does.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
