@@ -228,7 +228,8 @@ PERSON = json.dumps([10.0, 10.0, 1.0] * 18)
      "pose 0: people lists 257 people; at most 256 are read"),
     ("[" + ", ".join(['{"people": []}'] * 1025) + "]",
      "1025 frames of keypoints; at most 1024 are read at once"),
-])
+], ids=["people-int", "people-object", "keypoints-string", "bool", "nested", "string-number", "ragged",
+        "far", "huge-int", "deep", "canvas-half", "257-people", "1025-frames"])
 def test_malformed_keypoint_json_is_one_line_naming_the_field(text, expected):
     with pytest.raises(K.PoseFormatError) as err:
         K.parse_keypoints(text)
