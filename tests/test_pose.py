@@ -243,9 +243,9 @@ def test_the_bounds_themselves_are_accepted():
              "canvas_width": 16384, "canvas_height": 1.0e3}  # a whole number written as a float is one
     (kp,) = K.parse_keypoints(frame, person=255)
     assert kp.canvas == (16384, 1000)
-    # NaN and inf coordinates stay what the module docstring says: missing keypoints.
-    (kp,) = K.parse_keypoints('[[NaN, 5]' + ", [10, 10]" * 16 + ", [Infinity, 3]]")
-    assert not kp.present[0] and not kp.present[17] and kp.present[1]
+    # NaN, inf and null coordinates stay what the module docstring says: missing keypoints.
+    (kp,) = K.parse_keypoints('[[NaN, 5]' + ", [10, 10]" * 15 + ", [null, 4], [Infinity, 3]]")
+    assert not kp.present[0] and not kp.present[16] and not kp.present[17] and kp.present[1:16].all()
 
 
 # --- memory: a budget, refused before anything is allocated ----------------------------------------

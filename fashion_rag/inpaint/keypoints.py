@@ -1,8 +1,9 @@
 """18 body keypoints (COCO-18 / OpenPose order): the one type the pose heatmaps and the garment
 mask share, and the JSON forms it is read from.
 
-A keypoint is *missing* when x <= 0 and y <= 0 (the reference's rule), when it is not finite,
-or when its detector confidence is 0; missing keypoints are stored as (0, 0).
+A keypoint is *missing* when x <= 0 and y <= 0 (the reference's rule), when it is not finite
+(NaN, inf, or null in JSON), or when its detector confidence is 0; missing keypoints are stored
+as (0, 0).
 
 Accepted inputs (`parse_keypoints`):
 - OpenPose JSON: {"people": [{"pose_keypoints_2d": [x, y, c] * 18}], ...}, optionally with
@@ -167,11 +168,11 @@ def _rows(values: Any, where: str, field: str) -> np.ndarray:
                     raise PoseFormatError(f"{where}: {field}[{i}] must be an [x, y, ...] row of {max(n, 2)} "
                                           f"numbers like the first, got {_show(row)}")
                 for j, v in enumerate(row):
-                    if not _is_number(v):
+                    if not (v is None or _is_number(v)):  # null: NaN, a missing value
                         raise PoseFormatError(f"{where}: {field}[{i}][{j}] must be a number, got {_show(v)}")
         else:
             for i, v in enumerate(values):
-                if not _is_number(v):
+                if not (v is None or _is_number(v)):
                     raise PoseFormatError(f"{where}: {field}[{i}] must be a number, got {_show(v)}")
         try:
             arr = np.array(values, dtype=np.float64)
