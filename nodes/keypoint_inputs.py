@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..fashion_rag.inpaint.keypoints import Keypoints, PoseFormatError, parse_keypoints
+from ..fashion_rag.inpaint.keypoints import MAX_CANVAS, Keypoints, PoseFormatError, parse_keypoints
 from .types import PoseKeypointType
 
 _NO_KEYPOINTS = (
@@ -33,10 +33,10 @@ def frame_inputs(target: str) -> list[io.Input]:
     return [
         io.Int.Input("person_index", default=0, min=0, max=64, optional=True,
                      tooltip="Which detected person to use when there are several."),
-        io.Int.Input("source_width", default=0, min=0, max=16384, optional=True,
+        io.Int.Input("source_width", default=0, min=0, max=MAX_CANVAS, optional=True,
                      tooltip="Width of the frame the pixel coordinates refer to; 0 = from the "
                              f"data (canvas size, Dress Code 384) or the {target} width."),
-        io.Int.Input("source_height", default=0, min=0, max=16384, optional=True,
+        io.Int.Input("source_height", default=0, min=0, max=MAX_CANVAS, optional=True,
                      tooltip=f"Height of that frame; 0 = from the data or the {target} height."),
     ]
 

@@ -6,9 +6,12 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
+from ..fashion_rag.inpaint.budget import MAX_NODE_BYTES, GiB, check_budget, frame_bytes
 from ..fashion_rag.inpaint.mask import garment_mask, masked_preview
 from .compat import check_combos, require_combos
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
+
+MASK_BYTES_CHANNELS = 1 + 3  # float32 per pixel of the outputs: the mask and the RGB preview
 
 
 class FashionRAGGarmentMask(io.ComfyNode):
@@ -22,7 +25,10 @@ class FashionRAGGarmentMask(io.ComfyNode):
                 "Builds the region to repaint from the person's keypoints: the bounding box of the "
                 "garment area of the category (upper body: shoulders to hips with the arms; lower body: "
                 "hips to ankles; dress: shoulders to ankles) minus head, hands and feet. A convenience: "
-                "any MASK (drawn, or from a segmentation pack) works with the Fashion-RAG inpaint nodes."
+                "any MASK (drawn, or from a segmentation pack) works with the Fashion-RAG inpaint nodes. "
+                f"Limit: mask plus preview of the whole batch within {MAX_NODE_BYTES / GiB:g} GiB "
+                f"({MASK_BYTES_CHANNELS} float32 values per pixel: "
+                f"{MAX_NODE_BYTES // frame_bytes((4096, 4096), MASK_BYTES_CHANNELS)} images of 4096x4096)."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The person photo the mask is for (sets its size)."),
@@ -82,13 +88,16 @@ class FashionRAGGarmentMask(io.ComfyNode):
             ", or draw the MASK yourself (any mask works with the inpaint node).",
         )
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
-        if len(people) == 1:
-            people = people * batch
-        elif len(people) != batch:
+        if len(people) not in (1, batch):
             raise ValueError(f"{len(people)} poses for {batch} images: give one pose, or one per image.")
-        masks = torch.stack([
-            garment_mask(k.to_size((width, height)), category, width, height, grow, feather) for k in people
-        ]).to(image.device)
+        check_budget("a garment mask", batch, (width, height), MASK_BYTES_CHANNELS,
+                     "give smaller images or fewer of them (split the batch)")
+        masks = torch.empty((batch, height, width), dtype=torch.float32)
+        for i, k in enumerate(people):
+            # One pose for the whole batch: computed once, copied into every frame.
+            frames = slice(None) if len(people) == 1 else slice(i, i + 1)
+            masks[frames] = garment_mask(k.to_size((width, height)), category, width, height, grow, feather)
+        masks = masks.to(image.device)
         preview = masked_preview(image, masks)
         return io.NodeOutput(masks, preview, ui=ui.PreviewImage(preview, cls=cls))
 

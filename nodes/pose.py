@@ -7,15 +7,26 @@ the heatmaps come from, instead of a pasted copy that could drift from it.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from comfy_api.latest import io, ui
 
-from ..fashion_rag.inpaint.keypoints import openpose_frames
-from ..fashion_rag.inpaint.pose import pose_heatmaps, render_skeleton
+from ..fashion_rag.inpaint.budget import MAX_NODE_BYTES, GiB, frame_bytes
+from ..fashion_rag.inpaint.keypoints import MAX_FRAMES, openpose_frames
+from ..fashion_rag.inpaint.pose import (
+    POSE_BYTES_CHANNELS,
+    check_pose_budget,
+    pose_heatmaps,
+    skeleton_previews,
+)
 from ..fashion_rag.reference import IMAGE_SIZE
 from .keypoint_inputs import frame_inputs, keypoints_json_input, pose_keypoint_input, read_keypoints
 from .types import PoseKeypointType, PoseType
+
+# One 4096x4096 frame (18 heatmaps + preview, float32: 1.31 GiB) fits the node budget; 8192 would not.
+MAX_SIDE = 4096
+_LIMITS = (f"Limits: at most {MAX_FRAMES} frames, and heatmaps plus preview ({POSE_BYTES_CHANNELS} float32 "
+           f"values per pixel per frame) within {MAX_NODE_BYTES / GiB:g} GiB: "
+           f"{MAX_NODE_BYTES // frame_bytes(IMAGE_SIZE, POSE_BYTES_CHANNELS)} frames at "
+           f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, one at {MAX_SIDE}x{MAX_SIDE}.")
 
 
 class FashionRAGPoseFromKeypoints(io.ComfyNode):
@@ -29,14 +40,14 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
                 "Turns 18 body keypoints into the 18 Gaussian heatmaps (sigma 9) the Fashion-RAG "
                 "UNet was trained with. Connect a DWPose/OpenPose estimator's POSE_KEYPOINT, or "
                 "paste OpenPose or Dress Code keypoint JSON. Passes the keypoints on (POSE_KEYPOINT) so "
-                "every garment mask of the workflow reads the same pose."
+                "every garment mask of the workflow reads the same pose. " + _LIMITS
             ),
             inputs=[
                 keypoints_json_input(),
-                io.Int.Input("width", default=IMAGE_SIZE[0], min=8, max=8192, step=8,
-                             tooltip="Width of the person image the pose is for."),
-                io.Int.Input("height", default=IMAGE_SIZE[1], min=8, max=8192, step=8,
-                             tooltip="Height of the person image the pose is for."),
+                io.Int.Input("width", default=IMAGE_SIZE[0], min=8, max=MAX_SIDE, step=8,
+                             tooltip=f"Width of the person image the pose is for (up to {MAX_SIDE})."),
+                io.Int.Input("height", default=IMAGE_SIZE[1], min=8, max=MAX_SIDE, step=8,
+                             tooltip=f"Height of the person image the pose is for (up to {MAX_SIDE})."),
                 *frame_inputs("target"),
                 pose_keypoint_input(),
             ],
@@ -61,8 +72,9 @@ class FashionRAGPoseFromKeypoints(io.ComfyNode):
             ". To inpaint without a pose, leave the pose input of the Fashion-RAG inpaint node unconnected.",
         )
         size = (width, height)
+        check_pose_budget(len(keypoints), size)  # before the heatmaps or the preview take anything
         pose = pose_heatmaps(keypoints, size)
-        preview = torch.from_numpy(np.stack([render_skeleton(k.to_size(size), size) for k in keypoints]))
+        preview = skeleton_previews(keypoints, size)
         return io.NodeOutput(pose, preview, openpose_frames(keypoints, size),
                              ui=ui.PreviewImage(preview, cls=cls))
 

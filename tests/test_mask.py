@@ -19,10 +19,12 @@ from fashion_rag.inpaint.mask import (
     R_ELBOW,
     R_WRIST,
     SHOULDERS,
+    MaskRegion,
     feather_mask,
     garment_mask,
     garment_region,
     masked_preview,
+    rasterize,
 )
 from tools.demo import person as demo_person
 
@@ -171,6 +173,46 @@ def test_masked_preview_greys_the_repaint_region_only():
     assert torch.equal(out[0][outside], img[0][outside])
 
 
+def full_grid_mask(region: MaskRegion, width: int, height: int) -> torch.Tensor:
+    """The rule of mask.py restated on the full pixel grid: box test, then every disc's test."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    x0, y0, x1, y1 = region.box
+    keep = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+    for _part, cx, cy, r in region.excluded:
+        keep &= (xx - cx) ** 2 + (yy - cy) ** 2 > r * r
+    return torch.from_numpy(keep.astype(np.float32))
+
+
+def full_image_feather(hard: np.ndarray, feather: float) -> np.ndarray:
+    """feather_mask's ramp restated on the whole image with scipy's chessboard distances."""
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_cdt(hard, metric="chessboard")
+    outside = ndimage.distance_transform_cdt(~hard, metric="chessboard")
+    value = np.where(hard, 0.5 + (inside - 0.5) / feather, 0.5 - (outside - 0.5) / feather)
+    return np.clip(value, 0.0, 1.0).astype(np.float32)
+
+
+REGIONS = [
+    MaskRegion((10.0, 8.0, 50.5, 60.0), (("head", 30.0, 10.0, 3.0), ("hand", 12.25, 40.7, 6.5)), 1.0),
+    MaskRegion((-5.0, -3.0, 70.0, 20.0), (("foot", 69.0, 0.0, 12.0),), 1.0),  # touches three borders
+    MaskRegion((20.0, 30.0, 21.0, 31.0), (), 1.0),  # 2x2 pixels
+    MaskRegion((3.5, 4.5, 60.2, 55.9), (("head", 1e6, 5.0, 2.0), ("hand", 30.0, 30.0, 0.0)), 1.0),
+]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("feather", [0, 1, 2.5, 8, 17])
+def test_mask_equals_the_full_grid_rule(region, feather):
+    """rasterize tests each disc in its window only and feather_mask works on the mask's bounding
+    box: the values must be those of the whole-image computation, bit for bit."""
+    hard = rasterize(region, 64, 48)
+    assert torch.equal(hard, full_grid_mask(region, 64, 48))
+    soft = feather_mask(hard, feather)
+    expected = full_image_feather(hard.numpy() >= 0.5, feather) if feather else hard.numpy()
+    assert np.array_equal(soft.numpy(), expected)
+
+
 # --- the ComfyUI node -------------------------------------------------------------------------
 
 
@@ -228,3 +270,15 @@ def test_node_rejects_bad_keypoints_with_a_clear_message(comfy):
     GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
     with pytest.raises(ValueError, match="keypoints"):
         GarmentMask.execute(_person_tensor(), "upper_body", "not json", 0, 0)
+
+
+def test_node_refuses_a_batch_beyond_the_budget(comfy):
+    """9 images of 4096x4096: mask + preview would be 9 x 4096^2 x 4 x 4 bytes = 2.25 GiB > 2 GiB;
+    refused before any mask is drawn (the images are one expanded pixel: no memory)."""
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    images = torch.zeros(1, 1, 1, 3).expand(9, 4096, 4096, 3)
+    with pytest.raises(ValueError) as err:
+        GarmentMask.execute(images, "upper_body", demo_person.keypoints_json(), 0, 0)
+    message = str(err.value)
+    assert message.startswith("a garment mask of 9 frame(s) at 4096x4096 would take 2.25 GiB"), message
+    assert "at most 8 frame(s) fit at 4096x4096" in message

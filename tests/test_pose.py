@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,142 @@ def test_pose_node_passes_its_keypoints_on_as_pose_keypoint(comfy_runtime):
     assert torch.equal(P.pose_heatmaps([again], (192, 256)), pose)
     # A frame without anyone stays a frame without anyone (zero heatmaps downstream).
     assert K.openpose_frames([K.Keypoints.none()], (8, 8))[0]["people"] == []
+
+
+# --- malformed keypoints: one line naming the field ------------------------------------------------
+
+CANVAS_MESSAGE = "pose 0: canvas_width must be a whole number of pixels from 1 to 16384, got "
+
+
+@pytest.mark.parametrize("canvas", [
+    "1e-300", '"abc"', "-5", "0", "NaN", "Infinity", "1e30", "true", "[]", "{}",
+])
+def test_malformed_canvas_is_one_line_naming_the_field(canvas):
+    text = ('{"people": [{"pose_keypoints_2d": ' + json.dumps([10.0, 10.0, 1.0] * 18) + '}], '
+            f'"canvas_width": {canvas}, "canvas_height": 512}}')
+    with pytest.raises(K.PoseFormatError) as err:
+        K.parse_keypoints(text)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(CANVAS_MESSAGE), message
+    # The bad value is shown as the JSON spelled it (1e30 as Python writes it).
+    assert message.endswith({"1e30": "1e+30", "[]": "[]", "{}": "{}"}.get(canvas, canvas)), message
+
+
+PERSON = json.dumps([10.0, 10.0, 1.0] * 18)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"people": 5}', "pose 0: people must be a list of {'pose_keypoints_2d'"),
+    ('{"people": {"a": 1}}', "pose 0: people must be a list of {'pose_keypoints_2d'"),
+    ('{"people": [{"pose_keypoints_2d": "abc"}]}', 'pose 0: pose_keypoints_2d must be a non-empty list'),
+    ('{"people": [{"pose_keypoints_2d": [true, 1, 1]}]}',
+     "pose 0: pose_keypoints_2d[0] must be a number, got true"),
+    ('{"people": [{"pose_keypoints_2d": [[1, 2], [3, [4]]]}]}',
+     "pose 0: pose_keypoints_2d[1][1] must be a number, got a list of 1"),
+    ('[["1", "2"]]', 'pose 0: keypoints[0][0] must be a number, got "1"'),
+    ('{"keypoints": [[1, 2], [3]]}', "pose 0: keypoints[1] must be an [x, y, ...] row of 2 numbers"),
+    ('{"keypoints": [[1e300, 5]]}',
+     "pose 0: keypoint 0 of keypoints is at (1e+300, 5); coordinates must lie"),
+    ("[[1" + "0" * 400 + ", 5]]", "pose 0: keypoints holds a number beyond float range"),
+    ("[" * 100_000, "keypoint JSON nested too deeply"),
+    ('{"people": [{"pose_keypoints_2d": ' + PERSON + '}], "canvas_width": 512}',
+     "pose 0: canvas_height must be a whole number of pixels from 1 to 16384, got nothing"),
+    ('{"people": [' + ", ".join(['{"pose_keypoints_2d": ' + PERSON + "}"] * 257) + "]}",
+     "pose 0: people lists 257 people; at most 256 are read"),
+    ("[" + ", ".join(['{"people": []}'] * 1025) + "]",
+     "1025 frames of keypoints; at most 1024 are read at once"),
+], ids=["people-int", "people-object", "keypoints-string", "bool", "nested", "string-number", "ragged",
+        "far", "huge-int", "deep", "canvas-half", "257-people", "1025-frames"])
+def test_malformed_keypoint_json_is_one_line_naming_the_field(text, expected):
+    with pytest.raises(K.PoseFormatError) as err:
+        K.parse_keypoints(text)
+    assert str(err.value).startswith(expected), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_bounds_themselves_are_accepted():
+    assert len(K.parse_keypoints([{"people": []}] * 1024)) == 1024
+    frame = {"people": [{"pose_keypoints_2d": [10.0, 10.0, 1.0] * 18}] * 256,
+             "canvas_width": 16384, "canvas_height": 1.0e3}  # a whole number written as a float is one
+    (kp,) = K.parse_keypoints(frame, person=255)
+    assert kp.canvas == (16384, 1000)
+    # NaN, inf and null coordinates stay what the module docstring says: missing keypoints.
+    (kp,) = K.parse_keypoints('[[NaN, 5]' + ", [10, 10]" * 15 + ", [null, 4], [Infinity, 3]]")
+    assert not kp.present[0] and not kp.present[16] and not kp.present[17] and kp.present[1:16].all()
+
+
+# --- memory: a budget, refused before anything is allocated ----------------------------------------
+
+
+def test_frames_beyond_the_budget_are_refused():
+    # 2 GiB / (384 * 512 pixels * (18 heatmaps + 3 preview channels) * 4 bytes) = 130.03 frames.
+    with pytest.raises(ValueError) as err:
+        P.pose_heatmaps([K.Keypoints.none()] * 131, (384, 512))
+    message = str(err.value)
+    assert message.startswith("a pose of 131 frame(s) at 384x512 would take 2.01 GiB"), message
+    assert "more than the 2 GiB a node may allocate; at most 130 frame(s) fit at 384x512" in message
+
+
+def _status(key: str) -> int:
+    """Bytes, from the kernel's accounting of this process (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _peak_increase(fn) -> int:
+    """How far the resident memory rose above its level at the start while fn ran: the peak
+    (VmHWM) is reset first by writing 5 to /proc/self/clear_refs. Arrays this large are mapped
+    fresh by the allocator, so none of it hides in memory freed earlier."""
+    Path("/proc/self/clear_refs").write_text("5")
+    rss = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - rss
+
+
+def test_pose_memory_stays_near_its_outputs_and_8192_is_refused():
+    """At 2048x1024 one frame's peak is at most 1.25x its outputs (the old float64 grid and its
+    copies took 2.7x); 8192x8192 is refused before anything is allocated (it took 14 GiB)."""
+    kp = [K.Keypoints(np.random.default_rng(0).uniform(0.1, 0.9, (18, 2)), normalized=True)]
+    P.pose_heatmaps(kp, (8, 8)), P.skeleton_previews(kp, (8, 8))  # lazy imports, first-call set-up
+    outputs = 2048 * 1024 * (18 + 3) * 4  # heatmaps and preview, float32: 176,160,768 bytes
+    size = (2048, 1024)
+    allowed = _peak_increase(lambda: (P.pose_heatmaps(kp, size), P.skeleton_previews(kp, size)))
+    assert allowed <= 1.25 * outputs, allowed / outputs
+
+    def refused():
+        with pytest.raises(ValueError) as err:
+            P.pose_heatmaps(kp, (8192, 8192))
+        assert str(err.value).startswith("a pose of 1 frame(s) at 8192x8192 would take 5.25 GiB"), err.value
+
+    assert _peak_increase(refused) < 16 << 20
+
+
+def test_pose_node_limits_in_comfyui(comfy_runtime):
+    """Through a real prompt: width 8192 fails ComfyUI's validation (max 4096), and a malformed
+    canvas reaches the user as the one line, not a ZeroDivisionError."""
+    from comfy_harness import PromptFailed
+
+    def prompt(text, width):
+        return {"1": {"class_type": "FashionRAGPoseFromKeypoints",
+                      "inputs": {"keypoints_json": text, "width": width, "height": 512}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}}}
+
+    good = json.dumps({"keypoints": [[x, y, 1, i] for i, (x, y) in enumerate(POINTS)]})
+    with pytest.raises(PromptFailed) as err:
+        comfy_runtime.run(prompt(good, 8192))
+    assert err.value.kind == "validation" and "bigger than max of 4096" in str(err.value.payload)
+    bad = '{"people": [{"pose_keypoints_2d": ' + PERSON + '}], "canvas_width": 1e-300, "canvas_height": 512}'
+    with pytest.raises(PromptFailed) as err:
+        comfy_runtime.run(prompt(bad, 384))
+    assert err.value.kind == "execution"
+    # ComfyUI ends the message with a newline (traceback.format_exception_only): one line.
+    assert err.value.payload["exception_message"].rstrip("\n") == CANVAS_MESSAGE + "1e-300"
+
+    import importlib
+
+    node = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.pose").FashionRAGPoseFromKeypoints
+    with pytest.raises(ValueError, match=r"^a pose of 131 frame\(s\) at 384x512"):
+        node.execute("", 384, 512, pose_keypoint=[{"people": []}] * 131)

@@ -1,8 +1,9 @@
 """18 body keypoints (COCO-18 / OpenPose order): the one type the pose heatmaps and the garment
 mask share, and the JSON forms it is read from.
 
-A keypoint is *missing* when x <= 0 and y <= 0 (the reference's rule), when it is not finite,
-or when its detector confidence is 0; missing keypoints are stored as (0, 0).
+A keypoint is *missing* when x <= 0 and y <= 0 (the reference's rule), when it is not finite
+(NaN, inf, or null in JSON), or when its detector confidence is 0; missing keypoints are stored
+as (0, 0).
 
 Accepted inputs (`parse_keypoints`):
 - OpenPose JSON: {"people": [{"pose_keypoints_2d": [x, y, c] * 18}], ...}, optionally with
@@ -12,16 +13,24 @@ Accepted inputs (`parse_keypoints`):
 - Dress Code: {"keypoints": [[x, y, score, id], ...]} in 384x512 pixel coordinates;
 - plain lists: [[x, y], ...] or [[x, y, c], ...] (18, 17 = COCO-17, or 25 = BODY_25 points),
   or a flat [x, y, c] * N list.
+
+Anything else (wrong types, a canvas that is not a whole number of pixels from 1 to MAX_CANVAS,
+coordinates beyond MAX_COORDINATE, more than MAX_FRAMES frames or MAX_PEOPLE people, text over
+MAX_JSON_BYTES or nested too deeply) is a PoseFormatError: one line naming the field and what it
+must be.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..files import MAX_JSON_BYTES
 from ..reference import IMAGE_SIZE
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -38,6 +47,10 @@ L_HIP, L_KNEE, L_ANKLE = 11, 12, 13
 R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
 
 DRESSCODE_SIZE = IMAGE_SIZE  # Dress Code keypoints are given in the reference's frame
+MAX_CANVAS = 16384  # pixels per side of the frame that pixel coordinates refer to
+MAX_COORDINATE = 1e6  # pixels: a keypoint further off than this is not a measurement
+MAX_FRAMES = 1024  # poses (one per image) read at once
+MAX_PEOPLE = 256  # people per frame
 
 # OpenPose BODY_25 index of each COCO-18 keypoint (BODY_25 adds mid-hip at 8 and feet at 19+).
 _FROM_BODY25 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -78,6 +91,9 @@ class Keypoints:
         xy = rows[:, :2].copy()
         xy[_missing(rows)] = 0.0
         object.__setattr__(self, "xy", xy)
+        if self.canvas is not None and not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in self.canvas):
+            raise ValueError(f"canvas must be (width, height) in whole pixels >= 1, got {self.canvas}")
 
     @classmethod
     def none(cls) -> Keypoints:
@@ -119,12 +135,50 @@ class Keypoints:
         return self.in_frame(size).xy
 
 
-def _rows(values: Any, where: str) -> np.ndarray:
-    """Keypoint rows [N, >=2] from nested or flat [x, y, c] lists."""
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PoseFormatError(f"{where}: keypoints are not numbers; expected {_FORMS}") from None
+def _show(value: Any) -> str:
+    """A short JSON-like rendering of a bad value for an error message."""
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}" if value else "[]"
+    if isinstance(value, dict):
+        return "an object" if value else "{}"
+    if value is None or isinstance(value, (str, bool, int, float)):
+        text = json.dumps(value)
+    else:
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _rows(values: Any, where: str, field: str) -> np.ndarray:
+    """Keypoint rows [N, >=2] from nested or flat [x, y, c] lists of numbers (checked one by one:
+    numpy would take true, "1.5" or ragged rows without a word)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        arr = values.astype(np.float64)
+    else:
+        if not isinstance(values, (list, tuple)) or not values:
+            raise PoseFormatError(f"{where}: {field} must be a non-empty list of keypoints, [x, y, c, ...] "
+                                  f"or [[x, y], ...], got {_show(values)}")
+        if isinstance(values[0], (list, tuple)):
+            n = len(values[0])
+            for i, row in enumerate(values):
+                if not isinstance(row, (list, tuple)) or len(row) != n or n < 2:
+                    raise PoseFormatError(f"{where}: {field}[{i}] must be an [x, y, ...] row of {max(n, 2)} "
+                                          f"numbers like the first, got {_show(row)}")
+                for j, v in enumerate(row):
+                    if not (v is None or _is_number(v)):  # null: NaN, a missing value
+                        raise PoseFormatError(f"{where}: {field}[{i}][{j}] must be a number, got {_show(v)}")
+        else:
+            for i, v in enumerate(values):
+                if not (v is None or _is_number(v)):
+                    raise PoseFormatError(f"{where}: {field}[{i}] must be a number, got {_show(v)}")
+        try:
+            arr = np.array(values, dtype=np.float64)
+        except OverflowError:  # a JSON integer beyond float range
+            raise PoseFormatError(f"{where}: {field} holds a number beyond float range; expected pixel "
+                                  f"coordinates within ±{MAX_COORDINATE:g}") from None
     if arr.ndim == 1:
         if arr.size % 3:
             raise PoseFormatError(
@@ -132,6 +186,13 @@ def _rows(values: Any, where: str) -> np.ndarray:
         arr = arr.reshape(-1, 3)
     if arr.ndim != 2 or arr.shape[1] < 2:
         raise PoseFormatError(f"{where}: keypoints have shape {arr.shape}; expected [N, 2+]")
+    xy = arr[:, :2]
+    far = np.isfinite(xy) & (np.abs(xy) > MAX_COORDINATE)
+    if far.any():
+        i = int(np.flatnonzero(far.any(axis=1))[0])
+        raise PoseFormatError(
+            f"{where}: keypoint {i} of {field} is at ({xy[i, 0]:g}, {xy[i, 1]:g}); coordinates must lie "
+            f"within ±{MAX_COORDINATE:g} pixels (a missing keypoint is 0, 0)")
     return arr
 
 
@@ -156,9 +217,21 @@ def _to_coco18(rows: np.ndarray, use_confidence: bool, where: str) -> np.ndarray
         f"{where}: {n} keypoints; expected 18 (COCO-18/OpenPose), 25 (BODY_25) or 17 (COCO)")
 
 
-def _canvas(d: dict) -> tuple[int, int] | None:
+def _canvas_side(value: Any, field: str, where: str) -> int:
+    ok = _is_number(value) and math.isfinite(value) and 1 <= value <= MAX_CANVAS and value == int(value)
+    if not ok:
+        got = ("nothing: give canvas_width and canvas_height together, or neither" if value is None
+               else _show(value))
+        raise PoseFormatError(f"{where}: {field} must be a whole number of pixels from 1 to {MAX_CANVAS}, "
+                              f"got {got}")
+    return int(value)
+
+
+def _canvas(d: dict, where: str) -> tuple[int, int] | None:
     w, h = d.get("canvas_width"), d.get("canvas_height")
-    return (int(w), int(h)) if w and h else None
+    if w is None and h is None:
+        return None
+    return _canvas_side(w, "canvas_width", where), _canvas_side(h, "canvas_height", where)
 
 
 def _detected(xy: np.ndarray, canvas: tuple[int, int] | None) -> Keypoints:
@@ -171,7 +244,14 @@ def _detected(xy: np.ndarray, canvas: tuple[int, int] | None) -> Keypoints:
 def _from_frame(frame: Any, person: int, where: str) -> Keypoints | None:
     """One image's keypoints, or None for a frame without people."""
     if isinstance(frame, dict) and "people" in frame:
-        people = frame["people"] or []
+        canvas = _canvas(frame, where)
+        people = frame["people"] if frame["people"] is not None else []
+        if not isinstance(people, (list, tuple)):
+            raise PoseFormatError(f"{where}: people must be a list of {{'pose_keypoints_2d': [x, y, c, "
+                                  f"...]}} objects, got {_show(people)}")
+        if len(people) > MAX_PEOPLE:
+            raise PoseFormatError(
+                f"{where}: people lists {len(people)} people; at most {MAX_PEOPLE} are read")
         if not people:
             return None
         if person >= len(people):
@@ -179,12 +259,14 @@ def _from_frame(frame: Any, person: int, where: str) -> Keypoints | None:
         p = people[person]
         if not isinstance(p, dict) or not p.get("pose_keypoints_2d"):
             raise PoseFormatError(f"{where}: person {person} has no 'pose_keypoints_2d'")
-        return _detected(_to_coco18(_rows(p["pose_keypoints_2d"], where), True, where), _canvas(frame))
+        rows = _rows(p["pose_keypoints_2d"], where, "pose_keypoints_2d")
+        return _detected(_to_coco18(rows, True, where), canvas)
     if isinstance(frame, dict) and "keypoints" in frame:  # Dress Code: fixed 384x512 frame
-        rows = _rows(frame["keypoints"], where)
-        return Keypoints(_to_coco18(rows, False, where), _canvas(frame) or DRESSCODE_SIZE)
+        canvas = _canvas(frame, where)
+        rows = _rows(frame["keypoints"], where, "keypoints")
+        return Keypoints(_to_coco18(rows, False, where), canvas or DRESSCODE_SIZE)
     if isinstance(frame, (list, tuple)):
-        return _detected(_to_coco18(_rows(frame, where), True, where), None)
+        return _detected(_to_coco18(_rows(frame, where, "keypoints"), True, where), None)
     raise PoseFormatError(f"{where}: unrecognised keypoint data; expected {_FORMS}")
 
 
@@ -211,10 +293,18 @@ def parse_keypoints(data: Any, person: int = 0) -> list[Keypoints]:
     frame. Frames without people give all-missing keypoints (zero heatmaps).
     """
     if isinstance(data, (str, bytes)):
+        if len(data) > MAX_JSON_BYTES:
+            raise PoseFormatError(
+                f"keypoint JSON of {len(data)} characters; at most {MAX_JSON_BYTES} are read")
         try:
             data = json.loads(data)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise PoseFormatError(f"keypoint JSON nested too deeply; expected {_FORMS}") from None
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of over 4300 digits
             raise PoseFormatError(f"keypoints are not valid JSON ({exc}); expected {_FORMS}") from None
     is_frame_list = isinstance(data, (list, tuple)) and data and all(isinstance(f, dict) for f in data)
     frames = list(data) if is_frame_list else [data]
+    if len(frames) > MAX_FRAMES:
+        raise PoseFormatError(f"{len(frames)} frames of keypoints; at most {MAX_FRAMES} are read at once: "
+                              "split the batch")
     return [_from_frame(frame, person, f"pose {i}") or Keypoints.none() for i, frame in enumerate(frames)]

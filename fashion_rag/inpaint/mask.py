@@ -35,6 +35,7 @@ NaN, or a confidence of 0 is missing. 1 in the mask = repaint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -167,15 +168,46 @@ def garment_region(keypoints: Keypoints | np.ndarray | Sequence, category: str, 
     return MaskRegion(box=box, excluded=tuple(excluded), scale=float(s))
 
 
+def _span(keep: torch.Tensor) -> slice:
+    """The slice from the first to the last True of a 1-D bool tensor (empty if none)."""
+    idx = torch.nonzero(keep).flatten()
+    return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+
+
 def rasterize(region: MaskRegion, width: int, height: int) -> torch.Tensor:
-    """The hard mask [H, W] (float32, 0/1) of a region."""
-    ys = torch.arange(height, dtype=torch.float64)[:, None]
-    xs = torch.arange(width, dtype=torch.float64)[None, :]
+    """The hard mask [H, W] (float32, 0/1) of a region.
+
+    The box is the outer product of a row and a column test, and each disc is tested only in
+    the rows and columns where (x - cx)^2 <= r^2 (resp. y) can hold: outside them
+    (x - cx)^2 + (y - cy)^2 > r^2 holds in floating point too (adding a square never rounds
+    below it), so the mask equals the full-grid test without [H, W] float64 grids.
+    """
+    ys = torch.arange(height, dtype=torch.float64)
+    xs = torch.arange(width, dtype=torch.float64)
     x0, y0, x1, y1 = region.box
-    mask = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    mask = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
     for _part, cx, cy, r in region.excluded:
-        mask &= (xs - cx) ** 2 + (ys - cy) ** 2 > r * r
+        dx2, dy2 = (xs - cx) ** 2, (ys - cy) ** 2
+        rows, cols = _span(~(dy2 > r * r)), _span(~(dx2 > r * r))
+        mask[rows, cols] &= dy2[rows, None] + dx2[None, cols] > r * r
     return mask.to(torch.float32)
+
+
+def _ramp(hard: np.ndarray, feather: float) -> np.ndarray:
+    """The ramp of feather_mask over all of `hard` (it has both values), in float32."""
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_cdt(hard, metric="chessboard")
+    outside = ndimage.distance_transform_cdt(~hard, metric="chessboard")
+    out = np.empty(hard.shape, dtype=np.float32)
+    # float64 as before, but a few million values at a time instead of three full-size arrays.
+    step = max(1, (1 << 22) // max(1, hard.shape[1]))
+    for r in range(0, hard.shape[0], step):
+        rows = slice(r, r + step)
+        value = np.where(hard[rows], 0.5 + (inside[rows] - 0.5) / feather,
+                         0.5 - (outside[rows] - 0.5) / feather)
+        out[rows] = np.clip(value, 0.0, 1.0)
+    return out
 
 
 def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
@@ -184,16 +216,22 @@ def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
     Pixels at Chebyshev distance k from the other side (1 = touching it) get
     0.5 ± (k − 0.5)/feather, clipped to [0, 1]; so `result >= 0.5` equals `mask >= 0.5`
     exactly. The image border is not an edge.
+
+    Computed on the mask's bounding box plus a margin only: a pixel more than feather/2 + 1
+    outside the mask is 0 anyway, and within the margin the nearest pixel of either side lies
+    inside the crop (its border rows and columns are outside the mask, or the image's own
+    border), so the distances, and the values, are those of the whole image.
     """
     hard = (mask >= 0.5).cpu().numpy()
     if feather <= 0 or hard.all() or not hard.any():
         return torch.from_numpy(hard.astype(np.float32)) if feather > 0 else mask.clone()
-    from scipy import ndimage
-
-    inside = ndimage.distance_transform_cdt(hard, metric="chessboard")
-    outside = ndimage.distance_transform_cdt(~hard, metric="chessboard")
-    value = np.where(hard, 0.5 + (inside - 0.5) / feather, 0.5 - (outside - 0.5) / feather)
-    return torch.from_numpy(np.clip(value, 0.0, 1.0).astype(np.float32))
+    rows, cols = np.flatnonzero(hard.any(axis=1)), np.flatnonzero(hard.any(axis=0))
+    pad = math.ceil(feather / 2) + 1
+    crop = (slice(max(0, rows[0] - pad), rows[-1] + pad + 1),
+            slice(max(0, cols[0] - pad), cols[-1] + pad + 1))
+    out = np.zeros(hard.shape, dtype=np.float32)
+    out[crop] = _ramp(hard[crop], feather)
+    return torch.from_numpy(out)
 
 
 def garment_mask(keypoints: Keypoints | np.ndarray | Sequence, category: str, width: int, height: int,
@@ -210,4 +248,5 @@ def masked_preview(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     which is what `image · (mask < 0.5)` gives there. Soft edges blend.
     """
     m = mask[..., None].to(image.dtype)
-    return image * (1 - m) + 0.5 * m
+    out = image * (1 - m)
+    return out.add_(0.5 * m)  # in place: no second image-sized sum
