@@ -1,7 +1,8 @@
 """LPIPS and SSIM of a generated image against its ground truth (paired runs), as the reference
 computes them: torchmetrics' LearnedPerceptualImagePatchSimilarity(net_type="alex",
 normalize=True) and StructuralSimilarityIndexMeasure(data_range=1.0) (an 11x11 Gaussian window
-of sigma 1.5, k1 0.01, k2 0.03), each the mean over the images of the per-image value.
+of sigma 1.5, k1 0.01, k2 0.03, the 5-pixel border left out as in its version 0.11.4), each the
+mean over the images of the per-image value.
 
 Sizes: the reference compares at its generation size (512x384): the generated image as saved,
 the ground-truth photo resized to it with PIL's default filter for RGB (bicubic). Here the
@@ -22,6 +23,8 @@ from PIL import Image
 
 from .fid import read_rgb
 from .metric_weights import ALEXNET, LPIPS, check_keys, load_weights
+
+SSIM_BORDER = 5  # (11 - 1) / 2: the Gaussian window of sigma 1.5 has int(3.5 * 1.5 + 0.5) * 2 + 1 taps
 
 
 def lpips_network() -> torch.nn.Module:
@@ -85,7 +88,16 @@ def lpips_distance(net: torch.nn.Module, gen: torch.Tensor, truth: torch.Tensor)
 
 
 def ssim(gen: torch.Tensor, truth: torch.Tensor) -> float:
-    """SSIM of two [1, 3, H, W] images in [0, 1], data range 1 (torchmetrics' defaults otherwise)."""
+    """SSIM of two [1, 3, H, W] images in [0, 1]: data range 1, a Gaussian window of sigma 1.5
+    (11 taps), averaged over the pixels whose window lies inside the image.
+
+    The reference's torchmetrics (0.11.4) leaves out the 5-pixel border, as scikit-image does;
+    torchmetrics 1.x averages over the whole reflect-padded image instead, so its full SSIM map
+    is cropped here.
+    """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return float(structural_similarity_index_measure(gen, truth, data_range=1.0))
+    _, full = structural_similarity_index_measure(gen, truth, data_range=1.0, return_full_image=True)
+    if min(full.shape[-2:]) <= 2 * SSIM_BORDER:
+        raise ValueError(f"SSIM needs images larger than {2 * SSIM_BORDER}x{2 * SSIM_BORDER} pixels")
+    return float(full[..., SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER].mean())
