@@ -98,18 +98,20 @@ class _PoolFeatures(torch.nn.Module):
 def inception_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The Inception weights file's tensors, checked against the network's keys and shapes."""
     sd = load_weights(INCEPTION, path)
-    # BatchNorm's batch counter is a training statistic; files saved without it load the same.
-    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in inception_network().state_dict().items()
-                    if not k.endswith("num_batches_tracked")}
+        expected = {k: tuple(v.shape) for k, v in inception_network().state_dict().items()}
+    # BatchNorm's batch counter is a training statistic: a file saved without it loads the same.
+    for key in expected:
+        if key.endswith("num_batches_tracked"):
+            sd.setdefault(key, torch.tensor(0, dtype=torch.long))
     check_keys(INCEPTION, path, sd, expected)
     return sd
 
 
 def load_inception(path: Path, device: str = "cpu") -> torch.nn.Module:
-    net = inception_network()
-    net.load_state_dict(inception_state_dict(path), strict=False)  # complete: checked above
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced
+        net = inception_network()
+    net.load_state_dict(inception_state_dict(path), assign=True)
     return net.eval().requires_grad_(False).to(device)
 
 
@@ -169,7 +171,7 @@ class FeatureCache:
         try:
             data = read_regular(path, _CACHE_BYTES, "cached features")
             feat = np.load(io.BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError):  # absent, unreadable or damaged: computed again
+        except (OSError, ValueError, EOFError):  # absent, unreadable or damaged: computed again
             return None
         if feat.shape != (FEATURES,) or not np.isfinite(feat).all():
             return None

@@ -9,16 +9,16 @@ the ground truth (perceptual.py). retrieval_scores (retrieval_metrics.py) and wr
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..categories import CATEGORIES
-from ..files import cached_sha256
+from ..files import MAX_IMAGE_BYTES, cached_sha256, open_regular
 from ..logs import log
 from .fid import (
     FeatureCache,
@@ -54,6 +54,17 @@ class ScoredImage:
     garments: list[Path] = field(default_factory=list)  # the retrieved garments it was conditioned on
 
 
+def _image_size(item: ScoredImage) -> tuple[int, int]:
+    """The generated image's (width, height), from its header: every pair is checked before the
+    hours of scoring start."""
+    try:
+        with open_regular(item.generated, MAX_IMAGE_BYTES, "generated image") as f, Image.open(f) as img:
+            return img.size
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"pair {item.pair_id!r}: the generated image {item.generated} cannot be read "
+                         f"({exc})") from None
+
+
 def _check(images: list[ScoredImage], real: dict[str, list[Path]], weights: MetricWeights,
            paired: bool) -> None:
     if not images:
@@ -75,6 +86,13 @@ def _check(images: list[ScoredImage], real: dict[str, list[Path]], weights: Metr
             values = f", values {mask.min()}..{mask.max()}" if mask.size else ""
             raise ValueError(f"pair {item.pair_id!r}: the mask must be [H, W] with values in [0, 1] "
                              f"(got shape {mask.shape}{values})")
+        if not (mask >= 0.5).any():
+            raise ValueError(f"pair {item.pair_id!r}: the mask is empty (no pixel >= 0.5): there is no "
+                             "repainted region to score")
+        width, height = _image_size(item)
+        if mask.shape != (height, width):
+            raise ValueError(f"pair {item.pair_id!r}: the mask is {mask.shape[1]}x{mask.shape[0]} but the "
+                             f"image is {width}x{height}: score with the mask the image was inpainted with")
     for cat in {item.category for item in images}:
         if not real.get(cat):
             raise ValueError(f"no test images of category {cat!r} to compare its generated images with "
@@ -105,20 +123,17 @@ def _distances(images: list[ScoredImage], real: dict[str, list[Path]], weights: 
     """{group: (FID, KID)}: each category's generated images against its test images; "all"
     against the test images of every category present."""
     net = load_inception(weights.inception, device)
-    try:
-        cache = FeatureCache(cache_dir, cached_sha256(weights.inception))
-        gen = inception_features(net, [item.generated for item in images], "generated image",
-                                 progress=_stage(progress, "generated features"))
-        cats = [cat for cat in CATEGORIES if any(item.category == cat for item in images)]
-        paths = {cat: list(dict.fromkeys(Path(p) for p in real[cat])) for cat in cats}
-        every = list(dict.fromkeys(p for cat in cats for p in paths[cat]))
-        feats, computed = real_features(net, every, cache, _stage(progress, "test-set features"))
-        log.info("FID/KID: %d test images (%d computed, the rest from the cache %s)", len(feats), computed,
-                 cache.root)
-        by_path = dict(zip(every, feats, strict=True))
-    finally:
-        del net
-        gc.collect()
+    cache = FeatureCache(cache_dir, cached_sha256(weights.inception))
+    gen = inception_features(net, [item.generated for item in images], "generated image",
+                             progress=_stage(progress, "generated features"))
+    cats = [cat for cat in CATEGORIES if any(item.category == cat for item in images)]
+    paths = {cat: list(dict.fromkeys(Path(p) for p in real[cat])) for cat in cats}
+    every = list(dict.fromkeys(p for cat in cats for p in paths[cat]))
+    feats, computed = real_features(net, every, cache, _stage(progress, "test-set features"))
+    del net  # freed before the next network is loaded
+    log.info("FID/KID: %d test images (%d computed, the rest from the cache %s)", len(feats), computed,
+             cache.root)
+    by_path = dict(zip(every, feats, strict=True))
     out: dict[str, tuple[float | None, float | None]] = {}
     for group, idx in _groups(images):
         reference = np.stack([by_path[p] for p in (every if group == ALL else paths[group])])
@@ -134,17 +149,13 @@ def _paired(images: list[ScoredImage], weights: MetricWeights, device: str,
     assert weights.alexnet is not None and weights.lpips is not None
     net = load_lpips(weights.alexnet, weights.lpips, device)
     lp, ss = [], []
-    try:
-        for n, item in enumerate(images, 1):
-            assert item.target is not None
-            gen, truth = paired_pixels(item.generated, item.target)
-            lp.append(lpips_distance(net, gen, truth))
-            ss.append(ssim(gen, truth))
-            if progress:
-                progress("LPIPS/SSIM", n, len(images))
-    finally:
-        del net
-        gc.collect()
+    for n, item in enumerate(images, 1):
+        assert item.target is not None
+        gen, truth = paired_pixels(item.generated, item.target)
+        lp.append(lpips_distance(net, gen, truth))
+        ss.append(ssim(gen, truth))
+        if progress:
+            progress("LPIPS/SSIM", n, len(images))
     return lp, ss
 
 
@@ -169,34 +180,34 @@ def _pixels(path: Path, what: str) -> torch.Tensor:
 def _clip(images: list[ScoredImage], weights: MetricWeights, device: str,
           progress: Progress | None) -> tuple[list[float], list[float | None]]:
     """Per image CLIP-T and CLIP-I (None for an image made without garments), scores.py's values."""
-    from .scores import clip_i_scores, clip_t_scores
+    from .scores import clip_t_scores
 
     encoder = clip_encoder(weights.clip, device)
     clip_t: list[float] = []
     clip_i: list[float | None] = []
-    try:
-        for n, item in enumerate(images, 1):
-            image = _pixels(item.generated, "generated image")[None]
-            mask = torch.as_tensor(np.asarray(item.mask))  # its own dtype: no rounding near 0.5
-            try:
-                clip_t.append(float(clip_t_scores(encoder, image, mask, item.caption)[0]))
-                garments = [_pixels(g, "retrieved garment") for g in item.garments]
-                if not garments:
-                    clip_i.append(None)
-                    continue
-                # Garments of several sizes do not stack; the mean over them one by one is the same.
-                stacks = [torch.stack(garments)] if len({g.shape for g in garments}) == 1 else [
-                    g[None] for g in garments]
-                each = [clip_i_scores(encoder, image, mask, s, item.category)[0] * len(s) for s in stacks]
-                clip_i.append(float(sum(each) / len(garments)))
-            except ValueError as exc:
-                raise ValueError(f"pair {item.pair_id!r}: {exc}") from None
-            if progress:
-                progress("CLIP", n, len(images))
-    finally:
-        del encoder
-        gc.collect()
+    for n, item in enumerate(images, 1):
+        image = _pixels(item.generated, "generated image")[None]
+        mask = torch.as_tensor(np.asarray(item.mask))  # its own dtype: no rounding near 0.5
+        try:
+            clip_t.append(float(clip_t_scores(encoder, image, mask, item.caption)[0]))
+            clip_i.append(_clip_i(encoder, image, mask, item))
+        except ValueError as exc:
+            raise ValueError(f"pair {item.pair_id!r}: {exc}") from None
+        if progress:
+            progress("CLIP", n, len(images))
     return clip_t, clip_i
+
+
+def _clip_i(encoder, image: torch.Tensor, mask: torch.Tensor, item: ScoredImage) -> float | None:
+    from .scores import clip_i_scores
+
+    garments = [_pixels(g, "retrieved garment") for g in item.garments]
+    if not garments:
+        return None
+    # Garments of several sizes do not stack; the mean over them one by one is the same.
+    stacks = [torch.stack(garments)] if len({g.shape for g in garments}) == 1 else [g[None] for g in garments]
+    each = [clip_i_scores(encoder, image, mask, s, item.category)[0] * len(s) for s in stacks]
+    return float(sum(each) / len(garments))
 
 
 def score_images(images: list[ScoredImage], real: dict[str, list[Path]], weights: MetricWeights,

@@ -61,8 +61,11 @@ def lpips_state_dict(alexnet: Path, lpips: Path) -> dict[str, torch.Tensor]:
 
 
 def load_lpips(alexnet: Path, lpips: Path, device: str = "cpu") -> torch.nn.Module:
-    net = lpips_network()
-    missing, unexpected = net.load_state_dict(lpips_state_dict(alexnet, lpips), strict=False)
+    with torch.device("meta"):  # no random initialisation of AlexNet (and its unused classifier)
+        net = lpips_network()
+    net.scaling_layer = type(net.scaling_layer)()  # its constants are no weights: made for real
+    missing, unexpected = net.load_state_dict(lpips_state_dict(alexnet, lpips), strict=False, assign=True)
+    # lins.<i> are the same modules as lin<i>, so they are filled too
     assert not unexpected and all(k.startswith("lins.") for k in missing), (missing, unexpected)
     return net.eval().to(device)
 
