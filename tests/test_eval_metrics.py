@@ -168,6 +168,11 @@ def test_test_set_features_are_computed_once_and_again_for_a_changed_image(tmp_p
         forwards.clear()
         _, computed = real_features(inception, images, cache)
         assert (computed, sum(forwards)) == (1, 1)
+        np.save(damaged, np.zeros(3, dtype=np.float32))  # a readable array, of the wrong shape
+        forwards.clear()
+        repaired, computed = real_features(inception, images, cache)
+        assert (computed, sum(forwards)) == (1, 1)
+        np.testing.assert_array_equal(repaired[0], first[0])
     finally:
         hook.remove()
 
@@ -230,6 +235,10 @@ def test_demo_files_have_the_published_layouts(tmp_path, weights_dir):
     weights = find_metric_weights(weights_dir, paired=True)
     assert (weights.inception.name, weights.alexnet.name, weights.lpips.name, weights.clip.name) == (
         INCEPTION_FILE, ALEXNET_FILE, LPIPS_FILE, CLIP_FILE)
+    settings = weights.sha256()
+    for name in (INCEPTION_FILE, ALEXNET_FILE, LPIPS_FILE, CLIP_FILE):
+        digest = hashlib.sha256((weights_dir / name).read_bytes()).hexdigest()
+        assert sum(v == f"{name} sha256 {digest}" for v in settings.values()) == 1
 
 
 @pytest.mark.parametrize("name,source", [

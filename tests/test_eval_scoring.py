@@ -66,7 +66,11 @@ def test_images_scored_against_themselves(tmp_path, weights_dir):
     mask = _soft_mask(10, 50, 8, 40)
     images = [ScoredImage(f"{cat}{i}", cat, f, f, mask, "a dress", []) for cat, fs in files.items()
               for i, f in enumerate(fs)]
-    rows = score_images(images, files, weights, paired=True, cache_dir=tmp_path / "cache")
+    seen: dict[str, tuple[int, int]] = {}
+    rows = score_images(images, files, weights, paired=True, cache_dir=tmp_path / "cache",
+                        progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
+    assert seen == {"generated features": (4, 4), "test-set features": (4, 4), "LPIPS/SSIM": (4, 4),
+                    "CLIP": (4, 4)}
     assert [r["category"] for r in rows] == ["upper_body", "dresses", "all"]
     assert [r["n"] for r in rows] == [2, 2, 4]
     for row in rows:
@@ -127,6 +131,7 @@ def test_a_bad_mask_names_its_pair(tmp_path, weights_dir, change, message):
     with pytest.raises(ValueError) as err:
         score_images([item], {"dresses": [image]}, weights, paired=False, cache_dir=tmp_path / "cache")
     assert message in str(err.value)
+    assert not (tmp_path / "cache").exists()  # refused before any network ran
 
 
 def test_inputs_that_cannot_be_scored_are_refused_by_pair(tmp_path, weights_dir):

@@ -219,7 +219,8 @@ def frechet_distance(gen: np.ndarray, real: np.ndarray) -> float | None:
     of (A_g A_r^T)(A_g A_r^T)^T / ((n_g-1)(n_r-1)) for the centred features A: the nuclear norm
     of the small n_g x n_r matrix A_g A_r^T. With fewer images than dimensions (a category of
     Dress Code's test set has 1,800 for 2,048 features) the covariances are singular, and this
-    is exact where the d x d matrix square root is ill-conditioned (and far cheaper).
+    is exact where the d x d matrix square root is ill-conditioned (and cheaper when a side is
+    small, as in a --limit run).
     """
     if len(gen) < 2 or len(real) < 2:
         return None
