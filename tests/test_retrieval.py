@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from fashion_rag.images import load_garment
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -146,12 +145,16 @@ def test_bad_requests_say_what_is_wrong(demo_index, tmp_path):
 
 
 def test_retrieve_returns_fitted_images_in_rank_order(demo_index):
+    """The images are the garment files' own pixels (not load_garment's, which retrieve itself
+    uses). Mutation caught: fit_garment mirroring a 384x512 image (failed: yes)."""
     garments = retrieve(demo_index, "green polka-dot long dress", k=3, category="dresses")
     assert garments.images.shape == (3, 512, 384, 3)
     assert len(garments) == 3 and garments.items[0].caption == "green polka-dot long dress"
     for img, item in zip(garments.images, garments.items, strict=True):
         assert item.category == "dresses" and Path(item.path).is_file()
-        expected = np.asarray(load_garment(item.path), dtype=np.float32) / 255
+        source = Image.open(item.path)  # drawn at 384x512: fitted, the file's own pixels
+        assert source.size == (384, 512)
+        expected = np.asarray(source.convert("RGB"), dtype=np.float32) / 255
         assert np.array_equal(img.numpy(), expected)
 
 
