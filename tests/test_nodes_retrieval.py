@@ -148,6 +148,8 @@ def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base):
 
 
 def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
+    """Mutation caught: the empty-text check dropped from search.request_problem (the former
+    `min or empty` check passed on the k error alone; failed now: yes)."""
     info = comfy_server.get("/object_info")
     assert LOADER in info and RETRIEVE in info
     loader, retrieve = info[LOADER], info[RETRIEVE]
@@ -174,7 +176,8 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
     # reporting the retrieve node's errors, which the frontend shows on that node.
     assert status in (200, 400)
     errors = str(body["node_errors"]["2"]["errors"])
-    assert "smaller than min of 1" in errors or "text is empty" in errors
+    # Both problems, each in its own words (either alone passed before).
+    assert "smaller than min of 1" in errors and "The text is empty: describe the garment" in errors
 
 
 @pytest.fixture(autouse=True)
