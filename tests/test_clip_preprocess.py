@@ -9,12 +9,13 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from fashion_rag.inversion.clip_preprocess import (
-    CLIP_MEAN,
-    CLIP_STD,
     preprocess_garments,
     resize_shape,
     to_uint8_rgb,
 )
+
+# OpenAI CLIP's normalisation, as published (not the module's constants).
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +50,13 @@ def test_matches_transformers_pil_processor_on_uint8(processor, shape):
 
 
 def test_centre_crop_takes_rows_37_to_260():
+    """Read back with OpenAI's published mean/std. Mutation caught: CLIP_MEAN changed in the
+    module (the former read-back with the module's own constants cancelled it; failed: yes)."""
     # A 224x298 image (already at the target scale) is only cropped: rows 37..260.
     img = np.zeros((298, 224, 3), np.uint8)
     img[:, :, 0] = np.arange(298)[:, None] % 256
     got = preprocess_garments(img)[0, 0]
-    rows = torch.round((got[:, 0] * CLIP_STD[0] + CLIP_MEAN[0]) * 255).long()
+    rows = torch.round((got[:, 0] * OPENAI_STD[0] + OPENAI_MEAN[0]) * 255).long()
     assert rows.tolist() == [r % 256 for r in range(37, 261)]
 
 
@@ -66,6 +69,22 @@ def test_float_image_gives_the_same_pixels_as_uint8(processor):
     # The trap this guards against: a modern processor given floats divides by 255 twice.
     trap = processor(images=as_comfy[0].numpy(), return_tensors="pt").pixel_values
     assert (trap - preprocess_garments(img)).abs().max() > 0.5
+
+
+def test_float_between_8bit_levels_rounds_to_the_nearest_level(processor):
+    """A float image whose values lie between levels (a decoded or resized IMAGE): each value goes
+    to its nearest byte (floor(255 x + 0.5), written out here), then as uint8 through transformers.
+    Mutation caught: truncation (astype(uint8) without rint) in _float_to_uint8 (failed: yes)."""
+    img = _garment(seed=3)
+    rng = np.random.default_rng(4)
+    offsets = rng.choice([0.3, 0.7], size=img.shape)
+    floats = np.minimum(img.astype(np.float64) + offsets, 255.0) / 255.0
+    nearest = np.floor(floats * 255 + 0.5).astype(np.uint8)
+    assert (nearest != img).mean() > 0.4  # the 0.7 offsets round up: truncation would differ
+    as_comfy = torch.from_numpy(floats).float()[None]
+    assert np.array_equal(to_uint8_rgb(as_comfy)[0], nearest)
+    want = processor(images=nearest, return_tensors="pt").pixel_values
+    torch.testing.assert_close(preprocess_garments(as_comfy), want, atol=1e-6, rtol=0)
 
 
 def test_float_in_0_255_is_rejected():

@@ -1,6 +1,13 @@
-"""fashion_rag.inpaint.ddim against diffusers' DDIMScheduler with SD2-inpainting's settings (no ComfyUI)."""
+"""fashion_rag.inpaint.ddim against diffusers' DDIMScheduler with SD2-inpainting's settings (no ComfyUI).
+
+Expected schedules come from diffusers (its scheduler, and its inpainting pipeline's own
+get_timesteps for denoise < 1), never from the module's helpers; denoise values include ones
+where steps x denoise is not whole (0.37 x 7 = 2.59 keeps 2 steps, as diffusers' int() does).
+"""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,19 +33,64 @@ def test_timesteps_are_leading_with_offset(scheduler):
         ddim.ddim_timesteps(0)
 
 
+def _alphas_cumprod_f64(scheduler) -> torch.Tensor:
+    """SD2's scaled-linear alpha_bar written out in float64 (diffusers keeps float32, too coarse
+    for the last sigmas at 1e-6), checked against diffusers' own."""
+    cfg = scheduler.config
+    betas = torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps,
+                           dtype=torch.float64) ** 2
+    ac = torch.cumprod(1 - betas, dim=0)
+    assert torch.allclose(ac.float(), scheduler.alphas_cumprod, rtol=1e-6, atol=0)
+    return ac
+
+
+def _diffusers_sigmas(scheduler, timesteps) -> torch.Tensor:
+    """sqrt((1 - alpha_bar) / alpha_bar) at diffusers' timesteps, then at alpha_bar_0 (where
+    set_alpha_to_one=False lands the last step)."""
+    ac = _alphas_cumprod_f64(scheduler)[[int(t) for t in timesteps] + [0]]
+    return ((1 - ac) / ac).sqrt()
+
+
+def _diffusers_partial(scheduler, steps: int, denoise: float) -> torch.Tensor:
+    """The timesteps diffusers' inpainting pipeline runs at strength = denoise (its own code)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    scheduler.set_timesteps(steps)
+    timesteps, _ = StableDiffusionInpaintPipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), steps,
+                                                                denoise, "cpu")
+    return timesteps
+
+
 def test_schedule_and_sigmas(scheduler):
     ac = ddim.scaled_linear_alphas_cumprod()
     assert torch.allclose(ac.float(), scheduler.alphas_cumprod, rtol=1e-5)
     sigmas = ddim.reference_ddim_sigmas(ac, 50)
     assert sigmas.dtype == torch.float32 and len(sigmas) == 51
-    expected = ddim.sigmas_from_alphas_cumprod(ac[ddim.ddim_timesteps(50) + [0]])
-    assert torch.allclose(sigmas.double(), expected, rtol=1e-6)
+    scheduler.set_timesteps(50)
+    assert torch.allclose(sigmas.double(), _diffusers_sigmas(scheduler, scheduler.timesteps), rtol=1e-6)
     # The last step lands on alphas_cumprod[0] (set_alpha_to_one=False), not on sigma 0.
     assert float(sigmas[-1]) == pytest.approx(((1 - 0.99915) / 0.99915) ** 0.5, rel=1e-3)
     assert torch.allclose(ddim.alphas_cumprod_from_sigmas(ddim.sigmas_from_alphas_cumprod(ac)), ac)
     half = ddim.reference_ddim_sigmas(ac, 50, denoise=0.5)
     assert torch.equal(half, sigmas[25:])
     assert len(ddim.reference_ddim_sigmas(ac, 50, denoise=0.0)) == 0
+
+
+@pytest.mark.parametrize("steps,denoise,kept", [(7, 0.37, 2), (50, 0.6, 30), (100, 0.29, 28), (13, 0.999, 12),
+                                                (10, 0.05, 0)])
+def test_partial_schedules_keep_the_steps_diffusers_keeps(scheduler, steps, denoise, kept):
+    """denoise < 1 keeps int(steps x denoise) of the last steps (diffusers' strength), also where
+    that product is not whole (2.59, 28.999999999999996, 12.987, 0.5).
+    Mutations caught: round() or ceil instead of int() in reference_ddim_sigmas; denoise ignored
+    (failed: yes, each)."""
+    ac = ddim.scaled_linear_alphas_cumprod()
+    timesteps = _diffusers_partial(scheduler, steps, denoise)
+    assert len(timesteps) == kept  # the literal count, so diffusers' rule itself is pinned too
+    got = ddim.reference_ddim_sigmas(ac, steps, denoise)
+    if kept == 0:
+        assert len(got) == 0
+        return
+    assert torch.allclose(got.double(), _diffusers_sigmas(scheduler, timesteps), rtol=1e-6)
 
 
 def _eps_model(x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -81,16 +133,16 @@ def test_sampler_matches_diffusers_from_unit_noise(scheduler, steps):
     assert err < 1e-5
 
 
-def test_partial_denoise_matches_diffusers_img2img(scheduler):
+@pytest.mark.parametrize("steps,denoise", [(50, 0.6), (7, 0.37)])
+def test_partial_denoise_matches_diffusers_img2img(scheduler, steps, denoise):
     """denoise < 1: diffusers' strength semantics, starting from add_noise(latent, noise, t)."""
     ac = scheduler.alphas_cumprod.double()
     g = torch.manual_seed(1)
     latent, noise = torch.randn(1, 4, 8, 6, generator=g), torch.randn(1, 4, 8, 6, generator=g)
-    scheduler.set_timesteps(50)
-    timesteps = scheduler.timesteps[50 - int(50 * 0.6):]
+    timesteps = _diffusers_partial(scheduler, steps, denoise)
     ref = _diffusers_loop(scheduler, scheduler.add_noise(latent, noise, timesteps[:1]), timesteps)
 
-    sigmas = ddim.reference_ddim_sigmas(ac, 50, denoise=0.6)
+    sigmas = ddim.reference_ddim_sigmas(ac, steps, denoise=denoise)
     x = latent + noise * sigmas[0]  # ComfyUI's noise scaling below sigma_max
     assert rel(ddim.sample_ddim_reference(_k_model(ac), x, sigmas), ref) < 1e-5
 

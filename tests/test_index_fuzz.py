@@ -60,8 +60,14 @@ def _outside(opened: list[str], index_dir: Path) -> list[str]:
     return bad
 
 
-def _check_load(out: Path, encoder: GarmentEncoder, what: str) -> str:
-    """Load once: 'ok' (a usable index) or 'refused' (a clear error); anything else fails the test."""
+REBUILD = "python -m fashion_rag index build"  # the command a refusal names, with the index folder
+
+
+def _check_load(out: Path, encoder: GarmentEncoder, what: str, hints: tuple[str, ...] = (REBUILD,)) -> str:
+    """Load once: 'ok' (a usable index) or 'refused' (a clear error naming one of `hints` and the
+    index folder); anything else fails the test. Mutation caught: the damaged-manifest message's rebuild
+    command replaced by "build it again" (which the former `"build" in message` let pass: failed
+    now, yes)."""
     with opened_files() as opened:
         try:
             index = load_index(out, encoder)
@@ -70,7 +76,7 @@ def _check_load(out: Path, encoder: GarmentEncoder, what: str) -> str:
         except (IndexFormatError, EncoderMismatchError) as exc:
             message = str(exc)
             assert "\n" not in message and len(message) < 3000, (what, message[:500])
-            assert "rebuild" in message or "build" in message, (what, message)
+            assert any(h in message for h in hints) and str(out) in message, (what, message)
             outcome = "refused"
         except Exception as exc:  # the failure this test exists to catch
             raise AssertionError(f"{what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
@@ -225,4 +231,6 @@ def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
              b'{"format": "other", "current": "v-20990101T000000Z-00000000"}', b"x" * 10_000, good[:-5]]
     for raw in cases:
         pointer.write_bytes(raw)
-        assert _check_load(copy_dir, encoder, f"pointer {raw[:60]!r}") == "refused"
+        # A damaged pointer names no catalog to rebuild from: a new folder is the advice.
+        hints = ("rebuild the index into a new folder", REBUILD)
+        assert _check_load(copy_dir, encoder, f"pointer {raw[:60]!r}", hints) == "refused"

@@ -25,7 +25,7 @@ from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
 from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.engines import BuildFailedError  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
-from fashion_rag.retrieval.ray_engine import RETRIES, RayEngine  # noqa: E402
+from fashion_rag.retrieval.ray_engine import RayEngine  # noqa: E402
 from fashion_rag.retrieval.search import search  # noqa: E402
 from tools.demo.encoder import TINY_ARCH  # noqa: E402
 
@@ -274,7 +274,8 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
 
 
 def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
-    """Ray Data alone would retry a dying batch forever; the build gives up after RETRIES retries."""
+    """Ray Data alone would retry a dying batch forever; the build gives up after 3 retries (the
+    README's figure, written out). Mutation caught: RETRIES = 2 in ray_engine.py (failed: yes)."""
     catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     attempts = tmp_path / "attempts"
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
@@ -283,7 +284,7 @@ def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, 
     # Named: the images not encoded, i.e. the failing block's (the two unreadable images have no
     # embedding, so every build reads them again; they share the new image's block).
     assert err.value.failed == ["broken", "cut", "magenta"] and "magenta" in str(err.value)
-    assert len(attempts.read_text().split()) == 1 + RETRIES
+    assert len(attempts.read_text().split()) == 1 + 3  # the first try and 3 retries
     assert _snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -99,12 +100,18 @@ def inputs(seed: int = 2):
     return image, mask, pose, [[pos, {}]], [[neg, {}]]
 
 
-def reference_inpaint(unet, dvae, image, mask, pose, pos, neg, noise, steps=50, cfg=7.5):
-    """The reference's loop (pipes/rag_pipe.py) on diffusers' models, from unit noise."""
-    from diffusers import DDIMScheduler
+def reference_inpaint(unet, dvae, image, mask, pose, pos, neg, noise, steps=50, cfg=7.5, denoise=1.0):
+    """The reference's loop (pipes/rag_pipe.py) on diffusers' models, from unit noise; denoise < 1
+    as diffusers' inpainting pipeline runs strength < 1: its own get_timesteps keeps the last
+    int(steps x strength) steps, starting from add_noise(the photo's latent, noise, first t)."""
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
     sched = DDIMScheduler.from_config(SCHEDULER_CONFIG)
     sched.set_timesteps(steps)
+    timesteps = sched.timesteps
+    if denoise < 1.0:
+        timesteps, _ = StableDiffusionInpaintPipeline.get_timesteps(SimpleNamespace(scheduler=sched), steps,
+                                                                    denoise, "cpu")
     m = (mask[:, None] >= 0.5).float()
     pixels = image.movedim(-1, 1) * 2 - 1
     h, w = noise.shape[-2:]
@@ -116,7 +123,10 @@ def reference_inpaint(unet, dvae, image, mask, pose, pos, neg, noise, steps=50, 
         pose_lat = torch.cat([torch.zeros_like(pose_lat), pose_lat])
         context = torch.cat([neg, pos])
         x = noise * sched.init_noise_sigma
-        for t in sched.timesteps:
+        if denoise < 1.0:
+            photo = dvae.encode(pixels).latent_dist.mode() * 0.18215
+            x = sched.add_noise(photo, noise, timesteps[:1])
+        for t in timesteps:
             inp = sched.scale_model_input(torch.cat([x] * 2), t)
             inp = torch.cat([inp, torch.cat([mask_lat] * 2), torch.cat([masked] * 2), pose_lat], 1)
             eps_u, eps_c = unet(inp, t, encoder_hidden_states=context).sample.chunk(2)
@@ -186,3 +196,54 @@ def test_stock_ddim_differs_from_reference(comfy_runtime, setup, reference):
     print(f"\nstock ddim+ddim_uniform vs reference: latent rel {stock:.2e}, image rel {stock_image:.2e}")
     assert stock > 1e-3  # 100x the reference-exact sampler's error
     assert stock < 0.1  # same sampler family: close, not equal
+
+
+# denoise < 1 where steps x denoise is not whole: 7 x 0.37 = 2.59, diffusers keeps 2 steps.
+PARTIAL_STEPS, PARTIAL_DENOISE = 7, 0.37
+
+
+@pytest.fixture(scope="module")
+def partial_reference(setup):
+    unet, dvae, _, _ = setup
+    image, mask, pose, pos, neg = inputs()
+    noise = torch.randn(1, 4, H // 8, W // 8, generator=torch.manual_seed(SEED))
+    return reference_inpaint(unet, dvae, image, mask, pose, pos[0][0], neg[0][0], noise, steps=PARTIAL_STEPS,
+                             denoise=PARTIAL_DENOISE)
+
+
+def test_partial_denoise_matches_diffusers_strength(comfy_runtime, setup, partial_reference):
+    """fashion_rag_ddim at denoise 0.37 with 7 steps == diffusers' strength-0.37 inpainting loop
+    (2 steps from the noised photo latent). Mutations caught: denoise ignored in
+    reference_sigmas; the zero latent kept below full denoise (nodes/inpaint.py); round()
+    instead of int() for the kept steps (failed: yes, each)."""
+    partial = dict(steps=PARTIAL_STEPS, denoise=PARTIAL_DENOISE)
+    out = run_node(comfy_runtime, setup, "fashion_rag_ddim", "normal", **partial)
+    err = rel(out[0]["samples"] * 0.18215, partial_reference[0])
+    print(f"\nfashion_rag_ddim, denoise {PARTIAL_DENOISE} x {PARTIAL_STEPS}: latent rel {err:.2e}")
+    assert err < 1e-5
+    assert rel(out[1], partial_reference[1]) < 1e-5
+    # The setting matters here: the full-denoise run of the same seed is far from it.
+    full = run_node(comfy_runtime, setup, "fashion_rag_ddim", "normal", steps=PARTIAL_STEPS)
+    assert rel(full[0]["samples"] * 0.18215, partial_reference[0]) > 1e-2
+
+
+def test_reference_ddim_node_in_sampler_custom_at_partial_denoise(comfy_runtime, setup, partial_reference):
+    """'Fashion-RAG Reference DDIM' (denoise 0.37, 7 steps) in core SamplerCustom on the photo's
+    latent (VAE Encode), fed by 'Fashion-RAG Inpaint Conditioning' == diffusers' strength loop.
+    Mutations caught: the unit-noise start kept below full denoise (unit_noise_start=True);
+    denoise ignored in reference_sigmas (failed: yes, each)."""
+    import nodes as comfy_nodes
+
+    _, _, cvae, model = setup
+    image, mask, pose, pos, neg = inputs()
+    node = pack_module(comfy_runtime, "nodes.inpaint_conditioning").FashionRAGInpaintConditioning
+    ddim_node = pack_module(comfy_runtime, "nodes.reference_sampler").FashionRAGReferenceDDIM
+    with torch.inference_mode():
+        p, n, latent = node.execute(pos, neg, cvae, image, mask, pose=pose)
+        sampler, sigmas = ddim_node.execute(model, PARTIAL_STEPS, PARTIAL_DENOISE)
+        assert len(sigmas) == 3  # 2 steps
+        custom = comfy_nodes.NODE_CLASS_MAPPINGS["SamplerCustom"]
+        got = custom.execute(model, True, SEED, 7.5, p, n, sampler, sigmas, latent).result[0]["samples"]
+    err = rel(got * 0.18215, partial_reference[0])
+    print(f"\nReference DDIM + SamplerCustom, {PARTIAL_DENOISE} x {PARTIAL_STEPS}: latent rel {err:.2e}")
+    assert err < 1e-5

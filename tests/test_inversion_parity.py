@@ -38,6 +38,13 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
 # heads=16: the loader reads sizes off the file, and heads (not visible in shapes) default to 16.
 ADAPTER = AdapterConfig(vision_width=32, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=64)
 ADAPTER_FILE = "parity_tiny_adapter.safetensors"
+# The reference's prompt, f'a photo of a model wearing {category_text} made of {" $ " * 16 * n}',
+# with its category words written out: the reference side never takes the pack's build_prompt.
+NOUNS = {"dresses": "a dress", "upper_body": "an upper body garment", "lower_body": "a lower body garment"}
+
+
+def reference_prompt(category: str, garments: int) -> str:
+    return f"a photo of a model wearing {NOUNS[category]} made of {' $ ' * (16 * garments)}"
 
 
 def randomize(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -184,6 +191,9 @@ def test_plain_text_encoder_parity(models):
 
 
 def test_garment_inversion_matches_reference(models):
+    """Against the reference computation on the reference's own prompt string. Mutation caught: a
+    word dropped from build_prompt's template (the reference side used build_prompt before, so it
+    passed; failed now: yes)."""
     garments = [smooth_garment(1), smooth_garment(2)]
     image = torch.from_numpy(np.stack(garments)).float() / 255.0  # a ComfyUI IMAGE
     out = models.inversion.execute(
@@ -192,7 +202,7 @@ def test_garment_inversion_matches_reference(models):
     )
     positive, negative = out.result
     ref_ptes = models.ref_ptes(garments)
-    ref_pos = models.ref_encode(build_prompt("dresses", 2), ref_ptes)
+    ref_pos = models.ref_encode(reference_prompt("dresses", 2), ref_ptes)
     ref_neg = models.ref_encode("")
     pos_err = rel_err(positive[0][0], ref_pos)
     neg_err = rel_err(negative[0][0], ref_neg)
@@ -205,7 +215,7 @@ def test_garment_inversion_matches_reference(models):
     print(f"parity: PTE rel err {pte_err:.2e}")
     assert pte_err < 1e-4
     # The PTEs really are in the conditioning: without them it differs.
-    plain = models.ref_encode(build_prompt("dresses", 2))
+    plain = models.ref_encode(reference_prompt("dresses", 2))
     assert rel_err(positive[0][0], plain) > 1e-2
 
 
@@ -217,7 +227,7 @@ def test_garments_input_with_auto_category(models):
         clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter, garments=retrieved,
         category="auto", extra_text="",
     ).result
-    ref = models.ref_encode(build_prompt("upper_body", 1), models.ref_ptes(garments))
+    ref = models.ref_encode(reference_prompt("upper_body", 1), models.ref_ptes(garments))
     assert rel_err(positive[0][0], ref) < 1e-4
 
 

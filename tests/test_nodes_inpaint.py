@@ -73,19 +73,39 @@ def test_stock_ksampler_samples_through_the_conditioning(comfy_runtime, parts):
             comfy_nodes.common_ksampler(model, 1, 2, 7.5, "euler", "normal", p2, n2, latent2)
 
 
-@pytest.mark.parametrize("sampler,scheduler,denoise", [
-    ("euler", "karras", 1.0), ("dpmpp_2m", "normal", 1.0), ("uni_pc", "simple", 1.0),
-    ("fashion_rag_ddim", "normal", 0.5), ("euler_ancestral", "normal", 0.6),
+@pytest.mark.parametrize("sampler,scheduler,steps,denoise", [
+    ("euler", "karras", 4, 1.0), ("dpmpp_2m", "normal", 4, 1.0), ("uni_pc", "simple", 4, 1.0),
+    ("euler_ancestral", "normal", 4, 0.6), ("dpmpp_2m", "karras", 7, 0.37), ("euler", "simple", 3, 0.5),
 ])
-def test_other_samplers_and_denoise(parts, sampler, scheduler, denoise):
+def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, steps, denoise):
+    """A stock sampler in the inpaint node == ComfyUI's own KSampler (common_ksampler) on the
+    conditioning node's output: the zero latent at full denoise, the photo's latent below it
+    (7 x 0.37 is off the step grid). The row's denoise (or, at 1, its scheduler) changes the result
+    here (checked). (fashion_rag_ddim below 1: test_inpaint_parity.py, against diffusers.)
+    Mutations caught: the scheduler, the sampler or the denoise ignored for stock samplers; the
+    zero latent kept below full denoise (failed: yes, each)."""
+    import nodes as comfy_nodes
+
     model, vae, inpaint = parts
     image, mask, pose, pos, neg = inputs()
     with torch.inference_mode():
         latent, decoded = inpaint.FashionRAGInpaint.execute(
-            model, pos, neg, vae, image, mask, seed=1, steps=4, cfg=7.5, sampler_name=sampler,
+            model, pos, neg, vae, image, mask, seed=1, steps=steps, cfg=7.5, sampler_name=sampler,
             scheduler=scheduler, denoise=denoise, paste_back=False, pose=pose)
-    assert latent["samples"].shape == (1, 4, H // 8, W // 8)
-    assert decoded.shape == image.shape and torch.isfinite(decoded).all()
+        p, n, photo = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask, pose=pose)
+        start = photo if denoise < 1 else {"samples": torch.zeros_like(photo["samples"])}
+
+        def ksampler(sampler=sampler, scheduler=scheduler, denoise=denoise):
+            (out,) = comfy_nodes.common_ksampler(model, 1, steps, 7.5, sampler, scheduler, p, n, start,
+                                                 denoise=denoise)
+            return out["samples"]
+
+        want = ksampler()
+        other = ksampler(denoise=1.0) if denoise < 1 else ksampler(scheduler="exponential")
+        decoded_want = vae.decode(want)[..., :3]
+    assert rel(latent["samples"], want) < 1e-6
+    assert rel(decoded, decoded_want) < 1e-6
+    assert rel(other, want) > 1e-3
 
 
 def test_paste_back_keeps_unmasked_pixels_and_patches_apply(parts):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_inversion_parity import ADAPTER_FILE, Models, rel_err, smooth_garment
+from test_inversion_parity import ADAPTER_FILE, Models, reference_prompt, rel_err, smooth_garment
 
 from comfy_harness import PromptFailed
 from fashion_rag.inversion.prompt import build_prompt
@@ -65,7 +65,7 @@ def test_inversion_runs_in_comfyui_and_matches_reference(env):
     comfy, models, garments = env
     comfy.run(graph(inversion={}, tag="ref"))
     positive, negative = _captured("ref")
-    ref = models.ref_encode(build_prompt("dresses", 2), models.ref_ptes(garments[:2]))
+    ref = models.ref_encode(reference_prompt("dresses", 2), models.ref_ptes(garments[:2]))
     assert rel_err(positive[0][0], ref) < 1e-4
     assert rel_err(negative[0][0], models.ref_encode("")) < 1e-4
     assert "pooled_output" in positive[0][1]
@@ -125,7 +125,7 @@ def test_per_garment_gives_one_reference_prompt_per_garment(env):
     ((cond, extras),) = positive
     assert cond.shape[0] == 2 and extras["pooled_output"].shape[0] == 2
     for i in range(2):
-        ref = models.ref_encode(build_prompt("dresses", 1), models.ref_ptes(garments[i : i + 1]))
+        ref = models.ref_encode(reference_prompt("dresses", 1), models.ref_ptes(garments[i : i + 1]))
         assert rel_err(cond[i : i + 1], ref) < 1e-4, i
     assert rel_err(negative[0][0], models.ref_encode("")) < 1e-4
     five = {"rep": {"class_type": "RepeatImageBatch", "inputs": {"image": ["img0", 0], "amount": 5}}}

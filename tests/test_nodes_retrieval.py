@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from comfy_harness import PromptFailed
-from fashion_rag.images import load_garment
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -65,8 +64,10 @@ def test_workflow_runs_in_process(comfy, comfy_base):
     for entry, garment in zip(saved, listing, strict=True):
         saved_file = comfy_base / "output" / entry["subfolder"] / entry["filename"]
         png = np.asarray(Image.open(saved_file).convert("RGB"))
-        expected = np.asarray(load_garment(next(catalog.rglob(f"{garment['id']}.png"))))
-        assert png.shape == (512, 384, 3) and np.array_equal(png, expected)
+        # The demo garments are drawn at 384x512: fitted, they are the file's own pixels.
+        source = Image.open(next(catalog.rglob(f"{garment['id']}.png")))
+        assert source.size == (384, 512)
+        assert png.shape == (512, 384, 3) and np.array_equal(png, np.asarray(source.convert("RGB")))
 
 
 def test_pins_and_excludes_through_the_node(comfy):
@@ -147,6 +148,8 @@ def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base):
 
 
 def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
+    """Mutation caught: the empty-text check dropped from search.request_problem (the former
+    `min or empty` check passed on the k error alone; failed now: yes)."""
     info = comfy_server.get("/object_info")
     assert LOADER in info and RETRIEVE in info
     loader, retrieve = info[LOADER], info[RETRIEVE]
@@ -173,7 +176,8 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
     # reporting the retrieve node's errors, which the frontend shows on that node.
     assert status in (200, 400)
     errors = str(body["node_errors"]["2"]["errors"])
-    assert "smaller than min of 1" in errors or "text is empty" in errors
+    # Both problems, each in its own words (either alone passed before).
+    assert "smaller than min of 1" in errors and "The text is empty: describe the garment" in errors
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,12 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from fashion_rag.images import load_garment
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
-from fashion_rag.retrieval.search import RRF_K, UnknownIdError, parse_ids, retrieve, search
+from fashion_rag.retrieval.search import UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -92,6 +91,8 @@ def test_the_default_mode_is_fusion_whatever_the_weights(demo_index, plain_index
         assert default != [h.id for h in search(index, text, 6, mode="caption")]
 
 def test_fusion_is_reciprocal_rank_fusion(plain_index):
+    """score = sum over both rankings of 1 / (60 + rank), k = 60 as Cormack et al. (written out
+    here, not the pack's constant). Mutation caught: RRF_K = 1 in search.py (failed: yes)."""
     text = "red striped trousers"
     hits = search(plain_index, text, k=8, mode="fusion")
     image_ids, _ = _brute_force(plain_index, text)
@@ -100,7 +101,7 @@ def test_fusion_is_reciprocal_rank_fusion(plain_index):
     expected = {}
     for ranking in (image_ids, caption_order):
         for rank, item_id in enumerate(ranking, 1):
-            expected[item_id] = expected.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
+            expected[item_id] = expected.get(item_id, 0.0) + 1.0 / (60 + rank)
     best = sorted(expected, key=lambda i: (-expected[i], image_ids.index(i)))[:8]
     assert [h.id for h in hits] == best
     np.testing.assert_allclose([h.score for h in hits], [expected[i] for i in best], rtol=1e-6)
@@ -144,12 +145,16 @@ def test_bad_requests_say_what_is_wrong(demo_index, tmp_path):
 
 
 def test_retrieve_returns_fitted_images_in_rank_order(demo_index):
+    """The images are the garment files' own pixels (not load_garment's, which retrieve itself
+    uses). Mutation caught: fit_garment mirroring a 384x512 image (failed: yes)."""
     garments = retrieve(demo_index, "green polka-dot long dress", k=3, category="dresses")
     assert garments.images.shape == (3, 512, 384, 3)
     assert len(garments) == 3 and garments.items[0].caption == "green polka-dot long dress"
     for img, item in zip(garments.images, garments.items, strict=True):
         assert item.category == "dresses" and Path(item.path).is_file()
-        expected = np.asarray(load_garment(item.path), dtype=np.float32) / 255
+        source = Image.open(item.path)  # drawn at 384x512: fitted, the file's own pixels
+        assert source.size == (384, 512)
+        expected = np.asarray(source.convert("RGB"), dtype=np.float32) / 255
         assert np.array_equal(img.numpy(), expected)
 
 

@@ -2,7 +2,10 @@
 
 The regions are checked against the reference's own torchvision calls, the scores against an
 independent open_clip computation with the same weights (the demo index's tiny encoder is a
-real open_clip CLIP), and the CLIP_VISION route against ComfyUI's own encode_image.
+real open_clip CLIP), and the CLIP_VISION route against ComfyUI's own encode_image. Patch sizes
+and offsets are the reference's literals (64 and 15 px at 512 px height), not the pack's
+constants. CLIP-T is scored for a text whose cosines with these crops are positive (the tiny
+random encoder gives negative ones for most texts, clipped to 0, which any region would match).
 """
 
 from __future__ import annotations
@@ -47,10 +50,15 @@ def _reference_clip_t_input(image, mask):
     return T.Pad([0, top, 0, 224 - h_new - top], fill=1)(padded)
 
 
+def _patch_size(height: int) -> int:
+    """The reference's 64 px texture patch at 512 px image height, scaled with the height."""
+    return max(1, round(64 * height / 512))
+
+
 def _reference_patch(image, mask, category, size):
     crop, box = _reference_crop(image, mask)
     if category == "lower_body":
-        top = round(C.LOWER_BODY_TOP * image.shape[0] / C.REFERENCE_HEIGHT)
+        top = round(15 * image.shape[0] / 512)  # the reference: 15 px below the box top at 512 px
         return TF.crop(crop, top, int(box[2] - box[0]) // 2 - size // 2, size, size)
     return T.CenterCrop(size)(crop)
 
@@ -59,7 +67,8 @@ def _reference_patch(image, mask, category, size):
                                         ((20, 40, 28, 49), 512), ((2, 2, 90, 20), 128)])
 def test_regions_are_the_reference_torchvision_ones(box, height):
     """Crop, CLIP-T square and CLIP-I patch (centre, lower-body, and a box smaller than the patch,
-    padded as torchvision pads) equal the reference's torchvision calls."""
+    padded as torchvision pads) equal the reference's torchvision calls.
+    Mutations caught: PATCH = 32, LOWER_BODY_TOP = 10 in crop.py (failed: yes, each)."""
     g = torch.Generator().manual_seed(sum(box))
     image = torch.rand(height, 96, 3, generator=g)
     mask = torch.zeros(height, 96)
@@ -70,7 +79,7 @@ def test_regions_are_the_reference_torchvision_ones(box, height):
     assert C.mask_box(mask) == tuple(int(v) for v in ref_box)
     assert torch.equal(C.garment_crop(image, mask), ref_crop)
     torch.testing.assert_close(C.clip_t_input(image, mask), _reference_clip_t_input(image, mask).clamp(0, 1))
-    size = C.patch_size(height)
+    size = _patch_size(height)
     for category in ("upper_body", "lower_body", "dresses"):
         expected = _reference_patch(image, mask, category, size)
         assert torch.equal(C.clip_i_patch(image, mask, category), expected)
@@ -78,9 +87,31 @@ def test_regions_are_the_reference_torchvision_ones(box, height):
         C.mask_box(torch.zeros(8, 8))
 
 
+def test_the_preview_keeps_off_grid_pixels_rounded():
+    """Away from the drawn box and labels, the preview is the image with each value rounded to its
+    nearest 8-bit level (written out here), also for values between levels.
+    Mutation caught: truncation instead of rounding in preview.draw_scores (failed: yes)."""
+    from fashion_rag.evaluation.preview import draw_scores
+    from fashion_rag.evaluation.scores import ImageScore
+
+    g = torch.Generator().manual_seed(5)
+    levels = torch.randint(0, 255, (128, 96, 3), generator=g).double()
+    image = ((levels + torch.where(torch.rand(128, 96, 3, generator=g) < 0.5, 0.3, 0.7)) / 255).float()
+    mask = torch.zeros(128, 96)
+    mask[60:100, 20:70] = 1.0
+    preview = draw_scores(image, mask, ImageScore(index=0, score=1.0, clip_t=2.0, clip_i=None), 1)
+    expected = np.floor(image.double().numpy() * 255 + 0.5) / 255
+    untouched = (slice(105, 128), slice(0, 96))  # below the box and the label band
+    np.testing.assert_allclose(preview[untouched].numpy(), expected[untouched], atol=1e-7)
+    assert not np.allclose(preview[58:62, 18:72].numpy(), expected[58:62, 18:72], atol=1e-3)  # the outline
+
+
 # -- in ComfyUI ------------------------------------------------------------------------------------
 
 TEXT = "a red striped short-sleeve top"
+# CLIP-T's text: with the tiny random encoder its cosines with the three crops are positive
+# (about 0.11-0.13) and differ from the whole images' (measured; asserted in the tests below).
+CLIP_T_TEXT = "a blue shirt"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +145,8 @@ def scored(comfy):
                          "grow": 4, "feather": 0}},
         "9": {"class_type": "FashionRAGScore",
               "inputs": {"images": ["7", 0], "mask": ["8", 0], "garments": ["2", 1], "index": ["1", 0],
-                         "text": "", "rank_by": "mean", "clip_i_garments": "all", "category": "auto"}},
+                         "text": CLIP_T_TEXT, "rank_by": "mean", "clip_i_garments": "all",
+                         "category": "auto"}},
         "10": {"class_type": "SaveImage",
                "inputs": {"images": ["9", 0], "filename_prefix": "test/score_sorted"}},
     }
@@ -146,20 +178,30 @@ def _embed_images(model, preprocess, pictures: list[torch.Tensor]) -> torch.Tens
     return torch.nn.functional.normalize(feats.double(), dim=-1)
 
 
+def _text_embedding(model, tokenizer, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.nn.functional.normalize(model.encode_text(tokenizer([text])).double(), dim=-1)[0]
+
+
 def test_scores_equal_an_independent_open_clip_computation(scored):
+    """CLIP-T (positive here, so the region matters) and CLIP-I equal open_clip on the reference's
+    regions. Mutation caught: CLIP-T on the whole image instead of the mask's crop (failed: yes)."""
     comfy, out, images, mask, garment_ids = scored
     model, preprocess, tokenizer = _open_clip_model(comfy)
-    with torch.no_grad():
-        text = torch.nn.functional.normalize(model.encode_text(tokenizer([TEXT])).double(), dim=-1)[0]
+    text = _text_embedding(model, tokenizer, CLIP_T_TEXT)
     crops = [_reference_clip_t_input(img, mask) for img in images]
     clip_t = torch.clamp(100 * _embed_images(model, preprocess, crops) @ text, min=0)
+    # The check can fail: every CLIP-T is positive, and the whole image would score otherwise.
+    whole = 100 * _embed_images(model, preprocess, [_reference_clip_t_input(img, torch.ones_like(mask))
+                                                    for img in images]) @ text
+    assert (clip_t > 5).all() and ((whole - clip_t).abs() > 0.1).all(), (clip_t, whole)
 
     from fashion_rag.retrieval.index import load_index
 
     index = load_index(str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"))
     pictures = [np.asarray(index.garment_image(index.position(g)), np.float32) / 255 for g in garment_ids]
     garments = [torch.from_numpy(p).movedim(-1, 0) for p in pictures]
-    size = C.patch_size(images.shape[1])
+    size = _patch_size(images.shape[1])
     patches = [_reference_patch(img, mask, "upper_body", size) for img in images]
     cos = _embed_images(model, preprocess, patches) @ _embed_images(model, preprocess, garments).T
     clip_i = 100 * cos.mean(dim=1)
@@ -179,6 +221,65 @@ def test_scores_equal_an_independent_open_clip_computation(scored):
     for e, picture in zip(entries, saved(comfy, out, "10"), strict=True):
         assert np.abs(picture.astype(int) - np.round(images[e["index"]].numpy() * 255)).max() <= 1
     assert len(out["9"]["images"]) == 3  # the preview with the scores drawn on
+
+
+def _off_grid(images: torch.Tensor) -> torch.Tensor:
+    """The images moved between 8-bit levels (+0.3 and +0.7 of a level, a checkerboard), as
+    decoded or resized images are: rounding to bytes and truncating differ on every 0.7 pixel."""
+    h, w = images.shape[1:3]
+    checker = (torch.arange(h)[:, None] + torch.arange(w)[None]) % 2
+    offset = torch.where(checker == 0, 0.3, 0.7)[None, ..., None]
+    return ((images * 255).round().clamp(max=254) + offset) / 255
+
+
+def _soft(mask: torch.Tensor) -> torch.Tensor:
+    """The mask with values between 0 and 1 around its 0.5 threshold: 0.3 inside the box (left
+    out, white in the crop), a 0.3 band below it and 0.49 beside it (neither grows the box), and
+    one 0.5 pixel above it (which does)."""
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[None])[0])
+    assert y0 >= 2 and y1 + 4 < mask.shape[0] and x1 + 2 < mask.shape[1]
+    soft = mask.clone()
+    soft[y0 + 4 : y0 + 10, x0 + 3 : x0 + 9] = 0.3
+    soft[y1 + 1 : y1 + 4, x0 : x1 + 1] = 0.3
+    soft[y0 : y1 + 1, x1 + 1] = 0.49
+    soft[y0 - 2, (x0 + x1) // 2] = 0.5
+    return soft
+
+
+def test_off_grid_pixels_and_a_soft_mask_score_as_the_reference(scored):
+    """Result pixels between 8-bit levels and mask values of 0.3 / 0.49 / 0.5: the node's CLIP-T
+    and CLIP-I equal open_clip on the reference's regions of the mask binarised at >= 0.5, with
+    each value rounded to its nearest byte (written out here).
+    Mutations caught: truncation instead of rounding in scores.to_pil; the box taken over every
+    nonzero mask pixel (mask > 0 in crop.mask_box) or over pixels > 0.5 only; mask pixels below
+    0.5 kept in the crop instead of whitened (failed: yes, each)."""
+    comfy, _, images, mask, _ = scored
+    node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
+    loader = importlib.import_module(f"{comfy.pack.__name__}.nodes.index_loader")
+    index = loader.load_garment_index(
+        str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"),
+        str(comfy.base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME))
+    results, soft = _off_grid(images), _soft(mask)
+    garment_pictures = _off_grid(images.flip(2)[:2])
+    items = tuple(Garment(id=f"g{i}", score=1.0, category="upper_body", path="") for i in range(2))
+    garments = Garments(items=items, images=garment_pictures)
+    res = node.execute(results, soft, "mean", "all", "auto", garments=garments, index=index, text=CLIP_T_TEXT)
+
+    model, preprocess, tokenizer = _open_clip_model(comfy)
+    binary = (soft >= 0.5).float()
+    text = _text_embedding(model, tokenizer, CLIP_T_TEXT)
+    clip_t = torch.clamp(100 * _embed_images(model, preprocess, [_reference_clip_t_input(r, binary)
+                                                                 for r in results]) @ text, min=0)
+    size = _patch_size(results.shape[1])
+    patches = [_reference_patch(r, binary, "upper_body", size) for r in results]
+    pictures = [g.movedim(-1, 0) for g in garment_pictures]
+    cos = _embed_images(model, preprocess, patches) @ _embed_images(model, preprocess, pictures).T
+    clip_i = 100 * cos.mean(dim=1)
+    got = {e["index"]: e for e in res.ui["fashion_rag_scores"]}
+    for n in range(3):
+        assert got[n]["clip_t"] == pytest.approx(float(clip_t[n]), abs=1e-4)
+        assert got[n]["clip_i"] == pytest.approx(float(clip_i[n]), abs=1e-4)
+    assert (clip_t > 5).all()  # positive: the region and its pixels matter
 
 
 def test_outputs_report_and_pairings(scored):
@@ -237,7 +338,7 @@ def test_clip_i_through_a_connected_clip_vision(scored, tmp_path):
             rows = [clip_vision.encode_image(p)["image_embeds"] for p in eight_bit]
         return torch.nn.functional.normalize(torch.cat(rows).double(), dim=-1)
 
-    size = C.patch_size(images.shape[1])
+    size = _patch_size(images.shape[1])
     patches = [_reference_patch(img, mask, "lower_body", size) for img in images]  # auto: the garment's
     expected = 100 * (embed(patches) @ embed([images[0].movedim(-1, 0)]).T)[:, 0]
     got = {e["index"]: e["clip_i"] for e in res.ui["fashion_rag_scores"]}
