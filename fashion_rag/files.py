@@ -30,8 +30,8 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None, what: st
     descriptor (no window between the check and the read). Raises UnreadableFileError, or
     FileNotFoundError / PermissionError as open() does.
     """
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-    flags |= getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -58,10 +58,17 @@ def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") ->
     """The bytes of a regular file of at most `max_bytes` (a file that grows while read is cut
     off at the bound and refused, never read without end)."""
     with open_regular(path, max_bytes, what) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        # Sized by the file, not by the bound: read(n) allocates n bytes up front, and an 8 GB
+        # bound must not cost 8 GB for a 1 kB file. Then on to EOF (a file that grew, or one
+        # that reports no size, like those in /proc) in blocks, never past the bound.
+        parts = [f.read(os.fstat(f.fileno()).st_size + 1)]
+        total = len(parts[0])
+        while total <= max_bytes and (block := f.read(min(1 << 20, max_bytes + 1 - total))):
+            parts.append(block)
+            total += len(block)
+    if total > max_bytes:
         raise UnreadableFileError(f"{what} {path} grew past the {max_bytes} bytes allowed while read")
-    return data
+    return b"".join(parts) if len(parts) > 1 else parts[0]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int = 0o644,
@@ -112,12 +119,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (weights files are gigabytes)."""
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, max_bytes: int | None = None,
+                what: str = "file") -> str:
+    """Hex sha256 of a regular file's bytes, read in chunks (weights files are gigabytes);
+    UnreadableFileError past `max_bytes` (also when the file grows past it while read)."""
     digest = hashlib.sha256()
-    with open_regular(path) as f:
-        while block := f.read(chunk):
+    read = 0
+    with open_regular(path, max_bytes, what) as f:
+        while block := f.read(chunk if max_bytes is None else min(chunk, max_bytes + 1 - read)):
             digest.update(block)
+            read += len(block)
+            if max_bytes is not None and read > max_bytes:
+                raise UnreadableFileError(f"{what} {path} grew past the {max_bytes} bytes allowed while read")
     return digest.hexdigest()
 
 
@@ -125,15 +138,17 @@ _hashes: dict[tuple[str, int, int, int], str] = {}
 _hashes_lock = threading.Lock()
 
 
-def cached_sha256(path: str | os.PathLike) -> str:
+def cached_sha256(path: str | os.PathLike, max_bytes: int | None = None, what: str = "file") -> str:
     """sha256_file, remembered per (path, size, mtime, inode): a large file is hashed once per process."""
     path = Path(path).resolve()
     st = path.stat()
+    if max_bytes is not None and st.st_size > max_bytes:  # before the cache: a remembered hash is no pass
+        raise UnreadableFileError(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} allowed")
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     with _hashes_lock:
         if key in _hashes:
             return _hashes[key]
-    digest = sha256_file(path)
+    digest = sha256_file(path, max_bytes=max_bytes, what=what)
     with _hashes_lock:
         _hashes[key] = digest
     return digest

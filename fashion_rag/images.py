@@ -7,15 +7,19 @@ background), so a square or landscape product photo is not stretched.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import MAX_IMAGE_BYTES, UnreadableFileError, open_regular
 
 GARMENT_SIZE: tuple[int, int] = (384, 512)  # (W, H), the reference's garment resolution
 PAD_COLOR: tuple[int, int, int] = (255, 255, 255)
@@ -26,12 +30,13 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 # Limits on one garment image, so one planted file cannot exhaust memory: 64 megapixels is
 # more than any product photo (a decoded RGB image of that size is ~190 MB) and far below
-# what a decompression bomb asks for; the byte limit stops a huge file before it is read.
+# what a decompression bomb asks for; the byte limit (files.MAX_IMAGE_BYTES) stops a huge
+# file before it is read.
 MAX_IMAGE_PIXELS = 64_000_000
-MAX_IMAGE_BYTES = 128 * 2**20
 
 # Why an image was refused (ImageLoadError.reason): the words build reports count by.
 MISSING, UNREADABLE, NOT_AN_IMAGE, TOO_LARGE = "missing", "unreadable", "not an image", "too large"
+NOT_REGULAR = "not a regular file"  # a FIFO, device, socket or folder under an image's name
 
 
 class ImageLoadError(ValueError):
@@ -69,20 +74,55 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     return _to_rgb(img)
 
 
-def read_image_bytes(path: str | Path) -> bytes:
-    """The bytes of an image file, refusing files above MAX_IMAGE_BYTES before reading them."""
+def open_image(path: str | Path) -> BinaryIO:
+    """An image file opened for reading: a regular file (a FIFO would block the reader for
+    good) of at most MAX_IMAGE_BYTES; else ImageLoadError with the reason."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_IMAGE_BYTES:
-                raise ImageLoadError(f"image {path} is too large: {size:,} bytes, more than "
-                                     f"{MAX_IMAGE_BYTES:,}", TOO_LARGE)
-            return f.read(MAX_IMAGE_BYTES + 1)
+        f = open_regular(path, what="image")
+    except UnreadableFileError as exc:
+        raise ImageLoadError(str(exc), NOT_REGULAR) from exc
     except FileNotFoundError as exc:
         raise ImageLoadError(f"image {path} not found", MISSING) from exc
     except OSError as exc:
         raise ImageLoadError(f"cannot read image {path}: {exc}", UNREADABLE) from exc
+    size = os.fstat(f.fileno()).st_size
+    if size > MAX_IMAGE_BYTES:
+        f.close()
+        raise ImageLoadError(f"image {path} is too large: {size:,} bytes, more than {MAX_IMAGE_BYTES:,}",
+                             TOO_LARGE)
+    return f
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, refusing files above MAX_IMAGE_BYTES before reading them."""
+    with open_image(path) as f:
+        try:
+            # Sized by the file (read(n) allocates n bytes up front), on to EOF if it grew.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(MAX_IMAGE_BYTES + 1 - len(data))
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read image {path}: {exc}", UNREADABLE) from exc
+    if len(data) > MAX_IMAGE_BYTES:  # grew while read
+        raise ImageLoadError(f"image {path} is too large: more than {MAX_IMAGE_BYTES:,} bytes", TOO_LARGE)
+    return data
+
+
+def image_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of an image file's bytes (read as read_image_bytes reads them), without decoding."""
+    digest, read = hashlib.sha256(), 0
+    with open_image(path) as f:
+        try:
+            while block := f.read(min(chunk, MAX_IMAGE_BYTES + 1 - read)):
+                digest.update(block)
+                read += len(block)
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read image {path}: {exc}", UNREADABLE) from exc
+    if read > MAX_IMAGE_BYTES:
+        raise ImageLoadError(f"image {path} is too large: more than {MAX_IMAGE_BYTES:,} bytes", TOO_LARGE)
+    return digest.hexdigest()
 
 
 def load_image(path: str | Path) -> Image.Image:

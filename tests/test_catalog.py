@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -17,8 +18,13 @@ from fashion_rag.images import (
     load_image,
     to_image_tensor,
 )
+from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.search import search
 from tools.demo.catalog import PER_CATEGORY, demo_items, write_demo_catalog
+from tools.demo.encoder import TINY_ARCH
 
 
 def _png(path: Path, size=(40, 60), colour=(200, 0, 0)) -> Path:
@@ -98,6 +104,43 @@ def test_metadata_errors_are_clear(tmp_path):
         scan_catalog(tmp_path, nocol)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         scan_catalog(tmp_path / "nope")
+
+
+# What str.splitlines() also cuts at (besides "\n" and "\r"): captions may hold any of them.
+SEPARATORS = {"U+2028": "\u2028", "U+2029": "\u2029", "U+0085": "\x85", "form feed": "\f",
+              "vertical tab": "\v", "U+001C": "\x1c", "U+001D": "\x1d", "U+001E": "\x1e"}
+CSV_ONLY = {"newline": "\n", "CRLF": "\r\n"}  # quoted in a CSV field (JSON writes them escaped)
+WORDS = ("zebra", "quokka", "ocelot", "narwhal", "tapir", "okapi", "lemur", "gecko", "ibis", "yak")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_metadata_captions_keep_line_separators(tmp_path, tiny_weights, fmt):
+    """Issue 24, item 10: rows were split with str.splitlines(), so one JSON Lines caption with
+    U+2028 failed the whole build, and CSV captions were cut (a quoted newline was lost)."""
+    separators = list({**SEPARATORS, **(CSV_ONLY if fmt == "csv" else {})}.values())
+    rows = [{"id": f"g{i}", "image": f"dresses/g{i}.png", "caption": f"plain{sep}{WORDS[i]} dress"}
+            for i, sep in enumerate(separators)]
+    for i, row in enumerate(rows):
+        _png(tmp_path / "catalog" / row["image"], colour=(20 * i, 100, 50))
+    meta = tmp_path / "catalog" / f"metadata.{fmt}"
+    with open(meta, "w", encoding="utf-8", newline="") as f:
+        if fmt == "csv":
+            writer = csv.DictWriter(f, ["id", "image", "caption"], quoting=csv.QUOTE_ALL)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:  # the separators raw inside the JSON strings, as an exporter may write them
+            f.writelines(f'{{"id": "{r["id"]}", "image": "{r["image"]}", "caption": "{r["caption"]}"}}\n'
+                         for r in rows)
+    report = build_index(scan_catalog(tmp_path / "catalog"), tmp_path / "idx",
+                         GarmentEncoder(tiny_weights, TINY_ARCH), log_fn=lambda m: None)
+    assert report.skipped == [] and report.items == len(rows)
+    index = load_index(tmp_path / "idx")
+    for i, row in enumerate(rows):
+        assert index.captions[index.position(row["id"])] == row["caption"], repr(separators[i])
+        # BM25 finds the word after the separator, in that garment only, and ranks it first.
+        matched = np.flatnonzero(index.caption_index.scores(WORDS[i])).tolist()
+        assert matched == [index.position(row["id"])], repr(separators[i])
+        assert search(index, WORDS[i], 1, mode="caption")[0].id == row["id"]
 
 
 def test_corrupt_and_truncated_images_raise_image_load_error(tmp_path):

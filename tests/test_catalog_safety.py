@@ -9,11 +9,13 @@ layout, skip reports and strict builds, odd but valid images, a decompression bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from comfy_harness import PromptFailed
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.index import load_index, read_manifest
 from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
 from fashion_rag.retrieval.search import search
 from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
@@ -312,6 +314,12 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
         "items.ids lists": lambda m: m["items"]["ids"].__setitem__(1, m["items"]["ids"][0]),
         "encoder.dim is str": lambda m: m["encoder"].__setitem__("dim", "32"),
         "not a plain file name": lambda m: m["files"].__setitem__("embeddings", "../../x.safetensors"),
+        "files.bytes is missing": lambda m: m["files"].pop("bytes"),  # format 3: every file's size
+        "files.bytes has no valid size for 'vectors-1.faiss'":
+            lambda m: m["files"]["bytes"].__setitem__("vectors-1.faiss", -1),
+        # An index of format 2 (no sizes) is rebuilt, not read without bounds.
+        "format version 2, where this version of Fashion-RAG expects 3":
+            lambda m: m.update(format_version=2) or m["files"].pop("bytes"),
     }
     for message, edit in edits.items():
         _edit_manifest(out, edit)
@@ -331,6 +339,56 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "not a readable FAISS index" in r.stderr and "index build" in r.stderr
+
+
+def test_issue24_a_manifest_symlinked_out_of_the_index_is_refused_unread(catalog_dir, encoder, tmp_path):
+    """Issue 24, item 6: manifest.json was read without the path rule (the data files had it)."""
+    out = tmp_path / "indexes" / "idx"
+    build_index(scan_catalog(catalog_dir), out, encoder)
+    manifest = _manifest_path(out)
+    outside = tmp_path / "elsewhere" / MANIFEST  # a complete, valid manifest: only its place is wrong
+    outside.parent.mkdir()
+    shutil.move(manifest, outside)
+    manifest.symlink_to(outside)
+    for load in (lambda: load_index(out, encoder), lambda: read_manifest(out)):
+        with opened_files() as opened, pytest.raises(IndexFormatError) as err:
+            load()
+        message = str(err.value)
+        assert "resolves to" in message and "outside" in message and "index build" in message, message
+        assert str(outside) not in {os.path.realpath(p) for p in opened}  # refused before it is opened
+    # Inside the index a symlink is followed as before.
+    manifest.unlink()
+    shutil.move(outside, manifest.parent / "real_manifest.json")
+    manifest.symlink_to("real_manifest.json")
+    assert len(load_index(out, encoder)) == 36
+
+
+def test_issue24_the_loader_node_refuses_a_fifo_at_once(comfy, comfy_base, tmp_path):
+    """Issue 24, item 7: a FIFO as an index's manifest hung the loader node, and with it the
+    server's whole prompt queue; now the node fails at once with the rebuild command."""
+    models = comfy_base / "models" / "fashion_rag"
+    index = models / "indexes" / "fifo_manifest"
+    build_index(scan_catalog(models / "catalogs" / "demo"), index,
+                GarmentEncoder(models / "retrieval" / TINY_WEIGHTS_NAME, TINY_ARCH))
+    fifo = _manifest_path(index)
+    fifo.unlink()
+    os.mkfifo(fifo)
+
+    def release() -> None:  # a reader still blocked after a minute: give it EOF, so the test fails, not hangs
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    guard = threading.Timer(60, release)
+    guard.start()
+    try:
+        with pytest.raises(PromptFailed) as err:
+            comfy.run(_workflow("fifo_manifest"))
+        text = str(err.value.payload)
+        assert err.value.kind == "execution" and "manifest.json is not a regular file" in text, text[:2000]
+        assert "index build" in text
+    finally:
+        guard.cancel()
+        shutil.rmtree(index)
 
 
 def test_defect8_no_files_in_the_shared_temp_dir(tmp_path):

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from cli_runs import run_cli
+from PIL import Image
 
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.storage import resolve_version
 from tools.demo.catalog import write_demo_catalog
-from tools.demo.encoder import write_tiny_encoder_weights
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +92,92 @@ def test_errors_are_one_clear_line(setup, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(p for p in catalog.rglob("*")) == before
     r = _cli("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr) < 400
+
+
+# Every file `index info` / `index query` opens, and what each kind of planted file must be called.
+INDEX_FILES = ("index.json", "manifest.json", "embeddings.safetensors", "vectors-0.faiss", "vectors-1.faiss",
+               "vectors-2.faiss")
+PLANTED = {"fifo": "is not a regular file", "socket": "is not a regular file", "dev_zero": "outside",
+           "sparse_1tib": "1099511627776 bytes, more than"}
+
+
+def _plant(path: Path, kind: str) -> None:
+    """Replace `path` by a FIFO, a socket, a symlink to /dev/zero or a 1 TiB sparse file."""
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "sparse_1tib":
+        with open(path, "wb") as f:
+            f.truncate(1 << 40)
+    else:  # a socket path is limited to ~107 bytes: bind it in a short folder, then move it
+        with tempfile.TemporaryDirectory(dir="/tmp") as short:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(f"{short}/s")
+            os.replace(f"{short}/s", path)
+
+
+@pytest.fixture(scope="module")
+def planted_runs(setup, tmp_path_factory) -> dict[tuple[str, str, str], dict]:
+    """`index info` and `index query` on copies of an IVF index, each with one file replaced by
+    each kind of planted file: {(kind, file, command): result}, from one run_cli call."""
+    root, weights, catalog = setup
+    index = root / "ivf_index"  # a .faiss file per category (3), built in this process
+    build_index(scan_catalog(catalog), index, GarmentEncoder(weights, TINY_ARCH), index_type="ivf",
+                log_fn=lambda m: None)
+    assert sorted(p.name for p in resolve_version(index).data_dir.glob("*.faiss")) == list(INDEX_FILES[3:])
+    work = tmp_path_factory.mktemp("planted")
+    keys, commands = [], []
+    for kind in PLANTED:
+        for name in INDEX_FILES:
+            copy = Path(shutil.copytree(index, work / kind / name))
+            _plant(copy / name if name == "index.json" else resolve_version(copy).data_dir / name, kind)
+            for command in (["info", copy], ["query", copy, "striped", "--mode", "caption"]):
+                keys.append((kind, name, command[0]))
+                commands.append(["index", *map(str, command)])
+    return dict(zip(keys, run_cli(commands), strict=True))
+
+
+@pytest.mark.parametrize("kind", sorted(PLANTED))
+def test_a_special_file_in_place_of_any_index_file_is_refused_at_once(planted_runs, kind):
+    """Issue 24, items 6-7: a FIFO there hung `index info/query` (and the loader node's whole
+    prompt queue); a symlink to /dev/zero or a huge file grew the process without bound."""
+    for name in INDEX_FILES:
+        for command in ("info", "query"):
+            r = planted_runs[kind, name, command]
+            case = f"{kind} as {name}, index {command}: {r}"
+            assert r["rc"] == 2, case  # None: still running at the deadline (hung)
+            assert r["stdout"] == "" and "Traceback" not in r["stderr"], case
+            lines = r["stderr"].strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("[index] error: "), case
+            # What is wrong (the file, and why), and what to do.
+            assert name in lines[0] and PLANTED[kind] in lines[0] and "index build" in lines[0], case
+
+
+def test_a_fifo_among_catalog_images_is_skipped_and_the_build_goes_on(setup, tmp_path):
+    """Issue 24, item 7: a FIFO named like an image hung the build at hashing (then failed it)."""
+    root, weights, _ = setup
+    folder = tmp_path / "folder_catalog"  # found by the folder scan
+    (folder / "dresses").mkdir(parents=True)
+    listed = tmp_path / "listed_catalog"  # named by a metadata row
+    (listed / "dresses").mkdir(parents=True)
+    for catalog in (folder, listed):
+        Image.new("RGB", (30, 40), (200, 0, 0)).save(catalog / "dresses" / "red.png")
+        os.mkfifo(catalog / "dresses" / "fifo.png")
+    (listed / "metadata.jsonl").write_text(
+        '{"id": "red", "image": "dresses/red.png", "caption": "red dress"}\n'
+        '{"id": "fifo", "image": "dresses/fifo.png", "caption": "a pipe"}\n')
+    build = ["index", "build", "--encoder", TINY_ARCH, "--weights", str(weights), "--catalog"]
+    results = run_cli([[*build, str(folder), "--out", str(tmp_path / "a")],
+                       [*build, str(listed), "--out", str(tmp_path / "b")],
+                       [*build, str(folder), "--out", str(tmp_path / "c"), "--strict"]], deadline=120)
+    for r, row in zip(results[:2], ("", " (metadata.jsonl line 2)"), strict=True):
+        assert r["rc"] == 0, r
+        assert f"skipped: 'fifo'{row}: not a regular file: " in r["stderr"], r
+        assert "1 garments indexed (1 encoded, 0 reused, 0 removed), 1 skipped (1 not a regular file)" in (
+            r["stderr"])
+    assert load_index(tmp_path / "a").ids == load_index(tmp_path / "b").ids == ["red"]
+    strict = results[2]
+    assert strict["rc"] == 1 and "skipped: 'fifo': not a regular file" in strict["stderr"], strict
+    assert not (tmp_path / "c").exists()

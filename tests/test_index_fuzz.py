@@ -10,6 +10,7 @@ must come back as the same clear error.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -17,6 +18,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,10 @@ from audit import opened_files
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.index import load_index, map_embeddings, read_version_manifest, verify_files
 from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
 from fashion_rag.retrieval.storage import resolve_version
+from fashion_rag.retrieval.vector_store import load_vector_store
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -163,6 +166,7 @@ def test_fuzzed_manifests_give_clear_errors(built):
 def _set_checksum(data_dir: Path, name: str) -> None:
     manifest = json.loads((data_dir / MANIFEST).read_text())
     manifest["files"]["sha256"][name] = hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
+    manifest["files"]["bytes"][name] = (data_dir / name).stat().st_size
     (data_dir / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -234,3 +238,34 @@ def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
         # A damaged pointer names no catalog to rebuild from: a new folder is the advice.
         hints = ("rebuild the index into a new folder", REBUILD)
         assert _check_load(copy_dir, encoder, f"pointer {raw[:60]!r}", hints) == "refused"
+
+
+@pytest.mark.parametrize("name", ["embeddings.safetensors", "vectors-1.faiss"])
+def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(built, tmp_path, name):
+    """Issue 24, item 7: verify_files checks each file first, but the readers open the files
+    again (np.memmap, FAISS): each must refuse a FIFO put there since, not block on it."""
+    out, encoder, pristine = built
+    _restore(out, pristine)
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    ver = resolve_version(copy_dir)
+    manifest = read_version_manifest(ver)
+    verify_files(ver, manifest)  # passed: the swap comes after it
+    emb = map_embeddings(ver.data_dir / "embeddings.safetensors", 36, 32, copy_dir, manifest)
+    fifo = ver.data_dir / name
+    fifo.unlink()
+    os.mkfifo(fifo)
+
+    def release() -> None:  # a reader still blocked after a minute: give it EOF, so the test fails, not hangs
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    guard = threading.Timer(60, release)
+    guard.start()
+    try:
+        with pytest.raises(IndexFormatError, match=rf"{name} is not a regular file.*index build"):
+            if name.endswith(".faiss"):
+                load_vector_store(ver.data_dir, copy_dir, manifest, emb)
+            else:
+                map_embeddings(fifo, 36, 32, copy_dir, manifest)
+    finally:
+        guard.cancel()

@@ -223,5 +223,6 @@ def _query(args: argparse.Namespace) -> int:
                            "caption": g.caption, "path": g.path} for r, g in enumerate(hits, 1)], indent=1))
         return 0
     for rank, g in enumerate(hits, 1):
-        print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {g.caption}")
+        caption = " ".join(g.caption.split())  # one line per hit, whatever separators a caption holds
+        print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {caption}")
     return 0

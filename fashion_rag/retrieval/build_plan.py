@@ -16,9 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .. import images
-from ..files import sha256_file
-from ..images import TOO_LARGE, ImageLoadError, decode_image, fit_garment, read_image_bytes
+from ..images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
 from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from .index import map_embeddings, read_version_manifest, verify_files
 from .manifest import Encoder, IndexFormatError, describe_encoder, encoder_record, same_embedding_space
@@ -34,18 +32,17 @@ class HashingEngine(Protocol):
 
 
 def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
-    """The sha256 of the item's image file, or why it cannot be used (cheap: no decoding)."""
+    """The sha256 of the item's image file, or why it cannot be used (cheap: no decoding).
+
+    A FIFO, device or folder under an image's name is skipped ("not a regular file"), never
+    waited on: the build goes on without it.
+    """
     try:
-        path = catalog.image_path(item)
-        size = path.stat().st_size
-        if size > images.MAX_IMAGE_BYTES:
-            return item.skip(TOO_LARGE, f"{path} is {size:,} bytes, more than {images.MAX_IMAGE_BYTES:,}")
-        return sha256_file(path)
+        return image_sha256(catalog.image_path(item))
+    except ImageLoadError as exc:
+        return item.skip(exc.reason, str(exc))
     except PathRuleError as exc:
         return item.skip(OUTSIDE, str(exc))
-    except OSError as exc:
-        reason = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
-        return item.skip(reason, f"cannot read {item.path} ({exc.strerror or exc})")
 
 
 def load_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:

@@ -18,12 +18,14 @@ the images it cannot use and reports them all.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..categories import normalize_category
+from ..files import MAX_TABLE_BYTES, UnreadableFileError, open_regular, read_regular
 from ..images import IMAGE_EXTENSIONS, MISSING
 from .limits import shorten
 from .paths import PathRuleError, inside, is_plain_relative
@@ -133,13 +135,14 @@ def _from_folder(root: Path) -> Catalog:
 
 
 def _read_sidecar(sidecar: Path, root: Path) -> str:
-    """A caption .txt beside the image (only inside the catalog, at most 64 kB, never fatal)."""
+    """A caption .txt beside the image (a regular file inside the catalog, at most 64 kB read,
+    never fatal)."""
     try:
         if not sidecar.is_file():
             return ""
-        with open(inside(sidecar, root, "caption file"), "rb") as f:
+        with open_regular(inside(sidecar, root, "caption file"), what="caption file") as f:
             return f.read(1 << 16).decode("utf-8", errors="replace").strip()
-    except (OSError, PathRuleError):
+    except (OSError, PathRuleError, UnreadableFileError):
         return ""
 
 
@@ -152,27 +155,50 @@ def _ids_for(rel_paths: list[str]) -> list[str]:
     return [s if counts[s] == 1 else p.rsplit(".", 1)[0] for s, p in zip(stems, rel_paths, strict=True)]
 
 
+def _read_text(path: Path) -> str:
+    """A metadata file's text: a regular file of at most MAX_TABLE_BYTES, UTF-8 (BOM or not)."""
+    try:
+        raw = read_regular(path, MAX_TABLE_BYTES, "metadata file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Metadata file {path} does not exist.") from None
+    except UnreadableFileError as exc:
+        raise ValueError(f"{exc}: give --metadata a CSV or JSON Lines file.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"Metadata file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "save it as UTF-8.") from None
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs, column names lower-cased."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Metadata file {path} does not exist.")
-    text = path.read_text(encoding="utf-8-sig")
+    """(line number, row) pairs, column names lower-cased.
+
+    Rows end only where the format says: JSON Lines at "\\n", CSV where the csv module's
+    reader finds a record's end (a quoted caption may hold a newline). str.splitlines() also
+    cuts at U+2028, U+0085, form feeds and the like, which captions may contain.
+    """
+    text = _read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip(" \t\r"):  # JSON's own whitespace; "\r": a CRLF file
                 continue
             try:
-                row = json.loads(line)
+                # strict=False: a control character written raw inside a caption (a form feed from
+                # an exporter) is kept, not the whole row refused.
+                row = json.loads(line, strict=False)
             except (ValueError, RecursionError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a JSON object per line ({str(exc)[:80]}).") from exc
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}.")
             rows.append((lineno, {str(k).lower(): "" if v is None else str(v) for k, v in row.items()}))
         return rows
-    reader = csv.DictReader(text.splitlines())
-    return [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
-                               for k, v in row.items()}) for row in reader]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
+                                   for k, v in row.items()}) for row in reader]
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise ValueError(f"{path}:{reader.line_num}: not readable as CSV ({exc}).") from exc
 
 
 def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -204,7 +230,7 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
         except PathRuleError as exc:
             skipped.append(Skip(item_id, OUTSIDE, str(exc), line, src))
             continue
-        if not full.is_file():
+        if not full.exists():  # (anything else but a regular file is skipped when hashed, with why)
             skipped.append(Skip(item_id, MISSING, f"image {shorten(image)} not found in {root}", line, src))
             continue
         if item_id in seen:
@@ -218,6 +244,6 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
             rel = full.relative_to(root).as_posix()
         category = _pick(row, _CATEGORY_KEYS)
         category = canonical_or_text(category) if category else category_from_folders(rel)
-        caption = " ".join((_pick(row, _CAPTION_KEYS) or "").split())
+        caption = _pick(row, _CAPTION_KEYS) or ""  # as written (a line separator inside stays)
         items.append(CatalogItem(item_id, rel, category, caption, line, src))
     return Catalog(root, items, skipped)

@@ -1,9 +1,12 @@
 """A loaded garment index: manifest, embeddings, vector search, optionally its text encoder.
 
 load_index() resolves the index folder's pointer once (storage.py), checks the manifest
-(manifest.py), verifies the data files against the sha256 sums the manifest records, and
-reads them from that version folder only. Garment images are read through the path rule and
-must still have the content that was indexed.
+(manifest.py), verifies the data files against the sha256 sums and sizes the manifest records,
+and reads them from that version folder only. Every file is opened through the path rule and
+only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
+huge sparse file in place of one is refused with the rebuild command, never waited on or read
+without end. Garment images are read the same way and must still have the content that was
+indexed.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..files import cached_sha256
+from ..files import UnreadableFileError, cached_sha256, open_regular, read_regular
 from ..images import decode_image, fit_garment, read_image_bytes
 from .limits import shorten
 from .manifest import (
     FORMAT_VERSION,
     LEGACY_VERSION,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     Encoder,
     IndexFormatError,
     check_encoder,
@@ -33,7 +37,7 @@ from .manifest import (
     parse_manifest,
     rebuild_hint,
 )
-from .paths import inside
+from .paths import PathRuleError, inside
 from .storage import IndexVersion, resolve_version
 from .vector_store import VectorStore, create_vector_store, load_vector_store
 from .vectors import IVF_THRESHOLD
@@ -187,12 +191,28 @@ def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
     """The checked manifest of one version (FileNotFoundError passes through: see load_index)."""
     path = ver.data_dir / MANIFEST
     try:
-        raw = path.read_bytes()
+        raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
+                           MAX_MANIFEST_BYTES, "index manifest")
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir)}") from exc
     except OSError as exc:
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise
         raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
     return parse_manifest(raw, path, ver.index_dir, LEGACY_VERSION if ver.legacy else FORMAT_VERSION)
+
+
+def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
+    """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
+    try:
+        return inside(name, data_dir, what)
+    except PathRuleError as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+
+
+def file_size(manifest: dict[str, Any], name: str) -> int | None:
+    """The byte size the manifest records for a data file (None: a version-1 index records none)."""
+    return manifest["files"].get("bytes", {}).get(name)
 
 
 def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -226,36 +246,50 @@ def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
         check_encoder(manifest, encoder, ver.index_dir)
     verify_files(ver, manifest)
     n, dim = len(manifest["items"]["ids"]), int(manifest["encoder"]["dim"])
-    emb_path = inside(manifest["files"]["embeddings"], ver.data_dir, "embeddings file")
-    emb = map_embeddings(emb_path, n, dim, ver.index_dir, manifest)
+    name = manifest["files"]["embeddings"]
+    emb_path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
+    emb = map_embeddings(emb_path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
     vectors = load_vector_store(ver.data_dir, ver.index_dir, manifest, emb)
     return GarmentIndex(ver.index_dir, manifest, emb, vectors, encoder, ver.version)
 
 
 def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
-    """Every data file has the sha256 its manifest records (version 2), before FAISS parses it."""
+    """Every data file is a regular file of the size and sha256 its manifest records, before
+    FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
     for name, expected in manifest["files"].get("sha256", {}).items() if not ver.legacy else ():
-        path = inside(name, ver.data_dir, "index data file")
-        if cached_sha256(path) != expected:
+        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
+        try:
+            digest = cached_sha256(path, file_size(manifest, name), "index data file")
+        except UnreadableFileError as exc:
+            raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
+                                   ) from exc
+        if digest != expected:
             raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
                                    f"manifest (damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
 
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
-                   manifest: dict[str, Any] | None = None) -> np.ndarray:
+                   manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
     """The [n, dim] float32 "embeddings" tensor of a safetensors file, memory-mapped read-only.
 
     Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
     process memory, when the IVF index answers queries and only a few rows are ever read.
-    The header is parsed here (no pickle, no library trusting its offsets) and checked
-    against the file size and the manifest before anything is mapped.
+    The file must be a regular file (of at most `max_bytes`, the size the manifest records);
+    it is opened once and mapped through that descriptor. The header is parsed here (no
+    pickle, no library trusting its offsets) and checked against the file size and the
+    manifest before anything is mapped.
     """
     def bad(why: str) -> IndexFormatError:
         return IndexFormatError(f"Index {index_dir or path.parent}: {path.name} {why}; "
                                 f"{rebuild_hint(index_dir or path.parent, manifest)}")
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    try:
+        f = open_regular(path, max_bytes, "embeddings file")
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {index_dir or path.parent}: {exc}; "
+                               f"{rebuild_hint(index_dir or path.parent, manifest)}") from exc
+    with f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 2 <= header_len <= min(size - 8, _MAX_HEADER_BYTES):
@@ -264,17 +298,18 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise bad(f"has an unreadable header ({str(exc)[:80]})") from exc
-    meta = header.get("embeddings") if isinstance(header, dict) else None
-    if not isinstance(meta, dict):
-        raise bad("holds no 'embeddings' tensor")
-    shape, offsets = meta.get("shape"), meta.get("data_offsets")
-    if meta.get("dtype") != "F32" or shape != [n, dim]:
-        raise bad(f"holds a {str(meta.get('dtype'))[:10]} tensor of shape {str(shape)[:40]}, the manifest "
-                  f"{n} garments x {dim} float32")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-            or offsets[1] - offsets[0] != n * dim * 4 or offsets[0] < 0
-            or 8 + header_len + offsets[1] > size):
-        raise bad("is truncated, or its tensor offsets are wrong")
-    if n == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", offset=8 + header_len + offsets[0], shape=(n, dim))
+        meta = header.get("embeddings") if isinstance(header, dict) else None
+        if not isinstance(meta, dict):
+            raise bad("holds no 'embeddings' tensor")
+        shape, offsets = meta.get("shape"), meta.get("data_offsets")
+        if meta.get("dtype") != "F32" or shape != [n, dim]:
+            raise bad(f"holds a {str(meta.get('dtype'))[:10]} tensor of shape {str(shape)[:40]}, the "
+                      f"manifest {n} garments x {dim} float32")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or offsets[1] - offsets[0] != n * dim * 4 or offsets[0] < 0
+                or 8 + header_len + offsets[1] > size):
+            raise bad("is truncated, or its tensor offsets are wrong")
+        if n == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        # The map holds its own reference to the file: closing `f` leaves it valid.
+        return np.memmap(f, dtype=np.float32, mode="r", offset=8 + header_len + offsets[0], shape=(n, dim))

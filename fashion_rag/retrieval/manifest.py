@@ -1,9 +1,11 @@
 """An index's manifest.json: what it records, and the checks it must pass before anything is used.
 
-Format version 2 (written by this version) lives in a version folder behind the index's
-pointer file (storage.py) and records a sha256 of every data file beside it. Version 1 (the
-previous layout: manifest.json directly in the index folder) is still read, without file
-hashes, and upgraded by the next build.
+Format version 3 (written by this version) lives in a version folder behind the index's
+pointer file (storage.py) and records the sha256 and the byte size of every data file beside
+it: each is read only as a regular file of that size, so a FIFO, a device or a huge sparse
+file in its place is refused before a byte is read. Version 2 (no sizes) gets the rebuild
+message. Version 1 (the previous layout: manifest.json directly in the index folder) is still
+read, without file hashes, and upgraded by the next build.
 
 A manifest is input like any other (indexes get copied and shared): every key, type and
 length is checked at load, paths must be plain relative paths, and each problem is named in
@@ -21,13 +23,16 @@ from typing import Any, Protocol
 from .paths import is_plain_name, is_plain_relative
 
 FORMAT = "fashion-rag-garment-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LEGACY_VERSION = 1  # manifest.json directly in the index folder, no file hashes
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
 ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")
 PART_TYPES = ("flat", "ivf")
 MAX_DIM = 65_536
+# A manifest lists every garment (id, path, category, caption, sha256: ~250 bytes each with
+# short captions), so 10M garments write ~2.5 GB; past this it is not one of ours.
+MAX_MANIFEST_BYTES = 8 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_PROBLEMS = 6  # named in one error; the rest are counted
 
@@ -116,11 +121,21 @@ def manifest_problems(m: dict[str, Any], version: int) -> list[str]:
         for name in data_files:
             if not is_plain_name(name):
                 problems.append(f"data file name {name[:80]!r} is not a plain file name in the index folder")
+        listed: list[str] = []  # every file the load hashes, opened by these names
         if version >= 2:
             hashes = field(files, "sha256", (dict,), "files.")
             for name in data_files if hashes is not None else ():
                 if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
                     problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
+            listed = list(hashes or ())
+            bad = next((name for name in listed if not is_plain_name(name)), None)
+            if bad is not None:
+                problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
+        if version >= 3:
+            sizes = field(files, "bytes", (dict,), "files.")
+            for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
+                if type(sizes.get(name)) is not int or sizes[name] < 0:
+                    problems.append(f"files.bytes has no valid size for {name[:80]!r}")
     return problems
 
 

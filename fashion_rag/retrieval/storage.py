@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write, fsync_path, is_atomic_temp, sha256_file
+from ..files import UnreadableFileError, atomic_write, fsync_path, is_atomic_temp, read_regular, sha256_file
 from ..logs import log
-from .manifest import FORMAT, MANIFEST, IndexFormatError
-from .paths import inside
+from .manifest import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, IndexFormatError
+from .paths import PathRuleError, inside
 
 POINTER = "index.json"
 LOCK = ".build.lock"
@@ -78,17 +78,26 @@ def no_index_message(index_dir: Path) -> str:
 
 
 def read_pointer(index_dir: Path) -> dict[str, Any] | None:
-    """The pointer of an index folder (None when there is none); IndexFormatError when not ours."""
+    """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
+
+    Read only as a regular file inside the folder, a few kB at most: a FIFO in its place
+    would otherwise hang every reader (a server's whole prompt queue) at open().
+    """
     path = index_dir / POINTER
+    # A build refuses a folder whose pointer is not its own: the fix is a new folder.
+    rebuild = ("rebuild the index into a new folder: python -m fashion_rag index build --catalog "
+               "<images folder> --out <new index folder> --weights <encoder weights>")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_POINTER_BYTES + 1)
+        raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_POINTER_BYTES,
+                           "index pointer file")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except (UnreadableFileError, PathRuleError) as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild}") from exc
     except OSError as exc:
-        raise IndexFormatError(f"Cannot read {path} ({exc}).") from exc
+        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild}") from exc
     try:
-        pointer = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_POINTER_BYTES else None
+        pointer = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         pointer = None
     previous = pointer.get("previous") if isinstance(pointer, dict) else None
@@ -97,7 +106,7 @@ def read_pointer(index_dir: Path) -> dict[str, Any] | None:
             or not (previous is None or previous == LEGACY
                     or (isinstance(previous, str) and _VERSION.fullmatch(previous)))):
         raise IndexFormatError(f"{path} is not the pointer file of a Fashion-RAG garment index (damaged or "
-                               f"foreign); rebuild the index into a new folder.")
+                               f"foreign); {rebuild}")
     return pointer
 
 
@@ -165,9 +174,9 @@ def _foreign_entries(out: Path) -> list[str]:
             return [POINTER]
     if MANIFEST in names:
         try:
-            with open(out / MANIFEST, "rb") as f:
-                is_ours = json.loads(f.read()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError, RecursionError):
+            raw = read_regular(inside(MANIFEST, out, "index manifest"), MAX_MANIFEST_BYTES, "index manifest")
+            is_ours = json.loads(raw).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError, RecursionError):  # ValueError: also not a regular file
             is_ours = False
         return [] if is_ours else [MANIFEST]
     # What only a build of ours leaves: a first build that died before its pointer existed.
@@ -218,6 +227,8 @@ def publish(out: Path, tmp: Path, manifest: dict[str, Any], hashes: dict[str, st
     """
     known = dict(hashes or {})
     manifest["files"]["sha256"] = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
+    # Readers open each file only as a regular file of this size (format version 3).
+    manifest["files"]["bytes"] = {name: (tmp / name).stat().st_size for name in manifest["files"]["sha256"]}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
     _match_umask(tmp)
     for path in tmp.iterdir():

@@ -8,6 +8,7 @@ reading them); IVF parts are read from their .faiss files, checked against the m
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..files import UnreadableFileError, open_regular
 from .manifest import IndexFormatError, rebuild_hint
-from .paths import inside
+from .paths import PathRuleError, inside
 from .vector_rows import Rows
 from .vectors import (
     IVF_THRESHOLD,
@@ -215,20 +217,38 @@ def load_vector_store(data_dir: Path, index_dir: Path, manifest: dict[str, Any],
         if rec["type"] == "flat":
             vec = create_vector_index(np.asarray(emb[positions]), "flat")
         else:
-            index = _read_faiss(inside(rec["file"], data_dir, "vector index file"), index_dir, manifest)
+            index = _read_faiss(data_dir, rec["file"], index_dir, manifest)
             vec = _checked_ivf(index, rec, len(positions), emb.shape[1], index_dir, manifest)
         parts.append(VectorPart(group, positions, cats[positions], vec))
     return VectorStore(emb, parts)
 
 
-def _read_faiss(path: Path, index_dir: Path, manifest: dict[str, Any]) -> Any:
+def _read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any]) -> Any:
+    """The FAISS index in file `name` of the version folder, read through one checked descriptor.
+
+    faiss.read_index(path) would open the path itself (a FIFO there blocks it for good), so
+    the file is opened here as a regular file of at most the size the manifest records and
+    FAISS reads it through a callback that stops at that size.
+    """
     import faiss
 
     try:
-        return faiss.read_index(str(path))
+        path = inside(name, data_dir, "vector index file")
+        f = open_regular(path, manifest["files"].get("bytes", {}).get(name), "vector index file")
+    except (PathRuleError, UnreadableFileError) as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+    left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
+
+    def read(size: int) -> bytes:
+        nonlocal left
+        block = f.read(min(size, left))
+        left -= len(block)
+        return block
+
+    try:
+        with f:  # (a newer build deleting the file meanwhile does not matter: the descriptor holds it)
+            return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
     except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
-        if not path.exists():  # removed by a newer build while this load ran: load_index retries
-            raise FileNotFoundError(2, "No such file", str(path)) from exc
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormatError(f"Index {index_dir}: {path.name} is not a readable FAISS index ({reason}); "
                                f"{rebuild_hint(index_dir, manifest)}") from exc
