@@ -23,8 +23,6 @@ from ..files import cached_sha256
 from ..images import decode_image, fit_garment, read_image_bytes
 from .limits import shorten
 from .manifest import (
-    FORMAT_VERSION,
-    LEGACY_VERSION,
     MANIFEST,
     Encoder,
     IndexFormatError,
@@ -192,7 +190,7 @@ def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise
         raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir, LEGACY_VERSION if ver.legacy else FORMAT_VERSION)
+    return parse_manifest(raw, path, ver.index_dir)
 
 
 def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -233,8 +231,8 @@ def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
 
 
 def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
-    """Every data file has the sha256 its manifest records (version 2), before FAISS parses it."""
-    for name, expected in manifest["files"].get("sha256", {}).items() if not ver.legacy else ():
+    """Every file of the version has the sha256 its manifest records, before FAISS parses it."""
+    for name, expected in manifest["files"]["sha256"].items():
         path = inside(name, ver.data_dir, "index data file")
         if cached_sha256(path) != expected:
             raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
