@@ -3,13 +3,15 @@ its root, an index is replaced without a gap, requests are bounded, damaged inde
 clear error.
 
 The tests named test_defect<N>_* reproduce the defects the issue found, one each (they failed
-on the code before the fix); the rest pin the rules around them: stale folders, the legacy
-layout, skip reports and strict builds, odd but valid images, a decompression bomb.
+on the code before the fix); the rest pin the rules around them: stale folders, skip reports
+and strict builds, odd but valid images, a decompression bomb. The test_issue24_* ones: a
+build deletes or renames only the folders a marker proves a build made (issue 24).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -69,8 +71,9 @@ def _edit_manifest(index_dir: Path, edit) -> None:
 
 
 def _make_legacy(index_dir: Path) -> None:
-    """Turn an index into the previous layout: files directly in the folder, format version 1."""
+    """Turn an index into an older, never released layout: files directly in the folder, format 1."""
     ver = resolve_version(index_dir)
+    (ver.data_dir / ".build.json").unlink()  # (markers came later)
     for f in ver.data_dir.iterdir():
         shutil.move(f, index_dir / f.name)
     ver.data_dir.rmdir()
@@ -242,35 +245,87 @@ def test_defect5_readers_never_see_a_gap_while_an_index_is_replaced(catalog_dir,
     assert seen and set(seen) <= {36, 30} and seen[-1] == 30
 
 
+# A build killed with SIGKILL at one moment (argv[2]) of its work on an index folder (argv[1]).
+DIES = r"""
+import os, signal, sys
+from pathlib import Path
+from fashion_rag.retrieval import storage
+
+out, moment = Path(sys.argv[1]), sys.argv[2]
+
+
+def dies_at(name, only=""):
+    real = getattr(os, name)
+
+    def call(*args, **kwargs):
+        if str(args[0]).endswith(only):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(os, name, call)
+
+
+with storage.build_lock(out) as lock:
+    if moment == "deleting an old version":  # (one that a build killed before its swap left)
+        dies_at("rmdir")
+        storage.clean_stale(lock)
+    if moment == "before its marker":
+        dies_at("open", only=".build.json")
+    with storage.temp_folder(lock, version=moment == "before the swap") as folder:
+        (folder / "data.bin").write_bytes(b"x" * 100)
+        if moment == "working":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if moment == "before the swap":
+            dies_at("replace")
+            storage.publish(lock, folder, {"files": {}})
+        if moment == "deleting its folder":
+            dies_at("rmdir")
+"""
+
+
 def test_defect5_stale_build_folders_are_cleaned_and_never_loadable(catalog_dir, encoder, tmp_path):
     indexes = tmp_path / "indexes"
     out = indexes / "idx"
     build_index(scan_catalog(catalog_dir), out, encoder)
     current = resolve_version(out).data_dir
-    # What killed builds leave behind (this layout and the previous one), plus files of the user's.
-    stale_version = out / "v-20000101T000000Z-deadbeef"
-    shutil.copytree(current, stale_version)
-    shutil.copytree(current, out / ".tmp-dead01")
-    (out / f".{POINTER}.tmp-0badf00d").write_text("{")  # a pointer write killed (before 2026-11-30)
-    (out / f".{POINTER}.k3x_9q2z.tmp").write_text("{")  # a pointer write killed (files.atomic_write)
-    (out / f".{POINTER}.backup").write_text("mine")  # a user's: looks alike, is not ours
-    for old in (".idx.old-deadbeef", ".idx.tmp-x1y2z3"):
-        shutil.copytree(current, indexes / old)
+    # A user's things, some named like a build's folders (copies of a version: their markers name
+    # another folder), and one beside the index: never deleted.
     (out / "notes.txt").write_text("mine")
+    (out / f".{POINTER}.backup").write_text("mine")
+    for copy in ("v-20000101T000000Z-deadbeef", ".tmp-dead01"):
+        shutil.copytree(current, out / copy)
     (indexes / ".idx.backup").mkdir()
+    kept = set(os.listdir(out))
+    (out / f".{POINTER}.k3x_9q2z.tmp").write_text("{")  # a pointer write killed (files.atomic_write)
     with pytest.raises(IndexFormatError, match="one stored version"):
-        load_index(stale_version)
+        load_index(out / "v-20000101T000000Z-deadbeef")
     assert load_index(out).version == current.name
-    build_index(scan_catalog(catalog_dir), out, encoder)  # unchanged, but it still cleans up
-    assert sorted(p.name for p in out.iterdir()) == sorted([".build.lock", POINTER, current.name,
-                                                            "notes.txt", f".{POINTER}.backup"])
-    assert sorted(p.name for p in indexes.iterdir()) == [".idx.backup", "idx"]
-    # Each build keeps the current and the previous version only.
+    # Builds killed at the moments they leave a folder behind: the next build deletes just that.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    moments = ("working", "before its marker", "deleting its folder", "before the swap",
+               "deleting an old version")
+    for moment in moments:
+        before = set(os.listdir(out))
+        for step in ("before the swap", moment) if moment == "deleting an old version" else (moment,):
+            r = subprocess.run([sys.executable, "-c", DIES, str(out), step], env=env, capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == -9, (step, r.returncode, r.stderr[-2000:])  # SIGKILL
+        left = sorted(set(os.listdir(out)) - before)
+        if "swap" in moment:  # its version in place, and the new pointer not yet renamed over the old
+            assert len(left) == 2 and left[0].startswith(f".{POINTER}.") and left[1].startswith("v-"), left
+        else:
+            assert len(left) == 1 and left[0].startswith(".tmp-"), left
+        assert load_index(out).version == current.name  # never loaded
+        build_index(scan_catalog(catalog_dir), out, encoder)  # unchanged, but it still cleans up
+        assert set(os.listdir(out)) == kept, moment
+    assert sorted(os.listdir(indexes)) == [".idx.backup", "idx"]
+    # Each build keeps the current and the previous version only (and the user's copies).
     for n in (35, 34, 33):
         _write_rows(catalog_dir, _rows(catalog_dir)[:n])
         build_index(scan_catalog(catalog_dir), out, encoder)
-    versions = sorted(p.name for p in out.iterdir() if p.name.startswith("v-"))
+    versions = sorted(p.name for p in out.iterdir() if p.name.startswith("v-2026"))
     assert len(versions) == 2 and resolve_version(out).version in versions and len(load_index(out)) == 33
+    assert (out / "v-20000101T000000Z-deadbeef").is_dir() and (out / ".tmp-dead01").is_dir()
 
 
 def test_defect6_requests_are_bounded(catalog_dir, encoder, tmp_path, comfy, comfy_base):
@@ -331,8 +386,9 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
     faiss_file.write_bytes(faiss_file.read_bytes()[:200])
     with pytest.raises(IndexFormatError, match=r"vectors-0\.faiss does not match the checksum.*index build"):
         load_index(out)
-    # The previous layout records no checksums: FAISS's own error is wrapped the same way.
-    _make_legacy(out)
+    # With a checksum that matches, the cut file reaches FAISS: its error is wrapped the same way.
+    digest = hashlib.sha256(faiss_file.read_bytes()).hexdigest()
+    _edit_manifest(out, lambda m: m["files"]["sha256"].__setitem__("vectors-0.faiss", digest))
     with pytest.raises(IndexFormatError, match=r"vectors-0\.faiss is not a readable FAISS index.*build"):
         load_index(out)
     r = subprocess.run([sys.executable, "-m", "fashion_rag", "index", "info", str(out)], cwd=REPO,
@@ -415,22 +471,6 @@ def test_defect8_no_files_in_the_shared_temp_dir(tmp_path):
 # --------------------------------------------------------------------------------------------
 # The rules around them
 # --------------------------------------------------------------------------------------------
-
-def test_legacy_index_loads_and_the_next_build_upgrades_it(catalog_dir, encoder, tmp_path):
-    out = tmp_path / "idx"
-    build_index(scan_catalog(catalog_dir), out, encoder)
-    before = load_index(out, encoder)
-    _make_legacy(out)
-    legacy = load_index(out, encoder)
-    assert legacy.version == "legacy" and legacy.ids == before.ids
-    assert np.array_equal(np.asarray(legacy.embeddings), np.asarray(before.embeddings))
-    report = build_index(scan_catalog(catalog_dir), out, encoder)
-    assert report.written and report.encoded == 0 and report.reused == 36  # upgraded, nothing re-encoded
-    assert resolve_version(out).version == report.version and (out / MANIFEST).is_file()  # kept one build
-    _write_rows(catalog_dir, _rows(catalog_dir)[:35])
-    build_index(scan_catalog(catalog_dir), out, encoder)
-    assert not (out / MANIFEST).exists() and not list(out.glob("*.safetensors"))
-
 
 def test_two_builds_of_one_index_never_run_at_once(catalog_dir, encoder, tmp_path):
     out = tmp_path / "idx"
@@ -527,3 +567,159 @@ def test_decompression_bomb_is_skipped_with_bounded_memory(encoder, tmp_path):
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["items"] == 1 and result["skipped"] == [["bomb", "too large"]]
     assert result["kb"] < 100_000  # under 100 MB more than before the build (decoding it: 400 MB+)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 24: a build owns only what it created
+# --------------------------------------------------------------------------------------------
+
+def _user_folders(parent: Path, *names: str) -> None:
+    for name in names:
+        (parent / name).mkdir(parents=True)
+        (parent / name / "precious.txt").write_text(f"mine: {name}")
+
+
+def test_issue24_user_folders_named_like_a_builds_survive(catalog_dir, encoder, tmp_path):
+    mine = (".tmp-usercache", "v-20260101T000000Z-deadbeef")
+    # In a folder with no index yet: the build is refused and touches nothing.
+    for i, name in enumerate(mine):
+        out = tmp_path / f"fresh{i}"
+        _user_folders(out, name)
+        before = _snapshot(out)
+        with pytest.raises(ValueError, match="not a garment index") as err:
+            build_index(scan_catalog(catalog_dir), out, encoder)
+        assert repr(name) in str(err.value) and _snapshot(out) == before and os.listdir(out) == [name]
+    # Inside an index: left alone by builds that write new versions and delete old ones.
+    out = tmp_path / "idx"
+    build_index(scan_catalog(catalog_dir), out, encoder)
+    _user_folders(out, *mine)
+    said: list[str] = []
+    for n in (35, 34, 33):
+        _write_rows(catalog_dir, _rows(catalog_dir)[:n])
+        assert build_index(scan_catalog(catalog_dir), out, encoder, log_fn=said.append).written
+    for name in mine:
+        assert (out / name / "precious.txt").read_text() == f"mine: {name}"
+    assert len(load_index(out)) == 33
+    assert any("left alone" in m and ".tmp-usercache" in m for m in said), said
+
+
+def test_issue24_nothing_beside_out_is_touched(catalog_dir, encoder, tmp_path):
+    indexes = tmp_path / "indexes"
+    build_index(scan_catalog(catalog_dir), indexes / "shop", encoder)
+    data = resolve_version(indexes / "shop").data_dir
+    # A user's backups beside --out, holding index files (the names an unreleased layout used).
+    backups = (".shop.old-mybackup", ".shop.tmp-mine", ".new.old-mybackup")
+    for name in backups:
+        (indexes / name).mkdir()
+        for f in (MANIFEST, "embeddings.safetensors"):
+            shutil.copy(data / f, indexes / name / f)
+    before = {name: _snapshot(indexes / name) for name in backups}
+    _write_rows(catalog_dir, _rows(catalog_dir)[:35])
+    assert build_index(scan_catalog(catalog_dir), indexes / "shop", encoder).written
+    assert build_index(scan_catalog(catalog_dir), indexes / "new", encoder).written  # a first build
+    assert {name: _snapshot(indexes / name) for name in backups} == before
+    assert sorted(os.listdir(indexes)) == sorted([*backups, "shop", "new"])
+    assert len(load_index(indexes / "new")) == len(load_index(indexes / "shop")) == 35
+
+
+def test_issue24_an_index_of_the_old_layout_is_neither_read_nor_replaced(catalog_dir, encoder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(scan_catalog(catalog_dir), out, encoder)
+    _make_legacy(out)
+    before = _snapshot(out)
+    with pytest.raises(IndexFormatError, match="not a Fashion-RAG garment index of this format") as err:
+        load_index(out)
+    assert "index build --catalog" in str(err.value)
+    with pytest.raises(ValueError, match="not a garment index") as err:
+        build_index(scan_catalog(catalog_dir), out, encoder)
+    assert "'manifest.json'" in str(err.value) and _snapshot(out) == before
+
+
+def test_issue24_an_index_of_format_2_gets_the_rebuild_message(catalog_dir, encoder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(scan_catalog(catalog_dir), out, encoder)
+    old = resolve_version(out).data_dir
+    (old / ".build.json").unlink()  # what a build before the markers wrote
+    _edit_manifest(out, lambda m: (m.__setitem__("format_version", 2),
+                                   m["files"]["sha256"].pop(".build.json")))
+    with pytest.raises(IndexFormatError, match="format version 2, where") as err:
+        load_index(out)
+    assert f"index build --catalog {catalog_dir} --out {out}" in str(err.value)
+    # That command works: a new version, all encoded again; the unmarked old one is left alone.
+    report = build_index(scan_catalog(catalog_dir), out, encoder)
+    assert report.written and report.encoded == 36 and len(load_index(out)) == 36
+    _write_rows(catalog_dir, _rows(catalog_dir)[:35])
+    said: list[str] = []
+    build_index(scan_catalog(catalog_dir), out, encoder, log_fn=said.append)  # (old: no longer kept)
+    build_index(scan_catalog(catalog_dir), out, encoder, log_fn=said.append)
+    assert old.is_dir() and (old / MANIFEST).is_file() and resolve_version(out).version != old.name
+    assert any("left alone" in m and old.name in m for m in said), said
+
+
+def test_issue24_two_first_builds_racing_for_a_new_out(catalog_dir, encoder, tmp_path, monkeypatch):
+    import threading
+
+    import fashion_rag.retrieval.build as build_module
+
+    out = tmp_path / "indexes" / "new"
+    b_at_lock, a_encoding, b_done = threading.Event(), threading.Event(), threading.Event()
+
+    class HoldsOn(GarmentEncoder):
+        """A's encoder: A holds the lock and its work folder until B has tried its build."""
+
+        def encode_images(self, images, batch_size=16, progress=None):
+            a_encoding.set()
+            b_done.wait(120)
+            return super().encode_images(images, batch_size, progress)
+
+    real_lock = build_module.build_lock
+
+    def lock_once_a_runs(folder):  # B has made --out; it takes the lock only once A holds it
+        if threading.current_thread().name == "B":
+            b_at_lock.set()
+            assert a_encoding.wait(120)
+        return real_lock(folder)
+
+    monkeypatch.setattr(build_module, "build_lock", lock_once_a_runs)
+    results: dict = {}
+    after_b: list = []
+
+    def run(name: str, enc: GarmentEncoder) -> None:
+        try:
+            results[name] = build_index(scan_catalog(catalog_dir), out, enc, log_fn=lambda m: None)
+        except Exception as exc:  # noqa: BLE001 (the outcome is what the test checks)
+            results[name] = exc
+        finally:
+            if name == "B":
+                after_b.append(sorted(os.listdir(out)) if out.exists() else None)
+                b_done.set()
+
+    b = threading.Thread(target=run, args=("B", encoder), name="B")
+    b.start()
+    assert b_at_lock.wait(120) and out.is_dir()  # B created --out and goes for the lock
+    a = threading.Thread(target=run, args=("A", HoldsOn(encoder.weights_path, TINY_ARCH)), name="A")
+    a.start()
+    b.join(300)
+    a.join(300)
+    assert isinstance(results["B"], ValueError) and "Another build is running" in str(results["B"])
+    entries = after_b[0]
+    assert entries is not None and ".build.lock" in entries, entries  # B deleted nothing of A's
+    assert any(n.startswith(".tmp-") for n in entries), entries  # A's work folder
+    assert not isinstance(results["A"], Exception), results["A"]
+    assert results["A"].written and len(load_index(out)) == 36
+
+
+def test_issue24_the_build_marker_is_listed_and_hashed(catalog_dir, encoder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(scan_catalog(catalog_dir), out, encoder, index_type="ivf")
+    data = resolve_version(out).data_dir
+    manifest = json.loads((data / MANIFEST).read_text())
+    files = sorted(p.name for p in data.iterdir() if p.name != MANIFEST)
+    assert ".build.json" in files and sorted(manifest["files"]["sha256"]) == files
+    for name in files:
+        assert manifest["files"]["sha256"][name] == hashlib.sha256((data / name).read_bytes()).hexdigest()
+    assert data.name in json.loads((data / ".build.json").read_text())["names"]
+    # A changed marker is refused at load like any changed file of the version.
+    (data / ".build.json").write_text((data / ".build.json").read_text().replace(data.name, "v-x"))
+    with pytest.raises(IndexFormatError, match=r"\.build\.json does not match the checksum"):
+        load_index(out)

@@ -181,3 +181,149 @@ def test_a_fifo_among_catalog_images_is_skipped_and_the_build_goes_on(setup, tmp
     strict = results[2]
     assert strict["rc"] == 1 and "skipped: 'fifo': not a regular file" in strict["stderr"], strict
     assert not (tmp_path / "c").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 24: every expected failure of a build is one line naming the path, exit code 2
+# --------------------------------------------------------------------------------------------
+
+def _mount_small_disk(where: Path) -> bool:
+    """A 1 MB tmpfs at `where`, where this user may mount one (root); False otherwise."""
+    where.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True)
+    return r.returncode == 0 and os.path.ismount(where)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill the disk but for `leave` bytes."""
+    (disk / "filler").unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
+
+
+def _index_files(out: Path) -> dict[str, bytes]:
+    # (the lock file is the running build's: not part of the index)
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".build.lock"}
+
+
+def _captioned(catalog: Path, tag: str, where: Path) -> Path:
+    """A metadata file of the catalog with every caption changed: a build of it writes a new version."""
+    rows = [json.loads(line) for line in (catalog / "metadata.jsonl").read_text().splitlines()]
+    where.write_text("".join(json.dumps({**r, "caption": f"{r['caption']} {tag}"}) + "\n" for r in rows))
+    return where
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], r.stderr[-3000:]
+    return lines[-1]
+
+
+def _file_size_limit(nbytes: int):
+    """A preexec_fn: writes past `nbytes` in a file fail (EFBIG) instead of killing the process."""
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return limit
+
+
+# What an encoding build does with its disk: rows written into a memory map of a new file.
+ENCODING_STORE = """
+import sys
+from pathlib import Path
+import numpy as np
+from fashion_rag.retrieval.engines import NewEmbeddings
+store = NewEmbeddings(Path(sys.argv[1]), 20_000, 32)
+store.put(np.arange(20_000), np.ones((20_000, 32), np.float32))
+print("stored")
+"""
+
+
+def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny_weights, tmp_path):
+    from fashion_rag.retrieval.build import build_index
+    from fashion_rag.retrieval.catalog import scan_catalog
+    from fashion_rag.retrieval.encoder import GarmentEncoder
+    from fashion_rag.retrieval.index import load_index
+
+    disk = tmp_path / "disk"
+    mounted = _mount_small_disk(disk)
+    try:
+        out = disk / "idx"
+        encoder = GarmentEncoder(tiny_weights, "fashion-rag-tiny")
+        meta = {tag: _captioned(catalog_dir, tag, tmp_path / f"meta_{tag}.jsonl") for tag in "ab"}
+        build_index(scan_catalog(catalog_dir, meta["a"]), out, encoder)
+        cli_meta, preexec = meta["b"], None
+        if mounted:
+            # The disk full at each write of a build in turn (0, 1, 2, ... pages left).
+            failed = []
+            for pages in range(16):
+                before = _index_files(out)
+                _fill(disk, pages * 4096)
+                try:
+                    build_index(scan_catalog(catalog_dir, meta["b"]), out, encoder, index_type="ivf",
+                                log_fn=lambda m: None)
+                    break
+                except OSError as exc:
+                    assert exc.filename and Path(exc.filename).is_relative_to(out), repr(exc)
+                    failed.append((pages, Path(exc.filename).name))
+                assert _index_files(out) == before and len(load_index(out)) == 36
+            print("failed writes (free pages, file):", failed)
+            names = [name for _, name in failed]
+            assert "embeddings.safetensors" in names and any(n.endswith(".faiss") for n in names), failed
+            assert {"manifest.json", "index.json"} <= set(names), failed
+            _fill(disk, next(p for p, name in failed if name.endswith(".faiss")) * 4096)
+            cli_meta = meta["a"]  # (the index holds b now)
+        else:  # no tmpfs here: a file size limit makes the writes fail instead
+            preexec = _file_size_limit(2048)
+        before = _index_files(out)
+        args = ["build", "--catalog", catalog_dir, "--metadata", cli_meta, "--out", out, "--encoder",
+                "fashion-rag-tiny", "--weights", tiny_weights, "--index-type", "ivf"]
+        r = subprocess.run([sys.executable, "-m", "fashion_rag", "index", *map(str, args)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+        line = _one_error_line(r)
+        assert str(out) in line and (".faiss" in line if mounted else "embeddings.safetensors" in line), line
+        assert ("No space left" if mounted else "File too large") in line
+        assert _index_files(out) == before and len(load_index(out)) == 36
+        # Encoding: the full disk is an error naming the file, not a SIGBUS from the memory map.
+        work = disk / "work"
+        work.mkdir()
+        if mounted:
+            _fill(disk, 2 * 4096)  # room for the file's first and last pages only: the map's writes fail
+        r = subprocess.run([sys.executable, "-c", ENCODING_STORE, str(work)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, preexec_fn=preexec)
+        assert r.returncode == 1 and "stored" not in r.stdout, (r.returncode, r.stderr[-2000:])
+        error = r.stderr.strip().splitlines()[-1]
+        assert error.startswith("OSError") and str(work / "new-embeddings.npy") in error, error
+    finally:
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(disk)], check=True)  # (maps of its files may remain)
+
+
+def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny_weights, tmp_path):
+    from fashion_rag.retrieval.build import build_index
+    from fashion_rag.retrieval.catalog import scan_catalog
+    from fashion_rag.retrieval.encoder import GarmentEncoder
+    from fashion_rag.retrieval.storage import resolve_version
+
+    out = tmp_path / "idx"
+    encoder = GarmentEncoder(tiny_weights, "fashion-rag-tiny")
+    build_index(scan_catalog(catalog_dir), out, encoder)
+    before = _index_files(out)
+    (out / ".build.lock").unlink()
+    (out / ".build.lock").mkdir()
+    with pytest.raises(ValueError) as err:  # (the CLI: one line, exit code 2)
+        build_index(scan_catalog(catalog_dir), out, encoder)
+    assert str(out) in str(err.value) and ".build.lock" in str(err.value), str(err.value)
+    assert _index_files(out) == before and (out / ".build.lock").is_dir()
+    manifest = resolve_version(out).data_dir / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()
+    line = _one_error_line(_cli("info", out))
+    assert "[Errno 21]" in line and str(manifest) in line and "index build" in line, line

@@ -139,7 +139,9 @@ def _rows(root: Path) -> list[dict]:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The index's files (not its lock file: that records the last build that held it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".build.lock"}
 
 
 def _same_index(a: Path, b: Path, encoder: GarmentEncoder) -> None:

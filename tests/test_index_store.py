@@ -39,7 +39,9 @@ class CountingEncoder(GarmentEncoder):
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The index's files (not its lock file: that records the last build that held it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".build.lock"}
 
 
 def test_build_load_roundtrip(catalog_dir, tiny_weights, tmp_path):

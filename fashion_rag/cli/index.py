@@ -3,7 +3,9 @@
 Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
 piped. `--json` prints machine-readable output. Exit codes: 0 done; 1 `build --strict` skipped
 catalog entries (nothing written); 2 an error, printed as one line (bad input, a damaged or
-missing index, an unsafe --out, images a Ray build could not encode, ...).
+missing index, an unsafe --out, another build of the same index running, a failed write such
+as a full disk (naming the file; the previous index is unchanged), images a Ray build could
+not encode, ...).
 
 `build --engine ray` hashes and encodes on a Ray cluster (optional: pip install
 "fashion-rag[ray]"); the index is the one the default local engine builds.

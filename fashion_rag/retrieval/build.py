@@ -24,7 +24,7 @@ from .build_write import write_index
 from .catalog import Catalog, Skip
 from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
 from .manifest import FORMAT_VERSION
-from .storage import build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
+from .storage import BuildLock, build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
 from .vector_store import partition_categories
 from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
 
@@ -87,31 +87,37 @@ def build_index(
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
     say = log_fn or log.info
     out = prepare_out(out_dir, catalog.root)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with build_lock(out):
-            return _build_locked(catalog, out, encoder, engine or LocalEngine(), index_type, ivf_threshold,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # made before the lock is taken, so two first builds lock the same folder
+        out.mkdir()
+        created = True
+    except FileExistsError:
+        created = False  # (or made by a build racing this one: the lock decides)
+    with build_lock(out) as lock:  # the build that does not get it has changed nothing
+        try:
+            return _build_locked(catalog, lock, encoder, engine or LocalEngine(), index_type, ivf_threshold,
                                  batch_size, strict, say, progress)
-    except BaseException:
-        if created:
-            discard_unpublished(out)  # a first build that failed leaves no folder behind
-        raise
+        except BaseException:
+            if created:
+                discard_unpublished(lock)  # a first build that failed leaves no folder behind
+            raise
 
 
-def _build_locked(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, index_type: str,
+def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engine: Engine, index_type: str,
                   ivf_threshold: int, batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None
                   ) -> BuildReport:
-    cleaned = clean_stale(out)  # what dead builds left
-    plan = plan_build(catalog, out, encoder, engine, say)
+    cleaned, alone = clean_stale(lock)  # what dead builds left
+    if alone:
+        say(f"left alone in {lock.out} (no build marker proves a build made them): {', '.join(alone)}")
+    plan = plan_build(catalog, lock.out, encoder, engine, say)
     with contextlib.ExitStack() as stack:
         store, bad = None, {}
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
-            work = stack.enter_context(temp_folder(out))
+            work = stack.enter_context(temp_folder(lock))
             store = NewEmbeddings(work, len(plan.todo), plan.enc["dim"])
             bad = engine.encode(catalog, plan.todo, encoder, batch_size, store, work, progress)
             _check_complete(plan, store, bad, engine)
-        return _finish(catalog, out, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
+        return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
 
 
 def _check_complete(plan: BuildPlan, store: NewEmbeddings, bad: dict[str, Skip], engine: Engine) -> None:
@@ -122,8 +128,10 @@ def _check_complete(plan: BuildPlan, store: NewEmbeddings, bad: dict[str, Skip],
                                f"index is unchanged: build again", missing)
 
 
-def _finish(catalog: Catalog, out: Path, plan: BuildPlan, store: NewEmbeddings | None, bad: dict[str, Skip],
-            index_type: str, ivf_threshold: int, strict: bool, say: LogFn, cleaned: list[str]) -> BuildReport:
+def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
+            bad: dict[str, Skip], index_type: str, ivf_threshold: int, strict: bool, say: LogFn,
+            cleaned: list[str]) -> BuildReport:
+    out = lock.out
     skipped = plan.skipped + list(bad.values())
     first = {h: item for h, item in plan.todo}
     for item, h in plan.hashed:  # copies of a refused file (same content) are refused with it
@@ -162,9 +170,9 @@ def _finish(catalog: Catalog, out: Path, plan: BuildPlan, store: NewEmbeddings |
             and old["catalog_root"] == str(catalog.root)):
         say(f"index {out} is up to date ({len(kept)} garments)")
         return report
-    report.version, record = write_index(out, catalog, plan, store, items, index_type, ivf_threshold, say)
+    report.version, record = write_index(lock, catalog, plan, store, items, index_type, ivf_threshold, say)
     report.written = True
-    report.cleaned += clean_stale(out)  # versions before the previous one
+    report.cleaned += clean_stale(lock)[0]  # versions before the previous one
     factories = ", ".join(sorted({p["factory"] for p in record["parts"]}))
     say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
     return report

@@ -23,7 +23,7 @@ from .catalog import Catalog
 from .engines import NewEmbeddings
 from .index import map_embeddings
 from .manifest import EMBEDDINGS, FORMAT, FORMAT_VERSION
-from .storage import publish, temp_folder
+from .storage import BuildLock, naming, publish, temp_folder
 from .vector_rows import BLOCK_ROWS
 from .vector_store import write_vector_parts
 
@@ -34,6 +34,11 @@ def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndar
     The bytes are those of safetensors' own save_file (compact JSON header padded with spaces
     to 8 bytes); returns their sha256, computed while writing.
     """
+    with naming(path):  # a failed write (a full disk) names the file
+        return _write_embeddings(path, n, dim, blocks)
+
+
+def _write_embeddings(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
     nbytes = n * dim * 4
     header = json.dumps({"embeddings": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, nbytes]}},
                         separators=(",", ":")).encode()
@@ -77,7 +82,7 @@ def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[
         yield block
 
 
-def write_index(out: Path, catalog: Catalog, plan: BuildPlan, store: NewEmbeddings | None,
+def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEmbeddings | None,
                 items: dict[str, list[str]], index_type: str, ivf_threshold: int, say: LogFn
                 ) -> tuple[str, dict[str, Any]]:
     """Write a new version of the index holding `items` and swap it in (storage.publish).
@@ -85,7 +90,7 @@ def write_index(out: Path, catalog: Catalog, plan: BuildPlan, store: NewEmbeddin
     Returns the version's name and its vector_index record. Call under the build lock.
     """
     n, dim = len(items["ids"]), int(plan.enc["dim"])
-    with temp_folder(out) as tmp:
+    with temp_folder(lock, version=True) as tmp:
         sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, items["sha256"]))
         emb = map_embeddings(tmp / EMBEDDINGS, n, dim)
         record = write_vector_parts(emb, items["categories"], tmp, index_type, ivf_threshold, log_fn=say)
@@ -96,10 +101,10 @@ def write_index(out: Path, catalog: Catalog, plan: BuildPlan, store: NewEmbeddin
             "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "encoder": plan.enc,
             "catalog_root": str(catalog.root),
-            "catalog_root_relative": os.path.relpath(catalog.root, out),
+            "catalog_root_relative": os.path.relpath(catalog.root, lock.out),
             "count": n,
             "vector_index": record,
             "files": {"embeddings": EMBEDDINGS},
             "items": items,
         }
-        return publish(out, tmp, manifest, {EMBEDDINGS: sha}), record
+        return publish(lock, tmp, manifest, {EMBEDDINGS: sha}), record

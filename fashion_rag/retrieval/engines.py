@@ -7,6 +7,7 @@ file on disk, so a 10M-image first build holds no embeddings in memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,7 @@ from PIL import Image
 from .build_plan import ProgressFn, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
 from .manifest import Encoder
+from .storage import naming
 
 NEW_EMBEDDINGS = "new-embeddings.npy"
 
@@ -35,7 +37,9 @@ class NewEmbeddings:
     def __init__(self, folder: Path, n: int, dim: int) -> None:
         self.path = folder / NEW_EMBEDDINGS
         self.dim = int(dim)
-        self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
+        with naming(self.path):  # a failed write (a full disk) names the file
+            self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
+            _reserve(self.path)
         self.filled = np.zeros(n, dtype=bool)
 
     def __len__(self) -> int:
@@ -55,6 +59,18 @@ class NewEmbeddings:
     @property
     def count(self) -> int:
         return int(self.filled.sum())
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole of a new (sparse) file now: a full disk is then an OSError here, not a
+    SIGBUS that kills the build when the memory map first writes a page."""
+    if not hasattr(os, "posix_fallocate"):  # (Windows, macOS: the file is not sparse there, or no way)
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 class ImageEncoder(Encoder, Protocol):

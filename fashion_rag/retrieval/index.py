@@ -26,8 +26,6 @@ from ..files import UnreadableFileError, cached_sha256, open_regular, read_regul
 from ..images import decode_image, fit_garment, read_image_bytes
 from .limits import shorten
 from .manifest import (
-    FORMAT_VERSION,
-    LEGACY_VERSION,
     MANIFEST,
     MAX_MANIFEST_BYTES,
     Encoder,
@@ -199,7 +197,7 @@ def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise
         raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir, LEGACY_VERSION if ver.legacy else FORMAT_VERSION)
+    return parse_manifest(raw, path, ver.index_dir)
 
 
 def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
@@ -211,7 +209,7 @@ def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, An
 
 
 def file_size(manifest: dict[str, Any], name: str) -> int | None:
-    """The byte size the manifest records for a data file (None: a version-1 index records none)."""
+    """The byte size the manifest records for a file of the version (checked present at parse)."""
     return manifest["files"].get("bytes", {}).get(name)
 
 
@@ -254,9 +252,9 @@ def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
 
 
 def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
-    """Every data file is a regular file of the size and sha256 its manifest records, before
-    FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
-    for name, expected in manifest["files"].get("sha256", {}).items() if not ver.legacy else ():
+    """Every file of the version is a regular file of the size and sha256 its manifest records,
+    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
+    for name, expected in manifest["files"]["sha256"].items():
         path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
         try:
             digest = cached_sha256(path, file_size(manifest, name), "index data file")

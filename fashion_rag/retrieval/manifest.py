@@ -1,11 +1,11 @@
 """An index's manifest.json: what it records, and the checks it must pass before anything is used.
 
-Format version 3 (written by this version) lives in a version folder behind the index's
-pointer file (storage.py) and records the sha256 and the byte size of every data file beside
-it: each is read only as a regular file of that size, so a FIFO, a device or a huge sparse
-file in its place is refused before a byte is read. Version 2 (no sizes) gets the rebuild
-message. Version 1 (the previous layout: manifest.json directly in the index folder) is still
-read, without file hashes, and upgraded by the next build.
+Format version 3 lives in a version folder behind the index's pointer file (storage.py) and
+records the sha256 and the byte size of every other file in that folder: the data files and the
+build's marker. Each is read only as a regular file of that size, so a FIFO, a device or a huge
+sparse file in its place is refused before a byte is read. Other versions are refused with the
+command that rebuilds the index (2 had no sizes and no markers, so no build could prove its
+versions its own).
 
 A manifest is input like any other (indexes get copied and shared): every key, type and
 length is checked at load, paths must be plain relative paths, and each problem is named in
@@ -24,8 +24,8 @@ from .paths import is_plain_name, is_plain_relative
 
 FORMAT = "fashion-rag-garment-index"
 FORMAT_VERSION = 3
-LEGACY_VERSION = 1  # manifest.json directly in the index folder, no file hashes
 MANIFEST = "manifest.json"
+MARKER = ".build.json"  # the build marker in each version folder (storage.py): hashed like the data
 EMBEDDINGS = "embeddings.safetensors"
 ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")
 PART_TYPES = ("flat", "ivf")
@@ -80,7 +80,7 @@ def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
     return f"rebuild it: {cmd}"
 
 
-def manifest_problems(m: dict[str, Any], version: int) -> list[str]:
+def manifest_problems(m: dict[str, Any]) -> list[str]:
     """Every problem of a parsed manifest, one short sentence each (empty: usable)."""
     problems: list[str] = []
 
@@ -121,21 +121,18 @@ def manifest_problems(m: dict[str, Any], version: int) -> list[str]:
         for name in data_files:
             if not is_plain_name(name):
                 problems.append(f"data file name {name[:80]!r} is not a plain file name in the index folder")
-        listed: list[str] = []  # every file the load hashes, opened by these names
-        if version >= 2:
-            hashes = field(files, "sha256", (dict,), "files.")
-            for name in data_files if hashes is not None else ():
-                if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
-                    problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
-            listed = list(hashes or ())
-            bad = next((name for name in listed if not is_plain_name(name)), None)
-            if bad is not None:
-                problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
-        if version >= 3:
-            sizes = field(files, "bytes", (dict,), "files.")
-            for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
-                if type(sizes.get(name)) is not int or sizes[name] < 0:
-                    problems.append(f"files.bytes has no valid size for {name[:80]!r}")
+        hashes = field(files, "sha256", (dict,), "files.")
+        for name in [*data_files, MARKER] if hashes is not None else ():
+            if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
+                problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
+        listed = list(hashes or ())  # every file the load hashes, opened by these names
+        bad = next((name for name in listed if not is_plain_name(name)), None)
+        if bad is not None:
+            problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
+        sizes = field(files, "bytes", (dict,), "files.")
+        for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
+            if type(sizes.get(name)) is not int or sizes[name] < 0:
+                problems.append(f"files.bytes has no valid size for {name[:80]!r}")
     return problems
 
 
@@ -215,7 +212,7 @@ def _part_problems(m: dict[str, Any], field: Any, problems: list[str], n: int | 
     return files
 
 
-def parse_manifest(raw: bytes, path: Path, index_dir: Path, version: int) -> dict[str, Any]:
+def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> dict[str, Any]:
     """The manifest in `raw` (read from `path`), checked; IndexFormatError naming every problem."""
     try:
         manifest = json.loads(raw.decode("utf-8"))
@@ -226,15 +223,11 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path, version: int) -> dic
         raise IndexFormatError(f"{path} is not a Fashion-RAG garment index manifest; "
                                f"{rebuild_hint(index_dir)}")
     found = manifest.get("format_version")
-    if found == FORMAT_VERSION and version == LEGACY_VERSION:
-        raise IndexFormatError(
-            f"{path.parent} is one stored version of the index {path.parent.parent}, not an index: load "
-            f"{path.parent.parent} (stored versions are replaced by the next build).")
-    if found != version:
+    if found != FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has index format version {str(found)[:20]}, where this version of Fashion-RAG expects "
-            f"{version}; {rebuild_hint(index_dir, manifest)}")
-    problems = manifest_problems(manifest, version)
+            f"{FORMAT_VERSION}; {rebuild_hint(index_dir, manifest)}")
+    problems = manifest_problems(manifest)
     if problems:
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
         raise IndexFormatError(f"Index {index_dir} is damaged: {'; '.join(problems[:_MAX_PROBLEMS])}{more}; "

@@ -20,6 +20,7 @@ import numpy as np
 from ..files import UnreadableFileError, open_regular
 from .manifest import IndexFormatError, rebuild_hint
 from .paths import PathRuleError, inside
+from .storage import naming
 from .vector_rows import Rows
 from .vectors import (
     IVF_THRESHOLD,
@@ -161,19 +162,29 @@ def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder
 
     Returns the manifest's vector_index record (with the "file" of every IVF part).
     """
-    import faiss
-
     records = []
     for i, (group, positions, vec) in enumerate(_build_parts(embeddings, categories, index_type,
                                                              ivf_threshold, log_fn)):
         rec = part_record(group, len(positions), vec)
         if vec.kind == "ivf":
             rec["file"] = VECTORS.format(i)
-            faiss.write_index(vec.index, str(folder / rec["file"]))
+            _write_faiss(vec.index, folder / rec["file"])
         records.append(rec)
         del vec  # before the next part is built
     kinds = {r["type"] for r in records}
     return {"type": kinds.pop() if len(kinds) == 1 else "mixed", "parts": records}
+
+
+def _write_faiss(index: Any, path: Path) -> None:
+    """faiss.write_index through a Python file, so a failed write (a full disk) raises an OSError
+    naming the file: FAISS's own file writer can fail only on close, where it prints a warning and
+    leaves a truncated file."""
+    import faiss
+
+    with naming(path), open(path, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: str, ivf_threshold: int,
