@@ -126,7 +126,7 @@ def manifest_problems(m: dict[str, Any]) -> list[str]:
             if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
                 problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
         listed = list(hashes or ())  # every file the load hashes, opened by these names
-        bad = next((name for name in listed if not is_plain_name(name)), None)
+        bad = next((name for name in listed if name != MARKER and not is_plain_name(name)), None)
         if bad is not None:
             problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
         sizes = field(files, "bytes", (dict,), "files.")
