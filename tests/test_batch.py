@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +193,9 @@ def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Pa
     workflow = tmp_path / "workflow.json"
     workflow.write_text(json.dumps(batch_workflow()))
     jobs = _write_csv(tmp_path / "jobs.csv", rows)
-    (tmp_path / "people").symlink_to(people)  # relative paths in the job table: from its folder
+    # Relative paths in the job table: from its folder. A copy, not a link to the shared folder: a
+    # photo resolving outside the job table's folder is refused without --allow-outside.
+    shutil.copytree(people, tmp_path / "people")
     return workflow, jobs
 
 
@@ -223,7 +226,7 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
         ["dress", "a green floral dress", 3, "dresses", "people/p1.png"],
         ["ghost", "a white shirt", 1, "upper_body", "people/missing.png"],
         ["on-server", "a black skirt", 2, "lower_body", PERSON_FILE],  # already in the input folder
-        ["small", "a yellow dress", 1, "dresses", str(people / "small.png")],  # an absolute path
+        ["small", "a yellow dress", 1, "dresses", str(tmp_path / "people" / "small.png")],  # absolute
     ])
     out = tmp_path / "out"
     t0 = time.monotonic()
@@ -240,7 +243,10 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
                             ("on-server", 2, (384, 512)), ("small", 1, (192, 256))):
         garments = ["garments.png"] if k == 1 else [f"garments_{i}.png" for i in range(1, k + 1)]
         assert summary[row_id].outputs == [f"{row_id}/{n}" for n in [*garments, "mask.png"]]
-        assert sorted(p.name for p in (out / row_id).iterdir()) == sorted([*garments, "mask.png"])
+        # The outputs, and the marker saying batch made this folder for this row.
+        assert sorted(p.name for p in (out / row_id).iterdir()) == sorted(
+            [*garments, "mask.png", ".fashion_rag_batch"])
+        assert json.loads((out / row_id / ".fashion_rag_batch").read_text()) == {"row": row_id}
         assert Image.open(out / row_id / "mask.png").size == size
         assert Image.open(out / row_id / garments[0]).size == (384, 512)
     assert not (out / "ghost").exists()
