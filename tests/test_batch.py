@@ -281,10 +281,18 @@ def test_killed_batch_resumes_without_rerunning_finished_rows(comfy_server, peop
     proc.wait(timeout=30)
     finished = {k for k, r in read_summary(out / "summary.csv").items() if r.status == "ok"}
     assert 2 <= len(finished) < 8, finished
+    # The csv as the run's start wrote it (every row listed), the finished rows in the log beside it.
+    assert [r["status"] for r in csv.DictReader((out / "summary.csv").open())] == ["skipped"] * 8
+    logged = [json.loads(line) for line in (out / "summary.log.jsonl").read_text().splitlines()
+              if line.endswith("}")]
+    assert {r["id"] for r in logged if r["status"] == "ok"} == finished
+    with open(out / "summary.log.jsonl", "a") as f:
+        f.write('{"id": "r7", "status": "o')  # as if the kill had come mid-line
 
     rerun = _batch(workflow, jobs, out, "--server", comfy_server.url)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(finished)} of 8 rows already done" in rerun.stderr
+    assert not (out / "summary.log.jsonl").exists()  # folded into summary.csv
     summary = read_summary(out / "summary.csv")
     assert all(r.status == "ok" for r in summary.values()) and len(summary) == 8
     counts = _prompts_per_row(comfy_server, jobs)
