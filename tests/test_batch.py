@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +22,7 @@ import pytest
 from PIL import Image
 
 from fashion_rag.cli.batch_jobs import JobError, build_prompt, load_workflow, map_columns, read_jobs
-from fashion_rag.cli.batch_report import Progress, Record, read_summary, write_summary
+from fashion_rag.cli.batch_report import Progress, Record, SummaryLog, read_summary, write_summary
 from fashion_rag.cli.batch_server import ServerSetupError, start_server
 from fashion_rag.cli.comfy_server import REPO, comfy_path
 from tools.demo.person import PERSON_FILE, draw_person, keypoints_json
@@ -192,7 +195,9 @@ def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Pa
     workflow = tmp_path / "workflow.json"
     workflow.write_text(json.dumps(batch_workflow()))
     jobs = _write_csv(tmp_path / "jobs.csv", rows)
-    (tmp_path / "people").symlink_to(people)  # relative paths in the job table: from its folder
+    # Relative paths in the job table: from its folder. A copy, not a link to the shared folder: a
+    # photo resolving outside the job table's folder is refused without --allow-outside.
+    shutil.copytree(people, tmp_path / "people")
     return workflow, jobs
 
 
@@ -223,7 +228,7 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
         ["dress", "a green floral dress", 3, "dresses", "people/p1.png"],
         ["ghost", "a white shirt", 1, "upper_body", "people/missing.png"],
         ["on-server", "a black skirt", 2, "lower_body", PERSON_FILE],  # already in the input folder
-        ["small", "a yellow dress", 1, "dresses", str(people / "small.png")],  # an absolute path
+        ["small", "a yellow dress", 1, "dresses", str(tmp_path / "people" / "small.png")],  # absolute
     ])
     out = tmp_path / "out"
     t0 = time.monotonic()
@@ -240,7 +245,10 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
                             ("on-server", 2, (384, 512)), ("small", 1, (192, 256))):
         garments = ["garments.png"] if k == 1 else [f"garments_{i}.png" for i in range(1, k + 1)]
         assert summary[row_id].outputs == [f"{row_id}/{n}" for n in [*garments, "mask.png"]]
-        assert sorted(p.name for p in (out / row_id).iterdir()) == sorted([*garments, "mask.png"])
+        # The outputs, and the marker saying batch made this folder for this row.
+        assert sorted(p.name for p in (out / row_id).iterdir()) == sorted(
+            [*garments, "mask.png", ".fashion_rag_batch"])
+        assert json.loads((out / row_id / ".fashion_rag_batch").read_text()) == {"row": row_id}
         assert Image.open(out / row_id / "mask.png").size == size
         assert Image.open(out / row_id / garments[0]).size == (384, 512)
     assert not (out / "ghost").exists()
@@ -273,10 +281,18 @@ def test_killed_batch_resumes_without_rerunning_finished_rows(comfy_server, peop
     proc.wait(timeout=30)
     finished = {k for k, r in read_summary(out / "summary.csv").items() if r.status == "ok"}
     assert 2 <= len(finished) < 8, finished
+    # The csv as the run's start wrote it (every row listed), the finished rows in the log beside it.
+    assert [r["status"] for r in csv.DictReader((out / "summary.csv").open())] == ["skipped"] * 8
+    logged = [json.loads(line) for line in (out / "summary.log.jsonl").read_text().splitlines()
+              if line.endswith("}")]
+    assert {r["id"] for r in logged if r["status"] == "ok"} == finished
+    with open(out / "summary.log.jsonl", "a") as f:
+        f.write('{"id": "r7", "status": "o')  # as if the kill had come mid-line
 
     rerun = _batch(workflow, jobs, out, "--server", comfy_server.url)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(finished)} of 8 rows already done" in rerun.stderr
+    assert not (out / "summary.log.jsonl").exists()  # folded into summary.csv
     summary = read_summary(out / "summary.csv")
     assert all(r.status == "ok" for r in summary.values()) and len(summary) == 8
     counts = _prompts_per_row(comfy_server, jobs)
@@ -351,3 +367,206 @@ def test_rows_record_the_score_nodes_scores(comfy_server, people, tmp_path):
         e = entries[0]
         assert e["clip_t"] is not None and e["score"] == pytest.approx((e["clip_t"] + e["clip_i"]) / 2)
         assert summary[row].scores == pytest.approx([entries[0]["score"]], rel=1e-5)  # 6 digits
+
+
+# --- what batch may touch: its own row folders, checked image files ----------------------------
+
+MARKER = ".fashion_rag_batch"  # the README's name for the file in every row folder batch made
+
+
+def _server_inputs(comfy_base: Path) -> set[str]:
+    """Every file in the server's input folder (what /view would hand out)."""
+    folder = comfy_base / "input"
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_batch_did_not_make_is_never_replaced(comfy_server, people, tmp_path):
+    """--out on a folder the user keeps things in: OUT/IMG_0001/ (not made by batch) and a link
+    OUT/linked -> a folder elsewhere survive rows with those ids, which fail without the server
+    running them; other rows run; a folder batch made itself is still replaced when its row
+    changes. Old code: rmtree'd OUT/IMG_0001/ with the user's photo in it."""
+    workflow, jobs = _job_files(tmp_path, people, [
+        ["id", "text", "person"], ["IMG_0001", "a red top", "people/p1.png"],
+        ["linked", "a blue top", "people/p1.png"], ["other", "a green dress", "people/p2.png"]])
+    out = tmp_path / "photos"
+    (out / "IMG_0001").mkdir(parents=True)
+    (out / "IMG_0001" / "IMG_0001.jpg").write_bytes(b"the user's photo")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    (out / "linked").symlink_to(elsewhere, target_is_directory=True)
+
+    run = _batch(workflow, jobs, out, "--server", comfy_server.url)
+    assert run.returncode == 1, run.stderr
+    summary = read_summary(out / "summary.csv")
+    assert {k: r.status for k, r in summary.items()} == {"IMG_0001": "failed", "linked": "failed",
+                                                         "other": "ok"}
+    for row in ("IMG_0001", "linked"):
+        assert f"photos/{row} already exists and was not made by fashion-rag batch" in summary[row].error
+        assert "move it away, or use another --out" in summary[row].error
+    assert sorted(p.name for p in (out / "IMG_0001").iterdir()) == ["IMG_0001.jpg"]
+    assert (out / "IMG_0001" / "IMG_0001.jpg").read_bytes() == b"the user's photo"
+    assert (out / "linked").is_symlink() and [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+    assert _prompts_per_row(comfy_server, jobs) == {"other": 1}  # no server time on refused rows
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+    _write_csv(jobs, [["id", "text", "person"], ["other", "a yellow dress", "people/p2.png"]])
+    again = _batch(workflow, jobs, out, "--server", comfy_server.url)
+    assert again.returncode == 0, again.stderr  # its own folder, made for this row: replaced
+    assert _prompts_per_row(comfy_server, jobs) == {"other": 2}
+    assert json.loads((out / "other" / MARKER).read_text()) == {"row": "other"}
+
+
+def _image_rows_table(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A job table in tmp_path/table/ with one real photo and one hostile file cell per row."""
+    folder = tmp_path / "table"
+    folder.mkdir()
+    photo = draw_person()
+    photo.putpixel((0, 0), (1, 2, 3))  # this test's own upload, whatever other tests uploaded
+    photo.save(folder / "me.jpg", quality=90)
+    (tmp_path / "secret.txt").write_text("password=hunter2\n")
+    (folder / "notes.jpg").write_text("not an image, only named like one\n")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    workflow = folder / "workflow.json"
+    workflow.write_text(json.dumps(batch_workflow()))
+    jobs = _write_csv(folder / "jobs.csv", [
+        ["id", "text", "person"], ["ok", "a red top", "me.jpg"], ["passwd", "a red top", "/etc/passwd"],
+        ["secret", "a red top", "../secret.txt"], ["text", "a red top", "notes.jpg"],
+        ["fifo", "a red top", "pipe.png"], ["zero", "a red top", "zero.png"]])
+    return folder, workflow, jobs
+
+
+def test_image_cells_only_upload_images_from_the_tables_folder(comfy_server, comfy_base, tmp_path):
+    """Cells naming /etc/passwd, ../secret.txt, a text file named .jpg, a FIFO and a link to /dev/zero:
+    each row fails with its reason, nothing of them reaches the server's input folder, the run goes
+    on; the good photo arrives re-encoded as PNG. Old code uploaded passwd, secret and the text
+    file as they were (readable back through /view) and sent the raw JPEG."""
+    tmp_path = tmp_path.resolve()  # as the messages show it
+    folder, workflow, jobs = _image_rows_table(tmp_path)
+    before = _server_inputs(comfy_base)
+    run = subprocess.run(
+        [sys.executable, "-m", "fashion_rag", "batch", "--workflow", str(workflow), "--jobs", str(jobs),
+         "--out", str(tmp_path / "out"), "--server", comfy_server.url],
+        cwd=REPO, capture_output=True, text=True, timeout=120)  # a FIFO read would hang: fail instead
+    assert run.returncode == 1, run.stderr
+    summary = read_summary(tmp_path / "out" / "summary.csv")
+    assert {k: r.status for k, r in summary.items()} == {
+        "ok": "ok", "passwd": "failed", "secret": "failed", "text": "failed", "fifo": "failed",
+        "zero": "failed"}
+    errors = {k: r.error for k, r in summary.items()}
+    assert errors["passwd"].startswith("row 'passwd', column 'person': /etc/passwd is outside the job "
+                                       f"table's folder {folder}: copy it there, or pass --allow-outside")
+    assert f"{folder}/../secret.txt (= {tmp_path}/secret.txt) is outside the job table's folder" \
+        in errors["secret"]
+    assert f"{folder}/notes.jpg is not an image PIL can read" in errors["text"]
+    assert f"{folder}/pipe.png is not a regular file" in errors["fifo"]
+    assert f"{folder}/zero.png (= /dev/zero) is outside the job table's folder" in errors["zero"]
+    assert _prompts_per_row(comfy_server, jobs) == {"ok": 1}
+
+    new = _server_inputs(comfy_base) - before
+    assert len(new) == 1 and new.pop().endswith("_me.png"), _server_inputs(comfy_base) - before
+    sent = next((comfy_base / "input" / "fashion_rag_batch").glob("*_me.png"))
+    assert sent.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(folder / "me.jpg") as jpeg, Image.open(sent) as png:
+        assert png.mode == "RGB" and png.tobytes() == jpeg.convert("RGB").tobytes()  # same pixels
+
+
+def test_allow_outside_uploads_an_outside_image_but_never_a_device(comfy_server, comfy_base, tmp_path):
+    """--allow-outside lets a real photo from another folder through; a link to /dev/zero still
+    fails (not a regular file), and at once rather than reading without end."""
+    tmp_path = tmp_path.resolve()
+    folder = tmp_path / "table"
+    folder.mkdir()
+    photo = draw_person()
+    photo.putpixel((0, 0), (4, 5, 6))
+    photo.save(tmp_path / "elsewhere.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    workflow = folder / "workflow.json"
+    workflow.write_text(json.dumps(batch_workflow()))
+    jobs = _write_csv(folder / "jobs.csv", [["id", "text", "person"], ["out", "a top", "../elsewhere.png"],
+                                            ["zero", "a top", "zero.png"]])
+    before = _server_inputs(comfy_base)
+    run = _batch(workflow, jobs, tmp_path / "out", "--server", comfy_server.url, "--allow-outside")
+    assert run.returncode == 1, run.stderr
+    summary = read_summary(tmp_path / "out" / "summary.csv")
+    assert summary["out"].status == "ok", summary["out"].error
+    assert summary["zero"].status == "failed"
+    assert "image /dev/zero is not a regular file" in summary["zero"].error, summary["zero"].error
+    new = _server_inputs(comfy_base) - before
+    assert len(new) == 1 and new.pop().endswith("_elsewhere.png")
+
+
+def _batch_cli(*args: str) -> subprocess.CompletedProcess:
+    """`fashion-rag batch ...` through its own parser and run() in a child (no torch import: the
+    index command's parser pulls it in), with a time and memory limit: a FIFO that blocks or a
+    /dev/zero read whole fails the test instead of hanging it or filling the machine's memory."""
+    code = ("import argparse, sys; from fashion_rag.cli import batch; p = argparse.ArgumentParser(); "
+            "batch.add_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-c", code, "batch", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=30, preexec_fn=limit_memory)
+
+
+@pytest.mark.parametrize("which", ["jobs", "workflow"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_fifo_or_device_as_jobs_or_workflow_exit_2(tmp_path, which, kind):
+    """Old code: blocked forever on the FIFO (no writer) and read /dev/zero until memory ran out."""
+    files = {"jobs": _write_csv(tmp_path / "jobs.csv", [["id", "text"], ["a", "a red top"]]),
+             "workflow": tmp_path / "workflow.json"}
+    files["workflow"].write_text(json.dumps(batch_workflow()))
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        files[which] = tmp_path / "fifo"
+    else:
+        files[which] = Path("/dev/zero")
+    run = _batch_cli("--workflow", str(files["workflow"]), "--jobs", str(files["jobs"]),
+                     "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9")
+    assert run.returncode == 2, run.stderr
+    what = {"jobs": "job table", "workflow": "workflow"}[which]
+    line = run.stderr.strip()
+    assert "\n" not in line and f"{what} {files[which]} is not a regular file" in line, run.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_summary_log_is_read_with_the_csv_then_folded_in(tmp_path):
+    """Rows are appended to summary.log.jsonl as they finish (a kill tears at most the last line);
+    read_summary sees csv + log, later lines winning; compact() writes the csv and drops the log."""
+    path = tmp_path / "summary.csv"
+    write_summary(path, [Record("a"), Record("b"), Record("c", "failed", 1.0, [], "old error")])
+    log = SummaryLog(path)
+    log.append(Record("a", "ok", 2.0, ["a/x.png"], "", [0.5], "d1"))
+    log.append(Record("c", "failed", 1.0, [], "first"))
+    log.append(Record("c", "ok", 3.0, ["c/x.png"], "", [], "d3"))
+    log.close()
+    assert (tmp_path / "summary.log.jsonl").read_text().count("\n") == 3
+    with open(tmp_path / "summary.log.jsonl", "a") as f:
+        f.write('{"id": "b", "status": "o')  # torn by a kill mid-write
+    back = read_summary(path)
+    assert back == {"a": Record("a", "ok", 2.0, ["a/x.png"], "", [0.5], "d1"), "b": Record("b"),
+                    "c": Record("c", "ok", 3.0, ["c/x.png"], "", [], "d3")}
+    log = SummaryLog(path)
+    log.append(Record("b", "failed", 0.5, [], "after the torn line"))
+    log.close()
+    assert read_summary(path)["b"].error == "after the torn line"
+    assert read_summary(path)["a"].status == "ok"
+    log.compact(list(read_summary(path).values()))
+    assert not (tmp_path / "summary.log.jsonl").exists()
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["id"], r["status"], r["error"]) for r in rows] == [
+        ("a", "ok", ""), ("b", "failed", "after the torn line"), ("c", "ok", "")]
+
+
+def test_eta_counts_all_the_work_of_a_row(monkeypatch, capsys):
+    """A row reports 0.5 s of its own, but 4 s of wall time pass per row (the summary, uploads,
+    the display): the ETA for the 2 rows left is 8 s, not 1 s."""
+    now = [100.0]
+    monkeypatch.setattr("fashion_rag.cli.batch_report.time.monotonic", lambda: now[0])
+    progress = Progress(3, sys.stderr)
+    progress.start_row("a")
+    now[0] = 104.0
+    progress.finish_row(Record("a", "ok", 0.5))
+    assert capsys.readouterr().err == "[1/3] a: ok in 0.5s  (ETA 0:08)\n"

@@ -4,17 +4,17 @@ Each row sets inputs of the workflow (columns: see `fashion_rag.cli.batch_jobs` 
 "Batch runs") and runs through a ComfyUI server: --server URL, or one started for the run. Every
 image its SaveImage/PreviewImage nodes produce is fetched into OUT/<row id>/; OUT/summary.csv
 records each row (id, status ok/failed/skipped, seconds, outputs, error, scores). Running the
-same command again skips the rows that finished ok. Ctrl-C stops after the current row (twice:
-at once). Exit status: 0 every row ok, 1 some row failed, 2 a bad workflow or job table (nothing
-ran) or no usable server, 130 stopped by Ctrl-C.
+same command again skips the rows that finished ok. A folder OUT/<row id> that batch did not make
+is never replaced: that row fails. Image cells are uploaded only if they are images inside the job
+table's folder (--allow-outside: anywhere). Ctrl-C stops after the current row (twice: at once).
+Exit status: 0 every row ok, 1 some row failed, 2 a bad workflow or job table (nothing ran) or no
+usable server, 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import re
 import signal
 import sys
 import time
@@ -24,18 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from . import batch_jobs
+from .batch_files import ImageUploads, cell_path
 from .batch_jobs import Job, JobError, JobTable, Target, build_prompt, load_workflow, read_jobs
-from .batch_outputs import save_outputs
+from .batch_outputs import RowFolderError, check_row_folder, save_outputs, sweep_partials
 from .batch_report import (
     FAILED,
     OK,
     SKIPPED,
+    SUMMARY_LOG,
     SUMMARY_NAME,
     Progress,
     Record,
+    SummaryLog,
     one_line,
     read_summary,
-    write_summary,
 )
 from .batch_server import ServerSetupError, default_comfyui, describe, start_server
 from .comfy_server import ComfyClient, ComfyServer, PromptFailed
@@ -69,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--comfyui-args", default="", help="extra arguments for ComfyUI's main.py, one string "
                    "(e.g. \"--lowvram\")")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one row may run (default 3600)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="upload image cells naming files outside the job table's folder too (default: "
+                        "such a row fails, so a job table cannot send /etc/passwd or ~/.ssh to a server)")
     p.set_defaults(func=run)
 
 
@@ -110,14 +115,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out: Path = args.out or args.jobs.with_name(f"{args.jobs.stem}_out")
     summary_path = out / SUMMARY_NAME
-    previous = read_summary(summary_path)
+    previous = read_summary(summary_path)  # with the log of a killed run
     records = {job.id: _resumed(previous.get(job.id), job, out) for job in table.jobs}
     todo = [job for job in table.jobs if records[job.id].status != OK]
     if len(todo) < len(table.jobs):
         err(f"{len(table.jobs) - len(todo)} of {len(table.jobs)} rows already done ({summary_path}): "
             "not run again")
+    book = SummaryLog(summary_path)
+    try:
+        sweep_partials(out)
+        # Every row listed from the start; a killed run's log folded in.
+        book.compact(list(records.values()))
+    except OSError as exc:
+        err(f"cannot write the summary in {out}: {exc}")
+        return 2
     if not todo:
-        write_summary(summary_path, list(records.values()))
         return _exit_code(records, False)
     progress = Progress(len(todo))
     server: ComfyServer | None = None
@@ -128,18 +140,20 @@ def run(args: argparse.Namespace) -> int:
             else:
                 client = server = _start(args, out, err)
             file_inputs = _check_server(client, workflow)
-            runner = _RowRunner(client, workflow, table, out, args.timeout, file_inputs)
+            uploads = ImageUploads(table.path.parent, args.allow_outside,
+                                   lambda data, name: client.upload_bytes(data, name, UPLOAD_SUBFOLDER))
+            runner = _RowRunner(client, workflow, table, out, args.timeout, file_inputs, uploads)
             for job in todo:
                 if stop.requested:
                     break
                 progress.start_row(job.id)
                 records[job.id] = runner.run(job, progress.draw)
-                write_summary(summary_path, list(records.values()))
+                book.append(records[job.id])
                 progress.finish_row(records[job.id])
         except (JobError, ServerSetupError, OSError, RuntimeError) as exc:
             # Setup failures and a lost server: the rows run so far stay recorded.
             progress.note(f"batch: {one_line(exc, 2000)}")
-            write_summary(summary_path, list(records.values()))
+            _compact(book, records, err)
             return 2
         except KeyboardInterrupt:
             progress.note("batch: aborted; the current row was dropped")
@@ -152,10 +166,21 @@ def run(args: argparse.Namespace) -> int:
         for job in todo:
             if records[job.id].status == SKIPPED:
                 records[job.id].error = "not run: stopped by Ctrl-C"
-    write_summary(summary_path, list(records.values()))
+    if not _compact(book, records, err):
+        return 2
     counts = {s: sum(r.status == s for r in records.values()) for s in (OK, FAILED, SKIPPED)}
     err(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped; summary {summary_path}")
     return _exit_code(records, stop.requested)
+
+
+def _compact(book: SummaryLog, records: dict[str, Record], err: Any) -> bool:
+    try:
+        book.compact(list(records.values()))
+    except OSError as exc:
+        err(f"cannot write {book.csv_path} ({exc}); the rows run are in {SUMMARY_LOG} beside it and "
+            "the next run reads them")
+        return False
+    return True
 
 
 def _exit_code(records: dict[str, Record], interrupted: bool) -> int:
@@ -213,30 +238,22 @@ def _check_server(client: ComfyClient, workflow: dict[str, dict]) -> set[Target]
 
 class _RowRunner:
     def __init__(self, client: ComfyClient, workflow: dict[str, dict], table: JobTable, out: Path,
-                 timeout: float, file_inputs: set[Target]) -> None:
+                 timeout: float, file_inputs: set[Target], uploads: ImageUploads) -> None:
         self.client, self.workflow, self.table, self.out = client, workflow, table, out
-        self.timeout, self.file_inputs = timeout, file_inputs
-        self.uploaded: dict[tuple[str, int, int], str] = {}
+        self.timeout, self.file_inputs, self.uploads = timeout, file_inputs, uploads
         self.not_local: list[str] = []
 
     def file_value(self, target: Target, value: str) -> str:
-        """A local file (path relative to the job table) is uploaded; anything else is taken as the
-        name of a file already in the server's input folder (ComfyUI checks it)."""
+        """Anything at a local path (relative to the job table) is a local file: uploaded if it
+        passes ImageUploads' checks, else the row fails; a cell naming nothing local is taken as a
+        file already in the server's input folder (ComfyUI checks it)."""
         if target not in self.file_inputs:
             return value
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else self.table.path.parent / path
-        if not path.is_file():
-            self.not_local.append(str(path))
+        path = cell_path(value, self.table.path.parent)
+        if path is None or not os.path.lexists(path):  # lexists: a dangling or hostile link is local
+            self.not_local.append(str(path or value))
             return value
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        if key not in self.uploaded:
-            # Named by content: re-uploads are idempotent and two local files never collide.
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-            name = f"{digest}_{re.sub(r'[^A-Za-z0-9._-]', '_', path.name)}"
-            self.uploaded[key] = self.client.upload_image(path, name=name, subfolder=UPLOAD_SUBFOLDER)
-        return self.uploaded[key]
+        return self.uploads.server_name(path)
 
     def run(self, job: Job, on_wait: Any) -> Record:
         t0 = time.monotonic()
@@ -244,6 +261,7 @@ class _RowRunner:
         pid = str(uuid.uuid4())
         record = Record(job.id, FAILED, digest=job.digest)
         try:
+            check_row_folder(self.out, job.id)  # fail before the server spends time on the row
             prompt = build_prompt(self.workflow, self.table, job, self.file_value)
             # The row id in the server's history says which row a prompt was (and lets tests count).
             tag = {"fashion_rag_batch": {"row": job.id, "jobs": str(self.table.path)}}
@@ -257,7 +275,7 @@ class _RowRunner:
                 self.client.cancel(pid)
             record.error = one_line(_prompt_error(exc) + "".join(
                 f" (no local file {p} either)" for p in self.not_local))
-        except JobError as exc:
+        except (JobError, RowFolderError) as exc:
             record.error = one_line(exc)
         except TimeoutError:
             self.client.cancel(pid)  # or every later row queues behind it

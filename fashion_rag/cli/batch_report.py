@@ -1,17 +1,29 @@
-"""What `fashion-rag batch` reports: the summary CSV (also its resume record) and the progress bar."""
+"""What `fashion-rag batch` reports: the summary CSV (also its resume record) and the progress bar.
+
+While a run goes, each finished row is appended to SUMMARY_LOG beside the CSV (one JSON line,
+flushed and fsynced: O(1) per row, where rewriting the CSV after every row made a run quadratic
+in its rows); the CSV is rewritten from the records at the start and end of a run (compact). A
+run killed at any moment leaves the CSV of its start plus the log of the rows it finished, which
+read_summary reads together (a torn last line, the row being written, is skipped).
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
-from ..files import atomic_write
+from ..files import MAX_TABLE_BYTES, atomic_write, read_regular
 
 SUMMARY_NAME = "summary.csv"
+SUMMARY_LOG = "summary.log.jsonl"
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 FIELDS = ("id", "status", "seconds", "outputs", "error")
 ERROR_CHARS = 300
@@ -35,11 +47,34 @@ def one_line(text: str, limit: int = ERROR_CHARS) -> str:
 
 
 def read_summary(path: Path) -> dict[str, Record]:
-    """The records of an earlier run (none when there is no readable summary)."""
+    """The records of earlier runs: the CSV, then the rows its log adds (none when unreadable)."""
+    records = _read_csv(path)
+    records.update(_read_log(path.with_name(SUMMARY_LOG)))
+    return records
+
+
+def _read_log(path: Path) -> dict[str, Record]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
+        data = read_regular(path, MAX_TABLE_BYTES, "summary log")
+    except (OSError, ValueError):
+        return {}
+    names = {f.name for f in dataclasses.fields(Record)}
+    records = {}
+    for line in data.splitlines():
+        try:
+            item = json.loads(line)
+            record = Record(**{k: v for k, v in item.items() if k in names})
+        except (ValueError, TypeError, AttributeError):
+            continue  # the line a kill tore in half
+        records[record.id] = record  # a later line is a later run of the row
+    return records
+
+
+def _read_csv(path: Path) -> dict[str, Record]:
+    try:
+        text = read_regular(path, MAX_TABLE_BYTES, "summary").decode("utf-8")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except (OSError, csv.Error, ValueError):
         return {}
     records = {}
     for row in rows:
@@ -58,7 +93,7 @@ def read_summary(path: Path) -> dict[str, Record]:
     return records
 
 
-def write_summary(path: Path, records: list[Record]) -> None:
+def write_summary(path: Path, records: list[Record], durable: bool = False) -> None:
     """Rewrite the whole summary atomically: a kill at any moment leaves the last complete one."""
     fields = list(FIELDS)
     if any(r.scores for r in records):  # only workflows with a score node have scores
@@ -77,7 +112,39 @@ def write_summary(path: Path, records: list[Record]) -> None:
                     "scores": ";".join(f"{s:.6g}" for s in r.scores), "digest": r.digest,
                 })
 
-    atomic_write(path, write)
+    atomic_write(path, write, durable=durable)
+
+
+class SummaryLog:
+    """The summary of a running batch: rows appended to SUMMARY_LOG as they finish, folded into the
+    CSV by compact()."""
+
+    def __init__(self, summary_path: Path) -> None:
+        self.csv_path = summary_path
+        self.path = summary_path.with_name(SUMMARY_LOG)
+        self._file: BinaryIO | None = None
+
+    def append(self, record: Record) -> None:
+        if self._file is None:
+            self._file = open(self.path, "ab")
+            if self._file.tell():  # a log compact() could not fold in: never glue onto a torn line
+                self._file.write(b"\n")
+        line = json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n"
+        self._file.write(line.encode("utf-8"))
+        self._file.flush()
+        os.fsync(self._file.fileno())  # a power cut, not only a kill, keeps the finished row
+
+    def compact(self, records: list[Record]) -> None:
+        """Write the CSV from `records` (the log's rows among them), then drop the log. Killed in
+        between, the log is read again on top of the new CSV: the same records."""
+        self.close()
+        write_summary(self.csv_path, records, durable=True)
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _clock(seconds: float) -> str:
@@ -96,15 +163,15 @@ class Progress:
         self.tty = self.stream.isatty()
         self.total, self.done, self.ok, self.failed = total, 0, 0, 0
         self.started = time.monotonic()
-        self.row_seconds: list[float] = []
+        self._mark = self.started  # when the previous row was finished
+        self.spent = 0.0  # seconds the finished rows took, everything per row included
         self.current = ""
         self._drawn = 0.0
 
     def eta(self) -> str:
-        if not self.row_seconds:
+        if not self.done:
             return "--:--"
-        mean = sum(self.row_seconds) / len(self.row_seconds)
-        return _clock(mean * (self.total - self.done))
+        return _clock(self.spent / self.done * (self.total - self.done))
 
     def note(self, message: str) -> None:
         """A message line; on a terminal it goes above the bar, which is redrawn."""
@@ -117,7 +184,8 @@ class Progress:
 
     def start_row(self, job_id: str) -> None:
         if self.done == 0 and not self.current:
-            self.started = time.monotonic()  # the clock starts with the rows, not the server start-up
+            # The clock starts with the rows, not the server start-up.
+            self.started = self._mark = time.monotonic()
         self.current = job_id
         self.draw(force=True)
 
@@ -138,7 +206,11 @@ class Progress:
         self.done += 1
         self.ok += record.status == OK
         self.failed += record.status == FAILED
-        self.row_seconds.append(record.seconds or 0.0)
+        # The wall time since the previous row covers all per-row work (the row, its log line,
+        # this display), which the row's own seconds leave out.
+        now = time.monotonic()
+        self.spent += max(record.seconds or 0.0, now - self._mark)
+        self._mark = now
         self.current = ""
         line = f"[{self.done}/{self.total}] {record.id}: {record.status} in {record.seconds or 0:.1f}s"
         if record.error:

@@ -133,8 +133,10 @@ class ComfyClient:
                      overwrite: bool = True) -> str:
         """POST /upload/image (multipart, like the frontend): a local file into the server's input
         folder. Returns the value for a LoadImage `image` input ("subfolder/name" or "name")."""
-        data = Path(path).read_bytes()
-        name = name or Path(path).name
+        return self.upload_bytes(Path(path).read_bytes(), name or Path(path).name, subfolder, overwrite)
+
+    def upload_bytes(self, data: bytes, name: str, subfolder: str = "", overwrite: bool = True) -> str:
+        """upload_image of bytes already read (and checked) by the caller."""
         boundary = uuid.uuid4().hex
         fields = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
         parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
