@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from fashion_rag.evaluation.own_photos import prepare_photo, read_photo_table
 from fashion_rag.evaluation.pairs import DatasetError, PairError, reference_file_stem
 from fashion_rag.evaluation.rankings import reference_rankings, relevant_garments
 from tools.demo.dresscode import write_mini_dresscode
-from tools.demo.person import draw_person, keypoints_json
+from tools.demo.person import KEYPOINTS, draw_person, keypoints_json
 
 ALL = ("dresses", "upper_body", "lower_body")
 EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
@@ -50,13 +51,16 @@ def _evaluate(capsys, *args: str) -> tuple[int, str, str]:
 def test_captions_become_the_reference_query_text(mini):
     (mini / "fine_captions.json").write_text(json.dumps({
         "048001": ["zebra print", "a long sleeve", "cotton top", "wide collar"],  # 4 chunks: sorted, first 3
-        "052001": ["red", "short dress"],  # fewer than 3 fine chunks: not used
+        "052001": ["red", "short dress"],  # fewer than 3 fine chunks: not used...
+        "051001": ["grey", "shorts"],  # ...so this garment has no caption
     }))
     (mini / "coarse_captions.json").write_text(json.dumps({
         "052000": ["maxi dress", "blue", "floral print"],
         "052001": ["silk", "black dress", "pleated hem"],  # coarse replaces
         "051000": ["denim", "jeans", "slim fit"],
     }))
+    with open(mini / "lower_body" / "test_pairs_paired.txt", "a") as f:
+        f.write("051000_0.jpg 051000_1.jpg\n")  # a person listed again: taken once
     test_set = read_dresscode(mini, "paired", ALL, n_chunks=3)
     queries = {p.pair_id: p.query for p in test_set.pairs}
     assert queries == {
@@ -68,7 +72,8 @@ def test_captions_become_the_reference_query_text(mini):
     one = read_dresscode(mini, "paired", ("upper_body",), n_chunks=1)
     assert [p.query for p in one.pairs] == ["a long sleeve"]
     # Every other pair's garment has no caption: left out and counted, as the reference does.
-    assert test_set.left_out == {"garment without a caption": 5} and not test_set.problems
+    assert test_set.left_out == {"garment without a caption": 5, "person listed before": 1}
+    assert not test_set.problems
     assert reference_file_stem("052001_0", "black dress, pleated hem, silk/satin") == \
         "052001_0_black_dress_pleated_hem_silk_satin"
 
@@ -86,9 +91,16 @@ def test_layout_pairs_gallery_and_real_photos(mini):
     (mini / "upper_body" / "cleaned_inshop_imgs" / "048001_1_cleaned.jpg").unlink()
     again = read_dresscode(mini, "unpaired", ALL, n_chunks=3)
     assert again.gallery["048001_1"].image == mini / "upper_body" / "images" / "048001_1.jpg"
-    # FID's real photos: every person of the top-level paired list, per category and all.
+    # FID's real photos: every person of the top-level paired list, per category and all...
     assert [p.name for p in test_set.real["lower_body"]] == ["051000_0.jpg", "051001_0.jpg", "051002_0.jpg"]
     assert len(test_set.real["all"]) == 9
+    top = mini / "test_pairs_paired.txt"
+    kept = [line for line in top.read_text().splitlines(keepends=True) if "051001" not in line]
+    top.write_text("".join(kept))
+    assert [p.name for p in read_dresscode(mini, "unpaired", ALL, 3).real["lower_body"]] == [
+        "051000_0.jpg", "051002_0.jpg"]
+    top.unlink()  # ...else each category's paired list
+    assert len(read_dresscode(mini, "unpaired", ALL, 3).real["lower_body"]) == 3
     prepared = prepare_dresscode(pair, "bounding_box")
     assert prepared.person.size == (384, 512) and prepared.mask.shape == (512, 384)
     assert json.loads(prepared.keypoints_json)["keypoints"][0][:2] == [192.0, 72.0]
@@ -188,13 +200,15 @@ def test_own_photos_table(tmp_path):
     draw_person().resize((192, 256)).save(tmp_path / "small.png")
     Image.new("RGB", (300, 400), (200, 30, 40)).save(tmp_path / "top.png")
     (tmp_path / "anna.json").write_text(keypoints_json())
+    # Plain pixel keypoints without a canvas: pixels of the photo they come with (here 192x256).
+    (tmp_path / "small.json").write_text(json.dumps([[x / 2, y / 2] for x, y in KEYPOINTS]))
     mask = Image.new("L", (192, 256))
     mask.paste(255, (50, 60, 150, 200))
     mask.save(tmp_path / "drawn.png")
     (tmp_path / "pairs.csv").write_text(
         "id,person,garment,caption,category,keypoints,mask\n"
         "anna,anna.png,top.png,a red top,tops,anna.json,\n"
-        "small,small.png,top.png,a red top,upper_body,,drawn.png\n"
+        "small,small.png,top.png,a red top,upper_body,small.json,drawn.png\n"
         "ghost,ghost.png,top.png,a red top,upper_body,anna.json,\n"
         "out,../anna.png,top.png,a red top,upper_body,anna.json,\n"
         "nothing,anna.png,top.png,a red top,upper_body,,\n")
@@ -211,10 +225,12 @@ def test_own_photos_table(tmp_path):
     assert anna.mask[200, 192] and not anna.mask[60, 192] and not anna.mask[450, 192]
     assert json.loads(anna.keypoints_json)["people"][0]["pose_keypoints_2d"][:3] == [192.0, 72.0, 1.0]
     small = prepare_photo(test_set.pairs[1])
-    # The drawn mask scaled from 192x256 to 384x512; no keypoints: an empty pose.
+    # The drawn mask scaled from 192x256 to 384x512, the keypoints too.
     rows, cols = np.nonzero(small.mask)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (120, 399, 100, 299)
-    assert json.loads(small.keypoints_json)["people"] == []
+    assert json.loads(small.keypoints_json)["people"][0]["pose_keypoints_2d"][:3] == [192.0, 72.0, 1.0]
+    no_pose = prepare_photo(replace(test_set.pairs[1], keypoints=None))
+    assert json.loads(no_pose.keypoints_json)["people"] == []  # no keypoints: an empty pose
     assert test_set.gallery["anna-garment"].caption == "a red top"
 
 

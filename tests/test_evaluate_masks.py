@@ -122,6 +122,20 @@ def test_a_missing_wrist_shortens_the_arm_line():
                                                                                  "mask")).any()
 
 
+def test_missing_shoulders_put_the_shoulder_line_at_the_top():
+    """Both shoulders missing (0, 0): the line is y = 0, moved up 20 px; the reference's slice from
+    row -20 then cuts the head at the image's last 20 rows, not at the top."""
+    pose = POSE.copy()
+    pose[[2, 5]] = 0
+    parse = person("dresses")
+    parse[495:512, 20:60] = 11  # a head label in the last rows (a hand-held face photo, say)
+    for mask_type in ("bounding_box", "mask"):
+        ours = label_map_mask(parse, pose, "dresses", mask_type)
+        np.testing.assert_array_equal(ours, recipe(parse, pose, "dresses", mask_type))
+    mask = label_map_mask(parse, pose, "dresses", "mask")
+    assert mask[500, 40] and not mask[100, 192]  # the bottom head pixels repainted, the face kept
+
+
 def test_box_corners_counted_by_hand():
     """Trousers alone (no arm line or neck rule for lower_body): the box is the trousers grown by 10 px
     on every side, minus the shoes inside it."""
