@@ -216,8 +216,11 @@ class _Evaluation:
                 return code
         self.collect_reference_layout(usable)
         self.write_problems()
-        self.score(test_set, usable, rankings, weights, graph)
         self.print_problems()
+        if not self.state.results:
+            _err("no pair has an image to score: no report written (OUT/problems.txt says why)")
+            return 1
+        self.score(test_set, usable, rankings, weights, graph)
         n_bad = len(self.state.problems) + len(self.state.failed)
         print(f"evaluate: {len(self.state.results)} of {len(pairs)} pairs scored"
               + (f", {n_bad} unusable or failed (OUT/problems.txt)" if n_bad else "")
@@ -475,8 +478,16 @@ class _Evaluation:
                 target=self.out / INPUTS / pair.pair_id / "person.png" if self.paired else None,
                 mask=mask, caption=pair.query,
                 garments=[self.garment_png(g) for g in self.state.garments[pair.pair_id]]))
+        last = [0.0]
+
+        def progress(stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - last[0] > 5:
+                last[0] = now
+                print(f"evaluate: scoring: {stage} {done}/{total}", file=sys.stderr, flush=True)
+
         rows = score_images(images, test_set.real, weights, self.paired, self.stats_cache(),
-                            self.args.metrics_device or _default_device()) if images else []
+                            self.args.metrics_device or _default_device(), progress=progress)
         retrieval_rows = []
         for n in self.metric_chunks():
             relevant = relevant_garments(test_set.gallery, n)
