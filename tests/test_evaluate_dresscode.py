@@ -24,6 +24,7 @@ from fashion_rag.evaluation.own_photos import prepare_photo, read_photo_table
 from fashion_rag.evaluation.pairs import DatasetError, PairError, reference_file_stem
 from fashion_rag.evaluation.rankings import reference_rankings, relevant_garments
 from tools.demo.dresscode import write_mini_dresscode
+from tools.demo.metric_weights import write_demo_metric_weights
 from tools.demo.person import KEYPOINTS, draw_person, keypoints_json
 
 ALL = ("dresses", "upper_body", "lower_body")
@@ -157,6 +158,22 @@ def test_check_prints_usable_pairs_and_problems_with_exit_codes(mini, tmp_path, 
     assert problems[1].startswith("problem: upper_body/048001_0: keypoints file ") and "x 18" in problems[1]
     code, out, err = _evaluate(capsys, "--dresscode", str(tmp_path / "nowhere"), "--check")
     assert (code, out, err) == (2, "", f"evaluate: no Dress Code folder at {tmp_path / 'nowhere'}\n")
+
+
+def test_missing_metric_weights_and_strict_stop_before_anything_is_generated(mini, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ("--dresscode", str(mini), "--out", str(out), "--server", "http://127.0.0.1:9")
+    code, _, err = _evaluate(capsys, *args, "--metric-weights", str(tmp_path / "empty"))
+    assert code == 2 and "The metric weights folder" in err and str(tmp_path / "empty") in err
+    assert not out.exists()  # nothing read past the test set, nothing written
+    weights = tmp_path / "metric_weights"
+    write_demo_metric_weights(weights, log=lambda _: None)
+    (mini / "upper_body" / "label_maps" / "048001_4.png").write_bytes(b"")
+    code, _, err = _evaluate(capsys, *args, "--metric-weights", str(weights), "--strict")
+    assert code == 1, err
+    assert "evaluate: unusable pair upper_body/048001_0: label map: " in err
+    assert "1 problem(s) and --strict: nothing generated" in err
+    assert not (out / "generated").exists() and not (out / "jobs.csv").exists()
 
 
 def test_limit_takes_pairs_in_turn_from_each_category(mini):

@@ -3,7 +3,8 @@ real ComfyUI server of the suite on the demo weights, then scored with the demo 
 
 One run of 3 pairs (one per category; 96x128, 2 steps, 1 garment: the demo's ViT-H and VAE are
 full size), then the same command again (resumed: nothing generated), then with a 4th pair whose
-keypoint file is damaged (reported by its pair id, the rest resumed)."""
+keypoint file is damaged (reported by its pair id, the rest resumed), then --score-only on the
+images it wrote in the reference's layout."""
 
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     out = tmp_path / "out"
     retrieval = comfy_base / "models" / "fashion_rag" / "retrieval" / "fashion_rag_tiny_random.safetensors"
 
-    def evaluate(limit: int) -> subprocess.CompletedProcess:
+    def evaluate(limit: int, *more: str, to: Path = out) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "fashion_rag", "evaluate", "--dresscode", str(mini), "--limit", str(limit),
-             "--out", str(out), "--server", comfy_server.url, "--base", str(comfy_base),
+             "--out", str(to), "--server", comfy_server.url, "--base", str(comfy_base),
              "--metric-weights", str(metric_weights), "--stats-cache", str(tmp_path / "stats"),
-             "--retrieval-weights", str(retrieval), "--steps", "2", "--k", "1", "--size", "96x128"],
+             "--retrieval-weights", str(retrieval), "--steps", "2", "--k", "1", "--size", "96x128", *more],
             cwd=REPO, capture_output=True, text=True, timeout=1500)
 
     first = evaluate(3)
@@ -94,3 +95,11 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
     assert (out / "problems.txt").read_text().startswith("unusable: dresses/052001_0: keypoints file ")
     assert "| pairs | 3 scored of 4 (--limit 4), 1 unusable |" in (out / "report.md").read_text()
+
+    # The images in the reference's layout scored again on their own: the same numbers, no prompt.
+    rescored = evaluate(3, "--score-only", str(out / "images"), "--index-dir", str(out / "index"),
+                        to=tmp_path / "rescored")
+    assert rescored.returncode == 0, rescored.stderr[-4000:]
+    assert (tmp_path / "rescored" / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
+    assert "| ComfyUI | (scored only) |" in (tmp_path / "rescored" / "report.md").read_text()
+    assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
