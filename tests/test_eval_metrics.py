@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +286,26 @@ def test_a_missing_folder_or_a_wrong_file_says_so(tmp_path, weights_dir):
     with pytest.raises(MetricWeightsError) as err:
         find_metric_weights(folder, paired=False)
     assert INCEPTION_FILE in str(err.value) and "Mixed_7c.branch_pool.conv.weight" in str(err.value)
+
+
+def test_a_missing_metric_library_is_named_with_its_pip_command(tmp_path, weights_dir):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(textwrap.dedent("""
+        import importlib.abc, sys
+        class _NoCleanFid(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "cleanfid":
+                    raise ModuleNotFoundError("No module named 'cleanfid'", name="cleanfid")
+        sys.meta_path.insert(0, _NoCleanFid())
+    """))
+    code = ("import sys; from pathlib import Path; "
+            "from fashion_rag.evaluation.metric_weights import find_metric_weights\n"
+            "try:\n    find_metric_weights(Path(sys.argv[1]), paired=False)\n"
+            "except ValueError as exc:\n    print(exc); sys.exit(2)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), str(Path(__file__).parents[1])]))
+    run = subprocess.run([sys.executable, "-c", code, str(weights_dir)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stdout.strip() == ("The evaluation metrics need the Python packages clean-fid, which "
+                                  "are not installed: pip install clean-fid")

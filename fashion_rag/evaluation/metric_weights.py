@@ -9,6 +9,7 @@ Each file is the one its project publishes, under its published name, so it load
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,27 @@ DEMO_COMMAND = "python -m tools.demo.metric_weights"
 
 class MetricWeightsError(WeightFileError):
     """A metric weights file missing or unusable, with what to do about it."""
+
+
+# import name -> pip name: the libraries whose metric code the evaluation runs
+METRIC_PACKAGES = {"cleanfid": "clean-fid", "torch_fidelity": "torch-fidelity",
+                   "torchmetrics": "torchmetrics", "scipy": "scipy"}
+
+
+def require_metric_packages() -> None:
+    """ValueError with the pip command when a library the metrics run on is not installed (looked
+    up, not imported: importing them takes seconds)."""
+    missing = []
+    for module, pip_name in METRIC_PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(pip_name)
+    if missing:
+        raise ValueError(f"The evaluation metrics need the Python packages {', '.join(missing)}, which "
+                         f"are not installed: pip install {' '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,8 @@ def _find(spec: MetricFile, folder: Path) -> Path:
 def find_metric_weights(folder: Path, paired: bool) -> MetricWeights:
     """The metric weight files in `folder`, their layouts checked (cheap: the files are mapped,
     not read), so a missing or wrong file fails before any generation. Unpaired runs need no
-    LPIPS files. Raises MetricWeightsError naming the file, the folder and where it comes from."""
+    LPIPS files. Raises MetricWeightsError naming the file, the folder and where it comes from,
+    or ValueError naming the metric libraries that are not installed."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise MetricWeightsError(
@@ -108,6 +131,7 @@ def find_metric_weights(folder: Path, paired: bool) -> MetricWeights:
         )
     inception = _find(INCEPTION, folder)
     clip = _find(CLIP, folder)
+    require_metric_packages()
     alexnet = _find(ALEXNET, folder) if paired else None
     lpips = _find(LPIPS, folder) if paired else None
     # Imported here: the networks' layouts come from torch-fidelity and torchmetrics.
