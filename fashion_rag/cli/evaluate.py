@@ -22,13 +22,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..categories import CATEGORIES
 from ..files import atomic_write, cached_sha256
 from .batch_report import OK, read_summary
 from .evaluate_graph import RESULT_FILE, EvalGraph, GraphError, Sampling, evaluation_graph, model_files
+
+if TYPE_CHECKING:  # the evaluation modules import torch: loaded only when the command runs
+    from PIL import Image
+
+    from ..evaluation.metrics import MetricWeights
+    from ..evaluation.pairs import EvalPair, PreparedPair, Problem, TestSet
+    from ..evaluation.rankings import Rankings
 
 OUT_LAYOUT = """\
 OUT/inputs/<pair>/person.png, mask.png   each pair at 384x512, as the graph takes it
@@ -152,7 +159,7 @@ def _err(message: str) -> None:
 class _Run:
     """What one evaluation accumulates: its pairs' inputs, its problems, its results."""
 
-    problems: list[Any] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     garments: dict[str, list[str]] = field(default_factory=dict)  # pair id -> retrieved garment ids
     results: dict[str, Path] = field(default_factory=dict)  # pair id -> result image
     failed: dict[str, str] = field(default_factory=dict)  # pair id -> error
@@ -227,21 +234,23 @@ class _Evaluation:
               + f"; report {self.out / 'report.md'}", file=sys.stderr)
         return 1 if n_bad else 0
 
-    def read(self) -> Any:
+    def read(self) -> TestSet:
         from ..evaluation.dresscode import read_dresscode
         from ..evaluation.own_photos import read_photo_table
 
         if self.args.csv:
-            return read_photo_table(self.args.csv)
+            table = read_photo_table(self.args.csv)
+            table.pairs = [p for p in table.pairs if p.category in self.categories]
+            return table
         return read_dresscode(self.args.dresscode, self.args.order, self.categories, self.args.chunks)
 
-    def _prepare_one(self, pair: Any) -> Any:
+    def _prepare_one(self, pair: EvalPair) -> PreparedPair:
         from ..evaluation.dresscode import prepare_dresscode
         from ..evaluation.own_photos import prepare_photo
 
         return (prepare_photo if self.args.csv else prepare_dresscode)(pair, self.args.mask, self.args.size)
 
-    def check(self, test_set: Any, pairs: list) -> int:
+    def check(self, test_set: TestSet, pairs: list[EvalPair]) -> int:
         """Read every file each pair needs, as a run would, and say what is wrong."""
         from ..evaluation.pairs import PairError, Problem, read_picture
 
@@ -269,7 +278,7 @@ class _Evaluation:
         print(f"{sum(usable.values())} usable pairs, {len(problems)} problem(s)")
         return 1 if problems else 0
 
-    def metric_weights(self) -> Any:
+    def metric_weights(self) -> MetricWeights:
         from ..evaluation.metrics import find_metric_weights
 
         folder = self.args.metric_weights
@@ -279,7 +288,7 @@ class _Evaluation:
             folder = Path(self.base) / "models" / "fashion_rag" / "metrics"
         return find_metric_weights(Path(folder), self.paired)
 
-    def prepare(self, pairs: list) -> list:
+    def prepare(self, pairs: list[EvalPair]) -> list[EvalPair]:
         """Each pair's person, mask and pose written under OUT/inputs/<pair>/ (rewritten only when
         they change, so a resumed batch sees the same files); unusable pairs become problems."""
         from PIL import Image
@@ -305,7 +314,7 @@ class _Evaluation:
                       file=sys.stderr, flush=True)
         return kept
 
-    def retrieve(self, test_set: Any, pairs: list) -> Any:
+    def retrieve(self, test_set: TestSet, pairs: list[EvalPair]) -> Rankings:
         """Every query's top 20 (generation and the retrieval metrics read them); each pair's top k."""
         from ..evaluation.pairs import Problem
         from ..evaluation.rankings import index_rankings, reference_rankings
@@ -366,7 +375,7 @@ class _Evaluation:
         arch = self.args.retrieval_encoder or (carried.get("name") if isinstance(carried, dict) else None)
         return weights, arch or DEFAULT_ARCH
 
-    def write_garments(self, rankings: Any, pairs: list) -> None:
+    def write_garments(self, rankings: Rankings, pairs: list[EvalPair]) -> None:
         """The retrieved garments fitted to 384x512 (what the retrieve node would hand on)."""
         from ..evaluation.pairs import Problem
         from ..images import ImageLoadError, load_garment
@@ -390,7 +399,7 @@ class _Evaluation:
     def garment_png(self, garment_id: str) -> Path:
         return self.out / INPUTS / "garments" / f"{garment_id}.png"
 
-    def generate(self, graph: EvalGraph, pairs: list) -> int:
+    def generate(self, graph: EvalGraph, pairs: list[EvalPair]) -> int:
         """One batch row per pair; the batch's exit code (0 all ok, 1 some failed, 2 setup, 130 Ctrl-C)."""
         from . import batch
 
@@ -427,7 +436,7 @@ class _Evaluation:
                 self.state.failed[record.id] = record.error or record.status
         return code
 
-    def find_results(self, pairs: list) -> None:
+    def find_results(self, pairs: list[EvalPair]) -> None:
         """--score-only: each pair's image in DIR, named as the reference names its results."""
         from ..evaluation.pairs import reference_file_stem
 
@@ -443,7 +452,7 @@ class _Evaluation:
             else:
                 self.state.failed[pair.pair_id] = f"no image {path}"
 
-    def collect_reference_layout(self, pairs: list) -> None:
+    def collect_reference_layout(self, pairs: list[EvalPair]) -> None:
         """The results also under OUT/images/<category>/, named as the reference names them."""
         from ..evaluation.pairs import reference_file_stem
 
@@ -459,7 +468,8 @@ class _Evaluation:
             if not (target.is_file() and target.read_bytes() == data):
                 atomic_write(target, lambda tmp, d=data: Path(tmp).write_bytes(d))
 
-    def score(self, test_set: Any, pairs: list, rankings: Any, weights: Any, graph: EvalGraph | None) -> None:
+    def score(self, test_set: TestSet, pairs: list[EvalPair], rankings: Rankings, weights: MetricWeights,
+              graph: EvalGraph | None) -> None:
         import numpy as np
         from PIL import Image
 
@@ -506,7 +516,8 @@ class _Evaluation:
     def stats_cache(self) -> Path:
         return (self.args.stats_cache or _cache_root() / "eval-stats").expanduser()
 
-    def settings(self, test_set: Any, pairs: list, weights: Any, graph: EvalGraph | None) -> dict[str, str]:
+    def settings(self, test_set: TestSet, pairs: list[EvalPair], weights: MetricWeights,
+                 graph: EvalGraph | None) -> dict[str, str]:
         a = self.args
         source = f"Dress Code {a.dresscode}" if a.dresscode else f"own photos {a.csv}"
         retrieval = (f"reference-json {self.reference_json}" if self.reference_json is not None
@@ -536,9 +547,7 @@ class _Evaluation:
         if graph is not None:
             for key, (folder, name) in model_files(graph.workflow).items():
                 settings[key] = f"{name} sha256 {self.model_sha256(folder, name)}"
-        sha = getattr(weights, "sha256", None)
-        if callable(sha):
-            settings.update(sha())
+        settings.update(weights.sha256())
         return settings
 
     def model_sha256(self, folder: str, name: str) -> str:
@@ -583,14 +592,15 @@ def _size(text: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-def limited(pairs: list, limit: int | None) -> list:
+def limited(pairs: list[EvalPair], limit: int | None) -> list[EvalPair]:
     """The first `limit` pairs, taken in turn from each category (a quick run sees every one)."""
     if limit is None:
         return list(pairs)
-    queues: dict[str, list] = {}
+    queues: dict[str, list[EvalPair]] = {}
     for pair in pairs:
         queues.setdefault(pair.category, []).append(pair)
-    picked, depth = [], 0
+    picked: list[EvalPair] = []
+    depth = 0
     while len(picked) < limit and any(depth < len(q) for q in queues.values()):
         picked += [q[depth] for q in queues.values() if depth < len(q)]
         depth += 1
@@ -615,7 +625,7 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _write_png(image: Any, path: Path) -> None:
+def _write_png(image: Image.Image, path: Path) -> None:
     """Write a PNG only when its bytes change: the batch resumes by file size and time."""
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
