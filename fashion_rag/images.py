@@ -47,10 +47,11 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
+def decode_image(data: bytes, name: str = "<bytes>", rgb: bool = True) -> Image.Image:
     """Decode fully (not lazily, so truncated files fail here) to RGB, EXIF rotation applied.
 
-    The pixel count is checked from the header, before any pixel is decoded.
+    The pixel count is checked from the header, before any pixel is decoded. `rgb=False` keeps
+    the stored mode (a label map's palette indices are its labels, not colours).
     """
     try:
         with warnings.catch_warnings():
@@ -71,7 +72,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
         raise ImageLoadError(f"{name} is not an image (no image format recognised)", NOT_AN_IMAGE) from exc
     except Exception as exc:  # any decoder failure on untrusted bytes is a bad file, not a bug
         raise ImageLoadError(f"cannot read image {name}: {exc}", UNREADABLE) from exc
-    return _to_rgb(img)
+    return _to_rgb(img) if rgb else img
 
 
 def open_image(path: str | Path) -> BinaryIO:
