@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,18 @@ def prepare(sizes_name: str, out: Path, cache: Path | None) -> tuple[dict, dict 
                "FashionRAGCheckpointCLIPVAELoader": names.get("checkpoints"),
                "FashionRAGCLIPVisionLoader": names.get("clip_vision")}
     return loaders, smoke, {"sizes": sizes.name}
+
+
+def wait_for_memory(gib: float) -> None:
+    """Wait until the machine has `gib` GiB available (a shared machine: the full-size runs take
+    8-10 GiB each, and the kernel kills the largest process when memory runs out)."""
+    while True:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        available = int(info["MemAvailable"].split()[0]) / 2**20
+        if available >= gib:
+            return
+        print(f"[precision] {available:.1f} GiB available, waiting for {gib:g}", flush=True)
+        time.sleep(30)
 
 
 def relative(a: Any, b: Any) -> float:
@@ -174,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="where model files are generated")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: a new temp folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--wait-for-memory", type=float, default=0.0, metavar="GIB",
+                   help="start each run only once this many GiB are available (shared machines)")
     a = p.parse_args(argv)
 
     default_modes = [m for m in MODES if m != BASELINE and (a.sizes == "smoke" or m != "fp16")]
@@ -190,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = {"out": str(out / mode), "base": str(out / "comfy_base"), "steps": a.steps, "smoke": smoke,
                 "files": loaders, "person": [int(v) for v in person.split("x")] if person else None,
                 "best_of": a.best_of, "templates": templates, "emulate": MODES[mode].emulate}
+        wait_for_memory(a.wait_for_memory)
         print(f"[precision] {mode}: {out / mode}", flush=True)
         run_process("precision_pack.py", spec, out / mode, ["--", *COMFY_FLAGS, *MODES[mode].flags], threads)
     results = {m: compare(out / m, out / BASELINE) for m in modes}

@@ -10,17 +10,14 @@ latents and images, the score node's scores) and result.json (retrieved ids, sco
 dtype every model stores its weights in and the dtypes its layers computed in, seconds).
 
 SPEC's `emulate` ("bf16" or "fp16") makes ComfyUI take the CPU for a device that computes in that
-dtype: its capability query (`should_use_bf16` / `should_use_fp16`) answers yes for the CPU, and
-ComfyUI then decides as on such a GPU (no manual cast of half weights; the adapter follows). On a
-CPU ComfyUI otherwise computes every UNet in fp32 whatever its weights are stored in. Nothing
-else is changed: the casting, the layers and the sampling are ComfyUI's own.
+dtype (benchmarks/half_device.py); on a CPU ComfyUI otherwise computes every UNet in fp32 whatever
+its weights are stored in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import importlib
 import json
 import logging
@@ -39,10 +36,18 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from memory_common import Timeline, write_json  # noqa: E402
-from memory_pack import SMOKE_CLIP_VAE, SMOKE_VISION, _Server, start_comfy  # noqa: E402
+from memory_pack import (  # noqa: E402
+    SMOKE_CLIP_VAE,
+    SMOKE_VISION,
+    _Server,
+    emulate_half_device,
+    person_name,
+    start_comfy,
+    write_person,
+)
 
 from fashion_rag.cli.comfy_server import PACK_DIR_NAME  # noqa: E402
-from tools.demo.person import PERSON_FILE, draw_person  # noqa: E402
+from tools.demo.person import PERSON_FILE  # noqa: E402
 
 TEMPLATES = HERE.parent / "example_workflows" / "api"
 # The file inputs of the loaders, set from SPEC's `files` (left as the template has them if absent).
@@ -50,38 +55,6 @@ FILE_INPUTS = {"FashionRAGCheckpointCLIPVAELoader": "ckpt_name", "FashionRAGCLIP
                "FashionRAGAdapterLoader": "adapter_name", "FashionRAGUNetLoader": "unet_name"}
 SMOKE_LOADERS = {"FashionRAGCheckpointCLIPVAELoader": SMOKE_CLIP_VAE,
                  "FashionRAGCLIPVisionLoader": SMOKE_VISION}
-HALF = {"bf16": "should_use_bf16", "fp16": "should_use_fp16"}
-
-
-def emulate_half_device(kind: str) -> None:
-    """ComfyUI's capability query for `kind` answers yes for the CPU (see the module docstring)."""
-    import comfy.model_management as mm
-
-    name = HALF[kind]
-    ask = getattr(mm, name)
-
-    @functools.wraps(ask)
-    def capable(device: Any = None, *args: Any, **kwargs: Any) -> bool:
-        if device is None or mm.is_device_cpu(device):
-            return True
-        return ask(device, *args, **kwargs)
-
-    setattr(mm, name, capable)
-    logging.info("[precision] ComfyUI takes the CPU for a device that computes in %s", kind)
-
-
-def person_name(size: list[int] | None) -> str:
-    """The person image for a size (the demo's own at its 384x512)."""
-    return PERSON_FILE if size is None else f"fashion_rag_demo_person_{size[0]}x{size[1]}.png"
-
-
-def write_person(input_dir: Path, size: list[int] | None) -> None:
-    from PIL import Image
-
-    path = input_dir / person_name(size)
-    if not path.exists():
-        person = draw_person()
-        (person if size is None else person.resize(tuple(size), Image.LANCZOS)).save(path)
 
 
 def graph(spec: dict[str, Any], name: str) -> dict[str, Any]:
