@@ -7,6 +7,7 @@ with --no-deps.
 
     python benchmarks/gpu_packages.py                 # NEEDED as requirement lines
     python benchmarks/gpu_packages.py --venv DIR      # a venv holding only what the check may use
+    python benchmarks/gpu_packages.py --venv DIR --base-only   # only torch, transformers, timm
 
 The venv (tests/test_gpu_check.py runs the check in it) sees the standard library and, linked
 from this interpreter's site-packages, only torch, transformers, timm, their requirements and
@@ -81,9 +82,11 @@ def base_closure() -> set[str]:
     return seen
 
 
-def make_venv(target: Path) -> Path:
-    """A venv at `target` whose site-packages links only the allowed distributions' files; its python."""
-    allowed = base_closure() | {_name(n) for n in NEEDED}
+def make_venv(target: Path, base_only: bool = False) -> Path:
+    """A venv at `target` whose site-packages links only the allowed distributions' files (without
+    NEEDED if base_only: a GPU machine before `gpu_check.sh --kit` installs them); its python."""
+    # pip too: the GPU machine installs the wheels with it (gpu_check.sh --kit); the check never imports it
+    allowed = base_closure() | {"pip"} | (set() if base_only else {_name(n) for n in NEEDED})
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(target)], check=True)
     python = target / "bin" / "python"
     where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -114,9 +117,10 @@ def make_venv(target: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--venv", type=Path, default=None, help="make the venv of the module docstring here")
+    p.add_argument("--base-only", action="store_true", help="the venv holds torch, transformers, timm only")
     a = p.parse_args()
     if a.venv:
-        print(make_venv(a.venv))
+        print(make_venv(a.venv, a.base_only))
     else:
         print("\n".join(f"{name}=={version}" for name, version in NEEDED.items()))
     return 0
