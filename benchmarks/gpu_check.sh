@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fashion-RAG GPU check: one run on a CUDA machine without network (about 3-5 minutes on an H200),
+# Fashion-RAG GPU check: one run on a CUDA machine without network (meant to take under 8 minutes;
+# not yet run on a GPU: benchmarks/RESULTS.md, "GPU check"),
 # one table: ms per step (pack vs the independent diffusers pipeline, 50 steps, CFG 7.5, fp16),
 # first-image seconds, peak GPU memory, fp16-vs-fp32 relative error of the final latent, index
 # query p50 (on GPU faiss where installed). What it runs: benchmarks/gpu_check.py.
@@ -7,14 +8,15 @@
 # WHAT THE GPU MACHINE NEEDS
 #   python3 with torch (CUDA), transformers and timm; this repository; ComfyUI's source; and the
 #   wheels of benchmarks/gpu_packages.py (NEEDED: `python benchmarks/gpu_packages.py` lists them),
-#   installed there with --no-deps. Measured for CPython 3.12, manylinux x86_64 (2026-12-03):
-#     av 35.8 MB (ComfyUI's node API imports it), scipy 35.2 (ComfyUI's samplers, bm25s),
-#     faiss-cpu 18.8, diffusers 6.4, open_clip_torch 1.5, wcwidth 0.8, charset-normalizer 0.3,
-#     psutil 0.2, urllib3 0.1, certifi 0.1, bm25s, requests, einops, torchsde, ftfy,
-#     importlib-metadata, lazy-importer, zipp, trampoline (< 0.1 each): 99.7 MB in all, and
-#     ComfyUI 0.3.75's source 6.8 MB (tar.gz) -- over the 60 MB aimed at. A machine that has
-#     scipy, einops, psutil and requests already (the H200 image lent here has them) needs 63.6 MB
-#     of wheels (--without scipy,einops,psutil,requests,urllib3,certifi,charset-normalizer,zipp).
+#   installed there with --no-deps. Measured for CPython 3.12, manylinux x86_64 (2026-12-03), MiB:
+#     av 34.1 (ComfyUI's node API imports it), scipy 33.6 (ComfyUI's samplers, bm25s), faiss-cpu 18.0,
+#     diffusers 6.1, open_clip_torch 1.5, wcwidth 0.8, charset-normalizer 0.3, and psutil, urllib3,
+#     certifi, requests, bm25s, torchsde, einops, ftfy, importlib-metadata, zipp, lazy-importer,
+#     trampoline (0.2 or less each): 95.0 MiB of wheels, plus ComfyUI 0.3.75's source, 6.5 MiB as
+#     tar.gz: 101.5 MiB, over the 60 MB aimed at (av and scipy alone are 67.7). A machine that has
+#     scipy, einops, psutil and requests already (the H200 image lent to this project has them) needs
+#     60.6 MiB of wheels, 67.1 with ComfyUI: --without scipy,einops,psutil,requests,urllib3,certifi,
+#     charset-normalizer,zipp.
 #
 # HOW TO CARRY THEM
 #   1. On a machine with network, in the repository root:
