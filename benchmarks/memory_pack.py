@@ -29,19 +29,38 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from half_device import emulate_half_device  # noqa: E402
 from memory_common import PROMPTS, Timeline, write_json  # noqa: E402
 
 from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+from tools.demo.person import PERSON_FILE, draw_person  # noqa: E402
 
 EXAMPLE = HERE.parent / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 LOADERS = {"1": "CLIP + VAE", "2": "CLIP vision", "3": "index", "5": "adapter", "7": "UNet"}
 SMOKE_CLIP_VAE, SMOKE_VISION = "FashionRAGBenchTinyCLIPVAE", "FashionRAGBenchTinyCLIPVision"
 
 
+def person_name(size: list[int] | None) -> str:
+    """The person image of a size [w, h] (None: the demo's own, 384x512)."""
+    return PERSON_FILE if size is None else f"fashion_rag_demo_person_{size[0]}x{size[1]}.png"
+
+
+def write_person(input_dir: Path, size: list[int] | None) -> None:
+    """The demo person at `size` in a ComfyUI input folder (prepare_base writes the 384x512 one)."""
+    from PIL import Image
+
+    path = input_dir / person_name(size)
+    if size is not None and not path.exists():
+        draw_person().resize(tuple(size), Image.LANCZOS).save(path)
+
+
 def graph(spec: dict[str, Any], text: str, seed: int) -> dict[str, Any]:
-    """The example graph with the benchmark's files, steps, text and seed."""
+    """The example graph with the benchmark's files, steps, text and seed (and person size, if given)."""
     g = copy.deepcopy(json.loads(EXAMPLE.read_text()))
     g["4"]["inputs"]["text"] = text
+    if spec.get("person"):
+        g["8"]["inputs"]["image"] = person_name(spec["person"])
+        g["9"]["inputs"]["width"], g["9"]["inputs"]["height"] = spec["person"]
     g["5"]["inputs"]["adapter_name"] = spec["adapter"]
     g["7"]["inputs"]["unet_name"] = spec["unet"]
     g["11"]["inputs"].update(steps=spec["steps"], seed=seed)
@@ -156,10 +175,16 @@ def start_comfy(flags: list[str], base: Path) -> tuple[Any, Any]:
 def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
     out = Path(spec["out"])
     timeline = Timeline()
-    nodes, execution = start_comfy(flags, make_base_dir(Path(spec["base"])))
+    base = make_base_dir(Path(spec["base"]))
+    write_person(base / "input", spec.get("person"))
+    nodes, execution = start_comfy(flags, base)
+    if spec.get("emulate"):  # a CPU taken for a half-precision device (benchmarks/gpu_check.py --tiny)
+        emulate_half_device(spec["emulate"])
     import comfy.utils
 
     def progress(value: int, total: int, preview: Any, node_id: Any = None, **_: Any) -> None:
+        if torch.cuda.is_available():  # a step's time includes its queued GPU work
+            torch.cuda.synchronize()
         timeline.mark("step", value=value, total=total, node=node_id or server.node)
 
     server = _Server(timeline)

@@ -68,19 +68,20 @@ def load_pth(path: str, build: Any) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def load_models(spec: dict[str, Any], tl: Timeline) -> dict[str, Any]:
+def load_models(spec: dict[str, Any], tl: Timeline, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The models in `dtype` on `device` (benchmarks/gpu_check.py: fp16 on a GPU, as the reference runs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
     ref, m = Path(spec["reference"]), {}
-    fp32 = torch.float32
     tl.mark("load", model="text encoder + tokenizer")
-    m["text"] = CLIPTextModel.from_pretrained(ref / "text_encoder", dtype=fp32).eval()
+    m["text"] = CLIPTextModel.from_pretrained(ref / "text_encoder", dtype=dtype).eval()
     m["tokenizer"] = CLIPTokenizer.from_pretrained(spec["tokenizer"], pad_token="!")  # SD2 pads with id 0
     tl.mark("load", model="VAE")
-    m["vae"] = AutoencoderKL.from_pretrained(ref / "vae", torch_dtype=fp32).eval()
+    m["vae"] = AutoencoderKL.from_pretrained(ref / "vae", torch_dtype=dtype).eval()
     tl.mark("load", model="vision")
-    m["vision"] = CLIPVisionModel.from_pretrained(ref / "clip_vision", dtype=fp32).eval()
+    m["vision"] = CLIPVisionModel.from_pretrained(ref / "clip_vision", dtype=dtype).eval()
     tl.mark("load", model="adapter")
     a = spec["adapter_config"]
     m["adapter"] = load_pth(spec["adapter_pth"], lambda: Adapter(
@@ -89,8 +90,22 @@ def load_models(spec: dict[str, Any], tl: Timeline) -> dict[str, Any]:
     tl.mark("load", model="UNet")
     config = {k: v for k, v in json.loads((ref / "unet_config.json").read_text()).items() if k[0] != "_"}
     m["unet"] = load_pth(spec["unet_pth"], lambda: UNet2DConditionModel(**config))
+    for name in ("text", "vae", "vision", "adapter", "unet"):
+        m[name] = m[name].to(device=device, dtype=dtype)
+    synchronize(device)
     tl.mark("loaded")
     return m
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the GPU's queued work, so that a time taken now includes it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _like(model: nn.Module) -> dict[str, Any]:
+    p = next(model.parameters())
+    return {"device": p.device, "dtype": p.dtype}
 
 
 @torch.no_grad()
@@ -100,19 +115,20 @@ def conditioning(m: dict[str, Any], garments: torch.Tensor, category: str) -> tu
 
     pixels_u8 = (garments * 255).round().to(torch.uint8).numpy()  # the garment files' own pixels
     pixels = CLIPImageProcessorPil()(images=list(pixels_u8), return_tensors="pt").pixel_values
-    feats = m["vision"](pixel_values=pixels).last_hidden_state  # before post_layernorm
-    ptes = m["adapter"](feats).reshape(-1, m["text"].config.hidden_size)
+    # last_hidden_state: before post_layernorm
+    feats = m["vision"](pixel_values=pixels.to(**_like(m["vision"]))).last_hidden_state
+    ptes = m["adapter"](feats.to(**_like(m["adapter"]))).reshape(-1, m["text"].config.hidden_size)
     prompt = f"a photo of a model wearing {NOUNS[category]} made of " + " $ " * ptes.shape[0]
 
     def encode(text: str, words: torch.Tensor | None) -> torch.Tensor:
         ids = m["tokenizer"](text, padding="max_length", max_length=77, truncation=True,
-                             return_tensors="pt").input_ids
+                             return_tensors="pt").input_ids.to(_like(m["text"])["device"])
 
         def inject(_module: nn.Module, _inputs: Any, embeds: torch.Tensor) -> torch.Tensor:
             if words is None:
                 return embeds
             embeds = embeds.clone()
-            embeds[0, (ids[0] == PLACEHOLDER_ID).nonzero()[:, 0]] = words
+            embeds[0, (ids[0] == PLACEHOLDER_ID).nonzero()[:, 0]] = words.to(embeds.dtype)
             return embeds
 
         hook = m["text"].embeddings.token_embedding.register_forward_hook(inject)
@@ -130,23 +146,26 @@ def inpaint(m: dict[str, Any], t: dict[str, torch.Tensor], pos: torch.Tensor, ne
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler(**SCHEDULER)
-    sched.set_timesteps(steps)
-    image, mask, pose = t["person"], t["mask"], t["pose"]
-    mk = (mask.reshape(1, 1, *mask.shape[-2:]) >= 0.5).float()
+    like = _like(m["unet"])
+    sched.set_timesteps(steps, device=like["device"])
+    image, mask, pose = (t[k].to(**like) for k in ("person", "mask", "pose"))
+    mk = (mask.reshape(1, 1, *mask.shape[-2:]) >= 0.5).to(like["dtype"])
     pixels = image[..., :3].movedim(-1, 1) * 2 - 1
     h, w = pixels.shape[-2] // 8, pixels.shape[-1] // 8
     # The reference samples the posterior; ComfyUI's VAE encode (the pack) takes its mode.
     masked = m["vae"].encode(pixels * (mk < 0.5)).latent_dist.mode() * LATENT_SCALE
     extra = torch.cat([torch.cat([F.interpolate(mk, size=(h, w))] * 2), torch.cat([masked] * 2),
-                       torch.cat([torch.zeros(1, pose.shape[1], h, w), F.interpolate(pose, size=(h, w),
-                                                                                     mode="bilinear")])], 1)
-    context = torch.cat([neg, pos])
-    x = torch.randn(1, 4, h, w, generator=torch.manual_seed(seed)) * sched.init_noise_sigma  # ComfyUI's noise
+                       torch.cat([torch.zeros(1, pose.shape[1], h, w, **like),
+                                  F.interpolate(pose, size=(h, w), mode="bilinear")])], 1)
+    context = torch.cat([neg, pos]).to(**like)
+    # ComfyUI's noise: drawn on the CPU in fp32 from the seed
+    x = (torch.randn(1, 4, h, w, generator=torch.manual_seed(seed)) * sched.init_noise_sigma).to(**like)
     tl.mark("sampling")
     for i, step in enumerate(sched.timesteps):
         inp = torch.cat([sched.scale_model_input(torch.cat([x] * 2), step), extra], 1)
         eps_u, eps_c = m["unet"](inp, step, encoder_hidden_states=context).sample.chunk(2)
         x = sched.step(eps_u + cfg * (eps_c - eps_u), step, x).prev_sample
+        synchronize(like["device"])
         tl.mark("step", value=i + 1)
     decoded = (m["vae"].decode(x / LATENT_SCALE).sample / 2 + 0.5).clamp(0, 1).movedim(1, -1)
     return x, decoded

@@ -167,6 +167,6 @@ def to_image_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL RGB images of one size -> [N, H, W, 3] float32 in [0, 1] (ComfyUI's IMAGE layout)."""
     if not images:
         w, h = GARMENT_SIZE
-        return torch.zeros((0, h, w, 3), dtype=torch.float32)
+        return torch.zeros((0, h, w, 3), dtype=torch.float32, device="cpu")  # as from_numpy's below
     arrays = np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img in images])
     return torch.from_numpy(arrays).float().div_(255.0)

@@ -18,12 +18,21 @@ _ADAPTERS: ModelCache[comfy.model_patcher.ModelPatcher] = ModelCache(max_entries
 
 
 def _adapter_dtype(device: torch.device) -> torch.dtype:
-    # fp16 on a GPU that supports it, as the reference runs; fp32 on CPU, where fp16 matmuls
-    # are slow. A user forcing fp32 text encoders (--fp32-text-enc) gets fp32 here too.
-    if mm.is_device_cpu(device) or not mm.should_use_fp16(device):
-        return torch.float32
+    """The dtype ComfyUI stores text encoders in (fp16 by default, --bf16-text-enc, --fp32-text-enc),
+    where `device` computes in it, else fp32.
+
+    The adapter is plain torch: it computes in the dtype it is stored in (ComfyUI's own models
+    cast each layer instead), so a dtype the device cannot compute in fast (fp16 on a CPU, bf16
+    on a GPU before Ampere) falls back to fp32. fp16 on a GPU is what the reference runs.
+    """
     dtype = mm.text_encoder_dtype(device)
-    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        dtype = torch.float16  # fp8 text encoders: no fp8 matmuls in plain torch
+    if dtype == torch.float16 and mm.should_use_fp16(device):
+        return dtype
+    if dtype == torch.bfloat16 and mm.should_use_bf16(device):
+        return dtype
+    return torch.float32
 
 
 def load_adapter_patcher(path: str) -> comfy.model_patcher.ModelPatcher:

@@ -118,7 +118,9 @@ class FashionRAGInpaint(io.ComfyNode):
 
         b, h, w, _ = pixels.shape
         if denoise > FULL_DENOISE:  # the reference starts from pure noise, not the photo's latent
-            latent_image = torch.zeros(b, LATENT_CHANNELS, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE)
+            # Where and as ComfyUI's EmptyLatentImage makes latents (the sampler moves them).
+            latent_image = torch.zeros(b, LATENT_CHANNELS, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE,
+                                       device=mm.intermediate_device(), dtype=torch.float32)
         else:
             latent_image = vae.encode(pixels).to(mm.intermediate_device())
         # Candidates share one noise: item 0's for every item, which is also what this seed

@@ -45,12 +45,14 @@ def condition_channels(vae, pixels: torch.Tensor, mask: torch.Tensor, pose: torc
             f"The VAE gave latents of shape {tuple(masked_latent.shape)}; the Fashion-RAG UNet "
             f"needs {LATENT_CHANNELS}x{lh}x{lw}: use the SD2 (SD1.x-family) VAE."
         )
-    device = masked_latent.device
-    mask_latent = F.interpolate(mask.to(device), size=(lh, lw), mode="nearest")
+    # All 23 channels in the masked latent's float32 on its device: ComfyUI casts the whole
+    # concat to the UNet's compute dtype (model_base._apply_model), so no channel is rounded twice.
+    like = {"device": masked_latent.device, "dtype": masked_latent.dtype}
+    mask_latent = F.interpolate(mask.to(**like), size=(lh, lw), mode="nearest")
     if pose is None:
-        pose_latent = torch.zeros(b, POSE_CHANNELS, lh, lw, device=device)
+        pose_latent = torch.zeros(b, POSE_CHANNELS, lh, lw, **like)
     else:
-        pose_latent = resize_pose(pose.to(device), lh, lw)
+        pose_latent = resize_pose(pose.to(**like), lh, lw)
     positive = torch.cat([mask_latent, masked_latent, pose_latent], dim=1)
     negative = torch.cat([mask_latent, masked_latent, torch.zeros_like(pose_latent)], dim=1)
     return positive, negative

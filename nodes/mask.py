@@ -92,12 +92,12 @@ class FashionRAGGarmentMask(io.ComfyNode):
             raise ValueError(f"{len(people)} poses for {batch} images: give one pose, or one per image.")
         check_budget("a garment mask", batch, (width, height), MASK_BYTES_CHANNELS,
                      "give smaller images or fewer of them (split the batch)")
-        masks = torch.empty((batch, height, width), dtype=torch.float32)
+        # A MASK is float32, beside the image it masks (the library computes each frame on the CPU).
+        masks = torch.empty((batch, height, width), dtype=torch.float32, device=image.device)
         for i, k in enumerate(people):
             # One pose for the whole batch: computed once, copied into every frame.
             frames = slice(None) if len(people) == 1 else slice(i, i + 1)
             masks[frames] = garment_mask(k.to_size((width, height)), category, width, height, grow, feather)
-        masks = masks.to(image.device)
         preview = masked_preview(image, masks)
         return io.NodeOutput(masks, preview, ui=ui.PreviewImage(preview, cls=cls))
 

@@ -42,7 +42,7 @@ def reference_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
 def stock_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
     """The sigmas KSampler uses for a stock sampler/scheduler, from ComfyUI's calculate_sigmas."""
     if denoise <= 0.0:
-        return torch.zeros(0)
+        return torch.zeros(0, dtype=torch.float32, device="cpu")  # as calculate_sigmas gives them
     total = steps if denoise > FULL_DENOISE else int(steps / denoise)
     # Some samplers drop the penultimate sigma of a schedule one step longer (as KSampler does).
     discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import comfy.model_management as mm
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
@@ -42,7 +43,10 @@ class ClipVisionImages:
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         rows = []
         for picture in images:  # one at a time: patches and garments differ in size
-            pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None]
+            # An IMAGE as ComfyUI's nodes hold one (float32 on the intermediate device);
+            # encode_image moves it to the vision model's device and casts it.
+            pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None].to(
+                device=mm.intermediate_device(), dtype=torch.float32)
             with torch.no_grad():
                 embeds = self.clip_vision.encode_image(pixels, crop=True)["image_embeds"]
             rows.append(embeds.float().cpu().numpy()[0])

@@ -31,7 +31,9 @@ def scaled_linear_alphas_cumprod(
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
 ) -> torch.Tensor:
     """alphas_cumprod of SD's "scaled_linear" schedule (float64)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    # Schedules live on the CPU, as ComfyUI's (the sampler moves the sigmas it uses).
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64,
+                           device="cpu") ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -66,7 +68,7 @@ def reference_ddim_sigmas(
     timesteps = ddim_timesteps(steps, len(alphas_cumprod), steps_offset)
     keep = min(int(steps * denoise), steps)
     if keep <= 0:
-        return torch.zeros(0)
+        return torch.zeros(0, dtype=torch.float32, device=alphas_cumprod.device)
     timesteps = timesteps[steps - keep:]
     # set_alpha_to_one=False: the step after the last timestep lands on alphas_cumprod[0].
     alphas = torch.cat([alphas_cumprod[timesteps], alphas_cumprod[:1]])

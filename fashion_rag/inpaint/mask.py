@@ -182,8 +182,9 @@ def rasterize(region: MaskRegion, width: int, height: int) -> torch.Tensor:
     (x - cx)^2 + (y - cy)^2 > r^2 holds in floating point too (adding a square never rounds
     below it), so the mask equals the full-grid test without [H, W] float64 grids.
     """
-    ys = torch.arange(height, dtype=torch.float64)
-    xs = torch.arange(width, dtype=torch.float64)
+    # On the CPU whatever torch's default device is: the mask is computed here, then moved.
+    ys = torch.arange(height, dtype=torch.float64, device="cpu")
+    xs = torch.arange(width, dtype=torch.float64, device="cpu")
     x0, y0, x1, y1 = region.box
     mask = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
     for _part, cx, cy, r in region.excluded:

@@ -48,7 +48,7 @@ def keypoint_heatmaps(points: np.ndarray, size: tuple[int, int] = IMAGE_SIZE,
     """
     w, h = size
     if out is None:
-        out = torch.zeros((len(points), h, w), dtype=torch.float32)
+        out = torch.zeros((len(points), h, w), dtype=torch.float32, device="cpu")  # filled from numpy
     cols = np.arange(w, dtype=np.float64)
     rows = np.arange(h, dtype=np.float64)
     eps = float(np.finfo(np.float32).eps)
@@ -82,7 +82,8 @@ def pose_heatmaps(keypoints: list[Keypoints], size: tuple[int, int] = IMAGE_SIZE
     TooLargeError before allocating when heatmaps and preview would exceed the budget."""
     check_pose_budget(len(keypoints), size)
     w, h = size
-    out = torch.zeros((len(keypoints), NUM_KEYPOINTS, h, w), dtype=torch.float32)
+    # On the CPU whatever torch's default device is: filled from numpy, moved by whoever uses it.
+    out = torch.zeros((len(keypoints), NUM_KEYPOINTS, h, w), dtype=torch.float32, device="cpu")
     for b, k in enumerate(keypoints):
         keypoint_heatmaps(k.to_size(size), size, sigma, out=out[b])
     return out

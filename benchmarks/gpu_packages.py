@@ -1,0 +1,130 @@
+"""What benchmarks/gpu_check.sh needs beyond torch, transformers and timm, and a venv that proves it.
+
+NEEDED lists every distribution the check imports that torch, transformers and timm do not bring
+themselves (their own requirements, read from the installed metadata), at the versions it ran
+with here. `gpu_check.sh --prepare` downloads exactly these wheels; the GPU machine installs them
+with --no-deps.
+
+    python benchmarks/gpu_packages.py                 # NEEDED as requirement lines
+    python benchmarks/gpu_packages.py --venv DIR      # a venv holding only what the check may use
+    python benchmarks/gpu_packages.py --venv DIR --base-only   # only torch, transformers, timm
+
+The venv (tests/test_gpu_check.py runs the check in it) sees the standard library and, linked
+from this interpreter's site-packages, only torch, transformers, timm, their requirements and
+NEEDED: a package the check imports that is missing from NEEDED fails the run there, as it would
+on a machine holding only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+BASE = ("torch", "transformers", "timm")
+# name -> version tested here; why each is needed
+NEEDED = {
+    "diffusers": "0.42.1",  # the independent pipeline
+    "requests": "2.34.2",  # diffusers
+    "urllib3": "2.8.0",  # requests
+    "certifi": "2026.10.19.post1",  # requests
+    "charset-normalizer": "3.5.3",  # requests
+    "importlib-metadata": "10.2.0",  # diffusers
+    "zipp": "4.1.2",  # importlib-metadata
+    "lazy-importer": "0.1.0",  # importlib-metadata
+    "open_clip_torch": "3.3.0",  # the pack: the retrieval encoder
+    "ftfy": "6.3.1",  # open_clip's tokenizer
+    "wcwidth": "0.9.4",  # ftfy
+    "faiss-cpu": "1.15.1",  # the pack: the index
+    "bm25s": "0.3.16",  # the pack: caption search
+    "scipy": "1.17.1",  # ComfyUI's samplers, bm25s
+    "torchsde": "0.2.6",  # ComfyUI's samplers
+    "trampoline": "0.1.2",  # torchsde
+    "einops": "0.8.2",  # ComfyUI's models
+    "psutil": "7.2.2",  # ComfyUI's memory manager
+    "av": "18.1.0",  # ComfyUI's node API (comfy_api.latest imports it for its video types)
+}
+
+
+def _name(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _requirements(dist: str) -> list[str]:
+    """The distributions `dist` requires here (markers evaluated, extras left out)."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for line in md.requires(dist) or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            out.append(req.name)
+    return out
+
+
+def base_closure() -> set[str]:
+    """BASE and their requirements, recursively, as installed here (normalised names)."""
+    seen: set[str] = set()
+    todo = list(BASE)
+    while todo:
+        dist = _name(todo.pop())
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            todo += _requirements(dist)
+        except md.PackageNotFoundError:
+            continue
+    return seen
+
+
+def make_venv(target: Path, base_only: bool = False) -> Path:
+    """A venv at `target` whose site-packages links only the allowed distributions' files (without
+    NEEDED if base_only: a GPU machine before `gpu_check.sh --kit` installs them); its python."""
+    # pip too: the GPU machine installs the wheels with it (gpu_check.sh --kit); the check never imports it
+    allowed = base_closure() | {"pip"} | (set() if base_only else {_name(n) for n in NEEDED})
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(target)], check=True)
+    python = target / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    found = subprocess.run([str(python), "-c", where], check=True, capture_output=True, text=True)
+    site = Path(found.stdout.strip())
+    ours = Path(sysconfig.get_paths()["purelib"])
+    missing = []
+    for dist in md.distributions():
+        if _name(dist.metadata["Name"]) not in allowed:
+            continue
+        tops = {Path(f).parts[0] for f in dist.files or () if Path(f).parts[0] not in ("..", "__pycache__")}
+        for top in tops:
+            if top.endswith(".pth") or not (ours / top).exists():
+                continue
+            link = site / top
+            if not link.exists():
+                link.symlink_to(ours / top)
+    for name in NEEDED:
+        try:
+            md.distribution(name)
+        except md.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"not installed here, so not in the venv: {', '.join(missing)}")
+    return python
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--venv", type=Path, default=None, help="make the venv of the module docstring here")
+    p.add_argument("--base-only", action="store_true", help="the venv holds torch, transformers, timm only")
+    a = p.parse_args()
+    if a.venv:
+        print(make_venv(a.venv, a.base_only))
+    else:
+        print("\n".join(f"{name}=={version}" for name, version in NEEDED.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

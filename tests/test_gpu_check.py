@@ -1,0 +1,66 @@
+"""benchmarks/gpu_check.sh runs end to end on the CPU (--tiny), so that it cannot rot before a GPU
+runs it, and in a venv holding only torch, transformers, timm (with their requirements) and the
+packages benchmarks/gpu_packages.py lists: a package the check needs and the list lacks fails here.
+
+--tiny takes the CPU for a device computing in fp16 (benchmarks/half_device.py): the fp16 run
+takes the GPU's code paths (fp16 UNet and adapter without a manual cast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from fashion_rag.cli.comfy_server import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+ROWS = ("| ms per step (2 steps, CFG 7.5, fp16) |", "| ms per step, fp32 |", "| first image, s (fp16;",
+        "| peak GPU memory, GiB (fp16) |", "| final latent, fp16 vs fp32 (relative) |",
+        "| final latent, pack vs independent (fp32 / fp16) |", "| index query p50, 2,000 garments, k=10 |")
+
+
+def _venv(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_packages import make_venv
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return make_venv(tmp_path / "venv")
+
+
+def test_gpu_check_tiny_with_only_the_listed_packages(tmp_path):
+    python = _venv(tmp_path)
+    summary = tmp_path / "figures.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--tiny", "--python", str(python), "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--json", str(summary)]
+    out = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=1200, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    print(out.stdout)
+    for row in ROWS:
+        assert row in out.stdout, row
+    figures = json.loads(summary.read_text())
+    assert figures["finite"]
+    errors = figures["errors"]
+    # fp16 really ran (it differs from fp32) and within fp16's rounding; at fp32 the two sides agree.
+    assert 0 < errors["pack fp16 vs fp32"] < 1e-2 and 0 < errors["independent fp16 vs fp32"] < 1e-2
+    assert errors["fp32 pack vs independent"] < 1e-4
+    assert figures["fp16"]["dtypes"]["UNet"] == figures["fp16"]["dtypes"]["adapter"] == "float16"
+    assert set(figures["fp32"]["dtypes"].values()) == {"float32"}
+    assert figures["index"]["cpu_recall"] == 1.0 and figures["index"]["cpu_p50"] > 0
+
+
+def test_gpu_check_without_a_gpu_or_with_a_wrong_option(tmp_path):
+    """On a machine without CUDA, the full check says so in one line (exit 2); --help gives the
+    instructions at the script's top."""
+    out = subprocess.run(["bash", str(SCRIPT), "--python", sys.executable, "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "no CUDA GPU here" in out.stderr and "--tiny" in out.stderr
+    assert not (tmp_path / "run").exists()
+    out = subprocess.run(["bash", str(SCRIPT), "--frobnicate"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown argument --frobnicate" in out.stderr
+    out = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "--prepare gpu_kit" in out.stdout and "--kit gpu_kit" in out.stdout and "--tiny" in out.stdout
