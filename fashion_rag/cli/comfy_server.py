@@ -80,8 +80,10 @@ class ComfyClient:
         """What to add to an error message: a server we started shows its log (ComfyServer)."""
         return ""
 
+    HTTP_TIMEOUT = 30.0  # seconds one request may wait for its answer
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+        with urllib.request.urlopen(self.url + path, timeout=self.HTTP_TIMEOUT) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict) -> tuple[int, Any]:
@@ -113,7 +115,15 @@ class ComfyClient:
         pid = body["prompt_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            hist = self.get(f"/history/{pid}")
+            try:
+                hist = self.get(f"/history/{pid}")
+            except (TimeoutError, urllib.error.URLError) as exc:
+                # A server busy with a long CPU run can answer a poll late (seen past 30 s on a
+                # loaded machine): poll again until the prompt's own deadline. A server that is
+                # gone refuses the connection, which is raised.
+                if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                    continue
+                raise
             if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
                 entry = hist[pid]
                 if entry["status"].get("status_str") != "success":
