@@ -40,17 +40,10 @@ def reference_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
 
 
 def stock_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
-    """The sigmas KSampler uses for a stock sampler/scheduler, from ComfyUI's calculate_sigmas."""
-    if denoise <= 0.0:
-        return torch.zeros(0, dtype=torch.float32, device="cpu")  # as calculate_sigmas gives them
-    total = steps if denoise > FULL_DENOISE else int(steps / denoise)
-    # Some samplers drop the penultimate sigma of a schedule one step longer (as KSampler does).
-    discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler,
-                                             total + int(discard))
-    if discard:
-        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    return sigmas[-(steps + 1):].cpu()
+    """The sigmas KSampler uses for a stock sampler/scheduler: asked of ComfyUI's KSampler itself,
+    so denoise < 1 and the samplers that drop the penultimate sigma follow ComfyUI exactly."""
+    return comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
+                                   scheduler=scheduler, denoise=denoise).sigmas.cpu()
 
 
 def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float):

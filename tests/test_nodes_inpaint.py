@@ -228,9 +228,10 @@ def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):
     ("dpmpp_2m", "sgm_uniform", 9, 0.35), ("ddim", "ddim_uniform", 10, 1.0), ("euler", "normal", 4, 0.0),
 ])
 def test_stock_sigmas_are_ksamplers(comfy_runtime, parts, sampler, scheduler, steps, denoise):
-    """The inpaint node takes stock schedules from ComfyUI's calculate_sigmas instead of building a
-    KSampler: the same sigmas, with KSampler's denoise rule and its penultimate-sigma rule
-    (dpm_2, uni_pc). Mutations caught: dropping either rule, int() rounding changed."""
+    """The inpaint node's stock schedules are exactly KSampler's, with its denoise rule and its
+    penultimate-sigma rule (dpm_2, uni_pc), also at denoise 0 and off the step grid (6 x 0.7).
+    Mutations caught (when the pack computed them itself): dropping either rule, int() rounding
+    changed; now the guard against re-implementing KSampler's schedule."""
     import comfy.samplers
 
     model = parts[0]
