@@ -52,7 +52,9 @@ def start_comfy(cpu: bool):
     base = Path(tempfile.mkdtemp(prefix="fashion_rag_bench_"))
     atexit.register(shutil.rmtree, base, ignore_errors=True)  # unlinks the pack's link, not the pack
     args.base_directory = str(make_base_dir(base))
-    import folder_paths  # noqa: F401, I001  (order: see docs/COMFYUI.md)
+    # utils.* before `nodes`: importing `nodes` puts comfy/ first on sys.path,
+    # after which `utils` is comfy/utils.py.
+    import folder_paths  # noqa: F401, I001
     import utils.extra_config  # noqa: F401
     import utils.install_util  # noqa: F401
     import nodes

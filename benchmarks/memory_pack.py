@@ -161,7 +161,9 @@ def start_comfy(flags: list[str], base: Path) -> tuple[Any, Any]:
     comfy.options.enable_args_parsing()
     sys.argv = ["main.py", *flags, "--base-directory", str(base), "--disable-api-nodes"]
     import folder_paths  # noqa: F401, I001  (after the flags: reads the base directory at import)
-    import utils.extra_config  # noqa: F401  (before `nodes`, see docs/COMFYUI.md)
+    # utils.* before `nodes`: importing `nodes` puts comfy/ first on sys.path,
+    # after which `utils` is comfy/utils.py.
+    import utils.extra_config  # noqa: F401
     import utils.install_util  # noqa: F401
 
     import execution

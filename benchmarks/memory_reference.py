@@ -2,7 +2,7 @@
 
     python benchmarks/memory_reference.py SPEC.json
 
-Written from the method (docs METHOD.md), sharing no code with the pack: transformers'
+Written from the method (docs/method.md), sharing no code with the pack: transformers'
 CLIPVisionModel (ViT-H/14) -> the adapter built from transformers' CLIP encoder layer ->
 transformers' 23-layer CLIPTextModel with the pseudo-words as the input token embeddings of
 the `$` positions; diffusers' 27-channel UNet2DConditionModel, AutoencoderKL and DDIMScheduler

@@ -2,7 +2,7 @@
 
 ComfyUI's sd1_clip.process_tokens takes any non-integer token entry as an embedding for its
 position, so the PTEs enter the text encoder as input token embeddings, before the position
-embeddings, exactly as in textual inversion (METHOD.md, "Prompt and injection").
+embeddings, exactly as in textual inversion (docs/method.md, "Prompt and injection").
 """
 
 from __future__ import annotations

@@ -58,9 +58,10 @@ class InProcessComfy:
         args.fp32_vae = True
         args.fp32_unet = True
         args.disable_api_nodes = True
-        # Order matters (COMFYUI.md): utils.* before `nodes`, which `execution` imports.
+        # Order matters: utils.* before `nodes` (which `execution` imports): importing `nodes`
+        # puts comfy/ first on sys.path, after which `utils` is comfy/utils.py.
         import folder_paths  # noqa: F401, I001  (reads args.base_directory at import)
-        import utils.extra_config  # noqa: F401  (before `nodes`: see COMFYUI.md)
+        import utils.extra_config  # noqa: F401
         import utils.install_util  # noqa: F401
 
         import execution

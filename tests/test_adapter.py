@@ -17,7 +17,7 @@ from fashion_rag.inversion.adapter import (
     load_adapter_state_dict,
 )
 
-# METHOD.md, "Adapter state_dict keys and shapes".
+# docs/method.md, "Garment → pseudo-words", step 3.
 REFERENCE_SHAPES = {
     **{f"encoder_layers.0.self_attn.{p}_proj.weight": (1280, 1280) for p in "qkv"},
     **{f"encoder_layers.0.self_attn.{p}_proj.bias": (1280,) for p in "qkv"},

@@ -1,4 +1,4 @@
-"""Reference-exact CLIP preprocessing of garment images (METHOD.md step 2)."""
+"""Reference-exact CLIP preprocessing of garment images (docs/method.md, "Garment → pseudo-words", step 1)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from fashion_rag.retrieval.encoder import GarmentEncoder
 
-ARCH, TAG = "ViT-L-14", "laion2b_s32b_b82k"  # METHOD.md: the paper's retrieval encoder
+ARCH, TAG = "ViT-L-14", "laion2b_s32b_b82k"  # docs/method.md: the paper's retrieval encoder
 # What open_clip's registry says for that tag (open_clip/pretrained.py, model_configs/ViT-L-14.json).
 LITERAL = dict(
     hf_hub="laion/CLIP-ViT-L-14-laion2B-s32B-b82K/", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),

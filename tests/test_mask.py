@@ -1,4 +1,4 @@
-"""Garment mask from keypoints: geometry of the rule in fashion_rag/mask.py, and the node."""
+"""Garment mask from keypoints: geometry of the rule in fashion_rag/inpaint/mask.py, and the node."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A graph built with the nodes' default widget values runs the reference method.
 
 Defaults are read from the node schemas as real ComfyUI serves them (/object_info's entry, built by
-ComfyUI from each node's schema), and compared with the reference's settings (METHOD.md). The
+ComfyUI from each node's schema), and compared with the reference's settings (docs/method.md). The
 binarisation of the mask (>= 0.5 repaints) has no widget: test_inpaint_parity pins it.
 
 Mutations caught (each tried once): steps 50 -> 30, cfg 7.5 -> 7.0, sampler default "euler",

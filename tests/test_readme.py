@@ -40,3 +40,32 @@ def test_pictures_exist_and_every_template_is_shown():
             assert (page.parent / path).is_file(), f"{page.name}: {path}"
     for template in (REPO / "example_workflows" / "api").glob("*.json"):
         assert f"example_workflows/{template.stem}.jpg" in shown, f"{template.stem}: no picture in the README"
+
+
+# A path inside the project, as text cites it: a top-level folder, then a file with an extension.
+_CITED = re.compile(r"(?<![\w./-])((?:docs|benchmarks|tools|tests|example_workflows|web|nodes|fashion_rag"
+                    r"|\.ci)/[\w./-]*\w\.(?:md|py|sh|json|jpg|png|txt|toml))\b")
+_BARE_DOC = re.compile(r"(?<![\w./-])([A-Z][A-Z_]+\.md)\b")
+
+
+def test_no_reference_to_a_file_the_project_does_not_contain():
+    """Every project file a source, doc or workflow names (`docs/x.md`, `benchmarks/y.py`, a bare
+    `README.md`) exists in the checkout. Mutation caught: a docstring citing `METHOD.md`, which
+    lived outside the project (failed: 13 places), a doc renamed without its citations."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    missing = []
+    for name in files:
+        texts = (".py", ".md", ".sh", ".toml", ".txt", ".js", ".json")
+        if not name.endswith(texts) or name == "tests/test_readme.py":  # this file cites examples
+            continue
+        text = (REPO / name).read_text(errors="replace")
+        for cited in _CITED.findall(text):
+            if not (REPO / cited).exists() and not (REPO / name).parent.joinpath(cited).exists():
+                missing.append(f"{name}: {cited}")
+        for cited in _BARE_DOC.findall(text):
+            if not list(REPO.glob(f"**/{cited}")):
+                missing.append(f"{name}: {cited}")
+    assert not missing, "\n".join(missing)

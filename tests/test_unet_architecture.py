@@ -1,7 +1,7 @@
 """The full-size Fashion-RAG UNet against the *published* SD2-inpainting UNet, not the pack's own config.
 
 The reference's `unet_120000.pth` is stabilityai/stable-diffusion-2-inpainting's UNet with a
-27-channel `conv_in` (METHOD.md). The weights do not say everything: the attention head width,
+27-channel `conv_in` (docs/method.md). The weights do not say everything: the attention head width,
 the timestep embedding's sin/cos order and the projection kind are architecture, not shapes. So
 the architecture is written out here literally, as the model repository publishes it, and both
 the pack's configs and the ComfyUI MODEL its loader builds are held against it:

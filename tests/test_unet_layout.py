@@ -40,7 +40,7 @@ def test_full_layout_is_diffusers_sd2_inpainting_with_27_channels(full_meta_sd):
     assert len(full_meta_sd) == 686
     assert U.layout_from_diffusers(full_meta_sd) == U.FULL
     n = sum(v.numel() for v in full_meta_sd.values())
-    assert 860e6 < n < 870e6  # METHOD.md: ~866M parameters
+    assert 860e6 < n < 870e6  # docs/method.md: ~866 M parameters
 
 
 def test_full_conversion_matches_comfy_unet_model(comfy_runtime, full_meta_sd):

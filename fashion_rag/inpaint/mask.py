@@ -28,7 +28,8 @@ pose alone. The rule, in image pixels (pixel (x, y) is inside a shape when its c
    (Chebyshev distance), so ``mask >= 0.5`` is exactly the hard mask of step 4: the UNet,
    which binarises at 0.5, sees the same region, and compositing gets soft edges.
 
-Keypoints follow COCO-18 / OpenPose order (METHOD.md), in pixels of the image the mask is for
+Keypoints follow COCO-18 / OpenPose order (docs/method.md, "Inpainting"), in pixels of the image the
+mask is for
 (keypoints.py parses the JSON forms and rescales); a keypoint with x <= 0 and y <= 0, a
 NaN, or a confidence of 0 is missing. 1 in the mask = repaint.
 """

@@ -3,7 +3,7 @@
 Plain torch, with exactly the parameter names of the reference module (a transformers
 `CLIPEncoderLayer` in `encoder_layers`, `post_layernorm`, an `nn.Sequential` in `layers`), so
 `inversion_adapter_120000.pth` loads with a strict check and no key renaming. See
-docs METHOD.md, "Garment -> pseudo-token embeddings".
+docs/method.md, "Garment → pseudo-words".
 """
 
 from __future__ import annotations

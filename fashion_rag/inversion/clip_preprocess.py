@@ -3,9 +3,10 @@
 The reference pins transformers 4.26, whose CLIP processor, on an 8-bit RGB image, resizes the
 shortest side to 224 with PIL's bicubic filter (long side `int(224 * long / short)`, truncated),
 centre-crops 224x224 (top = (h - 224) // 2), divides by 255 and normalises with the OpenAI CLIP
-mean/std. Two traps this module avoids (METHOD.md): a float [0, 1] image must become 8-bit with
-round() exactly once (modern processors given floats divide by 255 twice), and torch's
-antialiased bicubic / rounded geometry (ComfyUI's clip_preprocess) moves the PTEs by about 2 %.
+mean/std. Two traps this module avoids (docs/method.md, "Garment → pseudo-words"): a float [0, 1]
+image must become 8-bit with round() exactly once (modern processors given floats divide by 255
+twice), and torch's antialiased bicubic / rounded geometry (ComfyUI's clip_preprocess) moves the
+PTEs by about 2 %.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from PIL import Image
 
 from ..reference import CLIP_MEAN, CLIP_STD
-
 
 ImageLike = np.ndarray | torch.Tensor | Image.Image
 

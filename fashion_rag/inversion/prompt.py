@@ -3,7 +3,7 @@
     "a photo of a model wearing {noun} made of " + " $ " * (16 * k)
 
 Each `$` (CLIP BPE id 259) marks a position whose input token embedding is replaced by one
-pseudo-word embedding (METHOD.md, "Prompt and injection"). Optional extra text goes *after* the
+pseudo-word embedding (docs/method.md, "Prompt and injection"). Optional extra text goes *after* the
 placeholders, so the pseudo-words keep the positions (and position embeddings) they were trained
 at. Everything must fit one 77-token CLIP chunk, start and end tokens included.
 """
