@@ -9,16 +9,6 @@ import pytest
 import torch
 
 from fashion_rag.inpaint.mask import (
-    ANKLES,
-    HIPS,
-    L_ANKLE,
-    L_KNEE,
-    NECK,
-    NOSE,
-    R_ANKLE,
-    R_ELBOW,
-    R_WRIST,
-    SHOULDERS,
     MaskRegion,
     feather_mask,
     garment_mask,
@@ -30,6 +20,11 @@ from tools.demo import person as demo_person
 
 W, H = demo_person.WIDTH, demo_person.HEIGHT
 KP = np.array(demo_person.KEYPOINTS, dtype=float)
+# COCO-18 / OpenPose keypoint order, written out here rather than taken from the pack, so a wrong
+# index in fashion_rag.inpaint.mask (e.g. left and right swapped) cannot agree with its own test.
+NOSE, NECK, R_ELBOW, R_WRIST, L_ELBOW, L_WRIST = 0, 1, 3, 4, 6, 7
+L_KNEE, R_ANKLE, L_ANKLE = 12, 10, 13
+SHOULDERS, HIPS, ANKLES = (2, 5), (8, 11), (10, 13)
 
 
 def at(mask: torch.Tensor, xy) -> float:
@@ -52,9 +47,14 @@ def test_upper_body_covers_torso_and_arms_not_head_hands_legs():
     chest = (mid(*SHOULDERS) + mid(*HIPS)) / 2
     for p in (chest, KP[2], KP[5], KP[3], KP[6], mid(*HIPS), KP[NECK]):
         assert at(m, p) == 1.0, p
-    hand = KP[R_WRIST] + 0.3 * (KP[R_WRIST] - KP[R_ELBOW])
-    for p in (KP[NOSE], KP[14], KP[15], hand, KP[9], KP[12], KP[10], KP[13]):
+    for p in (KP[NOSE], KP[14], KP[15], KP[9], KP[12], KP[10], KP[13]):
         assert at(m, p) == 0.0, p
+    # Each hand is cut out beyond its own wrist, each forearm kept (mutation caught: a wrist index
+    # pointing at a knee in the pack's keypoint order; not caught: the two wrists swapped, which
+    # moves only ~900 pixels at the sides of the hands).
+    for elbow, wrist in ((R_ELBOW, R_WRIST), (L_ELBOW, L_WRIST)):
+        assert at(m, KP[wrist] + 0.3 * (KP[wrist] - KP[elbow])) == 0.0, ("hand", wrist)
+        assert at(m, KP[elbow] + 0.5 * (KP[wrist] - KP[elbow])) == 1.0, ("forearm", elbow)
     x0, y0, x1, y1 = bbox(m)
     assert y0 < KP[list(SHOULDERS), 1].min()  # collar above the shoulder keypoints
     assert y1 > KP[list(HIPS), 1].max()  # hem below the hip keypoints
