@@ -1,7 +1,8 @@
 """Building an index: incremental (only new image contents are encoded), safe, reported.
 
 A build reads the catalog's images through the path rule, hashes them, encodes the new ones,
-and publishes a new version of the index folder (storage.py), so a failure or a kill leaves
+stores each fitted garment image in the index (the catalog is never read again after the
+build), and publishes a new version of the index folder (storage.py), so a failure or a kill leaves
 the previous index as it was. Every catalog entry it leaves out is reported by id (and
 metadata line) with its reason; `strict` turns any such skip into a failed build.
 
@@ -115,6 +116,7 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
             work = stack.enter_context(temp_folder(lock))
             store = NewEmbeddings(work, len(plan.todo), plan.enc["dim"])
+            stack.callback(store.close)
             bad = engine.encode(catalog, plan.todo, encoder, batch_size, store, work, progress)
             _check_complete(plan, store, bad, engine)
         return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
@@ -165,9 +167,8 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
     kinds = {k for _, k in parts}
     report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
     if (old is not None and plan.old_rows and old.get("format_version") == FORMAT_VERSION
-            and old["items"] == items and old["encoder"] == plan.enc
-            and [(p["categories"], p["type"]) for p in old["vector_index"]["parts"]] == parts
-            and old["catalog_root"] == str(catalog.root)):
+            and {key: old["items"][key] for key in items} == items and old["encoder"] == plan.enc
+            and [(p["categories"], p["type"]) for p in old["vector_index"]["parts"]] == parts):
         say(f"index {out} is up to date ({len(kept)} garments)")
         return report
     report.version, record = write_index(lock, catalog, plan, store, items, index_type, ivf_threshold, say)

@@ -1,6 +1,7 @@
 """A build's last step, the same for every engine: write the new version and swap it in.
 
-Streams: the embeddings file is written block by block (reused rows from the previous
+Streams: the garment shard is written image by image (stored PNGs from the previous version's
+shard, new ones from the engine's store), the embeddings file block by block (reused rows from the previous
 version's file, new ones from the engine's NewEmbeddings file), hashed while written, then
 memory-mapped to build the vector indexes one part at a time (vector_store.write_vector_parts).
 Nothing here holds all the float32 embeddings in memory.
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -22,45 +22,71 @@ from .build_plan import BuildPlan, LogFn
 from .catalog import Catalog
 from .engines import NewEmbeddings
 from .index import map_embeddings
-from .manifest import EMBEDDINGS, FORMAT, FORMAT_VERSION
+from .manifest import EMBEDDINGS, FORMAT, FORMAT_VERSION, GARMENTS
 from .storage import BuildLock, naming, publish, temp_folder
 from .vector_rows import BLOCK_ROWS
 from .vector_store import write_vector_parts
 
 
 def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    """Write a safetensors file holding one [n, dim] float32 tensor "embeddings", from row blocks.
-
-    The bytes are those of safetensors' own save_file (compact JSON header padded with spaces
-    to 8 bytes); returns their sha256, computed while writing.
-    """
-    with naming(path):  # a failed write (a full disk) names the file
-        return _write_embeddings(path, n, dim, blocks)
-
-
-def _write_embeddings(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    nbytes = n * dim * 4
-    header = json.dumps({"embeddings": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, nbytes]}},
-                        separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    digest = hashlib.sha256()
-    written = 0
-    with open(path, "wb") as f:
-        for part in (len(header).to_bytes(8, "little"), header):
-            f.write(part)
-            digest.update(part)
+    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
+    header: the bytes are np.save's); returns their sha256, computed while writing."""
+    with naming(path), open(path, "wb") as f:  # a failed write (a full disk) names the file
+        out = _Hashing(f)
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        written = 0
         for block in blocks:
             data = np.ascontiguousarray(block, dtype="<f4")
             if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
                 raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
-            f.write(memoryview(data).cast("B"))
-            digest.update(memoryview(data).cast("B"))
+            out.write(memoryview(data).cast("B"))
             written += len(data)
+        if written != n:
+            raise ValueError(f"{written} embedding rows written where {n} were expected")
         f.flush()
         os.fsync(f.fileno())
-    if written != n:
-        raise ValueError(f"{written} embedding rows written where {n} were expected")
-    return digest.hexdigest()
+    return out.digest.hexdigest()
+
+
+class _Hashing:
+    """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
+                        ) -> tuple[str, list[int], list[int]]:
+    """Write the garment shard: each distinct content's stored PNG once (from the previous
+    version's shard, or the engine's new ones), in item order. Returns its sha256 and every
+    item's (offset, size)."""
+    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    old_at = plan.old_manifest["items"] if plan.old_garments is not None and plan.old_manifest else {}
+    placed: dict[str, tuple[int, int]] = {}
+    offsets, sizes = [], []
+    with naming(path), open(path, "wb") as f:
+        out, end = _Hashing(f), 0
+        for h in hashes:
+            if h not in placed:
+                old = plan.old_rows.get(h)
+                if old is not None and plan.old_garments is not None:
+                    start = old_at["image_offsets"][old]
+                    data = bytes(plan.old_garments[start : start + old_at["image_sizes"][old]])
+                else:
+                    assert store is not None
+                    data = store.image(new_rows[h])
+                out.write(data)
+                placed[h] = (end, len(data))
+                end += len(data)
+            offsets.append(placed[h][0])
+            sizes.append(placed[h][1])
+        f.flush()
+        os.fsync(f.fileno())
+    return out.digest.hexdigest(), offsets, sizes
 
 
 def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]) -> Iterator[np.ndarray]:
@@ -92,6 +118,7 @@ def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEm
     n, dim = len(items["ids"]), int(plan.enc["dim"])
     with temp_folder(lock, version=True) as tmp:
         sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, items["sha256"]))
+        shard_sha, offsets, sizes = write_garments_file(tmp / GARMENTS, plan, store, items["sha256"])
         emb = map_embeddings(tmp / EMBEDDINGS, n, dim)
         record = write_vector_parts(emb, items["categories"], tmp, index_type, ivf_threshold, log_fn=say)
         del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
@@ -100,11 +127,9 @@ def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEm
             "format_version": FORMAT_VERSION,
             "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "encoder": plan.enc,
-            "catalog_root": str(catalog.root),
-            "catalog_root_relative": os.path.relpath(catalog.root, lock.out),
             "count": n,
             "vector_index": record,
-            "files": {"embeddings": EMBEDDINGS},
-            "items": items,
+            "files": {"embeddings": EMBEDDINGS, "garments": GARMENTS},
+            "items": {**items, "image_offsets": offsets, "image_sizes": sizes},
         }
-        return publish(lock, tmp, manifest, {EMBEDDINGS: sha}), record
+        return publish(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record

@@ -1,8 +1,9 @@
 """How a build hashes and encodes images: here, in this process (LocalEngine), or on a Ray
 cluster (ray_engine.RayEngine). Everything else about a build is shared (build.py).
 
-An engine fills a NewEmbeddings store: row i holds the embedding of the plan's todo[i], in a
-file on disk, so a 10M-image first build holds no embeddings in memory.
+An engine fills a NewEmbeddings store: row i holds the embedding of the plan's todo[i] and its
+fitted garment image (PNG bytes, stored in the index), in files on disk, so a 10M-image first
+build holds neither embeddings nor images in memory.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from .build_plan import ProgressFn, hash_image, load_garment
+from .build_plan import ProgressFn, garment_png, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
 from .manifest import Encoder
 from .storage import naming
 
 NEW_EMBEDDINGS = "new-embeddings.npy"
+NEW_GARMENTS = "new-garments.bin"
 
 
 class BuildFailedError(ValueError):
@@ -32,29 +34,50 @@ class BuildFailedError(ValueError):
 
 
 class NewEmbeddings:
-    """The embeddings a build encodes: [n, dim] float32 in a file of the build's temp folder."""
+    """What a build encodes: [n, dim] float32 embeddings and the fitted garment images (PNG), in
+    files of the build's temp folder."""
 
     def __init__(self, folder: Path, n: int, dim: int) -> None:
         self.path = folder / NEW_EMBEDDINGS
+        self.images_path = folder / NEW_GARMENTS
         self.dim = int(dim)
         with naming(self.path):  # a failed write (a full disk) names the file
             self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
             _reserve(self.path)
         self.filled = np.zeros(n, dtype=bool)
+        self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
+        self._images = open(self.images_path, "w+b")  # noqa: SIM115 (closed by close())
+        self._end = 0
 
     def __len__(self) -> int:
         return len(self.filled)
 
-    def put(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+    def put(self, rows: np.ndarray, vectors: np.ndarray, images: Sequence[bytes]) -> None:
+        """Store the embeddings and garment PNGs of todo rows `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(images) != len(rows):
+            raise ValueError(f"{len(images)} garment images for {len(rows)} embeddings")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
             # An encoder of another dimension or a broken model: never store it as an embedding.
             raise ValueError(f"the encoder returned {vectors.shape[1:] or 'no'} embeddings for "
                              f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
                              f"values; check the encoder weights")
+        with naming(self.images_path):
+            for row, data in zip(rows, images, strict=True):
+                self._images.write(data)
+                self.image_at[row] = (self._end, len(data))
+                self._end += len(data)
         self.vectors[rows] = vectors
         self.filled[rows] = True
+
+    def image(self, row: int) -> bytes:
+        offset, size = self.image_at[row]
+        self._images.flush()
+        return os.pread(self._images.fileno(), int(size), int(offset))
+
+    def close(self) -> None:
+        self._images.close()
 
     @property
     def count(self) -> int:
@@ -121,7 +144,8 @@ class LocalEngine:
                     batch.append(garment)
                     rows.append(row)
             if batch:
-                store.put(np.asarray(rows), encoder.encode_images(batch, batch_size=batch_size))
+                store.put(np.asarray(rows), encoder.encode_images(batch, batch_size=batch_size),
+                          [garment_png(g) for g in batch])
             if progress:
                 progress(min(start + batch_size, len(todo)), len(todo))
         return bad

@@ -1,18 +1,17 @@
-"""A loaded garment index: manifest, embeddings, vector search, optionally its text encoder.
+"""A loaded garment index: manifest, embeddings, vector search, stored garments, optionally its
+text encoder.
 
 load_index() resolves the index folder's pointer once (storage.py), checks the manifest
 (manifest.py), verifies the data files against the sha256 sums and sizes the manifest records,
 and reads them from that version folder only. Every file is opened through the path rule and
 only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
 huge sparse file in place of one is refused with the rebuild command, never waited on or read
-without end. Garment images are read the same way and must still have the content that was
-indexed.
+without end. Garment images come from the index's own shard (mapped at load, each image read
+within the bounds the manifest records): nothing outside the index folder is ever opened.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import UnreadableFileError, cached_sha256, open_regular, read_regular
-from ..images import decode_image, fit_garment, read_image_bytes
+from ..images import GARMENT_SIZE, decode_image
 from .limits import shorten
 from .manifest import (
     MANIFEST,
@@ -40,19 +39,16 @@ from .storage import IndexVersion, resolve_version
 from .vector_store import VectorStore, create_vector_store, load_vector_store
 from .vectors import IVF_THRESHOLD
 
-_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
 _LOAD_ATTEMPTS = 3
 
 
-class CatalogChangedError(FileNotFoundError):
-    """A garment image is gone, or its content is not what was indexed."""
-
-
 class GarmentIndex:
-    """A loaded index: garment metadata, embeddings, the vector index, optionally the encoder."""
+    """A loaded index: garment metadata, embeddings, the vector index, the stored garment images,
+    optionally the encoder."""
 
     def __init__(self, index_dir: Path, manifest: dict[str, Any], embeddings: np.ndarray,
-                 vectors: VectorStore, encoder: Encoder | None = None, version: str = "") -> None:
+                 vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
+                 shard: np.ndarray | None = None) -> None:
         self.index_dir = index_dir
         self.version = version
         self.manifest = manifest
@@ -70,7 +66,8 @@ class GarmentIndex:
         names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
         self._category_names = {str(name): code for code, name in enumerate(names)}
         self._category_codes = codes.reshape(-1)
-        self.catalog_root = _resolve_catalog_root(index_dir, manifest)
+        self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
+        self._image_at = list(zip(items.get("image_offsets", ()), items.get("image_sizes", ()), strict=True))
         self._captions_index = None
 
     @classmethod
@@ -84,7 +81,7 @@ class GarmentIndex:
         vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
         manifest: dict[str, Any] = {
             "encoder": {"name": "none", "dim": int(emb.shape[1]), "weights_file": None, "weights_sha256": ""},
-            "catalog_root": "", "built": "", "vector_index": vectors.record(),
+            "built": "", "vector_index": vectors.record(),
             "items": {"ids": [str(i) for i in range(n)], "paths": [""] * n, "categories": cats,
                       "captions": list(captions) if captions is not None else [""] * n, "sha256": [""] * n},
         }
@@ -116,24 +113,30 @@ class GarmentIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._positions
 
-    def image_path(self, pos: int) -> Path:
-        """The garment's image, resolved; PathRuleError unless it lies inside the catalog folder."""
-        return inside(self.rel_paths[pos], self.catalog_root, f"image of garment {shorten(self.ids[pos])}")
+    def stored_png(self, pos: int) -> bytes:
+        """The stored garment's PNG bytes, as the build wrote them into the index."""
+        if self._shard is None:
+            raise ValueError(f"Index {self.name!r} holds no garment images (an in-memory index).")
+        offset, size = self._image_at[pos]
+        return bytes(self._shard[offset : offset + size])  # bounds checked against the shard at load
 
     def garment_image(self, pos: int) -> Image.Image:
-        """The garment's image fitted to 384x512, refused unless its content is what was indexed.
+        """The garment's image as the pipeline uses it: 384x512 RGB, read from the index."""
+        name = f"stored image of garment {shorten(self.ids[pos])}"
+        try:
+            img = decode_image(self.stored_png(pos), name)
+        except ValueError as exc:  # ImageLoadError: the shard passed its checksum, so a foreign build
+            raise IndexFormatError(f"Index {self.index_dir}: {exc}; "
+                                   f"{rebuild_hint(self.index_dir, self.manifest)}") from exc
+        if img.size != GARMENT_SIZE:
+            raise IndexFormatError(f"Index {self.index_dir}: the {name} is {img.width}x{img.height}, not "
+                                   f"{GARMENT_SIZE[0]}x{GARMENT_SIZE[1]}; "
+                                   f"{rebuild_hint(self.index_dir, self.manifest)}")
+        return img
 
-        The content check means a manifest (which anyone can edit) can only ever make the
-        server read back images whose exact bytes its author already had.
-        """
-        path = self.image_path(pos)
-        data = read_image_bytes(path)
-        expected = self.content_hashes[pos]
-        if expected and hashlib.sha256(data).hexdigest() != expected:
-            raise CatalogChangedError(
-                f"The image of garment {shorten(self.ids[pos])} ({path}) changed after index {self.name!r} "
-                f"was built; {rebuild_hint(self.index_dir, self.manifest)}")
-        return fit_garment(decode_image(data, str(path)))
+    def image(self, item_id: str) -> Image.Image:
+        """The stored garment `item_id` (KeyError if the index has no such garment)."""
+        return self.garment_image(self._positions[item_id])
 
     def category_mask(self, category: str) -> np.ndarray:
         """[N] bool: which garments have exactly this category."""
@@ -164,25 +167,11 @@ class GarmentIndex:
             "encoder": describe_encoder(self.manifest["encoder"]),
             "random_demo_encoder": bool(self.manifest["encoder"].get("random_demo")),
             "built": self.built,
-            "catalog_root": str(self.catalog_root),
+            "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
             "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
                              "parts": len(self.vectors.parts)},
             "captions": sum(1 for c in self.captions if c.strip()),
         }
-
-
-def _resolve_catalog_root(index_dir: Path, manifest: dict[str, Any]) -> Path:
-    # The absolute root is what was built; the relative one keeps an index usable when the
-    # models folder (index and catalog together) is moved or mounted elsewhere.
-    absolute = Path(manifest["catalog_root"])
-    if absolute.is_dir():
-        return absolute.resolve()
-    relative = manifest.get("catalog_root_relative")
-    if relative:
-        candidate = (index_dir / relative).resolve()
-        if candidate.is_dir():
-            return candidate
-    return absolute
 
 
 def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
@@ -248,7 +237,25 @@ def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
     emb_path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
     emb = map_embeddings(emb_path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
     vectors = load_vector_store(ver.data_dir, ver.index_dir, manifest, emb)
-    return GarmentIndex(ver.index_dir, manifest, emb, vectors, encoder, ver.version)
+    shard = map_file(ver, manifest, manifest["files"]["garments"], "garment image file")
+    return GarmentIndex(ver.index_dir, manifest, emb, vectors, encoder, ver.version, shard)
+
+
+def map_file(ver: IndexVersion, manifest: dict[str, Any], name: str, what: str) -> np.ndarray:
+    """A data file of the version as read-only uint8, mapped through one checked descriptor:
+    a regular file of exactly the size the manifest records (its checksum passed verify_files)."""
+    path = data_file(ver.data_dir, name, ver.index_dir, manifest, what)
+    size = file_size(manifest, name)
+    try:
+        f = open_regular(path, size, what)
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
+                               ) from exc
+    with f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise IndexFormatError(f"Index {ver.index_dir}: {name} is not the size its manifest records "
+                                   f"(damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+        return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
 
 
 def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
@@ -268,46 +275,39 @@ def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
                    manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """The [n, dim] float32 "embeddings" tensor of a safetensors file, memory-mapped read-only.
+    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only.
 
     Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
     process memory, when the IVF index answers queries and only a few rows are ever read.
     The file must be a regular file (of at most `max_bytes`, the size the manifest records);
-    it is opened once and mapped through that descriptor. The header is parsed here (no
-    pickle, no library trusting its offsets) and checked against the file size and the
-    manifest before anything is mapped.
+    it is opened once, its header parsed by numpy (no pickle: an object dtype is refused) and
+    checked against the manifest and the file size, then mapped through that descriptor.
     """
+    where = index_dir or path.parent
+
     def bad(why: str) -> IndexFormatError:
-        return IndexFormatError(f"Index {index_dir or path.parent}: {path.name} {why}; "
-                                f"{rebuild_hint(index_dir or path.parent, manifest)}")
+        return IndexFormatError(f"Index {where}: {path.name} {why}; {rebuild_hint(where, manifest)}")
 
     try:
         f = open_regular(path, max_bytes, "embeddings file")
     except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {index_dir or path.parent}: {exc}; "
-                               f"{rebuild_hint(index_dir or path.parent, manifest)}") from exc
+        raise IndexFormatError(f"Index {where}: {exc}; {rebuild_hint(where, manifest)}") from exc
     with f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= header_len <= min(size - 8, _MAX_HEADER_BYTES):
-            raise bad("is truncated or not a safetensors file")
         try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise bad(f"has an unreadable header ({str(exc)[:80]})") from exc
-        meta = header.get("embeddings") if isinstance(header, dict) else None
-        if not isinstance(meta, dict):
-            raise bad("holds no 'embeddings' tensor")
-        shape, offsets = meta.get("shape"), meta.get("data_offsets")
-        if meta.get("dtype") != "F32" or shape != [n, dim]:
-            raise bad(f"holds a {str(meta.get('dtype'))[:10]} tensor of shape {str(shape)[:40]}, the "
-                      f"manifest {n} garments x {dim} float32")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or offsets[1] - offsets[0] != n * dim * 4 or offsets[0] < 0
-                or 8 + header_len + offsets[1] > size):
-            raise bad("is truncated, or its tensor offsets are wrong")
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+        except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
+            raise bad(f"is not a .npy file ({str(exc)[:80]})") from exc
+        if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
+            raise bad(f"holds a {str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
+                      f"garments x {dim} float32")
+        offset = f.tell()
+        if offset + n * dim * 4 != size:
+            raise bad("is truncated, or longer than its header says")
         if n == 0:
             return np.zeros((0, dim), dtype=np.float32)
         # The map holds its own reference to the file: closing `f` leaves it valid.
-        return np.memmap(f, dtype=np.float32, mode="r", offset=8 + header_len + offsets[0], shape=(n, dim))
+        return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))

@@ -1,11 +1,13 @@
 """An index's manifest.json: what it records, and the checks it must pass before anything is used.
 
-Format version 3 lives in a version folder behind the index's pointer file (storage.py) and
-records the sha256 and the byte size of every other file in that folder: the data files and the
-build's marker. Each is read only as a regular file of that size, so a FIFO, a device or a huge
-sparse file in its place is refused before a byte is read. Other versions are refused with the
-command that rebuilds the index (2 had no sizes and no markers, so no build could prove its
-versions its own).
+Format version 4 lives in a version folder behind the index's pointer file (storage.py) and
+records the sha256 and the byte size of every other file in that folder: the data files (the
+embeddings .npy, the FAISS parts, the garment image shard) and the build's marker. Each is read
+only as a regular file of that size, so a FIFO, a device or a huge sparse file in its place is
+refused before a byte is read. An index holds its garment images (docs/method.md, "Stored
+garment images"): it names no catalog folder and nothing outside its folder is ever read, so a
+copied index works anywhere. Other versions are refused with the command that rebuilds the
+index (3 read garments from a catalog folder its manifest named; 2 had no sizes and markers).
 
 A manifest is input like any other (indexes get copied and shared): every key, type and
 length is checked at load, paths must be plain relative paths, and each problem is named in
@@ -23,11 +25,15 @@ from typing import Any, Protocol
 from .paths import is_plain_name, is_plain_relative
 
 FORMAT = "fashion-rag-garment-index"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 MARKER = ".build.json"  # the build marker in each version folder (storage.py): hashed like the data
-EMBEDDINGS = "embeddings.safetensors"
+EMBEDDINGS = "embeddings.npy"
+GARMENTS = "garments.bin"  # the fitted garment images (PNG), one after the other
 ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")
+IMAGE_LISTS = ("image_offsets", "image_sizes")  # where each item's PNG lies in GARMENTS
+# A stored garment is a 384x512 PNG (~0.6 MB uncompressed at most): more is not one of ours.
+MAX_GARMENT_BYTES = 4 << 20
 PART_TYPES = ("flat", "ivf")
 MAX_DIM = 65_536
 # A manifest lists every garment (id, path, category, caption, sha256: ~250 bytes each with
@@ -72,8 +78,9 @@ def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
     """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
     m = manifest if isinstance(manifest, dict) else {}
     enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
-    cmd = (f"python -m fashion_rag index build --catalog {_arg(m.get('catalog_root'), '<images folder>')} "
-           f"--out {_arg(str(index_dir), '<index folder>')}")
+    # (No catalog from the manifest: an index names no folder outside itself.)
+    out = _arg(str(index_dir), "<index folder>")
+    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {out}"
     if enc.get("name"):
         cmd += f" --encoder {_arg(enc.get('name'), '<architecture>')}"
     cmd += f" --weights {_arg(enc.get('weights_path'), '<encoder weights>')}"
@@ -105,19 +112,23 @@ def manifest_problems(m: dict[str, Any]) -> list[str]:
         dim = field(enc, "dim", (int,), "encoder.")
         if dim is not None and not 1 <= dim <= MAX_DIM:
             problems.append(f"encoder.dim {dim} is out of range")
-    root = field(m, "catalog_root", (str,), "")
-    if root is not None and not Path(root).is_absolute():
-        problems.append("catalog_root is not an absolute path")
-    field(m, "catalog_root_relative", (str,), "", optional=True)
+    # Format 4 stores the garments: a manifest naming a catalog folder is not one a build wrote
+    # (the value is never looked at, so the message is the same wherever it points).
+    if "catalog_root" in m or "catalog_root_relative" in m:
+        problems.append("it names a catalog folder (catalog_root), which an index holding its own "
+                        "garment images never does")
     field(m, "built", (str,), "", optional=True)
 
     n = _item_problems(m, field, problems)
     data_files = _part_problems(m, field, problems, n)
     files = field(m, "files", (dict,), "")
     if files is not None:
-        emb = field(files, "embeddings", (str,), "files.")
-        if emb is not None:
-            data_files.insert(0, emb)
+        shard = None
+        for key in ("garments", "embeddings"):
+            name = field(files, key, (str,), "files.")
+            if name is not None:
+                data_files.insert(0, name)
+                shard = name if key == "garments" else shard
         for name in data_files:
             if not is_plain_name(name):
                 problems.append(f"data file name {name[:80]!r} is not a plain file name in the index folder")
@@ -133,7 +144,22 @@ def manifest_problems(m: dict[str, Any]) -> list[str]:
         for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
             if type(sizes.get(name)) is not int or sizes[name] < 0:
                 problems.append(f"files.bytes has no valid size for {name[:80]!r}")
+        if shard is not None and n is not None and sizes is not None and type(sizes.get(shard)) is int:
+            _image_problems(m["items"], sizes[shard], problems)
     return problems
+
+
+def _image_problems(items: dict[str, Any], shard_bytes: int, problems: list[str]) -> None:
+    """Each item's stored image must lie inside the garment shard (reads are bounded by these)."""
+    lists = [items.get(key) for key in IMAGE_LISTS]
+    if not all(isinstance(v, list) and len(v) == len(items["ids"]) for v in lists):
+        problems.append(f"items.{' and items.'.join(IMAGE_LISTS)} must list one integer per garment")
+        return
+    for i, (offset, size) in enumerate(zip(*lists, strict=True)):
+        if (type(offset) is not int or type(size) is not int or offset < 0
+                or not 0 < size <= MAX_GARMENT_BYTES or offset + size > shard_bytes):
+            problems.append(f"the stored image of item {i} does not lie inside {GARMENTS}")
+            return
 
 
 def _item_problems(m: dict[str, Any], field: Any, problems: list[str]) -> int | None:

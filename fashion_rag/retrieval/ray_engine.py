@@ -8,7 +8,7 @@ same last step writes the index, so both engines publish the same index. Here:
 - encoding: CPU tasks read, check, decode and preprocess the new images (build_plan.load_garment,
   the encoder's model-free transform); actors hold the model (one per GPU when the cluster has
   GPUs, else CPU actors) and encode batches; the embeddings are written as Parquet shards
-  (row, reason, detail, error, embedding), which the driver reads into the build's NewEmbeddings.
+  (row, reason, detail, error, garment PNG, embedding), which the driver reads into the build's NewEmbeddings.
 What runs on the workers is in ray_workers.py.
 
 Failures: a batch whose worker process dies (a task's, or an actor's: the actor is restarted)
@@ -240,7 +240,8 @@ def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEm
         emb = table["embedding"].combine_chunks()
         vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
         ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
-        store.put(rows[ok], vectors[ok])
+        garments = table["garment"].to_pylist()
+        store.put(rows[ok], vectors[ok], [garments[i] for i in np.flatnonzero(ok)])
         for i in np.flatnonzero(~ok):
             h, item = todo[rows[i]]
             if errs[i]:

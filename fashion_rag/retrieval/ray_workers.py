@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..images import GARMENT_SIZE, PAD_COLOR
-from .build_plan import hash_image, load_garment
+from .build_plan import garment_png, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
 from .limits import shorten
 
@@ -45,7 +45,8 @@ def hash_batch(batch: Any, root: str) -> Any:
 
 
 def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
-    """Read, check, decode and preprocess a batch (CPU): pixels, or the reason an image is skipped."""
+    """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
+    stores, or the reason an image is skipped."""
     from PIL import Image
 
     catalog = Catalog(Path(root), [])
@@ -61,12 +62,14 @@ def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
                 reasons[i], details[i] = result.reason, result.detail
             garments.append(blank if isinstance(result, Skip) else result)
         pixels = encoder.preprocess_images(garments).numpy()
+        pngs = [b"" if reasons[i] else garment_png(g) for i, g in enumerate(garments)]
     except Exception as exc:
         errors = [_failure(exc)] * len(rows)
         pixels = encoder.preprocess_images([blank] * len(rows)).numpy()  # same shape as other batches
+        pngs = [b""] * len(rows)
     return {"row": np.asarray(rows, dtype=np.int64), "reason": np.asarray(reasons, dtype=object),
             "detail": np.asarray(details, dtype=object), "error": np.asarray(errors, dtype=object),
-            "pixels": pixels}
+            "pixels": pixels, "garment": np.asarray(pngs, dtype=object)}
 
 
 class EncoderActor:
@@ -94,4 +97,5 @@ class EncoderActor:
         return pa.table({"row": pa.array(rows), "reason": pa.array(list(batch["reason"]), pa.string()),
                          "detail": pa.array(list(batch["detail"]), pa.string()),
                          "error": pa.array(errors, pa.string()),
+                         "garment": pa.array(list(batch["garment"]), pa.binary()),
                          "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})

@@ -22,9 +22,8 @@ import numpy as np
 from ..images import to_image_tensor
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
-from .index import CatalogChangedError, GarmentIndex
+from .index import GarmentIndex
 from .limits import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
-from .manifest import rebuild_hint
 
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
@@ -196,27 +195,15 @@ def retrieve(
     pin_ids: str | Sequence[str] = (),
     exclude_ids: str | Sequence[str] = (),
 ) -> Garments:
-    """search() plus the garment images, each fitted to 384x512 on white, in rank order."""
+    """search() plus the garment images (384x512 on white, as stored in the index), in rank order."""
     hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids)
-    images = []
-    for hit in hits:
-        try:
-            images.append(index.garment_image(index.position(hit.id)))
-        except CatalogChangedError:
-            raise
-        except (OSError, ValueError) as exc:  # gone, unreadable, or outside the catalog folder
-            raise CatalogChangedError(
-                f"Garment {shorten(hit.id)} of index {index.name!r}: {exc}. The catalog (folder "
-                f"{index.catalog_root}) changed after the index was built; "
-                f"{rebuild_hint(index.index_dir, index.manifest)}"
-            ) from exc
+    images = [index.image(hit.id) for hit in hits]
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text)
 
 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
-    # The path as the manifest names it under the catalog: checked when the image is read.
     return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
-                   path=str(index.catalog_root / index.rel_paths[pos]), caption=index.captions[pos])
+                   path=index.rel_paths[pos], caption=index.captions[pos])
 
 
 def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
