@@ -60,7 +60,8 @@ def measure(catalog: Path, out: Path, encoder: GarmentEncoder) -> tuple[int, dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=70)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,8 +79,8 @@ def main() -> None:
             emb = VIT_L_DIM * 4
             flat = images + manifest + emb  # exact search below 10k per category: no .faiss file
             ivf = flat + VIT_L_DIM + 8  # IVF,SQ8 parts at 1M
-            print(f"| {name} | {n} | {images:,.0f} | {manifest:,.0f} | {emb:,} | {flat * 1e4 / 2**20:,.0f} MiB "
-                  f"| {ivf * 1e6 / 2**30:,.1f} GiB |")
+            print(f"| {name} | {n} | {images:,.0f} | {manifest:,.0f} | {emb:,} "
+                  f"| {flat * 1e4 / 2**20:,.0f} MiB | {ivf * 1e6 / 2**30:,.1f} GiB |")
 
 
 if __name__ == "__main__":
