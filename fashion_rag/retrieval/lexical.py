@@ -33,8 +33,17 @@ def _stem(word: str) -> str:
     return word
 
 
+def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s.tokenize with this module's words, stopwords and stemmer (lower-cased first)."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN.pattern, stopwords=list(_STOPWORDS),
+                          stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
+                          show_progress=False)
+
+
 def tokenize(text: str) -> list[str]:
-    return [_stem(w) for w in _TOKEN.findall(text.lower()) if w not in _STOPWORDS]
+    return tokenize_all([text])[0]
 
 
 class CaptionIndex:
@@ -48,7 +57,7 @@ class CaptionIndex:
         # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.size = len(captions)
-        docs = [tokenize(c) for c in captions]
+        docs = tokenize_all(captions) if len(captions) else []
         self.has_text = any(docs)
         self._bm25 = None
         if self.has_text:

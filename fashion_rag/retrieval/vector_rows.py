@@ -72,29 +72,20 @@ def mean_row(x: np.ndarray | Rows) -> np.ndarray:
 def exact_top_k(x: np.ndarray | Rows, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k).
 
-    One block of x at a time (faiss.knn also scans in blocks, so there is no N x Q score
-    matrix either); the running top-k of earlier blocks wins ties, as one scan would order them.
+    faiss.contrib's knn_ground_truth, fed one block of x at a time (no N x Q score matrix, and
+    a memory-mapped file is read block by block).
     """
     import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
 
-    rows = as_rows(x)
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    k = int(k)
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
-    for start, block in rows.blocks():
-        scores, positions = faiss.knn(q, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        scores = np.concatenate([best_s, scores], axis=1)
-        positions = np.concatenate([best_i, np.where(positions >= 0, positions + start, -1)], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_s = np.take_along_axis(scores, order, axis=1)
-        best_i = np.take_along_axis(positions, order, axis=1)
-    if best_i.shape[1] < k:
-        best_i = np.pad(best_i, ((0, 0), (0, k - best_i.shape[1])), constant_values=-1)
-    return best_i
+    blocks = (block for _, block in as_rows(x).blocks())
+    _, positions = knn_ground_truth(q, blocks, int(k), metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    return positions.astype(np.int64)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    k = exact.shape[1]
-    hits = sum(len(set(f[:k].tolist()) & set(e.tolist())) for f, e in zip(found, exact, strict=True))
-    return hits / exact.size
+    """Share of the exact top-k found (faiss.contrib.evaluation's intersection measure)."""
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    return float(knn_intersection_measure(np.asarray(found)[:, : exact.shape[1]], np.asarray(exact)))
