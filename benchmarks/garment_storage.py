@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 from fashion_rag.retrieval.build import build_index  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
 from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
-from fashion_rag.retrieval.storage import resolve_version  # noqa: E402
+from fashion_rag.retrieval.ondisk import resolve_version  # noqa: E402
 from tools.demo.catalog import write_demo_catalog  # noqa: E402
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights  # noqa: E402
 

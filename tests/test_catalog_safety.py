@@ -29,10 +29,16 @@ from comfy_harness import PromptFailed
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index, read_manifest
-from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    POINTER,
+    IndexFormatError,
+    build_lock,
+    read_manifest,
+    resolve_version,
+)
 from fashion_rag.retrieval.search import search
-from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -253,7 +259,7 @@ def test_defect5_readers_never_see_a_gap_while_an_index_is_replaced(catalog_dir,
 DIES = r"""
 import os, signal, sys
 from pathlib import Path
-from fashion_rag.retrieval import storage
+from fashion_rag.retrieval import ondisk as storage
 
 out, moment = Path(sys.argv[1]), sys.argv[2]
 
@@ -281,7 +287,7 @@ with storage.build_lock(out) as lock:
             os.kill(os.getpid(), signal.SIGKILL)
         if moment == "before the swap":
             dies_at("replace")
-            storage.publish(lock, folder, {"files": {}})
+            storage.write_version(lock, folder, {"files": {}})
         if moment == "deleting its folder":
             dies_at("rmdir")
 """

@@ -19,7 +19,7 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.storage import resolve_version
+from fashion_rag.retrieval.ondisk import resolve_version
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -318,7 +318,7 @@ def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
     from fashion_rag.retrieval.encoder import GarmentEncoder
-    from fashion_rag.retrieval.storage import resolve_version
+    from fashion_rag.retrieval.ondisk import resolve_version
 
     out = tmp_path / "idx"
     encoder = GarmentEncoder(tiny_weights, "fashion-rag-tiny")

@@ -29,15 +29,18 @@ from audit import opened_files
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import (
-    load_index,
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    EncoderMismatchError,
+    IndexFormatError,
+    StoredVersion,
     map_embeddings,
     map_file,
     read_version_manifest,
+    resolve_version,
     verify_files,
 )
-from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
-from fashion_rag.retrieval.storage import resolve_version
 from fashion_rag.retrieval.vector_store import load_vector_store
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
@@ -270,7 +273,7 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(buil
     try:
         with pytest.raises(IndexFormatError, match=rf"{name} is not a regular file.*index build"):
             if name.endswith(".faiss"):
-                load_vector_store(ver.data_dir, copy_dir, manifest, emb)
+                load_vector_store(StoredVersion(ver, manifest, emb, np.zeros(0, np.uint8)))
             elif name == "garments.bin":
                 map_file(ver, manifest, name, "garment image file")
             else:

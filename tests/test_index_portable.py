@@ -19,9 +19,8 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
+from fashion_rag.retrieval.ondisk import MANIFEST, IndexFormatError, resolve_version
 from fashion_rag.retrieval.search import retrieve
-from fashion_rag.retrieval.storage import resolve_version
 from tools.demo.encoder import TINY_ARCH
 
 REPO = Path(__file__).resolve().parents[1]

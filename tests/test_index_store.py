@@ -12,9 +12,14 @@ from PIL import Image, ImageOps
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
-from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
-from fashion_rag.retrieval.storage import POINTER
+from fashion_rag.retrieval.index import GarmentIndex, load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    POINTER,
+    EncoderMismatchError,
+    IndexFormatError,
+    read_manifest,
+)
 from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k
 from fashion_rag.retrieval.vectors import create_vector_index
 from tools.demo.catalog import COLOURS, SHAPES, draw_garment

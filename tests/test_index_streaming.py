@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from fashion_rag.retrieval import vector_rows
-from fashion_rag.retrieval.build_write import write_embeddings_file
-from fashion_rag.retrieval.index import map_embeddings
+from fashion_rag.retrieval.ondisk import map_embeddings, write_embeddings_file
 from fashion_rag.retrieval.vector_rows import Rows, exact_top_k, mean_row
 from fashion_rag.retrieval.vector_store import create_vector_store, write_vector_parts
 from fashion_rag.retrieval.vectors import create_vector_index

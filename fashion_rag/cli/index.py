@@ -75,7 +75,7 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
-    from ..retrieval.limits import MAX_K
+    from ..retrieval.paths import MAX_K
     from ..retrieval.search import MODES
     from ..retrieval.vectors import INDEX_TYPES, IVF_THRESHOLD
 
@@ -142,7 +142,7 @@ def _build(args: argparse.Namespace) -> int:
     from ..retrieval.build import build_index
     from ..retrieval.catalog import scan_catalog
     from ..retrieval.encoder import GarmentEncoder
-    from ..retrieval.storage import prepare_out
+    from ..retrieval.ondisk import prepare_out
 
     engine = _engine(args)
     t0 = time.perf_counter()
@@ -209,7 +209,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from ..retrieval.encoder import GarmentEncoder
-    from ..retrieval.index import load_index, read_manifest
+    from ..retrieval.index import load_index
+    from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
 
     manifest = read_manifest(args.index)

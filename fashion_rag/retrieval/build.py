@@ -24,8 +24,15 @@ from .build_plan import BuildPlan, LogFn, ProgressFn, plan_build
 from .build_write import write_index
 from .catalog import Catalog, Skip
 from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
-from .manifest import FORMAT_VERSION
-from .storage import BuildLock, build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
+from .ondisk import (
+    FORMAT_VERSION,
+    BuildLock,
+    build_lock,
+    clean_stale,
+    discard_unpublished,
+    prepare_out,
+    temp_folder,
+)
 from .vector_store import partition_categories
 from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
 

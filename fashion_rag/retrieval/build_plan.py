@@ -19,10 +19,20 @@ from PIL import Image
 
 from ..images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
 from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from .index import map_embeddings, map_file, read_version_manifest, verify_files
-from .manifest import Encoder, IndexFormatError, describe_encoder, encoder_record, same_embedding_space
+from .ondisk import (
+    Encoder,
+    IndexFormatError,
+    describe_encoder,
+    encoder_record,
+    looks_like_index,
+    map_embeddings,
+    map_file,
+    read_version_manifest,
+    resolve_version,
+    same_embedding_space,
+    verify_files,
+)
 from .paths import PathRuleError
-from .storage import looks_like_index, resolve_version
 
 LogFn = Callable[[str], None]
 ProgressFn = Callable[[int, int], None]

@@ -10,53 +10,31 @@ Nothing here holds all the float32 embeddings in memory.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from .build_plan import BuildPlan, LogFn
 from .catalog import Catalog
 from .engines import NewEmbeddings
-from .index import map_embeddings
-from .manifest import EMBEDDINGS, FORMAT, FORMAT_VERSION, GARMENTS
-from .storage import BuildLock, naming, publish, temp_folder
+from .ondisk import (
+    EMBEDDINGS,
+    FORMAT,
+    FORMAT_VERSION,
+    GARMENTS,
+    BuildLock,
+    HashingWriter,
+    map_embeddings,
+    naming,
+    temp_folder,
+    write_embeddings_file,
+    write_version,
+)
 from .vector_rows import BLOCK_ROWS
 from .vector_store import write_vector_parts
-
-
-def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
-    header: the bytes are np.save's); returns their sha256, computed while writing."""
-    with naming(path), open(path, "wb") as f:  # a failed write (a full disk) names the file
-        out = _Hashing(f)
-        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
-        written = 0
-        for block in blocks:
-            data = np.ascontiguousarray(block, dtype="<f4")
-            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
-                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
-            out.write(memoryview(data).cast("B"))
-            written += len(data)
-        if written != n:
-            raise ValueError(f"{written} embedding rows written where {n} were expected")
-        f.flush()
-        os.fsync(f.fileno())
-    return out.digest.hexdigest()
-
-
-class _Hashing:
-    """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.digest = f, hashlib.sha256()
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.digest.update(data)
-        return self.f.write(data)
 
 
 def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
@@ -69,7 +47,7 @@ def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None
     placed: dict[str, tuple[int, int]] = {}
     offsets, sizes = [], []
     with naming(path), open(path, "wb") as f:
-        out, end = _Hashing(f), 0
+        out, end = HashingWriter(f), 0
         for h in hashes:
             if h not in placed:
                 old = plan.old_rows.get(h)
@@ -132,4 +110,4 @@ def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEm
             "files": {"embeddings": EMBEDDINGS, "garments": GARMENTS},
             "items": {**items, "image_offsets": offsets, "image_sizes": sizes},
         }
-        return publish(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record
+        return write_version(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record

@@ -18,8 +18,7 @@ from PIL import Image
 
 from .build_plan import ProgressFn, garment_png, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
-from .manifest import Encoder
-from .storage import naming
+from .ondisk import Encoder, naming
 
 NEW_EMBEDDINGS = "new-embeddings.npy"
 NEW_GARMENTS = "new-garments.bin"

@@ -1,9 +1,9 @@
 """A loaded garment index: manifest, embeddings, vector search, stored garments, optionally its
 text encoder.
 
-load_index() resolves the index folder's pointer once (storage.py), checks the manifest
-(manifest.py), verifies the data files against the sha256 sums and sizes the manifest records,
-and reads them from that version folder only. Every file is opened through the path rule and
+load_index() reads the index folder's current version through ondisk.read_version (the pointer
+resolved once, the manifest checked, the data files verified against the sha256 sums and sizes
+the manifest records, all read from that version folder only). Every file is opened through the path rule and
 only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
 huge sparse file in place of one is refused with the rebuild command, never waited on or read
 without end. Garment images come from the index's own shard (mapped at load, each image read
@@ -21,25 +21,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..files import UnreadableFileError, cached_sha256, open_regular, read_regular
 from ..images import GARMENT_SIZE, decode_image
-from .limits import shorten
-from .manifest import (
-    MANIFEST,
-    MAX_MANIFEST_BYTES,
+from .ondisk import (
     Encoder,
     IndexFormatError,
+    StoredVersion,
     check_encoder,
     describe_encoder,
-    parse_manifest,
+    read_version,
     rebuild_hint,
 )
-from .paths import PathRuleError, inside
-from .storage import IndexVersion, resolve_version
+from .paths import shorten
 from .vector_store import VectorStore, create_vector_store, load_vector_store
 from .vectors import IVF_THRESHOLD
-
-_LOAD_ATTEMPTS = 3
 
 
 class GarmentIndex:
@@ -174,140 +168,15 @@ class GarmentIndex:
         }
 
 
-def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
-    """The checked manifest of one version (FileNotFoundError passes through: see load_index)."""
-    path = ver.data_dir / MANIFEST
-    try:
-        raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
-                           MAX_MANIFEST_BYTES, "index manifest")
-    except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir)}") from exc
-    except OSError as exc:
-        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-            raise
-        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir)
-
-
-def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
-    """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
-    try:
-        return inside(name, data_dir, what)
-    except PathRuleError as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
-
-
-def file_size(manifest: dict[str, Any], name: str) -> int | None:
-    """The byte size the manifest records for a file of the version (checked present at parse)."""
-    return manifest["files"].get("bytes", {}).get(name)
-
-
-def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checked manifest of an index's current version."""
-    return _retrying(index_dir, read_version_manifest)
-
-
 def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None) -> GarmentIndex:
     """Load an index; with an encoder, first check that it is the one the index was built with."""
-    return _retrying(index_dir, lambda ver: _load_version(ver, encoder))
+    def check(manifest: dict[str, Any]) -> None:
+        if encoder is not None:
+            check_encoder(manifest, encoder, Path(index_dir).expanduser().resolve())
 
+    def assemble(stored: StoredVersion) -> GarmentIndex:
+        vectors = load_vector_store(stored)
+        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings, vectors, encoder,
+                            stored.ver.version, stored.garments)
 
-def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
-    for attempt in range(_LOAD_ATTEMPTS):
-        ver = resolve_version(index_dir)
-        try:
-            return load(ver)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            # Builds keep the current and the previous version: this one can only vanish when
-            # two builds finished during this load, and then the pointer names a newer one.
-            if attempt + 1 < _LOAD_ATTEMPTS and resolve_version(index_dir).version != ver.version:
-                continue
-            raise IndexFormatError(f"Index {ver.index_dir} is incomplete ({exc.filename or exc} is missing); "
-                                   f"{rebuild_hint(ver.index_dir)}") from exc
-    raise AssertionError("unreachable")
-
-
-def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
-    manifest = read_version_manifest(ver)
-    if encoder is not None:
-        check_encoder(manifest, encoder, ver.index_dir)
-    verify_files(ver, manifest)
-    n, dim = len(manifest["items"]["ids"]), int(manifest["encoder"]["dim"])
-    name = manifest["files"]["embeddings"]
-    emb_path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
-    emb = map_embeddings(emb_path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
-    vectors = load_vector_store(ver.data_dir, ver.index_dir, manifest, emb)
-    shard = map_file(ver, manifest, manifest["files"]["garments"], "garment image file")
-    return GarmentIndex(ver.index_dir, manifest, emb, vectors, encoder, ver.version, shard)
-
-
-def map_file(ver: IndexVersion, manifest: dict[str, Any], name: str, what: str) -> np.ndarray:
-    """A data file of the version as read-only uint8, mapped through one checked descriptor:
-    a regular file of exactly the size the manifest records (its checksum passed verify_files)."""
-    path = data_file(ver.data_dir, name, ver.index_dir, manifest, what)
-    size = file_size(manifest, name)
-    try:
-        f = open_regular(path, size, what)
-    except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
-                               ) from exc
-    with f:
-        if os.fstat(f.fileno()).st_size != size:
-            raise IndexFormatError(f"Index {ver.index_dir}: {name} is not the size its manifest records "
-                                   f"(damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
-        return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
-
-
-def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
-    """Every file of the version is a regular file of the size and sha256 its manifest records,
-    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
-    for name, expected in manifest["files"]["sha256"].items():
-        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
-        try:
-            digest = cached_sha256(path, file_size(manifest, name), "index data file")
-        except UnreadableFileError as exc:
-            raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
-                                   ) from exc
-        if digest != expected:
-            raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
-                                   f"manifest (damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
-
-
-def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
-                   manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only.
-
-    Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
-    process memory, when the IVF index answers queries and only a few rows are ever read.
-    The file must be a regular file (of at most `max_bytes`, the size the manifest records);
-    it is opened once, its header parsed by numpy (no pickle: an object dtype is refused) and
-    checked against the manifest and the file size, then mapped through that descriptor.
-    """
-    where = index_dir or path.parent
-
-    def bad(why: str) -> IndexFormatError:
-        return IndexFormatError(f"Index {where}: {path.name} {why}; {rebuild_hint(where, manifest)}")
-
-    try:
-        f = open_regular(path, max_bytes, "embeddings file")
-    except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {where}: {exc}; {rebuild_hint(where, manifest)}") from exc
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-        except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
-            raise bad(f"is not a .npy file ({str(exc)[:80]})") from exc
-        if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
-            raise bad(f"holds a {str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
-                      f"garments x {dim} float32")
-        offset = f.tell()
-        if offset + n * dim * 4 != size:
-            raise bad("is truncated, or longer than its header says")
-        if n == 0:
-            return np.zeros((0, dim), dtype=np.float32)
-        # The map holds its own reference to the file: closing `f` leaves it valid.
-        return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
+    return read_version(index_dir, check, assemble)

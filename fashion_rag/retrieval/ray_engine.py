@@ -36,7 +36,7 @@ import numpy as np
 from .build_plan import ProgressFn
 from .catalog import Catalog, CatalogItem, Skip
 from .engines import BuildFailedError, ImageEncoder, NewEmbeddings
-from .limits import shorten
+from .paths import shorten
 from .ray_workers import EncoderActor, hash_batch, prepare_batch
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)

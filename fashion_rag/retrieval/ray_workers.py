@@ -16,7 +16,7 @@ import numpy as np
 from ..images import GARMENT_SIZE, PAD_COLOR
 from .build_plan import garment_png, hash_image, load_garment
 from .catalog import Catalog, CatalogItem, Skip
-from .limits import shorten
+from .paths import shorten
 
 
 def _failure(exc: Exception) -> str:

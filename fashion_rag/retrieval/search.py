@@ -23,7 +23,7 @@ from ..images import to_image_tensor
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
 from .index import GarmentIndex
-from .limits import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
+from .paths import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
 
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice

@@ -8,7 +8,6 @@ reading them); IVF parts are read from their .faiss files, checked against the m
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,10 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import UnreadableFileError, open_regular
-from .manifest import IndexFormatError, rebuild_hint
-from .paths import PathRuleError, inside
-from .storage import naming
+from .ondisk import VECTORS, IndexFormatError, StoredVersion, read_faiss, rebuild_hint, write_faiss
 from .vector_rows import Rows
 from .vectors import (
     IVF_THRESHOLD,
@@ -31,8 +27,6 @@ from .vectors import (
     part_kind,
     probe_queries,
 )
-
-VECTORS = "vectors-{}.faiss"  # file of IVF part i
 
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
@@ -168,23 +162,13 @@ def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder
         rec = part_record(group, len(positions), vec)
         if vec.kind == "ivf":
             rec["file"] = VECTORS.format(i)
-            _write_faiss(vec.index, folder / rec["file"])
+            write_faiss(vec.index, folder / rec["file"])
         records.append(rec)
         del vec  # before the next part is built
     kinds = {r["type"] for r in records}
     return {"type": kinds.pop() if len(kinds) == 1 else "mixed", "parts": records}
 
 
-def _write_faiss(index: Any, path: Path) -> None:
-    """faiss.write_index through a Python file, so a failed write (a full disk) raises an OSError
-    naming the file: FAISS's own file writer can fail only on close, where it prints a warning and
-    leaves a truncated file."""
-    import faiss
-
-    with naming(path), open(path, "wb") as f:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: str, ivf_threshold: int,
@@ -213,9 +197,10 @@ def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: 
         del vec  # (write_vector_parts has written it: the next part is built without it in memory)
 
 
-def load_vector_store(data_dir: Path, index_dir: Path, manifest: dict[str, Any],
-                      emb: np.ndarray) -> VectorStore:
+def load_vector_store(stored: StoredVersion) -> VectorStore:
     """The parts the (validated) manifest lists; a .faiss file that does not match is refused."""
+    data_dir, index_dir = stored.ver.data_dir, stored.ver.index_dir
+    manifest, emb = stored.manifest, stored.embeddings
     cats = np.asarray(manifest["items"]["categories"], dtype=object).astype(str)
     parts = []
     for i, rec in enumerate(manifest["vector_index"]["parts"]):
@@ -228,41 +213,12 @@ def load_vector_store(data_dir: Path, index_dir: Path, manifest: dict[str, Any],
         if rec["type"] == "flat":
             vec = create_vector_index(np.asarray(emb[positions]), "flat")
         else:
-            index = _read_faiss(data_dir, rec["file"], index_dir, manifest)
+            index = read_faiss(data_dir, rec["file"], index_dir, manifest)
             vec = _checked_ivf(index, rec, len(positions), emb.shape[1], index_dir, manifest)
         parts.append(VectorPart(group, positions, cats[positions], vec))
     return VectorStore(emb, parts)
 
 
-def _read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any]) -> Any:
-    """The FAISS index in file `name` of the version folder, read through one checked descriptor.
-
-    faiss.read_index(path) would open the path itself (a FIFO there blocks it for good), so
-    the file is opened here as a regular file of at most the size the manifest records and
-    FAISS reads it through a callback that stops at that size.
-    """
-    import faiss
-
-    try:
-        path = inside(name, data_dir, "vector index file")
-        f = open_regular(path, manifest["files"].get("bytes", {}).get(name), "vector index file")
-    except (PathRuleError, UnreadableFileError) as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
-    left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
-
-    def read(size: int) -> bytes:
-        nonlocal left
-        block = f.read(min(size, left))
-        left -= len(block)
-        return block
-
-    try:
-        with f:  # (a newer build deleting the file meanwhile does not matter: the descriptor holds it)
-            return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
-    except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
-        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise IndexFormatError(f"Index {index_dir}: {path.name} is not a readable FAISS index ({reason}); "
-                               f"{rebuild_hint(index_dir, manifest)}") from exc
 
 
 def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_dir: Path,
