@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval import DIM, Synthetic  # noqa: E402
 
 from fashion_rag.files import sha256_file  # noqa: E402
+from fashion_rag.retrieval.ann import write_vector_parts  # noqa: E402
 from fashion_rag.retrieval.ondisk import (
     map_embeddings,  # noqa: E402
     write_embeddings_file,  # noqa: E402
 )
-from fashion_rag.retrieval.vector_store import write_vector_parts  # noqa: E402
 
 GIB = 2**30
 

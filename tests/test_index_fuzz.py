@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from audit import opened_files
 
+from fashion_rag.retrieval.ann import load_vector_store
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -41,7 +42,6 @@ from fashion_rag.retrieval.ondisk import (
     resolve_version,
     verify_files,
 )
-from fashion_rag.retrieval.vector_store import load_vector_store
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, recall_at_k
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -20,8 +21,6 @@ from fashion_rag.retrieval.ondisk import (
     IndexFormatError,
     read_manifest,
 )
-from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k
-from fashion_rag.retrieval.vectors import create_vector_index
 from tools.demo.catalog import COLOURS, SHAPES, draw_garment
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -238,7 +237,7 @@ def test_many_free_text_categories_share_a_part():
     cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
     x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    from fashion_rag.retrieval.vectors import MAX_PARTS
+    from fashion_rag.retrieval.ann import MAX_PARTS
 
     index = GarmentIndex.in_memory(x, categories=cats)
     groups = [p.categories for p in index.vectors.parts]

@@ -13,11 +13,16 @@ import faiss
 import numpy as np
 import pytest
 
-from fashion_rag.retrieval import vector_rows
+from fashion_rag.retrieval import ann as vector_rows
+from fashion_rag.retrieval.ann import (
+    Rows,
+    create_vector_index,
+    create_vector_store,
+    exact_top_k,
+    mean_row,
+    write_vector_parts,
+)
 from fashion_rag.retrieval.ondisk import map_embeddings, write_embeddings_file
-from fashion_rag.retrieval.vector_rows import Rows, exact_top_k, mean_row
-from fashion_rag.retrieval.vector_store import create_vector_store, write_vector_parts
-from fashion_rag.retrieval.vectors import create_vector_index
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
+from fashion_rag.retrieval.index import CaptionIndex, load_index, tokenize
 from fashion_rag.retrieval.search import UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights

@@ -74,10 +74,10 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..retrieval.ann import INDEX_TYPES, IVF_THRESHOLD
     from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
     from ..retrieval.paths import MAX_K
     from ..retrieval.search import MODES
-    from ..retrieval.vectors import INDEX_TYPES, IVF_THRESHOLD
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..logs import log
+from .ann import INDEX_TYPES, IVF_THRESHOLD, part_kind, partition_categories
 from .build_plan import BuildPlan, LogFn, ProgressFn, plan_build
 from .build_write import write_index
 from .catalog import Catalog, Skip
@@ -33,8 +34,6 @@ from .ondisk import (
     prepare_out,
     temp_folder,
 )
-from .vector_store import partition_categories
-from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
 
 
 @dataclass

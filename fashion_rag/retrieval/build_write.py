@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .ann import BLOCK_ROWS, write_vector_parts
 from .build_plan import BuildPlan, LogFn
 from .catalog import Catalog
 from .engines import NewEmbeddings
@@ -33,8 +34,6 @@ from .ondisk import (
     write_embeddings_file,
     write_version,
 )
-from .vector_rows import BLOCK_ROWS
-from .vector_store import write_vector_parts
 
 
 def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]

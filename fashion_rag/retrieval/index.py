@@ -13,8 +13,9 @@ within the bounds the manifest records): nothing outside the index folder is eve
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import GARMENT_SIZE, decode_image
+from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
     Encoder,
     IndexFormatError,
@@ -32,8 +34,6 @@ from .ondisk import (
     rebuild_hint,
 )
 from .paths import shorten
-from .vector_store import VectorStore, create_vector_store, load_vector_store
-from .vectors import IVF_THRESHOLD
 
 
 class GarmentIndex:
@@ -62,7 +62,7 @@ class GarmentIndex:
         self._category_codes = codes.reshape(-1)
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
         self._image_at = list(zip(items.get("image_offsets", ()), items.get("image_sizes", ()), strict=True))
-        self._captions_index = None
+        self._captions_index: CaptionIndex | None = None
 
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
@@ -132,6 +132,24 @@ class GarmentIndex:
         """The stored garment `item_id` (KeyError if the index has no such garment)."""
         return self.garment_image(self._positions[item_id])
 
+    def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
+               exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The k best garments for a query embedding (positions, exact cosines), best first:
+        only of `categories` when given, never the positions in `exclude`."""
+        return self.vectors.search(query, k, categories, exclude)
+
+    def cosines(self, query: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        """Exact cosines of a query embedding with the garments at `positions`."""
+        return np.asarray(self.embeddings[list(positions)], dtype=np.float32) @ query
+
+    def caption_scores(self, text: str) -> np.ndarray:
+        """[N] BM25 scores of every caption for `text`."""
+        return self.caption_index.scores(text)
+
+    def encode_text(self, text: str) -> np.ndarray | None:
+        """The text's embedding with the index's encoder (None: loaded without one)."""
+        return None if self.encoder is None else self.encoder.encode_texts([text])[0]
+
     def category_mask(self, category: str) -> np.ndarray:
         """[N] bool: which garments have exactly this category."""
         code = self._category_names.get(category)
@@ -143,10 +161,9 @@ class GarmentIndex:
         return dict(Counter(c or "uncategorised" for c in self.categories))
 
     @property
-    def caption_index(self):  # -> lexical.CaptionIndex (built on first use: see lexical.py)
+    def caption_index(self) -> CaptionIndex:
+        """BM25 over the captions, built on first use (see CaptionIndex)."""
         if self._captions_index is None:
-            from .lexical import CaptionIndex
-
             self._captions_index = CaptionIndex(self.captions)
         return self._captions_index
 
@@ -180,3 +197,73 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
                             stored.ver.version, stored.garments)
 
     return read_version(index_dir, check, assemble)
+
+
+# --------------------------------------------------------------------------------------------
+# BM25 over the captions (bm25s): the lexical half of fusion retrieval. Built from the
+# manifest's captions when first needed rather than stored: it takes well under a second for
+# tens of thousands of captions, and a derived file that cannot go stale is one less thing for
+# an incremental rebuild to get wrong.
+# --------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+# Words that say nothing about which garment is meant (kept small: "top", "short" matter).
+_STOPWORDS = frozenset(
+    "a an and the of in on with for to by from at or is are be this that it its as "
+    "made wearing model photo picture image".split()
+)
+
+
+def _stem(word: str) -> str:
+    """A light English stemmer so 'stripes'/'striped', 'dresses'/'dress' and 'dots'/'dotted' meet."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            if suffix in ("ing", "ed") and len(word) >= 4 and word[-1] == word[-2]:
+                word = word[:-1]  # dotted -> dott -> dot
+            break
+    if len(word) > 4 and word.endswith("e"):
+        word = word[:-1]  # stripe -> strip, matching striped -> strip
+    return word
+
+
+def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s.tokenize with this module's words, stopwords and stemmer (lower-cased first)."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN.pattern, stopwords=list(_STOPWORDS),
+                          stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
+                          show_progress=False)
+
+
+def tokenize(text: str) -> list[str]:
+    return tokenize_all([text])[0]
+
+
+class CaptionIndex:
+    """BM25 scores of every caption for a query; captions without words simply never match."""
+
+    def __init__(self, captions: Sequence[str]) -> None:
+        import logging
+
+        import bm25s
+
+        # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+        self.size = len(captions)
+        docs = tokenize_all(captions) if len(captions) else []
+        self.has_text = any(docs)
+        self._bm25 = None
+        if self.has_text:
+            self._bm25 = bm25s.BM25()
+            # bm25s needs one token per document; "" is its own empty token, matched by no query.
+            self._bm25.index([d or [""] for d in docs], show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """[N] float32 BM25 scores (0 for captions sharing no word with the query)."""
+        if self._bm25 is None:
+            return np.zeros(self.size, dtype=np.float32)
+        tokens = [t for t in tokenize(query) if t in self._bm25.vocab_dict]
+        if not tokens:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

@@ -144,19 +144,19 @@ def search(
 
     query = None
     if mode in ("image", "fusion"):
-        if index.encoder is None:
+        query = index.encode_text(text)
+        if query is None:
             raise ValueError(f"Index {index.name!r} was loaded without its text encoder; mode {mode!r} needs "
                              "one (load_index(path, encoder)), or use mode 'caption'.")
-        query = index.encoder.encode_texts([text])[0]
 
     pin_scores: list[float]
     if mode == "image":
         assert query is not None
         fill = rank_by_embedding(index, query, n_fill, categories, skip)
-        fill_scores = [float(index.embeddings[p] @ query) for p in fill]
-        pin_scores = [float(index.embeddings[p] @ query) for p in pin_pos]
+        fill_scores = index.cosines(query, fill).tolist()
+        pin_scores = index.cosines(query, pin_pos).tolist()
     elif mode == "caption":
-        bm25 = index.caption_index.scores(text)
+        bm25 = index.caption_scores(text)
         fill = _score_ranking(bm25, n_fill, allowed)
         fill_scores = [float(bm25[p]) for p in fill]
         pin_scores = [float(bm25[p]) for p in pin_pos]
@@ -215,7 +215,7 @@ def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
     """
     if count <= 0:
         return []
-    positions, _ = index.vectors.search(query, count, categories, exclude)
+    positions, _ = index.search(query, count, categories, exclude)
     return [int(p) for p in positions]
 
 
@@ -235,15 +235,15 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
 
     Returns the fused score and the image rank of every garment in either ranking.
     """
-    positions, scores = index.vectors.search(query, depth, categories, skip)
+    positions, scores = index.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
-    pin_scores = np.asarray(index.embeddings[pinned], dtype=np.float32) @ query if pinned else []
+    pin_scores = index.cosines(query, pinned) if pinned else []
     merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
                      *zip(pinned, pin_scores, strict=True)], key=lambda ps: -ps[1])
     image = [int(p) for p, _ in merged[:depth]]
     pool = allowed.copy()
     pool[pinned] = True
-    bm25 = index.caption_index.scores(text)
+    bm25 = index.caption_scores(text)
     # Only captions that share a word with the query take part: an all-zero tail is not a ranking.
     caption = _score_ranking(bm25, depth, pool & (bm25 > 0))
     fused: dict[int, float] = {}
