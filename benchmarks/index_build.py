@@ -3,12 +3,12 @@
     flock /tmp/fr-bigmem.lock python benchmarks/index_build.py --sizes 1000000 10000000 --dir /big/disk
 
 Each size runs in a child process of its own (its peak memory is its own) and does what the
-build's last step does (fashion_rag/retrieval/build_write.py), on benchmarks/retrieval.py's
+build's last step does (fashion_rag/retrieval/build/__init__.py, write_index), on benchmarks/retrieval.py's
 synthetic CLIP-like embeddings in 3 categories:
 1. write embeddings.npy with the build's streaming writer (hashed while written; the
    time to generate the synthetic rows is measured apart and left out): n x 768 float32, 30.7 GB
    at 10M, never held in memory;
-2. memory-map it and build the per-category vector indexes (vector_store.write_vector_parts: one
+2. memory-map it and build the per-category vector indexes (ann.write_vector_parts: one
    part at a time, IVF trained on a sample of 32 vectors per list, vectors added in blocks, nprobe
    tuned with one exact pass over the part), writing each .faiss file;
 3. sha256 of the .faiss files, as publishing does.

@@ -240,7 +240,7 @@ ENCODING_STORE = """
 import sys
 from pathlib import Path
 import numpy as np
-from fashion_rag.retrieval.engines import NewEmbeddings
+from fashion_rag.retrieval.build.engines import NewEmbeddings
 store = NewEmbeddings(Path(sys.argv[1]), 20_000, 32)
 store.put(np.arange(20_000), np.ones((20_000, 32), np.float32), [b"png"] * 20_000)
 print("stored")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ..categories import CATEGORIES
 
 if TYPE_CHECKING:
-    from ..retrieval.engines import Engine
+    from ..retrieval.build.engines import Engine
     from ..retrieval.garments import Garment
     from ..retrieval.index import GarmentIndex
 
@@ -47,7 +47,7 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
         from ..retrieval.build import SkippedItemsError
-        from ..retrieval.engines import BuildFailedError
+        from ..retrieval.build.engines import BuildFailedError
 
         try:
             return func(args)
@@ -184,7 +184,7 @@ def _engine(args: argparse.Namespace) -> Engine | None:
         return None
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ValueError("--ray-actors must be at least 1")
-    from ..retrieval.ray_engine import RayEngine, import_ray
+    from ..retrieval.build.engines import RayEngine, import_ray
 
     import_ray()  # a missing Ray is reported before any work starts
     return RayEngine(args.ray_address, actors=args.ray_actors, shards=args.ray_shards)

@@ -228,7 +228,7 @@ def create_vector_index(
     The IVF nprobe is tuned (unless given) on probe queries made from these garments;
     nprobe_filtered on `filtered_probes` (queries made from *other* garments, see
     create_vector_store), or on probes around the data's mean when there are none.
-    The embeddings are read a block at a time (vector_rows.Rows: a memory-mapped file works),
+    The embeddings are read a block at a time (Rows: a memory-mapped file works),
     so an IVF build holds its sample, one block and the index, never all the float32 vectors.
     """
     import faiss

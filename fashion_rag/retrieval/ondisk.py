@@ -77,7 +77,7 @@ from .paths import PathRuleError, inside, is_plain_name, is_plain_relative
 FORMAT = "fashion-rag-garment-index"
 FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
-MARKER = ".build.json"  # the build marker in each version folder (storage.py): hashed like the data
+MARKER = ".build.json"  # the build marker in each version folder: hashed like the data
 EMBEDDINGS = "embeddings.npy"
 GARMENTS = "garments.bin"  # the fitted garment images (PNG), one after the other
 ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")

@@ -1,6 +1,6 @@
 """A build's plan: what the previous index holds, what each image's content is, what to encode.
 
-Shared by every engine (engines.py, ray_engine.py): the per-image steps here (hash_image,
+Shared by every engine (engines.py: local and Ray): the per-image steps here (hash_image,
 load_garment) are what an engine runs, on this machine or on cluster workers, so that the
 two engines skip the same entries for the same reasons and encode the same images.
 """
@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from ..images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
-from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from .ondisk import (
+from ...images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
+from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
+from ..ondisk import (
     Encoder,
     IndexFormatError,
     describe_encoder,
@@ -32,7 +32,7 @@ from .ondisk import (
     same_embedding_space,
     verify_files,
 )
-from .paths import PathRuleError
+from ..paths import PathRuleError
 
 LogFn = Callable[[str], None]
 ProgressFn = Callable[[int, int], None]
