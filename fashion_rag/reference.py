@@ -1,4 +1,4 @@
-"""Numbers the reference implementation fixes, defined once (docs: METHOD.md)."""
+"""Numbers the reference implementation fixes, defined once (docs/method.md)."""
 
 from __future__ import annotations
 

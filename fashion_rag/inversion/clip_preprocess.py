@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from ..reference import CLIP_MEAN, CLIP_STD
 
 ImageLike = np.ndarray | torch.Tensor | Image.Image
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..logs import LogFn
 from .ondisk import VECTORS, IndexFormatError, StoredVersion, read_faiss, rebuild_hint, write_faiss
 
 BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small beside the data
@@ -120,7 +121,6 @@ MIN_NPROBE = 8
 MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
 INDEX_TYPES = ("auto", "flat", "ivf")
 
-LogFn = Callable[[str], None]
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ...logs import log
+from ...logs import LogFn, ProgressFn, log
 from ..ann import BLOCK_ROWS, INDEX_TYPES, IVF_THRESHOLD, part_kind, partition_categories, write_vector_parts
 from ..catalog import Catalog, Skip
 from ..ondisk import (
@@ -46,7 +46,7 @@ from ..ondisk import (
     write_version,
 )
 from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
-from .plan import BuildPlan, LogFn, ProgressFn, plan_build
+from .plan import BuildPlan, plan_build
 
 
 @dataclass

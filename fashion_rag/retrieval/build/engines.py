@@ -12,7 +12,7 @@ same last step writes the index, so both engines publish the same index. Here:
 
 - hashing: the catalog listing (row, path) becomes a Ray dataset; CPU tasks hash the image
   files (plan.hash_image), so the driver never reads 10M images;
-- encoding: CPU tasks read, check, decode and preprocess the new images (plan.load_garment,
+- encoding: CPU tasks read, check, decode and preprocess the new images (plan.read_fitted_garment,
   the encoder's model-free transform); actors hold the model (one per GPU when the cluster has
   GPUs, else CPU actors) and encode batches; the embeddings are written as Parquet shards
   (row, reason, detail, error, garment PNG, embedding), which the driver reads into the build's NewEmbeddings.
@@ -28,7 +28,7 @@ finish, and then the build fails naming every such item; the previous index stay
 the same paths (shared storage), and a Python with fashion-rag's dependencies; this package's
 code is shipped with the job.
 
-Workers: The per-image steps are the local build's (plan.hash_image, plan.load_garment), so
+Workers: The per-image steps are the local build's (plan.hash_image, plan.read_fitted_garment), so
 both engines skip the same images for the same reasons. A batch whose code raises is not
 raised but recorded, row by row, in its output's "error" column: the rest of the build
 finishes and the driver then names every failing item at once.
@@ -48,10 +48,11 @@ import numpy as np
 from PIL import Image
 
 from ...images import GARMENT_SIZE, PAD_COLOR
+from ...logs import ProgressFn
 from ..catalog import Catalog, CatalogItem, Skip
 from ..ondisk import Encoder, naming
 from ..paths import shorten
-from .plan import ProgressFn, garment_png, hash_image, load_garment
+from .plan import garment_png, hash_image, read_fitted_garment
 
 NEW_EMBEDDINGS = "new-embeddings.npy"
 NEW_GARMENTS = "new-garments.bin"
@@ -169,7 +170,7 @@ class LocalEngine:
         for start in range(0, len(todo), batch_size):
             batch, rows = [], []
             for row, (h, item) in enumerate(todo[start : start + batch_size], start):
-                garment = load_garment(catalog, item, h)
+                garment = read_fitted_garment(catalog, item, h)
                 if isinstance(garment, Skip):
                     bad[h] = garment
                 else:
@@ -221,7 +222,7 @@ def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
         garments = []
         listed = zip(batch["path"].to_pylist(), batch["sha256"].to_pylist(), strict=True)
         for i, (path, sha) in enumerate(listed):
-            result = load_garment(catalog, CatalogItem("", path, ""), sha)
+            result = read_fitted_garment(catalog, CatalogItem("", path, ""), sha)
             if isinstance(result, Skip):
                 reasons[i], details[i] = result.reason, result.detail
             garments.append(blank if isinstance(result, Skip) else result)

@@ -1,7 +1,7 @@
 """A build's plan: what the previous index holds, what each image's content is, what to encode.
 
 Shared by every engine (engines.py: local and Ray): the per-image steps here (hash_image,
-load_garment) are what an engine runs, on this machine or on cluster workers, so that the
+read_fitted_garment) are what an engine runs, on this machine or on cluster workers, so that the
 two engines skip the same entries for the same reasons and encode the same images.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ...images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
+from ...logs import LogFn
 from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from ..ondisk import (
     Encoder,
@@ -33,9 +34,6 @@ from ..ondisk import (
     verify_files,
 )
 from ..paths import PathRuleError
-
-LogFn = Callable[[str], None]
-ProgressFn = Callable[[int, int], None]
 
 
 class HashingEngine(Protocol):
@@ -64,7 +62,7 @@ def garment_png(garment: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def load_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
+def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
     """The item's image in the garment form the encoder takes and the index stores, if its
     content is still `sha256`."""
     try:
