@@ -3,12 +3,12 @@
     flock /tmp/fr-bigmem.lock python benchmarks/index_build.py --sizes 1000000 10000000 --dir /big/disk
 
 Each size runs in a child process of its own (its peak memory is its own) and does what the
-build's last step does (fashion_rag/retrieval/build_write.py), on benchmarks/retrieval.py's
+build's last step does (fashion_rag/retrieval/build/__init__.py, write_index), on benchmarks/retrieval.py's
 synthetic CLIP-like embeddings in 3 categories:
-1. write embeddings.safetensors with the build's streaming writer (hashed while written; the
+1. write embeddings.npy with the build's streaming writer (hashed while written; the
    time to generate the synthetic rows is measured apart and left out): n x 768 float32, 30.7 GB
    at 10M, never held in memory;
-2. memory-map it and build the per-category vector indexes (vector_store.write_vector_parts: one
+2. memory-map it and build the per-category vector indexes (ann.write_vector_parts: one
    part at a time, IVF trained on a sample of 32 vectors per list, vectors added in blocks, nprobe
    tuned with one exact pass over the part), writing each .faiss file;
 3. sha256 of the .faiss files, as publishing does.
@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval import DIM, Synthetic  # noqa: E402
 
 from fashion_rag.files import sha256_file  # noqa: E402
-from fashion_rag.retrieval.build_write import write_embeddings_file  # noqa: E402
-from fashion_rag.retrieval.index import map_embeddings  # noqa: E402
-from fashion_rag.retrieval.vector_store import write_vector_parts  # noqa: E402
+from fashion_rag.retrieval.ann import write_vector_parts  # noqa: E402
+from fashion_rag.retrieval.ondisk import (
+    map_embeddings,  # noqa: E402
+    write_embeddings_file,  # noqa: E402
+)
 
 GIB = 2**30
 
@@ -89,12 +91,12 @@ def one_size(n: int, folder: Path) -> dict:
             yield chunk[0]
 
     t0 = time.perf_counter()
-    write_embeddings_file(folder / "embeddings.safetensors", n, DIM, blocks())
+    write_embeddings_file(folder / "embeddings.npy", n, DIM, blocks())
     write_s = time.perf_counter() - t0 - generating[0]  # (the exhausted generator freed its centres)
     mem.reset()
 
     marks: list[tuple[float, str]] = []
-    emb = map_embeddings(folder / "embeddings.safetensors", n, DIM)
+    emb = map_embeddings(folder / "embeddings.npy", n, DIM)
     t0 = time.perf_counter()
     record = write_vector_parts(emb, cats, folder, log_fn=lambda m: marks.append((time.perf_counter(), m)))
     vectors_s = time.perf_counter() - t0
@@ -113,7 +115,7 @@ def one_size(n: int, folder: Path) -> dict:
         "train_s": steps["training"], "add_s": steps["adding"], "tune_s": steps["tuning"],
         "hash_faiss_s": time.perf_counter() - t0, "peak_anon": peak["RssAnon"], "peak_rss": peak["VmRSS"],
         "baseline_anon": baseline, "load_avg_1m": os.getloadavg()[0],
-        "embeddings_bytes": (folder / "embeddings.safetensors").stat().st_size,
+        "embeddings_bytes": (folder / "embeddings.npy").stat().st_size,
         "faiss_bytes": sum(f.stat().st_size for f in files),
         "parts": [f"{p['factory']} x{p['count']:,} nprobe {p.get('nprobe')}/{p.get('nprobe_filtered')} "
                   f"recall {p.get('tuned_recall_at_10', {}).get('garment_queries', 0):.3f}"

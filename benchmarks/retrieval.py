@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fashion_rag.retrieval.ann import exact_top_k, recall_at_k  # noqa: E402
 from fashion_rag.retrieval.index import GarmentIndex  # noqa: E402
 from fashion_rag.retrieval.search import rank_by_embedding  # noqa: E402
-from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k  # noqa: E402
 
 DIM = 768
 K = 10

@@ -146,16 +146,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def fit_garment(img: Image.Image, size: tuple[int, int] = GARMENT_SIZE) -> Image.Image:
     """Resize to fit inside `size` (W, H) keeping the aspect ratio, centred on white padding."""
-    width, height = size
-    if img.size == size:
-        return img.convert("RGB")
-    scale = min(width / img.width, height / img.height)
-    new_w = max(1, min(width, round(img.width * scale)))
-    new_h = max(1, min(height, round(img.height * scale)))
-    resized = img.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    canvas = Image.new("RGB", size, PAD_COLOR)
-    canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
-    return canvas
+    return ImageOps.pad(img.convert("RGB"), size, Image.Resampling.BICUBIC, color=PAD_COLOR)
 
 
 def load_garment(path: str | Path, size: tuple[int, int] = GARMENT_SIZE) -> Image.Image:

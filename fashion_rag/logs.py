@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 PREFIX = "[Fashion-RAG]"
+
+LogFn = Callable[[str], None]  # where a long job says what it does (log.info, or a CLI's stderr)
+ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 class _Prefixed(logging.LoggerAdapter):

@@ -12,11 +12,15 @@ from comfy_api.latest import io
 from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import INDEXES_KEY, RETRIEVAL_ENCODER
 from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder
-from ..fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
-from ..fashion_rag.retrieval.limits import shorten
-from ..fashion_rag.retrieval.manifest import check_encoder
-from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, inside
-from ..fashion_rag.retrieval.storage import POINTER, looks_like_index, resolve_version
+from ..fashion_rag.retrieval.index import GarmentIndex, load_index
+from ..fashion_rag.retrieval.ondisk import (
+    POINTER,
+    check_encoder,
+    looks_like_index,
+    read_manifest,
+    resolve_version,
+)
+from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, inside, shorten
 from .compat import new_model_patcher
 from .model_cache import ModelCache
 from .model_folders import check_file, file_list, folder_of, full_path, missing_message

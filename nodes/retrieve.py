@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.retrieval.garments import Garments
-from ..fashion_rag.retrieval.limits import MAX_K
+from ..fashion_rag.retrieval.paths import MAX_K
 from ..fashion_rag.retrieval.search import MODES, request_problem, retrieve
 from .compat import check_combos, require_combos
 from .types import GarmentIndexType, GarmentsType

@@ -109,7 +109,6 @@ def _main() -> None:
     import fashion_rag.retrieval.build  # noqa: F401
     import fashion_rag.retrieval.encoder  # noqa: F401
     import fashion_rag.retrieval.index  # noqa: F401
-    import fashion_rag.retrieval.lexical  # noqa: F401
     import fashion_rag.retrieval.search  # noqa: F401
 
     results = [_run_one(argv, request["deadline"]) for argv in request["commands"]]

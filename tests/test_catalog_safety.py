@@ -29,10 +29,16 @@ from comfy_harness import PromptFailed
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index, read_manifest
-from fashion_rag.retrieval.manifest import MANIFEST, IndexFormatError
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    POINTER,
+    IndexFormatError,
+    build_lock,
+    read_manifest,
+    resolve_version,
+)
 from fashion_rag.retrieval.search import search
-from fashion_rag.retrieval.storage import POINTER, build_lock, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -191,6 +197,8 @@ def _same_pixels(png: Path, reference: np.ndarray) -> bool:
 
 
 def test_defect4_a_manifest_cannot_make_the_server_return_other_files(comfy, comfy_base, encoder, tmp_path):
+    """Issue 23: the garments shown come from the index's own shard, never from a path a
+    manifest or the catalog names (the catalog is read only by the build)."""
     models = comfy_base / "models" / "fashion_rag"
     secret = comfy_base / "secret.png"
     Image.new("RGB", (384, 512), (255, 0, 255)).save(secret)
@@ -210,15 +218,17 @@ def test_defect4_a_manifest_cannot_make_the_server_return_other_files(comfy, com
             comfy.run(_workflow("tampered", pin_ids="top00", k=1))
         assert err.value.kind == "execution" and "inside the catalog" in str(err.value.payload)
         assert "index build" in str(err.value.payload)
-        # A catalog image swapped for a symlink to the secret after the build.
+        # A catalog image swapped for a symlink to the secret after the build: the index still
+        # shows the garment it stored, and never opens the catalog.
         build_index(scan_catalog(catalog), index, GarmentEncoder(weights, TINY_ARCH))
+        stored = np.asarray(Image.open(catalog / "upper_body" / "top01.png").convert("RGB"))
         (catalog / "upper_body" / "top01.png").unlink()
         (catalog / "upper_body" / "top01.png").symlink_to(secret)
-        with pytest.raises(PromptFailed) as err:
-            comfy.run(_workflow("tampered", pin_ids="top01", k=1))
-        assert err.value.kind == "execution" and "outside" in str(err.value.payload)
+        before = set((comfy_base / "temp").rglob("*.png"))
+        comfy.run(_workflow("tampered", pin_ids="top01", k=1))
         previews = list((comfy_base / "temp").rglob("*.png"))
         assert not any(_same_pixels(p, secret_pixels) for p in previews)
+        assert any(_same_pixels(p, stored) for p in set(previews) - before)
     finally:
         shutil.rmtree(index)
         shutil.rmtree(catalog)
@@ -249,7 +259,7 @@ def test_defect5_readers_never_see_a_gap_while_an_index_is_replaced(catalog_dir,
 DIES = r"""
 import os, signal, sys
 from pathlib import Path
-from fashion_rag.retrieval import storage
+from fashion_rag.retrieval import ondisk as storage
 
 out, moment = Path(sys.argv[1]), sys.argv[2]
 
@@ -277,7 +287,7 @@ with storage.build_lock(out) as lock:
             os.kill(os.getpid(), signal.SIGKILL)
         if moment == "before the swap":
             dies_at("replace")
-            storage.publish(lock, folder, {"files": {}})
+            storage.write_version(lock, folder, {"files": {}})
         if moment == "deleting its folder":
             dies_at("rmdir")
 """
@@ -368,19 +378,25 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
         "different lengths": lambda m: m["items"]["paths"].pop(),
         "items.ids lists": lambda m: m["items"]["ids"].__setitem__(1, m["items"]["ids"][0]),
         "encoder.dim is str": lambda m: m["encoder"].__setitem__("dim", "32"),
-        "not a plain file name": lambda m: m["files"].__setitem__("embeddings", "../../x.safetensors"),
-        "files.bytes is missing": lambda m: m["files"].pop("bytes"),  # format 3: every file's size
+        "not a plain file name": lambda m: m["files"].__setitem__("embeddings", "../../x.npy"),
+        "files.bytes is missing": lambda m: m["files"].pop("bytes"),  # format 3 on: every file's size
         "files.bytes has no valid size for 'vectors-1.faiss'":
             lambda m: m["files"]["bytes"].__setitem__("vectors-1.faiss", -1),
+        "stored image of item 3 does not lie inside garments.bin":
+            lambda m: m["items"]["image_sizes"].__setitem__(3, m["files"]["bytes"]["garments.bin"] + 1),
         # An index of format 2 (no sizes) is rebuilt, not read without bounds.
-        "format version 2, where this version of Fashion-RAG expects 3":
+        "format version 2, where this version of Fashion-RAG expects 4":
             lambda m: m.update(format_version=2) or m["files"].pop("bytes"),
+        # Format 3 read garments from the catalog folder its manifest named: rebuilt, never followed.
+        "format version 3, where this version of Fashion-RAG expects 4":
+            lambda m: m.update(format_version=3, catalog_root=str(catalog_dir)),
     }
     for message, edit in edits.items():
         _edit_manifest(out, edit)
         with pytest.raises(IndexFormatError) as err:
             load_index(out)
-        assert message in str(err.value) and f"index build --catalog {catalog_dir}" in str(err.value)
+        hint = f"index build --catalog <images folder> --out {out}"
+        assert message in str(err.value) and hint in str(err.value), str(err.value)
         restore()
     faiss_file = resolve_version(out).data_dir / "vectors-0.faiss"
     faiss_file.write_bytes(faiss_file.read_bytes()[:200])
@@ -611,7 +627,7 @@ def test_issue24_nothing_beside_out_is_touched(catalog_dir, encoder, tmp_path):
     backups = (".shop.old-mybackup", ".shop.tmp-mine", ".new.old-mybackup")
     for name in backups:
         (indexes / name).mkdir()
-        for f in (MANIFEST, "embeddings.safetensors"):
+        for f in (MANIFEST, "embeddings.npy"):
             shutil.copy(data / f, indexes / name / f)
     before = {name: _snapshot(indexes / name) for name in backups}
     _write_rows(catalog_dir, _rows(catalog_dir)[:35])
@@ -644,7 +660,7 @@ def test_issue24_an_index_of_format_2_gets_the_rebuild_message(catalog_dir, enco
                                    m["files"]["sha256"].pop(".build.json")))
     with pytest.raises(IndexFormatError, match="format version 2, where") as err:
         load_index(out)
-    assert f"index build --catalog {catalog_dir} --out {out}" in str(err.value)
+    assert f"index build --catalog <images folder> --out {out}" in str(err.value)
     # That command works: a new version, all encoded again; the unmarked old one is left alone.
     report = build_index(scan_catalog(catalog_dir), out, encoder)
     assert report.written and report.encoded == 36 and len(load_index(out)) == 36

@@ -19,7 +19,7 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.storage import resolve_version
+from fashion_rag.retrieval.ondisk import resolve_version
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -62,12 +62,13 @@ def test_build_info_query(setup):
     assert r.returncode == 0, r.stderr
     assert "garments  36" in r.stdout and "upper_body: 12" in r.stdout and "dresses: 12" in r.stdout
     assert "fashion-rag-tiny" in r.stdout and "RANDOM demo weights" in r.stdout
+    assert "catalog" not in r.stdout  # an index names no folder outside itself
 
     r = _cli("query", out, "red striped trousers", "-k", "3", "--mode", "caption", "--json")
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert hits[0]["caption"] == "red striped trousers" and Path(hits[0]["path"]).is_file()
+    assert hits[0]["caption"] == "red striped trousers" and (catalog / hits[0]["path"]).is_file()
 
     r = _cli("query", out, "a dress", "-k", "4", "--category", "dresses", "--mode", "image",
              "--weights", weights, "--exclude", "dress00")
@@ -95,8 +96,8 @@ def test_errors_are_one_clear_line(setup, tmp_path):
 
 
 # Every file `index info` / `index query` opens, and what each kind of planted file must be called.
-INDEX_FILES = ("index.json", "manifest.json", "embeddings.safetensors", "vectors-0.faiss", "vectors-1.faiss",
-               "vectors-2.faiss")
+INDEX_FILES = ("index.json", "manifest.json", "embeddings.npy", "vectors-0.faiss", "vectors-1.faiss",
+               "vectors-2.faiss", "garments.bin")
 PLANTED = {"fifo": "is not a regular file", "socket": "is not a regular file", "dev_zero": "outside",
            "sparse_1tib": "1099511627776 bytes, more than"}
 
@@ -126,7 +127,7 @@ def planted_runs(setup, tmp_path_factory) -> dict[tuple[str, str, str], dict]:
     index = root / "ivf_index"  # a .faiss file per category (3), built in this process
     build_index(scan_catalog(catalog), index, GarmentEncoder(weights, TINY_ARCH), index_type="ivf",
                 log_fn=lambda m: None)
-    assert sorted(p.name for p in resolve_version(index).data_dir.glob("*.faiss")) == list(INDEX_FILES[3:])
+    assert sorted(p.name for p in resolve_version(index).data_dir.glob("*.faiss")) == list(INDEX_FILES[3:6])
     work = tmp_path_factory.mktemp("planted")
     keys, commands = [], []
     for kind in PLANTED:
@@ -239,9 +240,9 @@ ENCODING_STORE = """
 import sys
 from pathlib import Path
 import numpy as np
-from fashion_rag.retrieval.engines import NewEmbeddings
+from fashion_rag.retrieval.build.engines import NewEmbeddings
 store = NewEmbeddings(Path(sys.argv[1]), 20_000, 32)
-store.put(np.arange(20_000), np.ones((20_000, 32), np.float32))
+store.put(np.arange(20_000), np.ones((20_000, 32), np.float32), [b"png"] * 20_000)
 print("stored")
 """
 
@@ -263,7 +264,11 @@ def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny
         if mounted:
             # The disk full at each write of a build in turn (0, 1, 2, ... pages left).
             failed = []
-            for pages in range(16):
+            # One page at a time, but across the garment shard in one jump (its size: the current
+            # version's, the same images), so every later file's write fails once too.
+            shard_pages = (resolve_version(out).data_dir / "garments.bin").stat().st_size // 4096
+            pages, jumped = 0, False
+            while pages < 512:
                 before = _index_files(out)
                 _fill(disk, pages * 4096)
                 try:
@@ -274,9 +279,12 @@ def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny
                     assert exc.filename and Path(exc.filename).is_relative_to(out), repr(exc)
                     failed.append((pages, Path(exc.filename).name))
                 assert _index_files(out) == before and len(load_index(out)) == 36
+                if failed[-1][1] == "garments.bin" and not jumped:
+                    pages, jumped = pages + max(shard_pages - 2, 0), True
+                pages += 1
             print("failed writes (free pages, file):", failed)
             names = [name for _, name in failed]
-            assert "embeddings.safetensors" in names and any(n.endswith(".faiss") for n in names), failed
+            assert "embeddings.npy" in names and any(n.endswith(".faiss") for n in names), failed
             assert {"manifest.json", "index.json"} <= set(names), failed
             _fill(disk, next(p for p, name in failed if name.endswith(".faiss")) * 4096)
             cli_meta = meta["a"]  # (the index holds b now)
@@ -288,7 +296,7 @@ def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny
         r = subprocess.run([sys.executable, "-m", "fashion_rag", "index", *map(str, args)], cwd=REPO,
                            capture_output=True, text=True, timeout=300, preexec_fn=preexec)
         line = _one_error_line(r)
-        assert str(out) in line and (".faiss" in line if mounted else "embeddings.safetensors" in line), line
+        assert str(out) in line and (".faiss" in line if mounted else "embeddings.npy" in line), line
         assert ("No space left" if mounted else "File too large") in line
         assert _index_files(out) == before and len(load_index(out)) == 36
         # Encoding: the full disk is an error naming the file, not a SIGBUS from the memory map.
@@ -310,7 +318,7 @@ def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
     from fashion_rag.retrieval.encoder import GarmentEncoder
-    from fashion_rag.retrieval.storage import resolve_version
+    from fashion_rag.retrieval.ondisk import resolve_version
 
     out = tmp_path / "idx"
     encoder = GarmentEncoder(tiny_weights, "fashion-rag-tiny")

@@ -26,13 +26,22 @@ import numpy as np
 import pytest
 from audit import opened_files
 
+from fashion_rag.retrieval.ann import load_vector_store
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index, map_embeddings, read_version_manifest, verify_files
-from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
-from fashion_rag.retrieval.storage import resolve_version
-from fashion_rag.retrieval.vector_store import load_vector_store
+from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    EncoderMismatchError,
+    IndexFormatError,
+    StoredVersion,
+    map_embeddings,
+    map_file,
+    read_version_manifest,
+    resolve_version,
+    verify_files,
+)
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -187,8 +196,8 @@ def _garble(data: bytes, rng: random.Random, header_bytes: int) -> tuple[bytes, 
 
 def test_fuzzed_embeddings_give_clear_errors(built):
     out, encoder, pristine = built
-    name = "embeddings.safetensors"
-    header_bytes = 8 + int.from_bytes(pristine[name][:8], "little")
+    name = "embeddings.npy"
+    header_bytes = 10 + int.from_bytes(pristine[name][8:10], "little")  # .npy 1.0: magic, version, length
     rng = random.Random(2)
     for i in range(EMBEDDING_CASES):
         data_dir = _restore(out, pristine)
@@ -221,7 +230,7 @@ def test_fuzzed_faiss_files_give_clear_errors(built):
     assert _check_load(out, encoder, "restored") == "ok"
     with opened_files() as opened:  # the audit sees the library's reads (so the checks above mean something)
         load_index(out)
-    assert {Path(p).name for p in opened} >= {"index.json", MANIFEST, "embeddings.safetensors"}
+    assert {Path(p).name for p in opened} >= {"index.json", MANIFEST, "embeddings.npy"}
 
 
 def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
@@ -240,7 +249,7 @@ def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
         assert _check_load(copy_dir, encoder, f"pointer {raw[:60]!r}", hints) == "refused"
 
 
-@pytest.mark.parametrize("name", ["embeddings.safetensors", "vectors-1.faiss"])
+@pytest.mark.parametrize("name", ["embeddings.npy", "vectors-1.faiss", "garments.bin"])
 def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(built, tmp_path, name):
     """Issue 24, item 7: verify_files checks each file first, but the readers open the files
     again (np.memmap, FAISS): each must refuse a FIFO put there since, not block on it."""
@@ -250,7 +259,7 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(buil
     ver = resolve_version(copy_dir)
     manifest = read_version_manifest(ver)
     verify_files(ver, manifest)  # passed: the swap comes after it
-    emb = map_embeddings(ver.data_dir / "embeddings.safetensors", 36, 32, copy_dir, manifest)
+    emb = map_embeddings(ver.data_dir / "embeddings.npy", 36, 32, copy_dir, manifest)
     fifo = ver.data_dir / name
     fifo.unlink()
     os.mkfifo(fifo)
@@ -264,7 +273,9 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(buil
     try:
         with pytest.raises(IndexFormatError, match=rf"{name} is not a regular file.*index build"):
             if name.endswith(".faiss"):
-                load_vector_store(ver.data_dir, copy_dir, manifest, emb)
+                load_vector_store(StoredVersion(ver, manifest, emb, np.zeros(0, np.uint8)))
+            elif name == "garments.bin":
+                map_file(ver, manifest, name, "garment image file")
             else:
                 map_embeddings(fifo, 36, 32, copy_dir, manifest)
     finally:

@@ -21,7 +21,7 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.storage import LOCK, POINTER
+from fashion_rag.retrieval.ondisk import LOCK, POINTER
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -35,7 +35,7 @@ import json, os, random, signal, sys, time
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import read_manifest
+from fashion_rag.retrieval.ondisk import read_manifest
 
 cfg = json.loads(sys.argv[1])
 out = cfg["out"]

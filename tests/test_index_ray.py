@@ -21,11 +21,10 @@ ray = pytest.importorskip("ray", reason="Ray Data is optional (pip install \"fas
 
 from fashion_rag.cli import main as cli_main  # noqa: E402
 from fashion_rag.retrieval.build import build_index  # noqa: E402
+from fashion_rag.retrieval.build.engines import BuildFailedError, RayEngine  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
 from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
-from fashion_rag.retrieval.engines import BuildFailedError  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
-from fashion_rag.retrieval.ray_engine import RayEngine  # noqa: E402
 from fashion_rag.retrieval.search import search  # noqa: E402
 from tools.demo.encoder import TINY_ARCH  # noqa: E402
 
@@ -277,7 +276,7 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
 
 def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
     """Ray Data alone would retry a dying batch forever; the build gives up after 3 retries (the
-    README's figure, written out). Mutation caught: RETRIES = 2 in ray_engine.py (failed: yes)."""
+    README's figure, written out). Mutation caught: RETRIES = 2 in build/engines.py (failed: yes)."""
     catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     attempts = tmp_path / "attempts"
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:

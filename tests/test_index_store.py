@@ -7,16 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, recall_at_k
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import GarmentIndex, load_index, read_manifest
-from fashion_rag.retrieval.manifest import MANIFEST, EncoderMismatchError, IndexFormatError
-from fashion_rag.retrieval.storage import POINTER
-from fashion_rag.retrieval.vector_rows import exact_top_k, recall_at_k
-from fashion_rag.retrieval.vectors import create_vector_index
+from fashion_rag.retrieval.index import GarmentIndex, load_index
+from fashion_rag.retrieval.ondisk import (
+    MANIFEST,
+    POINTER,
+    EncoderMismatchError,
+    IndexFormatError,
+    read_manifest,
+)
 from tools.demo.catalog import COLOURS, SHAPES, draw_garment
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
@@ -55,11 +59,15 @@ def test_build_load_roundtrip(catalog_dir, tiny_weights, tmp_path):
     assert manifest["encoder"]["name"] == TINY_ARCH and manifest["encoder"]["dim"] == 32
     assert manifest["encoder"]["weights_sha256"] == enc.weights_hash
     assert manifest["encoder"]["random_demo"] is True
-    assert manifest["catalog_root"] == str(catalog_dir.resolve())
+    assert "catalog_root" not in manifest  # the garments are in the index: no folder outside it is named
     assert all(not p.startswith("/") for p in manifest["items"]["paths"])  # relative to the catalog
     assert index.per_category() == {"upper_body": 12, "lower_body": 12, "dresses": 12}
+    # The stored garment is the catalog image fitted by PIL's own pad (docs/method.md), losslessly.
+    source = Image.open(catalog_dir / manifest["items"]["paths"][0]).convert("RGB")
+    fitted = ImageOps.pad(source, (384, 512), Image.Resampling.BICUBIC, color=(255, 255, 255))
+    first = index.image(index.ids[0])
+    assert first.size == (384, 512) and np.array_equal(np.asarray(first), np.asarray(fitted))
     # Stored embeddings are the encoder's, unit norm, in manifest order.
-    first = Image.open(index.image_path(0)).convert("RGB")
     np.testing.assert_allclose(index.embeddings[0], enc.encode_images([first])[0], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
 
@@ -71,6 +79,7 @@ def test_incremental_rebuild_encodes_only_changes(catalog_dir, tiny_weights, tmp
     assert enc.images_encoded == 36
     before = load_index(out)
     old_emb = {i: np.array(before.embeddings[p]) for p, i in enumerate(before.ids)}
+    old_png = {i: before.stored_png(p) for p, i in enumerate(before.ids)}
     mtime = (out / POINTER).stat().st_mtime_ns
 
     enc2 = CountingEncoder(tiny_weights)
@@ -100,10 +109,12 @@ def test_incremental_rebuild_encodes_only_changes(catalog_dir, tiny_weights, tmp
     for p, item_id in enumerate(after.ids):
         if item_id not in (changed["id"], "new01"):
             assert np.array_equal(after.embeddings[p], old_emb[item_id])  # reused bit for bit
+            assert after.stored_png(p) == old_png[item_id]  # its stored image too
     pos = after.position(changed["id"])
     assert not np.allclose(after.embeddings[pos], old_emb[changed["id"]])
     fresh = enc3.encode_images([Image.open(catalog_dir / changed["image"]).convert("RGB")])[0]
     np.testing.assert_allclose(after.embeddings[pos], fresh, atol=1e-5)
+    assert np.array_equal(np.asarray(after.image(changed["id"])), np.asarray(new_look.convert("RGB")))
 
 
 def test_corrupt_images_are_skipped_and_reported(catalog_dir, tiny_weights, tmp_path):
@@ -226,7 +237,7 @@ def test_many_free_text_categories_share_a_part():
     cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
     x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    from fashion_rag.retrieval.vectors import MAX_PARTS
+    from fashion_rag.retrieval.ann import MAX_PARTS
 
     index = GarmentIndex.in_memory(x, categories=cats)
     groups = [p.categories for p in index.vectors.parts]

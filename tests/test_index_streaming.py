@@ -12,14 +12,17 @@ import tracemalloc
 import faiss
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
-from fashion_rag.retrieval import vector_rows
-from fashion_rag.retrieval.build_write import write_embeddings_file
-from fashion_rag.retrieval.index import map_embeddings
-from fashion_rag.retrieval.vector_rows import Rows, exact_top_k, mean_row
-from fashion_rag.retrieval.vector_store import create_vector_store, write_vector_parts
-from fashion_rag.retrieval.vectors import create_vector_index
+from fashion_rag.retrieval import ann as vector_rows
+from fashion_rag.retrieval.ann import (
+    Rows,
+    create_vector_index,
+    create_vector_store,
+    exact_top_k,
+    mean_row,
+    write_vector_parts,
+)
+from fashion_rag.retrieval.ondisk import map_embeddings, write_embeddings_file
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -30,25 +33,25 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", [0, 1, 1000])
-def test_embeddings_file_is_safetensors_own_bytes(tmp_path, n):
+def test_embeddings_file_is_numpy_own_bytes(tmp_path, n):
     x = _unit(n, 24, seed=n) if n else np.zeros((0, 24), np.float32)
-    save_file({"embeddings": x}, str(tmp_path / "ref.safetensors"))
+    np.save(tmp_path / "ref.npy", x)
     blocks = [x[i : i + 300] for i in range(0, n, 300)]
-    sha = write_embeddings_file(tmp_path / "ours.safetensors", n, 24, blocks)
-    ours = (tmp_path / "ours.safetensors").read_bytes()
-    assert ours == (tmp_path / "ref.safetensors").read_bytes()
+    sha = write_embeddings_file(tmp_path / "ours.npy", n, 24, blocks)
+    ours = (tmp_path / "ours.npy").read_bytes()
+    assert ours == (tmp_path / "ref.npy").read_bytes()
     import hashlib
 
     assert sha == hashlib.sha256(ours).hexdigest()
-    assert np.array_equal(load_file(str(tmp_path / "ours.safetensors"))["embeddings"], x)
+    assert np.array_equal(np.load(tmp_path / "ours.npy", allow_pickle=False), x)
 
 
 def test_embeddings_file_refuses_wrong_row_counts(tmp_path):
     x = _unit(10, 8, seed=0)
     with pytest.raises(ValueError, match="9 embedding rows written where 10"):
-        write_embeddings_file(tmp_path / "e.safetensors", 10, 8, [x[:9]])
+        write_embeddings_file(tmp_path / "e.npy", 10, 8, [x[:9]])
     with pytest.raises(ValueError, match="does not fit"):
-        write_embeddings_file(tmp_path / "e.safetensors", 10, 8, [x, x[:1]])
+        write_embeddings_file(tmp_path / "e.npy", 10, 8, [x, x[:1]])
 
 
 def test_blockwise_exact_top_k_and_mean_equal_one_pass(monkeypatch):
@@ -65,7 +68,7 @@ def test_blockwise_exact_top_k_and_mean_equal_one_pass(monkeypatch):
 
 
 def _mapped(tmp_path, x: np.ndarray) -> np.ndarray:
-    path = tmp_path / "emb.safetensors"
+    path = tmp_path / "emb.npy"
     write_embeddings_file(path, len(x), x.shape[1], [x])
     return map_embeddings(path, len(x), x.shape[1])
 

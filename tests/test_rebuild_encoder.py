@@ -21,7 +21,7 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.manifest import EncoderMismatchError
+from fashion_rag.retrieval.ondisk import EncoderMismatchError
 from fashion_rag.retrieval.search import search
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 

@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
-from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.lexical import CaptionIndex, tokenize
+from fashion_rag.retrieval.index import CaptionIndex, load_index, tokenize
 from fashion_rag.retrieval.search import UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
@@ -144,15 +143,15 @@ def test_bad_requests_say_what_is_wrong(demo_index, tmp_path):
     assert len(search(no_encoder, "top", 3, mode="caption")) == 3
 
 
-def test_retrieve_returns_fitted_images_in_rank_order(demo_index):
-    """The images are the garment files' own pixels (not load_garment's, which retrieve itself
-    uses). Mutation caught: fit_garment mirroring a 384x512 image (failed: yes)."""
+def test_retrieve_returns_fitted_images_in_rank_order(demo_index, catalog):
+    """The images are the garment files' own pixels (not fit_garment's, which the build stores).
+    Mutation caught: fit_garment mirroring a 384x512 image (failed: yes)."""
     garments = retrieve(demo_index, "green polka-dot long dress", k=3, category="dresses")
     assert garments.images.shape == (3, 512, 384, 3)
     assert len(garments) == 3 and garments.items[0].caption == "green polka-dot long dress"
     for img, item in zip(garments.images, garments.items, strict=True):
-        assert item.category == "dresses" and Path(item.path).is_file()
-        source = Image.open(item.path)  # drawn at 384x512: fitted, the file's own pixels
+        assert item.category == "dresses" and (catalog / item.path).is_file()  # (the catalog-relative path)
+        source = Image.open(catalog / item.path)  # drawn at 384x512: fitted, the file's own pixels
         assert source.size == (384, 512)
         expected = np.asarray(source.convert("RGB"), dtype=np.float32) / 255
         assert np.array_equal(img.numpy(), expected)

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING
 from ..categories import CATEGORIES
 
 if TYPE_CHECKING:
-    from ..retrieval.engines import Engine
+    from ..retrieval.build.engines import Engine
+    from ..retrieval.garments import Garment
+    from ..retrieval.index import GarmentIndex
 
 _MAX_LISTED = 50  # failed items listed one per line; the rest counted
 
@@ -45,7 +47,7 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
         from ..retrieval.build import SkippedItemsError
-        from ..retrieval.engines import BuildFailedError
+        from ..retrieval.build.engines import BuildFailedError
 
         try:
             return func(args)
@@ -72,10 +74,10 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..retrieval.ann import INDEX_TYPES, IVF_THRESHOLD
     from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
-    from ..retrieval.limits import MAX_K
+    from ..retrieval.paths import MAX_K
     from ..retrieval.search import MODES
-    from ..retrieval.vectors import INDEX_TYPES, IVF_THRESHOLD
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +132,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--pin", default="", help="comma-separated ids returned first")
     q.add_argument("--exclude", default="", help="comma-separated ids never returned")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--save", type=Path, default=None, metavar="DIR",
+                   help="also write the returned garments' images, as the pipeline sees them (NN.png, by "
+                        "rank), and garments.json (ids, scores) into DIR")
     q.set_defaults(func=_friendly(_query))
 
 
@@ -137,7 +142,7 @@ def _build(args: argparse.Namespace) -> int:
     from ..retrieval.build import build_index
     from ..retrieval.catalog import scan_catalog
     from ..retrieval.encoder import GarmentEncoder
-    from ..retrieval.storage import prepare_out
+    from ..retrieval.ondisk import prepare_out
 
     engine = _engine(args)
     t0 = time.perf_counter()
@@ -179,7 +184,7 @@ def _engine(args: argparse.Namespace) -> Engine | None:
         return None
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ValueError("--ray-actors must be at least 1")
-    from ..retrieval.ray_engine import RayEngine, import_ray
+    from ..retrieval.build.engines import RayEngine, import_ray
 
     import_ray()  # a missing Ray is reported before any work starts
     return RayEngine(args.ray_address, actors=args.ray_actors, shards=args.ray_shards)
@@ -197,14 +202,15 @@ def _info(args: argparse.Namespace) -> int:
     print(f"captions  {info['captions']}")
     print(f"encoder   {info['encoder']}" + ("  [RANDOM demo weights]" if info["random_demo_encoder"] else ""))
     print(f"vectors   {json.dumps(info['vector_index'])}")
-    print(f"catalog   {info['catalog_root']}")
+    print(f"images    {info['stored_images_bytes']:,} bytes stored")
     print(f"built     {info['built']}")
     return 0
 
 
 def _query(args: argparse.Namespace) -> int:
     from ..retrieval.encoder import GarmentEncoder
-    from ..retrieval.index import load_index, read_manifest
+    from ..retrieval.index import load_index
+    from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
 
     manifest = read_manifest(args.index)
@@ -220,6 +226,8 @@ def _query(args: argparse.Namespace) -> int:
     index = load_index(args.index, encoder)
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
                   pin_ids=args.pin, exclude_ids=args.exclude)
+    if args.save is not None:
+        _save(args.save, index, hits)
     if args.json:
         print(json.dumps([{"rank": r, "id": g.id, "score": g.score, "category": g.category,
                            "caption": g.caption, "path": g.path} for r, g in enumerate(hits, 1)], indent=1))
@@ -228,3 +236,21 @@ def _query(args: argparse.Namespace) -> int:
         caption = " ".join(g.caption.split())  # one line per hit, whatever separators a caption holds
         print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {caption}")
     return 0
+
+
+def _save(folder: Path, index: GarmentIndex, hits: list[Garment]) -> None:
+    """The hits' stored images (the index's own PNG bytes, decoded first so a damaged one fails
+    here) and garments.json, each file written atomically; the JSON goes last, naming them."""
+    from ..files import atomic_write
+
+    listing = []
+    for rank, g in enumerate(hits, 1):
+        pos = index.position(g.id)
+        index.garment_image(pos)  # refuses what is not a 384x512 garment image
+        data = index.stored_png(pos)
+        name = f"{rank:02d}.png"  # ids are free text: never part of a file name
+        atomic_write(folder / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        listing.append({"rank": rank, "id": g.id, "score": g.score, "category": g.category, "image": name})
+    text = json.dumps({"index": str(index.index_dir), "garments": listing}, indent=1, ensure_ascii=False)
+    atomic_write(folder / "garments.json", lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    _err(f"[index] saved {len(listing)} garments to {folder}")

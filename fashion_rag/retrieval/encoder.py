@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from ..files import cached_sha256
-from ..logs import log
+from ..logs import ProgressFn, log
 from ..model_files import RETRIEVAL_ENCODER
+from ..reference import CLIP_MEAN, CLIP_STD
 from ..weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
 
 DEFAULT_ARCH = "ViT-L-14"
@@ -40,12 +41,6 @@ REAL_WEIGHTS_HINT = (
 # "random_demo": true for files of random weights (so every tool can say so). Architectures
 # open_clip does not ship (small or fine-tuned ones) then need no config file anywhere.
 METADATA_KEY = "fashion_rag"
-# open_clip's defaults (open_clip.constants), repeated so that describing an encoder does not
-# import open_clip (seconds) when nothing needs the model.
-OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
-
-ProgressFn = Callable[[int, int], None]
 
 _register_lock = threading.Lock()
 
@@ -192,8 +187,9 @@ class GarmentEncoder:
 
             cfg = open_clip.get_pretrained_cfg(self.name, self.pretrained_tag) or {}
         return (
-            tuple(cfg.get("mean", OPENAI_DATASET_MEAN)),
-            tuple(cfg.get("std", OPENAI_DATASET_STD)),
+            # open_clip's defaults (OpenAI's, reference.py): describing an encoder needs no open_clip import
+            tuple(cfg.get("mean", CLIP_MEAN)),
+            tuple(cfg.get("std", CLIP_STD)),
             cfg.get("interpolation", "bicubic"),
             cfg.get("resize_mode", "shortest"),
         )

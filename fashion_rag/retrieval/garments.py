@@ -12,7 +12,7 @@ class Garment:
     id: str
     score: float
     category: str  # one of categories.CATEGORIES, or the catalog's free text
-    path: str  # absolute path of the garment image
+    path: str  # the image's path in the catalog it was built from (for people: never read again)
     caption: str = ""
 
 

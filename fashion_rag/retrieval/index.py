@@ -1,58 +1,48 @@
-"""A loaded garment index: manifest, embeddings, vector search, optionally its text encoder.
+"""A loaded garment index: manifest, embeddings, vector search, stored garments, optionally its
+text encoder.
 
-load_index() resolves the index folder's pointer once (storage.py), checks the manifest
-(manifest.py), verifies the data files against the sha256 sums and sizes the manifest records,
-and reads them from that version folder only. Every file is opened through the path rule and
+load_index() reads the index folder's current version through ondisk.read_version (the pointer
+resolved once, the manifest checked, the data files verified against the sha256 sums and sizes
+the manifest records, all read from that version folder only). Every file is opened through the path rule and
 only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
 huge sparse file in place of one is refused with the rebuild command, never waited on or read
-without end. Garment images are read the same way and must still have the content that was
-indexed.
+without end. Garment images come from the index's own shard (mapped at load, each image read
+within the bounds the manifest records): nothing outside the index folder is ever opened.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..files import UnreadableFileError, cached_sha256, open_regular, read_regular
-from ..images import decode_image, fit_garment, read_image_bytes
-from .limits import shorten
-from .manifest import (
-    MANIFEST,
-    MAX_MANIFEST_BYTES,
+from ..images import GARMENT_SIZE, decode_image
+from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
+from .ondisk import (
     Encoder,
     IndexFormatError,
+    StoredVersion,
     check_encoder,
     describe_encoder,
-    parse_manifest,
+    read_version,
     rebuild_hint,
 )
-from .paths import PathRuleError, inside
-from .storage import IndexVersion, resolve_version
-from .vector_store import VectorStore, create_vector_store, load_vector_store
-from .vectors import IVF_THRESHOLD
-
-_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
-_LOAD_ATTEMPTS = 3
-
-
-class CatalogChangedError(FileNotFoundError):
-    """A garment image is gone, or its content is not what was indexed."""
+from .paths import shorten
 
 
 class GarmentIndex:
-    """A loaded index: garment metadata, embeddings, the vector index, optionally the encoder."""
+    """A loaded index: garment metadata, embeddings, the vector index, the stored garment images,
+    optionally the encoder."""
 
     def __init__(self, index_dir: Path, manifest: dict[str, Any], embeddings: np.ndarray,
-                 vectors: VectorStore, encoder: Encoder | None = None, version: str = "") -> None:
+                 vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
+                 shard: np.ndarray | None = None) -> None:
         self.index_dir = index_dir
         self.version = version
         self.manifest = manifest
@@ -70,8 +60,9 @@ class GarmentIndex:
         names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
         self._category_names = {str(name): code for code, name in enumerate(names)}
         self._category_codes = codes.reshape(-1)
-        self.catalog_root = _resolve_catalog_root(index_dir, manifest)
-        self._captions_index = None
+        self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
+        self._image_at = list(zip(items.get("image_offsets", ()), items.get("image_sizes", ()), strict=True))
+        self._captions_index: CaptionIndex | None = None
 
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
@@ -84,7 +75,7 @@ class GarmentIndex:
         vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
         manifest: dict[str, Any] = {
             "encoder": {"name": "none", "dim": int(emb.shape[1]), "weights_file": None, "weights_sha256": ""},
-            "catalog_root": "", "built": "", "vector_index": vectors.record(),
+            "built": "", "vector_index": vectors.record(),
             "items": {"ids": [str(i) for i in range(n)], "paths": [""] * n, "categories": cats,
                       "captions": list(captions) if captions is not None else [""] * n, "sha256": [""] * n},
         }
@@ -116,24 +107,48 @@ class GarmentIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._positions
 
-    def image_path(self, pos: int) -> Path:
-        """The garment's image, resolved; PathRuleError unless it lies inside the catalog folder."""
-        return inside(self.rel_paths[pos], self.catalog_root, f"image of garment {shorten(self.ids[pos])}")
+    def stored_png(self, pos: int) -> bytes:
+        """The stored garment's PNG bytes, as the build wrote them into the index."""
+        if self._shard is None:
+            raise ValueError(f"Index {self.name!r} holds no garment images (an in-memory index).")
+        offset, size = self._image_at[pos]
+        return bytes(self._shard[offset : offset + size])  # bounds checked against the shard at load
 
     def garment_image(self, pos: int) -> Image.Image:
-        """The garment's image fitted to 384x512, refused unless its content is what was indexed.
+        """The garment's image as the pipeline uses it: 384x512 RGB, read from the index."""
+        name = f"stored image of garment {shorten(self.ids[pos])}"
+        try:
+            img = decode_image(self.stored_png(pos), name)
+        except ValueError as exc:  # ImageLoadError: the shard passed its checksum, so a foreign build
+            raise IndexFormatError(f"Index {self.index_dir}: {exc}; "
+                                   f"{rebuild_hint(self.index_dir, self.manifest)}") from exc
+        if img.size != GARMENT_SIZE:
+            raise IndexFormatError(f"Index {self.index_dir}: the {name} is {img.width}x{img.height}, not "
+                                   f"{GARMENT_SIZE[0]}x{GARMENT_SIZE[1]}; "
+                                   f"{rebuild_hint(self.index_dir, self.manifest)}")
+        return img
 
-        The content check means a manifest (which anyone can edit) can only ever make the
-        server read back images whose exact bytes its author already had.
-        """
-        path = self.image_path(pos)
-        data = read_image_bytes(path)
-        expected = self.content_hashes[pos]
-        if expected and hashlib.sha256(data).hexdigest() != expected:
-            raise CatalogChangedError(
-                f"The image of garment {shorten(self.ids[pos])} ({path}) changed after index {self.name!r} "
-                f"was built; {rebuild_hint(self.index_dir, self.manifest)}")
-        return fit_garment(decode_image(data, str(path)))
+    def image(self, item_id: str) -> Image.Image:
+        """The stored garment `item_id` (KeyError if the index has no such garment)."""
+        return self.garment_image(self._positions[item_id])
+
+    def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
+               exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The k best garments for a query embedding (positions, exact cosines), best first:
+        only of `categories` when given, never the positions in `exclude`."""
+        return self.vectors.search(query, k, categories, exclude)
+
+    def cosines(self, query: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        """Exact cosines of a query embedding with the garments at `positions`."""
+        return np.asarray(self.embeddings[list(positions)], dtype=np.float32) @ query
+
+    def caption_scores(self, text: str) -> np.ndarray:
+        """[N] BM25 scores of every caption for `text`."""
+        return self.caption_index.scores(text)
+
+    def encode_text(self, text: str) -> np.ndarray | None:
+        """The text's embedding with the index's encoder (None: loaded without one)."""
+        return None if self.encoder is None else self.encoder.encode_texts([text])[0]
 
     def category_mask(self, category: str) -> np.ndarray:
         """[N] bool: which garments have exactly this category."""
@@ -146,10 +161,9 @@ class GarmentIndex:
         return dict(Counter(c or "uncategorised" for c in self.categories))
 
     @property
-    def caption_index(self):  # -> lexical.CaptionIndex (built on first use: see lexical.py)
+    def caption_index(self) -> CaptionIndex:
+        """BM25 over the captions, built on first use (see CaptionIndex)."""
         if self._captions_index is None:
-            from .lexical import CaptionIndex
-
             self._captions_index = CaptionIndex(self.captions)
         return self._captions_index
 
@@ -164,150 +178,92 @@ class GarmentIndex:
             "encoder": describe_encoder(self.manifest["encoder"]),
             "random_demo_encoder": bool(self.manifest["encoder"].get("random_demo")),
             "built": self.built,
-            "catalog_root": str(self.catalog_root),
+            "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
             "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
                              "parts": len(self.vectors.parts)},
             "captions": sum(1 for c in self.captions if c.strip()),
         }
 
 
-def _resolve_catalog_root(index_dir: Path, manifest: dict[str, Any]) -> Path:
-    # The absolute root is what was built; the relative one keeps an index usable when the
-    # models folder (index and catalog together) is moved or mounted elsewhere.
-    absolute = Path(manifest["catalog_root"])
-    if absolute.is_dir():
-        return absolute.resolve()
-    relative = manifest.get("catalog_root_relative")
-    if relative:
-        candidate = (index_dir / relative).resolve()
-        if candidate.is_dir():
-            return candidate
-    return absolute
-
-
-def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
-    """The checked manifest of one version (FileNotFoundError passes through: see load_index)."""
-    path = ver.data_dir / MANIFEST
-    try:
-        raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
-                           MAX_MANIFEST_BYTES, "index manifest")
-    except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir)}") from exc
-    except OSError as exc:
-        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-            raise
-        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir)
-
-
-def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
-    """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
-    try:
-        return inside(name, data_dir, what)
-    except PathRuleError as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
-
-
-def file_size(manifest: dict[str, Any], name: str) -> int | None:
-    """The byte size the manifest records for a file of the version (checked present at parse)."""
-    return manifest["files"].get("bytes", {}).get(name)
-
-
-def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checked manifest of an index's current version."""
-    return _retrying(index_dir, read_version_manifest)
-
-
 def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None) -> GarmentIndex:
     """Load an index; with an encoder, first check that it is the one the index was built with."""
-    return _retrying(index_dir, lambda ver: _load_version(ver, encoder))
+    def check(manifest: dict[str, Any]) -> None:
+        if encoder is not None:
+            check_encoder(manifest, encoder, Path(index_dir).expanduser().resolve())
+
+    def assemble(stored: StoredVersion) -> GarmentIndex:
+        vectors = load_vector_store(stored)
+        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings, vectors, encoder,
+                            stored.ver.version, stored.garments)
+
+    return read_version(index_dir, check, assemble)
 
 
-def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
-    for attempt in range(_LOAD_ATTEMPTS):
-        ver = resolve_version(index_dir)
-        try:
-            return load(ver)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            # Builds keep the current and the previous version: this one can only vanish when
-            # two builds finished during this load, and then the pointer names a newer one.
-            if attempt + 1 < _LOAD_ATTEMPTS and resolve_version(index_dir).version != ver.version:
-                continue
-            raise IndexFormatError(f"Index {ver.index_dir} is incomplete ({exc.filename or exc} is missing); "
-                                   f"{rebuild_hint(ver.index_dir)}") from exc
-    raise AssertionError("unreachable")
+# --------------------------------------------------------------------------------------------
+# BM25 over the captions (bm25s): the lexical half of fusion retrieval. Built from the
+# manifest's captions when first needed rather than stored: it takes well under a second for
+# tens of thousands of captions, and a derived file that cannot go stale is one less thing for
+# an incremental rebuild to get wrong.
+# --------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+# Words that say nothing about which garment is meant (kept small: "top", "short" matter).
+_STOPWORDS = frozenset(
+    "a an and the of in on with for to by from at or is are be this that it its as "
+    "made wearing model photo picture image".split()
+)
 
 
-def _load_version(ver: IndexVersion, encoder: Encoder | None) -> GarmentIndex:
-    manifest = read_version_manifest(ver)
-    if encoder is not None:
-        check_encoder(manifest, encoder, ver.index_dir)
-    verify_files(ver, manifest)
-    n, dim = len(manifest["items"]["ids"]), int(manifest["encoder"]["dim"])
-    name = manifest["files"]["embeddings"]
-    emb_path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
-    emb = map_embeddings(emb_path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
-    vectors = load_vector_store(ver.data_dir, ver.index_dir, manifest, emb)
-    return GarmentIndex(ver.index_dir, manifest, emb, vectors, encoder, ver.version)
+def _stem(word: str) -> str:
+    """A light English stemmer so 'stripes'/'striped', 'dresses'/'dress' and 'dots'/'dotted' meet."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            if suffix in ("ing", "ed") and len(word) >= 4 and word[-1] == word[-2]:
+                word = word[:-1]  # dotted -> dott -> dot
+            break
+    if len(word) > 4 and word.endswith("e"):
+        word = word[:-1]  # stripe -> strip, matching striped -> strip
+    return word
 
 
-def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
-    """Every file of the version is a regular file of the size and sha256 its manifest records,
-    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
-    for name, expected in manifest["files"]["sha256"].items():
-        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
-        try:
-            digest = cached_sha256(path, file_size(manifest, name), "index data file")
-        except UnreadableFileError as exc:
-            raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
-                                   ) from exc
-        if digest != expected:
-            raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
-                                   f"manifest (damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s.tokenize with this module's words, stopwords and stemmer (lower-cased first)."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN.pattern, stopwords=list(_STOPWORDS),
+                          stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
+                          show_progress=False)
 
 
-def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
-                   manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """The [n, dim] float32 "embeddings" tensor of a safetensors file, memory-mapped read-only.
+def tokenize(text: str) -> list[str]:
+    return tokenize_all([text])[0]
 
-    Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
-    process memory, when the IVF index answers queries and only a few rows are ever read.
-    The file must be a regular file (of at most `max_bytes`, the size the manifest records);
-    it is opened once and mapped through that descriptor. The header is parsed here (no
-    pickle, no library trusting its offsets) and checked against the file size and the
-    manifest before anything is mapped.
-    """
-    def bad(why: str) -> IndexFormatError:
-        return IndexFormatError(f"Index {index_dir or path.parent}: {path.name} {why}; "
-                                f"{rebuild_hint(index_dir or path.parent, manifest)}")
 
-    try:
-        f = open_regular(path, max_bytes, "embeddings file")
-    except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {index_dir or path.parent}: {exc}; "
-                               f"{rebuild_hint(index_dir or path.parent, manifest)}") from exc
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= header_len <= min(size - 8, _MAX_HEADER_BYTES):
-            raise bad("is truncated or not a safetensors file")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise bad(f"has an unreadable header ({str(exc)[:80]})") from exc
-        meta = header.get("embeddings") if isinstance(header, dict) else None
-        if not isinstance(meta, dict):
-            raise bad("holds no 'embeddings' tensor")
-        shape, offsets = meta.get("shape"), meta.get("data_offsets")
-        if meta.get("dtype") != "F32" or shape != [n, dim]:
-            raise bad(f"holds a {str(meta.get('dtype'))[:10]} tensor of shape {str(shape)[:40]}, the "
-                      f"manifest {n} garments x {dim} float32")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or offsets[1] - offsets[0] != n * dim * 4 or offsets[0] < 0
-                or 8 + header_len + offsets[1] > size):
-            raise bad("is truncated, or its tensor offsets are wrong")
-        if n == 0:
-            return np.zeros((0, dim), dtype=np.float32)
-        # The map holds its own reference to the file: closing `f` leaves it valid.
-        return np.memmap(f, dtype=np.float32, mode="r", offset=8 + header_len + offsets[0], shape=(n, dim))
+class CaptionIndex:
+    """BM25 scores of every caption for a query; captions without words simply never match."""
+
+    def __init__(self, captions: Sequence[str]) -> None:
+        import logging
+
+        import bm25s
+
+        # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+        self.size = len(captions)
+        docs = tokenize_all(captions) if len(captions) else []
+        self.has_text = any(docs)
+        self._bm25 = None
+        if self.has_text:
+            self._bm25 = bm25s.BM25()
+            # bm25s needs one token per document; "" is its own empty token, matched by no query.
+            self._bm25.index([d or [""] for d in docs], show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """[N] float32 BM25 scores (0 for captions sharing no word with the query)."""
+        if self._bm25 is None:
+            return np.zeros(self.size, dtype=np.float32)
+        tokens = [t for t in tokenize(query) if t in self._bm25.vocab_dict]
+        if not tokens:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

@@ -1,9 +1,13 @@
-"""The one path rule, for every path that comes from a user, a workflow, metadata or a manifest.
+"""The one path rule, for every path that comes from a user, a workflow, metadata or a manifest,
+and the bounds on what a request (a workflow, the CLI) can ask of retrieval.
 
 Resolve it (symlinks included) and require the result inside its root: the catalog folder for
 garment images, the index folder for the index's own files, a registered indexes folder for
 index names. An index name is one visible folder name and nothing else. Anything else is
 refused with a message naming the item and the root; nothing outside is ever opened.
+
+A shared workflow is untrusted input: without bounds, 252 pinned ids returned 252 full-size
+images (+567 MB of server memory) and a 1 MB id string came back in full in the error.
 """
 
 from __future__ import annotations
@@ -11,7 +15,21 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .limits import shorten
+MAX_K = 20  # garments per request, pins included (the retrieve node's maximum)
+MAX_TEXT_CHARS = 2_000  # CLIP reads 77 tokens; BM25 needs no more than a paragraph either
+MAX_ID_CHARS = 256  # one garment id
+MAX_IDS = 1_000  # ids in one pin or exclude list (excluding a whole page of garments is fine)
+MAX_ID_LIST_CHARS = 100_000  # the raw pin_ids / exclude_ids string
+QUOTE_CHARS = 60  # how much of a value an error message repeats
+
+
+def shorten(value: object, limit: int = QUOTE_CHARS) -> str:
+    """repr() of a value, cut to `limit` characters with its full length said, for messages."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
 
 MAX_NAME_CHARS = 255  # longest file name most file systems allow
 

@@ -22,9 +22,8 @@ import numpy as np
 from ..images import to_image_tensor
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
-from .index import CatalogChangedError, GarmentIndex
-from .limits import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
-from .manifest import rebuild_hint
+from .index import GarmentIndex
+from .paths import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
 
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
@@ -145,19 +144,19 @@ def search(
 
     query = None
     if mode in ("image", "fusion"):
-        if index.encoder is None:
+        query = index.encode_text(text)
+        if query is None:
             raise ValueError(f"Index {index.name!r} was loaded without its text encoder; mode {mode!r} needs "
                              "one (load_index(path, encoder)), or use mode 'caption'.")
-        query = index.encoder.encode_texts([text])[0]
 
     pin_scores: list[float]
     if mode == "image":
         assert query is not None
         fill = rank_by_embedding(index, query, n_fill, categories, skip)
-        fill_scores = [float(index.embeddings[p] @ query) for p in fill]
-        pin_scores = [float(index.embeddings[p] @ query) for p in pin_pos]
+        fill_scores = index.cosines(query, fill).tolist()
+        pin_scores = index.cosines(query, pin_pos).tolist()
     elif mode == "caption":
-        bm25 = index.caption_index.scores(text)
+        bm25 = index.caption_scores(text)
         fill = _score_ranking(bm25, n_fill, allowed)
         fill_scores = [float(bm25[p]) for p in fill]
         pin_scores = [float(bm25[p]) for p in pin_pos]
@@ -196,27 +195,15 @@ def retrieve(
     pin_ids: str | Sequence[str] = (),
     exclude_ids: str | Sequence[str] = (),
 ) -> Garments:
-    """search() plus the garment images, each fitted to 384x512 on white, in rank order."""
+    """search() plus the garment images (384x512 on white, as stored in the index), in rank order."""
     hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids)
-    images = []
-    for hit in hits:
-        try:
-            images.append(index.garment_image(index.position(hit.id)))
-        except CatalogChangedError:
-            raise
-        except (OSError, ValueError) as exc:  # gone, unreadable, or outside the catalog folder
-            raise CatalogChangedError(
-                f"Garment {shorten(hit.id)} of index {index.name!r}: {exc}. The catalog (folder "
-                f"{index.catalog_root}) changed after the index was built; "
-                f"{rebuild_hint(index.index_dir, index.manifest)}"
-            ) from exc
+    images = [index.image(hit.id) for hit in hits]
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text)
 
 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
-    # The path as the manifest names it under the catalog: checked when the image is read.
     return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
-                   path=str(index.catalog_root / index.rel_paths[pos]), caption=index.captions[pos])
+                   path=index.rel_paths[pos], caption=index.captions[pos])
 
 
 def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
@@ -228,7 +215,7 @@ def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
     """
     if count <= 0:
         return []
-    positions, _ = index.vectors.search(query, count, categories, exclude)
+    positions, _ = index.search(query, count, categories, exclude)
     return [int(p) for p in positions]
 
 
@@ -248,15 +235,15 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
 
     Returns the fused score and the image rank of every garment in either ranking.
     """
-    positions, scores = index.vectors.search(query, depth, categories, skip)
+    positions, scores = index.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
-    pin_scores = np.asarray(index.embeddings[pinned], dtype=np.float32) @ query if pinned else []
+    pin_scores = index.cosines(query, pinned) if pinned else []
     merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
                      *zip(pinned, pin_scores, strict=True)], key=lambda ps: -ps[1])
     image = [int(p) for p, _ in merged[:depth]]
     pool = allowed.copy()
     pool[pinned] = True
-    bm25 = index.caption_index.scores(text)
+    bm25 = index.caption_scores(text)
     # Only captions that share a word with the query take part: an all-zero tail is not a ranking.
     caption = _score_ranking(bm25, depth, pool & (bm25 > 0))
     fused: dict[int, float] = {}

@@ -1,32 +1,52 @@
 """Building an index: incremental (only new image contents are encoded), safe, reported.
 
 A build reads the catalog's images through the path rule, hashes them, encodes the new ones,
-and publishes a new version of the index folder (storage.py), so a failure or a kill leaves
+stores each fitted garment image in the index (the catalog is never read again after the
+build), and publishes a new version of the index folder (ondisk.write_version), so a failure or a kill leaves
 the previous index as it was. Every catalog entry it leaves out is reported by id (and
 metadata line) with its reason; `strict` turns any such skip into a failed build.
 
-Three steps, two of them shared by every engine: plan (build_plan.py: hash every image, decide
-what to encode), encode (the engine: this process, or a Ray cluster, ray_engine.py), write
-(build_write.py: the embeddings file, the vector indexes and the manifest, streamed).
+Three steps, two of them shared by every engine: plan (build/plan.py: hash every image, decide
+what to encode), encode (the engine: this process, or a Ray cluster: build/engines.py), write
+(write_index below: the garment shard, the embeddings file, the vector indexes and the manifest,
+streamed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..logs import log
-from .build_plan import BuildPlan, LogFn, ProgressFn, plan_build
-from .build_write import write_index
-from .catalog import Catalog, Skip
+import numpy as np
+
+from ...logs import LogFn, ProgressFn, log
+from ..ann import BLOCK_ROWS, INDEX_TYPES, IVF_THRESHOLD, part_kind, partition_categories, write_vector_parts
+from ..catalog import Catalog, Skip
+from ..ondisk import (
+    EMBEDDINGS,
+    FORMAT,
+    FORMAT_VERSION,
+    GARMENTS,
+    BuildLock,
+    HashingWriter,
+    build_lock,
+    clean_stale,
+    discard_unpublished,
+    map_embeddings,
+    naming,
+    prepare_out,
+    temp_folder,
+    write_embeddings_file,
+    write_version,
+)
 from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
-from .manifest import FORMAT_VERSION
-from .storage import BuildLock, build_lock, clean_stale, discard_unpublished, prepare_out, temp_folder
-from .vector_store import partition_categories
-from .vectors import INDEX_TYPES, IVF_THRESHOLD, part_kind
+from .plan import BuildPlan, plan_build
 
 
 @dataclass
@@ -81,7 +101,7 @@ def build_index(
     out_dir must be absent, empty or an index (storage.prepare_out). Only images whose content
     is not in the previous index are encoded; when nothing changed at all nothing is written.
     On any error the previous index stays as it was. engine: LocalEngine() (this process) by
-    default, or ray_engine.RayEngine(); both give the same index.
+    default, or engines.RayEngine(); both give the same index.
     """
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
@@ -115,6 +135,7 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
             work = stack.enter_context(temp_folder(lock))
             store = NewEmbeddings(work, len(plan.todo), plan.enc["dim"])
+            stack.callback(store.close)
             bad = engine.encode(catalog, plan.todo, encoder, batch_size, store, work, progress)
             _check_complete(plan, store, bad, engine)
         return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
@@ -165,9 +186,8 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
     kinds = {k for _, k in parts}
     report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
     if (old is not None and plan.old_rows and old.get("format_version") == FORMAT_VERSION
-            and old["items"] == items and old["encoder"] == plan.enc
-            and [(p["categories"], p["type"]) for p in old["vector_index"]["parts"]] == parts
-            and old["catalog_root"] == str(catalog.root)):
+            and {key: old["items"][key] for key in items} == items and old["encoder"] == plan.enc
+            and [(p["categories"], p["type"]) for p in old["vector_index"]["parts"]] == parts):
         say(f"index {out} is up to date ({len(kept)} garments)")
         return report
     report.version, record = write_index(lock, catalog, plan, store, items, index_type, ivf_threshold, say)
@@ -176,3 +196,91 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
     factories = ", ".join(sorted({p["factory"] for p in record["parts"]}))
     say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# The last step, the same for every engine: write the new version and swap it in.
+# A build's last step, the same for every engine: write the new version and swap it in.
+#
+# Streams: the garment shard is written image by image (stored PNGs from the previous version's
+# shard, new ones from the engine's store), the embeddings file block by block (reused rows from the previous
+# version's file, new ones from the engine's NewEmbeddings file), hashed while written, then
+# memory-mapped to build the vector indexes one part at a time (ann.write_vector_parts).
+# Nothing here holds all the float32 embeddings in memory.
+#
+# --------------------------------------------------------------------------------------------
+
+def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
+                        ) -> tuple[str, list[int], list[int]]:
+    """Write the garment shard: each distinct content's stored PNG once (from the previous
+    version's shard, or the engine's new ones), in item order. Returns its sha256 and every
+    item's (offset, size)."""
+    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    old_at = plan.old_manifest["items"] if plan.old_garments is not None and plan.old_manifest else {}
+    placed: dict[str, tuple[int, int]] = {}
+    offsets, sizes = [], []
+    with naming(path), open(path, "wb") as f:
+        out, end = HashingWriter(f), 0
+        for h in hashes:
+            if h not in placed:
+                old = plan.old_rows.get(h)
+                if old is not None and plan.old_garments is not None:
+                    start = old_at["image_offsets"][old]
+                    data = bytes(plan.old_garments[start : start + old_at["image_sizes"][old]])
+                else:
+                    assert store is not None
+                    data = store.image(new_rows[h])
+                out.write(data)
+                placed[h] = (end, len(data))
+                end += len(data)
+            offsets.append(placed[h][0])
+            sizes.append(placed[h][1])
+        f.flush()
+        os.fsync(f.fileno())
+    return out.digest.hexdigest(), offsets, sizes
+
+
+def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]) -> Iterator[np.ndarray]:
+    """The embedding of each content hash in order, a block of rows at a time."""
+    dim = int(plan.enc["dim"])
+    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    for start in range(0, len(hashes), BLOCK_ROWS):
+        chunk = hashes[start : start + BLOCK_ROWS]
+        old = np.fromiter((plan.old_rows.get(h, -1) for h in chunk), np.int64, len(chunk))
+        block = np.empty((len(chunk), dim), dtype=np.float32)
+        reused = old >= 0
+        if reused.any():
+            assert plan.old_embeddings is not None
+            block[reused] = plan.old_embeddings[old[reused]]
+        if not reused.all():
+            assert store is not None
+            new = np.fromiter((new_rows[h] for h, r in zip(chunk, reused, strict=True) if not r), np.int64)
+            block[~reused] = store.vectors[new]
+        yield block
+
+
+def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEmbeddings | None,
+                items: dict[str, list[str]], index_type: str, ivf_threshold: int, say: LogFn
+                ) -> tuple[str, dict[str, Any]]:
+    """Write a new version of the index holding `items` and swap it in (storage.publish).
+
+    Returns the version's name and its vector_index record. Call under the build lock.
+    """
+    n, dim = len(items["ids"]), int(plan.enc["dim"])
+    with temp_folder(lock, version=True) as tmp:
+        sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, items["sha256"]))
+        shard_sha, offsets, sizes = write_garments_file(tmp / GARMENTS, plan, store, items["sha256"])
+        emb = map_embeddings(tmp / EMBEDDINGS, n, dim)
+        record = write_vector_parts(emb, items["categories"], tmp, index_type, ivf_threshold, log_fn=say)
+        del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "encoder": plan.enc,
+            "count": n,
+            "vector_index": record,
+            "files": {"embeddings": EMBEDDINGS, "garments": GARMENTS},
+            "items": {**items, "image_offsets": offsets, "image_sizes": sizes},
+        }
+        return write_version(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record

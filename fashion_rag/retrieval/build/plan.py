@@ -1,14 +1,15 @@
 """A build's plan: what the previous index holds, what each image's content is, what to encode.
 
-Shared by every engine (engines.py, ray_engine.py): the per-image steps here (hash_image,
-load_garment) are what an engine runs, on this machine or on cluster workers, so that the
+Shared by every engine (engines.py: local and Ray): the per-image steps here (hash_image,
+read_fitted_garment) are what an engine runs, on this machine or on cluster workers, so that the
 two engines skip the same entries for the same reasons and encode the same images.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,15 +17,23 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from ..images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
-from .catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from .index import map_embeddings, read_version_manifest, verify_files
-from .manifest import Encoder, IndexFormatError, describe_encoder, encoder_record, same_embedding_space
-from .paths import PathRuleError
-from .storage import looks_like_index, resolve_version
-
-LogFn = Callable[[str], None]
-ProgressFn = Callable[[int, int], None]
+from ...images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
+from ...logs import LogFn
+from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
+from ..ondisk import (
+    Encoder,
+    IndexFormatError,
+    describe_encoder,
+    encoder_record,
+    looks_like_index,
+    map_embeddings,
+    map_file,
+    read_version_manifest,
+    resolve_version,
+    same_embedding_space,
+    verify_files,
+)
+from ..paths import PathRuleError
 
 
 class HashingEngine(Protocol):
@@ -45,8 +54,17 @@ def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
         return item.skip(OUTSIDE, str(exc))
 
 
-def load_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
-    """The item's image in the garment form the encoder takes, if its content is still `sha256`."""
+def garment_png(garment: Image.Image) -> bytes:
+    """The fitted garment as the index stores it: PNG, lossless, so retrieval returns exactly
+    the pixels the encoder saw (docs/method.md, "Stored garment images")."""
+    buf = io.BytesIO()
+    garment.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
+    """The item's image in the garment form the encoder takes and the index stores, if its
+    content is still `sha256`."""
     try:
         path = catalog.image_path(item)
         data = read_image_bytes(path)
@@ -67,6 +85,7 @@ class BuildPlan:
     old_manifest: dict[str, Any] | None
     old_version: str
     old_embeddings: np.ndarray | None  # the previous version's, memory-mapped (same space only)
+    old_garments: np.ndarray | None  # the previous version's garment shard, mapped (with old_embeddings)
     old_rows: dict[str, int]  # image content hash -> its row in old_embeddings
     hashed: list[tuple[CatalogItem, str]]  # every usable catalog item and its content hash
     todo: list[tuple[str, CatalogItem]]  # content hashes to encode (one item each), in catalog order
@@ -79,7 +98,7 @@ def plan_build(catalog: Catalog, out: Path, encoder: Encoder, engine: HashingEng
     Only contents the previous index does not hold are encoded; identical files once.
     """
     enc = encoder_record(encoder)
-    old_manifest, old_version, old_emb, old_rows = _previous_embeddings(out, enc, say)
+    old_manifest, old_version, old_emb, old_shard, old_rows = _previous_embeddings(out, enc, say)
     skipped = list(catalog.skipped)
     hashed: list[tuple[CatalogItem, str]] = []
     for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
@@ -92,27 +111,31 @@ def plan_build(catalog: Catalog, out: Path, encoder: Encoder, engine: HashingEng
         if h not in old_rows:
             todo.setdefault(h, item)
     say(f"{len(hashed)} images: {sum(h in old_rows for _, h in hashed)} unchanged, {len(todo)} to encode")
-    return BuildPlan(enc, old_manifest, old_version, old_emb, old_rows, hashed, list(todo.items()), skipped)
+    return BuildPlan(enc, old_manifest, old_version, old_emb, old_shard, old_rows, hashed, list(todo.items()),
+                     skipped)
 
 
 def _previous_embeddings(out: Path, enc: dict[str, Any], say: LogFn
-                         ) -> tuple[dict[str, Any] | None, str, np.ndarray | None, dict[str, int]]:
-    """The previous manifest, its version, its embeddings and their rows by image hash (same space only)."""
+                         ) -> tuple[dict[str, Any] | None, str, np.ndarray | None, np.ndarray | None,
+                                    dict[str, int]]:
+    """The previous manifest, its version, its embeddings and garment shard, and their rows by
+    image hash (same space only)."""
     try:
         ver = resolve_version(out)
         old = read_version_manifest(ver)
     except (IndexFormatError, OSError) as exc:
         if looks_like_index(out):
             say(f"previous index not reusable ({exc}); building from scratch")
-        return None, "", None, {}
+        return None, "", None, None, {}
     if not same_embedding_space(old["encoder"], enc):
         say(f"previous index used encoder {describe_encoder(old['encoder'])}; re-encoding everything")
-        return old, ver.version, None, {}
+        return old, ver.version, None, None, {}
     try:
         verify_files(ver, old)
         n, dim = len(old["items"]["ids"]), int(old["encoder"]["dim"])
         emb = map_embeddings(ver.data_dir / old["files"]["embeddings"], n, dim, out, old)
+        shard = map_file(ver, old, old["files"]["garments"], "garment image file")
     except (IndexFormatError, OSError, PathRuleError) as exc:  # rebuilding is always correct, just slower
         say(f"previous embeddings unusable ({exc}); re-encoding everything")
-        return old, ver.version, None, {}
-    return old, ver.version, emb, {h: i for i, h in enumerate(old["items"]["sha256"])}
+        return old, ver.version, None, None, {}
+    return old, ver.version, emb, shard, {h: i for i, h in enumerate(old["items"]["sha256"])}

@@ -1,15 +1,22 @@
-"""The build's hashing and encoding on a Ray cluster (Ray Data), for catalogs one machine is slow on.
+"""How a build hashes and encodes images: here, in this process (LocalEngine), or on a Ray
+cluster (RayEngine, below). Everything else about a build is shared (build/__init__.py).
 
-Everything else is the local build's (build.py): the same plan decides what to encode, the
+An engine fills a NewEmbeddings store: row i holds the embedding of the plan's todo[i] and its
+fitted garment image (PNG bytes, stored in the index), in files on disk, so a 10M-image first
+build holds neither embeddings nor images in memory.
+
+On Ray:
+
+Everything else is the local build's (build/__init__.py): the same plan decides what to encode, the
 same last step writes the index, so both engines publish the same index. Here:
 
 - hashing: the catalog listing (row, path) becomes a Ray dataset; CPU tasks hash the image
-  files (build_plan.hash_image), so the driver never reads 10M images;
-- encoding: CPU tasks read, check, decode and preprocess the new images (build_plan.load_garment,
+  files (plan.hash_image), so the driver never reads 10M images;
+- encoding: CPU tasks read, check, decode and preprocess the new images (plan.read_fitted_garment,
   the encoder's model-free transform); actors hold the model (one per GPU when the cluster has
   GPUs, else CPU actors) and encode batches; the embeddings are written as Parquet shards
-  (row, reason, detail, error, embedding), which the driver reads into the build's NewEmbeddings.
-What runs on the workers is in ray_workers.py.
+  (row, reason, detail, error, garment PNG, embedding), which the driver reads into the build's NewEmbeddings.
+What runs on the workers: hash_batch, prepare_batch, EncoderActor.
 
 Failures: a batch whose worker process dies (a task's, or an actor's: the actor is restarted)
 is retried up to RETRIES times, then the build fails naming the images not encoded; Ray Data's
@@ -20,24 +27,244 @@ finish, and then the build fails naming every such item; the previous index stay
 (nothing is published). Every node needs the catalog, the weights file and the shard folder at
 the same paths (shared storage), and a Python with fashion-rag's dependencies; this package's
 code is shipped with the job.
+
+Workers: The per-image steps are the local build's (plan.hash_image, plan.read_fitted_garment), so
+both engines skip the same images for the same reasons. A batch whose code raises is not
+raised but recorded, row by row, in its output's "error" column: the rest of the build
+finishes and the driver then names every failing item at once.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
-from .build_plan import ProgressFn
-from .catalog import Catalog, CatalogItem, Skip
-from .engines import BuildFailedError, ImageEncoder, NewEmbeddings
-from .limits import shorten
-from .ray_workers import EncoderActor, hash_batch, prepare_batch
+from ...images import GARMENT_SIZE, PAD_COLOR
+from ...logs import ProgressFn
+from ..catalog import Catalog, CatalogItem, Skip
+from ..ondisk import Encoder, naming
+from ..paths import shorten
+from .plan import garment_png, hash_image, read_fitted_garment
+
+NEW_EMBEDDINGS = "new-embeddings.npy"
+NEW_GARMENTS = "new-garments.bin"
+
+
+class BuildFailedError(ValueError):
+    """An engine could not encode some images (a worker kept failing): nothing was written."""
+
+    def __init__(self, message: str, failed: list[str]) -> None:
+        super().__init__(message)
+        self.failed = failed  # ids of the items that were not encoded
+
+
+class NewEmbeddings:
+    """What a build encodes: [n, dim] float32 embeddings and the fitted garment images (PNG), in
+    files of the build's temp folder."""
+
+    def __init__(self, folder: Path, n: int, dim: int) -> None:
+        self.path = folder / NEW_EMBEDDINGS
+        self.images_path = folder / NEW_GARMENTS
+        self.dim = int(dim)
+        with naming(self.path):  # a failed write (a full disk) names the file
+            self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
+            _reserve(self.path)
+        self.filled = np.zeros(n, dtype=bool)
+        self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
+        self._images = open(self.images_path, "w+b")  # noqa: SIM115 (closed by close())
+        self._end = 0
+
+    def __len__(self) -> int:
+        return len(self.filled)
+
+    def put(self, rows: np.ndarray, vectors: np.ndarray, images: Sequence[bytes]) -> None:
+        """Store the embeddings and garment PNGs of todo rows `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(images) != len(rows):
+            raise ValueError(f"{len(images)} garment images for {len(rows)} embeddings")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
+            # An encoder of another dimension or a broken model: never store it as an embedding.
+            raise ValueError(f"the encoder returned {vectors.shape[1:] or 'no'} embeddings for "
+                             f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
+                             f"values; check the encoder weights")
+        with naming(self.images_path):
+            for row, data in zip(rows, images, strict=True):
+                self._images.write(data)
+                self.image_at[row] = (self._end, len(data))
+                self._end += len(data)
+        self.vectors[rows] = vectors
+        self.filled[rows] = True
+
+    def image(self, row: int) -> bytes:
+        offset, size = self.image_at[row]
+        self._images.flush()
+        return os.pread(self._images.fileno(), int(size), int(offset))
+
+    def close(self) -> None:
+        self._images.close()
+
+    @property
+    def count(self) -> int:
+        return int(self.filled.sum())
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole of a new (sparse) file now: a full disk is then an OSError here, not a
+    SIGBUS that kills the build when the memory map first writes a page."""
+    if not hasattr(os, "posix_fallocate"):  # (Windows, macOS: the file is not sparse there, or no way)
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+class ImageEncoder(Encoder, Protocol):
+    """What an engine needs of an encoder (encoder.GarmentEncoder)."""
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray: ...
+
+
+class Engine(Protocol):
+    """Hashes a catalog's images and encodes the new ones (see the module docstring)."""
+
+    name: str
+
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
+        """The content hash of each item's image, or its Skip, in the order given."""
+        ...
+
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
+               ) -> dict[str, Skip]:
+        """Put the embedding of todo[i] into store row i; return the Skip of each hash not usable.
+
+        work_dir: a folder of the build's own, removed after the build. On failure, raise:
+        nothing is written then.
+        """
+        ...
+
+
+class LocalEngine:
+    """This process: images read, decoded and encoded batch by batch (memory: one batch)."""
+
+    name = "local"
+
+    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
+        return [hash_image(catalog, item) for item in items]
+
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
+               ) -> dict[str, Skip]:
+        bad: dict[str, Skip] = {}
+        for start in range(0, len(todo), batch_size):
+            batch, rows = [], []
+            for row, (h, item) in enumerate(todo[start : start + batch_size], start):
+                garment = read_fitted_garment(catalog, item, h)
+                if isinstance(garment, Skip):
+                    bad[h] = garment
+                else:
+                    batch.append(garment)
+                    rows.append(row)
+            if batch:
+                store.put(np.asarray(rows), encoder.encode_images(batch, batch_size=batch_size),
+                          [garment_png(g) for g in batch])
+            if progress:
+                progress(min(start + batch_size, len(todo)), len(todo))
+        return bad
+
+
+def _failure(exc: Exception) -> str:
+    return shorten(f"{type(exc).__name__}: {exc}", 500)
+
+
+def hash_batch(batch: Any, root: str) -> Any:
+    import pyarrow as pa
+
+    catalog = Catalog(Path(root), [])
+    rows = batch["row"].to_pylist()
+    out: dict[str, list[Any]] = {"sha256": [], "reason": [], "detail": [], "error": []}
+    try:
+        for path in batch["path"].to_pylist():
+            result = hash_image(catalog, CatalogItem("", path, ""))
+            skip = result if isinstance(result, Skip) else None
+            out["sha256"].append("" if skip else result)
+            out["reason"].append(skip.reason if skip else "")
+            out["detail"].append(skip.detail if skip else "")
+            out["error"].append("")
+    except Exception as exc:  # a bug or a broken worker, not a bad image (those are skips)
+        out = {"sha256": [""] * len(rows), "reason": [""] * len(rows), "detail": [""] * len(rows),
+               "error": [_failure(exc)] * len(rows)}
+    columns = {k: pa.array(v, pa.string()) for k, v in out.items()}
+    return pa.table({"row": pa.array(rows, pa.int64()), **columns})
+
+
+def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
+    """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
+    stores, or the reason an image is skipped."""
+    from PIL import Image
+
+    catalog = Catalog(Path(root), [])
+    rows = batch["row"].to_pylist()
+    blank = Image.new("RGB", GARMENT_SIZE, PAD_COLOR)  # in place of an image that is not encoded
+    reasons, details, errors = [""] * len(rows), [""] * len(rows), [""] * len(rows)
+    try:
+        garments = []
+        listed = zip(batch["path"].to_pylist(), batch["sha256"].to_pylist(), strict=True)
+        for i, (path, sha) in enumerate(listed):
+            result = read_fitted_garment(catalog, CatalogItem("", path, ""), sha)
+            if isinstance(result, Skip):
+                reasons[i], details[i] = result.reason, result.detail
+            garments.append(blank if isinstance(result, Skip) else result)
+        pixels = encoder.preprocess_images(garments).numpy()
+        pngs = [b"" if reasons[i] else garment_png(g) for i, g in enumerate(garments)]
+    except Exception as exc:
+        errors = [_failure(exc)] * len(rows)
+        pixels = encoder.preprocess_images([blank] * len(rows)).numpy()  # same shape as other batches
+        pngs = [b""] * len(rows)
+    return {"row": np.asarray(rows, dtype=np.int64), "reason": np.asarray(reasons, dtype=object),
+            "detail": np.asarray(details, dtype=object), "error": np.asarray(errors, dtype=object),
+            "pixels": pixels, "garment": np.asarray(pngs, dtype=object)}
+
+
+class EncoderActor:
+    """An actor holding the model: pixels -> embeddings, a batch at a time."""
+
+    def __init__(self, encoder: Any, gpu: bool) -> None:
+        self.encoder = encoder
+        module = encoder.module  # loaded here, once per actor, not in its first batch
+        if gpu:
+            module.to("cuda")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
+        rows = batch["row"].astype(np.int64)
+        errors = [str(e) for e in batch["error"]]
+        ok = (batch["reason"] == "") & (batch["error"] == "")
+        emb = np.zeros((len(rows), int(self.encoder.dim)), dtype=np.float32)
+        try:
+            if ok.any():
+                emb[ok] = self.encoder.encode_pixels(batch["pixels"][ok])
+        except Exception as exc:  # recorded, not raised: the build names every failing item at the end
+            errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
+        flat = pa.array(emb.reshape(-1), pa.float32())
+        return pa.table({"row": pa.array(rows), "reason": pa.array(list(batch["reason"]), pa.string()),
+                         "detail": pa.array(list(batch["detail"]), pa.string()),
+                         "error": pa.array(errors, pa.string()),
+                         "garment": pa.array(list(batch["garment"]), pa.binary()),
+                         "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
 # Memory a decoding task asks for: a worker with torch and open_clip imported (Ray Data measured
@@ -240,7 +467,8 @@ def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEm
         emb = table["embedding"].combine_chunks()
         vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
         ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
-        store.put(rows[ok], vectors[ok])
+        garments = table["garment"].to_pylist()
+        store.put(rows[ok], vectors[ok], [garments[i] for i in np.flatnonzero(ok)])
         for i in np.flatnonzero(~ok):
             h, item = todo[rows[i]]
             if errs[i]:

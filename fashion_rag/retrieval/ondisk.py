@@ -1,0 +1,1061 @@
+"""The on-disk index, and the only module that knows its files: what a manifest records and the
+checks it passes, the folder of versions behind one pointer file, the build lock and markers,
+the embeddings (.npy), the FAISS part files and the garment image shard.
+
+    NAME/
+      index.json             the pointer: {"format", "current": "v-…", "previous": "v-…"}
+      v-<time>-<rand>/       one complete build: .build.json, manifest.json, embeddings.npy,
+                             garments.bin, vectors-<i>.faiss
+      .tmp-<build>-<rand>/   a build's work folder (in progress, or left by one that died); never read
+      .build.lock            held by the running build (flock); names the last build that held it
+      .index.json.<rand>.tmp a pointer being written (or one whose writer died); never read
+
+read_version() gives readers one verified version; write_version() makes a build's folder the
+new version and swaps the pointer. Build and search both depend on this module, never on each
+other.
+
+Manifest. Format version 4 records the sha256 and the byte size of every other file in its
+version folder: the data files (the embeddings .npy, the FAISS parts, the garment image shard)
+and the build's marker. Each is read only as a regular file of that size, so a FIFO, a device or
+a huge sparse file in its place is refused before a byte is read. An index holds its garment
+images (docs/method.md, "Stored garment images"): it names no catalog folder and nothing
+outside its folder is ever read, so a copied index works anywhere. Other versions are refused
+with the command that rebuilds the index (3 read garments from a catalog folder its manifest
+named; 2 had no sizes and markers). A manifest is input like any other (indexes get copied and
+shared): every key, type and length is checked at load, paths must be plain relative paths,
+and each problem is named in the error together with the command that rebuilds the index.
+
+Versions. A build writes a whole new version folder, renames it into place, then swaps the
+pointer with one os.replace: a reader (a running ComfyUI, another process) resolves the pointer
+once per load and sees the complete old index or the complete new one, never a gap. Each build
+keeps the current and the previous version (a reader that resolved the pointer just before a
+swap still finds its files) and deletes older versions and what dead builds left; readers retry
+when two builds finish within one load.
+
+Ownership: a build renames or deletes only folders it can prove a build made, never a folder
+for its name alone. Each work and version folder holds a marker (.build.json, listed and hashed
+in the version's manifest like every other file) written right after the folder is made: the
+id of the build and the names the folder may have. A folder is a build's when its marker names
+it. The two moments a kill can leave a build's folder without its marker (just after its
+mkdir, and while it is being deleted) fall on folders named after the build the lock file
+records, which the next build knows and cleans. Anything else is left alone, and makes a
+folder with no index yet look foreign: the build is refused. A build never touches anything
+beside its folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+
+from ..files import (
+    UnreadableFileError,
+    atomic_write,
+    cached_sha256,
+    fsync_path,
+    is_atomic_temp,
+    open_regular,
+    read_regular,
+    sha256_file,
+)
+from .paths import PathRuleError, inside, is_plain_name, is_plain_relative
+
+FORMAT = "fashion-rag-garment-index"
+FORMAT_VERSION = 4
+MANIFEST = "manifest.json"
+MARKER = ".build.json"  # the build marker in each version folder: hashed like the data
+EMBEDDINGS = "embeddings.npy"
+GARMENTS = "garments.bin"  # the fitted garment images (PNG), one after the other
+ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")
+IMAGE_LISTS = ("image_offsets", "image_sizes")  # where each item's PNG lies in GARMENTS
+# A stored garment is a 384x512 PNG (~0.6 MB uncompressed at most): more is not one of ours.
+MAX_GARMENT_BYTES = 4 << 20
+PART_TYPES = ("flat", "ivf")
+MAX_DIM = 65_536
+# A manifest lists every garment (id, path, category, caption, sha256: ~250 bytes each with
+# short captions), so 10M garments write ~2.5 GB; past this it is not one of ours.
+MAX_MANIFEST_BYTES = 8 << 30
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_PROBLEMS = 6  # named in one error; the rest are counted
+
+
+class IndexFormatError(ValueError):
+    """The folder holds no usable index of this format (missing, damaged or foreign)."""
+
+
+class EncoderMismatchError(ValueError):
+    """The index was built with a different encoder (architecture, weights or dimension)."""
+
+
+class Encoder(Protocol):
+    """What an index records of its encoder (encoder.GarmentEncoder)."""
+
+    name: str
+    weights_path: Path
+
+    @property
+    def weights_hash(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def preprocess_id(self) -> str: ...
+    @property
+    def is_random_demo(self) -> bool: ...
+
+
+def _arg(value: Any, placeholder: str) -> str:
+    text = str(value) if isinstance(value, str) and value else ""
+    if not text or len(text) > 300 or "\n" in text:  # a damaged manifest must not flood the hint
+        return placeholder
+    return f"'{text}'" if " " in text else text
+
+
+def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
+    """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
+    m = manifest if isinstance(manifest, dict) else {}
+    enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
+    # (No catalog from the manifest: an index names no folder outside itself.)
+    out = _arg(str(index_dir), "<index folder>")
+    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {out}"
+    if enc.get("name"):
+        cmd += f" --encoder {_arg(enc.get('name'), '<architecture>')}"
+    cmd += f" --weights {_arg(enc.get('weights_path'), '<encoder weights>')}"
+    return f"rebuild it: {cmd}"
+
+
+def manifest_problems(m: dict[str, Any]) -> list[str]:
+    """Every problem of a parsed manifest, one short sentence each (empty: usable)."""
+    problems: list[str] = []
+
+    def field(obj: Any, key: str, kinds: tuple[type, ...], where: str, optional: bool = False) -> Any:
+        if key not in obj:
+            if not optional:
+                problems.append(f"{where}{key} is missing")
+            return None
+        value = obj[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            problems.append(f"{where}{key} is {type(value).__name__}, not {names}")
+            return None
+        return value
+
+    enc = field(m, "encoder", (dict,), "")
+    if enc is not None:
+        for key in ("name", "weights_sha256", "preprocess", "weights_path"):
+            field(enc, key, (str,), "encoder.")
+        field(enc, "weights_file", (str, type(None)), "encoder.")
+        field(enc, "random_demo", (bool,), "encoder.", optional=True)
+        dim = field(enc, "dim", (int,), "encoder.")
+        if dim is not None and not 1 <= dim <= MAX_DIM:
+            problems.append(f"encoder.dim {dim} is out of range")
+    # Format 4 stores the garments: a manifest naming a catalog folder is not one a build wrote
+    # (the value is never looked at, so the message is the same wherever it points).
+    if "catalog_root" in m or "catalog_root_relative" in m:
+        problems.append("it names a catalog folder (catalog_root), which an index holding its own "
+                        "garment images never does")
+    field(m, "built", (str,), "", optional=True)
+
+    n = _item_problems(m, field, problems)
+    data_files = _part_problems(m, field, problems, n)
+    files = field(m, "files", (dict,), "")
+    if files is not None:
+        shard = None
+        for key in ("garments", "embeddings"):
+            name = field(files, key, (str,), "files.")
+            if name is not None:
+                data_files.insert(0, name)
+                shard = name if key == "garments" else shard
+        for name in data_files:
+            if not is_plain_name(name):
+                problems.append(f"data file name {name[:80]!r} is not a plain file name in the index folder")
+        hashes = field(files, "sha256", (dict,), "files.")
+        for name in [*data_files, MARKER] if hashes is not None else ():
+            if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
+                problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
+        listed = list(hashes or ())  # every file the load hashes, opened by these names
+        bad = next((name for name in listed if name != MARKER and not is_plain_name(name)), None)
+        if bad is not None:
+            problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
+        sizes = field(files, "bytes", (dict,), "files.")
+        for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
+            if type(sizes.get(name)) is not int or sizes[name] < 0:
+                problems.append(f"files.bytes has no valid size for {name[:80]!r}")
+        if shard is not None and n is not None and sizes is not None and type(sizes.get(shard)) is int:
+            _image_problems(m["items"], sizes[shard], problems)
+    return problems
+
+
+def _image_problems(items: dict[str, Any], shard_bytes: int, problems: list[str]) -> None:
+    """Each item's stored image must lie inside the garment shard (reads are bounded by these)."""
+    lists = [items.get(key) for key in IMAGE_LISTS]
+    if not all(isinstance(v, list) and len(v) == len(items["ids"]) for v in lists):
+        problems.append(f"items.{' and items.'.join(IMAGE_LISTS)} must list one integer per garment")
+        return
+    for i, (offset, size) in enumerate(zip(*lists, strict=True)):
+        if (type(offset) is not int or type(size) is not int or offset < 0
+                or not 0 < size <= MAX_GARMENT_BYTES or offset + size > shard_bytes):
+            problems.append(f"the stored image of item {i} does not lie inside {GARMENTS}")
+            return
+
+
+def _item_problems(m: dict[str, Any], field: Any, problems: list[str]) -> int | None:
+    items = field(m, "items", (dict,), "")
+    if items is None:
+        return None
+    lists = {key: field(items, key, (list,), "items.") for key in ITEM_LISTS}
+    lengths = {key: len(v) for key, v in lists.items() if v is not None}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        problems.append(f"item lists have different lengths ({listed})")
+    for key, values in lists.items():
+        bad = next((i for i, v in enumerate(values or ()) if not isinstance(v, str)), None)
+        if bad is not None:
+            problems.append(f"items.{key}[{bad}] is not a string")
+            lists[key] = None
+    ids, paths, hashes = lists["ids"], lists["paths"], lists["sha256"]
+    if ids is not None:
+        if any(not i for i in ids):
+            problems.append("items.ids has an empty id")
+        dup = next((i for i, c in Counter(ids).items() if c > 1), None)
+        if dup is not None:
+            problems.append(f"items.ids lists {dup[:60]!r} twice")
+    bad = next((p for p in paths or () if not is_plain_relative(p)), None)
+    if bad is not None:
+        problems.append(f"item path {bad[:80]!r} is not a relative path inside the catalog")
+    bad = next((h for h in hashes or () if not _HEX64.fullmatch(h)), None)
+    if bad is not None:
+        problems.append(f"items.sha256 holds {bad[:70]!r}, not a sha256")
+    count = field(m, "count", (int,), "")
+    n = lengths.get("ids")
+    if count is not None and n is not None and count != n:
+        problems.append(f"count says {count} garments, items.ids lists {n}")
+    return n if len(set(lengths.values())) == 1 and len(lengths) == len(ITEM_LISTS) else None
+
+
+def _part_problems(m: dict[str, Any], field: Any, problems: list[str], n: int | None) -> list[str]:
+    """Problems of vector_index; returns the .faiss file names it references."""
+    files: list[str] = []
+    vi = field(m, "vector_index", (dict,), "")
+    parts = field(vi, "parts", (list,), "vector_index.") if vi is not None else None
+    if vi is not None and parts is not None and not parts:
+        problems.append("vector_index.parts is empty")
+    counted, seen = 0, set()
+    for i, rec in enumerate(parts or ()):
+        where = f"vector_index.parts[{i}]."
+        if not isinstance(rec, dict):
+            problems.append(f"{where[:-1]} is not an object")
+            continue
+        cats = field(rec, "categories", (list,), where)
+        if cats is not None and not all(isinstance(c, str) for c in cats):
+            problems.append(f"{where}categories holds a non-string")
+        elif cats is not None:
+            if seen & set(cats):
+                problems.append(f"{where}categories repeats a category of another part")
+            seen |= set(cats)
+        count = field(rec, "count", (int,), where)
+        counted += count or 0
+        kind = field(rec, "type", (str,), where)
+        field(rec, "factory", (str,), where)
+        if kind is not None and kind not in PART_TYPES:
+            problems.append(f"{where}type {kind[:20]!r} is not one of {', '.join(PART_TYPES)}")
+        if kind == "ivf":
+            name = field(rec, "file", (str,), where)
+            if name is not None:
+                files.append(name)
+            nprobe = field(rec, "nprobe", (int,), where)
+            if nprobe is not None and nprobe < 1:
+                problems.append(f"{where}nprobe {nprobe} is below 1")
+            filtered = field(rec, "nprobe_filtered", (int, type(None)), where, optional=True)
+            if filtered is not None and filtered < 1:
+                problems.append(f"{where}nprobe_filtered {filtered} is below 1")
+            field(rec, "tuned_recall_at_10", (dict, type(None)), where, optional=True)
+    if parts and n is not None and counted != n:
+        problems.append(f"vector_index.parts count {counted} garments, the items {n}")
+    return files
+
+
+def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> dict[str, Any]:
+    """The manifest in `raw` (read from `path`), checked; IndexFormatError naming every problem."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON and int limits
+        raise IndexFormatError(f"{path} is not a readable index manifest ({str(exc)[:120]}); "
+                               f"{rebuild_hint(index_dir)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{path} is not a Fashion-RAG garment index manifest; "
+                               f"{rebuild_hint(index_dir)}")
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has index format version {str(found)[:20]}, where this version of Fashion-RAG expects "
+            f"{FORMAT_VERSION}; {rebuild_hint(index_dir, manifest)}")
+    problems = manifest_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
+        raise IndexFormatError(f"Index {index_dir} is damaged: {'; '.join(problems[:_MAX_PROBLEMS])}{more}; "
+                               f"{rebuild_hint(index_dir, manifest)}")
+    return manifest
+
+
+def encoder_record(encoder: Encoder) -> dict[str, Any]:
+    return {
+        "name": encoder.name,
+        "weights_sha256": encoder.weights_hash,
+        "dim": int(encoder.dim),
+        "preprocess": encoder.preprocess_id,
+        "weights_file": Path(encoder.weights_path).name,
+        "weights_path": str(encoder.weights_path),
+        "random_demo": bool(encoder.is_random_demo),
+    }
+
+
+def same_embedding_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("name", "weights_sha256", "dim", "preprocess")
+    return all(a.get(key) == b.get(key) for key in keys)
+
+
+def describe_encoder(rec: dict[str, Any]) -> str:
+    return (f"{rec.get('name')} (weights {rec.get('weights_file')}, sha256 "
+            f"{str(rec.get('weights_sha256'))[:12]}, {rec.get('dim')}-d)")
+
+
+def check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path | str = "") -> None:
+    """Refuse an encoder that does not produce the index's embedding space, naming both."""
+    built = manifest["encoder"]
+    # Name and dimension first: they need no hashing and no model.
+    given = {"name": encoder.name, "dim": int(encoder.dim), "weights_file": Path(encoder.weights_path).name}
+    mismatch = built["name"] != given["name"] or int(built["dim"]) != given["dim"]
+    if not mismatch:
+        given["weights_sha256"] = encoder.weights_hash
+        given["preprocess"] = encoder.preprocess_id
+        mismatch = not same_embedding_space(built, given)
+    if mismatch:
+        given.setdefault("weights_sha256", encoder.weights_hash)
+        raise EncoderMismatchError(
+            f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
+            f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
+            f"encoders are not comparable: load the weights the index was built with "
+            f"({built.get('weights_path')}), or rebuild the index with these weights "
+            f"(python -m fashion_rag index build --catalog <catalog> --out {index_dir} "
+            f"--encoder {encoder.name} --weights {encoder.weights_path})."
+        )
+
+
+POINTER = "index.json"
+LOCK = ".build.lock"
+_VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")
+_TMP_PREFIX = ".tmp-"
+_BUILD_ID = re.compile(r"[0-9a-f]{16}")
+_MAX_POINTER_BYTES = 4096
+_MAX_MARKER_BYTES = 4096
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class OutDirError(ValueError):
+    """A build's output folder that could hold someone's data (or the catalog itself)."""
+
+
+class IndexBusyError(ValueError):
+    """Another build of the same index is running."""
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    """The version of an index a reader loads: resolved once, then used for every file."""
+
+    index_dir: Path  # the index folder (NAME/), resolved
+    data_dir: Path  # the version folder: manifest.json and the data files
+    version: str  # the version folder's name
+    token: str  # changes whenever another version is swapped in (fingerprints, caches)
+
+
+@dataclass(frozen=True)
+class BuildLock:
+    """A build holding the lock of its index folder (build_lock)."""
+
+    out: Path
+    build: str  # this build's id: in the names and markers of the folders it makes
+    last: str | None  # the build the lock file named before: its unfinished folders are known
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised without a file name (a failed write: a full disk, EIO) that of `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def no_index_message(index_dir: Path) -> str:
+    return (f"No garment index at {index_dir} ({POINTER} missing). Build one with `python -m fashion_rag "
+            f"index build --catalog <images folder> --out {index_dir}`.")
+
+
+def read_pointer(index_dir: Path) -> dict[str, Any] | None:
+    """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
+
+    Read only as a regular file inside the folder, a few kB at most: a FIFO in its place
+    would otherwise hang every reader (a server's whole prompt queue) at open().
+    """
+    path = index_dir / POINTER
+    # A build refuses a folder whose pointer is not its own: the fix is a new folder.
+    rebuild = ("rebuild the index into a new folder: python -m fashion_rag index build --catalog "
+               "<images folder> --out <new index folder> --weights <encoder weights>")
+    try:
+        raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_POINTER_BYTES,
+                           "index pointer file")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (UnreadableFileError, PathRuleError) as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild}") from exc
+    except OSError as exc:
+        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild}") from exc
+    try:
+        pointer = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        pointer = None
+    previous = pointer.get("previous") if isinstance(pointer, dict) else None
+    if (not isinstance(pointer, dict) or pointer.get("format") != FORMAT
+            or not isinstance(pointer.get("current"), str) or not _VERSION.fullmatch(pointer["current"])
+            or not (previous is None or (isinstance(previous, str) and _VERSION.fullmatch(previous)))):
+        raise IndexFormatError(f"{path} is not the pointer file of a Fashion-RAG garment index (damaged or "
+                               f"foreign); {rebuild}")
+    return pointer
+
+
+def resolve_version(index_dir: str | os.PathLike[str]) -> IndexVersion:
+    """The version a reader should load now: the one the pointer names."""
+    index_dir = Path(index_dir).expanduser().resolve()
+    pointer = read_pointer(index_dir)
+    if pointer is None:
+        raise IndexFormatError(_not_an_index_message(index_dir))
+    current = pointer["current"]
+    return IndexVersion(index_dir, inside(current, index_dir, "index version folder"), current, current)
+
+
+def _not_an_index_message(index_dir: Path) -> str:
+    if not (index_dir / MANIFEST).exists():
+        return no_index_message(index_dir)
+    if _VERSION.fullmatch(index_dir.name) or (index_dir / MARKER).exists():
+        return (f"{index_dir} is one stored version of the index {index_dir.parent}, not an index: load "
+                f"{index_dir.parent} (stored versions are replaced by the next build).")
+    # A manifest without a pointer: a layout before the versioned one (never released), or not ours.
+    return (f"{index_dir} is not a Fashion-RAG garment index of this format ({MANIFEST} without {POINTER}), "
+            f"and a build will not write over it; {rebuild_hint('<new folder>')} (then delete {index_dir})")
+
+
+def looks_like_index(folder: Path) -> bool:
+    """Cheap test for listings: a pointer file, or a manifest (loading it then says how to rebuild)."""
+    return (folder / POINTER).is_file() or (folder / MANIFEST).is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Which folders a build made
+# --------------------------------------------------------------------------------------------
+
+def _marker(folder: Path) -> dict[str, Any] | None:
+    """The folder's build marker if it is a well-formed one (whatever names it lists)."""
+    path = folder / MARKER
+    try:
+        if path.is_symlink():
+            return None
+        marker = json.loads(read_regular(path, _MAX_MARKER_BYTES, "build marker"))
+    except (OSError, ValueError, RecursionError):  # (UnreadableFileError, UnicodeDecodeError: ValueErrors)
+        return None
+    if not (isinstance(marker, dict) and marker.get("format") == FORMAT
+            and isinstance(marker.get("build"), str) and _BUILD_ID.fullmatch(marker["build"])
+            and isinstance(marker.get("names"), list) and 1 <= len(marker["names"]) <= 2):
+        return None
+    tmp, *version = marker["names"]
+    if not (isinstance(tmp, str) and tmp.startswith(f"{_TMP_PREFIX}{marker['build']}-")
+            and all(isinstance(v, str) and _VERSION.fullmatch(v) for v in version)):
+        return None
+    return marker
+
+
+def _owned(folder: Path) -> dict[str, Any] | None:
+    """The marker of a folder a build made: well-formed, and naming the folder as it is called now."""
+    marker = _marker(folder)
+    return marker if marker is not None and folder.name in marker["names"] else None
+
+
+def _unfinished(folder: Path) -> bool:
+    """Empty but for an empty marker: a folder made by a build killed before it wrote the marker."""
+    try:
+        names = os.listdir(folder)
+        if names != [MARKER]:
+            return names == []
+        st = os.stat(folder / MARKER, follow_symlinks=False)
+        return stat.S_ISREG(st.st_mode) and st.st_size == 0
+    except OSError:
+        return False
+
+
+def _left_by(build: str | None, folder: Path) -> bool:
+    """A folder the build `build` (the lock file's last one) made or was deleting when it died."""
+    return (build is not None and folder.name.startswith(f"{_TMP_PREFIX}{build}-")
+            and (_marker(folder) is not None or _unfinished(folder)))
+
+
+def _is_builds(entry: os.DirEntry, last: str | None) -> bool:
+    if not entry.is_dir(follow_symlinks=False):
+        return False
+    return _owned(Path(entry.path)) is not None or _left_by(last, Path(entry.path))
+
+
+def _is_pointer_temp(entry: os.DirEntry) -> bool:
+    return is_atomic_temp(entry.name, POINTER) and entry.is_file(follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def prepare_out(out_dir: str | os.PathLike[str], catalog_root: Path) -> Path:
+    """The resolved output folder of a build, refused (nothing touched) unless it is safe to write there.
+
+    It must be absent, empty, or an index of this format, and neither the catalog nor inside
+    it: a build replaces what is in its folder. build_lock checks the folder again once it
+    holds the lock.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    catalog = Path(catalog_root).resolve()
+    if out.is_relative_to(catalog):
+        where = "is the catalog folder" if out == catalog else f"is inside the catalog folder {catalog}"
+        raise OutDirError(f"The output folder (--out) {out} {where}: an index must not be written among "
+                          "your images. Choose a folder outside it, e.g. "
+                          "ComfyUI/models/fashion_rag/indexes/<name>.")
+    if catalog.is_relative_to(out):
+        raise OutDirError(f"The catalog {catalog} is inside the output folder (--out) {out}: choose a new "
+                          f"folder for the index, e.g. ComfyUI/models/fashion_rag/indexes/<name>.")
+    if not out.exists() and not out.is_symlink():
+        return out
+    if not out.is_dir():
+        raise OutDirError(f"The output folder (--out) {out} is a file, not a folder: choose a folder.")
+    last = None
+    if os.path.lexists(out / LOCK):
+        try:
+            if (out / LOCK).is_symlink():
+                raise _foreign([LOCK], out)
+            last = _lock_owner(out, read_regular(out / LOCK, _MAX_POINTER_BYTES, "lock file"))
+        except (OSError, ValueError):  # a folder, FIFO or symlink there, or a file no build wrote
+            raise _foreign([LOCK], out) from None
+    _refuse(_foreign_entries(out, last), out)
+    return out
+
+
+def _refuse(foreign: list[str], out: Path) -> None:
+    if foreign:
+        raise _foreign(foreign, out)
+
+
+def _foreign(foreign: list[str], out: Path) -> OutDirError:
+    shown = ", ".join(repr(name[:60]) for name in foreign[:5]) + (", …" if len(foreign) > 5 else "")
+    older = (f" ({MANIFEST} there without {POINTER}: an index of an older layout, which this version "
+             "neither reads nor replaces)" if MANIFEST in foreign else "")
+    return OutDirError(
+        f"The output folder (--out) {out} holds files that are not a garment index ({shown}){older}: "
+        f"refusing to write there, so nothing in it is replaced or deleted. Give --out a new or empty "
+        f"folder, or an index folder built before.")
+
+
+def _foreign_entries(out: Path, last: str | None) -> list[str]:
+    """What in `out` is neither an index of this format nor something a build of it made."""
+    if (out / POINTER).exists() or (out / POINTER).is_symlink():
+        try:
+            read_pointer(out)
+            return []  # an index: whatever else is in it stays, untouched
+        except IndexFormatError:
+            return [POINTER]
+    # No index yet (none built, or a first build that died): only what builds leave.
+    with os.scandir(out) as entries:
+        return sorted(e.name for e in entries
+                      if not (e.name == LOCK or _is_pointer_temp(e) or _is_builds(e, last)))
+
+
+def _lock_owner(out: Path, raw: bytes) -> str | None:
+    """The build a lock file names (None: empty, as builds before the markers left it)."""
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        record = None
+    if (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("build"), str)
+            and _BUILD_ID.fullmatch(record["build"])):
+        return record["build"]
+    raise OutDirError(f"{out / LOCK} is not the lock file of a Fashion-RAG build: refusing to write in "
+                      f"{out}.")
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[BuildLock]:
+    """Hold the build lock of the index folder `out` (made by the caller), released by the OS even
+    when the build is killed.
+
+    A build that does not get the lock (IndexBusyError) has changed nothing. Under the lock:
+    `out` is checked again (OutDirError), the unfinished folders of the build the lock file
+    names are deleted, and this build is recorded there in their place.
+    """
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _refuse([LOCK], out)
+        _lock(fd, out)
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        st = os.fstat(fd)
+        if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            # A failed first build removed the folder (and its lock file) while this one opened it.
+            raise _busy(out)
+        os.lseek(fd, 0, os.SEEK_SET)
+        lock = BuildLock(out, secrets.token_hex(8), _lock_owner(out, os.read(fd, _MAX_POINTER_BYTES + 1)))
+        _refuse(_foreign_entries(out, lock.last), out)
+        # The last build's unfinished folders are known only by the id about to be overwritten.
+        with os.scandir(out) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and _left_by(lock.last, Path(entry.path)):
+                    _remove(lock, Path(entry.path), rename=False)  # (named after the recorded build)
+        # Records are all as long, and written at once: a kill leaves the old one or the new one.
+        record = memoryview(json.dumps({"format": FORMAT, "build": lock.build}).encode())
+        with naming(path):
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, record)
+            os.ftruncate(fd, len(record))
+            os.fsync(fd)
+        yield lock
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _busy(out: Path) -> IndexBusyError:
+    return IndexBusyError(f"Another build is running on {out}; wait for it to finish and run this build "
+                          "again.")
+
+
+def _lock(fd: int, out: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; two builds of one index at once are the user's to avoid
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(out) from None
+
+
+def _make_folder(lock: BuildLock, version: bool) -> Path:
+    """A new folder of this build in its index folder, with its marker."""
+    name = f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
+    names = [name]
+    if version:  # named now, so the marker (hashed into the manifest) never changes
+        names.append(f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}")
+    folder = lock.out / name
+    os.mkdir(folder, 0o700)
+    data = memoryview(json.dumps({"format": FORMAT, "build": lock.build, "names": names}).encode())
+    try:
+        with naming(folder / MARKER):
+            fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
+            try:
+                _write_all(fd, data)  # (one write: a kill leaves no marker, an empty one, or all of it)
+            finally:
+                os.close(fd)
+    except BaseException:
+        _remove(lock, folder)  # (a full disk: nothing of it is left)
+        raise
+    return folder
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+@contextlib.contextmanager
+def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
+    """A private folder in the index folder for this build's work; `version`: one write_version() can make
+    the new version.
+
+    Removed on leaving, unless write_version() renamed it into a version; one that a killed build
+    left is removed by a later build (clean_stale), and never read.
+    """
+    folder = _make_folder(lock, version)
+    try:
+        yield folder
+    finally:
+        if folder.is_dir():  # (gone once published)
+            _remove(lock, folder)
+
+
+def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
+    """Delete a build's folder; False if it could not be deleted (a later build tries again).
+
+    It is renamed to a name of this build first (the lock file records this build) and its
+    marker goes last, so a kill at any moment leaves a folder a later build knows as a build's.
+    """
+    try:
+        if rename and not folder.name.startswith(f"{_TMP_PREFIX}{lock.build}-"):
+            doomed = lock.out / f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
+            os.rename(folder, doomed)
+        else:
+            doomed = folder
+        with os.scandir(doomed) as entries:
+            for entry in entries:
+                if entry.name == MARKER:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+        (doomed / MARKER).unlink(missing_ok=True)
+        os.rmdir(doomed)
+        return True
+    except OSError:  # e.g. a file a reader maps on Windows
+        return False
+
+
+def write_version(lock: BuildLock, tmp: Path, manifest: dict[str, Any], hashes: dict[str, str] | None = None
+            ) -> str:
+    """Make the files in `tmp` (a temp_folder(lock, version=True)) a new version with this manifest,
+    and swap it in.
+
+    The manifest gets the sha256 of every file under files.sha256, the marker's too (`hashes`:
+    those the caller computed while writing, so a 30 GB embeddings file is not read back).
+    Returns the version name. Call under build_lock.
+    """
+    marker = _owned(tmp)
+    if marker is None or marker["build"] != lock.build or len(marker["names"]) != 2:
+        raise ValueError(f"{tmp} is not a version folder of this build")  # a caller's mistake
+    version = marker["names"][1]
+    known = dict(hashes or {})
+    manifest["files"]["sha256"] = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
+    # Readers open each file only as a regular file of this size (format version 3).
+    manifest["files"]["bytes"] = {name: (tmp / name).stat().st_size for name in manifest["files"]["sha256"]}
+    with naming(tmp / MANIFEST):
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    _match_umask(tmp)
+    for path in tmp.iterdir():
+        fsync_path(path)
+    fsync_path(tmp)
+    os.rename(tmp, lock.out / version)
+    try:
+        fsync_path(lock.out)
+        pointer = read_pointer(lock.out)
+        _write_pointer(lock.out, {"format": FORMAT, "current": version,
+                                  "previous": pointer["current"] if pointer else None})
+    except BaseException:
+        _remove(lock, lock.out / version)  # never named by the pointer: no reader is on it
+        raise
+    return version
+
+
+def _write_pointer(out: Path, pointer: dict[str, Any]) -> None:
+    text = json.dumps(pointer) + "\n"
+    # The swap: readers see the old pointer or the new one.
+    with naming(out / POINTER):
+        atomic_write(out / POINTER, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=True)
+
+
+def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
+    """Delete what dead builds left and versions older than the previous one.
+
+    Returns the names deleted, and those left alone: folders named like a build's that no
+    marker proves a build's (a user's, or versions of an index built before the markers).
+    Call under build_lock. Without a pointer no reader can be on any version, so orphaned
+    versions (a build that died between its rename and its pointer swap) go too.
+    """
+    try:
+        pointer = read_pointer(lock.out)
+    except IndexFormatError:
+        return [], []  # not ours to judge: leave everything as it is
+    keep = {pointer["current"], pointer.get("previous")} if pointer else set()
+    removed, alone = [], []
+    with os.scandir(lock.out) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        name, folder = entry.name, Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if name.startswith(f"{_TMP_PREFIX}{lock.build}-") or name in keep:
+                continue  # this build's own, in use; or a version readers may be on
+            if _owned(folder) is not None or _left_by(lock.last, folder):
+                if _remove(lock, folder):
+                    removed.append(name)
+            elif name.startswith(_TMP_PREFIX) or _VERSION.fullmatch(name):
+                alone.append(name)
+        elif _is_pointer_temp(entry):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(name)
+    return removed, alone
+
+
+def _match_umask(folder: Path) -> None:
+    """Give the private (0700) folder and its files the modes a plain write would.
+
+    Python's own write of the manifest followed the umask; copy that so a ComfyUI running as
+    another user can read the index.
+    """
+    file_mode = (folder / MANIFEST).stat().st_mode & 0o666
+    for path in folder.iterdir():
+        os.chmod(path, file_mode)
+    os.chmod(folder, file_mode | ((file_mode & 0o444) >> 2))  # x wherever r
+
+
+def discard_unpublished(lock: BuildLock) -> None:
+    """Remove the folder a failed first build created, if it holds only what that build left.
+
+    Call under build_lock: a build that opened the lock file meanwhile sees it replaced and
+    stops (build_lock).
+    """
+    with contextlib.suppress(OSError, IndexFormatError):
+        if read_pointer(lock.out) is None:
+            clean_stale(lock)
+            if os.listdir(lock.out) == [LOCK]:
+                (lock.out / LOCK).unlink()
+                lock.out.rmdir()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a version
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version of an index as read_version() gives it: checked, verified, mapped."""
+
+    ver: IndexVersion
+    manifest: dict[str, Any]
+    embeddings: np.ndarray  # [n, dim] float32, memory-mapped
+    garments: np.ndarray  # the garment image shard, uint8, memory-mapped
+
+
+def read_version(index_dir: str | os.PathLike[str], check: Callable[[dict[str, Any]], None] | None = None,
+                 then: Callable[[StoredVersion], Any] | None = None) -> Any:
+    """The index's current version: manifest checked (and by `check`, e.g. the encoder, before
+    any file is hashed), every data file verified, embeddings and garment shard mapped; `then`
+    (e.g. reading the FAISS parts) runs on it within the same retry. Returns then(version), or
+    the version."""
+    def load(ver: IndexVersion) -> Any:
+        manifest = read_version_manifest(ver)
+        if check is not None:
+            check(manifest)
+        verify_files(ver, manifest)
+        n, dim = len(manifest["items"]["ids"]), int(manifest["encoder"]["dim"])
+        name = manifest["files"]["embeddings"]
+        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
+        emb = map_embeddings(path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
+        stored = StoredVersion(ver, manifest, emb, map_file(ver, manifest, manifest["files"]["garments"],
+                                                            "garment image file"))
+        return then(stored) if then is not None else stored
+
+    return _retrying(index_dir, load)
+
+
+_LOAD_ATTEMPTS = 3
+
+def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
+    """The checked manifest of one version (FileNotFoundError passes through: see load_index)."""
+    path = ver.data_dir / MANIFEST
+    try:
+        raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
+                           MAX_MANIFEST_BYTES, "index manifest")
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir)}") from exc
+    except OSError as exc:
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise
+        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
+    return parse_manifest(raw, path, ver.index_dir)
+
+def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
+    """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
+    try:
+        return inside(name, data_dir, what)
+    except PathRuleError as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+
+def file_size(manifest: dict[str, Any], name: str) -> int | None:
+    """The byte size the manifest records for a file of the version (checked present at parse)."""
+    return manifest["files"].get("bytes", {}).get(name)
+
+def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked manifest of an index's current version."""
+    return _retrying(index_dir, read_version_manifest)
+
+def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
+    for attempt in range(_LOAD_ATTEMPTS):
+        ver = resolve_version(index_dir)
+        try:
+            return load(ver)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            # Builds keep the current and the previous version: this one can only vanish when
+            # two builds finished during this load, and then the pointer names a newer one.
+            if attempt + 1 < _LOAD_ATTEMPTS and resolve_version(index_dir).version != ver.version:
+                continue
+            raise IndexFormatError(f"Index {ver.index_dir} is incomplete ({exc.filename or exc} is missing); "
+                                   f"{rebuild_hint(ver.index_dir)}") from exc
+    raise AssertionError("unreachable")
+
+def map_file(ver: IndexVersion, manifest: dict[str, Any], name: str, what: str) -> np.ndarray:
+    """A data file of the version as read-only uint8, mapped through one checked descriptor:
+    a regular file of exactly the size the manifest records (its checksum passed verify_files)."""
+    path = data_file(ver.data_dir, name, ver.index_dir, manifest, what)
+    size = file_size(manifest, name)
+    try:
+        f = open_regular(path, size, what)
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
+                               ) from exc
+    with f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise IndexFormatError(f"Index {ver.index_dir}: {name} is not the size its manifest records "
+                                   f"(damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+        return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
+
+def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
+    """Every file of the version is a regular file of the size and sha256 its manifest records,
+    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
+    for name, expected in manifest["files"]["sha256"].items():
+        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
+        try:
+            digest = cached_sha256(path, file_size(manifest, name), "index data file")
+        except UnreadableFileError as exc:
+            raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
+                                   ) from exc
+        if digest != expected:
+            raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
+                                   f"manifest (damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+
+def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
+                   manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only.
+
+    Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
+    process memory, when the IVF index answers queries and only a few rows are ever read.
+    The file must be a regular file (of at most `max_bytes`, the size the manifest records);
+    it is opened once, its header parsed by numpy (no pickle: an object dtype is refused) and
+    checked against the manifest and the file size, then mapped through that descriptor.
+    """
+    where = index_dir or path.parent
+
+    def bad(why: str) -> IndexFormatError:
+        return IndexFormatError(f"Index {where}: {path.name} {why}; {rebuild_hint(where, manifest)}")
+
+    try:
+        f = open_regular(path, max_bytes, "embeddings file")
+    except UnreadableFileError as exc:
+        raise IndexFormatError(f"Index {where}: {exc}; {rebuild_hint(where, manifest)}") from exc
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+        except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
+            raise bad(f"is not a .npy file ({str(exc)[:80]})") from exc
+        if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
+            raise bad(f"holds a {str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
+                      f"garments x {dim} float32")
+        offset = f.tell()
+        if offset + n * dim * 4 != size:
+            raise bad("is truncated, or longer than its header says")
+        if n == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        # The map holds its own reference to the file: closing `f` leaves it valid.
+        return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
+
+
+def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
+    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
+    header: the bytes are np.save's); returns their sha256, computed while writing."""
+    with naming(path), open(path, "wb") as f:  # a failed write (a full disk) names the file
+        out = HashingWriter(f)
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        written = 0
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype="<f4")
+            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
+                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
+            out.write(memoryview(data).cast("B"))
+            written += len(data)
+        if written != n:
+            raise ValueError(f"{written} embedding rows written where {n} were expected")
+        f.flush()
+        os.fsync(f.fileno())
+    return out.digest.hexdigest()
+
+class HashingWriter:
+    """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+VECTORS = "vectors-{}.faiss"  # file of IVF part i
+
+def write_faiss(index: Any, path: Path) -> None:
+    """faiss.write_index through a Python file, so a failed write (a full disk) raises an OSError
+    naming the file: FAISS's own file writer can fail only on close, where it prints a warning and
+    leaves a truncated file."""
+    import faiss
+
+    with naming(path), open(path, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        f.flush()
+        os.fsync(f.fileno())
+
+def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any]) -> Any:
+    """The FAISS index in file `name` of the version folder, read through one checked descriptor.
+
+    faiss.read_index(path) would open the path itself (a FIFO there blocks it for good), so
+    the file is opened here as a regular file of at most the size the manifest records and
+    FAISS reads it through a callback that stops at that size.
+    """
+    import faiss
+
+    try:
+        path = inside(name, data_dir, "vector index file")
+        f = open_regular(path, manifest["files"].get("bytes", {}).get(name), "vector index file")
+    except (PathRuleError, UnreadableFileError) as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+    left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
+
+    def read(size: int) -> bytes:
+        nonlocal left
+        block = f.read(min(size, left))
+        left -= len(block)
+        return block
+
+    try:
+        with f:  # (a newer build deleting the file meanwhile does not matter: the descriptor holds it)
+            return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
+    except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise IndexFormatError(f"Index {index_dir}: {path.name} is not a readable FAISS index ({reason}); "
+                               f"{rebuild_hint(index_dir, manifest)}") from exc
