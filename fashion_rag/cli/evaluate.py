@@ -564,7 +564,9 @@ class _Evaluation:
                 return str(ComfyClient(self.args.server).get("/system_stats")["system"]["comfyui_version"])
             except (OSError, KeyError, TypeError, ValueError):
                 return f"unknown (server {self.args.server})"
-        folder = Path(self.comfyui or _default_comfyui())
+        folder = self.comfyui or _default_comfyui()
+        if folder is None:
+            return "unknown (no --comfyui, no COMFYUI_PATH)"
         try:
             text = (folder / "comfyui_version.py").read_text(encoding="utf-8")
         except OSError:
@@ -613,7 +615,7 @@ def _load_workflow(path: Path) -> dict:
     return load_workflow(path)
 
 
-def _default_comfyui() -> Path:
+def _default_comfyui() -> Path | None:
     from .batch_server import default_comfyui
 
     return default_comfyui()
