@@ -127,6 +127,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="started server's device")
     s.add_argument("--comfyui-args", default="", help="extra arguments for ComfyUI's main.py, one string")
     s.add_argument("--timeout", type=float, default=3600, help="seconds one pair may run (3600)")
+    from .batch import add_engine_arguments  # the batch's own --engine ray options, passed on to it
+
+    add_engine_arguments(s)
     p.set_defaults(func=run)
 
 
@@ -422,7 +425,9 @@ class _Evaluation:
         options = {"--workflow": workflow_path, "--jobs": jobs_path, "--out": generated,
                    "--python": self.args.python, "--device": self.args.device,
                    "--comfyui-args": self.args.comfyui_args, "--timeout": self.args.timeout,
-                   "--server": self.args.server, "--comfyui": self.comfyui, "--base": self.args.base}
+                   "--server": self.args.server, "--comfyui": self.comfyui, "--base": self.args.base,
+                   "--engine": self.args.engine, "--ray-address": self.args.ray_address,
+                   "--workers": self.args.workers, "--gpus-per-worker": self.args.gpus_per_worker}
         # --flag=value: a value starting with '-' (ComfyUI's own flags) stays a value.
         argv = ["batch", *[f"{flag}={value}" for flag, value in options.items() if value not in (None, "")]]
         # Parsed by the batch's own parser, so its defaults (and any options it gains) hold.
