@@ -8,7 +8,8 @@ same command again skips the rows that finished ok. A folder OUT/<row id> that b
 is never replaced: that row fails. Image cells are uploaded only if they are images inside the job
 table's folder (--allow-outside: anywhere). Ctrl-C stops after the current row (twice: at once).
 Exit status: 0 every row ok, 1 some row failed, 2 a bad workflow or job table (nothing ran) or no
-usable server, 130 stopped by Ctrl-C.
+usable server, 130 stopped by Ctrl-C. --engine ray: the rows run on Ray workers, each with its own
+ComfyUI, with the same bookkeeping here (docs/batch-on-ray.md).
 """
 
 from __future__ import annotations

@@ -118,7 +118,9 @@ class BatchWorker:
                     # overwrite=False: a file of that (content-derived) name is already this image.
                     server.upload_bytes(ray.get(ref), name, UPLOAD_SUBFOLDER, overwrite=False)
                     self.uploaded.add(name)
-            entry = execute(server, prompt, job_id, Path(self.config["jobs"]), self.config["timeout"])
+            # An on_wait makes the client poll as often as the local batch's does (0.2 s, not 0.5 s).
+            entry = execute(server, prompt, job_id, Path(self.config["jobs"]), self.config["timeout"],
+                            on_wait=lambda: None)
             images = {}
             for found in output_images(self.config["workflow"], entry).values():
                 for image in found:
@@ -284,7 +286,7 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
         runner: RowRunner | None = None
         queue = collections.deque(todo)
         died: collections.Counter[str] = collections.Counter()
-        while (queue and not stop.requested) or running or pool.starting:
+        while True:
             if runner is None and pool.file_inputs is not None:
                 runner = RowRunner(workflow, table, out, args.timeout, pool.file_inputs, uploads)
             while runner is not None and pool.idle and queue and not stop.requested:
@@ -302,12 +304,14 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
                 files = {n: refs[n] for n in names if n in refs}
                 actor = pool.idle.pop()
                 running[actor.run_row.remote(job.id, prompt, files)] = (actor, job, t0)
-            if not running and not pool.starting:
+            # After Ctrl-C only the rows running are waited for, not workers still starting.
+            waiting = [*running, *([] if stop.requested else pool.starting)]
+            if not waiting:
                 if queue and not stop.requested:
                     raise ServerSetupError("no Ray worker could start ComfyUI (see above); "
                                            f"{len(queue)} rows not run")
                 break
-            ready, _ = ray.wait([*running, *pool.starting], num_returns=1, timeout=0.5)
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
             progress.draw()
             for ref in ready:
                 if ref in pool.starting:
