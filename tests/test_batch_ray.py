@@ -128,7 +128,8 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_base, people, tmp_path):
+def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_base, demo_models, people,
+                                                               tmp_path):
     """SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
     not outlive it. Then SIGKILL the driver: the rerun resumes, sending no finished row again."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
