@@ -160,9 +160,14 @@ def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_b
     finished = {k for k, r in summary.items() if r.status == "ok"}
     assert retried in finished and len(finished) < 12, finished
 
-    rerun = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base))
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{len(finished)} of 12 rows already done" in rerun.stderr
+    rerun = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    try:
+        _, stderr = rerun.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        rerun.kill()
+        raise AssertionError(f"the rerun hung: {rerun.communicate()[1]}") from None
+    assert rerun.returncode == 0, stderr
+    assert f"{len(finished)} of 12 rows already done" in stderr
     summary = read_summary(out / "summary.csv")
     assert len(summary) == 12 and all(r.status == "ok" for r in summary.values())
     assert sum(_prompts_received(out)) == 12 - len(finished)  # the finished rows were not sent again
@@ -196,3 +201,26 @@ def test_the_local_batch_never_imports_ray(tmp_path):
                           str(jobs), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
+
+
+def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, comfy_base, demo_models, people, tmp_path):
+    """The first Ctrl-C: no row is sent any more, the rows running finish and are recorded, the rest
+    are skipped, exit 130; every prompt a ComfyUI received is an ok row."""
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    try:
+        _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "stopping after the current row" in stderr
+    summary = read_summary(out / "summary.csv")
+    ok = [k for k, r in summary.items() if r.status == "ok"]
+    assert 1 <= len(ok) < 12, summary
+    assert all(r.status == "skipped" and r.error == "not run: stopped by Ctrl-C"
+               for k, r in summary.items() if k not in ok)
+    assert sum(_prompts_received(out)) == len(ok)

@@ -230,6 +230,7 @@ class _Pool:
             return
         if self.file_inputs is None:
             self.file_inputs = {tuple(t) for t in answer["file_inputs"]}  # type: ignore[misc]
+        self.note(f"batch: worker {self.numbers[actor]} ready on {answer['node']} (pid {answer['pid']})")
         self.idle.append(actor)
 
     def drop(self, actor: Any) -> None:
