@@ -38,7 +38,7 @@ from memory import prepare_base, run_process, warm_page_cache  # noqa: E402
 from memory_common import GiB, step_seconds, write_json  # noqa: E402
 from memory_models import FULL_SIZES, SMOKE_SIZES, files_for, generate  # noqa: E402
 
-from fashion_rag.cli.comfy_server import comfy_path  # noqa: E402
+from tools.harness import comfy_path  # noqa: E402
 
 FLAGS = {"fp16": ["--fp16-unet"], "fp32": ["--fp32-unet", "--fp32-vae", "--fp32-text-enc"]}
 TINY_PERSON = [48, 64]  # the CPU's fp16 convolutions are ~100x slower than fp32: a 6x8 latent

@@ -29,9 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
 from fashion_rag.inpaint.inputs import prepare_inputs  # noqa: E402
 from fashion_rag.inpaint.unet_layout import FULL, UNetLayout, diffusers_to_ldm  # noqa: E402
+from tools.harness import comfy_path, make_base_dir  # noqa: E402
 
 # --smoke: the same architecture, narrow and two levels deep.
 TINY = UNetLayout(block_out_channels=(64, 128), layers_per_block=1, attention_levels=(True, False),

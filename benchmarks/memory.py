@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from memory_common import LATENT_SCALE, PROMPTS, GiB, step_seconds, write_json  # noqa: E402
 from memory_models import FULL_SIZES, SMOKE_SIZES, Files, Sizes, files_for, generate  # noqa: E402
 
-from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+from tools.harness import comfy_path, make_base_dir  # noqa: E402
 
 COMFY_FLAGS = ["--cpu"]
 # How the pack's models store their weights (ComfyUI's flags). Both compute in fp32: ComfyUI runs

@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE))
 from half_device import emulate_half_device  # noqa: E402
 from memory_common import PROMPTS, Timeline, write_json  # noqa: E402
 
-from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
 from tools.demo.person import PERSON_FILE, draw_person  # noqa: E402
+from tools.harness import comfy_path, make_base_dir  # noqa: E402
 
 EXAMPLE = HERE.parent / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 LOADERS = {"1": "CLIP + VAE", "2": "CLIP vision", "3": "index", "5": "adapter", "7": "UNet"}

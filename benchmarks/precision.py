@@ -51,7 +51,7 @@ from memory import prepare_base, run_process  # noqa: E402
 from memory_common import write_json  # noqa: E402
 from memory_models import FULL_SIZES, SMOKE_SIZES, files_for, generate  # noqa: E402
 
-from fashion_rag.cli.comfy_server import comfy_path, make_base_dir  # noqa: E402
+from tools.harness import comfy_path, make_base_dir  # noqa: E402
 
 COMFY_FLAGS = ["--cpu", "--use-pytorch-cross-attention"]
 TEMPLATES = ("fashion_rag_text_to_tryon", "fashion_rag_outfit", "fashion_rag_best_of_n")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from memory_common import GiB  # noqa: E402
 from memory_models import FULL_SIZES, SMOKE_SIZES, files_for, generate  # noqa: E402
 
-from fashion_rag.cli.comfy_server import comfy_path  # noqa: E402
+from tools.harness import comfy_path  # noqa: E402
 
 _LOAD = r"""
 import gc, json, sys, time

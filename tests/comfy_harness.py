@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fashion_rag.cli.comfy_server import PACK_DIR_NAME, PromptFailed, comfy_path, make_base_dir
+from fashion_rag.cli.comfy_server import PACK_DIR_NAME, PromptFailed
+from tools.harness import comfy_path, make_base_dir
 
 
 def comfyui_version(comfy: Path) -> tuple[int, ...]:

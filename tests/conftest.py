@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_harness, helpe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import fashion_rag`
 
 from comfy_harness import InProcessComfy, comfyui_version  # noqa: E402
-from fashion_rag.cli.comfy_server import ComfyServer, comfy_path  # noqa: E402
+from tools.harness import ComfyServer, comfy_path  # noqa: E402
 
 
 def pytest_report_header(config) -> str:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fashion_rag.cli.comfy_server import REPO
 from tools.demo.person import PERSON_FILE, draw_person
+from tools.harness import REPO
 
 SMALL = (96, 128)  # width, height: divisible by 8, a 12x16 latent
 SMALL_PERSON = "fashion_rag_demo_person_96x128.png"

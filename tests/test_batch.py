@@ -24,8 +24,8 @@ from PIL import Image
 from fashion_rag.cli.batch_jobs import JobError, build_prompt, load_workflow, map_columns, read_jobs
 from fashion_rag.cli.batch_report import Progress, Record, SummaryLog, read_summary, write_summary
 from fashion_rag.cli.batch_server import ServerSetupError, start_server
-from fashion_rag.cli.comfy_server import REPO, comfy_path
 from tools.demo.person import PERSON_FILE, draw_person, keypoints_json
+from tools.harness import REPO, comfy_path
 
 
 def batch_workflow() -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_rag.cli.comfy_server import PACK_DIR_NAME, REPO
+from tools.harness import PACK_DIR_NAME, REPO
 from tools.thumbnails import FIT_VIEW
 
 pytestmark = pytest.mark.browser

@@ -19,7 +19,7 @@ from test_inpaint_parity import pack_module
 from test_pack import NODE_IDS
 
 from fashion_rag.categories import CATEGORIES
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 
 API = json.loads((REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json").read_text())
 def combo_inputs(cls) -> list[str]:

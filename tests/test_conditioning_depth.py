@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from test_inpaint_parity import pack_module
 from test_inversion_parity import randomize
 
-from fashion_rag.cli.comfy_server import comfy_path
+from tools.harness import comfy_path
 
 WIDTH = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4)
 LAYERS = 24  # SD2's OpenCLIP-H text tower (ComfyUI takes layer 23 of 24 + final LN)

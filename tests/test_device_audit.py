@@ -15,7 +15,7 @@ import ast
 import pytest
 import torch
 
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 
 FACTORIES = {"zeros", "ones", "empty", "full", "tensor", "as_tensor", "arange", "linspace", "logspace",
              "randn", "rand", "randint", "eye"}

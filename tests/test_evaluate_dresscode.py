@@ -16,7 +16,6 @@ from PIL import Image
 
 from fashion_rag.cli import main
 from fashion_rag.cli.batch_jobs import load_workflow, read_jobs
-from fashion_rag.cli.comfy_server import REPO
 from fashion_rag.cli.evaluate import limited
 from fashion_rag.cli.evaluate_graph import GraphError, Sampling, evaluation_graph
 from fashion_rag.evaluation.dresscode import prepare_dresscode, read_dresscode
@@ -26,6 +25,7 @@ from fashion_rag.evaluation.rankings import reference_rankings, relevant_garment
 from tools.demo.dresscode import write_mini_dresscode
 from tools.demo.metric_weights import write_demo_metric_weights
 from tools.demo.person import KEYPOINTS, draw_person, keypoints_json
+from tools.harness import REPO
 
 ALL = ("dresses", "upper_body", "lower_body")
 EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"

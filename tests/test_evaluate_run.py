@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from fashion_rag.cli.batch_report import read_summary
-from fashion_rag.cli.comfy_server import REPO
 from tools.demo.dresscode import write_mini_dresscode
 from tools.demo.metric_weights import write_demo_metric_weights
+from tools.harness import REPO
 
 FIRST = {"dresses": "052000_0", "lower_body": "051000_0", "upper_body": "048000_0"}
 # The reference's result names: the person, then the query's noun chunks.

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_rag.cli.comfy_server import REPO
 from tools.demo.contact_sheet import PAD, THUMB_H
+from tools.harness import REPO
 from tools.thumbnails import CLOSE_UPS, MAX_BYTES, workflow_digest
 from workflow_ui import node_info, ui_to_api
 

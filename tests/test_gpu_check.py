@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 ROWS = ("| ms per step (2 steps, CFG 7.5, fp16) |", "| ms per step, fp32 |", "| first image, s (fp16;",

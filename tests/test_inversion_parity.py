@@ -26,10 +26,10 @@ from transformers import (
     CLIPVisionModel,
 )
 
-from fashion_rag.cli.comfy_server import comfy_path
 from fashion_rag.inversion.adapter import AdapterConfig, expected_shapes
 from fashion_rag.inversion.prompt import build_prompt
 from fashion_rag.retrieval.garments import Garment, Garments
+from tools.harness import comfy_path
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)
 TEXT_LAYERS = 3  # ComfyUI's model; the reference text model has one layer fewer (SD2's 23 of 24)

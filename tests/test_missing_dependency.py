@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from fashion_rag.cli.comfy_server import ComfyServer
+from tools.harness import ComfyServer
 
 
 @pytest.mark.slow

@@ -210,7 +210,7 @@ def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):
     import sys
     from pathlib import Path
 
-    from fashion_rag.cli.comfy_server import comfy_path
+    from tools.harness import comfy_path
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, COMFYUI_PATH=str(comfy_path()), OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 from workflow_ui import node_info
 
 NODE_IDS = {

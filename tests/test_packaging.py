@@ -10,7 +10,7 @@ import zipfile
 
 import tomllib
 
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 
 
 def test_wheel_holds_the_library_and_the_console_command(tmp_path):
@@ -62,7 +62,7 @@ def test_comfy_registry_metadata():
 def test_a_cached_comfy_base_runs_this_checkouts_pack(tmp_path):
     """A base dir kept in a cache (demo, thumbnails) may link another checkout, or a deleted one:
     it must be repointed to this checkout, or its server runs someone else's code."""
-    from fashion_rag.cli.comfy_server import PACK_DIR_NAME, make_base_dir
+    from tools.harness import PACK_DIR_NAME, make_base_dir
 
     link = tmp_path / "base" / "custom_nodes" / PACK_DIR_NAME
     for old in (tmp_path / "other_checkout", tmp_path / "deleted_checkout"):

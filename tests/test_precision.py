@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 
-from fashion_rag.cli.comfy_server import REPO
+from tools.harness import REPO
 
 LATENT_BOUND = {"fp16-storage": 2e-3, "bf16": 5e-2, "fp16": 1e-2}
 CONDITIONING_BOUND = {"fp16-storage": 0.0, "bf16": 2e-2, "fp16": 2e-3}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from transformers import CLIPTokenizer
 
-from fashion_rag.cli.comfy_server import comfy_path
 from fashion_rag.inversion.prompt import (
     PLACEHOLDER_TOKEN_ID,
     PromptTooLongError,
@@ -14,6 +13,7 @@ from fashion_rag.inversion.prompt import (
     max_garments,
     prompt_prefix,
 )
+from tools.harness import comfy_path
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from fashion_rag.cli.comfy_server import REPO
 from fashion_rag.model_files import readme_table
+from tools.harness import REPO
 
 README = (REPO / "README.md").read_text()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fashion_rag.cli.comfy_server import REPO, ComfyClient, ComfyServer, make_base_dir
+from tools.harness import REPO, ComfyClient, ComfyServer, make_base_dir
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

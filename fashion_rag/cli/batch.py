@@ -8,7 +8,8 @@ same command again skips the rows that finished ok. A folder OUT/<row id> that b
 is never replaced: that row fails. Image cells are uploaded only if they are images inside the job
 table's folder (--allow-outside: anywhere). Ctrl-C stops after the current row (twice: at once).
 Exit status: 0 every row ok, 1 some row failed, 2 a bad workflow or job table (nothing ran) or no
-usable server, 130 stopped by Ctrl-C.
+usable server, 130 stopped by Ctrl-C. --engine ray: the rows run on Ray workers, each with its own
+ComfyUI, with the same bookkeeping here (docs/batch-on-ray.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .batch_report import (
     one_line,
     read_summary,
 )
-from .batch_server import ServerSetupError, default_comfyui, describe, start_server
+from .batch_server import ServerSetupError, default_comfyui, describe, no_comfyui, start_server
 from .comfy_server import ComfyClient, ComfyServer, PromptFailed
 
 UPLOAD_SUBFOLDER = "fashion_rag_batch"
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", help="URL of a running ComfyUI (with this pack) to use, e.g. "
                    "http://127.0.0.1:8188; default: start one for the run")
     p.add_argument("--comfyui", type=Path, help="ComfyUI folder to start (default: the ComfyUI this pack "
-                   "is installed in, else $COMFYUI_PATH, else ~/.cache/fashion-rag/ComfyUI)")
+                   "is installed in, else $COMFYUI_PATH); with --engine ray, the folder on every worker node")
     p.add_argument("--base", type=Path, help="ComfyUI base directory (models/, input/, output/, "
                    "custom_nodes/) for the started server (default: the --comfyui folder itself); any "
                    "other folder gets this pack linked into its custom_nodes/")
@@ -71,10 +72,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--comfyui-args", default="", help="extra arguments for ComfyUI's main.py, one string "
                    "(e.g. \"--lowvram\")")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one row may run (default 3600)")
+    add_engine_arguments(p)
     p.add_argument("--allow-outside", action="store_true",
                    help="upload image cells naming files outside the job table's folder too (default: "
                         "such a row fails, so a job table cannot send /etc/passwd or ~/.ssh to a server)")
     p.set_defaults(func=run)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--engine and the Ray options (`fashion-rag evaluate` passes them on to batch)."""
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: one ComfyUI (--server or started here); ray: Ray actors on a cluster, each "
+                        "starting its own ComfyUI (docs/batch-on-ray.md)")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: the cluster (auto, ray://head:10001); default: a local Ray")
+    p.add_argument("--workers", type=int, default=None,
+                   help="--engine ray: ComfyUI workers (default: one per GPU of the cluster, else 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="--engine ray: GPUs each worker holds (default 1 where the cluster has GPUs, else 0)")
 
 
 class _StopOnInterrupt:
@@ -131,25 +146,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not todo:
         return _exit_code(records, False)
+    if args.engine == "ray" and args.server:
+        err("--server is for --engine local: Ray workers start their own ComfyUI")
+        return 2
     progress = Progress(len(todo))
-    server: ComfyServer | None = None
+
+    def finished(record: Record) -> None:
+        """The one place a finished row is recorded (both engines)."""
+        records[record.id] = record
+        book.append(record)
+        progress.finish_row(record)
+
     with _StopOnInterrupt(progress.tty) as stop:
         try:
-            if args.server:
-                client = ComfyClient(args.server)
+            if args.engine == "ray":
+                from .batch_ray import run_on_ray  # Ray is imported only here
+
+                run_on_ray(args, workflow, table, out, todo, progress, finished, stop)
             else:
-                client = server = _start(args, out, err)
-            file_inputs = _check_server(client, workflow)
-            uploads = ImageUploads(table.path.parent, args.allow_outside,
-                                   lambda data, name: client.upload_bytes(data, name, UPLOAD_SUBFOLDER))
-            runner = _RowRunner(client, workflow, table, out, args.timeout, file_inputs, uploads)
-            for job in todo:
-                if stop.requested:
-                    break
-                progress.start_row(job.id)
-                records[job.id] = runner.run(job, progress.draw)
-                book.append(records[job.id])
-                progress.finish_row(records[job.id])
+                _run_local(args, workflow, table, out, todo, progress, finished, stop)
         except (JobError, ServerSetupError, OSError, RuntimeError) as exc:
             # Setup failures and a lost server: the rows run so far stay recorded.
             progress.note(f"batch: {one_line(exc, 2000)}")
@@ -160,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
             stop.requested = True
         finally:
             progress.close()
-            if server is not None:
-                server.stop()
     if stop.requested:
         for job in todo:
             if records[job.id].status == SKIPPED:
@@ -199,22 +212,49 @@ def _resumed(old: Record | None, job: Job, out: Path) -> Record:
     return Record(job.id, digest=job.digest)
 
 
-def _start(args: argparse.Namespace, out: Path, err: Any) -> ComfyServer:
+def _run_local(args: argparse.Namespace, workflow: dict[str, dict], table: JobTable, out: Path,
+               todo: list[Job], progress: Progress, finished: Any, stop: _StopOnInterrupt) -> None:
+    """One ComfyUI (--server, or started for the run), one row at a time."""
+    server: ComfyServer | None = None
+    try:
+        if args.server:
+            client = ComfyClient(args.server)
+        else:
+            client = server = _start(args, out, progress.note)
+        file_inputs = check_server(client, workflow)
+        uploads = ImageUploads(table.path.parent, args.allow_outside,
+                               lambda data, name: client.upload_bytes(data, name, UPLOAD_SUBFOLDER))
+        runner = RowRunner(workflow, table, out, args.timeout, file_inputs, uploads)
+        runner.server = f"the ComfyUI server at {client.url}"
+        for job in todo:
+            if stop.requested:
+                break
+            progress.start_row(job.id)
+            finished(runner.run(job, lambda prompt, job=job: (
+                execute(client, prompt, job.id, table.path, args.timeout, progress.draw), client)))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _start(args: argparse.Namespace, out: Path, say: Any) -> ComfyServer:
     comfyui = args.comfyui or default_comfyui()
+    if comfyui is None:
+        raise no_comfyui()
     server = start_server(comfyui, args.base or comfyui, args.python, args.device, args.comfyui_args,
                           out / "comfyui.log")
-    err(f"starting ComfyUI {comfyui} ({describe(server)})")
+    say(f"batch: starting ComfyUI {comfyui} ({describe(server)})")
     t0 = time.monotonic()
     try:
         server.wait_ready(timeout=600)
     except (RuntimeError, TimeoutError) as exc:
         server.stop()
         raise ServerSetupError(f"ComfyUI did not start: {one_line(exc, 1500)}") from exc
-    err(f"ComfyUI ready in {time.monotonic() - t0:.0f}s at {server.url}")
+    say(f"batch: ComfyUI ready in {time.monotonic() - t0:.0f}s at {server.url}")
     return server
 
 
-def _check_server(client: ComfyClient, workflow: dict[str, dict]) -> set[Target]:
+def check_server(client: ComfyClient, workflow: dict[str, dict]) -> set[Target]:
     """Every node type of the workflow exists on the server; returns the file-upload inputs."""
     try:
         info = client.get("/object_info")
@@ -236,14 +276,37 @@ def _check_server(client: ComfyClient, workflow: dict[str, dict]) -> set[Target]
     return files
 
 
-class _RowRunner:
-    def __init__(self, client: ComfyClient, workflow: dict[str, dict], table: JobTable, out: Path,
-                 timeout: float, file_inputs: set[Target], uploads: ImageUploads) -> None:
-        self.client, self.workflow, self.table, self.out = client, workflow, table, out
-        self.timeout, self.file_inputs, self.uploads = timeout, file_inputs, uploads
-        self.not_local: list[str] = []
+def execute(client: ComfyClient, prompt: dict, job_id: str, jobs: Path, timeout: float,
+            on_wait: Any = None) -> dict:
+    """Run one row's prompt on a server; its history entry. A prompt that failed validation, ran
+    out of time or was interrupted is taken off the server (where a Ray worker runs it, too)."""
+    pid = str(uuid.uuid4())
+    # The row id in the server's history says which row a prompt was (and lets tests count).
+    tag = {"fashion_rag_batch": {"row": job_id, "jobs": str(jobs)}}
+    try:
+        return client.run(prompt, timeout=timeout, prompt_id=pid, on_wait=on_wait, extra_data=tag)
+    except PromptFailed as exc:
+        if exc.kind == "validation":
+            # ComfyUI queues the outputs that did validate (200 + node_errors): don't run them.
+            client.cancel(pid)
+        raise
+    except (TimeoutError, KeyboardInterrupt):
+        client.cancel(pid)  # or every later row queues behind it
+        raise
 
-    def file_value(self, target: Target, value: str) -> str:
+
+class RowRunner:
+    """A row's prompt from its cells (uploading its images), and its record from what the server
+    returned: the driver's side of a row, the same for both engines."""
+
+    def __init__(self, workflow: dict[str, dict], table: JobTable, out: Path, timeout: float,
+                 file_inputs: set[Target], uploads: ImageUploads) -> None:
+        self.workflow, self.table, self.out = workflow, table, out
+        self.timeout, self.file_inputs, self.uploads = timeout, file_inputs, uploads
+        self.not_local: dict[str, list[str]] = {}  # row id -> file cells naming nothing local
+        self.server = "the ComfyUI server"  # for the message when it is lost
+
+    def file_value(self, job_id: str, target: Target, value: str) -> str:
         """Anything at a local path (relative to the job table) is a local file: uploaded if it
         passes ImageUploads' checks, else the row fails; a cell naming nothing local is taken as a
         file already in the server's input folder (ComfyUI checks it)."""
@@ -251,42 +314,42 @@ class _RowRunner:
             return value
         path = cell_path(value, self.table.path.parent)
         if path is None or not os.path.lexists(path):  # lexists: a dangling or hostile link is local
-            self.not_local.append(str(path or value))
+            self.not_local.setdefault(job_id, []).append(str(path or value))
             return value
         return self.uploads.server_name(path)
 
-    def run(self, job: Job, on_wait: Any) -> Record:
+    def prompt(self, job: Job) -> dict[str, dict]:
+        """JobError, RowFolderError: the row fails before the server spends time on it."""
+        self.not_local[job.id] = []
+        check_row_folder(self.out, job.id)
+        return build_prompt(self.workflow, self.table, job,
+                            lambda target, value: self.file_value(job.id, target, value))
+
+    def run(self, job: Job, execute: Any) -> Record:
+        """execute(prompt) -> (history entry, something with .view(image) -> bytes)."""
         t0 = time.monotonic()
-        self.not_local = []
-        pid = str(uuid.uuid4())
+        return self.record(job, t0, lambda: execute(self.prompt(job)))
+
+    def record(self, job: Job, t0: float, result: Any) -> Record:
+        """The row's record from result() -> (history entry, viewer), which raises as execute() does."""
         record = Record(job.id, FAILED, digest=job.digest)
         try:
-            check_row_folder(self.out, job.id)  # fail before the server spends time on the row
-            prompt = build_prompt(self.workflow, self.table, job, self.file_value)
-            # The row id in the server's history says which row a prompt was (and lets tests count).
-            tag = {"fashion_rag_batch": {"row": job.id, "jobs": str(self.table.path)}}
-            entry = self.client.run(prompt, timeout=self.timeout, prompt_id=pid, on_wait=on_wait,
-                                    extra_data=tag)
-            record.outputs, record.scores = save_outputs(self.client, self.workflow, entry, self.out, job.id)
+            entry, viewer = result()
+            record.outputs, record.scores = save_outputs(viewer, self.workflow, entry, self.out, job.id)
             record.status = OK
         except PromptFailed as exc:
-            if exc.kind == "validation":
-                # ComfyUI queues the outputs that did validate (200 + node_errors): don't run them.
-                self.client.cancel(pid)
             record.error = one_line(_prompt_error(exc) + "".join(
-                f" (no local file {p} either)" for p in self.not_local))
+                f" (no local file {p} either)" for p in self.not_local.get(job.id, [])))
         except (JobError, RowFolderError) as exc:
             record.error = one_line(exc)
         except TimeoutError:
-            self.client.cancel(pid)  # or every later row queues behind it
             record.error = f"did not finish in {self.timeout:.0f}s (cancelled)"
-        except KeyboardInterrupt:
-            self.client.cancel(pid)
-            raise
         except urllib.error.HTTPError as exc:  # e.g. an upload refused
             record.error = one_line(f"HTTP {exc.code} from {exc.url}: {exc.reason}")
         except (urllib.error.URLError, ConnectionError) as exc:
-            raise RuntimeError(f"lost the ComfyUI server at {self.client.url}: {exc}") from exc
+            raise RuntimeError(f"lost {self.server}: {exc}") from exc
+        finally:
+            self.not_local.pop(job.id, None)
         record.seconds = time.monotonic() - t0
         return record
 

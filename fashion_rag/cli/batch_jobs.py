@@ -40,7 +40,7 @@ BARE, CLASS, NODE = 0, 1, 2
 # Row ids become folder names: no separators, no leading dot, nothing Windows refuses.
 _BAD_ID = re.compile(r'[/\\<>:"|?*\x00-\x1f]|^\.|^\s|\s$')
 # Files of their own in the output folder.
-_RESERVED_IDS = ("summary.csv", "summary.log.jsonl", "comfyui.log")
+_RESERVED_IDS = ("summary.csv", "summary.log.jsonl", "comfyui.log", "comfyui-workers")
 
 
 class JobError(ValueError):

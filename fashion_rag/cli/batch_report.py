@@ -159,6 +159,7 @@ class Progress:
     WIDTH = 24
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.workers = 1  # rows running at once (Ray workers): then rows overlap in time
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.total, self.done, self.ok, self.failed = total, 0, 0, 0
@@ -209,7 +210,9 @@ class Progress:
         # The wall time since the previous row covers all per-row work (the row, its log line,
         # this display), which the row's own seconds leave out.
         now = time.monotonic()
-        self.spent += max(record.seconds or 0.0, now - self._mark)
+        # Rows running side by side each take longer than the wall time between them: count that.
+        own = record.seconds or 0.0 if self.workers == 1 else 0.0
+        self.spent += max(own, now - self._mark)
         self._mark = now
         self.current = ""
         line = f"[{self.done}/{self.total}] {record.id}: {record.status} in {record.seconds or 0:.1f}s"

@@ -1,8 +1,8 @@
 """Which ComfyUI `fashion-rag batch` starts when no --server is given, and starting it.
 
 Defaults aim at a user who installed the pack in their own ComfyUI: the ComfyUI is the one the
-pack sits in (…/ComfyUI/custom_nodes/<pack>), else $COMFYUI_PATH, else the harness copy that
-`.ci/setup` fetches; the base directory (models/, input/, output/, custom_nodes/) is that
+pack sits in (…/ComfyUI/custom_nodes/<pack>), else $COMFYUI_PATH, else --comfyui must say; the
+base directory (models/, input/, output/, custom_nodes/) is that
 ComfyUI's own folder, so the user's models and installed packs are used as they are.
 """
 
@@ -13,9 +13,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from .comfy_server import PACK_DIR_NAME, REPO, ComfyServer
+from .comfy_server import PACK_DIR_NAME, ComfyServer
 
-HARNESS_COMFYUI = Path.home() / ".cache" / "fashion-rag" / "ComfyUI"
 # Asked with ComfyUI's own Python: a build of torch with no usable accelerator makes ComfyUI stop
 # at start-up unless it is told --cpu.
 _PROBE = ("import torch, sys; ok = torch.cuda.is_available() "
@@ -27,11 +26,24 @@ class ServerSetupError(RuntimeError):
     pass
 
 
-def default_comfyui() -> Path:
-    if REPO.parent.name == "custom_nodes" and (REPO.parent.parent / "main.py").is_file():
-        return REPO.parent.parent
+def pack_root() -> Path:
+    """The folder this code runs from (fashion_rag/cli/ -> two up): the node pack when the pack is
+    installed (a custom_nodes/ folder or a git clone), site-packages for a library install."""
+    return Path(__file__).resolve().parents[2]
+
+
+def default_comfyui() -> Path | None:
+    """The ComfyUI this pack is installed in, else $COMFYUI_PATH, else None (--comfyui must say)."""
+    pack = pack_root()
+    if pack.parent.name == "custom_nodes" and (pack.parent.parent / "main.py").is_file():
+        return pack.parent.parent
     env = os.environ.get("COMFYUI_PATH")
-    return Path(env) if env else HARNESS_COMFYUI
+    return Path(env) if env else None
+
+
+def no_comfyui() -> ServerSetupError:
+    return ServerSetupError("no ComfyUI to start: this pack is not inside a ComfyUI's custom_nodes/ and "
+                            "COMFYUI_PATH is not set; pass --comfyui PATH, or --server URL for a running one")
 
 
 def _is_pack(folder: Path) -> bool:
@@ -47,8 +59,10 @@ def pack_in(custom_nodes: Path) -> Path | None:
 
 
 def start_server(comfyui: Path, base: Path, python: str, device: str, extra: str,
-                 log_path: Path) -> ComfyServer:
-    """Start ComfyUI (not yet ready: call wait_ready). ServerSetupError says what to fix."""
+                 log_path: Path, die_with_parent: bool = False, server_args: tuple[str, ...] = ()
+                 ) -> ComfyServer:
+    """Start ComfyUI (not yet ready: call wait_ready). ServerSetupError says what to fix.
+    `server_args`: more ComfyUI flags of the caller's own (a worker's output folder)."""
     comfyui, base = comfyui.expanduser().resolve(), base.expanduser().resolve()
     if not (comfyui / "main.py").is_file():
         raise ServerSetupError(f"no ComfyUI at {comfyui} (no main.py): pass --comfyui PATH, set "
@@ -60,7 +74,8 @@ def start_server(comfyui: Path, base: Path, python: str, device: str, extra: str
             f"the Fashion-RAG pack is not installed in {base / 'custom_nodes'}: install it there "
             "(README, Install), or pass --base DIR for a separate base directory (models/, input/, "
             "output/) that this command sets up with the pack linked in")
-    if install and not _is_pack(REPO):
+    pack = pack_root()
+    if install and not _is_pack(pack):
         raise ServerSetupError(f"this fashion_rag is a library install without the node pack; install "
                                f"the pack into {base / 'custom_nodes'} or use --server URL")
     if device == "auto":
@@ -68,9 +83,9 @@ def start_server(comfyui: Path, base: Path, python: str, device: str, extra: str
         device = "gpu" if probe.returncode == 0 else "cpu"
     device_args = ("--cpu",) if device == "cpu" else ()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return ComfyServer(base, python=python, extra_args=tuple(shlex.split(extra)), comfyui=comfyui,
-                       device_args=device_args, install_pack=install, log_path=log_path,
-                       own_session=True)
+    return ComfyServer(base, python=python, extra_args=(*server_args, *shlex.split(extra)), comfyui=comfyui,
+                       pack=pack, device_args=device_args, install_pack=install, log_path=log_path,
+                       own_session=True, die_with_parent=die_with_parent)
 
 
 def describe(server: ComfyServer) -> str:

@@ -1,7 +1,7 @@
 """Start a real ComfyUI as a subprocess with this pack installed, and run API prompts over HTTP.
 
-Used by the demo (`python -m tools.demo`) and by the tests. It never imports
-ComfyUI: it only talks to its server on loopback.
+Used by `fashion-rag batch`, and through tools/harness.py (which knows the checkout and the test
+cache) by the demo and the tests. It never imports ComfyUI: it only talks to its server on loopback.
 """
 
 from __future__ import annotations
@@ -21,33 +21,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]  # the pack: fashion_rag/cli/ -> root
 PACK_DIR_NAME = "comfyui_fashion_rag"
 
 
-def comfy_path() -> Path:
-    env = os.environ.get("COMFYUI_PATH")
-    path = Path(env) if env else Path.home() / ".cache" / "fashion-rag" / "ComfyUI"
-    if not (path / "main.py").is_file():
-        raise RuntimeError(
-            f"No ComfyUI found at {path}. Run `bash .ci/setup` (fetches ComfyUI 0.3.75) "
-            "or set COMFYUI_PATH to your ComfyUI checkout."
-        )
-    return path
-
-
-def make_base_dir(base: Path) -> Path:
-    """A ComfyUI base directory (models/, custom_nodes/, input/, output/...) holding the pack."""
+def make_base_dir(base: Path, pack: Path) -> Path:
+    """A ComfyUI base directory (models/, custom_nodes/, input/, output/...) with the pack folder
+    `pack` linked into its custom_nodes/."""
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_DIR_NAME
     # A cached base may link another checkout (or a deleted one): it must run this one's code.
-    if not (link.is_symlink() and Path(os.readlink(link)) == REPO):
+    if not (link.is_symlink() and Path(os.readlink(link)) == pack):
         if link.exists() and not link.is_symlink():
             raise FileExistsError(f"{link} is not the link to the pack this tool made; move it away")
         tmp = link.with_name(f".{PACK_DIR_NAME}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(REPO, target_is_directory=True)
+        tmp.symlink_to(pack, target_is_directory=True)
         os.replace(tmp, link)  # never a moment without the pack
     return base
 
@@ -170,33 +159,47 @@ class ComfyClient:
             return r.read()
 
 
-# The test/demo harness's flags: CPU, and fp32 everywhere so parity tests compare like with like.
-HARNESS_ARGS = ("--cpu", "--fp32-text-enc", "--fp32-vae", "--fp32-unet")
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the caller stops the server itself
+        pass
 
 
 class ComfyServer(ComfyClient):
-    """`python main.py` as a subprocess on loopback, with the pack in custom_nodes.
+    """`python main.py` of the ComfyUI folder `comfyui` as a subprocess on loopback, with the pack
+    in custom_nodes.
 
-    `comfyui` defaults to comfy_path(); `install_pack=False` uses `base` as it is (a user's
-    ComfyUI that already holds the pack); `own_session` keeps a terminal's Ctrl-C, meant for
-    the caller, from reaching the server."""
+    `install_pack=True` links the pack folder `pack` into `base` (make_base_dir); False uses
+    `base` as it is (a user's ComfyUI that already holds the pack); `own_session` keeps a
+    terminal's Ctrl-C, meant for the caller, from reaching the server; `die_with_parent` ends the
+    server when the process that started it dies, even by SIGKILL (Linux), where nobody would
+    stop it (a Ray worker killed mid-row)."""
 
     def __init__(self, base: Path, python: str = sys.executable, extra_args: tuple = (),
-                 env: dict[str, str] | None = None, *, comfyui: Path | None = None,
-                 device_args: tuple[str, ...] = HARNESS_ARGS, install_pack: bool = True,
-                 log_path: Path | None = None, own_session: bool = False) -> None:
-        self.base = make_base_dir(base) if install_pack else Path(base)
+                 env: dict[str, str] | None = None, *, comfyui: Path, pack: Path | None = None,
+                 device_args: tuple[str, ...] = (), install_pack: bool = True,
+                 log_path: Path | None = None, own_session: bool = False,
+                 die_with_parent: bool = False) -> None:
+        if install_pack and pack is None:
+            raise ValueError("install_pack needs the pack folder (pack=...)")
+        self.base = make_base_dir(base, pack) if install_pack and pack else Path(base)
         self.port = free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = log_path or base / "server.log"
         cmd = [
-            python, str((comfyui or comfy_path()) / "main.py"), *device_args, "--listen", "127.0.0.1",
+            python, str(comfyui / "main.py"), *device_args, "--listen", "127.0.0.1",
             "--port", str(self.port), "--base-directory", str(self.base),
             "--disable-auto-launch", "--disable-api-nodes", *extra_args,
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=base, env=env,
-                                     start_new_session=own_session)
+                                     start_new_session=own_session,
+                                     preexec_fn=_die_with_parent if die_with_parent else None)
 
     def wait_ready(self, timeout: float = 180.0, node: str = "FashionRAGGarmentIndexLoader") -> None:
         """Wait until /object_info answers; raise if `node` (one of the pack's) is not there."""

@@ -127,6 +127,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="started server's device")
     s.add_argument("--comfyui-args", default="", help="extra arguments for ComfyUI's main.py, one string")
     s.add_argument("--timeout", type=float, default=3600, help="seconds one pair may run (3600)")
+    from .batch import add_engine_arguments  # the batch's own --engine ray options, passed on to it
+
+    add_engine_arguments(s)
     p.set_defaults(func=run)
 
 
@@ -422,7 +425,9 @@ class _Evaluation:
         options = {"--workflow": workflow_path, "--jobs": jobs_path, "--out": generated,
                    "--python": self.args.python, "--device": self.args.device,
                    "--comfyui-args": self.args.comfyui_args, "--timeout": self.args.timeout,
-                   "--server": self.args.server, "--comfyui": self.comfyui, "--base": self.args.base}
+                   "--server": self.args.server, "--comfyui": self.comfyui, "--base": self.args.base,
+                   "--engine": self.args.engine, "--ray-address": self.args.ray_address,
+                   "--workers": self.args.workers, "--gpus-per-worker": self.args.gpus_per_worker}
         # --flag=value: a value starting with '-' (ComfyUI's own flags) stays a value.
         argv = ["batch", *[f"{flag}={value}" for flag, value in options.items() if value not in (None, "")]]
         # Parsed by the batch's own parser, so its defaults (and any options it gains) hold.
@@ -564,7 +569,9 @@ class _Evaluation:
                 return str(ComfyClient(self.args.server).get("/system_stats")["system"]["comfyui_version"])
             except (OSError, KeyError, TypeError, ValueError):
                 return f"unknown (server {self.args.server})"
-        folder = Path(self.comfyui or _default_comfyui())
+        folder = self.comfyui or _default_comfyui()
+        if folder is None:
+            return "unknown (no --comfyui, no COMFYUI_PATH)"
         try:
             text = (folder / "comfyui_version.py").read_text(encoding="utf-8")
         except OSError:
@@ -613,7 +620,7 @@ def _load_workflow(path: Path) -> dict:
     return load_workflow(path)
 
 
-def _default_comfyui() -> Path:
+def _default_comfyui() -> Path | None:
     from .batch_server import default_comfyui
 
     return default_comfyui()

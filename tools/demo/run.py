@@ -19,7 +19,7 @@ from PIL import Image
 from .catalog import TINY_WEIGHTS_NAME
 from .contact_sheet import contact_sheet
 from .person import install_demo_person
-from fashion_rag.cli.comfy_server import REPO, ComfyClient, ComfyServer, make_base_dir
+from tools.harness import REPO, ComfyClient, ComfyServer, make_base_dir
 
 WORKFLOW = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 # SaveImage filename prefixes in the example workflow -> contact sheet rows, in order.

@@ -1,0 +1,226 @@
+"""`fashion-rag batch --engine ray`: the same rows, files and summary as the local batch, run by Ray
+workers that each start their own ComfyUI (a real local Ray cluster of 2 CPUs for the module, the
+demo weights, the batch tests' workflow: no diffusion, a row takes about a second).
+
+The batch runs in a child process (as a user runs it) that joins the module's cluster through its
+address; what ComfyUI itself saw is read from each worker's ComfyUI log, which the batch brings
+back to OUT/comfyui-workers/ (one "got prompt" line per prompt the server received).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is optional (pip install \"fashion-rag[ray]\")")
+
+import test_batch  # noqa: E402
+from test_batch import _batch, _job_files, _many_rows, _wait_for_ok, _write_csv  # noqa: E402
+
+from fashion_rag.cli.batch_report import read_summary  # noqa: E402
+from tools.demo.person import PERSON_FILE  # noqa: E402
+from tools.harness import REPO, comfy_path  # noqa: E402
+
+people = test_batch.people  # the batch tests' person photos (a fixture)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> str:
+    """A local Ray cluster; its address, for the batch processes to join."""
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=str(temp),
+             logging_level="ERROR", configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _ray_args(address: str, comfy_base: Path, workers: int = 2) -> list[str]:
+    # The session server's flags (fp32 everywhere), so both engines compute the same images.
+    return ["--engine", "ray", "--ray-address", address, "--workers", str(workers),
+            "--comfyui", str(comfy_path()), "--base", str(comfy_base), "--device", "cpu",
+            "--comfyui-args=--fp32-text-enc --fp32-vae --fp32-unet"]
+
+
+def _prompts_received(out: Path) -> list[int]:
+    """Per worker, the prompts its ComfyUI received (its log says "got prompt" for each)."""
+    logs = sorted((out / "comfyui-workers").glob("worker-*.log"))
+    return [log.read_text(errors="replace").count("got prompt") for log in logs]
+
+
+def test_ray_workers_give_the_local_batchs_rows_and_images(cluster, comfy_server, comfy_base, people,
+                                                          tmp_path):
+    """Six rows, one whose person image is missing: the same statuses, errors and outputs as the
+    local batch, byte-identical images, and each row sent to a ComfyUI once, over both workers."""
+    workflow, jobs = _job_files(tmp_path, people, [
+        ["id", "text", "k", "category", "person"],
+        ["top", "a red striped short-sleeve top", 1, "upper_body", "people/p1.png"],
+        ["trousers", "blue denim trousers", 2, "lower_body", "people/p2.png"],
+        ["dress", "a green floral dress", 3, "dresses", "people/p1.png"],
+        ["ghost", "a white shirt", 1, "upper_body", "people/missing.png"],
+        ["on-server", "a black skirt", 2, "lower_body", PERSON_FILE],
+        ["small", "a yellow dress", 1, "dresses", "people/small.png"],
+    ])
+    local = _batch(workflow, jobs, tmp_path / "local", "--server", comfy_server.url)
+    assert local.returncode == 1, local.stderr
+    remote = _batch(workflow, jobs, tmp_path / "ray", *_ray_args(cluster, comfy_base))
+    assert remote.returncode == 1, remote.stderr
+    want = read_summary(tmp_path / "local" / "summary.csv")
+    got = read_summary(tmp_path / "ray" / "summary.csv")
+    assert {k: r.status for k, r in got.items()} == {
+        "top": "ok", "trousers": "ok", "dress": "ok", "ghost": "failed", "on-server": "ok", "small": "ok"}
+    assert {k: (r.status, r.outputs, r.error, r.digest) for k, r in got.items()} == {
+        k: (r.status, r.outputs, r.error, r.digest) for k, r in want.items()}
+    assert "missing.png" in got["ghost"].error and "LoadImage (node 4)" in got["ghost"].error
+    assert sum(len(r.outputs) for r in got.values()) == (1 + 2 + 3 + 2 + 1) + 5  # garments, masks
+    for record in got.values():
+        for name in record.outputs:
+            assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert "5 ok, 1 failed, 0 skipped" in remote.stderr
+    received = _prompts_received(tmp_path / "ray")
+    assert len(received) == 2 and min(received) >= 1 and sum(received) == 6, received
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return found
+
+
+def _worker_mid_row(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, int]:
+    """(pid of a Ray worker running a row, pid of its ComfyUI); Ray titles a busy actor's process
+    ray::<class>.<method>."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        table = _processes()
+        for pid, (_, cmdline) in table.items():
+            if cmdline.startswith("ray::BatchWorker.run_row"):
+                children = [c for c, (ppid, line) in table.items() if ppid == pid and "main.py" in line]
+                if children:
+                    return pid, children[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no worker seen running a row: {proc.poll()}")
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid not in _processes():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_base, demo_models, people,
+                                                               tmp_path):
+    """SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
+    not outlive it. Then SIGKILL the driver: the rerun resumes, sending no finished row again."""
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    try:
+        _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
+        worker, its_comfyui = _worker_mid_row(proc)
+        os.kill(worker, signal.SIGKILL)
+        assert _gone(its_comfyui), "the killed worker's ComfyUI outlived it"
+        deadline = time.monotonic() + 300
+        retried = None
+        while retried is None and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+            found = re.search(r"worker \d+ died running row (r\d+) .*runs again on another worker \(1/3\)",
+                              line)
+            retried = found and found.group(1)
+        assert retried, f"no retry reported: {proc.poll()}"
+        while time.monotonic() < deadline and read_summary(out / "summary.csv").get(retried, None) \
+                and read_summary(out / "summary.csv")[retried].status != "ok":
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = read_summary(out / "summary.csv")
+    finished = {k for k, r in summary.items() if r.status == "ok"}
+    assert retried in finished and len(finished) < 12, finished
+
+    rerun = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    try:
+        _, stderr = rerun.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        rerun.kill()
+        raise AssertionError(f"the rerun hung: {rerun.communicate()[1]}") from None
+    assert rerun.returncode == 0, stderr
+    assert f"{len(finished)} of 12 rows already done" in stderr
+    summary = read_summary(out / "summary.csv")
+    assert len(summary) == 12 and all(r.status == "ok" for r in summary.values())
+    assert sum(_prompts_received(out)) == 12 - len(finished)  # the finished rows were not sent again
+    for row in summary:
+        assert len(list((out / row).glob("garments_*.png"))) == 12  # k=20 of a 12-garment category
+
+
+def test_workers_whose_comfyui_cannot_start_are_each_reported_once(cluster, people, tmp_path):
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(2))
+    nowhere = tmp_path / "no-comfyui"
+    nowhere.mkdir()
+    run = _batch(workflow, jobs, tmp_path / "out", "--engine", "ray", "--ray-address", cluster,
+                 "--workers", "2", "--comfyui", str(nowhere))
+    assert run.returncode == 2, run.stderr
+    for n in (1, 2):
+        assert run.stderr.count(f"worker {n} could not start ComfyUI, going on without it: no ComfyUI at "
+                                f"{nowhere} (no main.py)") == 1, run.stderr
+    assert "no Ray worker could start ComfyUI (see above); 2 rows not run" in run.stderr
+    assert {r.status for r in read_summary(tmp_path / "out" / "summary.csv").values()} == {"skipped"}
+
+
+def test_the_local_batch_never_imports_ray(tmp_path):
+    """Ray is optional: without --engine ray the batch runs (here: fails to reach a server) without it."""
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text('{"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}')
+    jobs = _write_csv(tmp_path / "jobs.csv", [["id", "filename_prefix"], ["a", "y"]])
+    code = ("import argparse, sys; from fashion_rag.cli import batch; p = argparse.ArgumentParser(); "
+            "batch.add_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); rc = a.func(a); "
+            "print(rc, 'ray' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, "batch", "--workflow", str(workflow), "--jobs",
+                          str(jobs), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
+
+
+def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, comfy_base, demo_models, people, tmp_path):
+    """The first Ctrl-C: no row is sent any more, the rows running finish and are recorded, the rest
+    are skipped, exit 130; every prompt a ComfyUI received is an ok row."""
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
+    out = tmp_path / "out"
+    proc = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    try:
+        _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "stopping after the current row" in stderr
+    summary = read_summary(out / "summary.csv")
+    ok = [k for k, r in summary.items() if r.status == "ok"]
+    assert 1 <= len(ok) < 12, summary
+    assert all(r.status == "skipped" and r.error == "not run: stopped by Ctrl-C"
+               for k, r in summary.items() if k not in ok)
+    assert sum(_prompts_received(out)) == len(ok)
