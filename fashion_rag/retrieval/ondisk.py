@@ -121,20 +121,23 @@ def _arg(value: Any, placeholder: str) -> str:
     text = str(value) if isinstance(value, str) and value else ""
     if not text or len(text) > 300 or "\n" in text:  # a damaged manifest must not flood the hint
         return placeholder
-    return f"'{text}'" if " " in text else text
+    return f"'{text}'" if " " in text and not text.startswith("<") else text  # <placeholders> stay bare
+
+
+def build_command(out: Path | str, encoder: Any = None, weights: Any = None) -> str:
+    """The one spelling of the command that (re)builds an index, for every message that gives it."""
+    # (No catalog from a manifest: an index names no folder outside itself.)
+    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {_arg(str(out), '<index>')}"
+    if encoder:
+        cmd += f" --encoder {_arg(encoder, '<architecture>')}"
+    return f"{cmd} --weights {_arg(str(weights) if weights else None, '<encoder weights>')}"
 
 
 def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
     """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
     m = manifest if isinstance(manifest, dict) else {}
     enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
-    # (No catalog from the manifest: an index names no folder outside itself.)
-    out = _arg(str(index_dir), "<index folder>")
-    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {out}"
-    if enc.get("name"):
-        cmd += f" --encoder {_arg(enc.get('name'), '<architecture>')}"
-    cmd += f" --weights {_arg(enc.get('weights_path'), '<encoder weights>')}"
-    return f"rebuild it: {cmd}"
+    return f"rebuild it: {build_command(index_dir, enc.get('name'), enc.get('weights_path'))}"
 
 
 def manifest_problems(m: dict[str, Any]) -> list[str]:
@@ -350,8 +353,7 @@ def check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path | 
             f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
             f"encoders are not comparable: load the weights the index was built with "
             f"({built.get('weights_path')}), or rebuild the index with these weights "
-            f"(python -m fashion_rag index build --catalog <catalog> --out {index_dir} "
-            f"--encoder {encoder.name} --weights {encoder.weights_path})."
+            f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
         )
 
 
@@ -405,8 +407,7 @@ def naming(path: Path) -> Iterator[None]:
 
 
 def no_index_message(index_dir: Path) -> str:
-    return (f"No garment index at {index_dir} ({POINTER} missing). Build one with `python -m fashion_rag "
-            f"index build --catalog <images folder> --out {index_dir}`.")
+    return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{build_command(index_dir)}`."
 
 
 def read_pointer(index_dir: Path) -> dict[str, Any] | None:
@@ -417,8 +418,7 @@ def read_pointer(index_dir: Path) -> dict[str, Any] | None:
     """
     path = index_dir / POINTER
     # A build refuses a folder whose pointer is not its own: the fix is a new folder.
-    rebuild = ("rebuild the index into a new folder: python -m fashion_rag index build --catalog "
-               "<images folder> --out <new index folder> --weights <encoder weights>")
+    rebuild = f"rebuild the index into a new folder: {build_command('<new index folder>')}"
     try:
         raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_POINTER_BYTES,
                            "index pointer file")
