@@ -15,6 +15,7 @@ from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder
 from ..fashion_rag.retrieval.index import GarmentIndex, load_index
 from ..fashion_rag.retrieval.ondisk import (
     POINTER,
+    build_command,
     check_encoder,
     looks_like_index,
     read_manifest,
@@ -74,8 +75,7 @@ def missing_index_message(name: str) -> str:
     return (
         f"No garment index named {shorten(name)} in {', '.join(_roots())} (an index is a folder holding "
         f"{POINTER}; found: {', '.join(found) or 'none'}). Build one from a folder of garment images with "
-        f"`python -m fashion_rag index build --catalog <images folder> --out "
-        f"{os.path.join(folder_of(INDEXES_KEY), '<name>')}` and refresh the page."
+        f"`{build_command(os.path.join(folder_of(INDEXES_KEY), '<name>'))}` and refresh the page."
     )
 
 

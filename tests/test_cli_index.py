@@ -336,3 +336,30 @@ def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny
     line = _one_error_line(_cli("info", out))
     # (read as a regular file only: a folder there is "not a regular file", never a raw [Errno 21])
     assert "not a regular file" in line and str(manifest) in line and "index build" in line, line
+
+
+def test_issue23_query_does_not_tell_whether_the_manifests_weights_path_exists(setup, tmp_path):
+    """Issue 23: without --weights, `index query` opened the manifest's weights_path, so whoever
+    placed an index learnt from the answer whether a path outside it exists."""
+    root, weights, _ = setup
+    catalog = tmp_path / "catalog"
+    (catalog / "dresses").mkdir(parents=True)
+    Image.new("RGB", (30, 40), (200, 0, 0)).save(catalog / "dresses" / "red.png")
+    built = tmp_path / "built"
+    build_index(scan_catalog(catalog), built, GarmentEncoder(weights, TINY_ARCH), log_fn=lambda m: None)
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not weights")
+    commands = []
+    for name, target in (("exists", secret), ("missing", tmp_path / "outside" / "absent.txt")):
+        copy = Path(shutil.copytree(built, tmp_path / name))
+        manifest_file = resolve_version(copy).data_dir / "manifest.json"
+        manifest = json.loads(manifest_file.read_text())
+        manifest["encoder"]["weights_path"] = str(target)
+        manifest_file.write_text(json.dumps(manifest))
+        commands.append(["index", "query", str(copy), "red dress"])
+    exists, missing = run_cli(commands)
+    assert exists["rc"] == missing["rc"] == 2, (exists, missing)
+    assert exists["stderr"] == missing["stderr"], (exists, missing)
+    assert "--weights" in exists["stderr"] and "absent" not in exists["stderr"] and "secret" not in (
+        exists["stderr"])

@@ -251,3 +251,18 @@ def test_many_free_text_categories_share_a_part():
         exact = np.flatnonzero(allowed)[np.argsort(-(x[allowed] @ q), kind="stable")[:8]]
         assert got.tolist() == exact.tolist()
         np.testing.assert_allclose(scores, x[exact] @ q, rtol=1e-5)
+
+
+def test_every_rebuild_message_spells_the_build_command_the_same_way(tmp_path):
+    """Issue 19: the rebuild text was written in 4 places and they had drifted apart (one
+    without --weights, one with <catalog>): each now names every argument a build needs."""
+    with pytest.raises(IndexFormatError) as missing:
+        load_index(tmp_path / "none")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "index.json").write_text('{"format": "someone else"}')
+    with pytest.raises(IndexFormatError) as not_ours:
+        load_index(foreign)
+    command = "python -m fashion_rag index build --catalog <images folder> --out "
+    assert f"{command}{tmp_path / 'none'} --weights <encoder weights>" in str(missing.value)
+    assert f"{command}<new index folder> --weights <encoder weights>" in str(not_ours.value)

@@ -128,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
     q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
     q.add_argument("--weights", type=Path,
-                   help="encoder weights (default: the file the index was built with)")
+                   help="the encoder weights file the index was built with (needed unless --mode caption)")
     q.add_argument("--pin", default="", help="comma-separated ids returned first")
     q.add_argument("--exclude", default="", help="comma-separated ids never returned")
     q.add_argument("--json", action="store_true")
@@ -217,12 +217,14 @@ def _query(args: argparse.Namespace) -> int:
     needs_encoder = args.mode != "caption"
     encoder = None
     if needs_encoder:
-        weights = args.weights or Path(manifest["encoder"]["weights_path"])
-        if not Path(weights).is_file():
-            _err(f"[index] encoder weights {weights} not found: pass --weights with the file the index "
-                 f"was built with ({manifest['encoder']['weights_file']}), or use --mode caption")
+        # Never the manifest's weights_path: whoever placed the index chose it, and whether the
+        # query got further would tell them if that path exists outside the index (issue 23).
+        if args.weights is None:
+            built_with = manifest["encoder"]["weights_file"]
+            _err(f"[index] this query encodes the text with the index's encoder: pass --weights with "
+                 f"the file the index was built with ({built_with}), or use --mode caption")
             return 2
-        encoder = GarmentEncoder(weights, manifest["encoder"]["name"])
+        encoder = GarmentEncoder(args.weights, manifest["encoder"]["name"])
     index = load_index(args.index, encoder)
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
                   pin_ids=args.pin, exclude_ids=args.exclude)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..logs import LogFn
-from .ondisk import VECTORS, IndexFormatError, StoredVersion, read_faiss, rebuild_hint, write_faiss
+from .ondisk import VECTORS, IndexFormatError, StoredVersion, damaged, read_faiss, rebuild_hint, write_faiss
 
 BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small beside the data
 
@@ -562,8 +562,7 @@ def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_di
     elif not 1 <= rec["nprobe"] <= ivf.nlist:
         problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec['nprobe']}"
     if problem:
-        raise IndexFormatError(f"Index {index_dir}: {rec['file']} {problem}; "
-                               f"{rebuild_hint(index_dir, manifest)}")
+        raise damaged(index_dir, f"{rec['file']} {problem}", manifest)
     nprobe_filtered = min(int(rec.get("nprobe_filtered") or rec["nprobe"]), int(ivf.nlist))
     return VectorIndex(index, "ivf", rec["factory"], nprobe=rec["nprobe"], nprobe_filtered=nprobe_filtered,
                        tuned_recall=rec.get("tuned_recall_at_10"))

@@ -26,12 +26,11 @@ from ..images import GARMENT_SIZE, decode_image
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
     Encoder,
-    IndexFormatError,
     StoredVersion,
     check_encoder,
+    damaged,
     describe_encoder,
     read_version,
-    rebuild_hint,
 )
 from .paths import shorten
 
@@ -120,12 +119,10 @@ class GarmentIndex:
         try:
             img = decode_image(self.stored_png(pos), name)
         except ValueError as exc:  # ImageLoadError: the shard passed its checksum, so a foreign build
-            raise IndexFormatError(f"Index {self.index_dir}: {exc}; "
-                                   f"{rebuild_hint(self.index_dir, self.manifest)}") from exc
+            raise damaged(self.index_dir, exc, self.manifest) from exc
         if img.size != GARMENT_SIZE:
-            raise IndexFormatError(f"Index {self.index_dir}: the {name} is {img.width}x{img.height}, not "
-                                   f"{GARMENT_SIZE[0]}x{GARMENT_SIZE[1]}; "
-                                   f"{rebuild_hint(self.index_dir, self.manifest)}")
+            raise damaged(self.index_dir, f"the {name} is {img.width}x{img.height}, not "
+                                          f"{GARMENT_SIZE[0]}x{GARMENT_SIZE[1]}", self.manifest)
         return img
 
     def image(self, item_id: str) -> Image.Image:

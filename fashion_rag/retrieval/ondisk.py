@@ -121,20 +121,28 @@ def _arg(value: Any, placeholder: str) -> str:
     text = str(value) if isinstance(value, str) and value else ""
     if not text or len(text) > 300 or "\n" in text:  # a damaged manifest must not flood the hint
         return placeholder
-    return f"'{text}'" if " " in text else text
+    return f"'{text}'" if " " in text and not text.startswith("<") else text  # <placeholders> stay bare
+
+
+def build_command(out: Path | str, encoder: Any = None, weights: Any = None) -> str:
+    """The one spelling of the command that (re)builds an index, for every message that gives it."""
+    # (No catalog from a manifest: an index names no folder outside itself.)
+    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {_arg(str(out), '<index>')}"
+    if encoder:
+        cmd += f" --encoder {_arg(encoder, '<architecture>')}"
+    return f"{cmd} --weights {_arg(str(weights) if weights else None, '<encoder weights>')}"
+
+
+def damaged(index_dir: Path | str, why: Any, manifest: Any = None) -> IndexFormatError:
+    """'Index DIR: WHY; rebuild it: ...', the error for every index file that cannot be used."""
+    return IndexFormatError(f"Index {index_dir}: {why}; {rebuild_hint(index_dir, manifest)}")
 
 
 def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
     """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
     m = manifest if isinstance(manifest, dict) else {}
     enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
-    # (No catalog from the manifest: an index names no folder outside itself.)
-    out = _arg(str(index_dir), "<index folder>")
-    cmd = f"python -m fashion_rag index build --catalog <images folder> --out {out}"
-    if enc.get("name"):
-        cmd += f" --encoder {_arg(enc.get('name'), '<architecture>')}"
-    cmd += f" --weights {_arg(enc.get('weights_path'), '<encoder weights>')}"
-    return f"rebuild it: {cmd}"
+    return f"rebuild it: {build_command(index_dir, enc.get('name'), enc.get('weights_path'))}"
 
 
 def manifest_problems(m: dict[str, Any]) -> list[str]:
@@ -350,8 +358,7 @@ def check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path | 
             f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
             f"encoders are not comparable: load the weights the index was built with "
             f"({built.get('weights_path')}), or rebuild the index with these weights "
-            f"(python -m fashion_rag index build --catalog <catalog> --out {index_dir} "
-            f"--encoder {encoder.name} --weights {encoder.weights_path})."
+            f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
         )
 
 
@@ -405,8 +412,7 @@ def naming(path: Path) -> Iterator[None]:
 
 
 def no_index_message(index_dir: Path) -> str:
-    return (f"No garment index at {index_dir} ({POINTER} missing). Build one with `python -m fashion_rag "
-            f"index build --catalog <images folder> --out {index_dir}`.")
+    return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{build_command(index_dir)}`."
 
 
 def read_pointer(index_dir: Path) -> dict[str, Any] | None:
@@ -417,8 +423,7 @@ def read_pointer(index_dir: Path) -> dict[str, Any] | None:
     """
     path = index_dir / POINTER
     # A build refuses a folder whose pointer is not its own: the fix is a new folder.
-    rebuild = ("rebuild the index into a new folder: python -m fashion_rag index build --catalog "
-               "<images folder> --out <new index folder> --weights <encoder weights>")
+    rebuild = f"rebuild the index into a new folder: {build_command('<new index folder>')}"
     try:
         raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_POINTER_BYTES,
                            "index pointer file")
@@ -881,7 +886,7 @@ def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
         raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
                            MAX_MANIFEST_BYTES, "index manifest")
     except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir)}") from exc
+        raise damaged(ver.index_dir, exc) from exc
     except OSError as exc:
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise
@@ -893,7 +898,7 @@ def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, An
     try:
         return inside(name, data_dir, what)
     except PathRuleError as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+        raise damaged(index_dir, exc, manifest) from exc
 
 def file_size(manifest: dict[str, Any], name: str) -> int | None:
     """The byte size the manifest records for a file of the version (checked present at parse)."""
@@ -925,12 +930,11 @@ def map_file(ver: IndexVersion, manifest: dict[str, Any], name: str, what: str) 
     try:
         f = open_regular(path, size, what)
     except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
-                               ) from exc
+        raise damaged(ver.index_dir, exc, manifest) from exc
     with f:
         if os.fstat(f.fileno()).st_size != size:
-            raise IndexFormatError(f"Index {ver.index_dir}: {name} is not the size its manifest records "
-                                   f"(damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+            raise damaged(ver.index_dir, f"{name} is not the size its manifest records (damaged or replaced)",
+                          manifest)
         return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
 
 def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
@@ -941,11 +945,10 @@ def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
         try:
             digest = cached_sha256(path, file_size(manifest, name), "index data file")
         except UnreadableFileError as exc:
-            raise IndexFormatError(f"Index {ver.index_dir}: {exc}; {rebuild_hint(ver.index_dir, manifest)}"
-                                   ) from exc
+            raise damaged(ver.index_dir, exc, manifest) from exc
         if digest != expected:
-            raise IndexFormatError(f"Index {ver.index_dir}: {name} does not match the checksum in its "
-                                   f"manifest (damaged or replaced); {rebuild_hint(ver.index_dir, manifest)}")
+            raise damaged(ver.index_dir, f"{name} does not match the checksum in its manifest (damaged or "
+                          "replaced)", manifest)
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
                    manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
@@ -960,12 +963,12 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
     where = index_dir or path.parent
 
     def bad(why: str) -> IndexFormatError:
-        return IndexFormatError(f"Index {where}: {path.name} {why}; {rebuild_hint(where, manifest)}")
+        return damaged(where, f"{path.name} {why}", manifest)
 
     try:
         f = open_regular(path, max_bytes, "embeddings file")
     except UnreadableFileError as exc:
-        raise IndexFormatError(f"Index {where}: {exc}; {rebuild_hint(where, manifest)}") from exc
+        raise damaged(where, exc, manifest) from exc
     with f:
         size = os.fstat(f.fileno()).st_size
         try:
@@ -1043,7 +1046,7 @@ def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, A
         path = inside(name, data_dir, "vector index file")
         f = open_regular(path, manifest["files"].get("bytes", {}).get(name), "vector index file")
     except (PathRuleError, UnreadableFileError) as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild_hint(index_dir, manifest)}") from exc
+        raise damaged(index_dir, exc, manifest) from exc
     left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
 
     def read(size: int) -> bytes:
@@ -1057,5 +1060,4 @@ def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, A
             return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
     except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise IndexFormatError(f"Index {index_dir}: {path.name} is not a readable FAISS index ({reason}); "
-                               f"{rebuild_hint(index_dir, manifest)}") from exc
+        raise damaged(index_dir, f"{path.name} is not a readable FAISS index ({reason})", manifest) from exc
