@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,25 @@ def _new_files_in_checkout() -> set[str] | None:
     return found
 
 
+# Modules that start ComfyUI processes of their own, or drive the shared server by a fixture the
+# collection cannot see (the browser asks for it once it knows Chromium exists): with the tests that
+# take `comfy_server`, they run on one xdist worker, so a run starts one shared server (~1-2 GB with
+# the demo weights loaded) and never two full-size ComfyUI processes at once on a 24 GB machine.
+SERVER_GROUP = "comfy_server"
+_SERVER_MODULES = {"test_browser", "test_precision", "test_gpu_check", "test_benchmark_memory",
+                   "test_missing_dependency"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """xdist groups (`--dist loadgroup`, .ci/test): the server's tests together; every other
+    module whole on one worker, so its module-scoped fixtures (a Ray cluster, built indexes,
+    loaded models) are built once per run, not once per worker. Without xdist these are inert."""
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        server = "comfy_server" in getattr(item, "fixturenames", ()) or module in _SERVER_MODULES
+        item.add_marker(pytest.mark.xdist_group(SERVER_GROUP if server else module))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean():
     """Tests write into temp folders only: a file a test session adds to the checkout
@@ -89,7 +109,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def comfy_server(comfy_base, demo_models):
-    server = ComfyServer(comfy_base)
+    """One ComfyUI server per pytest process (per xdist worker; the groups above keep it to one).
+    It computes with every core: .ci/test pins each worker to one thread (OMP_NUM_THREADS=1), but
+    the full-size demo runs happen here, mostly while the other worker is done or idle."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    server = ComfyServer(comfy_base, env=env)
     try:
         server.wait_ready()
         yield server
