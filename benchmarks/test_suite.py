@@ -54,6 +54,7 @@ class Watcher(threading.Thread):
         self.root, self.stop = root, threading.Event()
         self.procs: dict[int, list[str]] = {}  # pid -> argv
         self.load: list[tuple[float, float]] = []  # (time, 1-minute load average)
+        self.rss: dict[int, int] = {}  # pid -> largest resident set seen (bytes), own processes
 
     def _descends(self, pid: int) -> bool:
         for _ in range(16):
@@ -68,6 +69,13 @@ class Watcher(threading.Thread):
         while not self.stop.is_set():
             with open("/proc/loadavg") as f:
                 self.load.append((time.time(), float(f.read().split()[0])))
+            for pid in list(self.procs):
+                try:
+                    with open(f"/proc/{pid}/statm") as f:
+                        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                except (OSError, ValueError, IndexError):
+                    continue
+                self.rss[pid] = max(self.rss.get(pid, 0), rss)
             for entry in os.listdir("/proc"):
                 if entry.isdigit() and int(entry) not in self.procs and self._descends(int(entry)):
                     try:
@@ -135,6 +143,9 @@ def main() -> int:
         load = watcher.load_between(0, time.time())
         print(f"\nwall time {wall:.0f} s; mean 1-minute load average {load:.1f} "
               f"(max {max(v for _, v in watcher.load):.1f}) on {os.cpu_count()} CPUs")
+        big = sorted(watcher.rss.items(), key=lambda kv: -kv[1])[:4]
+        print("  largest resident sets: " + ", ".join(
+            f"{rss / 2**30:.1f} GiB ({' '.join(watcher.procs[pid][:3])[-60:]})" for pid, rss in big))
         for kind, belongs in KINDS.items():
             n = sum(bool(argv) and belongs(argv) for argv in watcher.procs.values())
             print(f"  processes started: {kind}: {n}")
