@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,45 @@ def _new_files_in_checkout() -> set[str] | None:
     return found
 
 
+# Memory decides the xdist groups (`--dist loadgroup`, .ci/test): a process holding the full-size
+# demo weights takes ~5 GB (ViT-H vision, the SD2 text encoder and VAE in fp32), so every test
+# that loads them, in-process (`comfy`, `demo_models`) or in the shared server (`comfy_server`),
+# runs on one worker, as does a module starting full-size ComfyUI processes of its own or asking
+# for the server by a fixture the collection cannot see (the browser, once it knows Chromium
+# exists). A run then holds them once, as a serial run does, never twice on a 24 GB machine.
+FULL_SIZE_GROUP = "full-size-models"
+_FULL_SIZE_FIXTURES = {"comfy", "comfy_server", "demo_models"}
+_FULL_SIZE_MODULES = {"test_browser", "test_precision", "test_gpu_check", "test_benchmark_memory",
+                      "test_missing_dependency"}
+
+
+def pytest_itemcollected(item) -> None:
+    """The xdist groups: the full-size group above; every other module whole on one worker, so
+    its module-scoped fixtures (a Ray cluster, built indexes) are built once per run, not once
+    per worker. Marked as each test is collected, before xdist reads the groups into the test
+    ids (its pytest_collection_modifyitems); without xdist the marks are inert."""
+    module = Path(str(item.fspath)).stem
+    fixtures = getattr(item, "fixturenames", ())
+    full = module in _FULL_SIZE_MODULES or not _FULL_SIZE_FIXTURES.isdisjoint(fixtures)
+    item.add_marker(pytest.mark.xdist_group(FULL_SIZE_GROUP if full else module))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """pytest-xdist 3.8 tells the controller a test's group by a suffix on its id, written to
+    `item._nodeid`; pytest 9 keeps the id in `item._id`, so the suffix is lost and loadgroup
+    silently spreads a group over every worker (two full-size ComfyUIs: an OOM kill seen
+    here). Write it where this pytest reads it, as xdist means to."""
+    if not config.getoption("loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{mark.args[0]}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean():
     """Tests write into temp folders only: a file a test session adds to the checkout
@@ -89,7 +129,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def comfy_server(comfy_base, demo_models):
-    server = ComfyServer(comfy_base)
+    """One ComfyUI server per pytest process (per xdist worker; the groups above keep it to one worker).
+    It computes with every core: .ci/test pins each worker to one thread (OMP_NUM_THREADS=1), but
+    the full-size demo runs happen here, mostly while the other worker is done or idle."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    server = ComfyServer(comfy_base, env=env)
     try:
         server.wait_ready()
         yield server

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +21,7 @@ from PIL import Image
 from .catalog import TINY_WEIGHTS_NAME
 from .contact_sheet import contact_sheet
 from .person import install_demo_person
+from fashion_rag.files import MAX_JSON_BYTES, atomic_write, read_regular
 from tools.harness import REPO, ComfyClient, ComfyServer, make_base_dir
 
 WORKFLOW = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
@@ -40,9 +43,51 @@ def main(argv: list[str] | None = None) -> int:
     return run_demo(p.parse_args(argv))
 
 
+# The last demo run's wall time on this machine (estimate for the next), beside the demo weights.
+RUN_RECORD = "demo-run.json"
+# What a run says before this machine has a time of its own (README, "The two commands"; measured
+# 2026-12-03: the example alone took 7 min on 2 CPU cores shared with 3 other test runs, ~70 s quiet).
+FIRST_RUN_ESTIMATE = ("generating ~2.7 GB of random demo weights (once, cached), then running the example "
+                      "at 384x512, 50 steps: a few minutes on a quiet 2-core CPU, up to ~10 on a busy one")
+WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 70 s on a quiet 2-core CPU, up to ~7 min "
+                 "on a busy one")
+
+
+def _record_path() -> Path:
+    from .weights import _cache_dir
+
+    return _cache_dir().parent / RUN_RECORD
+
+
+def time_estimate() -> str:
+    """What to expect, said before anything slow starts: the last run's time here, or the first
+    run's measured estimate."""
+    from .weights import missing_demo_weights
+
+    if missing_demo_weights():
+        return f"first run: {FIRST_RUN_ESTIMATE}"
+    try:
+        last = json.loads(read_regular(_record_path(), MAX_JSON_BYTES, "the demo's run record"))
+        return f"the last demo run here took {int(last['seconds'])} s"
+    except (OSError, ValueError, KeyError, TypeError):
+        return WARM_ESTIMATE
+
+
+def _record_time(seconds: float) -> None:
+    path = _record_path()
+    body = json.dumps({"seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                       "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]})
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+    except OSError:  # a read-only cache costs only the next run's estimate
+        pass
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .weights import install_demo_models
 
+    started = time.monotonic()
+    print(f"[fashion-rag] {time_estimate()}", file=sys.stderr)
     base = make_base_dir(args.base.resolve())
     install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
     install_demo_person(base / "input")
@@ -62,15 +107,18 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         if isinstance(client, ComfyServer):
             client.wait_ready()
-        print("[fashion-rag] running the example workflow (CPU: a few minutes)", file=sys.stderr)
+        print("[fashion-rag] running the example workflow", file=sys.stderr)
         entry = client.run(prompt, timeout=args.timeout)
         images = collect_outputs(prompt, entry)
         write_outputs(client, images, args.out)
     finally:
         if isinstance(client, ComfyServer):
             client.stop()
+    seconds = time.monotonic() - started
+    if not args.server:  # a run on someone else's (perhaps busy) server says nothing about this one
+        _record_time(seconds)
     print(f"[fashion-rag] wrote {args.out}/contact_sheet.png and {sum(map(len, images.values()))} "
-          "images", file=sys.stderr)
+          f"images in {seconds:.0f} s", file=sys.stderr)
     if args.workflow == WORKFLOW:
         print("[fashion-rag] the example uses random-weight demo models of the real formats: the "
               "result is noise by design. Put the real weights into "

@@ -145,6 +145,11 @@ _FILES: dict[str, tuple[str, Callable[[], dict[str, torch.Tensor]], str]] = {
 }
 
 
+def missing_demo_weights() -> list[str]:
+    """Cache file names still to be generated (the first run's extra minutes)."""
+    return [name for name, _, _ in _FILES.values() if not (_cache_dir() / name).exists()]
+
+
 def _write_model(path: Path, make: Callable[[], dict[str, torch.Tensor]], kind: str) -> None:
     sd = make()
     if kind == "safetensors":
