@@ -189,6 +189,21 @@ def test_workers_whose_comfyui_cannot_start_are_each_reported_once(cluster, peop
     assert {r.status for r in read_summary(tmp_path / "out" / "summary.csv").values()} == {"skipped"}
 
 
+def test_workers_the_cluster_cannot_place_stop_the_batch_with_the_numbers(cluster, people, tmp_path):
+    """Workers asking for a GPU on a CPU-only cluster: Ray would queue them for ever; the batch gives
+    up after --start-timeout with what was asked and what the cluster has, the rows left to run.
+    Mutation caught: no start deadline (the batch waited until the 120 s limit here)."""
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(2))
+    cmd = [sys.executable, "-m", "fashion_rag", "batch", "--workflow", str(workflow), "--jobs", str(jobs),
+           "--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address", cluster, "--workers", "1",
+           "--gpus-per-worker", "1", "--start-timeout", "2.5"]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert ("no Ray worker started within 2.5 s: each asks for 1 CPU and 1 GPU, the cluster has "
+            "2 CPU, 0 GPU; lower --gpus-per-worker") in run.stderr, run.stderr
+    assert {r.status for r in read_summary(tmp_path / "out" / "summary.csv").values()} == {"skipped"}
+
+
 def test_the_local_batch_never_imports_ray(tmp_path):
     """Ray is optional: without --engine ray the batch runs (here: fails to reach a server) without it."""
     workflow = tmp_path / "workflow.json"

@@ -90,6 +90,10 @@ def add_engine_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
                    help="--engine ray: ComfyUI workers (default: one per GPU of the cluster, else 1)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="--engine ray: GPUs each worker holds (default 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--start-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="--engine ray: stop with a message when no worker has started within this time "
+                        "(a cluster without the CPUs/GPUs a worker asks for would otherwise wait forever; "
+                        "an autoscaling cluster may need longer; default 600)")
 
 
 class _StopOnInterrupt:

@@ -287,7 +287,15 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
         runner: RowRunner | None = None
         queue = collections.deque(todo)
         died: collections.Counter[str] = collections.Counter()
+        deadline = time.monotonic() + args.start_timeout
         while True:
+            # Ray queues an actor whose resources no node has, silently and for ever: give up with the
+            # numbers when not one worker has started in time (once one has, the others may queue).
+            if pool.file_inputs is None and not running and time.monotonic() > deadline:
+                raise ServerSetupError(
+                    f"no Ray worker started within {args.start_timeout:g} s: each asks for 1 CPU and "
+                    f"{gpus:g} GPU, the cluster has {_resources(ray.cluster_resources())}; lower "
+                    "--gpus-per-worker, add nodes, or raise --start-timeout")
             if runner is None and pool.file_inputs is not None:
                 runner = RowRunner(workflow, table, out, args.timeout, pool.file_inputs, uploads)
             while runner is not None and pool.idle and queue and not stop.requested:
@@ -350,6 +358,11 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
             _collect_logs(ray, pool, out)
         if started_ray:
             ray.shutdown()
+
+
+def _resources(resources: dict[str, float]) -> str:
+    """"2 CPU, 0 GPU" from Ray's resource dict (its other keys are node ids and memory)."""
+    return f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
 
 
 def _collect_logs(ray: Any, pool: _Pool, out: Path) -> None:

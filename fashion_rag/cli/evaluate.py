@@ -427,7 +427,8 @@ class _Evaluation:
                    "--comfyui-args": self.args.comfyui_args, "--timeout": self.args.timeout,
                    "--server": self.args.server, "--comfyui": self.comfyui, "--base": self.args.base,
                    "--engine": self.args.engine, "--ray-address": self.args.ray_address,
-                   "--workers": self.args.workers, "--gpus-per-worker": self.args.gpus_per_worker}
+                   "--workers": self.args.workers, "--gpus-per-worker": self.args.gpus_per_worker,
+                   "--start-timeout": self.args.start_timeout}
         # --flag=value: a value starting with '-' (ComfyUI's own flags) stays a value.
         argv = ["batch", *[f"{flag}={value}" for flag, value in options.items() if value not in (None, "")]]
         # Parsed by the batch's own parser, so its defaults (and any options it gains) hold.
