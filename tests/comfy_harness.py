@@ -1,14 +1,19 @@
 """Run the pack inside a real ComfyUI in this process (node registry + PromptExecutor).
 
 The server-side harness (ComfyUI as a subprocess over HTTP) is fashion_rag.cli.comfy_server.
+Also small helpers the batch and index tests share (prompts a server ran, a FIFO planted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +115,34 @@ class InProcessComfy:
             errs = [d for e, d in self.executor.status_messages if e == "execution_error"]
             raise PromptFailed("execution", errs[0] if errs else {})
         return self.executor.history_result["outputs"]
+
+
+def prompts_per_row(server, jobs: Path) -> dict[str, int]:
+    """How often a ComfyUI server ran each row of a batch job table, from its /history (the batch
+    tags each prompt with its table and row; `fashion-rag evaluate` runs through the batch)."""
+    counts: dict[str, int] = {}
+    for entry in server.get("/history").values():
+        tag = entry["prompt"][3].get("fashion_rag_batch") or {}
+        if tag.get("jobs") == str(jobs):
+            counts[tag["row"]] = counts.get(tag["row"], 0) + 1
+    return counts
+
+
+@contextlib.contextmanager
+def fifo_in_place_of(path: Path, seconds: float = 60) -> Iterator[Path]:
+    """Replace `path` by a FIFO for the block. A reader still blocked on it after `seconds` gets EOF,
+    so a test of "never opens a FIFO" fails instead of hanging the suite."""
+    path.unlink()
+    os.mkfifo(path)
+
+    def release() -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+    guard = threading.Timer(seconds, release)
+    guard.start()
+    try:
+        yield path
+    finally:
+        guard.cancel()
+

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from comfy_harness import prompts_per_row
 from fashion_rag.cli.batch_jobs import JobError, build_prompt, load_workflow, map_columns, read_jobs
 from fashion_rag.cli.batch_report import Progress, Record, SummaryLog, read_summary, write_summary
 from fashion_rag.cli.batch_server import ServerSetupError, start_server
@@ -201,14 +202,6 @@ def _job_files(tmp_path: Path, people: Path, rows: list[list]) -> tuple[Path, Pa
     return workflow, jobs
 
 
-def _prompts_per_row(server, jobs: Path) -> dict[str, int]:
-    """How often the server ran each row of this job table (the batch tags its prompts)."""
-    counts: dict[str, int] = {}
-    for entry in server.get("/history").values():
-        tag = entry["prompt"][3].get("fashion_rag_batch") or {}
-        if tag.get("jobs") == str(jobs):
-            counts[tag["row"]] = counts.get(tag["row"], 0) + 1
-    return counts
 
 
 def _wait_for_ok(summary: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -260,7 +253,7 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
     again = _batch(workflow, jobs, out, "--server", comfy_server.url)  # resume: only the failed row
     assert again.returncode == 1
     assert "5 of 6 rows already done" in again.stderr and "[1/1] ghost: failed" in again.stderr
-    counts = _prompts_per_row(comfy_server, jobs)
+    counts = prompts_per_row(comfy_server, jobs)
     counts.pop("ghost", None)  # its valid part may have started before it was cancelled
     assert counts == {"top": 1, "trousers": 1, "dress": 1, "on-server": 1, "small": 1}
 
@@ -295,7 +288,7 @@ def test_killed_batch_resumes_without_rerunning_finished_rows(comfy_server, peop
     assert not (out / "summary.log.jsonl").exists()  # folded into summary.csv
     summary = read_summary(out / "summary.csv")
     assert all(r.status == "ok" for r in summary.values()) and len(summary) == 8
-    counts = _prompts_per_row(comfy_server, jobs)
+    counts = prompts_per_row(comfy_server, jobs)
     assert all(counts[row] == 1 for row in finished), counts  # never run twice
     assert set(counts) == set(summary)
     for row in summary:
@@ -317,7 +310,7 @@ def test_ctrl_c_stops_after_the_current_row(comfy_server, people, tmp_path):
     assert 1 <= n_ok < 6 and statuses == ["ok"] * n_ok + ["skipped"] * (6 - n_ok), statuses
     assert all(r.error == "not run: stopped by Ctrl-C" for r in summary[n_ok:])
     # The row running at Ctrl-C was finished and recorded, not dropped: every prompt sent is an ok row.
-    assert _prompts_per_row(comfy_server, jobs) == {r.id: 1 for r in summary[:n_ok]}
+    assert prompts_per_row(comfy_server, jobs) == {r.id: 1 for r in summary[:n_ok]}
 
 
 def test_second_ctrl_c_aborts_at_once(comfy_server, people, tmp_path):
@@ -407,13 +400,13 @@ def test_a_folder_batch_did_not_make_is_never_replaced(comfy_server, people, tmp
     assert sorted(p.name for p in (out / "IMG_0001").iterdir()) == ["IMG_0001.jpg"]
     assert (out / "IMG_0001" / "IMG_0001.jpg").read_bytes() == b"the user's photo"
     assert (out / "linked").is_symlink() and [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
-    assert _prompts_per_row(comfy_server, jobs) == {"other": 1}  # no server time on refused rows
+    assert prompts_per_row(comfy_server, jobs) == {"other": 1}  # no server time on refused rows
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
     _write_csv(jobs, [["id", "text", "person"], ["other", "a yellow dress", "people/p2.png"]])
     again = _batch(workflow, jobs, out, "--server", comfy_server.url)
     assert again.returncode == 0, again.stderr  # its own folder, made for this row: replaced
-    assert _prompts_per_row(comfy_server, jobs) == {"other": 2}
+    assert prompts_per_row(comfy_server, jobs) == {"other": 2}
     assert json.loads((out / "other" / MARKER).read_text()) == {"row": "other"}
 
 
@@ -462,7 +455,7 @@ def test_image_cells_only_upload_images_from_the_tables_folder(comfy_server, com
     assert f"{folder}/notes.jpg is not an image PIL can read" in errors["text"]
     assert f"{folder}/pipe.png is not a regular file" in errors["fifo"]
     assert f"{folder}/zero.png (= /dev/zero) is outside the job table's folder" in errors["zero"]
-    assert _prompts_per_row(comfy_server, jobs) == {"ok": 1}
+    assert prompts_per_row(comfy_server, jobs) == {"ok": 1}
 
     new = _server_inputs(comfy_base) - before
     assert len(new) == 1 and new.pop().endswith("_me.png"), _server_inputs(comfy_base) - before

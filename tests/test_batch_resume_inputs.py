@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from comfy_harness import prompts_per_row
 from fashion_rag.cli import main
 from fashion_rag.cli.batch_jobs import read_jobs
 from fashion_rag.cli.batch_report import read_summary
@@ -57,15 +58,6 @@ def _run(server, workflow: Path, jobs: Path, out: Path, capsys) -> tuple[int, st
     return code, capsys.readouterr().err
 
 
-def _runs_per_row(server, jobs: Path) -> dict[str, int]:
-    """How often the server ran each row of this job table, from its history."""
-    counts: dict[str, int] = {}
-    for entry in server.get("/history").values():
-        tag = entry["prompt"][3].get("fashion_rag_batch") or {}
-        if tag.get("jobs") == str(jobs):
-            counts[tag["row"]] = counts.get(tag["row"], 0) + 1
-    return counts
-
 
 def test_changed_inputs_run_again_and_unchanged_rows_do_not(comfy_server, tmp_path, capsys):
     """Mutations caught in fashion_rag/cli: resume ignoring the digest (status ok alone); the
@@ -95,7 +87,7 @@ def test_changed_inputs_run_again_and_unchanged_rows_do_not(comfy_server, tmp_pa
     code, err = _run(comfy_server, workflow, jobs, out, capsys)
     assert code == 0, err
     assert "2 of 5 rows already done" in err, err
-    assert _runs_per_row(comfy_server, jobs) == {"same": 1, "text": 2, "photo": 2, "gone": 2, "note": 1}
+    assert prompts_per_row(comfy_server, jobs) == {"same": 1, "text": 2, "photo": 2, "gone": 2, "note": 1}
     after = read_summary(out / "summary.csv")
     assert all(r.status == "ok" for r in after.values()) and (out / "gone" / "mask.png").is_file()
     assert after["text"].digest != before["text"].digest and after["photo"].digest != before["photo"].digest

@@ -10,7 +10,6 @@ build deletes or renames only the folders a marker proves a build made (issue 24
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ import pytest
 from audit import opened_files
 from PIL import Image
 
-from comfy_harness import PromptFailed
+from comfy_harness import PromptFailed, fifo_in_place_of
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -443,23 +442,13 @@ def test_issue24_the_loader_node_refuses_a_fifo_at_once(comfy, comfy_base, tmp_p
     build_index(scan_catalog(models / "catalogs" / "demo"), index,
                 GarmentEncoder(models / "retrieval" / TINY_WEIGHTS_NAME, TINY_ARCH))
     fifo = _manifest_path(index)
-    fifo.unlink()
-    os.mkfifo(fifo)
-
-    def release() -> None:  # a reader still blocked after a minute: give it EOF, so the test fails, not hangs
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-
-    guard = threading.Timer(60, release)
-    guard.start()
     try:
-        with pytest.raises(PromptFailed) as err:
+        with fifo_in_place_of(fifo), pytest.raises(PromptFailed) as err:
             comfy.run(_workflow("fifo_manifest"))
         text = str(err.value.payload)
         assert err.value.kind == "execution" and "manifest.json is not a regular file" in text, text[:2000]
         assert "index build" in text
     finally:
-        guard.cancel()
         shutil.rmtree(index)
 
 
@@ -673,7 +662,6 @@ def test_issue24_an_index_of_format_2_gets_the_rebuild_message(catalog_dir, enco
 
 
 def test_issue24_two_first_builds_racing_for_a_new_out(catalog_dir, encoder, tmp_path, monkeypatch):
-    import threading
 
     import fashion_rag.retrieval.build as build_module
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from comfy_harness import prompts_per_row
 from fashion_rag.cli.batch_report import read_summary
 from tools.demo.dresscode import write_mini_dresscode
 from tools.demo.metric_weights import write_demo_metric_weights
@@ -26,16 +27,6 @@ FIRST = {"dresses": "052000_0", "lower_body": "051000_0", "upper_body": "048000_
 NAMES = {"dresses": "052000_0_plain_pattern_red_mini_dress_soft_cotton_fabric.png",
          "lower_body": "051000_0_blue_shorts_soft_cotton_fabric_striped_pattern.png",
          "upper_body": "048000_0_green_sleeveless_top_polka-dot_pattern_soft_cotton_fabric.png"}
-
-
-def _prompts(server, jobs: Path) -> dict[str, int]:
-    """How often the server ran each pair of this evaluation (the batch tags its prompts)."""
-    counts: dict[str, int] = {}
-    for entry in server.get("/history").values():
-        tag = entry["prompt"][3].get("fashion_rag_batch") or {}
-        if tag.get("jobs") == str(jobs):
-            counts[tag["row"]] = counts.get(tag["row"], 0) + 1
-    return counts
 
 
 @pytest.mark.slow  # 3 pairs through the demo's full-size ViT-H and VAE, then scoring, three times
@@ -59,7 +50,7 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     summary = read_summary(out / "generated" / "summary.csv")
     assert {k: r.status for k, r in summary.items()} == {pid: "ok" for pid in FIRST.values()}
     assert "[3/3] 048000_0: ok in " in first.stderr and "(ETA " in first.stderr  # the batch's progress
-    assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
+    assert prompts_per_row(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
     for category, pid in FIRST.items():
         assert [p.name for p in (out / "images" / category).iterdir()] == [NAMES[category]]
         assert Image.open(out / "images" / category / NAMES[category]).size == (96, 128)
@@ -84,7 +75,7 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     again = evaluate(3)  # resumed: every pair is done
     assert again.returncode == 0, again.stderr[-4000:]
     assert "3 of 3 rows already done" in again.stderr
-    assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
+    assert prompts_per_row(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
 
     (mini / "dresses" / "keypoints" / "052001_2.json").write_text("{broken")
     damaged = evaluate(4)  # the 4th pair (the second dress) is unusable, the others resume
@@ -92,7 +83,7 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     message = "unusable pair dresses/052001_0: keypoints file "
     assert message in damaged.stderr and "052001_2.json is not readable JSON" in damaged.stderr
     assert "3 of 3 rows already done" in damaged.stderr
-    assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
+    assert prompts_per_row(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
     assert (out / "problems.txt").read_text().startswith("unusable: dresses/052001_0: keypoints file ")
     assert "| pairs | 3 scored of 4 (--limit 4), 1 unusable |" in (out / "report.md").read_text()
 
@@ -102,4 +93,4 @@ def test_mini_dresscode_end_to_end(comfy_server, comfy_base, tmp_path):
     assert rescored.returncode == 0, rescored.stderr[-4000:]
     assert (tmp_path / "rescored" / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
     assert "| ComfyUI | (scored only) |" in (tmp_path / "rescored" / "report.md").read_text()
-    assert _prompts(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}
+    assert prompts_per_row(comfy_server, out / "jobs.csv") == {pid: 1 for pid in FIRST.values()}

@@ -10,7 +10,6 @@ must come back as the same clear error.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -18,7 +17,6 @@ import os
 import random
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 import pytest
 from audit import opened_files
 
+from comfy_harness import fifo_in_place_of
 from fashion_rag.retrieval.ann import load_vector_store
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
@@ -261,22 +260,11 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(buil
     verify_files(ver, manifest)  # passed: the swap comes after it
     emb = map_embeddings(ver.data_dir / "embeddings.npy", 36, 32, copy_dir, manifest)
     fifo = ver.data_dir / name
-    fifo.unlink()
-    os.mkfifo(fifo)
-
-    def release() -> None:  # a reader still blocked after a minute: give it EOF, so the test fails, not hangs
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-
-    guard = threading.Timer(60, release)
-    guard.start()
-    try:
-        with pytest.raises(IndexFormatError, match=rf"{name} is not a regular file.*index build"):
-            if name.endswith(".faiss"):
-                load_vector_store(StoredVersion(ver, manifest, emb, np.zeros(0, np.uint8)))
-            elif name == "garments.bin":
-                map_file(ver, manifest, name, "garment image file")
-            else:
-                map_embeddings(fifo, 36, 32, copy_dir, manifest)
-    finally:
-        guard.cancel()
+    refused = rf"{name} is not a regular file.*index build"
+    with fifo_in_place_of(fifo), pytest.raises(IndexFormatError, match=refused):
+        if name.endswith(".faiss"):
+            load_vector_store(StoredVersion(ver, manifest, emb, np.zeros(0, np.uint8)))
+        elif name == "garments.bin":
+            map_file(ver, manifest, name, "garment image file")
+        else:
+            map_embeddings(fifo, 36, 32, copy_dir, manifest)
