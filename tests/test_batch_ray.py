@@ -232,7 +232,7 @@ def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, comfy_base, dem
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert "stopping after the current row" in stderr
+    assert "stopping after the rows the workers are running" in stderr
     summary = read_summary(out / "summary.csv")
     ok = [k for k, r in summary.items() if r.status == "ok"]
     assert 1 <= len(ok) < 12, summary

@@ -99,9 +99,10 @@ def add_engine_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 class _StopOnInterrupt:
     """First Ctrl-C: finish the current row, then stop. Second: abort now (KeyboardInterrupt)."""
 
-    def __init__(self, tty: bool) -> None:
+    def __init__(self, tty: bool, running: str = "the current row") -> None:
         self.requested = False
         self.tty = tty
+        self.running = running  # what is left to finish: one row locally, one per worker on Ray
 
     def __enter__(self) -> _StopOnInterrupt:
         self._old = signal.getsignal(signal.SIGINT)
@@ -119,7 +120,7 @@ class _StopOnInterrupt:
         self.requested = True
         # os.write, not print: the handler may interrupt a print to the same buffered stream.
         os.write(2, ("\r\x1b[K" if self.tty else "").encode()
-                 + b"batch: stopping after the current row (Ctrl-C again to abort now)\n")
+                 + f"batch: stopping after {self.running} (Ctrl-C again to abort now)\n".encode())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         book.append(record)
         progress.finish_row(record)
 
-    with _StopOnInterrupt(progress.tty) as stop:
+    running = "the rows the workers are running" if args.engine == "ray" else "the current row"
+    with _StopOnInterrupt(progress.tty, running) as stop:
         try:
             if args.engine == "ray":
                 from .batch_ray import run_on_ray  # Ray is imported only here
