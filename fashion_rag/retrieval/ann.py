@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 
 from ..logs import LogFn
-from .ondisk import VECTORS, IndexFormatError, StoredVersion, damaged, read_faiss, rebuild_hint, write_faiss
+from .ondisk import (
+    VECTORS,
+    Manifest,
+    PartRecord,
+    StoredVersion,
+    VectorIndexRecord,
+    damaged,
+    read_faiss,
+    write_faiss,
+)
 
 BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small beside the data
 
@@ -379,18 +388,22 @@ class VectorPart:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> PartRecord:
         return part_record(self.categories, len(self), self.vectors)
 
 
-def part_record(categories: Sequence[str], count: int, vec: VectorIndex) -> dict[str, Any]:
-    """A part as the manifest lists it (IVF parts get their "file" when written)."""
-    rec: dict[str, Any] = {"categories": list(categories), "count": count, "type": vec.kind,
-                           "factory": vec.factory}
-    if vec.kind == "ivf":
-        rec.update(nprobe=vec.nprobe, nprobe_filtered=vec.nprobe_filtered,
-                   tuned_recall_at_10=vec.tuned_recall)
-    return rec
+def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: str | None = None
+                ) -> PartRecord:
+    """A part as the manifest lists it (an IVF part's `file` is given when written)."""
+    if vec.kind != "ivf":
+        return PartRecord(list(categories), count, vec.kind, vec.factory)
+    return PartRecord(list(categories), count, vec.kind, vec.factory, file, vec.nprobe, vec.nprobe_filtered,
+                      vec.tuned_recall)
+
+
+def _index_record(parts: list[PartRecord]) -> VectorIndexRecord:
+    kinds = {p.type for p in parts}
+    return VectorIndexRecord(kinds.pop() if len(kinds) == 1 else "mixed", parts)
 
 
 class VectorStore:
@@ -416,8 +429,8 @@ class VectorStore:
     def memory_bytes(self) -> int:
         return sum(p.vectors.memory_bytes() + p.positions.nbytes for p in self.parts)
 
-    def record(self) -> dict[str, Any]:
-        return {"type": self.kind, "parts": [p.record() for p in self.parts]}
+    def record(self) -> VectorIndexRecord:
+        return _index_record([p.record() for p in self.parts])
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -472,26 +485,22 @@ def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index
 
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
-                       log_fn: LogFn | None = None) -> dict[str, Any]:
+                       log_fn: LogFn | None = None) -> VectorIndexRecord:
     """Build the parts create_vector_store builds, one at a time, writing each IVF part to
     `folder` (VECTORS) and freeing it before the next: the build's way, with memory bounded by
     the largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB).
 
-    Returns the manifest's vector_index record (with the "file" of every IVF part).
+    Returns the manifest's vector_index record.
     """
     records = []
     for i, (group, positions, vec) in enumerate(_build_parts(embeddings, categories, index_type,
                                                              ivf_threshold, log_fn)):
-        rec = part_record(group, len(positions), vec)
-        if vec.kind == "ivf":
-            rec["file"] = VECTORS.format(i)
-            write_faiss(vec.index, folder / rec["file"])
-        records.append(rec)
+        file = VECTORS.format(i) if vec.kind == "ivf" else None
+        if file:
+            write_faiss(vec.index, folder / file)
+        records.append(part_record(group, len(positions), vec, file))
         del vec  # before the next part is built
-    kinds = {r["type"] for r in records}
-    return {"type": kinds.pop() if len(kinds) == 1 else "mixed", "parts": records}
-
-
+    return _index_record(records)
 
 
 def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: str, ivf_threshold: int,
@@ -524,28 +533,25 @@ def load_vector_store(stored: StoredVersion) -> VectorStore:
     """The parts the (validated) manifest lists; a .faiss file that does not match is refused."""
     data_dir, index_dir = stored.ver.data_dir, stored.ver.index_dir
     manifest, emb = stored.manifest, stored.embeddings
-    cats = np.asarray(manifest["items"]["categories"], dtype=object).astype(str)
+    cats = np.asarray(manifest.items.categories, dtype=object).astype(str)
     parts = []
-    for i, rec in enumerate(manifest["vector_index"]["parts"]):
-        group = tuple(rec["categories"])
+    for i, rec in enumerate(manifest.vector_index.parts):
+        group = tuple(rec.categories)
         positions = np.flatnonzero(np.isin(cats, group)).astype(np.int64)
-        if len(positions) != rec["count"]:
-            raise IndexFormatError(f"Index {index_dir} is inconsistent (vector part {i} lists "
-                                   f"{rec['count']} garments, the items {len(positions)}); "
-                                   f"{rebuild_hint(index_dir, manifest)}")
-        if rec["type"] == "flat":
+        if len(positions) != rec.count:
+            raise damaged(index_dir, f"vector part {i} lists {rec.count} garments, the items "
+                          f"{len(positions)}", manifest)
+        if rec.type == "flat":
             vec = create_vector_index(np.asarray(emb[positions]), "flat")
         else:
-            index = read_faiss(data_dir, rec["file"], index_dir, manifest)
+            index = read_faiss(data_dir, rec.file, index_dir, manifest)
             vec = _checked_ivf(index, rec, len(positions), emb.shape[1], index_dir, manifest)
         parts.append(VectorPart(group, positions, cats[positions], vec))
     return VectorStore(emb, parts)
 
 
-
-
-def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_dir: Path,
-                 manifest: dict[str, Any]) -> VectorIndex:
+def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: Path,
+                 manifest: Manifest) -> VectorIndex:
     import faiss
 
     problem = None
@@ -559,10 +565,10 @@ def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_di
         problem = "does not use inner product"
     elif index.ntotal != count or index.d != dim:
         problem = f"holds {index.ntotal} vectors of dimension {index.d}, the manifest {count} of {dim}"
-    elif not 1 <= rec["nprobe"] <= ivf.nlist:
-        problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec['nprobe']}"
+    elif not 1 <= rec.nprobe <= ivf.nlist:
+        problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec.nprobe}"
     if problem:
-        raise damaged(index_dir, f"{rec['file']} {problem}", manifest)
-    nprobe_filtered = min(int(rec.get("nprobe_filtered") or rec["nprobe"]), int(ivf.nlist))
-    return VectorIndex(index, "ivf", rec["factory"], nprobe=rec["nprobe"], nprobe_filtered=nprobe_filtered,
-                       tuned_recall=rec.get("tuned_recall_at_10"))
+        raise damaged(index_dir, f"{rec.file} {problem}", manifest)
+    nprobe_filtered = min(rec.nprobe_filtered or rec.nprobe, int(ivf.nlist))
+    return VectorIndex(index, "ivf", rec.factory, nprobe=rec.nprobe, nprobe_filtered=nprobe_filtered,
+                       tuned_recall=rec.tuned_recall_at_10)
