@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, recall_at_k
+from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlist, recall_at_k
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -232,6 +232,12 @@ def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, tiny_weigh
     q = enc.encode_texts(["a top"])
     exact = exact_top_k(np.asarray(index.embeddings), q, 5)
     assert recall_at_k(index.vectors.search(q[0], 5)[0][None], exact) == 1.0  # 12 per part: all probed
+
+
+def test_ivf_nlist_follows_the_rule_in_method_md():
+    """docs/method.md, "Vector search": nlist = min(4·sqrt(n), n / 39), at least 1.
+    Mutation caught: the 39-points-per-list cap dropped (10,000 garments got 400 lists)."""
+    assert [ivf_nlist(n) for n in (1, 12, 10_000, 250_000, 1_000_000)] == [1, 1, 256, 2000, 4000]
 
 
 def test_many_free_text_categories_share_a_part():

@@ -1,16 +1,8 @@
-"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings.
-
-Exact search (flat inner product) below IVF_THRESHOLD garments; above it IVF(nlist),SQ8 with
-nprobe tuned at build time to reach TUNE_RECALL recall@10 against exact search on probe
-queries (exact top-k and recall from faiss.contrib). Fashion-RAG retrieves within the target
-garment's category, so most queries carry a category filter: one FAISS index per category
-group keeps them as accurate as unfiltered ones (partition_categories). Candidates are
-re-ranked with the float32 embeddings, so reported scores are exact cosines.
-
-Embeddings are read a block at a time (Rows): a 10M-garment index holds 30 GB of float32
-embeddings, and the build makes every vector index from its memory-mapped embeddings file,
-one block of rows at a time (training samples, batches to add, exact top-k for tuning). The
-part files themselves are read and written by ondisk.py.
+"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings (docs/method.md,
+"Vector search"). One index per category group (partition_categories): exact below
+IVF_THRESHOLD garments, IVF(nlist),SQ8 above with nprobe tuned at build time; candidates are
+re-ranked with the float32 embeddings, so scores are exact cosines. Embeddings are read a block
+of rows at a time (Rows: a memory-mapped 30 GB file works); ondisk.py reads and writes the files.
 """
 
 from __future__ import annotations
@@ -131,7 +123,6 @@ MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
 INDEX_TYPES = ("auto", "flat", "ivf")
 
 
-
 @contextlib.contextmanager
 def _faiss_threads(n: int) -> Iterator[None]:
     """One OpenMP thread for single queries: thread start-up costs more than the scan itself."""
@@ -146,15 +137,8 @@ def _faiss_threads(n: int) -> Iterator[None]:
 
 
 def ivf_nlist(n: int) -> int:
-    """Number of IVF lists: the power of two nearest 4*sqrt(n), with >= 39 training points each.
-
-    (FAISS's guideline is 4-16*sqrt(n); the low end keeps k-means training affordable on a
-    CPU: 2048 lists for a 333k-garment category.)
-    """
-    nlist = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 1.0)))
-    while nlist > 1 and n < 39 * nlist:
-        nlist //= 2
-    return max(nlist, 1)
+    """IVF lists for n vectors: 4·sqrt(n), at most one per 39 vectors (docs/method.md, "Vector search")."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
 class VectorIndex:
@@ -231,15 +215,11 @@ def create_vector_index(
     log_fn: LogFn | None = None,
     filtered_probes: np.ndarray | None = None,
 ) -> VectorIndex:
-    """Build the vector index the library uses for these embeddings ([N, d] float32, unit norm).
-
-    "auto" gives an exact flat index below `ivf_threshold` items and IVF(nlist),SQ8 above.
-    The IVF nprobe is tuned (unless given) on probe queries made from these garments;
-    nprobe_filtered on `filtered_probes` (queries made from *other* garments, see
-    create_vector_store), or on probes around the data's mean when there are none.
-    The embeddings are read a block at a time (Rows: a memory-mapped file works),
-    so an IVF build holds its sample, one block and the index, never all the float32 vectors.
-    """
+    """The vector index of these embeddings ([N, d] float32, unit norm): "auto" is exact flat
+    below `ivf_threshold` items, IVF(nlist),SQ8 above. nprobe is tuned (unless given) on probe
+    queries made from these garments, nprobe_filtered on `filtered_probes` (made from other
+    garments) or, without them, on probes around the data's mean. An IVF build holds its
+    training sample, one block and the index, never all the float32 vectors."""
     import faiss
 
     if index_type not in INDEX_TYPES:
@@ -252,8 +232,6 @@ def create_vector_index(
             index.add(block)
         return VectorIndex(index, "flat", "Flat")
     nlist = ivf_nlist(n)
-    # SQ8 keeps 1 byte per dimension (a quarter of float32: 1M x 768 in ~0.8 GB) and, on unit
-    # vectors, loses far less recall than PQ at the same speed.
     factory = f"IVF{nlist},SQ8"
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
@@ -305,13 +283,9 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 
 def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
                   around_mean: bool = False) -> np.ndarray:
-    """Synthetic queries for tuning nprobe, [m, d] unit vectors.
-
-    Each sits between two random garments (or, around_mean, at the data's mean direction: a
-    query that resembles no garment in particular) plus noise as large as that anchor, so its
-    neighbours spread over several lists as a text query's do: text and image embeddings meet
-    at cosines far below 1.
-    """
+    """[m, d] unit queries for tuning nprobe: between two random garments (around_mean: at the
+    data's mean direction, resembling no garment) plus noise as large, so that their neighbours
+    spread over lists as a text query's do (text and image embeddings meet at low cosines)."""
     rows = as_rows(x)
     n, d = rows.shape
     if around_mean:
@@ -362,15 +336,8 @@ def faiss_nlist(vec: VectorIndex) -> int:
 
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
-    """Category groups that get a vector index each.
-
-    Fashion-RAG retrieves within the target garment's category, so most queries carry a
-    category filter. One IVF index per category keeps those queries as accurate as unfiltered
-    ones: in a single shared index, the lists nearest a query are mostly other categories'
-    and a filtered probe finds too few good candidates (recall@10 fell to 0.78 in the
-    benchmark). The MAX_PARTS - 1 most common categories get their own index, the rest (a
-    catalog with many free-text categories) share one.
-    """
+    """Category groups that get a vector index each: one per category, or with more than
+    MAX_PARTS the MAX_PARTS - 1 most common alone and the rest shared (docs/method.md)."""
     counts = Counter(categories)
     ordered = sorted(counts, key=lambda c: (-counts[c], c))
     if len(ordered) <= MAX_PARTS:

@@ -1,32 +1,22 @@
 """The on-disk index, and the only module that knows its files: the typed manifest (parsed and
-checked once), the versions behind one pointer file, the build lock and markers, the embeddings
-(.npy), the FAISS part files and the garment image shard (docs/method.md, "Stored garment images").
+checked once), the versions behind one pointer, the build lock and markers, the embeddings (.npy),
+the FAISS parts and the garment image shard (docs/method.md, "Stored garment images").
 
-    NAME/
-      index.json             the pointer: {"format", "current": "v-…", "previous": "v-…"}
-      v-<time>-<rand>/       one complete build: .build.json, manifest.json, embeddings.npy,
-                             garments.bin, vectors-<i>.faiss
-      .tmp-<build>-<rand>/   a build's work folder (in progress, or left by one that died); never read
-      .build.lock            held by the running build (flock); names the last build that held it
-      .index.json.<rand>.tmp a pointer being written (or one whose writer died); never read
+    NAME/index.json            the pointer: {"format", "current": "v-…", "previous": "v-…"}
+    NAME/v-<time>-<rand>/      one complete build: .build.json, manifest.json, embeddings.npy,
+                               garments.bin, vectors-<i>.faiss
+    NAME/.tmp-<build>-<rand>/  a build's work folder (or one a dead build left); never read
+    NAME/.build.lock           held by the running build (flock); names the last build that held it
 
-read_version() gives readers one verified version; write_version() makes a build's folder the
-new version and swaps the pointer (one os.replace: a reader sees the whole old index or the whole
-new one). Builds keep the current and the previous version, so a reader that resolved the pointer
-just before a swap still finds its files; readers retry when two builds finish within one load.
-
-A manifest is input like any other (indexes get copied and shared): every key, type and length is
-checked at load, each problem named with the command that rebuilds the index. Format 4 records
-the sha256 and byte size of every other file of its version, each read only as a regular file of
-that size (a FIFO or a huge sparse file in its place is refused unread). An index names no folder
-outside itself (format 3 read garments from a catalog folder; 2 had no sizes): both are rebuilt.
-
-Ownership: a build renames or deletes only folders it can prove a build made. Each work and
-version folder holds a marker (.build.json, hashed like the data) naming the build and the names
-the folder may have. The two moments a kill leaves a build's folder without its marker (just after
-its mkdir, and while it is deleted) fall on folders named after the build the lock file records,
-which the next build cleans. Anything else is left alone, and a folder with no index yet holding
-it is refused.
+read_version() gives readers one verified version; write_version() renames a build's folder into
+a version and swaps the pointer with one os.replace, so readers see the whole old or the whole new
+index. Builds keep the current and the previous version (a reader that resolved the pointer just
+before a swap still finds its files). The manifest is untrusted input (indexes get shared): every
+key, type and length is checked, and every file is read only as a regular file of the size and
+sha256 it records. Formats 2 (no sizes) and 3 (garments read from a named catalog folder) are
+rebuilt. A build renames or deletes only folders a marker (.build.json, hashed like the data)
+proves a build's, or folders named after the build the lock file records (a kill just after
+mkdir, or mid-delete, leaves them without one); anything else is left alone.
 """
 
 from __future__ import annotations
@@ -422,6 +412,12 @@ def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = 
         f"({built.weights_path}), or rebuild the index with these weights "
         f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The pointer and its versions
+# --------------------------------------------------------------------------------------------
+
 POINTER = "index.json"
 LOCK = ".build.lock"
 _VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")

@@ -1,15 +1,11 @@
 """Building an index: incremental (only new image contents are encoded), safe, reported.
 
-A build reads the catalog's images through the path rule, hashes them, encodes the new ones,
-stores each fitted garment image in the index (the catalog is never read again after the
-build), and publishes a new version of the index folder (ondisk.write_version), so a failure or a kill leaves
-the previous index as it was. Every catalog entry it leaves out is reported by id (and
-metadata line) with its reason; `strict` turns any such skip into a failed build.
-
-Three steps, two of them shared by every engine: plan (build/plan.py: hash every image, decide
-what to encode), encode (the engine: this process, or a Ray cluster: build/engines.py), write
-(write_index below: the garment shard, the embeddings file, the vector indexes and the manifest,
-streamed).
+Three steps: plan (build/plan.py: hash every catalog image through the path rule, decide what to
+encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
+the garment shard, the embeddings, the vector indexes and the manifest, streamed, published as a
+new version by ondisk.write_version, so a failure or a kill leaves the previous index as it was).
+The catalog is never read again after the build. Every entry left out is reported with its
+reason; `strict` makes any skip a failed build.
 """
 
 from __future__ import annotations
@@ -98,13 +94,9 @@ def build_index(
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
 ) -> BuildReport:
-    """Build or update the index of `catalog` in `out_dir` (see the module docstring).
-
-    out_dir must be absent, empty or an index (storage.prepare_out). Only images whose content
-    is not in the previous index are encoded; when nothing changed at all nothing is written.
-    On any error the previous index stays as it was. engine: LocalEngine() (this process) by
-    default, or engines.RayEngine(); both give the same index.
-    """
+    """Build or update the index of `catalog` in `out_dir` (absent, empty or an index:
+    ondisk.prepare_out); when nothing changed, nothing is written. engine: LocalEngine() (this
+    process) by default, or engines.RayEngine(); both give the same index."""
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
     say = log_fn or log.info
@@ -196,17 +188,9 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
     return report
 
 
-# --------------------------------------------------------------------------------------------
-# The last step, the same for every engine: write the new version and swap it in.
-# A build's last step, the same for every engine: write the new version and swap it in.
-#
-# Streams: the garment shard is written image by image (stored PNGs from the previous version's
-# shard, new ones from the engine's store), the embeddings file block by block (reused rows from the previous
-# version's file, new ones from the engine's NewEmbeddings file), hashed while written, then
-# memory-mapped to build the vector indexes one part at a time (ann.write_vector_parts).
-# Nothing here holds all the float32 embeddings in memory.
-#
-# --------------------------------------------------------------------------------------------
+# The last step, the same for every engine. Streamed: the garment shard image by image and the
+# embeddings block by block (reused ones from the previous version, new ones from the engine's
+# store), hashed while written, then memory-mapped to build the vector indexes one part at a time.
 
 def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
                         ) -> tuple[str, list[int], list[int]]:
