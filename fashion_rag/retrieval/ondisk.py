@@ -1042,25 +1042,6 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
         return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
 
 
-def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
-    header: the bytes are np.save's); returns their sha256, computed while writing."""
-    with naming(path), open(path, "wb") as f:  # a failed write (a full disk) names the file
-        out = HashingWriter(f)
-        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
-        written = 0
-        for block in blocks:
-            data = np.ascontiguousarray(block, dtype="<f4")
-            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
-                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
-            out.write(memoryview(data).cast("B"))
-            written += len(data)
-        if written != n:
-            raise ValueError(f"{written} embedding rows written where {n} were expected")
-        f.flush()
-        os.fsync(f.fileno())
-    return out.digest.hexdigest()
-
 class HashingWriter:
     """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
 
@@ -1072,16 +1053,42 @@ class HashingWriter:
         return self.f.write(data)
 
 
-def write_faiss(index: Any, path: Path) -> None:
-    """faiss.write_index through a Python file, so a failed write (a full disk) raises an OSError
-    naming the file: FAISS's own file writer can fail only on close, where it prints a warning and
-    leaves a truncated file."""
-    import faiss
-
+@contextlib.contextmanager
+def new_data_file(path: Path) -> Iterator[HashingWriter]:
+    """A data file written, hashed while written, and synced to disk; a failed write (a full
+    disk) raises an OSError naming the file."""
     with naming(path), open(path, "wb") as f:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        out = HashingWriter(f)
+        yield out
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
+    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
+    header: the bytes are np.save's); returns their sha256."""
+    with new_data_file(path) as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        written = 0
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype="<f4")
+            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
+                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
+            out.write(memoryview(data).cast("B"))
+            written += len(data)
+        if written != n:
+            raise ValueError(f"{written} embedding rows written where {n} were expected")
+    return out.digest.hexdigest()
+
+
+def write_faiss(index: Any, path: Path) -> None:
+    """faiss.write_index through a Python file (FAISS's own file writer fails only on close, with
+    a warning and a truncated file)."""
+    import faiss
+
+    with new_data_file(path) as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+
 
 def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: Manifest) -> Any:
     """The FAISS index in file `name` of the version folder, read through one checked descriptor

@@ -29,7 +29,6 @@ from ..ondisk import (
     GARMENTS,
     BuildLock,
     Files,
-    HashingWriter,
     Items,
     Manifest,
     VectorIndexRecord,
@@ -37,7 +36,7 @@ from ..ondisk import (
     clean_stale,
     discard_unpublished,
     map_embeddings,
-    naming,
+    new_data_file,
     prepare_out,
     temp_folder,
     write_embeddings_file,
@@ -200,8 +199,8 @@ def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None
     new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
     placed: dict[str, tuple[int, int]] = {}
     offsets, sizes = [], []
-    with naming(path), open(path, "wb") as f:
-        out, end = HashingWriter(f), 0
+    with new_data_file(path) as out:
+        end = 0
         for h in hashes:
             if h not in placed:
                 old = plan.old_rows.get(h)
@@ -216,8 +215,6 @@ def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None
                 end += len(data)
             offsets.append(placed[h][0])
             sizes.append(placed[h][1])
-        f.flush()
-        os.fsync(f.fileno())
     return out.digest.hexdigest(), offsets, sizes
 
 

@@ -22,7 +22,7 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -412,40 +412,32 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(shorten(i, 60) for i in ids[:5]) + (f", … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
-def _shard_files(uri: str) -> tuple[Any, list[str]]:
-    import pyarrow.fs as pafs
+def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
+    """The record batches of the Parquet shards under `uri` (none when nothing was written)."""
+    import pyarrow.dataset as pads
 
-    fs, base = pafs.FileSystem.from_uri(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except FileNotFoundError:  # nothing written yet
-        return fs, []
-    return fs, sorted(f.path for f in infos if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+        shards = pads.dataset(uri, format="parquet")
+    except FileNotFoundError:
+        return iter(())
+    return shards.to_batches(columns=columns) if shards.files else iter(())  # (no files: no columns)
 
 
 def _written_rows(uri: str) -> set[int]:
-    import pyarrow.parquet as pq
-
-    fs, files = _shard_files(uri)
-    tables = (pq.read_table(path, filesystem=fs, columns=["row"]) for path in files)
-    return {int(r) for table in tables for r in table["row"].to_numpy()}
+    return {int(r) for batch in _shards(uri, ["row"]) for r in batch["row"].to_numpy()}
 
 
 def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEmbeddings
                  ) -> tuple[dict[str, Skip], dict[int, str]]:
     """Fill the store from the shards; return the Skip of every image a worker refused and the
     error of every row whose batch raised."""
-    import pyarrow.parquet as pq
-
-    fs, files = _shard_files(uri)
     bad: dict[str, Skip] = {}
     errors: dict[int, str] = {}
-    for path in files:
-        table = pq.read_table(path, filesystem=fs)
+    for table in _shards(uri):
         rows = table["row"].to_numpy()
         reasons, details, errs = (table[c].to_pylist() for c in ("reason", "detail", "error"))
-        emb = table["embedding"].combine_chunks()
-        vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
+        emb = table["embedding"]
+        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
         ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
         garments = table["garment"].to_pylist()
         store.put(rows[ok], vectors[ok], [garments[i] for i in np.flatnonzero(ok)])

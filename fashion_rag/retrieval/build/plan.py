@@ -1,8 +1,6 @@
 """A build's plan: what the previous index holds, what each image's content is, what to encode.
-
-Shared by every engine (engines.py: local and Ray): the per-image steps here (hash_image,
-read_fitted_garment) are what an engine runs, on this machine or on cluster workers, so that the
-two engines skip the same entries for the same reasons and encode the same images.
+The per-image steps (hash_image, read_fitted_garment) are what every engine runs, here or on
+cluster workers, so all engines skip the same entries for the same reasons.
 """
 
 from __future__ import annotations
