@@ -306,12 +306,14 @@ def tune_nprobe(vec: VectorIndex, x: np.ndarray | Rows, queries: np.ndarray, tar
     Recall is measured as the library searches: 4k+10 candidates re-ranked exactly. `exact`:
     the queries' exact top-k, when the caller has it (computing it reads all of x).
     """
+    import faiss
+
     rows = as_rows(x)
     n = len(rows)
     k = min(k, n)
     if exact is None:
         exact = exact_top_k(rows, queries, k)
-    nlist = faiss_nlist(vec)
+    nlist = int(faiss.extract_index_ivf(vec.index).nlist)
     nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
     while True:
         vec.nprobe = nprobe
@@ -327,12 +329,6 @@ def _rerank(rows: Rows, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarr
     cand = np.sort(cand)
     top = cand[np.argsort(-(rows.take(cand) @ query), kind="stable")[:k]]
     return np.pad(top, (0, k - len(top)), constant_values=-1)
-
-
-def faiss_nlist(vec: VectorIndex) -> int:
-    import faiss
-
-    return int(faiss.extract_index_ivf(vec.index).nlist)
 
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:

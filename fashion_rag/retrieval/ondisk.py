@@ -467,10 +467,6 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
-def no_index_message(index_dir: Path) -> str:
-    return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{build_command(index_dir)}`."
-
-
 def read_pointer(index_dir: Path) -> dict[str, Any] | None:
     """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
 
@@ -514,7 +510,8 @@ def resolve_version(index_dir: str | os.PathLike[str]) -> IndexVersion:
 
 def _not_an_index_message(index_dir: Path) -> str:
     if not (index_dir / MANIFEST).exists():
-        return no_index_message(index_dir)
+        command = build_command(index_dir)
+        return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{command}`."
     if _VERSION.fullmatch(index_dir.name) or (index_dir / MARKER).exists():
         return (f"{index_dir} is one stored version of the index {index_dir.parent}, not an index: load "
                 f"{index_dir.parent} (stored versions are replaced by the next build).")
@@ -574,12 +571,6 @@ def _left_by(build: str | None, folder: Path) -> bool:
     """A folder the build `build` (the lock file's last one) made or was deleting when it died."""
     return (build is not None and folder.name.startswith(f"{_TMP_PREFIX}{build}-")
             and (_marker(folder) is not None or _unfinished(folder)))
-
-
-def _is_builds(entry: os.DirEntry, last: str | None) -> bool:
-    if not entry.is_dir(follow_symlinks=False):
-        return False
-    return _owned(Path(entry.path)) is not None or _left_by(last, Path(entry.path))
 
 
 def _is_pointer_temp(entry: os.DirEntry) -> bool:
@@ -647,9 +638,12 @@ def _foreign_entries(out: Path, last: str | None) -> list[str]:
         except IndexFormatError:
             return [POINTER]
     # No index yet (none built, or a first build that died): only what builds leave.
+    def builds(e: os.DirEntry) -> bool:
+        folder = Path(e.path)
+        return e.is_dir(follow_symlinks=False) and (_owned(folder) is not None or _left_by(last, folder))
+
     with os.scandir(out) as entries:
-        return sorted(e.name for e in entries
-                      if not (e.name == LOCK or _is_pointer_temp(e) or _is_builds(e, last)))
+        return sorted(e.name for e in entries if not (e.name == LOCK or _is_pointer_temp(e) or builds(e)))
 
 
 def _lock_owner(out: Path, raw: bytes) -> str | None:
