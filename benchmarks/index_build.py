@@ -107,7 +107,7 @@ def one_size(n: int, folder: Path) -> dict:
             if msg.startswith(step):
                 steps[step] += t_next - t
     t0 = time.perf_counter()
-    files = [folder / p["file"] for p in record["parts"] if p["type"] == "ivf"]
+    files = [folder / p.file for p in record.parts if p.file]
     for f in files:
         sha256_file(f)
     return {
@@ -117,9 +117,9 @@ def one_size(n: int, folder: Path) -> dict:
         "baseline_anon": baseline, "load_avg_1m": os.getloadavg()[0],
         "embeddings_bytes": (folder / "embeddings.npy").stat().st_size,
         "faiss_bytes": sum(f.stat().st_size for f in files),
-        "parts": [f"{p['factory']} x{p['count']:,} nprobe {p.get('nprobe')}/{p.get('nprobe_filtered')} "
-                  f"recall {p.get('tuned_recall_at_10', {}).get('garment_queries', 0):.3f}"
-                  for p in record["parts"]],
+        "parts": [f"{p.factory} x{p.count:,} nprobe {p.nprobe}/{p.nprobe_filtered} "
+                  f"recall {(p.tuned_recall_at_10 or {}).get('garment_queries', 0):.3f}"
+                  for p in record.parts],
     }
 
 

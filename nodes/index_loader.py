@@ -113,7 +113,7 @@ def load_garment_index(path: str, weights: str) -> GarmentIndex:
 
     def load() -> GarmentIndex:
         manifest = read_manifest(path)
-        arch = manifest["encoder"]["name"]
+        arch = manifest.encoder.name
         check_encoder(manifest, GarmentEncoder(weights, arch), path)  # before building the model
         return load_index(path, _encoder(weights, arch))
 

@@ -286,7 +286,9 @@ with storage.build_lock(out) as lock:
             os.kill(os.getpid(), signal.SIGKILL)
         if moment == "before the swap":
             dies_at("replace")
-            storage.write_version(lock, folder, {"files": {}})
+            storage.write_version(lock, folder, storage.Manifest(  # (what it holds does not matter here)
+                storage.EncoderRecord("x", "", 1, "", None, ""), 0, storage.VectorIndexRecord("flat", []),
+                storage.Files("", "", {}, {}), storage.Items([], [], [], [], [], [], [])))
         if moment == "deleting its folder":
             dies_at("rmdir")
 """

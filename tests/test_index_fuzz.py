@@ -37,6 +37,7 @@ from fashion_rag.retrieval.ondisk import (
     StoredVersion,
     map_embeddings,
     map_file,
+    parse_manifest,
     read_version_manifest,
     resolve_version,
     verify_files,
@@ -169,6 +170,37 @@ def test_fuzzed_manifests_give_clear_errors(built):
         outcomes.append(_check_load(out, encoder, f"case {i}: {what}"))
     (data_dir / MANIFEST).write_bytes(pristine[MANIFEST])
     assert outcomes.count("refused") > MANIFEST_CASES // 2 and "ok" in outcomes  # both kinds exercised
+
+
+def test_manifest_fields_of_a_wrong_json_type_are_named(built, tmp_path):
+    """The typed manifest (issue 19): each field's JSON type is checked exactly, a bool being no
+    int and null allowed only where the format has it, and the problem named by its path.
+    Mutations caught: a bool accepted as an int (type(v) is int made isinstance)."""
+    out, _, pristine = built
+    good = json.loads(pristine[MANIFEST])
+    edits = {
+        "count is bool, not int": lambda m: m.__setitem__("count", True),
+        "encoder.dim is bool, not int": lambda m: m["encoder"].__setitem__("dim", True),
+        "encoder.random_demo is int, not bool": lambda m: m["encoder"].__setitem__("random_demo", 1),
+        "encoder.name is NoneType, not str": lambda m: m["encoder"].__setitem__("name", None),
+        "items.image_offsets[2] is float, not int": lambda m: m["items"]["image_offsets"].__setitem__(2, 0.5),
+        "vector_index.parts[1] is list, not dict": lambda m: m["vector_index"]["parts"].__setitem__(1, []),
+        "vector_index.parts[0].nprobe_filtered is str, not int":
+            lambda m: m["vector_index"]["parts"][0].__setitem__("nprobe_filtered", "8"),
+        "files.bytes['embeddings.npy'] is str, not int":
+            lambda m: m["files"]["bytes"].__setitem__("embeddings.npy", "10"),
+    }
+    for message, edit in edits.items():
+        m = copy.deepcopy(good)
+        edit(m)
+        with pytest.raises(IndexFormatError) as err:
+            parse_manifest(json.dumps(m).encode(), tmp_path / MANIFEST, out)
+        assert f"is damaged: {message};" in str(err.value) and REBUILD in str(err.value), str(err.value)
+    # The encoder fields newer than format 4's first manifests are read as None when absent.
+    assert "config_sha256" not in good["encoder"]
+    manifest = parse_manifest(pristine[MANIFEST], tmp_path / MANIFEST, out)
+    assert (manifest.encoder.config_sha256, manifest.encoder.tokenizer_sha256) == (None, None)
+    assert manifest.to_json() == good
 
 
 def _set_checksum(data_dir: Path, name: str) -> None:

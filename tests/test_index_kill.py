@@ -61,7 +61,7 @@ def writing() -> bool:
 while (kills < cfg["kills"] or builds < cfg["builds"]) and time.monotonic() - start < cfg["budget"]:
     # Always the other captioning than the index holds, so every build writes a new version;
     # every third one an IVF index (its .faiss files) instead of an exact one.
-    holds_a = read_manifest(out)["items"]["captions"][0].endswith(" a")
+    holds_a = read_manifest(out).items.captions[0].endswith(" a")
     meta, kind = cfg["meta_b"] if holds_a else cfg["meta_a"], "ivf" if i % 3 == 2 else "flat"
     i += 1
     before = entries()

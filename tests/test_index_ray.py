@@ -6,6 +6,7 @@ counting what it encodes or dying once, shipped to the workers by value.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -147,10 +148,10 @@ def _same_index(a: Path, b: Path, encoder: GarmentEncoder) -> None:
     """Same items, categories, captions, hashes, embeddings (1e-6), vector parts and top-10s."""
     ia, ib = load_index(a, encoder), load_index(b, encoder)
     for key in ("ids", "paths", "categories", "captions", "sha256"):
-        assert ia.manifest["items"][key] == ib.manifest["items"][key], key
+        assert getattr(ia.manifest.items, key) == getattr(ib.manifest.items, key), key
     np.testing.assert_allclose(np.asarray(ia.embeddings), np.asarray(ib.embeddings), atol=1e-6, rtol=0)
-    parts = [[{k: v for k, v in part.items() if k != "tuned_recall_at_10"}
-              for part in i.manifest["vector_index"]["parts"]] for i in (ia, ib)]
+    parts = [[dataclasses.replace(part, tuned_recall_at_10=None) for part in i.manifest.vector_index.parts]
+             for i in (ia, ib)]
     assert parts[0] == parts[1]
     for text in QUERIES:
         for category in ("any", *CATEGORIES):

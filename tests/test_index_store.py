@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, recall_at_k
+from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlist, recall_at_k
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
@@ -55,15 +55,16 @@ def test_build_load_roundtrip(catalog_dir, tiny_weights, tmp_path):
     assert report.index_type == "flat"
     index = load_index(tmp_path / "idx", enc)
     manifest = read_manifest(tmp_path / "idx")
-    assert manifest == json.loads((index.index_dir / index.version / MANIFEST).read_text())
-    assert manifest["encoder"]["name"] == TINY_ARCH and manifest["encoder"]["dim"] == 32
-    assert manifest["encoder"]["weights_sha256"] == enc.weights_hash
-    assert manifest["encoder"]["random_demo"] is True
-    assert "catalog_root" not in manifest  # the garments are in the index: no folder outside it is named
-    assert all(not p.startswith("/") for p in manifest["items"]["paths"])  # relative to the catalog
+    on_disk = json.loads((index.index_dir / index.version / MANIFEST).read_text())
+    assert manifest.to_json() == on_disk  # parsed and written back: the same JSON
+    assert manifest.encoder.name == TINY_ARCH and manifest.encoder.dim == 32
+    assert manifest.encoder.weights_sha256 == enc.weights_hash
+    assert manifest.encoder.random_demo is True
+    assert "catalog_root" not in on_disk  # the garments are in the index: no folder outside it is named
+    assert all(not p.startswith("/") for p in manifest.items.paths)  # relative to the catalog
     assert index.per_category() == {"upper_body": 12, "lower_body": 12, "dresses": 12}
     # The stored garment is the catalog image fitted by PIL's own pad (docs/method.md), losslessly.
-    source = Image.open(catalog_dir / manifest["items"]["paths"][0]).convert("RGB")
+    source = Image.open(catalog_dir / manifest.items.paths[0]).convert("RGB")
     fitted = ImageOps.pad(source, (384, 512), Image.Resampling.BICUBIC, color=(255, 255, 255))
     first = index.image(index.ids[0])
     assert first.size == (384, 512) and np.array_equal(np.asarray(first), np.asarray(fitted))
@@ -220,17 +221,23 @@ def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, tiny_weigh
     report = build_index(scan_catalog(catalog_dir), tmp_path / "idx", enc, index_type="ivf")
     assert report.index_type == "ivf"
     index = load_index(tmp_path / "idx", enc)
-    parts = index.manifest["vector_index"]["parts"]
-    assert [p["categories"] for p in parts] == [["dresses"], ["lower_body"], ["upper_body"]]
-    assert [p["count"] for p in parts] == [12, 12, 12]
+    parts = index.manifest.vector_index.parts
+    assert [p.categories for p in parts] == [["dresses"], ["lower_body"], ["upper_body"]]
+    assert [p.count for p in parts] == [12, 12, 12]
     files = sorted(f.name for f in (tmp_path / "idx" / index.version).glob("*.faiss"))
     assert files == [f"vectors-{i}.faiss" for i in range(3)]
     assert index.vectors.kind == "ivf"
-    assert [p.vectors.nprobe for p in index.vectors.parts] == [p["nprobe"] for p in parts]
-    assert [p.vectors.nprobe_filtered for p in index.vectors.parts] == [p["nprobe_filtered"] for p in parts]
+    assert [p.vectors.nprobe for p in index.vectors.parts] == [p.nprobe for p in parts]
+    assert [p.vectors.nprobe_filtered for p in index.vectors.parts] == [p.nprobe_filtered for p in parts]
     q = enc.encode_texts(["a top"])
     exact = exact_top_k(np.asarray(index.embeddings), q, 5)
     assert recall_at_k(index.vectors.search(q[0], 5)[0][None], exact) == 1.0  # 12 per part: all probed
+
+
+def test_ivf_nlist_follows_the_rule_in_method_md():
+    """docs/method.md, "Vector search": nlist = min(4·sqrt(n), n / 39), at least 1.
+    Mutation caught: the 39-points-per-list cap dropped (10,000 garments got 400 lists)."""
+    assert [ivf_nlist(n) for n in (1, 12, 10_000, 250_000, 1_000_000)] == [1, 1, 256, 2000, 4000]
 
 
 def test_many_free_text_categories_share_a_part():

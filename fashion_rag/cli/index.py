@@ -220,11 +220,11 @@ def _query(args: argparse.Namespace) -> int:
         # Never the manifest's weights_path: whoever placed the index chose it, and whether the
         # query got further would tell them if that path exists outside the index (issue 23).
         if args.weights is None:
-            built_with = manifest["encoder"]["weights_file"]
+            built_with = manifest.encoder.weights_file
             _err(f"[index] this query encodes the text with the index's encoder: pass --weights with "
                  f"the file the index was built with ({built_with}), or use --mode caption")
             return 2
-        encoder = GarmentEncoder(args.weights, manifest["encoder"]["name"])
+        encoder = GarmentEncoder(args.weights, manifest.encoder.name)
     index = load_index(args.index, encoder)
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
                   pin_ids=args.pin, exclude_ids=args.exclude)

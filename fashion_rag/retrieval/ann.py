@@ -1,16 +1,8 @@
-"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings.
-
-Exact search (flat inner product) below IVF_THRESHOLD garments; above it IVF(nlist),SQ8 with
-nprobe tuned at build time to reach TUNE_RECALL recall@10 against exact search on probe
-queries (exact top-k and recall from faiss.contrib). Fashion-RAG retrieves within the target
-garment's category, so most queries carry a category filter: one FAISS index per category
-group keeps them as accurate as unfiltered ones (partition_categories). Candidates are
-re-ranked with the float32 embeddings, so reported scores are exact cosines.
-
-Embeddings are read a block at a time (Rows): a 10M-garment index holds 30 GB of float32
-embeddings, and the build makes every vector index from its memory-mapped embeddings file,
-one block of rows at a time (training samples, batches to add, exact top-k for tuning). The
-part files themselves are read and written by ondisk.py.
+"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings (docs/method.md,
+"Vector search"). One index per category group (partition_categories): exact below
+IVF_THRESHOLD garments, IVF(nlist),SQ8 above with nprobe tuned at build time; candidates are
+re-ranked with the float32 embeddings, so scores are exact cosines. Embeddings are read a block
+of rows at a time (Rows: a memory-mapped 30 GB file works); ondisk.py reads and writes the files.
 """
 
 from __future__ import annotations
@@ -26,7 +18,16 @@ from typing import Any
 import numpy as np
 
 from ..logs import LogFn
-from .ondisk import VECTORS, IndexFormatError, StoredVersion, damaged, read_faiss, rebuild_hint, write_faiss
+from .ondisk import (
+    VECTORS,
+    Manifest,
+    PartRecord,
+    StoredVersion,
+    VectorIndexRecord,
+    damaged,
+    read_faiss,
+    write_faiss,
+)
 
 BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small beside the data
 
@@ -122,7 +123,6 @@ MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
 INDEX_TYPES = ("auto", "flat", "ivf")
 
 
-
 @contextlib.contextmanager
 def _faiss_threads(n: int) -> Iterator[None]:
     """One OpenMP thread for single queries: thread start-up costs more than the scan itself."""
@@ -137,15 +137,8 @@ def _faiss_threads(n: int) -> Iterator[None]:
 
 
 def ivf_nlist(n: int) -> int:
-    """Number of IVF lists: the power of two nearest 4*sqrt(n), with >= 39 training points each.
-
-    (FAISS's guideline is 4-16*sqrt(n); the low end keeps k-means training affordable on a
-    CPU: 2048 lists for a 333k-garment category.)
-    """
-    nlist = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 1.0)))
-    while nlist > 1 and n < 39 * nlist:
-        nlist //= 2
-    return max(nlist, 1)
+    """IVF lists for n vectors: 4·sqrt(n), at most one per 39 vectors (docs/method.md, "Vector search")."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
 class VectorIndex:
@@ -222,15 +215,11 @@ def create_vector_index(
     log_fn: LogFn | None = None,
     filtered_probes: np.ndarray | None = None,
 ) -> VectorIndex:
-    """Build the vector index the library uses for these embeddings ([N, d] float32, unit norm).
-
-    "auto" gives an exact flat index below `ivf_threshold` items and IVF(nlist),SQ8 above.
-    The IVF nprobe is tuned (unless given) on probe queries made from these garments;
-    nprobe_filtered on `filtered_probes` (queries made from *other* garments, see
-    create_vector_store), or on probes around the data's mean when there are none.
-    The embeddings are read a block at a time (Rows: a memory-mapped file works),
-    so an IVF build holds its sample, one block and the index, never all the float32 vectors.
-    """
+    """The vector index of these embeddings ([N, d] float32, unit norm): "auto" is exact flat
+    below `ivf_threshold` items, IVF(nlist),SQ8 above. nprobe is tuned (unless given) on probe
+    queries made from these garments, nprobe_filtered on `filtered_probes` (made from other
+    garments) or, without them, on probes around the data's mean. An IVF build holds its
+    training sample, one block and the index, never all the float32 vectors."""
     import faiss
 
     if index_type not in INDEX_TYPES:
@@ -243,8 +232,6 @@ def create_vector_index(
             index.add(block)
         return VectorIndex(index, "flat", "Flat")
     nlist = ivf_nlist(n)
-    # SQ8 keeps 1 byte per dimension (a quarter of float32: 1M x 768 in ~0.8 GB) and, on unit
-    # vectors, loses far less recall than PQ at the same speed.
     factory = f"IVF{nlist},SQ8"
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
@@ -296,13 +283,9 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 
 def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
                   around_mean: bool = False) -> np.ndarray:
-    """Synthetic queries for tuning nprobe, [m, d] unit vectors.
-
-    Each sits between two random garments (or, around_mean, at the data's mean direction: a
-    query that resembles no garment in particular) plus noise as large as that anchor, so its
-    neighbours spread over several lists as a text query's do: text and image embeddings meet
-    at cosines far below 1.
-    """
+    """[m, d] unit queries for tuning nprobe: between two random garments (around_mean: at the
+    data's mean direction, resembling no garment) plus noise as large, so that their neighbours
+    spread over lists as a text query's do (text and image embeddings meet at low cosines)."""
     rows = as_rows(x)
     n, d = rows.shape
     if around_mean:
@@ -323,12 +306,14 @@ def tune_nprobe(vec: VectorIndex, x: np.ndarray | Rows, queries: np.ndarray, tar
     Recall is measured as the library searches: 4k+10 candidates re-ranked exactly. `exact`:
     the queries' exact top-k, when the caller has it (computing it reads all of x).
     """
+    import faiss
+
     rows = as_rows(x)
     n = len(rows)
     k = min(k, n)
     if exact is None:
         exact = exact_top_k(rows, queries, k)
-    nlist = faiss_nlist(vec)
+    nlist = int(faiss.extract_index_ivf(vec.index).nlist)
     nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
     while True:
         vec.nprobe = nprobe
@@ -346,22 +331,9 @@ def _rerank(rows: Rows, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarr
     return np.pad(top, (0, k - len(top)), constant_values=-1)
 
 
-def faiss_nlist(vec: VectorIndex) -> int:
-    import faiss
-
-    return int(faiss.extract_index_ivf(vec.index).nlist)
-
-
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
-    """Category groups that get a vector index each.
-
-    Fashion-RAG retrieves within the target garment's category, so most queries carry a
-    category filter. One IVF index per category keeps those queries as accurate as unfiltered
-    ones: in a single shared index, the lists nearest a query are mostly other categories'
-    and a filtered probe finds too few good candidates (recall@10 fell to 0.78 in the
-    benchmark). The MAX_PARTS - 1 most common categories get their own index, the rest (a
-    catalog with many free-text categories) share one.
-    """
+    """Category groups that get a vector index each: one per category, or with more than
+    MAX_PARTS the MAX_PARTS - 1 most common alone and the rest shared (docs/method.md)."""
     counts = Counter(categories)
     ordered = sorted(counts, key=lambda c: (-counts[c], c))
     if len(ordered) <= MAX_PARTS:
@@ -379,18 +351,22 @@ class VectorPart:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> PartRecord:
         return part_record(self.categories, len(self), self.vectors)
 
 
-def part_record(categories: Sequence[str], count: int, vec: VectorIndex) -> dict[str, Any]:
-    """A part as the manifest lists it (IVF parts get their "file" when written)."""
-    rec: dict[str, Any] = {"categories": list(categories), "count": count, "type": vec.kind,
-                           "factory": vec.factory}
-    if vec.kind == "ivf":
-        rec.update(nprobe=vec.nprobe, nprobe_filtered=vec.nprobe_filtered,
-                   tuned_recall_at_10=vec.tuned_recall)
-    return rec
+def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: str | None = None
+                ) -> PartRecord:
+    """A part as the manifest lists it (an IVF part's `file` is given when written)."""
+    if vec.kind != "ivf":
+        return PartRecord(list(categories), count, vec.kind, vec.factory)
+    return PartRecord(list(categories), count, vec.kind, vec.factory, file, vec.nprobe, vec.nprobe_filtered,
+                      vec.tuned_recall)
+
+
+def _index_record(parts: list[PartRecord]) -> VectorIndexRecord:
+    kinds = {p.type for p in parts}
+    return VectorIndexRecord(kinds.pop() if len(kinds) == 1 else "mixed", parts)
 
 
 class VectorStore:
@@ -416,8 +392,8 @@ class VectorStore:
     def memory_bytes(self) -> int:
         return sum(p.vectors.memory_bytes() + p.positions.nbytes for p in self.parts)
 
-    def record(self) -> dict[str, Any]:
-        return {"type": self.kind, "parts": [p.record() for p in self.parts]}
+    def record(self) -> VectorIndexRecord:
+        return _index_record([p.record() for p in self.parts])
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -472,26 +448,22 @@ def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index
 
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
-                       log_fn: LogFn | None = None) -> dict[str, Any]:
+                       log_fn: LogFn | None = None) -> VectorIndexRecord:
     """Build the parts create_vector_store builds, one at a time, writing each IVF part to
     `folder` (VECTORS) and freeing it before the next: the build's way, with memory bounded by
     the largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB).
 
-    Returns the manifest's vector_index record (with the "file" of every IVF part).
+    Returns the manifest's vector_index record.
     """
     records = []
     for i, (group, positions, vec) in enumerate(_build_parts(embeddings, categories, index_type,
                                                              ivf_threshold, log_fn)):
-        rec = part_record(group, len(positions), vec)
-        if vec.kind == "ivf":
-            rec["file"] = VECTORS.format(i)
-            write_faiss(vec.index, folder / rec["file"])
-        records.append(rec)
+        file = VECTORS.format(i) if vec.kind == "ivf" else None
+        if file:
+            write_faiss(vec.index, folder / file)
+        records.append(part_record(group, len(positions), vec, file))
         del vec  # before the next part is built
-    kinds = {r["type"] for r in records}
-    return {"type": kinds.pop() if len(kinds) == 1 else "mixed", "parts": records}
-
-
+    return _index_record(records)
 
 
 def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: str, ivf_threshold: int,
@@ -524,28 +496,25 @@ def load_vector_store(stored: StoredVersion) -> VectorStore:
     """The parts the (validated) manifest lists; a .faiss file that does not match is refused."""
     data_dir, index_dir = stored.ver.data_dir, stored.ver.index_dir
     manifest, emb = stored.manifest, stored.embeddings
-    cats = np.asarray(manifest["items"]["categories"], dtype=object).astype(str)
+    cats = np.asarray(manifest.items.categories, dtype=object).astype(str)
     parts = []
-    for i, rec in enumerate(manifest["vector_index"]["parts"]):
-        group = tuple(rec["categories"])
+    for i, rec in enumerate(manifest.vector_index.parts):
+        group = tuple(rec.categories)
         positions = np.flatnonzero(np.isin(cats, group)).astype(np.int64)
-        if len(positions) != rec["count"]:
-            raise IndexFormatError(f"Index {index_dir} is inconsistent (vector part {i} lists "
-                                   f"{rec['count']} garments, the items {len(positions)}); "
-                                   f"{rebuild_hint(index_dir, manifest)}")
-        if rec["type"] == "flat":
+        if len(positions) != rec.count:
+            raise damaged(index_dir, f"vector part {i} lists {rec.count} garments, the items "
+                          f"{len(positions)}", manifest)
+        if rec.type == "flat":
             vec = create_vector_index(np.asarray(emb[positions]), "flat")
         else:
-            index = read_faiss(data_dir, rec["file"], index_dir, manifest)
+            index = read_faiss(data_dir, rec.file, index_dir, manifest)
             vec = _checked_ivf(index, rec, len(positions), emb.shape[1], index_dir, manifest)
         parts.append(VectorPart(group, positions, cats[positions], vec))
     return VectorStore(emb, parts)
 
 
-
-
-def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_dir: Path,
-                 manifest: dict[str, Any]) -> VectorIndex:
+def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: Path,
+                 manifest: Manifest) -> VectorIndex:
     import faiss
 
     problem = None
@@ -559,10 +528,10 @@ def _checked_ivf(index: Any, rec: dict[str, Any], count: int, dim: int, index_di
         problem = "does not use inner product"
     elif index.ntotal != count or index.d != dim:
         problem = f"holds {index.ntotal} vectors of dimension {index.d}, the manifest {count} of {dim}"
-    elif not 1 <= rec["nprobe"] <= ivf.nlist:
-        problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec['nprobe']}"
+    elif not 1 <= rec.nprobe <= ivf.nlist:
+        problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec.nprobe}"
     if problem:
-        raise damaged(index_dir, f"{rec['file']} {problem}", manifest)
-    nprobe_filtered = min(int(rec.get("nprobe_filtered") or rec["nprobe"]), int(ivf.nlist))
-    return VectorIndex(index, "ivf", rec["factory"], nprobe=rec["nprobe"], nprobe_filtered=nprobe_filtered,
-                       tuned_recall=rec.get("tuned_recall_at_10"))
+        raise damaged(index_dir, f"{rec.file} {problem}", manifest)
+    nprobe_filtered = min(rec.nprobe_filtered or rec.nprobe, int(ivf.nlist))
+    return VectorIndex(index, "ivf", rec.factory, nprobe=rec.nprobe, nprobe_filtered=nprobe_filtered,
+                       tuned_recall=rec.tuned_recall_at_10)

@@ -1,18 +1,12 @@
 """A garment catalog: which image files, under which ids, categories and captions.
 
-Two ways to describe one:
-- a folder of images, category from the sub-folder names (`upper_body/`, `tops/`, `dresses/`,
-  any word categories.normalize_category knows), caption from a same-named `.txt` beside the
-  image if there is one;
-- a metadata file (CSV with a header row, or JSON lines) with one row per garment: `id`,
-  `image` (path relative to the catalog folder, or absolute inside it), `category`, `caption`
-  (or `title`). If the catalog folder holds `metadata.jsonl` or `metadata.csv`, it is used.
-
-Every image must lie inside the catalog folder once resolved (paths.inside): a row naming
-`../x.png` or `/etc/x.png`, or a symlink in the catalog pointing outside it, is skipped, not
-read. Skipped entries (missing, outside the catalog, duplicate id, no image) are collected as
-Skip records, not raised, so one bad row does not stop a 50k-garment build; the build adds
-the images it cannot use and reports them all.
+Either a folder of images (category from the sub-folder names, any word
+categories.normalize_category knows; caption from a same-named `.txt` beside the image), or a
+metadata file (CSV with a header row, or JSON lines; `metadata.jsonl` / `metadata.csv` in the
+folder is used) with one row per garment: `id`, `image` (inside the catalog folder), `category`,
+`caption`. An image outside the catalog once resolved (paths.inside: `../x.png`, a symlink out)
+is skipped unread. Skipped entries are collected as Skip records, not raised, so one bad row
+does not stop a 50k-garment build; the build reports them all.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,9 +143,7 @@ def _read_sidecar(sidecar: Path, root: Path) -> str:
 def _ids_for(rel_paths: list[str]) -> list[str]:
     """File stem as id (Dress Code style '013563_1'); the stem-less path where stems collide."""
     stems = [Path(p).stem for p in rel_paths]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
+    counts = Counter(stems)
     return [s if counts[s] == 1 else p.rsplit(".", 1)[0] for s, p in zip(stems, rel_paths, strict=True)]
 
 

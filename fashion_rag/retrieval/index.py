@@ -26,6 +26,10 @@ from ..images import GARMENT_SIZE, decode_image
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
     Encoder,
+    EncoderRecord,
+    Files,
+    Items,
+    Manifest,
     StoredVersion,
     check_encoder,
     damaged,
@@ -39,7 +43,7 @@ class GarmentIndex:
     """A loaded index: garment metadata, embeddings, the vector index, the stored garment images,
     optionally the encoder."""
 
-    def __init__(self, index_dir: Path, manifest: dict[str, Any], embeddings: np.ndarray,
+    def __init__(self, index_dir: Path, manifest: Manifest, embeddings: np.ndarray,
                  vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
                  shard: np.ndarray | None = None) -> None:
         self.index_dir = index_dir
@@ -48,19 +52,16 @@ class GarmentIndex:
         self.embeddings = embeddings
         self.vectors = vectors
         self.encoder = encoder
-        items = manifest["items"]
-        self.ids: list[str] = list(items["ids"])
-        self.rel_paths: list[str] = list(items["paths"])
-        self.categories: list[str] = list(items["categories"])
-        self.captions: list[str] = list(items["captions"])
-        self.content_hashes: list[str] = list(items["sha256"])
+        items = manifest.items
+        self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
+        self.captions, self.content_hashes = items.captions, items.sha256
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
         # Category codes once, so a filtered query on a million garments costs no Python loop.
         names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
         self._category_names = {str(name): code for code, name in enumerate(names)}
         self._category_codes = codes.reshape(-1)
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
-        self._image_at = list(zip(items.get("image_offsets", ()), items.get("image_sizes", ()), strict=True))
+        self._image_at = list(zip(items.image_offsets, items.image_sizes, strict=True))
         self._captions_index: CaptionIndex | None = None
 
     @classmethod
@@ -72,12 +73,10 @@ class GarmentIndex:
         n = len(emb)
         cats = list(categories) if categories is not None else [""] * n
         vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
-        manifest: dict[str, Any] = {
-            "encoder": {"name": "none", "dim": int(emb.shape[1]), "weights_file": None, "weights_sha256": ""},
-            "built": "", "vector_index": vectors.record(),
-            "items": {"ids": [str(i) for i in range(n)], "paths": [""] * n, "categories": cats,
-                      "captions": list(captions) if captions is not None else [""] * n, "sha256": [""] * n},
-        }
+        items = Items([str(i) for i in range(n)], [""] * n, cats, list(captions) if captions is not None
+                      else [""] * n, [""] * n, [], [])
+        manifest = Manifest(EncoderRecord("none", "", int(emb.shape[1]), "", None, ""), n, vectors.record(),
+                            Files("", "", {}, {}), items)
         return cls(Path(name), manifest, emb, vectors)
 
     def __len__(self) -> int:
@@ -89,12 +88,12 @@ class GarmentIndex:
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["encoder"]["dim"])
+        return self.manifest.encoder.dim
 
 
     @property
     def built(self) -> str:
-        return str(self.manifest.get("built", ""))
+        return self.manifest.built
 
     @property
     def has_captions(self) -> bool:
@@ -172,8 +171,8 @@ class GarmentIndex:
             "version": self.version,
             "items": len(self),
             "per_category": self.per_category(),
-            "encoder": describe_encoder(self.manifest["encoder"]),
-            "random_demo_encoder": bool(self.manifest["encoder"].get("random_demo")),
+            "encoder": describe_encoder(self.manifest.encoder),
+            "random_demo_encoder": self.manifest.encoder.random_demo,
             "built": self.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
             "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
@@ -184,7 +183,7 @@ class GarmentIndex:
 
 def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None) -> GarmentIndex:
     """Load an index; with an encoder, first check that it is the one the index was built with."""
-    def check(manifest: dict[str, Any]) -> None:
+    def check(manifest: Manifest) -> None:
         if encoder is not None:
             check_encoder(manifest, encoder, Path(index_dir).expanduser().resolve())
 

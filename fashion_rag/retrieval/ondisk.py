@@ -1,51 +1,28 @@
-"""The on-disk index, and the only module that knows its files: what a manifest records and the
-checks it passes, the folder of versions behind one pointer file, the build lock and markers,
-the embeddings (.npy), the FAISS part files and the garment image shard.
+"""The on-disk index, and the only module that knows its files: the typed manifest (parsed and
+checked once), the versions behind one pointer, the build lock and markers, the embeddings (.npy),
+the FAISS parts and the garment image shard (docs/method.md, "Stored garment images").
 
-    NAME/
-      index.json             the pointer: {"format", "current": "v-…", "previous": "v-…"}
-      v-<time>-<rand>/       one complete build: .build.json, manifest.json, embeddings.npy,
-                             garments.bin, vectors-<i>.faiss
-      .tmp-<build>-<rand>/   a build's work folder (in progress, or left by one that died); never read
-      .build.lock            held by the running build (flock); names the last build that held it
-      .index.json.<rand>.tmp a pointer being written (or one whose writer died); never read
+    NAME/index.json            the pointer: {"format", "current": "v-…", "previous": "v-…"}
+    NAME/v-<time>-<rand>/      one complete build: .build.json, manifest.json, embeddings.npy,
+                               garments.bin, vectors-<i>.faiss
+    NAME/.tmp-<build>-<rand>/  a build's work folder (or one a dead build left); never read
+    NAME/.build.lock           held by the running build (flock); names the last build that held it
 
-read_version() gives readers one verified version; write_version() makes a build's folder the
-new version and swaps the pointer. Build and search both depend on this module, never on each
-other.
-
-Manifest. Format version 4 records the sha256 and the byte size of every other file in its
-version folder: the data files (the embeddings .npy, the FAISS parts, the garment image shard)
-and the build's marker. Each is read only as a regular file of that size, so a FIFO, a device or
-a huge sparse file in its place is refused before a byte is read. An index holds its garment
-images (docs/method.md, "Stored garment images"): it names no catalog folder and nothing
-outside its folder is ever read, so a copied index works anywhere. Other versions are refused
-with the command that rebuilds the index (3 read garments from a catalog folder its manifest
-named; 2 had no sizes and markers). A manifest is input like any other (indexes get copied and
-shared): every key, type and length is checked at load, paths must be plain relative paths,
-and each problem is named in the error together with the command that rebuilds the index.
-
-Versions. A build writes a whole new version folder, renames it into place, then swaps the
-pointer with one os.replace: a reader (a running ComfyUI, another process) resolves the pointer
-once per load and sees the complete old index or the complete new one, never a gap. Each build
-keeps the current and the previous version (a reader that resolved the pointer just before a
-swap still finds its files) and deletes older versions and what dead builds left; readers retry
-when two builds finish within one load.
-
-Ownership: a build renames or deletes only folders it can prove a build made, never a folder
-for its name alone. Each work and version folder holds a marker (.build.json, listed and hashed
-in the version's manifest like every other file) written right after the folder is made: the
-id of the build and the names the folder may have. A folder is a build's when its marker names
-it. The two moments a kill can leave a build's folder without its marker (just after its
-mkdir, and while it is being deleted) fall on folders named after the build the lock file
-records, which the next build knows and cleans. Anything else is left alone, and makes a
-folder with no index yet look foreign: the build is refused. A build never touches anything
-beside its folder.
+read_version() gives readers one verified version; write_version() renames a build's folder into
+a version and swaps the pointer with one os.replace, so readers see the whole old or the whole new
+index. Builds keep the current and the previous version (a reader that resolved the pointer just
+before a swap still finds its files). The manifest is untrusted input (indexes get shared): every
+key, type and length is checked, and every file is read only as a regular file of the size and
+sha256 it records. Formats 2 (no sizes) and 3 (garments read from a named catalog folder) are
+rebuilt. A build renames or deletes only folders a marker (.build.json, hashed like the data)
+proves a build's, or folders named after the build the lock file records (a kill just after
+mkdir, or mid-delete, leaves them without one); anything else is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -54,6 +31,8 @@ import re
 import secrets
 import shutil
 import stat
+import types
+import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -80,14 +59,14 @@ MANIFEST = "manifest.json"
 MARKER = ".build.json"  # the build marker in each version folder: hashed like the data
 EMBEDDINGS = "embeddings.npy"
 GARMENTS = "garments.bin"  # the fitted garment images (PNG), one after the other
+VECTORS = "vectors-{}.faiss"  # file of IVF part i
 ITEM_LISTS = ("ids", "paths", "categories", "captions", "sha256")
-IMAGE_LISTS = ("image_offsets", "image_sizes")  # where each item's PNG lies in GARMENTS
 # A stored garment is a 384x512 PNG (~0.6 MB uncompressed at most): more is not one of ours.
 MAX_GARMENT_BYTES = 4 << 20
 PART_TYPES = ("flat", "ivf")
 MAX_DIM = 65_536
-# A manifest lists every garment (id, path, category, caption, sha256: ~250 bytes each with
-# short captions), so 10M garments write ~2.5 GB; past this it is not one of ours.
+# A manifest lists every garment (~250 bytes each with short captions): 10M garments write
+# ~2.5 GB; past this it is not one of ours.
 MAX_MANIFEST_BYTES = 8 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_PROBLEMS = 6  # named in one error; the rest are counted
@@ -138,229 +117,306 @@ def damaged(index_dir: Path | str, why: Any, manifest: Any = None) -> IndexForma
     return IndexFormatError(f"Index {index_dir}: {why}; {rebuild_hint(index_dir, manifest)}")
 
 
-def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
-    """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
-    m = manifest if isinstance(manifest, dict) else {}
-    enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
-    return f"rebuild it: {build_command(index_dir, enc.get('name'), enc.get('weights_path'))}"
+def rebuild_hint(index_dir: Path | str, manifest: Manifest | dict[str, Any] | None = None) -> str:
+    """'rebuild it: python -m fashion_rag index build ...' with the encoder the manifest names
+    (a checked Manifest, or the raw JSON of one that failed its checks)."""
+    if isinstance(manifest, Manifest):
+        name, weights = manifest.encoder.name, manifest.encoder.weights_path
+    else:
+        enc = manifest.get("encoder") if isinstance(manifest, dict) else None
+        name, weights = (enc.get("name"), enc.get("weights_path")) if isinstance(enc, dict) else (None, None)
+    return f"rebuild it: {build_command(index_dir, name, weights)}"
 
 
-def manifest_problems(m: dict[str, Any]) -> list[str]:
-    """Every problem of a parsed manifest, one short sentence each (empty: usable)."""
-    problems: list[str] = []
+# --------------------------------------------------------------------------------------------
+# The manifest: typed records, parsed and checked once (parse_manifest)
+# --------------------------------------------------------------------------------------------
 
-    def field(obj: Any, key: str, kinds: tuple[type, ...], where: str, optional: bool = False) -> Any:
-        if key not in obj:
-            if not optional:
-                problems.append(f"{where}{key} is missing")
-            return None
-        value = obj[key]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            problems.append(f"{where}{key} is {type(value).__name__}, not {names}")
-            return None
+@dataclass(frozen=True)
+class EncoderRecord:
+    """The encoder that made an index's embeddings (same_embedding_space compares these)."""
+
+    name: str
+    weights_sha256: str
+    dim: int
+    preprocess: str
+    weights_file: str | None
+    weights_path: str
+    random_demo: bool = False
+    config_sha256: str | None = None  # (absent in manifests of fixed-architecture encoders)
+    tokenizer_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One FAISS index over a group of categories; an "ivf" one lives in `file`."""
+
+    categories: list[str]
+    count: int
+    type: str
+    factory: str
+    file: str | None = None
+    nprobe: int | None = None
+    nprobe_filtered: int | None = None  # probes under a category filter (ann.VectorIndex)
+    tuned_recall_at_10: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class VectorIndexRecord:
+    type: str  # "flat", "ivf" or "mixed"
+    parts: list[PartRecord]
+
+
+@dataclass(frozen=True)
+class Items:
+    """The garments, one entry per list each, in embedding-row order."""
+
+    ids: list[str]
+    paths: list[str]  # in the catalog the build read (for people: never opened again)
+    categories: list[str]
+    captions: list[str]
+    sha256: list[str]  # of the catalog image: what an incremental build reuses rows by
+    image_offsets: list[int]  # where each stored garment PNG lies in the shard
+    image_sizes: list[int]
+
+
+@dataclass(frozen=True)
+class Files:
+    embeddings: str
+    garments: str
+    sha256: dict[str, str]  # every file of the version but the manifest (written by write_version)
+    bytes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    encoder: EncoderRecord
+    count: int
+    vector_index: VectorIndexRecord
+    files: Files
+    items: Items
+    built: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as JSON (fields left at None by default are left out, as before records had them)."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if getattr(value, f.name) is not None or f.default is dataclasses.MISSING}
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return [_plain(v) for v in value]
+    return value
+
+
+_BAD = object()
+
+
+def _type_name(tp: Any) -> str:
+    return "dict" if dataclasses.is_dataclass(tp) else (typing.get_origin(tp) or tp).__name__
+
+
+def _typed(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    """`value` (parsed JSON) as type `tp`, or _BAD with its first problem added to `problems`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is types.UnionType:  # X | None
+        return None if value is None else _typed(args[0], value, where, problems)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _record(tp, value, where, problems)
+    if origin is list and isinstance(value, list):
+        if args[0] in (str, int) and all(type(v) is args[0] for v in value):  # 10M ids: no call each
+            return value
+        out = []
+        for i, v in enumerate(value):
+            out.append(_typed(args[0], v, f"{where}[{i}]", problems))
+            if out[-1] is _BAD:
+                return _BAD
+        return out
+    if origin is dict and isinstance(value, dict):
+        for key, v in value.items():
+            if _typed(args[1], v, f"{where}[{key[:80]!r}]", problems) is _BAD:
+                return _BAD
         return value
+    if tp is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # (bool is no int here)
+        fits = origin is None and not dataclasses.is_dataclass(tp) and type(value) is tp
+    if not fits:
+        problems.append(f"{where} is {type(value).__name__}, not {_type_name(tp)}")
+        return _BAD
+    return value
 
-    enc = field(m, "encoder", (dict,), "")
-    if enc is not None:
-        for key in ("name", "weights_sha256", "preprocess", "weights_path"):
-            field(enc, key, (str,), "encoder.")
-        field(enc, "weights_file", (str, type(None)), "encoder.")
-        field(enc, "random_demo", (bool,), "encoder.", optional=True)
-        dim = field(enc, "dim", (int,), "encoder.")
-        if dim is not None and not 1 <= dim <= MAX_DIM:
-            problems.append(f"encoder.dim {dim} is out of range")
-    # Format 4 stores the garments: a manifest naming a catalog folder is not one a build wrote
-    # (the value is never looked at, so the message is the same wherever it points).
-    if "catalog_root" in m or "catalog_root_relative" in m:
-        problems.append("it names a catalog folder (catalog_root), which an index holding its own "
-                        "garment images never does")
-    field(m, "built", (str,), "", optional=True)
 
-    n = _item_problems(m, field, problems)
-    data_files = _part_problems(m, field, problems, n)
-    files = field(m, "files", (dict,), "")
-    if files is not None:
-        shard = None
-        for key in ("garments", "embeddings"):
-            name = field(files, key, (str,), "files.")
-            if name is not None:
-                data_files.insert(0, name)
-                shard = name if key == "garments" else shard
-        for name in data_files:
-            if not is_plain_name(name):
-                problems.append(f"data file name {name[:80]!r} is not a plain file name in the index folder")
-        hashes = field(files, "sha256", (dict,), "files.")
-        for name in [*data_files, MARKER] if hashes is not None else ():
-            if not (isinstance(hashes.get(name), str) and _HEX64.fullmatch(hashes[name])):
-                problems.append(f"files.sha256 has no valid hash for {name[:80]!r}")
-        listed = list(hashes or ())  # every file the load hashes, opened by these names
-        bad = next((name for name in listed if name != MARKER and not is_plain_name(name)), None)
+def _record(cls: Any, obj: dict[str, Any], where: str, problems: list[str]) -> Any:
+    """The dataclass `cls` from a JSON object: each field present (unless it has a default) and
+    of its type; _BAD when any is not, each such problem in `problems`."""
+    hints, values, ok = typing.get_type_hints(cls), {}, True
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in obj:
+            values[f.name] = _typed(hints[f.name], obj[f.name], key, problems)
+            ok = ok and values[f.name] is not _BAD
+        elif f.default is dataclasses.MISSING:
+            problems.append(f"{key} is missing")
+            ok = False
+    return cls(**values) if ok else _BAD
+
+
+def manifest_problems(m: Manifest) -> list[str]:
+    """Every problem of a typed manifest beyond its types, one short sentence each (empty: usable)."""
+    problems: list[str] = []
+    add = problems.append
+    if not 1 <= m.encoder.dim <= MAX_DIM:
+        add(f"encoder.dim {m.encoder.dim} is out of range")
+    items, files = m.items, m.files
+    lengths = {key: len(getattr(items, key)) for key in ITEM_LISTS}
+    n = len(items.ids)
+    if len(set(lengths.values())) > 1:
+        add(f"item lists have different lengths ({', '.join(f'{k} {v}' for k, v in lengths.items())})")
+    if not all(items.ids):
+        add("items.ids has an empty id")
+    dup = next((i for i, c in Counter(items.ids).items() if c > 1), None)
+    if dup is not None:
+        add(f"items.ids lists {dup[:60]!r} twice")
+    bad = next((p for p in items.paths if not is_plain_relative(p)), None)
+    if bad is not None:
+        add(f"item path {bad[:80]!r} is not a relative path inside the catalog")
+    bad = next((h for h in items.sha256 if not _HEX64.fullmatch(h)), None)
+    if bad is not None:
+        add(f"items.sha256 holds {bad[:70]!r}, not a sha256")
+    if m.count != n:
+        add(f"count says {m.count} garments, items.ids lists {n}")
+    data_files = [files.embeddings, files.garments, *_part_problems(m.vector_index.parts, n, add)]
+    for name in data_files:
+        if not is_plain_name(name):
+            add(f"data file name {name[:80]!r} is not a plain file name in the index folder")
+    for name in [*data_files, MARKER]:
+        if not _HEX64.fullmatch(files.sha256.get(name, "")):
+            add(f"files.sha256 has no valid hash for {name[:80]!r}")
+    bad = next((name for name in files.sha256 if name != MARKER and not is_plain_name(name)), None)
+    if bad is not None:
+        add(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
+    for name in dict.fromkeys(data_files + list(files.sha256)):
+        if files.bytes.get(name, -1) < 0:
+            add(f"files.bytes has no valid size for {name[:80]!r}")
+    shard = files.bytes.get(files.garments, -1)
+    if len(items.image_offsets) != n or len(items.image_sizes) != n:
+        add("items.image_offsets and items.image_sizes must list one integer per garment")
+    elif shard >= 0:  # each stored image inside the shard: its reads are bounded by these
+        placed = enumerate(zip(items.image_offsets, items.image_sizes, strict=True))
+        bad = next((i for i, (offset, size) in placed
+                    if offset < 0 or not 0 < size <= MAX_GARMENT_BYTES or offset + size > shard), None)
         if bad is not None:
-            problems.append(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
-        sizes = field(files, "bytes", (dict,), "files.")
-        for name in dict.fromkeys(data_files + listed) if sizes is not None else ():
-            if type(sizes.get(name)) is not int or sizes[name] < 0:
-                problems.append(f"files.bytes has no valid size for {name[:80]!r}")
-        if shard is not None and n is not None and sizes is not None and type(sizes.get(shard)) is int:
-            _image_problems(m["items"], sizes[shard], problems)
+            add(f"the stored image of item {bad} does not lie inside {GARMENTS}")
     return problems
 
 
-def _image_problems(items: dict[str, Any], shard_bytes: int, problems: list[str]) -> None:
-    """Each item's stored image must lie inside the garment shard (reads are bounded by these)."""
-    lists = [items.get(key) for key in IMAGE_LISTS]
-    if not all(isinstance(v, list) and len(v) == len(items["ids"]) for v in lists):
-        problems.append(f"items.{' and items.'.join(IMAGE_LISTS)} must list one integer per garment")
-        return
-    for i, (offset, size) in enumerate(zip(*lists, strict=True)):
-        if (type(offset) is not int or type(size) is not int or offset < 0
-                or not 0 < size <= MAX_GARMENT_BYTES or offset + size > shard_bytes):
-            problems.append(f"the stored image of item {i} does not lie inside {GARMENTS}")
-            return
-
-
-def _item_problems(m: dict[str, Any], field: Any, problems: list[str]) -> int | None:
-    items = field(m, "items", (dict,), "")
-    if items is None:
-        return None
-    lists = {key: field(items, key, (list,), "items.") for key in ITEM_LISTS}
-    lengths = {key: len(v) for key, v in lists.items() if v is not None}
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{k} {v}" for k, v in lengths.items())
-        problems.append(f"item lists have different lengths ({listed})")
-    for key, values in lists.items():
-        bad = next((i for i, v in enumerate(values or ()) if not isinstance(v, str)), None)
-        if bad is not None:
-            problems.append(f"items.{key}[{bad}] is not a string")
-            lists[key] = None
-    ids, paths, hashes = lists["ids"], lists["paths"], lists["sha256"]
-    if ids is not None:
-        if any(not i for i in ids):
-            problems.append("items.ids has an empty id")
-        dup = next((i for i, c in Counter(ids).items() if c > 1), None)
-        if dup is not None:
-            problems.append(f"items.ids lists {dup[:60]!r} twice")
-    bad = next((p for p in paths or () if not is_plain_relative(p)), None)
-    if bad is not None:
-        problems.append(f"item path {bad[:80]!r} is not a relative path inside the catalog")
-    bad = next((h for h in hashes or () if not _HEX64.fullmatch(h)), None)
-    if bad is not None:
-        problems.append(f"items.sha256 holds {bad[:70]!r}, not a sha256")
-    count = field(m, "count", (int,), "")
-    n = lengths.get("ids")
-    if count is not None and n is not None and count != n:
-        problems.append(f"count says {count} garments, items.ids lists {n}")
-    return n if len(set(lengths.values())) == 1 and len(lengths) == len(ITEM_LISTS) else None
-
-
-def _part_problems(m: dict[str, Any], field: Any, problems: list[str], n: int | None) -> list[str]:
-    """Problems of vector_index; returns the .faiss file names it references."""
-    files: list[str] = []
-    vi = field(m, "vector_index", (dict,), "")
-    parts = field(vi, "parts", (list,), "vector_index.") if vi is not None else None
-    if vi is not None and parts is not None and not parts:
-        problems.append("vector_index.parts is empty")
-    counted, seen = 0, set()
-    for i, rec in enumerate(parts or ()):
+def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) -> list[str]:
+    """Problems of vector_index.parts; returns the .faiss file names they reference."""
+    if not parts:
+        add("vector_index.parts is empty")
+    files, seen = [], set()
+    for i, rec in enumerate(parts):
         where = f"vector_index.parts[{i}]."
-        if not isinstance(rec, dict):
-            problems.append(f"{where[:-1]} is not an object")
+        if seen & set(rec.categories):
+            add(f"{where}categories repeats a category of another part")
+        seen |= set(rec.categories)
+        if rec.type not in PART_TYPES:
+            add(f"{where}type {rec.type[:20]!r} is not one of {', '.join(PART_TYPES)}")
+        if rec.type != "ivf":
             continue
-        cats = field(rec, "categories", (list,), where)
-        if cats is not None and not all(isinstance(c, str) for c in cats):
-            problems.append(f"{where}categories holds a non-string")
-        elif cats is not None:
-            if seen & set(cats):
-                problems.append(f"{where}categories repeats a category of another part")
-            seen |= set(cats)
-        count = field(rec, "count", (int,), where)
-        counted += count or 0
-        kind = field(rec, "type", (str,), where)
-        field(rec, "factory", (str,), where)
-        if kind is not None and kind not in PART_TYPES:
-            problems.append(f"{where}type {kind[:20]!r} is not one of {', '.join(PART_TYPES)}")
-        if kind == "ivf":
-            name = field(rec, "file", (str,), where)
-            if name is not None:
-                files.append(name)
-            nprobe = field(rec, "nprobe", (int,), where)
-            if nprobe is not None and nprobe < 1:
-                problems.append(f"{where}nprobe {nprobe} is below 1")
-            filtered = field(rec, "nprobe_filtered", (int, type(None)), where, optional=True)
-            if filtered is not None and filtered < 1:
-                problems.append(f"{where}nprobe_filtered {filtered} is below 1")
-            field(rec, "tuned_recall_at_10", (dict, type(None)), where, optional=True)
-    if parts and n is not None and counted != n:
-        problems.append(f"vector_index.parts count {counted} garments, the items {n}")
+        for key in ("file", "nprobe"):
+            if getattr(rec, key) is None:
+                add(f"{where}{key} is missing")
+        if rec.file is not None:
+            files.append(rec.file)
+        for key in ("nprobe", "nprobe_filtered"):
+            if (getattr(rec, key) or 1) < 1:
+                add(f"{where}{key} {getattr(rec, key)} is below 1")
+    counted = sum(rec.count for rec in parts)
+    if parts and counted != n:
+        add(f"vector_index.parts count {counted} garments, the items {n}")
     return files
 
 
-def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> dict[str, Any]:
+def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
     """The manifest in `raw` (read from `path`), checked; IndexFormatError naming every problem."""
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON and int limits
         raise IndexFormatError(f"{path} is not a readable index manifest ({str(exc)[:120]}); "
                                f"{rebuild_hint(index_dir)}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexFormatError(f"{path} is not a Fashion-RAG garment index manifest; "
                                f"{rebuild_hint(index_dir)}")
-    found = manifest.get("format_version")
-    if found != FORMAT_VERSION:
+    found = data.get("format_version")
+    if found != FORMAT_VERSION or type(found) is not int:
         raise IndexFormatError(
             f"{path} has index format version {str(found)[:20]}, where this version of Fashion-RAG expects "
-            f"{FORMAT_VERSION}; {rebuild_hint(index_dir, manifest)}")
-    problems = manifest_problems(manifest)
+            f"{FORMAT_VERSION}; {rebuild_hint(index_dir, data)}")
+    problems: list[str] = []
+    # Format 4 stores the garments: a manifest naming a catalog folder is not one a build wrote
+    # (the value is never looked at, so the message is the same wherever it points).
+    if "catalog_root" in data or "catalog_root_relative" in data:
+        problems.append("it names a catalog folder (catalog_root), which an index holding its own "
+                        "garment images never does")
+    manifest = _record(Manifest, data, "", problems)
+    if manifest is not _BAD:
+        problems += manifest_problems(manifest)
     if problems:
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
         raise IndexFormatError(f"Index {index_dir} is damaged: {'; '.join(problems[:_MAX_PROBLEMS])}{more}; "
-                               f"{rebuild_hint(index_dir, manifest)}")
+                               f"{rebuild_hint(index_dir, data)}")
     return manifest
 
 
-def encoder_record(encoder: Encoder) -> dict[str, Any]:
-    return {
-        "name": encoder.name,
-        "weights_sha256": encoder.weights_hash,
-        "dim": int(encoder.dim),
-        "preprocess": encoder.preprocess_id,
-        "weights_file": Path(encoder.weights_path).name,
-        "weights_path": str(encoder.weights_path),
-        "random_demo": bool(encoder.is_random_demo),
-    }
+def encoder_record(encoder: Encoder) -> EncoderRecord:
+    return EncoderRecord(
+        name=encoder.name,
+        weights_sha256=encoder.weights_hash,
+        dim=int(encoder.dim),
+        preprocess=encoder.preprocess_id,
+        weights_file=Path(encoder.weights_path).name,
+        weights_path=str(encoder.weights_path),
+        random_demo=bool(encoder.is_random_demo),
+    )
 
 
-def same_embedding_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("name", "weights_sha256", "dim", "preprocess")
-    return all(a.get(key) == b.get(key) for key in keys)
+def same_embedding_space(a: EncoderRecord, b: EncoderRecord) -> bool:
+    return (a.name, a.weights_sha256, a.dim, a.preprocess) == (b.name, b.weights_sha256, b.dim, b.preprocess)
 
 
-def describe_encoder(rec: dict[str, Any]) -> str:
-    return (f"{rec.get('name')} (weights {rec.get('weights_file')}, sha256 "
-            f"{str(rec.get('weights_sha256'))[:12]}, {rec.get('dim')}-d)")
+def describe_encoder(rec: EncoderRecord) -> str:
+    return f"{rec.name} (weights {rec.weights_file}, sha256 {rec.weights_sha256[:12]}, {rec.dim}-d)"
 
 
-def check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path | str = "") -> None:
+def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = "") -> None:
     """Refuse an encoder that does not produce the index's embedding space, naming both."""
-    built = manifest["encoder"]
+    built = manifest.encoder
     # Name and dimension first: they need no hashing and no model.
-    given = {"name": encoder.name, "dim": int(encoder.dim), "weights_file": Path(encoder.weights_path).name}
-    mismatch = built["name"] != given["name"] or int(built["dim"]) != given["dim"]
-    if not mismatch:
-        given["weights_sha256"] = encoder.weights_hash
-        given["preprocess"] = encoder.preprocess_id
-        mismatch = not same_embedding_space(built, given)
-    if mismatch:
-        given.setdefault("weights_sha256", encoder.weights_hash)
-        raise EncoderMismatchError(
-            f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
-            f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
-            f"encoders are not comparable: load the weights the index was built with "
-            f"({built.get('weights_path')}), or rebuild the index with these weights "
-            f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
-        )
+    if built.name == encoder.name and built.dim == int(encoder.dim):
+        given = encoder_record(encoder)
+        if same_embedding_space(built, given):
+            return
+    else:
+        given = EncoderRecord(encoder.name, encoder.weights_hash, int(encoder.dim), "",
+                              Path(encoder.weights_path).name, str(encoder.weights_path))
+    raise EncoderMismatchError(
+        f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
+        f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
+        f"encoders are not comparable: load the weights the index was built with "
+        f"({built.weights_path}), or rebuild the index with these weights "
+        f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
+    )
 
+
+# --------------------------------------------------------------------------------------------
+# The pointer and its versions
+# --------------------------------------------------------------------------------------------
 
 POINTER = "index.json"
 LOCK = ".build.lock"
@@ -411,10 +467,6 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
-def no_index_message(index_dir: Path) -> str:
-    return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{build_command(index_dir)}`."
-
-
 def read_pointer(index_dir: Path) -> dict[str, Any] | None:
     """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
 
@@ -458,7 +510,8 @@ def resolve_version(index_dir: str | os.PathLike[str]) -> IndexVersion:
 
 def _not_an_index_message(index_dir: Path) -> str:
     if not (index_dir / MANIFEST).exists():
-        return no_index_message(index_dir)
+        command = build_command(index_dir)
+        return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{command}`."
     if _VERSION.fullmatch(index_dir.name) or (index_dir / MARKER).exists():
         return (f"{index_dir} is one stored version of the index {index_dir.parent}, not an index: load "
                 f"{index_dir.parent} (stored versions are replaced by the next build).")
@@ -518,12 +571,6 @@ def _left_by(build: str | None, folder: Path) -> bool:
     """A folder the build `build` (the lock file's last one) made or was deleting when it died."""
     return (build is not None and folder.name.startswith(f"{_TMP_PREFIX}{build}-")
             and (_marker(folder) is not None or _unfinished(folder)))
-
-
-def _is_builds(entry: os.DirEntry, last: str | None) -> bool:
-    if not entry.is_dir(follow_symlinks=False):
-        return False
-    return _owned(Path(entry.path)) is not None or _left_by(last, Path(entry.path))
 
 
 def _is_pointer_temp(entry: os.DirEntry) -> bool:
@@ -591,9 +638,12 @@ def _foreign_entries(out: Path, last: str | None) -> list[str]:
         except IndexFormatError:
             return [POINTER]
     # No index yet (none built, or a first build that died): only what builds leave.
+    def builds(e: os.DirEntry) -> bool:
+        folder = Path(e.path)
+        return e.is_dir(follow_symlinks=False) and (_owned(folder) is not None or _left_by(last, folder))
+
     with os.scandir(out) as entries:
-        return sorted(e.name for e in entries
-                      if not (e.name == LOCK or _is_pointer_temp(e) or _is_builds(e, last)))
+        return sorted(e.name for e in entries if not (e.name == LOCK or _is_pointer_temp(e) or builds(e)))
 
 
 def _lock_owner(out: Path, raw: bytes) -> str | None:
@@ -740,25 +790,25 @@ def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
         return False
 
 
-def write_version(lock: BuildLock, tmp: Path, manifest: dict[str, Any], hashes: dict[str, str] | None = None
-            ) -> str:
+def write_version(lock: BuildLock, tmp: Path, manifest: Manifest, hashes: dict[str, str] | None = None
+                  ) -> str:
     """Make the files in `tmp` (a temp_folder(lock, version=True)) a new version with this manifest,
-    and swap it in.
+    and swap it in; returns the version name. Call under build_lock.
 
-    The manifest gets the sha256 of every file under files.sha256, the marker's too (`hashes`:
-    those the caller computed while writing, so a 30 GB embeddings file is not read back).
-    Returns the version name. Call under build_lock.
+    The manifest gets the sha256 and size of every file, the marker's too (`hashes`: those the
+    caller computed while writing, so a 30 GB embeddings file is not read back).
     """
     marker = _owned(tmp)
     if marker is None or marker["build"] != lock.build or len(marker["names"]) != 2:
         raise ValueError(f"{tmp} is not a version folder of this build")  # a caller's mistake
     version = marker["names"][1]
     known = dict(hashes or {})
-    manifest["files"]["sha256"] = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
-    # Readers open each file only as a regular file of this size (format version 3).
-    manifest["files"]["bytes"] = {name: (tmp / name).stat().st_size for name in manifest["files"]["sha256"]}
+    sha = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
+    sizes = {name: (tmp / name).stat().st_size for name in sha}
+    files = dataclasses.replace(manifest.files, sha256=sha, bytes=sizes)
     with naming(tmp / MANIFEST):
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(dataclasses.replace(manifest, files=files).to_json(), indent=1,
+                                               ensure_ascii=False), encoding="utf-8")
     _match_umask(tmp)
     for path in tmp.iterdir():
         fsync_path(path)
@@ -850,12 +900,12 @@ class StoredVersion:
     """One version of an index as read_version() gives it: checked, verified, mapped."""
 
     ver: IndexVersion
-    manifest: dict[str, Any]
+    manifest: Manifest
     embeddings: np.ndarray  # [n, dim] float32, memory-mapped
     garments: np.ndarray  # the garment image shard, uint8, memory-mapped
 
 
-def read_version(index_dir: str | os.PathLike[str], check: Callable[[dict[str, Any]], None] | None = None,
+def read_version(index_dir: str | os.PathLike[str], check: Callable[[Manifest], None] | None = None,
                  then: Callable[[StoredVersion], Any] | None = None) -> Any:
     """The index's current version: manifest checked (and by `check`, e.g. the encoder, before
     any file is hashed), every data file verified, embeddings and garment shard mapped; `then`
@@ -866,11 +916,10 @@ def read_version(index_dir: str | os.PathLike[str], check: Callable[[dict[str, A
         if check is not None:
             check(manifest)
         verify_files(ver, manifest)
-        n, dim = len(manifest["items"]["ids"]), int(manifest["encoder"]["dim"])
-        name = manifest["files"]["embeddings"]
-        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "embeddings file")
-        emb = map_embeddings(path, n, dim, ver.index_dir, manifest, file_size(manifest, name))
-        stored = StoredVersion(ver, manifest, emb, map_file(ver, manifest, manifest["files"]["garments"],
+        path = data_file(ver.data_dir, manifest.files.embeddings, ver.index_dir, manifest, "embeddings file")
+        emb = map_embeddings(path, len(manifest.items.ids), manifest.encoder.dim, ver.index_dir, manifest,
+                             manifest.files.bytes[manifest.files.embeddings])
+        stored = StoredVersion(ver, manifest, emb, map_file(ver, manifest, manifest.files.garments,
                                                             "garment image file"))
         return then(stored) if then is not None else stored
 
@@ -879,8 +928,8 @@ def read_version(index_dir: str | os.PathLike[str], check: Callable[[dict[str, A
 
 _LOAD_ATTEMPTS = 3
 
-def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
-    """The checked manifest of one version (FileNotFoundError passes through: see load_index)."""
+def read_version_manifest(ver: IndexVersion) -> Manifest:
+    """The checked manifest of one version (FileNotFoundError passes through: see _retrying)."""
     path = ver.data_dir / MANIFEST
     try:
         raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
@@ -893,18 +942,14 @@ def read_version_manifest(ver: IndexVersion) -> dict[str, Any]:
         raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
     return parse_manifest(raw, path, ver.index_dir)
 
-def data_file(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any] | None, what: str) -> Path:
+def data_file(data_dir: Path, name: str, index_dir: Path, manifest: Manifest | None, what: str) -> Path:
     """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
     try:
         return inside(name, data_dir, what)
     except PathRuleError as exc:
         raise damaged(index_dir, exc, manifest) from exc
 
-def file_size(manifest: dict[str, Any], name: str) -> int | None:
-    """The byte size the manifest records for a file of the version (checked present at parse)."""
-    return manifest["files"].get("bytes", {}).get(name)
-
-def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_manifest(index_dir: str | os.PathLike[str]) -> Manifest:
     """The checked manifest of an index's current version."""
     return _retrying(index_dir, read_version_manifest)
 
@@ -922,28 +967,30 @@ def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
                                    f"{rebuild_hint(ver.index_dir)}") from exc
     raise AssertionError("unreachable")
 
-def map_file(ver: IndexVersion, manifest: dict[str, Any], name: str, what: str) -> np.ndarray:
+def _open_data(ver_dir: Path, name: str, index_dir: Path, manifest: Manifest, what: str) -> BinaryIO:
+    """A data file of the version opened as a regular file of at most the size its manifest records."""
+    try:
+        return open_regular(inside(name, ver_dir, what), manifest.files.bytes.get(name), what)
+    except (PathRuleError, UnreadableFileError) as exc:
+        raise damaged(index_dir, exc, manifest) from exc
+
+def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.ndarray:
     """A data file of the version as read-only uint8, mapped through one checked descriptor:
     a regular file of exactly the size the manifest records (its checksum passed verify_files)."""
-    path = data_file(ver.data_dir, name, ver.index_dir, manifest, what)
-    size = file_size(manifest, name)
-    try:
-        f = open_regular(path, size, what)
-    except UnreadableFileError as exc:
-        raise damaged(ver.index_dir, exc, manifest) from exc
-    with f:
+    size = manifest.files.bytes.get(name)
+    with _open_data(ver.data_dir, name, ver.index_dir, manifest, what) as f:
         if os.fstat(f.fileno()).st_size != size:
             raise damaged(ver.index_dir, f"{name} is not the size its manifest records (damaged or replaced)",
                           manifest)
         return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
 
-def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
+def verify_files(ver: IndexVersion, manifest: Manifest) -> None:
     """Every file of the version is a regular file of the size and sha256 its manifest records,
     before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
-    for name, expected in manifest["files"]["sha256"].items():
+    for name, expected in manifest.files.sha256.items():
         path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
         try:
-            digest = cached_sha256(path, file_size(manifest, name), "index data file")
+            digest = cached_sha256(path, manifest.files.bytes.get(name), "index data file")
         except UnreadableFileError as exc:
             raise damaged(ver.index_dir, exc, manifest) from exc
         if digest != expected:
@@ -951,14 +998,13 @@ def verify_files(ver: IndexVersion, manifest: dict[str, Any]) -> None:
                           "replaced)", manifest)
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
-                   manifest: dict[str, Any] | None = None, max_bytes: int | None = None) -> np.ndarray:
+                   manifest: Manifest | None = None, max_bytes: int | None = None) -> np.ndarray:
     """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only.
 
     Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
-    process memory, when the IVF index answers queries and only a few rows are ever read.
-    The file must be a regular file (of at most `max_bytes`, the size the manifest records);
-    it is opened once, its header parsed by numpy (no pickle: an object dtype is refused) and
-    checked against the manifest and the file size, then mapped through that descriptor.
+    process memory. Opened once as a regular file (of at most `max_bytes`, the manifest's size),
+    its header parsed by numpy (no pickle) and checked against n, dim and the file size, then
+    mapped through that descriptor.
     """
     where = index_dir or path.parent
 
@@ -990,25 +1036,6 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
         return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
 
 
-def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
-    header: the bytes are np.save's); returns their sha256, computed while writing."""
-    with naming(path), open(path, "wb") as f:  # a failed write (a full disk) names the file
-        out = HashingWriter(f)
-        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
-        written = 0
-        for block in blocks:
-            data = np.ascontiguousarray(block, dtype="<f4")
-            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
-                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
-            out.write(memoryview(data).cast("B"))
-            written += len(data)
-        if written != n:
-            raise ValueError(f"{written} embedding rows written where {n} were expected")
-        f.flush()
-        os.fsync(f.fileno())
-    return out.digest.hexdigest()
-
 class HashingWriter:
     """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
 
@@ -1020,33 +1047,50 @@ class HashingWriter:
         return self.f.write(data)
 
 
-VECTORS = "vectors-{}.faiss"  # file of IVF part i
-
-def write_faiss(index: Any, path: Path) -> None:
-    """faiss.write_index through a Python file, so a failed write (a full disk) raises an OSError
-    naming the file: FAISS's own file writer can fail only on close, where it prints a warning and
-    leaves a truncated file."""
-    import faiss
-
+@contextlib.contextmanager
+def new_data_file(path: Path) -> Iterator[HashingWriter]:
+    """A data file written, hashed while written, and synced to disk; a failed write (a full
+    disk) raises an OSError naming the file."""
     with naming(path), open(path, "wb") as f:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        out = HashingWriter(f)
+        yield out
         f.flush()
         os.fsync(f.fileno())
 
-def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, Any]) -> Any:
-    """The FAISS index in file `name` of the version folder, read through one checked descriptor.
 
-    faiss.read_index(path) would open the path itself (a FIFO there blocks it for good), so
-    the file is opened here as a regular file of at most the size the manifest records and
-    FAISS reads it through a callback that stops at that size.
-    """
+def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
+    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
+    header: the bytes are np.save's); returns their sha256."""
+    with new_data_file(path) as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        written = 0
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype="<f4")
+            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
+                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
+            out.write(memoryview(data).cast("B"))
+            written += len(data)
+        if written != n:
+            raise ValueError(f"{written} embedding rows written where {n} were expected")
+    return out.digest.hexdigest()
+
+
+def write_faiss(index: Any, path: Path) -> None:
+    """faiss.write_index through a Python file (FAISS's own file writer fails only on close, with
+    a warning and a truncated file)."""
     import faiss
 
-    try:
-        path = inside(name, data_dir, "vector index file")
-        f = open_regular(path, manifest["files"].get("bytes", {}).get(name), "vector index file")
-    except (PathRuleError, UnreadableFileError) as exc:
-        raise damaged(index_dir, exc, manifest) from exc
+    with new_data_file(path) as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+
+
+def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: Manifest) -> Any:
+    """The FAISS index in file `name` of the version folder, read through one checked descriptor
+    (faiss.read_index(path) would open the path itself: a FIFO there blocks it for good) and a
+    callback that stops at the size the manifest records."""
+    import faiss
+
+    f = _open_data(data_dir, name, index_dir, manifest, "vector index file")
     left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
 
     def read(size: int) -> bytes:
@@ -1060,4 +1104,4 @@ def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: dict[str, A
             return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
     except (RuntimeError, MemoryError) as exc:  # FAISS's C++ errors: a damaged file, not a caller's bug
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise damaged(index_dir, f"{path.name} is not a readable FAISS index ({reason})", manifest) from exc
+        raise damaged(index_dir, f"{name} is not a readable FAISS index ({reason})", manifest) from exc

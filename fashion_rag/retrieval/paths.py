@@ -1,13 +1,9 @@
-"""The one path rule, for every path that comes from a user, a workflow, metadata or a manifest,
-and the bounds on what a request (a workflow, the CLI) can ask of retrieval.
-
-Resolve it (symlinks included) and require the result inside its root: the catalog folder for
-garment images, the index folder for the index's own files, a registered indexes folder for
-index names. An index name is one visible folder name and nothing else. Anything else is
-refused with a message naming the item and the root; nothing outside is ever opened.
-
-A shared workflow is untrusted input: without bounds, 252 pinned ids returned 252 full-size
-images (+567 MB of server memory) and a 1 MB id string came back in full in the error.
+"""The one path rule, for every path from a user, a workflow, metadata or a manifest: resolved
+(symlinks included), it must lie inside its root (the catalog folder for garment images, the
+index folder for the index's files, an indexes folder for index names, which are one visible
+folder name); anything else is refused naming the item and the root, never opened. And the
+bounds on what a request may ask: a shared workflow is untrusted input (without them, 252 pinned
+ids returned 252 full-size images, and a 1 MB id string came back in full in the error).
 """
 
 from __future__ import annotations

@@ -1,27 +1,23 @@
 """Building an index: incremental (only new image contents are encoded), safe, reported.
 
-A build reads the catalog's images through the path rule, hashes them, encodes the new ones,
-stores each fitted garment image in the index (the catalog is never read again after the
-build), and publishes a new version of the index folder (ondisk.write_version), so a failure or a kill leaves
-the previous index as it was. Every catalog entry it leaves out is reported by id (and
-metadata line) with its reason; `strict` turns any such skip into a failed build.
-
-Three steps, two of them shared by every engine: plan (build/plan.py: hash every image, decide
-what to encode), encode (the engine: this process, or a Ray cluster: build/engines.py), write
-(write_index below: the garment shard, the embeddings file, the vector indexes and the manifest,
-streamed).
+Three steps: plan (build/plan.py: hash every catalog image through the path rule, decide what to
+encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
+the garment shard, the embeddings, the vector indexes and the manifest, streamed, published as a
+new version by ondisk.write_version, so a failure or a kill leaves the previous index as it was).
+The catalog is never read again after the build. Every entry left out is reported with its
+reason; `strict` makes any skip a failed build.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,16 +26,17 @@ from ..ann import BLOCK_ROWS, INDEX_TYPES, IVF_THRESHOLD, part_kind, partition_c
 from ..catalog import Catalog, Skip
 from ..ondisk import (
     EMBEDDINGS,
-    FORMAT,
-    FORMAT_VERSION,
     GARMENTS,
     BuildLock,
-    HashingWriter,
+    Files,
+    Items,
+    Manifest,
+    VectorIndexRecord,
     build_lock,
     clean_stale,
     discard_unpublished,
     map_embeddings,
-    naming,
+    new_data_file,
     prepare_out,
     temp_folder,
     write_embeddings_file,
@@ -96,13 +93,9 @@ def build_index(
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
 ) -> BuildReport:
-    """Build or update the index of `catalog` in `out_dir` (see the module docstring).
-
-    out_dir must be absent, empty or an index (storage.prepare_out). Only images whose content
-    is not in the previous index are encoded; when nothing changed at all nothing is written.
-    On any error the previous index stays as it was. engine: LocalEngine() (this process) by
-    default, or engines.RayEngine(); both give the same index.
-    """
+    """Build or update the index of `catalog` in `out_dir` (absent, empty or an index:
+    ondisk.prepare_out); when nothing changed, nothing is written. engine: LocalEngine() (this
+    process) by default, or engines.RayEngine(); both give the same index."""
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
     say = log_fn or log.info
@@ -134,7 +127,7 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
         store, bad = None, {}
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
             work = stack.enter_context(temp_folder(lock))
-            store = NewEmbeddings(work, len(plan.todo), plan.enc["dim"])
+            store = NewEmbeddings(work, len(plan.todo), plan.enc.dim)
             stack.callback(store.close)
             bad = engine.encode(catalog, plan.todo, encoder, batch_size, store, work, progress)
             _check_complete(plan, store, bad, engine)
@@ -159,18 +152,14 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
         if h in bad and first[h] is not item:
             skipped.append(item.skip(bad[h].reason, bad[h].detail))
     kept = [(item, h) for item, h in plan.hashed if h not in bad]
-    items = {
-        "ids": [item.id for item, _ in kept],
-        "paths": [item.path for item, _ in kept],
-        "categories": [item.category for item, _ in kept],
-        "captions": [item.caption for item, _ in kept],
-        "sha256": [h for _, h in kept],
-    }
+    items = Items([item.id for item, _ in kept], [item.path for item, _ in kept],
+                  [item.category for item, _ in kept], [item.caption for item, _ in kept],
+                  [h for _, h in kept], [], [])  # (the images' places: when written)
     old = plan.old_manifest
-    old_ids = set(old["items"]["ids"]) if old else set()
+    old_ids = set(old.items.ids) if old else set()
     encoded = store.count if store is not None else 0
     report = BuildReport(out, len(kept), encoded, len(kept) - sum(h not in plan.old_rows for _, h in kept),
-                         len(old_ids - set(items["ids"])), "", written=False, version=plan.old_version,
+                         len(old_ids - set(items.ids)), "", written=False, version=plan.old_version,
                          skipped=skipped, cleaned=cleaned)
     if strict and skipped:
         raise SkippedItemsError(report)
@@ -180,35 +169,27 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
                          + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
                          + ". Point --catalog at a folder of garment images (or a metadata file "
                            "listing them).")
-    groups = partition_categories(items["categories"])
-    counts = Counter(items["categories"])
+    groups = partition_categories(items.categories)
+    counts = Counter(items.categories)
     parts = [(list(g), part_kind(index_type, sum(counts[c] for c in g), ivf_threshold)) for g in groups]
     kinds = {k for _, k in parts}
     report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
-    if (old is not None and plan.old_rows and old.get("format_version") == FORMAT_VERSION
-            and {key: old["items"][key] for key in items} == items and old["encoder"] == plan.enc
-            and [(p["categories"], p["type"]) for p in old["vector_index"]["parts"]] == parts):
+    if (old is not None and plan.old_rows and old.encoder == plan.enc
+            and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
+            and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
         say(f"index {out} is up to date ({len(kept)} garments)")
         return report
-    report.version, record = write_index(lock, catalog, plan, store, items, index_type, ivf_threshold, say)
+    report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
     report.written = True
     report.cleaned += clean_stale(lock)[0]  # versions before the previous one
-    factories = ", ".join(sorted({p["factory"] for p in record["parts"]}))
+    factories = ", ".join(sorted({p.factory for p in record.parts}))
     say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
     return report
 
 
-# --------------------------------------------------------------------------------------------
-# The last step, the same for every engine: write the new version and swap it in.
-# A build's last step, the same for every engine: write the new version and swap it in.
-#
-# Streams: the garment shard is written image by image (stored PNGs from the previous version's
-# shard, new ones from the engine's store), the embeddings file block by block (reused rows from the previous
-# version's file, new ones from the engine's NewEmbeddings file), hashed while written, then
-# memory-mapped to build the vector indexes one part at a time (ann.write_vector_parts).
-# Nothing here holds all the float32 embeddings in memory.
-#
-# --------------------------------------------------------------------------------------------
+# The last step, the same for every engine. Streamed: the garment shard image by image and the
+# embeddings block by block (reused ones from the previous version, new ones from the engine's
+# store), hashed while written, then memory-mapped to build the vector indexes one part at a time.
 
 def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
                         ) -> tuple[str, list[int], list[int]]:
@@ -216,17 +197,16 @@ def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None
     version's shard, or the engine's new ones), in item order. Returns its sha256 and every
     item's (offset, size)."""
     new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
-    old_at = plan.old_manifest["items"] if plan.old_garments is not None and plan.old_manifest else {}
     placed: dict[str, tuple[int, int]] = {}
     offsets, sizes = [], []
-    with naming(path), open(path, "wb") as f:
-        out, end = HashingWriter(f), 0
+    with new_data_file(path) as out:
+        end = 0
         for h in hashes:
             if h not in placed:
                 old = plan.old_rows.get(h)
-                if old is not None and plan.old_garments is not None:
-                    start = old_at["image_offsets"][old]
-                    data = bytes(plan.old_garments[start : start + old_at["image_sizes"][old]])
+                if old is not None and plan.old_garments is not None and plan.old_manifest is not None:
+                    start = plan.old_manifest.items.image_offsets[old]
+                    data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
                 else:
                     assert store is not None
                     data = store.image(new_rows[h])
@@ -235,14 +215,12 @@ def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None
                 end += len(data)
             offsets.append(placed[h][0])
             sizes.append(placed[h][1])
-        f.flush()
-        os.fsync(f.fileno())
     return out.digest.hexdigest(), offsets, sizes
 
 
 def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]) -> Iterator[np.ndarray]:
     """The embedding of each content hash in order, a block of rows at a time."""
-    dim = int(plan.enc["dim"])
+    dim = plan.enc.dim
     new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
     for start in range(0, len(hashes), BLOCK_ROWS):
         chunk = hashes[start : start + BLOCK_ROWS]
@@ -259,28 +237,21 @@ def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[
         yield block
 
 
-def write_index(lock: BuildLock, catalog: Catalog, plan: BuildPlan, store: NewEmbeddings | None,
-                items: dict[str, list[str]], index_type: str, ivf_threshold: int, say: LogFn
-                ) -> tuple[str, dict[str, Any]]:
-    """Write a new version of the index holding `items` and swap it in (storage.publish).
+def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
+                items: Items, index_type: str, ivf_threshold: int, say: LogFn
+                ) -> tuple[str, VectorIndexRecord]:
+    """Write a new version of the index holding `items` and swap it in (ondisk.write_version).
 
     Returns the version's name and its vector_index record. Call under the build lock.
     """
-    n, dim = len(items["ids"]), int(plan.enc["dim"])
+    n, dim, hashes = len(items.ids), plan.enc.dim, items.sha256
     with temp_folder(lock, version=True) as tmp:
-        sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, items["sha256"]))
-        shard_sha, offsets, sizes = write_garments_file(tmp / GARMENTS, plan, store, items["sha256"])
+        sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, hashes))
+        shard_sha, offsets, sizes = write_garments_file(tmp / GARMENTS, plan, store, hashes)
         emb = map_embeddings(tmp / EMBEDDINGS, n, dim)
-        record = write_vector_parts(emb, items["categories"], tmp, index_type, ivf_threshold, log_fn=say)
+        record = write_vector_parts(emb, items.categories, tmp, index_type, ivf_threshold, log_fn=say)
         del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "encoder": plan.enc,
-            "count": n,
-            "vector_index": record,
-            "files": {"embeddings": EMBEDDINGS, "garments": GARMENTS},
-            "items": {**items, "image_offsets": offsets, "image_sizes": sizes},
-        }
+        manifest = Manifest(plan.enc, n, record, Files(EMBEDDINGS, GARMENTS, {}, {}),
+                            dataclasses.replace(items, image_offsets=offsets, image_sizes=sizes),
+                            built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         return write_version(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record

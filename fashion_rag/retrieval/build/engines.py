@@ -1,37 +1,19 @@
-"""How a build hashes and encodes images: here, in this process (LocalEngine), or on a Ray
-cluster (RayEngine, below). Everything else about a build is shared (build/__init__.py).
+"""How a build hashes and encodes images: in this process (LocalEngine) or on a Ray cluster
+(RayEngine). Both run the plan's per-image steps (plan.hash_image, plan.read_fitted_garment), so
+they skip the same images for the same reasons; the plan and the write are shared
+(build/__init__.py), so both publish the same index. An engine fills a NewEmbeddings store (row i:
+the embedding and garment PNG of the plan's todo[i]) in files, so a 10M-image first build holds
+neither embeddings nor images in memory.
 
-An engine fills a NewEmbeddings store: row i holds the embedding of the plan's todo[i] and its
-fitted garment image (PNG bytes, stored in the index), in files on disk, so a 10M-image first
-build holds neither embeddings nor images in memory.
-
-On Ray:
-
-Everything else is the local build's (build/__init__.py): the same plan decides what to encode, the
-same last step writes the index, so both engines publish the same index. Here:
-
-- hashing: the catalog listing (row, path) becomes a Ray dataset; CPU tasks hash the image
-  files (plan.hash_image), so the driver never reads 10M images;
-- encoding: CPU tasks read, check, decode and preprocess the new images (plan.read_fitted_garment,
-  the encoder's model-free transform); actors hold the model (one per GPU when the cluster has
-  GPUs, else CPU actors) and encode batches; the embeddings are written as Parquet shards
-  (row, reason, detail, error, garment PNG, embedding), which the driver reads into the build's NewEmbeddings.
-What runs on the workers: hash_batch, prepare_batch, EncoderActor.
-
-Failures: a batch whose worker process dies (a task's, or an actor's: the actor is restarted)
-is retried up to RETRIES times, then the build fails naming the images not encoded; Ray Data's
-own default is to retry forever, so one image that crashes its decoder would hang the build.
-A batch whose code raises
-(an encoder error no retry cures) is recorded in its shard with the error, the other batches
-finish, and then the build fails naming every such item; the previous index stays as it was
-(nothing is published). Every node needs the catalog, the weights file and the shard folder at
-the same paths (shared storage), and a Python with fashion-rag's dependencies; this package's
-code is shipped with the job.
-
-Workers: The per-image steps are the local build's (plan.hash_image, plan.read_fitted_garment), so
-both engines skip the same images for the same reasons. A batch whose code raises is not
-raised but recorded, row by row, in its output's "error" column: the rest of the build
-finishes and the driver then names every failing item at once.
+On Ray: the listing becomes a Ray dataset; CPU tasks hash (hash_batch), and read, check, decode
+and preprocess (prepare_batch) the images, so the driver never reads 10M images; actors hold the
+model (EncoderActor: one per GPU, else CPU actors) and encode batches into Parquet shards
+(row, reason, detail, error, garment PNG, embedding) that the driver reads into the store.
+A batch whose worker dies is retried RETRIES times (Ray Data's default, forever, would let one
+image that crashes its decoder hang the build), then the build fails naming the images not
+encoded. A batch whose code raises is recorded row by row in its "error" column: the other
+batches finish, then the build fails naming every such item. Nothing is published on failure.
+Every node needs the catalog, the weights and the shard folder at the same paths.
 """
 
 from __future__ import annotations
@@ -40,7 +22,7 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -212,8 +194,6 @@ def hash_batch(batch: Any, root: str) -> Any:
 def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
     """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
     stores, or the reason an image is skipped."""
-    from PIL import Image
-
     catalog = Catalog(Path(root), [])
     rows = batch["row"].to_pylist()
     blank = Image.new("RGB", GARMENT_SIZE, PAD_COLOR)  # in place of an image that is not encoded
@@ -432,40 +412,32 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(shorten(i, 60) for i in ids[:5]) + (f", … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
-def _shard_files(uri: str) -> tuple[Any, list[str]]:
-    import pyarrow.fs as pafs
+def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
+    """The record batches of the Parquet shards under `uri` (none when nothing was written)."""
+    import pyarrow.dataset as pads
 
-    fs, base = pafs.FileSystem.from_uri(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except FileNotFoundError:  # nothing written yet
-        return fs, []
-    return fs, sorted(f.path for f in infos if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+        shards = pads.dataset(uri, format="parquet")
+    except FileNotFoundError:
+        return iter(())
+    return shards.to_batches(columns=columns) if shards.files else iter(())  # (no files: no columns)
 
 
 def _written_rows(uri: str) -> set[int]:
-    import pyarrow.parquet as pq
-
-    fs, files = _shard_files(uri)
-    tables = (pq.read_table(path, filesystem=fs, columns=["row"]) for path in files)
-    return {int(r) for table in tables for r in table["row"].to_numpy()}
+    return {int(r) for batch in _shards(uri, ["row"]) for r in batch["row"].to_numpy()}
 
 
 def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEmbeddings
                  ) -> tuple[dict[str, Skip], dict[int, str]]:
     """Fill the store from the shards; return the Skip of every image a worker refused and the
     error of every row whose batch raised."""
-    import pyarrow.parquet as pq
-
-    fs, files = _shard_files(uri)
     bad: dict[str, Skip] = {}
     errors: dict[int, str] = {}
-    for path in files:
-        table = pq.read_table(path, filesystem=fs)
+    for table in _shards(uri):
         rows = table["row"].to_numpy()
         reasons, details, errs = (table[c].to_pylist() for c in ("reason", "detail", "error"))
-        emb = table["embedding"].combine_chunks()
-        vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
+        emb = table["embedding"]
+        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
         ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
         garments = table["garment"].to_pylist()
         store.put(rows[ok], vectors[ok], [garments[i] for i in np.flatnonzero(ok)])

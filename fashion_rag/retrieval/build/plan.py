@@ -1,8 +1,6 @@
 """A build's plan: what the previous index holds, what each image's content is, what to encode.
-
-Shared by every engine (engines.py: local and Ray): the per-image steps here (hash_image,
-read_fitted_garment) are what an engine runs, on this machine or on cluster workers, so that the
-two engines skip the same entries for the same reasons and encode the same images.
+The per-image steps (hash_image, read_fitted_garment) are what every engine runs, here or on
+cluster workers, so all engines skip the same entries for the same reasons.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -22,7 +20,9 @@ from ...logs import LogFn
 from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from ..ondisk import (
     Encoder,
+    EncoderRecord,
     IndexFormatError,
+    Manifest,
     describe_encoder,
     encoder_record,
     looks_like_index,
@@ -81,8 +81,8 @@ def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Ima
 class BuildPlan:
     """What a build starts from and what it has to encode."""
 
-    enc: dict[str, Any]  # the encoder's manifest record
-    old_manifest: dict[str, Any] | None
+    enc: EncoderRecord
+    old_manifest: Manifest | None
     old_version: str
     old_embeddings: np.ndarray | None  # the previous version's, memory-mapped (same space only)
     old_garments: np.ndarray | None  # the previous version's garment shard, mapped (with old_embeddings)
@@ -115,8 +115,8 @@ def plan_build(catalog: Catalog, out: Path, encoder: Encoder, engine: HashingEng
                      skipped)
 
 
-def _previous_embeddings(out: Path, enc: dict[str, Any], say: LogFn
-                         ) -> tuple[dict[str, Any] | None, str, np.ndarray | None, np.ndarray | None,
+def _previous_embeddings(out: Path, enc: EncoderRecord, say: LogFn
+                         ) -> tuple[Manifest | None, str, np.ndarray | None, np.ndarray | None,
                                     dict[str, int]]:
     """The previous manifest, its version, its embeddings and garment shard, and their rows by
     image hash (same space only)."""
@@ -127,15 +127,15 @@ def _previous_embeddings(out: Path, enc: dict[str, Any], say: LogFn
         if looks_like_index(out):
             say(f"previous index not reusable ({exc}); building from scratch")
         return None, "", None, None, {}
-    if not same_embedding_space(old["encoder"], enc):
-        say(f"previous index used encoder {describe_encoder(old['encoder'])}; re-encoding everything")
+    if not same_embedding_space(old.encoder, enc):
+        say(f"previous index used encoder {describe_encoder(old.encoder)}; re-encoding everything")
         return old, ver.version, None, None, {}
     try:
         verify_files(ver, old)
-        n, dim = len(old["items"]["ids"]), int(old["encoder"]["dim"])
-        emb = map_embeddings(ver.data_dir / old["files"]["embeddings"], n, dim, out, old)
-        shard = map_file(ver, old, old["files"]["garments"], "garment image file")
+        n, dim = len(old.items.ids), old.encoder.dim
+        emb = map_embeddings(ver.data_dir / old.files.embeddings, n, dim, out, old)
+        shard = map_file(ver, old, old.files.garments, "garment image file")
     except (IndexFormatError, OSError, PathRuleError) as exc:  # rebuilding is always correct, just slower
         say(f"previous embeddings unusable ({exc}); re-encoding everything")
         return old, ver.version, None, None, {}
-    return old, ver.version, emb, shard, {h: i for i, h in enumerate(old["items"]["sha256"])}
+    return old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)}
