@@ -75,13 +75,9 @@ if [ -n "$prepare" ]; then
   "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
     "${platforms[@]}" -d "$prepare/wheels" -r "$reqs"
   rm -f "$reqs"
-  comfy=$(comfy_source)
-  tar -czf "$prepare/ComfyUI.tar.gz" --exclude=__pycache__ --exclude=.git -C "$(dirname "$comfy")" \
-    --exclude="$(basename "$comfy")/models" --exclude="$(basename "$comfy")/input" \
-    --exclude="$(basename "$comfy")/output" --exclude="$(basename "$comfy")/user" "$(basename "$comfy")"
-  du -k "$prepare"/wheels/*.whl "$prepare/ComfyUI.tar.gz" | sort -n | awk '
-    { printf "%8.1f MB  %s\n", $1 / 1024, $2; total += $1 }
-    END { printf "%8.1f MB  in all (for CPython '"$pyver"'); copy the repository with this folder\n", total / 1024 }'
+  "$py" "$here/gpu_packages.py" --comfyui-tarball "$prepare/ComfyUI.tar.gz" --comfyui "$(comfy_source)"
+  "$py" "$here/gpu_packages.py" --sizes "$prepare"
+  echo "(for CPython $pyver; the av stand-in travels in the repository: copy the repository with $prepare)"
   exit 0
 fi
 
@@ -89,7 +85,11 @@ if [ -n "$kit" ]; then
   [ -d "$kit/wheels" ] && [ -f "$kit/ComfyUI.tar.gz" ] || die "$kit holds no wheels/ and ComfyUI.tar.gz: make it with --prepare"
   kit=$(cd "$kit" && pwd)
   if [ ! -f "$kit/site/.installed" ]; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$kit/site" "$kit"/wheels/*.whl
+    wheels=("$kit"/wheels/*.whl)  # none where the machine holds all of NEEDED already
+    if [ -e "${wheels[0]}" ]; then
+      "$py" -m pip install -q --no-index --no-deps --no-compile --target "$kit/site" "${wheels[@]}"
+    fi
+    "$py" "$here/gpu_packages.py" --stand-ins "$kit/site"
     touch "$kit/site/.installed"
   fi
   if [ ! -f "$kit/ComfyUI/main.py" ]; then
