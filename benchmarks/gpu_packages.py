@@ -152,25 +152,28 @@ def pack_comfyui(src: Path, tarball: Path) -> None:
 def install_stand_ins(site: Path) -> None:
     """The stand-in packages of STAND_INS into `site` (a kit's --target folder)."""
     for name, folder in STAND_INS.items():
+        if any(site.glob(f"{name}-*.dist-info")):  # the real package was carried: keep it whole
+            continue
         shutil.copytree(folder / name, site / name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def sizes(kit: Path) -> str:
-    """A markdown table of a kit's wheels, stand-ins and ComfyUI tarball (MiB), and what of them a
-    bare torch+transformers+timm machine and the H200 image need."""
-    rows, bare, h200 = [], 0, 0
-    wheels = {_name(w.name.split("-")[0]): w.stat().st_size for w in (kit / "wheels").glob("*.whl")}
+    """A markdown table of a kit's wheels, stand-ins and ComfyUI tarball (MiB): the kit's total and
+    what of it the H200 image needs; NEEDED left out of the kit (--without) named below."""
+    items = {_name(w.name.split("-")[0]): w.stat().st_size for w in (kit / "wheels").glob("*.whl")}
+    left_out = [n for n in NEEDED if _name(n) not in items]
     for name, folder in STAND_INS.items():
-        wheels[f"{name} (stand-in)"] = sum(f.stat().st_size for f in (folder / name).rglob("*.py"))
-    wheels["ComfyUI source (tar.gz)"] = (kit / "ComfyUI.tar.gz").stat().st_size
-    for name, size in sorted(wheels.items(), key=lambda kv: -kv[1]):
-        on_image = name in ON_H200_IMAGE
-        bare, h200 = bare + size, h200 + (0 if on_image else size)
-        rows.append(f"| {name} | {size / MiB:.2f} | yes | {'no (on the image)' if on_image else 'yes'} |")
-    rows.append(f"| **in all** | | **{bare / MiB:.1f}** | **{h200 / MiB:.1f}** |")
-    return "\n".join(["| package | MiB | needed on a bare machine | needed on the H200 image |",
-                      "|---|---|---|---|", *rows])
+        items[f"{name} (stand-in)"] = sum(f.stat().st_size for f in (folder / name).rglob("*.py"))
+    items["ComfyUI source (tar.gz)"] = (kit / "ComfyUI.tar.gz").stat().st_size
+    rows = [f"| {name} | {size / MiB:.2f} | {'no (on the image)' if name in ON_H200_IMAGE else 'yes'} |"
+            for name, size in sorted(items.items(), key=lambda kv: -kv[1])]
+    h200 = sum(size for name, size in items.items() if name not in ON_H200_IMAGE)
+    return "\n".join([
+        "| package | MiB | needed on the H200 image |", "|---|---|---|", *rows,
+        f"| **this kit** | **{sum(items.values()) / MiB:.1f}** | |",
+        f"| **needed on the H200 image** | **{h200 / MiB:.1f}** | |",
+        f"left out of this kit (--without): {', '.join(left_out) or 'none'}"])
 
 
 def main() -> int:

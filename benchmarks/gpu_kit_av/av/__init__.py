@@ -3,8 +3,7 @@
 and `av.subtitles.stream.SubtitleStream` for its video and audio types, and the GPU check never
 reads or writes video or audio. Every use raises NotInGPUKit, an ImportError so that libraries
 probing for PyAV (torchvision's `try: import av; av.logging...` `except ImportError`) take it
-for absent; no distribution metadata either, so metadata-based probes (transformers', diffusers')
-find none.
+for absent; no distribution metadata either, so metadata-based probes (diffusers') find none.
 """
 
 MESSAGE = ("{name}: video and audio are not part of the GPU check; its kit carries a stand-in for "
