@@ -137,7 +137,9 @@ def make_venv(target: Path, base_only: bool = False) -> Path:
 def pack_comfyui(src: Path, tarball: Path) -> None:
     """ComfyUI's source at `src` less COMFYUI_LEFT_OUT, as `tarball` (gzip, one top folder ComfyUI/)."""
     if not (src / "main.py").is_file():
-        raise SystemExit(f"no ComfyUI at {src} (no main.py): pass --comfyui or set COMFYUI_PATH")
+        print(f"gpu_packages: no ComfyUI at {src} (no main.py): pass --comfyui or set COMFYUI_PATH",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
         inside = member.name.partition("/")[2]
