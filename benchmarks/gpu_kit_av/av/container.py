@@ -1,0 +1,5 @@
+from av import StandIn
+
+
+class InputContainer(StandIn):
+    pass

@@ -1,0 +1,5 @@
+from av import StandIn
+
+
+class SubtitleStream(StandIn):
+    pass
