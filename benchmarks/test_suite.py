@@ -55,6 +55,9 @@ class Watcher(threading.Thread):
         self.procs: dict[int, list[str]] = {}  # pid -> argv
         self.load: list[tuple[float, float]] = []  # (time, 1-minute load average)
         self.rss: dict[int, int] = {}  # pid -> largest resident set seen (bytes), own processes
+        # largest sum of the tree's resident sets at one sample: what the run holds at once
+        # (a module's child processes included), the figure that decides its xdist group
+        self.peak_total = 0
 
     def _descends(self, pid: int) -> bool:
         for _ in range(16):
@@ -69,13 +72,17 @@ class Watcher(threading.Thread):
         while not self.stop.is_set():
             with open("/proc/loadavg") as f:
                 self.load.append((time.time(), float(f.read().split()[0])))
-            for pid in list(self.procs):
+            total = 0
+            for pid in [self.root, *self.procs]:
                 try:
                     with open(f"/proc/{pid}/statm") as f:
                         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
                 except (OSError, ValueError, IndexError):
                     continue
-                self.rss[pid] = max(self.rss.get(pid, 0), rss)
+                total += rss
+                if pid != self.root:
+                    self.rss[pid] = max(self.rss.get(pid, 0), rss)
+            self.peak_total = max(self.peak_total, total)
             for entry in os.listdir("/proc"):
                 if entry.isdigit() and int(entry) not in self.procs and self._descends(int(entry)):
                     try:
@@ -143,6 +150,7 @@ def main() -> int:
         load = watcher.load_between(0, time.time())
         print(f"\nwall time {wall:.0f} s; mean 1-minute load average {load:.1f} "
               f"(max {max(v for _, v in watcher.load):.1f}) on {os.cpu_count()} CPUs")
+        print(f"  peak resident memory of the process tree at once: {watcher.peak_total / 2**30:.1f} GiB")
         big = sorted(watcher.rss.items(), key=lambda kv: -kv[1])[:4]
         print("  largest resident sets: " + ", ".join(
             f"{rss / 2**30:.1f} GiB ({' '.join(watcher.procs[pid][:3])[-60:]})" for pid, rss in big))
