@@ -95,6 +95,17 @@ def pytest_collection_modifyitems(config, items) -> None:
             item._id = NodeId.parse(f"{item.nodeid}@{mark.args[0]}")
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: inert (and no error) without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """Under --dist loadgroup, the longest group first (group_schedule.py), so the full-size
+    group and the Ray module start at once instead of where their test counts put them."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from group_schedule import make_scheduler
+
+    return make_scheduler(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean():
     """Tests write into temp folders only: a file a test session adds to the checkout
