@@ -2,6 +2,7 @@
 
     python benchmarks/test_suite.py [--junit FILE] [-- PYTEST ARGS...]
     python benchmarks/test_suite.py --ci          # `bash .ci/test` itself, as the README times it
+    python benchmarks/test_suite.py --groups [--junit FILE]   # two-worker estimate, today's groups
 
 Runs `python -m pytest` (with the given arguments, e.g. `tests/test_index_ray.py --durations=0`,
 or `-n 2 --dist loadgroup`) and, while it runs, samples the load average and every process it
@@ -12,6 +13,12 @@ FILE and no pytest run it only reads an existing report (no process counts then)
 `bash .ci/test` (setup, lint, 2 workers) and reads the report it leaves in the cache.
 
 The machine is shared: the load average column says how much else was running.
+
+--groups collects the tests (no run) to read their xdist groups as tests/conftest.py sets them
+now, sums each group's seconds from a report (default: the last `bash .ci/test` run's, in the
+cache), and estimates what each of the two workers would run, the group with the most seconds
+handed out first (tests/group_schedule.py): the critical path after a regrouping, before a run.
+A test the report lacks counts 1 s.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ class Watcher(threading.Thread):
         self.procs: dict[int, list[str]] = {}  # pid -> argv
         self.load: list[tuple[float, float]] = []  # (time, 1-minute load average)
         self.rss: dict[int, int] = {}  # pid -> largest resident set seen (bytes), own processes
+        # largest sum of the tree's resident sets at one sample: what the run holds at once
+        # (a module's child processes included), the figure that decides its xdist group
+        self.peak_total = 0
 
     def _descends(self, pid: int) -> bool:
         for _ in range(16):
@@ -69,13 +79,17 @@ class Watcher(threading.Thread):
         while not self.stop.is_set():
             with open("/proc/loadavg") as f:
                 self.load.append((time.time(), float(f.read().split()[0])))
-            for pid in list(self.procs):
+            total = 0
+            for pid in [self.root, *self.procs]:
                 try:
                     with open(f"/proc/{pid}/statm") as f:
                         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
                 except (OSError, ValueError, IndexError):
                     continue
-                self.rss[pid] = max(self.rss.get(pid, 0), rss)
+                total += rss
+                if pid != self.root:
+                    self.rss[pid] = max(self.rss.get(pid, 0), rss)
+            self.peak_total = max(self.peak_total, total)
             for entry in os.listdir("/proc"):
                 if entry.isdigit() and int(entry) not in self.procs and self._descends(int(entry)):
                     try:
@@ -100,12 +114,51 @@ def read_junit(path: Path) -> list[tuple[str, str, float, float]]:
     return cases
 
 
+def group_estimate(junit: Path, workers: int = 2) -> None:
+    """Per-group seconds under today's groups, and each worker's share, longest group first."""
+    import pytest
+
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+    from group_schedule import group_seconds, recorded_seconds
+
+    groups: dict[str, list[str]] = defaultdict(list)
+
+    class Groups:
+        def pytest_collection_finish(self, session) -> None:
+            for item in session.items:
+                mark = item.get_closest_marker("xdist_group")
+                groups[mark.args[0] if mark else "(none)"].append(item.nodeid)
+
+    code = pytest.main(["tests", "--collect-only", "-q", "-p", "no:xdist"], plugins=[Groups()])
+    if code != 0:
+        raise SystemExit(f"collecting the tests failed (exit {code})")
+    seconds = recorded_seconds(junit)
+    if not seconds:
+        raise SystemExit(f"no test times in {junit}: run `bash .ci/test` once, or pass --junit FILE")
+    sums = {g: group_seconds(ids, seconds) for g, ids in groups.items()}
+    load = [0.0] * workers
+    for g in sorted(sums, key=lambda g: -sums[g]):  # as xdist hands them out (group_schedule.py)
+        load[load.index(min(load))] += sums[g]
+    print("\n| group | tests | seconds |\n|---|---|---|")
+    for g in sorted(sums, key=lambda g: -sums[g]):
+        print(f"| {g} | {len(groups[g])} | {sums[g]:.1f} |")
+    print(f"| **all** | {sum(map(len, groups.values()))} | {sum(sums.values()):.1f} |")
+    print(f"\nper worker, longest group first: {', '.join(f'{s:.0f} s' for s in load)} "
+          f"(times from {junit})")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--junit", type=Path, help="read this JUnit XML (no pytest run) or write it here")
     p.add_argument("--ci", action="store_true", help="run `bash .ci/test` (report: the cache's test-run.xml)")
+    p.add_argument("--groups", action="store_true",
+                   help="no run: per-group seconds of a report under today's xdist groups, per worker")
     p.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments (default: tests)")
     args = p.parse_args()
+    if args.groups:
+        cache = Path(os.environ.get("FASHION_RAG_CACHE") or Path.home() / ".cache" / "fashion-rag")
+        group_estimate(args.junit or cache / "test-run.xml")
+        return 0
     watcher = None
     wall = None
     if args.junit and args.junit.is_file() and not args.pytest_args and not args.ci:
@@ -143,6 +196,7 @@ def main() -> int:
         load = watcher.load_between(0, time.time())
         print(f"\nwall time {wall:.0f} s; mean 1-minute load average {load:.1f} "
               f"(max {max(v for _, v in watcher.load):.1f}) on {os.cpu_count()} CPUs")
+        print(f"  peak resident memory of the process tree at once: {watcher.peak_total / 2**30:.1f} GiB")
         big = sorted(watcher.rss.items(), key=lambda kv: -kv[1])[:4]
         print("  largest resident sets: " + ", ".join(
             f"{rss / 2**30:.1f} GiB ({' '.join(watcher.procs[pid][:3])[-60:]})" for pid, rss in big))

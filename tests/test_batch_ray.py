@@ -1,6 +1,8 @@
 """`fashion-rag batch --engine ray`: the same rows, files and summary as the local batch, run by Ray
 workers that each start their own ComfyUI (a real local Ray cluster of 2 CPUs for the module, the
-demo weights, the batch tests' workflow: no diffusion, a row takes about a second).
+demo index, the batch tests' workflow: no diffusion, a row takes about a second). Only the test
+comparing with the local batch on the shared server runs on the full-size worker; the others'
+ComfyUIs load no full-size model (`index_base`: the demo index and the person, no weights).
 
 The batch runs in a child process (as a user runs it) that joins the module's cluster through its
 address; what ComfyUI itself saw is read from each worker's ComfyUI log, which the batch brings
@@ -43,10 +45,10 @@ def cluster(tmp_path_factory) -> str:
         ray.shutdown()
 
 
-def _ray_args(address: str, comfy_base: Path, workers: int = 2) -> list[str]:
+def _ray_args(address: str, base: Path, workers: int = 2) -> list[str]:
     # The session server's flags (fp32 everywhere), so both engines compute the same images.
     return ["--engine", "ray", "--ray-address", address, "--workers", str(workers),
-            "--comfyui", str(comfy_path()), "--base", str(comfy_base), "--device", "cpu",
+            "--comfyui", str(comfy_path()), "--base", str(base), "--device", "cpu",
             "--comfyui-args=--fp32-text-enc --fp32-vae --fp32-unet"]
 
 
@@ -128,13 +130,12 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_base, demo_models, people,
-                                                               tmp_path):
+def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, index_base, people, tmp_path):
     """SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
     not outlive it. Then SIGKILL the driver: the rerun resumes, sending no finished row again."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
     out = tmp_path / "out"
-    proc = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    proc = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
     try:
         _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
         worker, its_comfyui = _worker_mid_row(proc)
@@ -160,7 +161,7 @@ def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, comfy_b
     finished = {k for k, r in summary.items() if r.status == "ok"}
     assert retried in finished and len(finished) < 12, finished
 
-    rerun = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    rerun = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
     try:
         _, stderr = rerun.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -218,12 +219,12 @@ def test_the_local_batch_never_imports_ray(tmp_path):
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
 
 
-def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, comfy_base, demo_models, people, tmp_path):
+def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, index_base, people, tmp_path):
     """The first Ctrl-C: no row is sent any more, the rows running finish and are recorded, the rest
     are skipped, exit 130; every prompt a ComfyUI received is an ok row."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
     out = tmp_path / "out"
-    proc = _batch(workflow, jobs, out, *_ray_args(cluster, comfy_base), wait=False)
+    proc = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
     try:
         _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
         proc.send_signal(signal.SIGINT)

@@ -28,10 +28,10 @@ def _run(script: str, *args: str) -> str:
     return out.stdout
 
 
-def test_memory_benchmark_smoke(tmp_path):
+def test_memory_benchmark_smoke(tmp_path, bench_cache):
     summary = tmp_path / "summary.json"
     table = _run("memory.py", "--attention", "default", "--weights", "both",
-                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--json", str(summary))
+                 "--cache", str(bench_cache), "--out", str(tmp_path / "run"), "--json", str(summary))
     print(table)
     s = json.loads(summary.read_text())
     ref = s["reference"]
@@ -60,14 +60,14 @@ def test_memory_benchmark_smoke(tmp_path):
             "| float16, float16, float32 |") in table
 
 
-def test_unet_load_benchmark_smoke(tmp_path):
-    out = _run("unet_load.py", "--cache", str(tmp_path / "cache"), "--base", str(tmp_path / "base"))
+def test_unet_load_benchmark_smoke(tmp_path, bench_cache):
+    out = _run("unet_load.py", "--cache", str(bench_cache), "--base", str(tmp_path / "base"))
     assert "convert-unet (once)" in out
     assert out.count("| fp32 |") == 2  # the .pth and the converted file
 
 
-def test_encoder_load_benchmark_smoke(tmp_path):
-    out = _run("encoder_load.py", "--cache", str(tmp_path / "cache"))
+def test_encoder_load_benchmark_smoke(bench_cache):
+    out = _run("encoder_load.py", "--cache", str(bench_cache))
     for row in ("open_clip's own load (the encoder before)", "whole model, read in parts",
                 "text-first (index loader node)"):
         assert f"| {row} |" in out

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cli_runs import run_cli
@@ -29,6 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fashion_rag", "index", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
+
+
+def _cli_runs(*commands: tuple) -> list[SimpleNamespace]:
+    """`index` commands, in order, each in a process of its own (cli_runs.py: one interpreter
+    start for them all, not ~3 s of imports each), as `_cli` results."""
+    results = run_cli([["index", *map(str, args)] for args in commands], deadline=120)
+    return [SimpleNamespace(returncode=r["rc"], stdout=r["stdout"], stderr=r["stderr"]) for r in results]
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +61,30 @@ def test_build_info_query(setup):
     assert "encoded 37/37" in r.stderr and "RANDOM demo weights" in r.stderr
     assert "skipped: 'broken' (metadata.jsonl line 37): not an image: " in r.stderr  # by id, row, reason
     assert "36 garments indexed (36 encoded, 0 reused, 0 removed), 1 skipped (1 not an image)" in r.stderr
+    strict, info, query_json, query_image = _cli_runs(
+        (*build[:-2], "--out", root / "strict", "--weights", weights, "--strict"),
+        ("info", out),
+        ("query", out, "red striped trousers", "-k", "3", "--mode", "caption", "--json"),
+        ("query", out, "a dress", "-k", "4", "--category", "dresses", "--mode", "image",
+         "--weights", weights, "--exclude", "dress00"))
     # --strict: any skip fails the build, and nothing is written.
-    r = _cli(*build[:-2], "--out", root / "strict", "--weights", weights, "--strict")
+    r = strict
     assert r.returncode == 1 and "skipped: 'broken'" in r.stderr and "--strict" in r.stderr
     assert "Traceback" not in r.stderr and not (root / "strict").exists()
 
-    r = _cli("info", out)
+    r = info
     assert r.returncode == 0, r.stderr
     assert "garments  36" in r.stdout and "upper_body: 12" in r.stdout and "dresses: 12" in r.stdout
     assert "fashion-rag-tiny" in r.stdout and "RANDOM demo weights" in r.stdout
     assert "catalog" not in r.stdout  # an index names no folder outside itself
 
-    r = _cli("query", out, "red striped trousers", "-k", "3", "--mode", "caption", "--json")
+    r = query_json
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert hits[0]["caption"] == "red striped trousers" and (catalog / hits[0]["path"]).is_file()
 
-    r = _cli("query", out, "a dress", "-k", "4", "--category", "dresses", "--mode", "image",
-             "--weights", weights, "--exclude", "dress00")
+    r = query_image
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 4 and all("dresses" in line for line in lines)
@@ -80,18 +93,23 @@ def test_build_info_query(setup):
 
 def test_errors_are_one_clear_line(setup, tmp_path):
     root, weights, catalog = setup
-    r = _cli("info", tmp_path / "nothing")
+    before = sorted(p for p in catalog.rglob("*"))
+    nothing, missing, onto_catalog, long_pin = _cli_runs(
+        ("info", tmp_path / "nothing"),
+        ("build", "--catalog", tmp_path / "missing", "--out", tmp_path / "i", "--weights", weights),
+        ("build", "--catalog", catalog, "--out", catalog, "--encoder", "fashion-rag-tiny",
+         "--weights", weights),
+        ("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000))
+    r = nothing
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "No garment index" in r.stderr and "index build" in r.stderr
-    r = _cli("build", "--catalog", tmp_path / "missing", "--out", tmp_path / "i", "--weights", weights)
+    r = missing
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     # --out equal to --catalog deleted every catalog image (exit code 0) before issue 7.
-    before = sorted(p for p in catalog.rglob("*"))
-    r = _cli("build", "--catalog", catalog, "--out", catalog, "--encoder", "fashion-rag-tiny",
-             "--weights", weights)
+    r = onto_catalog
     assert r.returncode == 2 and "is the catalog folder" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(p for p in catalog.rglob("*")) == before
-    r = _cli("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000)
+    r = long_pin
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr) < 400
 
 

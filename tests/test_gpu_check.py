@@ -35,11 +35,11 @@ def _venv_and_kit(tmp_path):
     return make_venv(tmp_path / "venv"), kit
 
 
-def test_gpu_check_tiny_with_only_the_listed_packages(tmp_path):
+def test_gpu_check_tiny_with_only_the_listed_packages(tmp_path, bench_cache):
     python, kit = _venv_and_kit(tmp_path)
     summary = tmp_path / "figures.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--tiny", "--python", str(python), "--kit", str(kit), "--cache", str(tmp_path / "cache"),
+    args = ["--tiny", "--python", str(python), "--kit", str(kit), "--cache", str(bench_cache),
             "--out", str(tmp_path / "run"), "--json", str(summary)]
     out = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=1200, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -32,10 +32,10 @@ def _stages(errors: dict[str, float], stage: str) -> dict[str, float]:
     return {k: v for k, v in errors.items() if k.split("/", 2)[2] == stage}
 
 
-def test_templates_in_half_precision_match_fp32(tmp_path):
+def test_templates_in_half_precision_match_fp32(tmp_path, bench_cache):
     summary = tmp_path / "summary.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--sizes", "smoke", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+    args = ["--sizes", "smoke", "--cache", str(bench_cache), "--out", str(tmp_path / "run"),
             "--json", str(summary)]
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision.py"), *args],
                          capture_output=True, text=True, timeout=1200, env=env)
