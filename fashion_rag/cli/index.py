@@ -90,8 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "a new version replaces the current one atomically")
     b.add_argument("--metadata", type=Path, help="CSV or JSON-lines file: id, image, category, caption "
                    "(default: metadata.jsonl/.csv in the catalog folder, else folder names)")
-    b.add_argument("--encoder", default=DEFAULT_ARCH, help=f"OpenCLIP architecture (default {DEFAULT_ARCH})")
-    b.add_argument("--weights", type=Path, required=True, help=f"encoder weights file ({REAL_WEIGHTS_HINT})")
+    b.add_argument("--encoder", default=None,
+                   help=f"OpenCLIP architecture of a --weights file (default {DEFAULT_ARCH})")
+    b.add_argument("--weights", type=Path, required=True,
+                   help=f"encoder weights file ({REAL_WEIGHTS_HINT}), or an OpenCLIP model folder as "
+                        "published (open_clip_config.json, open_clip_model.safetensors, tokenizer files; "
+                        "e.g. Marqo/marqo-fashionSigLIP), which names its own architecture")
     b.add_argument("--pretrained-tag", default=None,
                    help="open_clip pretrained tag whose preprocessing to use (default: laion2b_s32b_b82k "
                         "for ViT-L-14); weights still come only from --weights")
@@ -128,7 +132,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
     q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
     q.add_argument("--weights", type=Path,
-                   help="the encoder weights file the index was built with (needed unless --mode caption)")
+                   help="the encoder weights file or model folder the index was built with (needed unless "
+                        "--mode caption)")
     q.add_argument("--pin", default="", help="comma-separated ids returned first")
     q.add_argument("--exclude", default="", help="comma-separated ids never returned")
     q.add_argument("--json", action="store_true")
@@ -150,6 +155,9 @@ def _build(args: argparse.Namespace) -> int:
     prepare_out(args.out, catalog.root)  # refuse an unsafe --out before loading any model
     _err(f"[index] catalog {catalog.root}: {len(catalog)} garments"
          + (f", {len(catalog.skipped)} entries skipped" if catalog.skipped else ""))
+    if args.weights.is_dir() and (args.encoder or args.pretrained_tag):
+        raise ValueError(f"--weights {args.weights} is a model folder, which carries its own architecture "
+                         "and preprocessing: drop --encoder and --pretrained-tag")
     encoder = GarmentEncoder(args.weights, args.encoder, args.pretrained_tag)
     if encoder.is_random_demo:
         _err("[index] note: these are RANDOM demo weights, not a pretrained encoder")
@@ -208,7 +216,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from ..retrieval.encoder import GarmentEncoder
+    from ..retrieval.encoder import encoder_for
     from ..retrieval.index import load_index
     from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
@@ -224,7 +232,7 @@ def _query(args: argparse.Namespace) -> int:
             _err(f"[index] this query encodes the text with the index's encoder: pass --weights with "
                  f"the file the index was built with ({built_with}), or use --mode caption")
             return 2
-        encoder = GarmentEncoder(args.weights, manifest["encoder"]["name"])
+        encoder = encoder_for(manifest["encoder"], args.weights)
     index = load_index(args.index, encoder)
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
                   pin_ids=args.pin, exclude_ids=args.exclude)

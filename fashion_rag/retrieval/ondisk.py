@@ -106,7 +106,11 @@ class Encoder(Protocol):
 
     name: str
     weights_path: Path
+    model_dir: Path | None  # an OpenCLIP model folder (None: name + weights file)
+    config_hash: str | None
 
+    @property
+    def tokenizer_hash(self) -> str | None: ...
     @property
     def weights_hash(self) -> str: ...
     @property
@@ -142,7 +146,14 @@ def rebuild_hint(index_dir: Path | str, manifest: Any = None) -> str:
     """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built from."""
     m = manifest if isinstance(manifest, dict) else {}
     enc = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
-    return f"rebuild it: {build_command(index_dir, enc.get('name'), enc.get('weights_path'))}"
+    return f"rebuild it: {build_command(index_dir, *_source(enc))}"
+
+
+def _source(enc: dict[str, Any]) -> tuple[Any, Any]:
+    """(--encoder, --weights) of an encoder record: a model folder is given alone."""
+    if enc.get("config_sha256") and isinstance(enc.get("weights_path"), str):
+        return None, str(Path(enc["weights_path"]).parent)
+    return enc.get("name"), enc.get("weights_path")
 
 
 def manifest_problems(m: dict[str, Any]) -> list[str]:
@@ -167,6 +178,8 @@ def manifest_problems(m: dict[str, Any]) -> list[str]:
             field(enc, key, (str,), "encoder.")
         field(enc, "weights_file", (str, type(None)), "encoder.")
         field(enc, "random_demo", (bool,), "encoder.", optional=True)
+        field(enc, "config_sha256", (str, type(None)), "encoder.", optional=True)
+        field(enc, "tokenizer_sha256", (str, type(None)), "encoder.", optional=True)
         dim = field(enc, "dim", (int,), "encoder.")
         if dim is not None and not 1 <= dim <= MAX_DIM:
             problems.append(f"encoder.dim {dim} is out of range")
@@ -328,16 +341,21 @@ def encoder_record(encoder: Encoder) -> dict[str, Any]:
         "weights_file": Path(encoder.weights_path).name,
         "weights_path": str(encoder.weights_path),
         "random_demo": bool(encoder.is_random_demo),
+        "config_sha256": encoder.config_hash,
+        "tokenizer_sha256": encoder.tokenizer_hash,
     }
 
 
 def same_embedding_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("name", "weights_sha256", "dim", "preprocess")
+    """Whether image embeddings of encoders `a` and `b` (records) are the same (the tokenizer
+    only changes text queries: check_encoder compares it too). Absent keys: None, as before."""
+    keys = ("name", "weights_sha256", "dim", "preprocess", "config_sha256")
     return all(a.get(key) == b.get(key) for key in keys)
 
 
 def describe_encoder(rec: dict[str, Any]) -> str:
-    return (f"{rec.get('name')} (weights {rec.get('weights_file')}, sha256 "
+    folder = f"model folder, config sha256 {rec['config_sha256'][:12]}, " if rec.get("config_sha256") else ""
+    return (f"{rec.get('name')} ({folder}weights {rec.get('weights_file')}, sha256 "
             f"{str(rec.get('weights_sha256'))[:12]}, {rec.get('dim')}-d)")
 
 
@@ -345,20 +363,25 @@ def check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path | 
     """Refuse an encoder that does not produce the index's embedding space, naming both."""
     built = manifest["encoder"]
     # Name and dimension first: they need no hashing and no model.
-    given = {"name": encoder.name, "dim": int(encoder.dim), "weights_file": Path(encoder.weights_path).name}
+    given = {"name": encoder.name, "dim": int(encoder.dim), "weights_file": Path(encoder.weights_path).name,
+             "config_sha256": encoder.config_hash}
     mismatch = built["name"] != given["name"] or int(built["dim"]) != given["dim"]
     if not mismatch:
         given["weights_sha256"] = encoder.weights_hash
         given["preprocess"] = encoder.preprocess_id
-        mismatch = not same_embedding_space(built, given)
+        given["tokenizer_sha256"] = encoder.tokenizer_hash
+        mismatch = (not same_embedding_space(built, given)
+                    or built.get("tokenizer_sha256") != given["tokenizer_sha256"])
     if mismatch:
         given.setdefault("weights_sha256", encoder.weights_hash)
+        rebuild = build_command(index_dir, None if encoder.model_dir else encoder.name,
+                                encoder.model_dir or encoder.weights_path)
         raise EncoderMismatchError(
             f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
             f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
             f"encoders are not comparable: load the weights the index was built with "
-            f"({built.get('weights_path')}), or rebuild the index with these weights "
-            f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
+            f"({_source(built)[1]}), or rebuild the index with these weights "
+            f"({rebuild})."
         )
 
 
