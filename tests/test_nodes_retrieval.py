@@ -90,6 +90,27 @@ def test_image_mode_runs_the_encoder_under_comfy_memory_management(comfy):
     assert any(type(m).__name__ == "CLIP" and hasattr(m, "encode_text") for m in loaded)
 
 
+def test_a_picture_query_through_the_node(comfy, comfy_base):
+    """The optional IMAGE input (issue 22): a stored garment's picture, weight 1, finds that
+    garment first at cosine 1, with the image tower loaded under ComfyUI's memory management;
+    weight 0 is the text's ranking. Mutation caught: the node not passing the image on."""
+    import comfy.model_management as mm
+
+    catalog = comfy_base / "models" / "fashion_rag" / "catalogs" / "demo"
+    shutil.copyfile(next(catalog.rglob("top05.png")), comfy_base / "input" / "fr_query_top05.png")
+
+    def run(**inputs) -> list[dict]:
+        wf = workflow(text="a long dress", k=4, mode="image", **inputs)
+        wf["4"] = {"class_type": "LoadImage", "inputs": {"image": "fr_query_top05.png"}}
+        return comfy.run(wf)["2"]["fashion_rag_garments"]
+
+    by_picture = run(image=["4", 0], image_weight=1.0)
+    assert by_picture[0]["id"] == "top05" and by_picture[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    loaded = [lm.model.model for lm in mm.current_loaded_models if lm.model is not None]
+    assert any(type(m).__name__ == "VisionTransformer" for m in loaded)
+    assert run(image=["4", 0], image_weight=0.0) == run()
+
+
 def test_bad_inputs_give_clear_errors(comfy):
     with pytest.raises(PromptFailed) as err:
         comfy.run(workflow(index="no_such_index"))

@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..retrieval.ann import INDEX_TYPES, IVF_THRESHOLD
     from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
     from ..retrieval.paths import MAX_K
-    from ..retrieval.search import MODES
+    from ..retrieval.search import DEFAULT_IMAGE_WEIGHT, MODES
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,9 +125,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_friendly(_info))
 
-    q = isub.add_parser("query", help="retrieve garments for a text")
+    q = isub.add_parser("query", help="retrieve garments for a text and/or a picture")
     q.add_argument("index", type=Path)
-    q.add_argument("text")
+    q.add_argument("text", nargs="?", default=None, help="the garment described (optional with --image)")
+    q.add_argument("--image", type=Path, default=None,
+                   help="a garment photo or crop: ranks by image-image similarity (with a text: the "
+                        "weighted sum)")
+    q.add_argument("--image-weight", type=float, default=DEFAULT_IMAGE_WEIGHT,
+                   help=f"weight w of the picture with a text: score = (1-w) text cosine + w image cosine "
+                        f"(0-1, default {DEFAULT_IMAGE_WEIGHT})")
     q.add_argument("-k", type=int, default=5, help=f"garments to return (1-{MAX_K}, pins included)")
     q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
     q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
@@ -216,11 +222,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from ..images import load_garment
     from ..retrieval.encoder import encoder_for
     from ..retrieval.index import load_index
     from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
 
+    if args.text is None and args.image is None:
+        raise ValueError("give a text, an --image, or both")
+    image = load_garment(args.image) if args.image is not None else None  # before any model loads
     manifest = read_manifest(args.index)
     needs_encoder = args.mode != "caption"
     encoder = None
@@ -229,13 +239,13 @@ def _query(args: argparse.Namespace) -> int:
         # query got further would tell them if that path exists outside the index (issue 23).
         if args.weights is None:
             built_with = manifest["encoder"]["weights_file"]
-            _err(f"[index] this query encodes the text with the index's encoder: pass --weights with "
+            _err(f"[index] this query is encoded with the index's encoder: pass --weights with "
                  f"the file the index was built with ({built_with}), or use --mode caption")
             return 2
         encoder = encoder_for(manifest["encoder"], args.weights)
     index = load_index(args.index, encoder)
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
-                  pin_ids=args.pin, exclude_ids=args.exclude)
+                  pin_ids=args.pin, exclude_ids=args.exclude, image=image, image_weight=args.image_weight)
     if args.save is not None:
         _save(args.save, index, hits)
     if args.json:
