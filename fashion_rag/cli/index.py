@@ -1,4 +1,4 @@
-"""`python -m fashion_rag index build|info|query`: the garment catalog index from a shell.
+"""`python -m fashion_rag index build|info|query|evaluate`: the garment catalog index from a shell.
 
 Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
 piped. `--json` prints machine-readable output. Exit codes: 0 done; 1 `build --strict` skipped
@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..categories import CATEGORIES
 
@@ -148,6 +148,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "rank), and garments.json (ids, scores) into DIR")
     q.set_defaults(func=_friendly(_query))
 
+    e = isub.add_parser("evaluate", help="recall@k and precision@k of an index for a labelled query set",
+                        description="Rank every query of a labelled CSV (columns: text and/or image, "
+                                    "relevant, optionally category) within its category and print R@k and "
+                                    "P@k per category: build the same catalog with two encoders and compare.")
+    e.add_argument("index", type=Path)
+    e.add_argument("queries", type=Path, help="CSV: text and/or image (a path relative to the CSV), "
+                                              "relevant (comma-separated garment ids), optional category")
+    e.add_argument("--weights", type=Path, help="the encoder weights file or model folder the index was "
+                                                "built with (needed unless --mode caption)")
+    e.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
+    e.add_argument("--image-weight", type=float, default=DEFAULT_IMAGE_WEIGHT,
+                   help="weight of the picture in rows with a text and an image (default "
+                        f"{DEFAULT_IMAGE_WEIGHT})")
+    e.add_argument("--ks", default="1,3,5,10,20", help=f"the k values, comma-separated (at most {MAX_K})")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_friendly(_evaluate))
+
 
 def _build(args: argparse.Namespace) -> int:
     from ..retrieval.build import build_index
@@ -223,27 +240,13 @@ def _info(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from ..images import load_garment
-    from ..retrieval.encoder import encoder_for
     from ..retrieval.index import load_index
-    from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
 
     if args.text is None and args.image is None:
         raise ValueError("give a text, an --image, or both")
     image = load_garment(args.image) if args.image is not None else None  # before any model loads
-    manifest = read_manifest(args.index)
-    needs_encoder = args.mode != "caption"
-    encoder = None
-    if needs_encoder:
-        # Never the manifest's weights_path: whoever placed the index chose it, and whether the
-        # query got further would tell them if that path exists outside the index (issue 23).
-        if args.weights is None:
-            built_with = manifest["encoder"]["weights_file"]
-            _err(f"[index] this query is encoded with the index's encoder: pass --weights with "
-                 f"the file the index was built with ({built_with}), or use --mode caption")
-            return 2
-        encoder = encoder_for(manifest["encoder"], args.weights)
-    index = load_index(args.index, encoder)
+    index = load_index(args.index, _query_encoder(args))
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
                   pin_ids=args.pin, exclude_ids=args.exclude, image=image, image_weight=args.image_weight)
     if args.save is not None:
@@ -256,6 +259,47 @@ def _query(args: argparse.Namespace) -> int:
         caption = " ".join(g.caption.split())  # one line per hit, whatever separators a caption holds
         print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {caption}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.labelled_queries import evaluate_index, read_queries
+    from ..retrieval.index import load_index
+    from ..retrieval.paths import MAX_K
+
+    try:
+        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or not all(1 <= k <= MAX_K for k in ks):
+        raise ValueError(f"--ks must list whole numbers from 1 to {MAX_K}, e.g. 1,5,10 (got {args.ks!r})")
+    queries = read_queries(args.queries)  # every row checked before any model loads
+    index = load_index(args.index, _query_encoder(args))
+    rows = evaluate_index(index, queries, ks, mode=args.mode, image_weight=args.image_weight)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'category':<11} {'queries':>7}" + "".join(f" {f'R@{k}':>6} {f'P@{k}':>6}" for k in ks))
+    for row in rows:
+        print(f"{row['category']:<11} {row['queries']:>7}" + "".join(
+            f" {row[f'R@{k}']:>6.3f} {row[f'P@{k}']:>6.3f}" for k in ks))
+    return 0
+
+
+def _query_encoder(args: argparse.Namespace) -> Any:
+    """The index's encoder from --weights (None for --mode caption); ValueError naming the file to pass."""
+    from ..retrieval.encoder import encoder_for
+    from ..retrieval.ondisk import read_manifest
+
+    if args.mode == "caption":
+        return None
+    manifest = read_manifest(args.index)
+    if args.weights is None:
+        # Never the manifest's weights_path: whoever placed the index chose it, and whether the
+        # query got further would tell them if that path exists outside the index (issue 23).
+        built_with = manifest["encoder"]["weights_file"]
+        raise ValueError(f"this query is encoded with the index's encoder: pass --weights with the file "
+                         f"the index was built with ({built_with}), or use --mode caption")
+    return encoder_for(manifest["encoder"], args.weights)
 
 
 def _save(folder: Path, index: GarmentIndex, hits: list[Garment]) -> None:
