@@ -149,7 +149,8 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
                 io.Combo.Input(
                     "encoder_weights", options=weights, default=default_weights,
                     tooltip="The OpenCLIP weights the index was built with "
-                            f"(models/{RETRIEVAL_ENCODER.folder}/). The paper's: "
+                            f"(models/{RETRIEVAL_ENCODER.folder}/; for an index built from a model folder, "
+                            "that folder's open_clip_model.safetensors). The paper's: "
                             f"{RETRIEVAL_ENCODER.where_to_get}.",
                 ),
             ],
