@@ -149,6 +149,31 @@ def test_other_weights_are_refused_naming_both(comfy, comfy_base):
         other.unlink()
 
 
+def test_an_index_built_from_a_model_folder_loads_with_its_weights_file(comfy, comfy_base, demo_source):
+    """Issue 22: the loader's encoder_weights list shows a model folder's weights file, which
+    stands for the folder when the index was built from one; the node ranks as the library does.
+    Mutation caught: the loader building a plain-file encoder from it (refused: unknown architecture)."""
+    from encoder_folders import write_model_folder
+
+    from fashion_rag.retrieval.index import load_index
+    from fashion_rag.retrieval.search import search
+
+    models = comfy_base / "models" / "fashion_rag"
+    folder = write_model_folder(models / "retrieval" / "zz-siglip-fashion", "siglip")
+    index_dir = models / "indexes" / "zz_folder_shop"
+    try:
+        build_index(scan_catalog(demo_source), index_dir, GarmentEncoder(folder))
+        listing = comfy.run(workflow(text="black long dress", k=5, mode="image", index=index_dir.name,
+                                     weights="zz-siglip-fashion/open_clip_model.safetensors"))
+        want = search(load_index(index_dir, GarmentEncoder(folder)), "black long dress", 5, mode="image")
+        got = listing["2"]["fashion_rag_garments"]
+        assert [g["id"] for g in got] == [h.id for h in want]
+        np.testing.assert_allclose([g["score"] for g in got], [h.score for h in want], atol=1e-5)
+    finally:
+        shutil.rmtree(folder)
+        shutil.rmtree(index_dir, ignore_errors=True)
+
+
 def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base):
     """A new version swapped in (same name) must make ComfyUI reload the index."""
     node = comfy.nodes.NODE_CLASS_MAPPINGS[LOADER]
