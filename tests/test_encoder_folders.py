@@ -23,8 +23,15 @@ from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder, encoder_for
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.ondisk import EncoderMismatchError, read_manifest
+from fashion_rag.retrieval.ondisk import (
+    EncoderMismatchError,
+    check_encoder,
+    encoder_record,
+    read_manifest,
+    same_embedding_space,
+)
 from fashion_rag.retrieval.search import search
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 TEXTS = ("a red striped top", "long black dress", "blue jeans")
 
@@ -138,14 +145,29 @@ def test_text_only_load_of_a_folder_holds_only_the_text_tower(tmp_path, caplog):
     assert not [r for r in caplog.records if "whole model" in r.getMessage()]
 
 
+def test_old_encoder_records_keep_their_meaning(tmp_path):
+    """A manifest written before issue 22 has no config_sha256 or tokenizer_sha256: its encoder is
+    a name + weights file, the same embedding space as that file's today (None for both keys).
+    Mutation caught: an absent key compared as different from None."""
+    weights = write_tiny_encoder_weights(tmp_path / "tiny.safetensors")
+    encoder = GarmentEncoder(weights, TINY_ARCH)
+    record = encoder_record(encoder)
+    assert (record["config_sha256"], record["tokenizer_sha256"]) == (None, None)
+    old = {k: v for k, v in record.items() if k not in ("config_sha256", "tokenizer_sha256")}
+    assert same_embedding_space(old, record)
+    check_encoder({"encoder": old}, encoder, "old")  # no EncoderMismatchError
+
+
 def test_cli_builds_and_queries_with_a_model_folder(catalog_dir, tmp_path):
     folder = write_model_folder(tmp_path / "siglip-fashion", "siglip")
     out = tmp_path / "shop"
     build = ["index", "build", "--catalog", str(catalog_dir), "--out", str(out), "--weights", str(folder)]
     results = run_cli([build + ["--encoder", "ViT-B-16"], build,
                        ["index", "query", str(out), "red dress", "--json", "-k", "3", "--mode", "image",
-                        "--weights", str(folder / "open_clip_model.safetensors")]], deadline=120)
-    refused, built, query = results
+                        "--weights", str(folder / "open_clip_model.safetensors")],
+                       build[:-1] + [str(tmp_path)]], deadline=120)
+    refused, built, query, not_a_model = results
+    assert not_a_model["rc"] == 2 and "without open_clip_config.json" in not_a_model["stderr"]
     assert refused["rc"] == 2 and "model folder" in refused["stderr"]
     assert "drop --encoder" in refused["stderr"]
     assert built["rc"] == 0, built["stderr"]

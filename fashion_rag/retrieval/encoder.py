@@ -59,6 +59,10 @@ def read_folder_config(folder: Path) -> tuple[dict[str, Any], str]:
     """A model folder's open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...}) and its sha256."""
     import hashlib
 
+    if not (folder / FOLDER_CONFIG).exists():
+        raise FileNotFoundError(f"{folder} is a folder without {FOLDER_CONFIG}, so not an OpenCLIP model "
+                                "folder: pass a weights file, or a model folder as published (config, "
+                                "weights, tokenizer)")
     raw = read_regular(folder / FOLDER_CONFIG, MAX_JSON_BYTES, "OpenCLIP model config")
     try:
         config = json.loads(raw)
