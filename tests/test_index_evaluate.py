@@ -16,7 +16,10 @@ import pytest
 from cli_runs import run_cli
 from PIL import Image
 
-from tools.demo.encoder import write_tiny_encoder_weights
+from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.catalog import scan_catalog
+from fashion_rag.retrieval.encoder import GarmentEncoder
+from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 GARMENTS = [("top_red", "upper_body", "red cotton top", (200, 30, 30)),
             ("top_blue", "upper_body", "blue wool top", (30, 30, 200)),
@@ -53,10 +56,7 @@ def toy(tmp_path_factory):
         "dress_pink.png,dress_white\n")            # itself first: missed at 1, found at 2
     (queries / "escape.csv").write_text("image,relevant\n../catalog/top_red.png,top_red\n")
     (queries / "unknown.csv").write_text("text,relevant\nred top,no_such_garment\n")
-    build = ["index", "build", "--catalog", str(catalog), "--out", str(root / "shop"), "--encoder",
-             "fashion-rag-tiny", "--weights", str(weights)]
-    (built,) = run_cli([build], deadline=120)
-    assert built["rc"] == 0, built["stderr"]
+    build_index(scan_catalog(catalog), root / "shop", GarmentEncoder(weights, TINY_ARCH))
     return root, weights
 
 
