@@ -68,7 +68,8 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                 io.Float.Input(
                     "image_weight", default=DEFAULT_IMAGE_WEIGHT, min=0.0, max=1.0, step=0.05, optional=True,
                     tooltip="With an image: score = (1 − w)·text cosine + w·image cosine; 1 ranks by the "
-                            f"picture alone, 0 by the text alone (default {DEFAULT_IMAGE_WEIGHT}).",
+                            f"picture alone, 0 by the text alone (default {DEFAULT_IMAGE_WEIGHT}); mode "
+                            "fusion also fuses in the text's caption ranking.",
                 ),
             ],
             outputs=[
