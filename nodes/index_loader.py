@@ -11,10 +11,11 @@ from comfy_api.latest import io
 
 from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import INDEXES_KEY, RETRIEVAL_ENCODER
-from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder
+from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder, encoder_for
 from ..fashion_rag.retrieval.index import GarmentIndex, load_index
 from ..fashion_rag.retrieval.ondisk import (
     POINTER,
+    EncoderRecord,
     build_command,
     check_encoder,
     looks_like_index,
@@ -87,11 +88,11 @@ def index_problem(name: str) -> str | None:
         return str(exc)
 
 
-def _encoder(weights: str, arch: str) -> GarmentEncoder:
+def _encoder(weights: str, record: EncoderRecord) -> GarmentEncoder:
     def load() -> GarmentEncoder:
-        # Text tower now; the image tower only if a node encodes images (the score node), so
-        # text retrieval never holds it (ViT-L/14's: 1.13 GiB in fp32, 0.57 GiB in fp16).
-        encoder = GarmentEncoder(weights, arch, image_tower=False)
+        # Text tower now; the image tower only if a node encodes images (the score node, an
+        # image query), so text retrieval never holds it (ViT-L/14's: 1.13 GiB in fp32).
+        encoder = encoder_for(record, weights, image_tower=False)
         patchers: dict[str, Any] = {}
 
         def before_use(tower: str) -> None:
@@ -105,7 +106,7 @@ def _encoder(weights: str, arch: str) -> GarmentEncoder:
         encoder.tower("text")  # loaded here: the loader node's time, not the first query's
         return encoder
 
-    return _ENCODERS.get(weights, load, options=arch)
+    return _ENCODERS.get(weights, load, options=(record.name, bool(record.config_sha256)))
 
 
 def load_garment_index(path: str, weights: str) -> GarmentIndex:
@@ -113,9 +114,9 @@ def load_garment_index(path: str, weights: str) -> GarmentIndex:
 
     def load() -> GarmentIndex:
         manifest = read_manifest(path)
-        arch = manifest.encoder.name
-        check_encoder(manifest, GarmentEncoder(weights, arch), path)  # before building the model
-        return load_index(path, _encoder(weights, arch))
+        record = manifest.encoder
+        check_encoder(manifest, encoder_for(record, weights), path)  # before building the model
+        return load_index(path, _encoder(weights, record))
 
     return _INDEXES.get(path, load, options=os.path.realpath(weights), token=version)
 
@@ -149,7 +150,8 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
                 io.Combo.Input(
                     "encoder_weights", options=weights, default=default_weights,
                     tooltip="The OpenCLIP weights the index was built with "
-                            f"(models/{RETRIEVAL_ENCODER.folder}/). The paper's: "
+                            f"(models/{RETRIEVAL_ENCODER.folder}/; for an index built from a model folder, "
+                            "that folder's open_clip_model.safetensors). The paper's: "
                             f"{RETRIEVAL_ENCODER.where_to_get}.",
                 ),
             ],

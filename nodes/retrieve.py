@@ -1,4 +1,5 @@
-"""FashionRAGTextGarmentRetrieve: FASHION_RAG_INDEX + text -> garment images and FASHION_RAG_GARMENTS."""
+"""FashionRAGTextGarmentRetrieve: FASHION_RAG_INDEX + text (+ an optional picture) -> garment images
+and FASHION_RAG_GARMENTS."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
 from ..fashion_rag.categories import CATEGORIES, normalize_category
+from ..fashion_rag.evaluation.scores import to_pil
 from ..fashion_rag.retrieval.garments import Garments
 from ..fashion_rag.retrieval.paths import MAX_K
-from ..fashion_rag.retrieval.search import MODES, request_problem, retrieve
+from ..fashion_rag.retrieval.search import DEFAULT_IMAGE_WEIGHT, MODES, request_problem, retrieve
 from .compat import check_combos, require_combos
 from .types import GarmentIndexType, GarmentsType
 
@@ -22,8 +24,9 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
             category="fashion_rag/retrieval",
             description=(
                 "Finds the catalog garments that best match a text description (OpenCLIP text→image "
-                "similarity, BM25 over captions, or both fused). Outputs the garment images (384×512, "
-                "rank order) and the garment list for 'Fashion-RAG Garment Inversion'."
+                "similarity, BM25 over captions, or both fused), or a garment picture (image–image "
+                "similarity, weighted with the text's). Outputs the garment images (384×512, rank order) and "
+                "the garment list for 'Fashion-RAG Garment Inversion'."
             ),
             is_output_node=True,  # shows its garments even when nothing is connected yet (browsing)
             inputs=[
@@ -56,6 +59,18 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
                     "exclude_ids", default="",
                     tooltip="Comma-separated garment ids never returned.",
                 ),
+                io.Image.Input(
+                    "image", optional=True,
+                    tooltip="Optional: a garment photo or crop (the first of a batch) — 'more like this'. "
+                            "Ranks by image–image similarity, weighted with the text by image_weight (modes "
+                            "image and fusion).",
+                ),
+                io.Float.Input(
+                    "image_weight", default=DEFAULT_IMAGE_WEIGHT, min=0.0, max=1.0, step=0.05, optional=True,
+                    tooltip="With an image: score = (1 − w)·text cosine + w·image cosine; 1 ranks by the "
+                            f"picture alone, 0 by the text alone (default {DEFAULT_IMAGE_WEIGHT}); mode "
+                            "fusion also fuses in the text's caption ranking.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="garments_image",
@@ -80,11 +95,12 @@ class FashionRAGTextGarmentRetrieve(io.ComfyNode):
 
     @classmethod
     def execute(cls, index, text: str, k: int, category: str, mode: str, pin_ids: str,
-                exclude_ids: str) -> io.NodeOutput:
+                exclude_ids: str, image=None, image_weight: float = DEFAULT_IMAGE_WEIGHT) -> io.NodeOutput:
         require_combos(cls, category=category, mode=mode)  # linked values skip validate_inputs
+        picture = to_pil(image[0].movedim(-1, 0)[:3]) if image is not None else None
         garments: Garments = retrieve(
             index, text, k, mode=mode, category=None if category == "any" else category,
-            pin_ids=pin_ids, exclude_ids=exclude_ids,
+            pin_ids=pin_ids, exclude_ids=exclude_ids, image=picture, image_weight=image_weight,
         )
         images = garments.images.to(mm.intermediate_device())
         top = garments.items[0]

@@ -90,6 +90,27 @@ def test_image_mode_runs_the_encoder_under_comfy_memory_management(comfy):
     assert any(type(m).__name__ == "CLIP" and hasattr(m, "encode_text") for m in loaded)
 
 
+def test_a_picture_query_through_the_node(comfy, comfy_base):
+    """The optional IMAGE input (issue 22): a stored garment's picture, weight 1, finds that
+    garment first at cosine 1, with the image tower loaded under ComfyUI's memory management;
+    weight 0 is the text's ranking. Mutation caught: the node not passing the image on."""
+    import comfy.model_management as mm
+
+    catalog = comfy_base / "models" / "fashion_rag" / "catalogs" / "demo"
+    shutil.copyfile(next(catalog.rglob("top05.png")), comfy_base / "input" / "fr_query_top05.png")
+
+    def run(**inputs) -> list[dict]:
+        wf = workflow(text="a long dress", k=4, mode="image", **inputs)
+        wf["4"] = {"class_type": "LoadImage", "inputs": {"image": "fr_query_top05.png"}}
+        return comfy.run(wf)["2"]["fashion_rag_garments"]
+
+    by_picture = run(image=["4", 0], image_weight=1.0)
+    assert by_picture[0]["id"] == "top05" and by_picture[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    loaded = [lm.model.model for lm in mm.current_loaded_models if lm.model is not None]
+    assert any(type(m).__name__ == "VisionTransformer" for m in loaded)
+    assert run(image=["4", 0], image_weight=0.0) == run()
+
+
 def test_bad_inputs_give_clear_errors(comfy):
     with pytest.raises(PromptFailed) as err:
         comfy.run(workflow(index="no_such_index"))
@@ -126,6 +147,31 @@ def test_other_weights_are_refused_naming_both(comfy, comfy_base):
         assert TINY_WEIGHTS_NAME in text and other.name in text and "rebuild" in text
     finally:
         other.unlink()
+
+
+def test_an_index_built_from_a_model_folder_loads_with_its_weights_file(comfy, comfy_base, demo_source):
+    """Issue 22: the loader's encoder_weights list shows a model folder's weights file, which
+    stands for the folder when the index was built from one; the node ranks as the library does.
+    Mutation caught: the loader building a plain-file encoder from it (refused: unknown architecture)."""
+    from encoder_folders import write_model_folder
+
+    from fashion_rag.retrieval.index import load_index
+    from fashion_rag.retrieval.search import search
+
+    models = comfy_base / "models" / "fashion_rag"
+    folder = write_model_folder(models / "retrieval" / "zz-siglip-fashion", "siglip")
+    index_dir = models / "indexes" / "zz_folder_shop"
+    try:
+        build_index(scan_catalog(demo_source), index_dir, GarmentEncoder(folder))
+        listing = comfy.run(workflow(text="black long dress", k=5, mode="image", index=index_dir.name,
+                                     weights="zz-siglip-fashion/open_clip_model.safetensors"))
+        want = search(load_index(index_dir, GarmentEncoder(folder)), "black long dress", 5, mode="image")
+        got = listing["2"]["fashion_rag_garments"]
+        assert [g["id"] for g in got] == [h.id for h in want]
+        np.testing.assert_allclose([g["score"] for g in got], [h.score for h in want], atol=1e-5)
+    finally:
+        shutil.rmtree(folder)
+        shutil.rmtree(index_dir, ignore_errors=True)
 
 
 def test_rebuilt_index_changes_the_fingerprint(comfy, comfy_base):

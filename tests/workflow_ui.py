@@ -260,6 +260,9 @@ def _view(nodes: list[dict], screen: tuple[int, int] = (1480, 800)) -> dict:
     return {"scale": scale, "offset": [round(80 / scale - x0), round(110 / scale - y0)]}
 
 
+_UNSAVED = object()
+
+
 def ui_to_api(ui: dict, object_info: dict) -> dict:
     link_src = {link[0]: (str(link[1]), link[2]) for link in ui["links"]}
     api = {}
@@ -270,7 +273,11 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         inputs = {}
         for name, typ, opts in _inputs(info):
             if _is_widget(typ):
-                v = next(values)
+                v = next(values, _UNSAVED)
+                if v is _UNSAVED and name in info["input"].get("optional", {}):
+                    continue  # optional, added since the workflow was saved: the frontend keeps its default
+                if v is _UNSAVED:
+                    raise ValueError(f"node {n['id']} ({n['type']}) has no saved value for widget {name!r}")
                 if opts.get("control_after_generate"):
                     next(values)
                 if name not in linked:

@@ -1,4 +1,4 @@
-"""`python -m fashion_rag index build|info|query`: the garment catalog index from a shell.
+"""`python -m fashion_rag index build|info|query|evaluate`: the garment catalog index from a shell.
 
 Progress and problems go to stderr; results (info, query hits) go to stdout, so they can be
 piped. `--json` prints machine-readable output. Exit codes: 0 done; 1 `build --strict` skipped
@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..categories import CATEGORIES
 
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..retrieval.ann import INDEX_TYPES, IVF_THRESHOLD
     from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
     from ..retrieval.paths import MAX_K
-    from ..retrieval.search import MODES
+    from ..retrieval.search import DEFAULT_IMAGE_WEIGHT, MODES
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,8 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "a new version replaces the current one atomically")
     b.add_argument("--metadata", type=Path, help="CSV or JSON-lines file: id, image, category, caption "
                    "(default: metadata.jsonl/.csv in the catalog folder, else folder names)")
-    b.add_argument("--encoder", default=DEFAULT_ARCH, help=f"OpenCLIP architecture (default {DEFAULT_ARCH})")
-    b.add_argument("--weights", type=Path, required=True, help=f"encoder weights file ({REAL_WEIGHTS_HINT})")
+    b.add_argument("--encoder", default=None,
+                   help=f"OpenCLIP architecture of a --weights file (default {DEFAULT_ARCH})")
+    b.add_argument("--weights", type=Path, required=True,
+                   help=f"encoder weights file ({REAL_WEIGHTS_HINT}), or an OpenCLIP model folder as "
+                        "published (open_clip_config.json, open_clip_model.safetensors, tokenizer files; "
+                        "e.g. Marqo/marqo-fashionSigLIP), which names its own architecture")
     b.add_argument("--pretrained-tag", default=None,
                    help="open_clip pretrained tag whose preprocessing to use (default: laion2b_s32b_b82k "
                         "for ViT-L-14); weights still come only from --weights")
@@ -121,14 +125,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_friendly(_info))
 
-    q = isub.add_parser("query", help="retrieve garments for a text")
+    q = isub.add_parser("query", help="retrieve garments for a text and/or a picture")
     q.add_argument("index", type=Path)
-    q.add_argument("text")
+    q.add_argument("text", nargs="?", default=None, help="the garment described (optional with --image)")
+    q.add_argument("--image", type=Path, default=None,
+                   help="a garment photo or crop: ranks by image-image similarity (with a text: the "
+                        "weighted sum)")
+    q.add_argument("--image-weight", type=float, default=DEFAULT_IMAGE_WEIGHT,
+                   help=f"weight w of the picture with a text: score = (1-w) text cosine + w image cosine "
+                        f"(0-1, default {DEFAULT_IMAGE_WEIGHT})")
     q.add_argument("-k", type=int, default=5, help=f"garments to return (1-{MAX_K}, pins included)")
     q.add_argument("--category", choices=["any", *CATEGORIES], default="any")
     q.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
     q.add_argument("--weights", type=Path,
-                   help="the encoder weights file the index was built with (needed unless --mode caption)")
+                   help="the encoder weights file or model folder the index was built with (needed unless "
+                        "--mode caption)")
     q.add_argument("--pin", default="", help="comma-separated ids returned first")
     q.add_argument("--exclude", default="", help="comma-separated ids never returned")
     q.add_argument("--json", action="store_true")
@@ -136,6 +147,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write the returned garments' images, as the pipeline sees them (NN.png, by "
                         "rank), and garments.json (ids, scores) into DIR")
     q.set_defaults(func=_friendly(_query))
+
+    e = isub.add_parser("evaluate", help="recall@k and precision@k of an index for a labelled query set",
+                        description="Rank every query of a labelled CSV (columns: text and/or image, "
+                                    "relevant, optionally category) within its category and print R@k and "
+                                    "P@k per category: build the same catalog with two encoders and compare.")
+    e.add_argument("index", type=Path)
+    e.add_argument("queries", type=Path, help="CSV: text and/or image (a path relative to the CSV), "
+                                              "relevant (comma-separated garment ids), optional category")
+    e.add_argument("--weights", type=Path, help="the encoder weights file or model folder the index was "
+                                                "built with (needed unless --mode caption)")
+    e.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
+    e.add_argument("--image-weight", type=float, default=DEFAULT_IMAGE_WEIGHT,
+                   help="weight of the picture in rows with a text and an image (default "
+                        f"{DEFAULT_IMAGE_WEIGHT})")
+    e.add_argument("--ks", default="1,3,5,10,20", help=f"the k values, comma-separated (at most {MAX_K})")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_friendly(_evaluate))
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -150,6 +178,9 @@ def _build(args: argparse.Namespace) -> int:
     prepare_out(args.out, catalog.root)  # refuse an unsafe --out before loading any model
     _err(f"[index] catalog {catalog.root}: {len(catalog)} garments"
          + (f", {len(catalog.skipped)} entries skipped" if catalog.skipped else ""))
+    if args.weights.is_dir() and (args.encoder or args.pretrained_tag):
+        raise ValueError(f"--weights {args.weights} is a model folder, which carries its own architecture "
+                         "and preprocessing: drop --encoder and --pretrained-tag")
     encoder = GarmentEncoder(args.weights, args.encoder, args.pretrained_tag)
     if encoder.is_random_demo:
         _err("[index] note: these are RANDOM demo weights, not a pretrained encoder")
@@ -208,26 +239,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from ..retrieval.encoder import GarmentEncoder
+    from ..images import load_garment
     from ..retrieval.index import load_index
-    from ..retrieval.ondisk import read_manifest
     from ..retrieval.search import search
 
-    manifest = read_manifest(args.index)
-    needs_encoder = args.mode != "caption"
-    encoder = None
-    if needs_encoder:
-        # Never the manifest's weights_path: whoever placed the index chose it, and whether the
-        # query got further would tell them if that path exists outside the index (issue 23).
-        if args.weights is None:
-            built_with = manifest.encoder.weights_file
-            _err(f"[index] this query encodes the text with the index's encoder: pass --weights with "
-                 f"the file the index was built with ({built_with}), or use --mode caption")
-            return 2
-        encoder = GarmentEncoder(args.weights, manifest.encoder.name)
-    index = load_index(args.index, encoder)
+    if args.text is None and args.image is None:
+        raise ValueError("give a text, an --image, or both")
+    image = load_garment(args.image) if args.image is not None else None  # before any model loads
+    index = load_index(args.index, _query_encoder(args))
     hits = search(index, args.text, args.k, mode=args.mode, category=args.category,
-                  pin_ids=args.pin, exclude_ids=args.exclude)
+                  pin_ids=args.pin, exclude_ids=args.exclude, image=image, image_weight=args.image_weight)
     if args.save is not None:
         _save(args.save, index, hits)
     if args.json:
@@ -238,6 +259,47 @@ def _query(args: argparse.Namespace) -> int:
         caption = " ".join(g.caption.split())  # one line per hit, whatever separators a caption holds
         print(f"{rank:>3}  {g.score:8.4f}  {g.id:<20} {g.category:<11} {caption}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.labelled_queries import evaluate_index, read_queries
+    from ..retrieval.index import load_index
+    from ..retrieval.paths import MAX_K
+
+    try:
+        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or not all(1 <= k <= MAX_K for k in ks):
+        raise ValueError(f"--ks must list whole numbers from 1 to {MAX_K}, e.g. 1,5,10 (got {args.ks!r})")
+    queries = read_queries(args.queries)  # every row checked before any model loads
+    index = load_index(args.index, _query_encoder(args))
+    rows = evaluate_index(index, queries, ks, mode=args.mode, image_weight=args.image_weight)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'category':<11} {'queries':>7}" + "".join(f" {f'R@{k}':>6} {f'P@{k}':>6}" for k in ks))
+    for row in rows:
+        print(f"{row['category']:<11} {row['queries']:>7}" + "".join(
+            f" {row[f'R@{k}']:>6.3f} {row[f'P@{k}']:>6.3f}" for k in ks))
+    return 0
+
+
+def _query_encoder(args: argparse.Namespace) -> Any:
+    """The index's encoder from --weights (None for --mode caption); ValueError naming the file to pass."""
+    from ..retrieval.encoder import encoder_for
+    from ..retrieval.ondisk import read_manifest
+
+    if args.mode == "caption":
+        return None
+    manifest = read_manifest(args.index)
+    if args.weights is None:
+        # Never the manifest's weights_path: whoever placed the index chose it, and whether the
+        # query got further would tell them if that path exists outside the index (issue 23).
+        built_with = manifest.encoder.weights_file
+        raise ValueError(f"this query is encoded with the index's encoder: pass --weights with the file "
+                         f"the index was built with ({built_with}), or use --mode caption")
+    return encoder_for(manifest.encoder, args.weights)
 
 
 def _save(folder: Path, index: GarmentIndex, hits: list[Garment]) -> None:

@@ -4,6 +4,9 @@ The paper uses OpenCLIP ViT-L-14 trained on LAION-2B (`laion2b_s32b_b82k`). Weig
 always read from a local file (`pretrained=<path>`): nothing is downloaded, ever. Any
 architecture open_clip knows works; the index records the architecture name and a sha256 of
 the weights file so that an index is never queried with an encoder it was not built with.
+An OpenCLIP model folder as published (open_clip_config.json, the weights, the tokenizer
+files: Marqo-FashionSigLIP, laion/CLIP-*) works too, through open_clip's `local-dir:` factory;
+the index then also records the sha256 of its config and of its tokenizer files.
 
 The model is built lazily: the name, dimension and weights hash are known without building
 it, so checking whether an index is up to date costs no model load.
@@ -16,17 +19,20 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..files import cached_sha256
+from ..files import MAX_JSON_BYTES, cached_sha256, read_regular
 from ..logs import ProgressFn, log
 from ..model_files import RETRIEVAL_ENCODER
 from ..reference import CLIP_MEAN, CLIP_STD
 from ..weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
+
+if TYPE_CHECKING:
+    from .ondisk import EncoderRecord
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
@@ -43,6 +49,47 @@ REAL_WEIGHTS_HINT = (
 METADATA_KEY = "fashion_rag"
 
 _register_lock = threading.Lock()
+
+FOLDER_CONFIG = "open_clip_config.json"
+# What a folder's Hugging Face tokenizer may be read from (open_clip's HFTokenizer reads the
+# folder with transformers): each changes what a text query encodes to.
+TOKENIZER_FILES = ("added_tokens.json", "merges.txt", "sentencepiece.bpe.model", "special_tokens_map.json",
+                   "spiece.model", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                   "vocab.txt")
+
+
+def read_folder_config(folder: Path) -> tuple[dict[str, Any], str]:
+    """A model folder's open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...}) and its sha256."""
+    import hashlib
+
+    if not (folder / FOLDER_CONFIG).exists():
+        raise FileNotFoundError(f"{folder} is a folder without {FOLDER_CONFIG}, so not an OpenCLIP model "
+                                "folder: pass a weights file, or a model folder as published (config, "
+                                "weights, tokenizer)")
+    raw = read_regular(folder / FOLDER_CONFIG, MAX_JSON_BYTES, "OpenCLIP model config")
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{folder / FOLDER_CONFIG} is not JSON ({str(exc)[:100]}): use the file as "
+                         "published with the model") from exc
+    cfg = config.get("model_cfg") if isinstance(config, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("embed_dim"), int) or not isinstance(
+            cfg.get("vision_cfg"), dict):
+        raise ValueError(f"{folder / FOLDER_CONFIG} holds no OpenCLIP model_cfg with embed_dim and "
+                         "vision_cfg: use the file as published with the model")
+    return config, hashlib.sha256(raw).hexdigest()
+
+
+def tokenizer_sha256(folder: Path) -> str:
+    """sha256 over the names and contents of the folder's tokenizer files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).exists():
+            digest = cached_sha256(folder / name, MAX_JSON_BYTES << 2, "tokenizer file")
+            h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
 
 
 def weights_metadata(path: str | Path) -> dict[str, Any]:
@@ -110,8 +157,18 @@ def model_config(arch: str, weights: str | Path | None = None) -> dict[str, Any]
     return cfg
 
 
+def encoder_for(record: EncoderRecord, weights: str | Path, image_tower: bool = True) -> GarmentEncoder:
+    """The encoder of an index's manifest record, from the weights given: a file, a model folder,
+    or, for an index built from a folder, that folder's weights file (what a file list shows)."""
+    path = Path(weights).expanduser()
+    if record.config_sha256 and path.is_file():
+        path = path.parent
+    return GarmentEncoder(path, record.name, image_tower=image_tower)
+
+
 class GarmentEncoder:
-    """An OpenCLIP model from a local weights file; embeddings are float32, L2-normalised.
+    """An OpenCLIP model from a local weights file (of architecture `arch`) or model folder
+    (its own architecture, named after the folder); embeddings are float32, L2-normalised.
 
     `image_tower=False` loads the text tower only, and the image tower on the first image
     encode, as a module of its own: text queries (all the retrieve node does) never hold the
@@ -124,20 +181,34 @@ class GarmentEncoder:
     def __init__(
         self,
         weights: str | Path,
-        arch: str = DEFAULT_ARCH,
+        arch: str | None = DEFAULT_ARCH,
         pretrained_tag: str | None = None,
         image_tower: bool = True,
     ) -> None:
-        self.weights_path = Path(weights).expanduser().resolve()
+        path = Path(weights).expanduser().resolve()
+        self.model_dir = path if path.is_dir() else None
+        self.folder_config: dict[str, Any] | None = None
+        self.config_hash: str | None = None
+        self.name = arch or DEFAULT_ARCH
+        if self.model_dir is not None:
+            from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip's local-dir: loads
+
+            self.folder_config, self.config_hash = read_folder_config(path)
+            found = _find_checkpoint_in_dir(path)
+            if found is None:
+                raise FileNotFoundError(f"Model folder {path} holds no weights file (open_clip_model."
+                                        "safetensors or open_clip_pytorch_model.bin): copy the whole folder "
+                                        "as published")
+            path, self.name, pretrained_tag = Path(found), self.model_dir.name, None
+        self.weights_path = path
         if not self.weights_path.is_file():
             raise FileNotFoundError(
                 f"Encoder weights file {self.weights_path} not found; {REAL_WEIGHTS_HINT}."
             )
-        self.name = arch
         # The pretrained tag is used only for its preprocessing (mean/std): LAION-2B ViT-L-14
         # was trained with (0.5, 0.5, 0.5) normalisation, not OpenAI's, and a file path alone
         # would silently give open_clip's OpenAI defaults.
-        if pretrained_tag is None and arch == DEFAULT_ARCH:
+        if pretrained_tag is None and self.name == DEFAULT_ARCH and self.model_dir is None:
             pretrained_tag = DEFAULT_PRETRAINED_TAG
         self.pretrained_tag = pretrained_tag
         self.image_tower = image_tower
@@ -166,8 +237,22 @@ class GarmentEncoder:
         return weights_sha256(self.weights_path)
 
     @property
+    def tokenizer_hash(self) -> str | None:
+        return tokenizer_sha256(self.model_dir) if self.model_dir is not None else None
+
+    @property
+    def open_clip_name(self) -> str:
+        """The name open_clip's factory builds this model by ("local-dir:<folder>" for a folder)."""
+        return f"local-dir:{self.model_dir}" if self.model_dir is not None else self.name
+
+    def model_cfg(self) -> dict[str, Any]:
+        if self.folder_config is not None:
+            return self.folder_config["model_cfg"]
+        return model_config(self.name, self.weights_path)
+
+    @property
     def dim(self) -> int:
-        return int(model_config(self.name, self.weights_path)["embed_dim"])
+        return int(self.model_cfg()["embed_dim"])
 
     @property
     def is_random_demo(self) -> bool:
@@ -176,13 +261,15 @@ class GarmentEncoder:
     @property
     def preprocess_id(self) -> str:
         """What the image embeddings depend on besides the weights; stored in index manifests."""
-        size = model_config(self.name, self.weights_path)["vision_cfg"].get("image_size", 224)
+        size = self.model_cfg()["vision_cfg"].get("image_size", 224)
         mean, std, interp, mode = self._preprocess_cfg()
         return f"garment384x512-whitepad|{size}|{mode}|{interp}|{list(mean)}|{list(std)}"
 
     def _preprocess_cfg(self) -> tuple[tuple[float, ...], tuple[float, ...], str, str]:
         cfg: dict[str, Any] = {}
-        if self.pretrained_tag:
+        if self.folder_config is not None:
+            cfg = self.folder_config.get("preprocess_cfg") or {}
+        elif self.pretrained_tag:
             import open_clip
 
             cfg = open_clip.get_pretrained_cfg(self.name, self.pretrained_tag) or {}
@@ -203,7 +290,7 @@ class GarmentEncoder:
         if self._transform is None:
             from open_clip.transform import PreprocessCfg, image_transform_v2
 
-            size = model_config(self.name, self.weights_path)["vision_cfg"].get("image_size", 224)
+            size = self.model_cfg()["vision_cfg"].get("image_size", 224)
             mean, std, interp, mode = self._preprocess_cfg()
             cfg = PreprocessCfg(size=size, mean=mean, std=std, interpolation=interp, resize_mode=mode)
             self._transform = image_transform_v2(cfg, is_train=False)
@@ -216,6 +303,7 @@ class GarmentEncoder:
 
     def describe(self) -> str:
         kind = "RANDOM demo weights, not pretrained" if self.is_random_demo else "weights"
+        kind = f"model folder {self.model_dir}, {kind}" if self.model_dir is not None else kind
         return f"{self.name} ({kind} {self.weights_path.name}, sha256 {self.weights_hash[:12]}, {self.dim}-d)"
 
     # -- the model ------------------------------------------------------------------------------
@@ -260,6 +348,8 @@ class GarmentEncoder:
                         self.weights_path, part, str(exc)[:200])
             module = None
         if module is None:
+            log.info("%s: its keys are not the %s part's as open_clip builds it; open_clip loads the "
+                     "whole model", self.weights_path, part)
             try:
                 model = self._create(str(self.weights_path))  # a local file: never downloads
             except Exception as exc:  # torch, safetensors, open_clip: any failure here is a bad weights file
@@ -269,7 +359,7 @@ class GarmentEncoder:
                 ) from exc
             module = _part_of(model, part)
         if self._tokenizer is None:
-            self._tokenizer = open_clip.get_tokenizer(self.name)
+            self._tokenizer = open_clip.get_tokenizer(self.open_clip_name)
         return module.eval().requires_grad_(False)
 
     def _read_part(self, part: str) -> torch.nn.Module | None:
@@ -284,6 +374,12 @@ class GarmentEncoder:
         or, without, its parameters on the meta device (nothing allocated, nothing initialised)."""
         import open_clip
 
+        if self.model_dir is not None:  # the folder's own config, preprocessing and weights file
+            if weights is not None:
+                return open_clip.create_model(self.open_clip_name, weights_only=True)
+            with parameters_on_meta():
+                return open_clip.create_model(self.open_clip_name, load_weights=False, pretrained_text=False,
+                                              device=None)
         carried = _carried_config(self.name, self.weights_path)
         if carried is not None:
             register_config(self.name, carried)

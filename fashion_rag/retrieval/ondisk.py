@@ -85,7 +85,11 @@ class Encoder(Protocol):
 
     name: str
     weights_path: Path
+    model_dir: Path | None  # an OpenCLIP model folder (None: name + weights file)
+    config_hash: str | None
 
+    @property
+    def tokenizer_hash(self) -> str | None: ...
     @property
     def weights_hash(self) -> str: ...
     @property
@@ -118,14 +122,21 @@ def damaged(index_dir: Path | str, why: Any, manifest: Any = None) -> IndexForma
 
 
 def rebuild_hint(index_dir: Path | str, manifest: Manifest | dict[str, Any] | None = None) -> str:
-    """'rebuild it: python -m fashion_rag index build ...' with the encoder the manifest names
-    (a checked Manifest, or the raw JSON of one that failed its checks)."""
+    """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built
+    from (a checked Manifest, or the raw JSON of one that failed its checks)."""
     if isinstance(manifest, Manifest):
-        name, weights = manifest.encoder.name, manifest.encoder.weights_path
+        enc = dataclasses.asdict(manifest.encoder)
     else:
-        enc = manifest.get("encoder") if isinstance(manifest, dict) else None
-        name, weights = (enc.get("name"), enc.get("weights_path")) if isinstance(enc, dict) else (None, None)
-    return f"rebuild it: {build_command(index_dir, name, weights)}"
+        raw = manifest.get("encoder") if isinstance(manifest, dict) else None
+        enc = raw if isinstance(raw, dict) else {}
+    return f"rebuild it: {build_command(index_dir, *_source(enc))}"
+
+
+def _source(enc: dict[str, Any]) -> tuple[Any, Any]:
+    """(--encoder, --weights) of an encoder record: a model folder is given alone."""
+    if enc.get("config_sha256") and isinstance(enc.get("weights_path"), str):
+        return None, str(Path(enc["weights_path"]).parent)
+    return enc.get("name"), enc.get("weights_path")
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,15 +394,23 @@ def encoder_record(encoder: Encoder) -> EncoderRecord:
         weights_file=Path(encoder.weights_path).name,
         weights_path=str(encoder.weights_path),
         random_demo=bool(encoder.is_random_demo),
+        config_sha256=encoder.config_hash,
+        tokenizer_sha256=encoder.tokenizer_hash,
     )
 
 
 def same_embedding_space(a: EncoderRecord, b: EncoderRecord) -> bool:
-    return (a.name, a.weights_sha256, a.dim, a.preprocess) == (b.name, b.weights_sha256, b.dim, b.preprocess)
+    """Whether image embeddings of encoders `a` and `b` are the same (the tokenizer only changes
+    text queries: check_encoder compares it too). Absent in old manifests: None, as before."""
+    def space(r: EncoderRecord) -> tuple:
+        return r.name, r.weights_sha256, r.dim, r.preprocess, r.config_sha256
+
+    return space(a) == space(b)
 
 
 def describe_encoder(rec: EncoderRecord) -> str:
-    return f"{rec.name} (weights {rec.weights_file}, sha256 {rec.weights_sha256[:12]}, {rec.dim}-d)"
+    folder = f"model folder, config sha256 {rec.config_sha256[:12]}, " if rec.config_sha256 else ""
+    return f"{rec.name} ({folder}weights {rec.weights_file}, sha256 {rec.weights_sha256[:12]}, {rec.dim}-d)"
 
 
 def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = "") -> None:
@@ -400,17 +419,19 @@ def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = 
     # Name and dimension first: they need no hashing and no model.
     if built.name == encoder.name and built.dim == int(encoder.dim):
         given = encoder_record(encoder)
-        if same_embedding_space(built, given):
+        if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
             return
     else:
         given = EncoderRecord(encoder.name, encoder.weights_hash, int(encoder.dim), "",
-                              Path(encoder.weights_path).name, str(encoder.weights_path))
+                              Path(encoder.weights_path).name, str(encoder.weights_path),
+                              config_sha256=encoder.config_hash)
+    rebuild = build_command(index_dir, None if encoder.model_dir else encoder.name,
+                            encoder.model_dir or encoder.weights_path)
     raise EncoderMismatchError(
         f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
         f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
         f"encoders are not comparable: load the weights the index was built with "
-        f"({built.weights_path}), or rebuild the index with these weights "
-        f"({build_command(index_dir, encoder.name, encoder.weights_path)})."
+        f"({_source(dataclasses.asdict(built))[1]}), or rebuild the index with these weights ({rebuild})."
     )
 
 

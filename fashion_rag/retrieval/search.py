@@ -1,8 +1,11 @@
-"""Text -> garments: the retrieval step of Fashion-RAG, over a loaded GarmentIndex.
+"""Text or picture -> garments: the retrieval step of Fashion-RAG, over a loaded GarmentIndex.
 
 Modes:
 - "image": cosine of the OpenCLIP text embedding with the garment image embeddings (the
-  paper's retrieval); score = cosine.
+  paper's retrieval); score = cosine. With a query image (a garment photo or crop, fitted to
+  the catalog's 384x512 form), score = (1 - w) * cos(text, garment) + w * cos(image, garment),
+  w = image_weight (DEFAULT_IMAGE_WEIGHT; 1 without a text): one inner-product search with the
+  query (1 - w) * text + w * image, so an IVF index serves it too.
 - "caption": BM25 over the catalog captions; score = BM25.
 - "fusion": reciprocal-rank fusion of both rankings (score = sum of 1/(60 + rank)); the
   default when the catalog has captions, since exact words ("striped", a brand) and visual
@@ -18,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 import numpy as np
+from PIL import Image
 
-from ..images import to_image_tensor
+from ..images import fit_garment, to_image_tensor
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
 from .index import GarmentIndex
@@ -28,6 +32,7 @@ from .paths import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHA
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
 FUSION_DEPTH = 100  # how deep each ranking is read before fusing
+DEFAULT_IMAGE_WEIGHT = 0.5  # text and picture count alike until a shop measures otherwise
 
 
 class UnknownIdError(KeyError):
@@ -89,11 +94,16 @@ def request_problem(text: object, k: object, pin_ids: object = "", exclude_ids: 
     return None
 
 
-def resolve_mode(index: GarmentIndex, mode: str | None) -> str:
+def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True) -> str:
     if mode in (None, "", "auto"):
         mode = "fusion"
     if mode not in MODES:
         raise ValueError(f"Unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}.")
+    if not text:  # a picture alone: only the embeddings can rank
+        if mode == "caption":
+            raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
+                             "or use mode 'image' for the picture alone.")
+        return "image"
     if mode == "caption" and not index.has_captions:
         raise ValueError(
             f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use mode "
@@ -106,19 +116,28 @@ def resolve_mode(index: GarmentIndex, mode: str | None) -> str:
 
 def search(
     index: GarmentIndex,
-    text: str,
+    text: str | None,
     k: int = 3,
     *,
     mode: str | None = None,
     category: str | None = None,
     pin_ids: str | Sequence[str] = (),
     exclude_ids: str | Sequence[str] = (),
+    image: Image.Image | None = None,
+    image_weight: float = DEFAULT_IMAGE_WEIGHT,
 ) -> list[Garment]:
-    """Rank the garments of `index` for `text`; see the module docstring. No images loaded."""
-    problem = request_problem(text, k, pin_ids, exclude_ids)
+    """Rank the garments of `index` for `text` and/or a query `image` (text "" or None: the
+    picture alone); see the module docstring. No stored images loaded."""
+    has_text = image is None or bool(text and text.strip())
+    problem = request_problem(text if has_text else None, k, pin_ids, exclude_ids)
+    if problem is None and not (isinstance(image_weight, (int, float)) and 0.0 <= image_weight <= 1.0):
+        problem = f"image_weight must be a number from 0 to 1 (got {shorten(image_weight)})."
     if problem:
         raise ValueError(problem)
-    mode = resolve_mode(index, mode)
+    mode = resolve_mode(index, mode, has_text)
+    if image is not None and mode == "caption":
+        raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
+                         "'image' or 'fusion' with a picture.")
     pins = parse_ids(pin_ids, "pin_ids")
     unknown = [p for p in pins if p not in index]
     if unknown:
@@ -144,10 +163,8 @@ def search(
 
     query = None
     if mode in ("image", "fusion"):
-        query = index.encode_text(text)
-        if query is None:
-            raise ValueError(f"Index {index.name!r} was loaded without its text encoder; mode {mode!r} needs "
-                             "one (load_index(path, encoder)), or use mode 'caption'.")
+        weight = float(image_weight) if has_text and image is not None else float(image is not None)
+        query = query_embedding(index, text if weight < 1 else None, image if weight > 0 else None, weight)
 
     pin_scores: list[float]
     if mode == "image":
@@ -156,7 +173,7 @@ def search(
         fill_scores = index.cosines(query, fill).tolist()
         pin_scores = index.cosines(query, pin_pos).tolist()
     elif mode == "caption":
-        bm25 = index.caption_scores(text)
+        bm25 = index.caption_scores(str(text))
         fill = _score_ranking(bm25, n_fill, allowed)
         fill_scores = [float(bm25[p]) for p in fill]
         pin_scores = [float(bm25[p]) for p in pin_pos]
@@ -164,7 +181,7 @@ def search(
         assert query is not None
         # Deep enough that the image ranking alone holds n_fill allowed garments besides the pins.
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
-        rrf, image_rank = _fused_scores(index, text, query, allowed, categories, skip, pin_pos, depth)
+        rrf, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
         candidates = [p for p in rrf if allowed[p]]
         # Ties in fused score go to the better image rank, then catalog order: deterministic.
         candidates.sort(key=lambda p: (-rrf[p], image_rank.get(p, n), p))
@@ -187,18 +204,37 @@ def search(
 
 def retrieve(
     index: GarmentIndex,
-    text: str,
+    text: str | None,
     k: int = 3,
     *,
     mode: str | None = None,
     category: str | None = None,
     pin_ids: str | Sequence[str] = (),
     exclude_ids: str | Sequence[str] = (),
+    image: Image.Image | None = None,
+    image_weight: float = DEFAULT_IMAGE_WEIGHT,
 ) -> Garments:
     """search() plus the garment images (384x512 on white, as stored in the index), in rank order."""
-    hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids)
+    hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids,
+                  image=image, image_weight=image_weight)
     images = [index.image(hit.id) for hit in hits]
-    return Garments(items=tuple(hits), images=to_image_tensor(images), query=text)
+    return Garments(items=tuple(hits), images=to_image_tensor(images), query=text or "")
+
+
+def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | None,
+                    image_weight: float) -> np.ndarray:
+    """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
+    product with a garment is the weighted sum of the two cosines. The picture is fitted to the
+    catalog's garment form first, as the build fits every catalog image."""
+    if index.encoder is None:
+        raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
+                         "needs one (load_index(path, encoder)), or use mode 'caption'.")
+    query = np.zeros(index.dim, dtype=np.float32)
+    if text is not None:
+        query += (1.0 - image_weight) * index.encode_text(text)
+    if image is not None:
+        query += image_weight * index.encoder.encode_images([fit_garment(image)])[0]
+    return query
 
 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
