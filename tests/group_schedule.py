@@ -51,7 +51,7 @@ def recorded_seconds(report: Path) -> dict[tuple[str, str], float]:
 
 
 def nodeid_key(nodeid: str) -> tuple[str, str]:
-    """The JUnit (classname, name) of a test id such as `tests/test_a.py::TestB::test_c[x]@group`."""
+    """The JUnit (classname, name) of a test id such as `tests/test_pose.py::TestB::test_c[x]@group`."""
     parts = strip_group(nodeid).split("::")
     classname = ".".join([parts[0].removesuffix(".py").replace("/", "."), *parts[1:-1]])
     return classname, parts[-1]

@@ -7,11 +7,11 @@ from group_schedule import group_seconds, longest_first, nodeid_key, recorded_se
 
 # As pytest --junitxml writes it under xdist's loadgroup (a parametrized name gets a "]" appended).
 REPORT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="5">
-<testcase classname="tests.test_many" name="test_one@test_many" time="1.5" />
-<testcase classname="tests.test_many" name="test_two[x]@test_many]" time="2.25" />
-<testcase classname="tests.test_many" name="test_two[a@b]@test_many]" time="0.5" />
-<testcase classname="tests.test_long.TestSlow" name="test_slow@full-size-models" time="300" />
-<testcase classname="tests.test_long" name="test_plain" time="7" />
+<testcase classname="tests.test_pose" name="test_one@test_pose" time="1.5" />
+<testcase classname="tests.test_pose" name="test_two[x]@test_pose]" time="2.25" />
+<testcase classname="tests.test_pose" name="test_two[a@b]@test_pose]" time="0.5" />
+<testcase classname="tests.test_batch.TestSlow" name="test_slow@full-size-models" time="300" />
+<testcase classname="tests.test_batch" name="test_plain" time="7" />
 </testsuite></testsuites>"""
 
 
@@ -19,19 +19,19 @@ def test_report_seconds_are_keyed_by_test_not_group(tmp_path):
     report = tmp_path / "test-run.xml"
     report.write_text(REPORT)
     assert recorded_seconds(report) == {
-        ("tests.test_many", "test_one"): 1.5, ("tests.test_many", "test_two[x]"): 2.25,
-        ("tests.test_many", "test_two[a@b]"): 0.5, ("tests.test_long.TestSlow", "test_slow"): 300.0,
-        ("tests.test_long", "test_plain"): 7.0}
+        ("tests.test_pose", "test_one"): 1.5, ("tests.test_pose", "test_two[x]"): 2.25,
+        ("tests.test_pose", "test_two[a@b]"): 0.5, ("tests.test_batch.TestSlow", "test_slow"): 300.0,
+        ("tests.test_batch", "test_plain"): 7.0}
     assert recorded_seconds(tmp_path / "none.xml") == {}  # no report yet: xdist's own order
     report.write_text("<testsuites><testcase")  # cut short (a run killed while writing it)
     assert recorded_seconds(report) == {}
 
 
 def test_test_ids_map_to_report_names():
-    assert nodeid_key("tests/test_long.py::TestSlow::test_slow@full-size-models") == (
-        "tests.test_long.TestSlow", "test_slow")
-    assert nodeid_key("tests/test_many.py::test_two[x]@elsewhere") == ("tests.test_many", "test_two[x]")
-    assert nodeid_key("tests/test_many.py::test_two[a@b]") == ("tests.test_many", "test_two[a@b]")
+    assert nodeid_key("tests/test_batch.py::TestSlow::test_slow@full-size-models") == (
+        "tests.test_batch.TestSlow", "test_slow")
+    assert nodeid_key("tests/test_pose.py::test_two[x]@elsewhere") == ("tests.test_pose", "test_two[x]")
+    assert nodeid_key("tests/test_pose.py::test_two[a@b]") == ("tests.test_pose", "test_two[a@b]")
     assert strip_group("test_two[a@b]@g") == "test_two[a@b]" and strip_group("test_one") == "test_one"
 
 
@@ -40,15 +40,15 @@ def test_the_longest_group_goes_first_not_the_one_with_most_tests(tmp_path):
     report.write_text(REPORT)
     seconds = recorded_seconds(report)
     groups = {
-        "test_many": [f"tests/test_many.py::test_{i}@test_many" for i in ("one", "two[x]", "two[a@b]")],
-        "full-size-models": ["tests/test_long.py::TestSlow::test_slow@full-size-models"],
-        "test_long": ["tests/test_long.py::test_plain@test_long"],
+        "test_pose": [f"tests/test_pose.py::test_{i}@test_pose" for i in ("one", "two[x]", "two[a@b]")],
+        "full-size-models": ["tests/test_batch.py::TestSlow::test_slow@full-size-models"],
+        "test_batch": ["tests/test_batch.py::test_plain@test_batch"],
     }
-    assert group_seconds(groups["test_many"], seconds) == 4.25
+    assert group_seconds(groups["test_pose"], seconds) == 4.25
     assert longest_first(groups, seconds) == "full-size-models"
     del groups["full-size-models"]
-    assert longest_first(groups, seconds) == "test_long"  # 7 s in one test beats 4.25 s in three
+    assert longest_first(groups, seconds) == "test_batch"  # 7 s in one test beats 4.25 s in three
     # A test the report lacks counts 1 s: eight new ones outweigh 7 s.
-    groups["new"] = [f"tests/test_new.py::test_{i}@new" for i in range(8)]
+    groups["new"] = [f"tests/test_mask.py::test_{i}@new" for i in range(8)]
     assert group_seconds(groups["new"], seconds) == 8.0 and longest_first(groups, seconds) == "new"
     assert longest_first(groups, {}) is None  # no report: the base scheduler's order
