@@ -179,3 +179,29 @@ def test_cli_builds_and_queries_with_a_model_folder(catalog_dir, tmp_path):
     assert built["rc"] == 0, built["stderr"]
     assert query["rc"] == 0, query["stderr"]
     assert len(json.loads(query["stdout"])) == 3
+
+
+def test_evaluate_retrieves_with_a_model_folder(tmp_path):
+    """`fashion-rag evaluate --retrieval-weights FOLDER` indexes the test garments with the folder's
+    own model (its name, config and tokenizer), as `index build --weights FOLDER` does.
+    Mutations caught: evaluate accepting weights files only (a folder: "not found"); the report's
+    settings hashing the folder path instead of its weights file."""
+    import argparse
+
+    from fashion_rag.cli.evaluate import _Evaluation, add_parser
+
+    folder = write_model_folder(tmp_path / "siglip-fashion", "siglip")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--csv", str(tmp_path / "photos.csv"), "--out",
+                              str(tmp_path / "out"), "--retrieval-weights", str(folder)])
+    evaluation = _Evaluation(args)
+    encoder = GarmentEncoder(*evaluation.retrieval_encoder())
+    assert encoder.model_dir == folder.resolve() and encoder.name == "siglip-fashion"
+    config = (folder / "open_clip_config.json").read_bytes()
+    assert encoder.config_hash == hashlib.sha256(config).hexdigest()
+    # The report's settings name the folder's model and weights file with its hash.
+    weights = folder / "open_clip_model.safetensors"
+    settings = evaluation.settings(SimpleNamespace(left_out={}), [], SimpleNamespace(sha256=dict), None)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert settings["retrieval encoder"] == f"siglip-fashion open_clip_model.safetensors sha256 {digest}"

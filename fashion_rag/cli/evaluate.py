@@ -95,8 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "'reference-json DIR': the reference's test_<category>_<single|triplet>.json files")
     r.add_argument("--retrieval-mode", choices=MODES, default="image",
                    help="how the index ranks: image (OpenCLIP text->image, the paper's), caption, fusion")
-    r.add_argument("--retrieval-weights", type=Path, help="the index's encoder weights (default: "
-                   "<base>/models/fashion_rag/retrieval/open_clip_pytorch_model.bin)")
+    r.add_argument("--retrieval-weights", type=Path, help="the index's encoder: a weights file or an "
+                   "OpenCLIP model folder (default: <base>/models/fashion_rag/retrieval/"
+                   "open_clip_pytorch_model.bin)")
     r.add_argument("--retrieval-encoder", default=None,
                    help="OpenCLIP architecture of those weights (default: the one the file names, "
                         "else ViT-L-14)")
@@ -370,10 +371,12 @@ class _Evaluation:
                              "look in)")
             weights = Path(self.base) / "models" / "fashion_rag" / "retrieval" / "open_clip_pytorch_model.bin"
         weights = Path(weights).expanduser()
+        if weights.is_dir() and (weights / "open_clip_config.json").is_file():
+            return weights, ""  # an OpenCLIP model folder names its own architecture
         if not weights.is_file():
             raise _Setup(f"retrieval encoder weights {weights} not found: put open_clip_pytorch_model.bin "
                          "(Hugging Face laion/CLIP-ViT-L-14-laion2B-s32B-b82K) there or pass "
-                         "--retrieval-weights")
+                         "--retrieval-weights (a weights file or an OpenCLIP model folder)")
         carried = weights_metadata(weights).get("open_clip")
         arch = self.args.retrieval_encoder or (carried.get("name") if isinstance(carried, dict) else None)
         return weights, arch or DEFAULT_ARCH
@@ -546,8 +549,12 @@ class _Evaluation:
                 f"{n} {r}" for r, n in test_set.left_out.items())
         if self.reference_json is None:
             try:
-                path, arch = self.retrieval_encoder()
-                settings["retrieval encoder"] = f"{arch} {path.name} sha256 {cached_sha256(path)}"
+                from ..retrieval.encoder import GarmentEncoder
+
+                # No model is built: the encoder names its weights file (a folder's own, too).
+                enc = GarmentEncoder(*self.retrieval_encoder(), image_tower=False)
+                settings["retrieval encoder"] = (f"{enc.name} {enc.weights_path.name} sha256 "
+                                                 f"{cached_sha256(enc.weights_path)}")
             except _Setup:
                 pass
         if graph is not None:
