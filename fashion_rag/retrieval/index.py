@@ -146,6 +146,10 @@ class GarmentIndex:
         """The text's embedding with the index's encoder (None: loaded without one)."""
         return None if self.encoder is None else self.encoder.encode_texts([text])[0]
 
+    def encode_image(self, picture: Image.Image) -> np.ndarray | None:
+        """A picture's embedding with the index's encoder (None: loaded without one)."""
+        return None if self.encoder is None else self.encoder.encode_images([picture])[0]
+
     def category_mask(self, category: str) -> np.ndarray:
         """[N] bool: which garments have exactly this category."""
         code = self._category_names.get(category)

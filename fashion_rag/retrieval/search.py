@@ -94,11 +94,14 @@ def request_problem(text: object, k: object, pin_ids: object = "", exclude_ids: 
     return None
 
 
-def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True) -> str:
+def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, picture: bool = False) -> str:
     if mode in (None, "", "auto"):
         mode = "fusion"
     if mode not in MODES:
         raise ValueError(f"Unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}.")
+    if picture and text and mode == "caption":
+        raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
+                         "'image' or 'fusion' with a picture.")
     if not text:  # a picture alone: only the embeddings can rank
         if mode == "caption":
             raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
@@ -134,10 +137,7 @@ def search(
         problem = f"image_weight must be a number from 0 to 1 (got {shorten(image_weight)})."
     if problem:
         raise ValueError(problem)
-    mode = resolve_mode(index, mode, has_text)
-    if image is not None and mode == "caption":
-        raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
-                         "'image' or 'fusion' with a picture.")
+    mode = resolve_mode(index, mode, has_text, image is not None)
     pins = parse_ids(pin_ids, "pin_ids")
     unknown = [p for p in pins if p not in index]
     if unknown:
@@ -226,14 +226,14 @@ def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | 
     """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
     product with a garment is the weighted sum of the two cosines. The picture is fitted to the
     catalog's garment form first, as the build fits every catalog image."""
-    if index.encoder is None:
-        raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
-                         "needs one (load_index(path, encoder)), or use mode 'caption'.")
+    parts = [] if text is None else [(1.0 - image_weight, index.encode_text(text))]
+    parts += [] if image is None else [(image_weight, index.encode_image(fit_garment(image)))]
     query = np.zeros(index.dim, dtype=np.float32)
-    if text is not None:
-        query += (1.0 - image_weight) * index.encode_text(text)
-    if image is not None:
-        query += image_weight * index.encoder.encode_images([fit_garment(image)])[0]
+    for weight, embedding in parts:
+        if embedding is None:
+            raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
+                             "needs one (load_index(path, encoder)), or use mode 'caption'.")
+        query += weight * embedding
     return query
 
 
