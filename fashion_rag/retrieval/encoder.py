@@ -15,6 +15,7 @@ it, so checking whether an index is up to date costs no model load.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -60,8 +61,6 @@ TOKENIZER_FILES = ("added_tokens.json", "merges.txt", "sentencepiece.bpe.model",
 
 def read_folder_config(folder: Path) -> tuple[dict[str, Any], str]:
     """A model folder's open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...}) and its sha256."""
-    import hashlib
-
     if not (folder / FOLDER_CONFIG).exists():
         raise FileNotFoundError(f"{folder} is a folder without {FOLDER_CONFIG}, so not an OpenCLIP model "
                                 "folder: pass a weights file, or a model folder as published (config, "
@@ -82,8 +81,6 @@ def read_folder_config(folder: Path) -> tuple[dict[str, Any], str]:
 
 def tokenizer_sha256(folder: Path) -> str:
     """sha256 over the names and contents of the folder's tokenizer files."""
-    import hashlib
-
     h = hashlib.sha256()
     for name in TOKENIZER_FILES:
         if (folder / name).exists():
