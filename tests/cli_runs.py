@@ -1,23 +1,28 @@
 """Many `python -m fashion_rag ...` commands, each in a process of its own with a deadline.
 
-One fresh interpreter imports the CLI once and forks a child per command (50 commands cost one
-interpreter start, not 50 of ~1.6 s each). A child that is still running at the deadline (a
-reader blocked on a FIFO) is killed and reported as hung, so a hang fails its case instead of
-the suite; a child's address space is capped, so an unbounded read (a symlink to /dev/zero)
-ends in MemoryError instead of taking the shared machine's memory.
+One interpreter per pytest process imports the CLI (and torch, open_clip, faiss) once and forks
+a child per command: a command costs a fork, not an interpreter start and ~12 CPU-seconds of
+imports. A child that is still running at the deadline (a reader blocked on a FIFO) is killed
+and reported as hung, so a hang fails its case instead of the suite; a child's address space is
+capped, so an unbounded read (a symlink to /dev/zero) ends in MemoryError instead of taking the
+shared machine's memory.
 
-Run by run_cli() through subprocess; the children run fashion_rag.cli.main exactly as
-`python -m fashion_rag` does (its return value is the exit status).
+run_cli() starts that interpreter on first use and keeps it for the session (a line of JSON per
+request on its stdin, a line per answer on its stdout); each child takes the caller's environment
+of the moment and runs fashion_rag.cli.main exactly as `python -m fashion_rag` does (its return
+value is the exit status).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,13 +30,38 @@ REPO = Path(__file__).resolve().parents[1]
 _HEADROOM = 2 << 30  # address space a child may add to what the imports took
 
 
+_server: subprocess.Popen | None = None
+
+
+def _forkserver() -> subprocess.Popen:
+    global _server
+    if _server is None or _server.poll() is not None:
+        log = tempfile.TemporaryFile()  # its own warnings; a pipe nobody reads could fill and block it
+        _server = subprocess.Popen([sys.executable, __file__], cwd=REPO, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=log, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        _server.log = log  # type: ignore[attr-defined]
+        atexit.register(_server.kill)
+    return _server
+
+
 def run_cli(commands: list[list[str]], deadline: float = 30.0) -> list[dict]:
     """[{"rc": exit status or None if killed at the deadline, "stdout", "stderr"}] per command."""
-    request = json.dumps({"commands": commands, "deadline": deadline})
-    r = subprocess.run([sys.executable, __file__], input=request, cwd=REPO, capture_output=True, text=True,
-                       timeout=60 + deadline * len(commands), env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
+    server = _forkserver()
+    request = {"commands": commands, "deadline": deadline, "env": dict(os.environ)}
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    # Each child is killed at its deadline, so an answer comes unless the server itself is stuck.
+    ready = selectors.DefaultSelector()
+    ready.register(server.stdout, selectors.EVENT_READ)
+    answered = ready.select(120 + deadline * len(commands))
+    ready.close()
+    line = server.stdout.readline() if answered else ""
+    if not line:
+        server.kill()
+        server.log.seek(0)
+        raise AssertionError(f"cli_runs server gave no answer: {server.log.read()[-3000:]!r}")
+    return json.loads(line)
 
 
 def _vm_size() -> int:
@@ -39,7 +69,7 @@ def _vm_size() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
 
 
-def _child(argv: list[str], out_w: int, err_w: int) -> None:
+def _child(argv: list[str], env: dict[str, str], out_w: int, err_w: int) -> None:
     import resource
     import traceback
 
@@ -47,6 +77,8 @@ def _child(argv: list[str], out_w: int, err_w: int) -> None:
 
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
+    os.environ.clear()
+    os.environ.update(env)
     limit = _vm_size() + _HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rc = 1
@@ -62,7 +94,7 @@ def _child(argv: list[str], out_w: int, err_w: int) -> None:
         os._exit(rc)
 
 
-def _run_one(argv: list[str], deadline: float) -> dict:
+def _run_one(argv: list[str], env: dict[str, str], deadline: float) -> dict:
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -70,7 +102,7 @@ def _run_one(argv: list[str], deadline: float) -> dict:
     if pid == 0:
         os.close(out_r)
         os.close(err_r)
-        _child(argv, out_w, err_w)
+        _child(argv, env, out_w, err_w)
     os.close(out_w)
     os.close(err_w)
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
@@ -101,9 +133,11 @@ def _run_one(argv: list[str], deadline: float) -> dict:
 
 
 def _main() -> None:
-    request = json.load(sys.stdin)
     # Imported before any fork (what `index info/query/build` import): the children share them.
+    # open_clip alone costs ~9 CPU-seconds here (it pulls in torchvision, torch._dynamo, sympy,
+    # transformers); the encoder imports it lazily, so without this every child paid for it again.
     import faiss  # noqa: F401
+    import open_clip  # noqa: F401
 
     import fashion_rag.cli  # noqa: F401
     import fashion_rag.retrieval.build  # noqa: F401
@@ -111,8 +145,11 @@ def _main() -> None:
     import fashion_rag.retrieval.index  # noqa: F401
     import fashion_rag.retrieval.search  # noqa: F401
 
-    results = [_run_one(argv, request["deadline"]) for argv in request["commands"]]
-    sys.stdout.write(json.dumps(results))
+    for line in sys.stdin:  # one request per line until the test session closes the pipe
+        request = json.loads(line)
+        results = [_run_one(argv, request["env"], request["deadline"]) for argv in request["commands"]]
+        sys.stdout.write(json.dumps(results) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audit import opened_files
+from cli_runs import run_cli
 from PIL import Image
 
 from comfy_harness import PromptFailed, fifo_in_place_of
@@ -408,10 +409,9 @@ def test_defect7_damaged_indexes_give_one_clear_error(catalog_dir, encoder, tmp_
     _edit_manifest(out, lambda m: m["files"]["sha256"].__setitem__("vectors-0.faiss", digest))
     with pytest.raises(IndexFormatError, match=r"vectors-0\.faiss is not a readable FAISS index.*build"):
         load_index(out)
-    r = subprocess.run([sys.executable, "-m", "fashion_rag", "index", "info", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "not a readable FAISS index" in r.stderr and "index build" in r.stderr
+    (r,) = run_cli([["index", "info", str(out)]])
+    assert r["rc"] == 2 and "Traceback" not in r["stderr"] and len(r["stderr"].strip().splitlines()) == 1
+    assert "not a readable FAISS index" in r["stderr"] and "index build" in r["stderr"]
 
 
 def test_issue24_a_manifest_symlinked_out_of_the_index_is_refused_unread(catalog_dir, encoder, tmp_path):

@@ -351,7 +351,8 @@ def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny
     manifest = resolve_version(out).data_dir / "manifest.json"
     manifest.unlink()
     manifest.mkdir()
-    line = _one_error_line(_cli("info", out))
+    (info,) = _cli_runs(("info", out))
+    line = _one_error_line(info)
     # (read as a regular file only: a folder there is "not a regular file", never a raw [Errno 21])
     assert "not a regular file" in line and str(manifest) in line and "index build" in line, line
 

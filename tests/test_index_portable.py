@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from audit import opened_files
+from cli_runs import run_cli
 from PIL import Image, ImageOps
 
 from fashion_rag.retrieval.build import build_index
@@ -23,16 +22,14 @@ from fashion_rag.retrieval.ondisk import MANIFEST, IndexFormatError, resolve_ver
 from fashion_rag.retrieval.search import retrieve
 from tools.demo.encoder import TINY_ARCH
 
-REPO = Path(__file__).resolve().parents[1]
 QUERY = ("green polka-dot long dress", 4)
 
 
 def _query_save(index: Path, folder: Path, weights: Path) -> dict[str, bytes]:
     """`index query --save` (fusion: text encoder and captions), and the files it wrote."""
-    r = subprocess.run([sys.executable, "-m", "fashion_rag", "index", "query", str(index), QUERY[0], "-k",
-                        str(QUERY[1]), "--weights", str(weights), "--save", str(folder)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    (r,) = run_cli([["index", "query", str(index), QUERY[0], "-k", str(QUERY[1]), "--weights", str(weights),
+                     "--save", str(folder)]], deadline=300)
+    assert r["rc"] == 0, r["stderr"]
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
