@@ -38,6 +38,7 @@ from .pairs import (
     PreparedPair,
     Problem,
     TestSet,
+    read_dataset_json,
     read_json,
     read_picture,
     resized_person,
@@ -70,13 +71,8 @@ def read_captions(root: Path) -> tuple[dict[str, list[str]], set[str]]:
     bad: set[str] = set()
     for name in CAPTION_FILES:
         path = root / name
-        if not path.is_file():
-            raise DatasetError(f"{path} not found: the Dress Code-multimodal caption files "
-                               f"({' and '.join(CAPTION_FILES)}) belong in {root}")
-        try:
-            data = read_json(path, "caption file")
-        except PairError as exc:
-            raise DatasetError(str(exc)) from None
+        data = read_dataset_json(path, "caption file", f"the Dress Code-multimodal caption files "
+                                                       f"({' and '.join(CAPTION_FILES)}) belong in {root}")
         if not isinstance(data, dict):
             raise DatasetError(f"{path} is not a JSON object {{garment number: [noun chunks]}}")
         for key, chunks in data.items():

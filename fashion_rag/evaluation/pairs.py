@@ -97,6 +97,17 @@ def read_json(path: Path, what: str) -> object:
         raise PairError(f"{what} {path} is not readable JSON ({' '.join(str(exc).split())[:200]})") from None
 
 
+def read_dataset_json(path: Path, what: str, missing: str) -> object:
+    """A JSON file the whole run needs (caption file, retrieval file): DatasetError, which stops the
+    run, where read_json's PairError would skip one pair. `missing` says what belongs there."""
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: {missing}")
+    try:
+        return read_json(path, what)
+    except PairError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def read_picture(path: Path, what: str) -> Image.Image:
     """An image file, decoded to RGB (a label map: as stored, its palette indices are the labels)."""
     try:

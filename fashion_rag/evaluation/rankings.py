@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..retrieval.paths import is_plain_name, is_plain_relative
-from .pairs import DatasetError, GalleryGarment, PairError, read_json
+from .pairs import DatasetError, GalleryGarment, read_dataset_json
 
 TOP = 20  # the rankings the metrics read (R@k and P@k up to k = 20)
 REFERENCE_SETS = {1: "single", 2: "double", 3: "triplet"}  # noun chunks -> the reference's file name part
@@ -85,13 +85,9 @@ def reference_rankings(folder: Path, dataset_root: Path, categories: Iterable[st
     out = Rankings()
     for category in sorted(categories):
         path = Path(folder) / f"test_{category}_{REFERENCE_SETS[n_chunks]}.json"
-        if not path.is_file():
-            raise DatasetError(f"{path} not found: --retrieval reference-json DIR needs the reference's "
-                               f"test_<category>_{REFERENCE_SETS[n_chunks]}.json files")
-        try:
-            data = read_json(path, "retrieval file")
-        except PairError as exc:
-            raise DatasetError(str(exc)) from None
+        needed = (f"--retrieval reference-json DIR needs the reference's "
+                  f"test_<category>_{REFERENCE_SETS[n_chunks]}.json files")
+        data = read_dataset_json(path, "retrieval file", needed)
         predicted = data.get("pred_files") if isinstance(data, dict) else None
         if not isinstance(predicted, dict):
             raise DatasetError(f"{path} has no 'pred_files' object {{query: [garment paths]}}")
