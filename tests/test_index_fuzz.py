@@ -316,8 +316,8 @@ def test_build_markers_and_lock_records_of_the_wrong_shape_are_not_ours(built, t
     """A folder whose marker is malformed (a wrong JSON type, a name not the build's) is left
     alone by a build's cleanup, while a well-formed one of a dead build is deleted; a lock file
     holding a malformed record makes the folder refused, nothing in it touched. Mutations caught:
-    the marker's names taken without their type checked (the folder with names [7] deleted),
-    and the lock record's build id not checked (a build ran in the folder)."""
+    records built without the typed check, a marker's temp name not checked against its build
+    (folder 5 deleted), and the lock record's build id not checked (a build ran in the folder)."""
     out, _, pristine = built
     _restore(out, pristine)
     copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
@@ -327,7 +327,9 @@ def test_build_markers_and_lock_records_of_the_wrong_shape_are_not_ours(built, t
         f".tmp-{dead}-00000002": {"format": FORMAT, "build": dead, "names": [7]},
         f".tmp-{dead}-00000003": {"format": FORMAT, "build": dead, "names": f".tmp-{dead}-00000003"},
         f".tmp-{dead}-00000004": {"format": FORMAT, "build": 12345, "names": [f".tmp-{dead}-00000004"]},
-        f".tmp-{dead}-00000005": {"format": FORMAT, "build": dead, "names": [".tmp-other-00000005"]},
+        # a name that is not the marker's own build's
+        f".tmp-{dead}-00000005": {"format": FORMAT, "build": "fedcba9876543210",
+                                  "names": [f".tmp-{dead}-00000005"]},
     }
     for name, marker in records.items():
         (copy_dir / name).mkdir()
