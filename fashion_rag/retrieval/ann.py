@@ -1,7 +1,5 @@
-"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings (docs/method.md,
-"Vector search"). One index per category group (partition_categories): exact below
-IVF_THRESHOLD garments, IVF(nlist),SQ8 above with nprobe tuned at build time; candidates are
-re-ranked with the float32 embeddings, so scores are exact cosines. Embeddings are read a block
+"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings, one per category
+group, and why they are shaped so (docs/method.md, "Vector search"). Embeddings are read a block
 of rows at a time (Rows: a memory-mapped 30 GB file works); ondisk.py reads and writes the files.
 """
 
@@ -109,16 +107,10 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(knn_intersection_measure(np.asarray(found)[:, : exact.shape[1]], np.asarray(exact)))
 
 
-# Below this many garments an exact search is already fast (a flat scan of 10k x 768 floats
-# is ~30 MB per query); above it the IVF index keeps single queries in milliseconds.
-IVF_THRESHOLD = 10_000
-# The IVF index's nprobe is tuned at build time to reach this recall@10 against exact search
-# on held-out perturbed queries; the margin over the 0.95 the project promises absorbs the
-# difference between those probe queries and real ones.
-TUNE_RECALL = 0.97
-# Never probe fewer lists than this: a handful of extra lists costs well under a millisecond
-# and guards against real queries being harder than the probe queries.
-MIN_NPROBE = 8
+# The choices behind these numbers: docs/method.md, "Vector search".
+IVF_THRESHOLD = 10_000  # below it a flat scan is already fast (~30 MB per query at 768-d)
+TUNE_RECALL = 0.97  # recall@10 nprobe is tuned to; the margin over the promised 0.95 is for real queries
+MIN_NPROBE = 8  # a few extra lists cost well under a millisecond
 MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
 INDEX_TYPES = ("auto", "flat", "ivf")
 
@@ -171,14 +163,6 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
-
-    def memory_bytes(self) -> int:
-        """Bytes the index holds in memory (its serialised size, which is what it holds)."""
-        import faiss
-
-        if self.kind == "flat":  # n x d float32; serialising would copy gigabytes to say so
-            return int(self.index.ntotal) * int(self.index.d) * 4
-        return int(faiss.serialize_index(self.index).nbytes)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +245,7 @@ def create_vector_index(
         filtered_probes = probe_queries(x, 100, rng, around_mean=True)
     # One pass over the embeddings for both probe sets' exact neighbours (10M rows: 30 GB read).
     exact = exact_top_k(x, np.concatenate([garment_probes, filtered_probes]), min(10, n))
-    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL,
+    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL, MIN_NPROBE,
                                          exact=exact[: len(garment_probes)])
     vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, TUNE_RECALL, start=nprobe,
                                                     exact=exact[len(garment_probes):])
@@ -299,20 +283,14 @@ def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tune_nprobe(vec: VectorIndex, x: np.ndarray | Rows, queries: np.ndarray, target: float, k: int = 10,
-                start: int = MIN_NPROBE, exact: np.ndarray | None = None) -> tuple[int, float]:
-    """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`.
-
-    Recall is measured as the library searches: 4k+10 candidates re-ranked exactly. `exact`:
-    the queries' exact top-k, when the caller has it (computing it reads all of x).
-    """
+def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, target: float, start: int,
+                exact: np.ndarray) -> tuple[int, float]:
+    """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`, whose exact
+    top-k is `exact` (its width is k). Recall is measured as the library searches: 4k+10
+    candidates re-ranked exactly."""
     import faiss
 
-    rows = as_rows(x)
-    n = len(rows)
-    k = min(k, n)
-    if exact is None:
-        exact = exact_top_k(rows, queries, k)
+    n, k = len(rows), exact.shape[1]
     nlist = int(faiss.extract_index_ivf(vec.index).nlist)
     nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
     while True:
@@ -388,9 +366,6 @@ class VectorStore:
     @property
     def factory(self) -> str:
         return ", ".join(sorted({p.vectors.factory for p in self.parts}))
-
-    def memory_bytes(self) -> int:
-        return sum(p.vectors.memory_bytes() + p.positions.nbytes for p in self.parts)
 
     def record(self) -> VectorIndexRecord:
         return _index_record([p.record() for p in self.parts])

@@ -1,13 +1,9 @@
-"""A loaded garment index: manifest, embeddings, vector search, stored garments, optionally its
-text encoder.
+"""A loaded garment index, answering search(query, category, k), image(id) and caption scores;
+optionally with its text encoder.
 
-load_index() reads the index folder's current version through ondisk.read_version (the pointer
-resolved once, the manifest checked, the data files verified against the sha256 sums and sizes
-the manifest records, all read from that version folder only). Every file is opened through the path rule and
-only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
-huge sparse file in place of one is refused with the rebuild command, never waited on or read
-without end. Garment images come from the index's own shard (mapped at load, each image read
-within the bounds the manifest records): nothing outside the index folder is ever opened.
+load_index() reads the current version through ondisk.read_version, which alone opens the
+index's files (checked, verified, inside the version folder); garment images come from the
+index's own shard, so nothing outside the index folder is ever opened.
 """
 
 from __future__ import annotations

@@ -415,16 +415,9 @@ def describe_encoder(rec: EncoderRecord) -> str:
 
 def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = "") -> None:
     """Refuse an encoder that does not produce the index's embedding space, naming both."""
-    built = manifest.encoder
-    # Name and dimension first: they need no hashing and no model.
-    if built.name == encoder.name and built.dim == int(encoder.dim):
-        given = encoder_record(encoder)
-        if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
-            return
-    else:
-        given = EncoderRecord(encoder.name, encoder.weights_hash, int(encoder.dim), "",
-                              Path(encoder.weights_path).name, str(encoder.weights_path),
-                              config_sha256=encoder.config_hash)
+    built, given = manifest.encoder, encoder_record(encoder)
+    if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
+        return
     rebuild = build_command(index_dir, None if encoder.model_dir else encoder.name,
                             encoder.model_dir or encoder.weights_path)
     raise EncoderMismatchError(
