@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,9 +342,14 @@ def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: s
                       vec.tuned_recall)
 
 
+def overall_type(kinds: Iterable[str]) -> str:
+    """The index type of a garment index whose parts are of these kinds: theirs, or "mixed"."""
+    distinct = set(kinds)
+    return distinct.pop() if len(distinct) == 1 else "mixed"
+
+
 def _index_record(parts: list[PartRecord]) -> VectorIndexRecord:
-    kinds = {p.type for p in parts}
-    return VectorIndexRecord(kinds.pop() if len(kinds) == 1 else "mixed", parts)
+    return VectorIndexRecord(overall_type(p.type for p in parts), parts)
 
 
 class VectorStore:
@@ -360,8 +365,7 @@ class VectorStore:
 
     @property
     def kind(self) -> str:
-        kinds = {p.vectors.kind for p in self.parts}
-        return kinds.pop() if len(kinds) == 1 else "mixed"
+        return overall_type(p.vectors.kind for p in self.parts)
 
     @property
     def factory(self) -> str:

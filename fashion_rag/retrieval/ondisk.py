@@ -1021,9 +1021,10 @@ def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
 
 def _open_data(ver_dir: Path, name: str, index_dir: Path, manifest: Manifest, what: str) -> BinaryIO:
     """A data file of the version opened as a regular file of at most the size its manifest records."""
+    path = data_file(ver_dir, name, index_dir, manifest, what)
     try:
-        return open_regular(inside(name, ver_dir, what), manifest.files.bytes.get(name), what)
-    except (PathRuleError, UnreadableFileError) as exc:
+        return open_regular(path, manifest.files.bytes.get(name), what)
+    except UnreadableFileError as exc:
         raise damaged(index_dir, exc, manifest) from exc
 
 def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.ndarray:
