@@ -142,23 +142,10 @@ class VectorIndex:
         self.kind = kind
         self.factory = factory
         self.tuned_recall = tuned_recall or {}
-        self._nprobe = 0
-        if nprobe is not None:
-            self.nprobe = nprobe
+        self.nprobe = nprobe  # IVF lists probed (None: flat); every IVF search passes it to FAISS
         # Probes used under a category filter: the query may then resemble no garment of this
         # part (a dress described while filtering tops), and its neighbours spread over more lists.
-        self.nprobe_filtered = nprobe_filtered or self._nprobe
-
-    @property
-    def nprobe(self) -> int | None:
-        return self._nprobe if self.kind == "ivf" else None
-
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        import faiss
-
-        self._nprobe = int(value)
-        faiss.extract_index_ivf(self.index).nprobe = self._nprobe
+        self.nprobe_filtered = nprobe_filtered or nprobe
 
     @property
     def ntotal(self) -> int:
@@ -181,8 +168,8 @@ class VectorIndex:
         if allowed is not None:
             keep = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
             sel = faiss.IDSelectorBitmap(keep)
-        if self.kind == "ivf" and (sel is not None or nprobe is not None):
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self._nprobe))
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.nprobe))
         elif sel is not None:
             params = faiss.SearchParameters(sel=sel)
         with _faiss_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
