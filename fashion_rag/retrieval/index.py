@@ -50,7 +50,7 @@ class GarmentIndex:
         self.encoder = encoder
         items = manifest.items
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
-        self.captions, self.content_hashes = items.captions, items.sha256
+        self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
         # Category codes once, so a filtered query on a million garments costs no Python loop.
         names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
@@ -85,11 +85,6 @@ class GarmentIndex:
     @property
     def dim(self) -> int:
         return self.manifest.encoder.dim
-
-
-    @property
-    def built(self) -> str:
-        return self.manifest.built
 
     @property
     def has_captions(self) -> bool:
@@ -173,7 +168,7 @@ class GarmentIndex:
             "per_category": self.per_category(),
             "encoder": describe_encoder(self.manifest.encoder),
             "random_demo_encoder": self.manifest.encoder.random_demo,
-            "built": self.built,
+            "built": self.manifest.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
             "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
                              "parts": len(self.vectors.parts)},
