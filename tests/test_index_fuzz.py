@@ -31,13 +31,18 @@ from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import (
+    FORMAT,
     MANIFEST,
     EncoderMismatchError,
     IndexFormatError,
+    OutDirError,
     StoredVersion,
+    build_lock,
+    clean_stale,
     map_embeddings,
     map_file,
     parse_manifest,
+    prepare_out,
     read_version_manifest,
     resolve_version,
     verify_files,
@@ -272,7 +277,12 @@ def test_pointer_file_damage_gives_clear_errors(built, tmp_path):
     good = pointer.read_bytes()
     cases = [b"", b"{", b"[]", b'{"format": "fashion-rag-garment-index", "current": "../../etc"}',
              b'{"format": "fashion-rag-garment-index", "current": "v-20990101T000000Z-00000000"}',
-             b'{"format": "other", "current": "v-20990101T000000Z-00000000"}', b"x" * 10_000, good[:-5]]
+             b'{"format": "other", "current": "v-20990101T000000Z-00000000"}', b"x" * 10_000, good[:-5],
+             # wrong JSON types, field by field (the typed checker's cases)
+             b'{"format": "fashion-rag-garment-index", "current": ["v-20990101T000000Z-00000000"]}',
+             b'{"format": "fashion-rag-garment-index", "current": "v-20990101T000000Z-00000000", '
+             b'"previous": 7}', b'{"format": 1, "current": "v-20990101T000000Z-00000000"}',
+             b'{"current": "v-20990101T000000Z-00000000"}']
     for raw in cases:
         pointer.write_bytes(raw)
         # A damaged pointer names no catalog to rebuild from: a new folder is the advice.
@@ -300,3 +310,44 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_by_its_reader(buil
             map_file(ver, manifest, name, "garment image file")
         else:
             map_embeddings(fifo, 36, 32, copy_dir, manifest)
+
+
+def test_build_markers_and_lock_records_of_the_wrong_shape_are_not_ours(built, tmp_path):
+    """A folder whose marker is malformed (a wrong JSON type, a name not the build's) is left
+    alone by a build's cleanup, while a well-formed one of a dead build is deleted; a lock file
+    holding a malformed record makes the folder refused, nothing in it touched. Mutations caught:
+    records built without the typed check, a marker's temp name not checked against its build
+    (folder 5 deleted), and the lock record's build id not checked (a build ran in the folder)."""
+    out, _, pristine = built
+    _restore(out, pristine)
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    dead = "0123456789abcdef"
+    records = {  # folder name -> its marker
+        f".tmp-{dead}-00000001": {"format": FORMAT, "build": dead, "names": [f".tmp-{dead}-00000001"]},
+        f".tmp-{dead}-00000002": {"format": FORMAT, "build": dead, "names": [7]},
+        f".tmp-{dead}-00000003": {"format": FORMAT, "build": dead, "names": f".tmp-{dead}-00000003"},
+        f".tmp-{dead}-00000004": {"format": FORMAT, "build": 12345, "names": [f".tmp-{dead}-00000004"]},
+        # a name that is not the marker's own build's
+        f".tmp-{dead}-00000005": {"format": FORMAT, "build": "fedcba9876543210",
+                                  "names": [f".tmp-{dead}-00000005"]},
+    }
+    for name, marker in records.items():
+        (copy_dir / name).mkdir()
+        (copy_dir / name / ".build.json").write_text(json.dumps(marker))
+        (copy_dir / name / "data").write_text("a user's file")
+    with build_lock(copy_dir) as lock:
+        removed, alone = clean_stale(lock)
+    assert removed == [f".tmp-{dead}-00000001"], removed
+    assert alone == sorted(records)[1:], alone
+    assert all((copy_dir / name / "data").exists() for name in sorted(records)[1:])
+
+    lock_file = copy_dir / ".build.lock"
+    for bad in ({"format": FORMAT, "build": 12345}, {"format": FORMAT, "build": "not hex"},
+                {"format": "other", "build": dead}, {"build": dead}, [FORMAT, dead]):
+        lock_file.write_text(json.dumps(bad))
+        with pytest.raises(OutDirError, match=r"holds files that are not a garment index \('.build.lock'\)"):
+            prepare_out(copy_dir, tmp_path / "catalog")
+        not_ours = "is not the lock file of a Fashion-RAG build"
+        with pytest.raises(OutDirError, match=not_ours), build_lock(copy_dir):
+            pass
+        assert lock_file.read_text() == json.dumps(bad)  # the refused record is left as it was

@@ -1,7 +1,5 @@
-"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings (docs/method.md,
-"Vector search"). One index per category group (partition_categories): exact below
-IVF_THRESHOLD garments, IVF(nlist),SQ8 above with nprobe tuned at build time; candidates are
-re-ranked with the float32 embeddings, so scores are exact cosines. Embeddings are read a block
+"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings, one per category
+group, and why they are shaped so (docs/method.md, "Vector search"). Embeddings are read a block
 of rows at a time (Rows: a memory-mapped 30 GB file works); ondisk.py reads and writes the files.
 """
 
@@ -10,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,16 +107,10 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(knn_intersection_measure(np.asarray(found)[:, : exact.shape[1]], np.asarray(exact)))
 
 
-# Below this many garments an exact search is already fast (a flat scan of 10k x 768 floats
-# is ~30 MB per query); above it the IVF index keeps single queries in milliseconds.
-IVF_THRESHOLD = 10_000
-# The IVF index's nprobe is tuned at build time to reach this recall@10 against exact search
-# on held-out perturbed queries; the margin over the 0.95 the project promises absorbs the
-# difference between those probe queries and real ones.
-TUNE_RECALL = 0.97
-# Never probe fewer lists than this: a handful of extra lists costs well under a millisecond
-# and guards against real queries being harder than the probe queries.
-MIN_NPROBE = 8
+# The choices behind these numbers: docs/method.md, "Vector search".
+IVF_THRESHOLD = 10_000  # below it a flat scan is already fast (~30 MB per query at 768-d)
+TUNE_RECALL = 0.97  # recall@10 nprobe is tuned to; the margin over the promised 0.95 is for real queries
+MIN_NPROBE = 8  # a few extra lists cost well under a millisecond
 MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
 INDEX_TYPES = ("auto", "flat", "ivf")
 
@@ -150,35 +142,14 @@ class VectorIndex:
         self.kind = kind
         self.factory = factory
         self.tuned_recall = tuned_recall or {}
-        self._nprobe = 0
-        if nprobe is not None:
-            self.nprobe = nprobe
+        self.nprobe = nprobe  # IVF lists probed (None: flat); every IVF search passes it to FAISS
         # Probes used under a category filter: the query may then resemble no garment of this
         # part (a dress described while filtering tops), and its neighbours spread over more lists.
-        self.nprobe_filtered = nprobe_filtered or self._nprobe
-
-    @property
-    def nprobe(self) -> int | None:
-        return self._nprobe if self.kind == "ivf" else None
-
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        import faiss
-
-        self._nprobe = int(value)
-        faiss.extract_index_ivf(self.index).nprobe = self._nprobe
+        self.nprobe_filtered = nprobe_filtered or nprobe
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
-
-    def memory_bytes(self) -> int:
-        """Bytes the index holds in memory (its serialised size, which is what it holds)."""
-        import faiss
-
-        if self.kind == "flat":  # n x d float32; serialising would copy gigabytes to say so
-            return int(self.index.ntotal) * int(self.index.d) * 4
-        return int(faiss.serialize_index(self.index).nbytes)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +168,8 @@ class VectorIndex:
         if allowed is not None:
             keep = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
             sel = faiss.IDSelectorBitmap(keep)
-        if self.kind == "ivf" and (sel is not None or nprobe is not None):
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self._nprobe))
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.nprobe))
         elif sel is not None:
             params = faiss.SearchParameters(sel=sel)
         with _faiss_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
@@ -261,7 +232,7 @@ def create_vector_index(
         filtered_probes = probe_queries(x, 100, rng, around_mean=True)
     # One pass over the embeddings for both probe sets' exact neighbours (10M rows: 30 GB read).
     exact = exact_top_k(x, np.concatenate([garment_probes, filtered_probes]), min(10, n))
-    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL,
+    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL, MIN_NPROBE,
                                          exact=exact[: len(garment_probes)])
     vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, TUNE_RECALL, start=nprobe,
                                                     exact=exact[len(garment_probes):])
@@ -299,20 +270,14 @@ def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tune_nprobe(vec: VectorIndex, x: np.ndarray | Rows, queries: np.ndarray, target: float, k: int = 10,
-                start: int = MIN_NPROBE, exact: np.ndarray | None = None) -> tuple[int, float]:
-    """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`.
-
-    Recall is measured as the library searches: 4k+10 candidates re-ranked exactly. `exact`:
-    the queries' exact top-k, when the caller has it (computing it reads all of x).
-    """
+def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, target: float, start: int,
+                exact: np.ndarray) -> tuple[int, float]:
+    """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`, whose exact
+    top-k is `exact` (its width is k). Recall is measured as the library searches: 4k+10
+    candidates re-ranked exactly."""
     import faiss
 
-    rows = as_rows(x)
-    n = len(rows)
-    k = min(k, n)
-    if exact is None:
-        exact = exact_top_k(rows, queries, k)
+    n, k = len(rows), exact.shape[1]
     nlist = int(faiss.extract_index_ivf(vec.index).nlist)
     nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
     while True:
@@ -364,9 +329,14 @@ def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: s
                       vec.tuned_recall)
 
 
+def overall_type(kinds: Iterable[str]) -> str:
+    """The index type of a garment index whose parts are of these kinds: theirs, or "mixed"."""
+    distinct = set(kinds)
+    return distinct.pop() if len(distinct) == 1 else "mixed"
+
+
 def _index_record(parts: list[PartRecord]) -> VectorIndexRecord:
-    kinds = {p.type for p in parts}
-    return VectorIndexRecord(kinds.pop() if len(kinds) == 1 else "mixed", parts)
+    return VectorIndexRecord(overall_type(p.type for p in parts), parts)
 
 
 class VectorStore:
@@ -382,15 +352,11 @@ class VectorStore:
 
     @property
     def kind(self) -> str:
-        kinds = {p.vectors.kind for p in self.parts}
-        return kinds.pop() if len(kinds) == 1 else "mixed"
+        return overall_type(p.vectors.kind for p in self.parts)
 
     @property
     def factory(self) -> str:
         return ", ".join(sorted({p.vectors.factory for p in self.parts}))
-
-    def memory_bytes(self) -> int:
-        return sum(p.vectors.memory_bytes() + p.positions.nbytes for p in self.parts)
 
     def record(self) -> VectorIndexRecord:
         return _index_record([p.record() for p in self.parts])

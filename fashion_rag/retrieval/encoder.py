@@ -120,22 +120,8 @@ def register_config(arch: str, config: dict[str, Any]) -> None:
     """
     from open_clip import factory
 
-    with _register_lock:
-        registry = getattr(factory, "_MODEL_CONFIGS", None)
-        if not isinstance(registry, dict):
-            raise RuntimeError("this open_clip version has no model registry to add an architecture to; "
-                               "use an architecture open_clip ships (open_clip.list_models())")
-        registry[arch] = copy.deepcopy(config)
-
-
-def weights_sha256(path: str | Path) -> str:
-    """sha256 of a weights file, cached per file version since files can be 1.7 GB."""
-    return cached_sha256(path)
-
-
-def is_random_demo_weights(path: str | Path) -> bool:
-    """True for weights files marked as random (the demo's), so tools can say results mean nothing."""
-    return bool(weights_metadata(path).get("random_demo"))
+    with _register_lock:  # (open_clip is pinned in .ci/requirements.txt: the registry is there)
+        factory._MODEL_CONFIGS[arch] = copy.deepcopy(config)
 
 
 def model_config(arch: str, weights: str | Path | None = None) -> dict[str, Any]:
@@ -231,7 +217,7 @@ class GarmentEncoder:
     # -- cheap facts (no model build) -------------------------------------------------------
     @property
     def weights_hash(self) -> str:
-        return weights_sha256(self.weights_path)
+        return cached_sha256(self.weights_path)  # cached per file version: files can be 1.7 GB
 
     @property
     def tokenizer_hash(self) -> str | None:
@@ -253,7 +239,8 @@ class GarmentEncoder:
 
     @property
     def is_random_demo(self) -> bool:
-        return is_random_demo_weights(self.weights_path)
+        """Weights marked as random (the demo's): tools say their results mean nothing."""
+        return bool(weights_metadata(self.weights_path).get("random_demo"))
 
     @property
     def preprocess_id(self) -> str:

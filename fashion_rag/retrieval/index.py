@@ -1,13 +1,9 @@
-"""A loaded garment index: manifest, embeddings, vector search, stored garments, optionally its
-text encoder.
+"""A loaded garment index, answering search(query, category, k), image(id) and caption scores;
+optionally with its text encoder.
 
-load_index() reads the index folder's current version through ondisk.read_version (the pointer
-resolved once, the manifest checked, the data files verified against the sha256 sums and sizes
-the manifest records, all read from that version folder only). Every file is opened through the path rule and
-only as a regular file of a bounded size (files.open_regular): a FIFO, a device, a socket or a
-huge sparse file in place of one is refused with the rebuild command, never waited on or read
-without end. Garment images come from the index's own shard (mapped at load, each image read
-within the bounds the manifest records): nothing outside the index folder is ever opened.
+load_index() reads the current version through ondisk.read_version, which alone opens the
+index's files (checked, verified, inside the version folder); garment images come from the
+index's own shard, so nothing outside the index folder is ever opened.
 """
 
 from __future__ import annotations
@@ -54,7 +50,7 @@ class GarmentIndex:
         self.encoder = encoder
         items = manifest.items
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
-        self.captions, self.content_hashes = items.captions, items.sha256
+        self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
         # Category codes once, so a filtered query on a million garments costs no Python loop.
         names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
@@ -89,11 +85,6 @@ class GarmentIndex:
     @property
     def dim(self) -> int:
         return self.manifest.encoder.dim
-
-
-    @property
-    def built(self) -> str:
-        return self.manifest.built
 
     @property
     def has_captions(self) -> bool:
@@ -177,7 +168,7 @@ class GarmentIndex:
             "per_category": self.per_category(),
             "encoder": describe_encoder(self.manifest.encoder),
             "random_demo_encoder": self.manifest.encoder.random_demo,
-            "built": self.built,
+            "built": self.manifest.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
             "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
                              "parts": len(self.vectors.parts)},

@@ -415,16 +415,9 @@ def describe_encoder(rec: EncoderRecord) -> str:
 
 def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = "") -> None:
     """Refuse an encoder that does not produce the index's embedding space, naming both."""
-    built = manifest.encoder
-    # Name and dimension first: they need no hashing and no model.
-    if built.name == encoder.name and built.dim == int(encoder.dim):
-        given = encoder_record(encoder)
-        if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
-            return
-    else:
-        given = EncoderRecord(encoder.name, encoder.weights_hash, int(encoder.dim), "",
-                              Path(encoder.weights_path).name, str(encoder.weights_path),
-                              config_sha256=encoder.config_hash)
+    built, given = manifest.encoder, encoder_record(encoder)
+    if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
+        return
     rebuild = build_command(index_dir, None if encoder.model_dir else encoder.name,
                             encoder.model_dir or encoder.weights_path)
     raise EncoderMismatchError(
@@ -477,6 +470,64 @@ class BuildLock:
     last: str | None  # the build the lock file named before: its unfinished folders are known
 
 
+# The small records beside the manifest, parsed by the same typed checker (_record); each
+# says what else makes it one of ours (valid).
+
+@dataclass(frozen=True)
+class Pointer:
+    """index.json: the version readers load, and the one before it (a reader may still be on it)."""
+
+    format: str
+    current: str
+    previous: str | None = None
+
+    def valid(self) -> bool:
+        return (self.format == FORMAT and bool(_VERSION.fullmatch(self.current))
+                and (self.previous is None or bool(_VERSION.fullmatch(self.previous))))
+
+
+@dataclass(frozen=True)
+class Marker:
+    """.build.json in every folder a build makes: the build, and the names the folder may have."""
+
+    format: str
+    build: str
+    names: list[str]  # its temp name, then the version name it will be published under (if any)
+
+    def valid(self) -> bool:
+        return (self.format == FORMAT and bool(_BUILD_ID.fullmatch(self.build)) and 1 <= len(self.names) <= 2
+                and self.names[0].startswith(f"{_TMP_PREFIX}{self.build}-")
+                and all(_VERSION.fullmatch(v) for v in self.names[1:]))
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """What the lock file holds: the last build that held it (its unfinished folders are known)."""
+
+    format: str
+    build: str
+
+    def valid(self) -> bool:
+        return self.format == FORMAT and bool(_BUILD_ID.fullmatch(self.build))
+
+
+_R = typing.TypeVar("_R", Pointer, Marker, LockRecord)
+
+
+def _parse_record(cls: type[_R], raw: bytes) -> _R | None:
+    """The record in `raw`, or None when it is not a well-formed one of ours."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    record = _record(cls, data, "", []) if isinstance(data, dict) else _BAD
+    return record if record is not _BAD and record.valid() else None
+
+
+def _record_bytes(record: Marker | LockRecord) -> memoryview:
+    return memoryview(json.dumps(_plain(record)).encode())
+
+
 @contextlib.contextmanager
 def naming(path: Path) -> Iterator[None]:
     """Give an OSError raised without a file name (a failed write: a full disk, EIO) that of `path`."""
@@ -488,7 +539,7 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
-def read_pointer(index_dir: Path) -> dict[str, Any] | None:
+def read_pointer(index_dir: Path) -> Pointer | None:
     """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
 
     Read only as a regular file inside the folder, a few kB at most: a FIFO in its place
@@ -506,14 +557,8 @@ def read_pointer(index_dir: Path) -> dict[str, Any] | None:
         raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild}") from exc
     except OSError as exc:
         raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild}") from exc
-    try:
-        pointer = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        pointer = None
-    previous = pointer.get("previous") if isinstance(pointer, dict) else None
-    if (not isinstance(pointer, dict) or pointer.get("format") != FORMAT
-            or not isinstance(pointer.get("current"), str) or not _VERSION.fullmatch(pointer["current"])
-            or not (previous is None or (isinstance(previous, str) and _VERSION.fullmatch(previous)))):
+    pointer = _parse_record(Pointer, raw)
+    if pointer is None:
         raise IndexFormatError(f"{path} is not the pointer file of a Fashion-RAG garment index (damaged or "
                                f"foreign); {rebuild}")
     return pointer
@@ -525,7 +570,7 @@ def resolve_version(index_dir: str | os.PathLike[str]) -> IndexVersion:
     pointer = read_pointer(index_dir)
     if pointer is None:
         raise IndexFormatError(_not_an_index_message(index_dir))
-    current = pointer["current"]
+    current = pointer.current
     return IndexVersion(index_dir, inside(current, index_dir, "index version folder"), current, current)
 
 
@@ -550,30 +595,21 @@ def looks_like_index(folder: Path) -> bool:
 # Which folders a build made
 # --------------------------------------------------------------------------------------------
 
-def _marker(folder: Path) -> dict[str, Any] | None:
+def _marker(folder: Path) -> Marker | None:
     """The folder's build marker if it is a well-formed one (whatever names it lists)."""
     path = folder / MARKER
     try:
         if path.is_symlink():
             return None
-        marker = json.loads(read_regular(path, _MAX_MARKER_BYTES, "build marker"))
-    except (OSError, ValueError, RecursionError):  # (UnreadableFileError, UnicodeDecodeError: ValueErrors)
+        return _parse_record(Marker, read_regular(path, _MAX_MARKER_BYTES, "build marker"))
+    except (OSError, ValueError):  # (UnreadableFileError is a ValueError)
         return None
-    if not (isinstance(marker, dict) and marker.get("format") == FORMAT
-            and isinstance(marker.get("build"), str) and _BUILD_ID.fullmatch(marker["build"])
-            and isinstance(marker.get("names"), list) and 1 <= len(marker["names"]) <= 2):
-        return None
-    tmp, *version = marker["names"]
-    if not (isinstance(tmp, str) and tmp.startswith(f"{_TMP_PREFIX}{marker['build']}-")
-            and all(isinstance(v, str) and _VERSION.fullmatch(v) for v in version)):
-        return None
-    return marker
 
 
-def _owned(folder: Path) -> dict[str, Any] | None:
+def _owned(folder: Path) -> Marker | None:
     """The marker of a folder a build made: well-formed, and naming the folder as it is called now."""
     marker = _marker(folder)
-    return marker if marker is not None and folder.name in marker["names"] else None
+    return marker if marker is not None and folder.name in marker.names else None
 
 
 def _unfinished(folder: Path) -> bool:
@@ -671,15 +707,11 @@ def _lock_owner(out: Path, raw: bytes) -> str | None:
     """The build a lock file names (None: empty, as builds before the markers left it)."""
     if not raw:
         return None
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        record = None
-    if (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("build"), str)
-            and _BUILD_ID.fullmatch(record["build"])):
-        return record["build"]
-    raise OutDirError(f"{out / LOCK} is not the lock file of a Fashion-RAG build: refusing to write in "
-                      f"{out}.")
+    record = _parse_record(LockRecord, raw)
+    if record is None:
+        raise OutDirError(f"{out / LOCK} is not the lock file of a Fashion-RAG build: refusing to write in "
+                          f"{out}.")
+    return record.build
 
 
 @contextlib.contextmanager
@@ -714,7 +746,7 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
                 if entry.is_dir(follow_symlinks=False) and _left_by(lock.last, Path(entry.path)):
                     _remove(lock, Path(entry.path), rename=False)  # (named after the recorded build)
         # Records are all as long, and written at once: a kill leaves the old one or the new one.
-        record = memoryview(json.dumps({"format": FORMAT, "build": lock.build}).encode())
+        record = _record_bytes(LockRecord(FORMAT, lock.build))
         with naming(path):
             os.lseek(fd, 0, os.SEEK_SET)
             _write_all(fd, record)
@@ -749,7 +781,7 @@ def _make_folder(lock: BuildLock, version: bool) -> Path:
         names.append(f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}")
     folder = lock.out / name
     os.mkdir(folder, 0o700)
-    data = memoryview(json.dumps({"format": FORMAT, "build": lock.build, "names": names}).encode())
+    data = _record_bytes(Marker(FORMAT, lock.build, names))
     try:
         with naming(folder / MARKER):
             fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
@@ -820,9 +852,9 @@ def write_version(lock: BuildLock, tmp: Path, manifest: Manifest, hashes: dict[s
     caller computed while writing, so a 30 GB embeddings file is not read back).
     """
     marker = _owned(tmp)
-    if marker is None or marker["build"] != lock.build or len(marker["names"]) != 2:
+    if marker is None or marker.build != lock.build or len(marker.names) != 2:
         raise ValueError(f"{tmp} is not a version folder of this build")  # a caller's mistake
-    version = marker["names"][1]
+    version = marker.names[1]
     known = dict(hashes or {})
     sha = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
     sizes = {name: (tmp / name).stat().st_size for name in sha}
@@ -838,16 +870,15 @@ def write_version(lock: BuildLock, tmp: Path, manifest: Manifest, hashes: dict[s
     try:
         fsync_path(lock.out)
         pointer = read_pointer(lock.out)
-        _write_pointer(lock.out, {"format": FORMAT, "current": version,
-                                  "previous": pointer["current"] if pointer else None})
+        _write_pointer(lock.out, Pointer(FORMAT, version, pointer.current if pointer else None))
     except BaseException:
         _remove(lock, lock.out / version)  # never named by the pointer: no reader is on it
         raise
     return version
 
 
-def _write_pointer(out: Path, pointer: dict[str, Any]) -> None:
-    text = json.dumps(pointer) + "\n"
+def _write_pointer(out: Path, pointer: Pointer) -> None:
+    text = json.dumps(_plain(pointer)) + "\n"
     # The swap: readers see the old pointer or the new one.
     with naming(out / POINTER):
         atomic_write(out / POINTER, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=True)
@@ -865,7 +896,7 @@ def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
         pointer = read_pointer(lock.out)
     except IndexFormatError:
         return [], []  # not ours to judge: leave everything as it is
-    keep = {pointer["current"], pointer.get("previous")} if pointer else set()
+    keep = {pointer.current, pointer.previous} if pointer else set()
     removed, alone = [], []
     with os.scandir(lock.out) as scan:
         entries = sorted(scan, key=lambda e: e.name)
@@ -990,9 +1021,10 @@ def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
 
 def _open_data(ver_dir: Path, name: str, index_dir: Path, manifest: Manifest, what: str) -> BinaryIO:
     """A data file of the version opened as a regular file of at most the size its manifest records."""
+    path = data_file(ver_dir, name, index_dir, manifest, what)
     try:
-        return open_regular(inside(name, ver_dir, what), manifest.files.bytes.get(name), what)
-    except (PathRuleError, UnreadableFileError) as exc:
+        return open_regular(path, manifest.files.bytes.get(name), what)
+    except UnreadableFileError as exc:
         raise damaged(index_dir, exc, manifest) from exc
 
 def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.ndarray:

@@ -1,15 +1,8 @@
 """Text or picture -> garments: the retrieval step of Fashion-RAG, over a loaded GarmentIndex.
 
-Modes:
-- "image": cosine of the OpenCLIP text embedding with the garment image embeddings (the
-  paper's retrieval); score = cosine. With a query image (a garment photo or crop, fitted to
-  the catalog's 384x512 form), score = (1 - w) * cos(text, garment) + w * cos(image, garment),
-  w = image_weight (DEFAULT_IMAGE_WEIGHT; 1 without a text): one inner-product search with the
-  query (1 - w) * text + w * image, so an IVF index serves it too.
-- "caption": BM25 over the catalog captions; score = BM25.
-- "fusion": reciprocal-rank fusion of both rankings (score = sum of 1/(60 + rank)); the
-  default when the catalog has captions, since exact words ("striped", a brand) and visual
-  similarity fail in different ways.
+Modes "image" (cosine; with a picture, (1 - w) * text cosine + w * picture cosine), "caption"
+(BM25) and "fusion" (reciprocal-rank fusion of both, the default when the catalog has
+captions): docs/method.md, "Retrieval".
 
 Pinned ids always come first, in the order given, whatever the filters; excluded ids never
 appear. The result holds k garments (more if more ids were pinned), never more than
@@ -19,6 +12,7 @@ limits.MAX_K: requests come from shared workflows, so every input is bounded (li
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -169,7 +163,8 @@ def search(
     pin_scores: list[float]
     if mode == "image":
         assert query is not None
-        fill = rank_by_embedding(index, query, n_fill, categories, skip)
+        # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
+        fill = index.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
         fill_scores = index.cosines(query, fill).tolist()
         pin_scores = index.cosines(query, pin_pos).tolist()
     elif mode == "caption":
@@ -202,21 +197,10 @@ def search(
     return out
 
 
-def retrieve(
-    index: GarmentIndex,
-    text: str | None,
-    k: int = 3,
-    *,
-    mode: str | None = None,
-    category: str | None = None,
-    pin_ids: str | Sequence[str] = (),
-    exclude_ids: str | Sequence[str] = (),
-    image: Image.Image | None = None,
-    image_weight: float = DEFAULT_IMAGE_WEIGHT,
-) -> Garments:
-    """search() plus the garment images (384x512 on white, as stored in the index), in rank order."""
-    hits = search(index, text, k, mode=mode, category=category, pin_ids=pin_ids, exclude_ids=exclude_ids,
-                  image=image, image_weight=image_weight)
+def retrieve(index: GarmentIndex, text: str | None, k: int = 3, **options: Any) -> Garments:
+    """search() (`options`: its keyword arguments) plus the garment images (384x512 on white, as
+    stored in the index), in rank order."""
+    hits = search(index, text, k, **options)
     images = [index.image(hit.id) for hit in hits]
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text or "")
 
@@ -240,19 +224,6 @@ def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | 
 def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
     return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
                    path=index.rel_paths[pos], caption=index.captions[pos])
-
-
-def rank_by_embedding(index: GarmentIndex, query: np.ndarray, count: int,
-                      categories: Collection[str] | None = None,
-                      exclude: Sequence[int] | np.ndarray = ()) -> list[int]:
-    """Positions of the `count` best garments by cosine with a query embedding, best first.
-
-    Exact for flat indexes; for IVF, exact among the probed candidates (see VectorStore).
-    """
-    if count <= 0:
-        return []
-    positions, _ = index.search(query, count, categories, exclude)
-    return [int(p) for p in positions]
 
 
 def _score_ranking(scores: np.ndarray, count: int, allowed: np.ndarray) -> list[int]:

@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ...logs import LogFn, ProgressFn, log
-from ..ann import BLOCK_ROWS, INDEX_TYPES, IVF_THRESHOLD, part_kind, partition_categories, write_vector_parts
+from ..ann import (
+    BLOCK_ROWS,
+    INDEX_TYPES,
+    IVF_THRESHOLD,
+    overall_type,
+    part_kind,
+    partition_categories,
+    write_vector_parts,
+)
 from ..catalog import Catalog, Skip
 from ..ondisk import (
     EMBEDDINGS,
@@ -61,12 +69,10 @@ class BuildReport:
     skipped: list[Skip] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)  # stale build folders / versions deleted
 
-    def skip_counts(self) -> dict[str, int]:
-        return dict(Counter(s.reason for s in self.skipped))
-
     def summary(self) -> str:
         """One line: indexed / encoded / reused / removed / skipped by reason."""
-        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skip_counts().items()))
+        by_reason = Counter(s.reason for s in self.skipped)
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
         return (f"{self.items} garments indexed ({self.encoded} encoded, {self.reused} reused, "
                 f"{self.removed} removed), {len(self.skipped)} skipped" + (f" ({counts})" if counts else ""))
 
@@ -172,8 +178,7 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
     groups = partition_categories(items.categories)
     counts = Counter(items.categories)
     parts = [(list(g), part_kind(index_type, sum(counts[c] for c in g), ivf_threshold)) for g in groups]
-    kinds = {k for _, k in parts}
-    report.index_type = kinds.pop() if len(kinds) == 1 else "mixed"
+    report.index_type = overall_type(k for _, k in parts)
     if (old is not None and plan.old_rows and old.encoder == plan.enc
             and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
             and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
