@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,9 +131,16 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, index_base, people, tmp_path):
-    """SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
-    not outlive it. Then SIGKILL the driver: the rerun resumes, sending no finished row again."""
+def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(cluster, index_base, people,
+                                                                            tmp_path):
+    """One 12-row batch, run three times (each run's workers start their own ComfyUIs: the cost
+    of a run, so the Ctrl-C checks ride on the resumed run).
+    1. SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
+       not outlive it. Then SIGKILL the driver.
+    2. The rerun resumes, sending no finished row again; at its first Ctrl-C no row is sent any
+       more, the rows running finish and are recorded, the rest are skipped, exit 130; every
+       prompt a ComfyUI received is an ok row.
+    3. The last rerun (one worker) runs the rows left: all 12 ok, none sent twice."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
     out = tmp_path / "out"
     proc = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
@@ -163,15 +171,34 @@ def test_killed_worker_row_runs_again_and_killed_driver_resumes(cluster, index_b
 
     rerun = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
     try:
-        _, stderr = rerun.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        rerun.kill()
-        raise AssertionError(f"the rerun hung: {rerun.communicate()[1]}") from None
-    assert rerun.returncode == 0, stderr
+        _wait_for_ok(out / "summary.csv", len(finished) + 1, rerun, timeout=300)
+        rerun.send_signal(signal.SIGINT)
+        _, stderr = rerun.communicate(timeout=120)
+    finally:
+        if rerun.poll() is None:
+            rerun.kill()
+    assert rerun.returncode == 130, stderr
     assert f"{len(finished)} of 12 rows already done" in stderr
+    assert "stopping after the rows the workers are running" in stderr
+    summary = read_summary(out / "summary.csv")
+    ok = {k for k, r in summary.items() if r.status == "ok"}
+    assert finished < ok and len(ok) < 12, summary
+    assert all(r.status == "skipped" and r.error == "not run: stopped by Ctrl-C"
+               for k, r in summary.items() if k not in ok)
+    assert sum(_prompts_received(out)) == len(ok) - len(finished)  # no finished row sent again
+    shutil.rmtree(out / "comfyui-workers")  # (the next run's workers write theirs)
+
+    last = _batch(workflow, jobs, out, *_ray_args(cluster, index_base, workers=1), wait=False)
+    try:
+        _, stderr = last.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        last.kill()
+        raise AssertionError(f"the rerun hung: {last.communicate()[1]}") from None
+    assert last.returncode == 0, stderr
+    assert f"{len(ok)} of 12 rows already done" in stderr
     summary = read_summary(out / "summary.csv")
     assert len(summary) == 12 and all(r.status == "ok" for r in summary.values())
-    assert sum(_prompts_received(out)) == 12 - len(finished)  # the finished rows were not sent again
+    assert sum(_prompts_received(out)) == 12 - len(ok)  # the finished rows were not sent again
     for row in summary:
         assert len(list((out / row).glob("garments_*.png"))) == 12  # k=20 of a 12-garment category
 
@@ -217,26 +244,3 @@ def test_the_local_batch_never_imports_ray(tmp_path):
                           str(jobs), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
-
-
-def test_ctrl_c_lets_the_running_rows_finish_then_stops(cluster, index_base, people, tmp_path):
-    """The first Ctrl-C: no row is sent any more, the rows running finish and are recorded, the rest
-    are skipped, exit 130; every prompt a ComfyUI received is an ok row."""
-    workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
-    out = tmp_path / "out"
-    proc = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
-    try:
-        _wait_for_ok(out / "summary.csv", 1, proc, timeout=300)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "stopping after the rows the workers are running" in stderr
-    summary = read_summary(out / "summary.csv")
-    ok = [k for k, r in summary.items() if r.status == "ok"]
-    assert 1 <= len(ok) < 12, summary
-    assert all(r.status == "skipped" and r.error == "not run: stopped by Ctrl-C"
-               for k, r in summary.items() if k not in ok)
-    assert sum(_prompts_received(out)) == len(ok)

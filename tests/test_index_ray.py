@@ -35,14 +35,25 @@ PER_CATEGORY = 100
 QUERIES = ["red top", "blue striped trousers", "a long dress", "green", "checked skirt", "black"]
 
 
-class CountingEncoder(GarmentEncoder):
-    """The tiny encoder, appending the size of every batch it encodes to a file (workers are processes)."""
+def _die_once(marks: Path, name: str) -> None:
+    """Kill this process the first time `name` is marked in `marks` (workers are processes)."""
+    try:
+        os.close(os.open(marks / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)  # no exception, no cleanup: the process is gone, as with a crash or an OOM kill
 
-    def __init__(self, weights: Path, log: Path) -> None:
+
+class CountingEncoder(GarmentEncoder):
+    """The tiny encoder, appending the size of every batch it encodes to a file; its worker dies
+    once, before its first batch is counted."""
+
+    def __init__(self, weights: Path, log: Path, marks: Path) -> None:
         super().__init__(weights, TINY_ARCH)
-        self.log = log
+        self.log, self.marks = log, marks
 
     def encode_pixels(self, pixels):
+        _die_once(self.marks, "died-encoding")
         with open(self.log, "a") as f:
             f.write(f"{len(pixels)}\n")
         return super().encode_pixels(pixels)
@@ -56,11 +67,7 @@ class DiesOnceEncoder(GarmentEncoder):
         self.marks = marks
 
     def _die_once(self, name: str) -> None:
-        try:
-            os.close(os.open(self.marks / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        os._exit(1)  # no exception, no cleanup: the process is gone, as with a crash or an OOM kill
+        _die_once(self.marks, name)
 
     def preprocess_images(self, images):
         self._die_once("task-died")
@@ -174,13 +181,16 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, cluster, tiny_weights):
-    """The catalog, built once locally and once on Ray."""
+    """The catalog, built once locally and once on Ray (300 new images: decoding tasks feeding
+    an encoder actor pool), where a decoding task's worker and an actor's die once each (in
+    root/marks): one build for the tests of both."""
     root = tmp_path_factory.mktemp("built")
     catalog = _write_catalog(root / "catalog")
     encoder = GarmentEncoder(tiny_weights, TINY_ARCH)
     local = build_index(scan_catalog(catalog), root / "local", encoder, index_type="auto", ivf_threshold=50)
-    on_ray = build_index(scan_catalog(catalog), root / "ray", encoder, index_type="auto", ivf_threshold=50,
-                         engine=RayEngine())
+    (root / "marks").mkdir()
+    on_ray = build_index(scan_catalog(catalog), root / "ray", DiesOnceEncoder(tiny_weights, root / "marks"),
+                         index_type="auto", ivf_threshold=50, engine=RayEngine())
     return root, catalog, local, on_ray
 
 
@@ -212,13 +222,14 @@ def test_incremental_ray_build_encodes_only_new_images(built, tiny_weights, tmp_
     _write_rows(catalog, rows)
 
     log = tmp_path / "encoded.log"
-    counting = CountingEncoder(tiny_weights, log)
+    counting = CountingEncoder(tiny_weights, log, tmp_path)
     shards = tmp_path / "shards"  # (--ray-shards: a folder or URI of the user's, not the index's)
     report = build_index(scan_catalog(catalog), out, counting, ivf_threshold=50,
                          engine=RayEngine(shards=str(shards)))
     assert (report.encoded, report.removed, report.reused, report.items) == (5, 5, 296, 301)
     assert shards.is_dir() and not list(shards.rglob("*"))  # the build's shards, deleted once read
-    assert sum(int(n) for n in log.read_text().split()) == 5  # what the actors ran through the model
+    assert sum(int(n) for n in log.read_text().split()) == 5  # what the workers ran through the model
+    assert (tmp_path / "died-encoding").exists()  # a small build's task, its worker killed: retried
     index = load_index(out)
     assert not set(removed) & set(index.ids) and {f"new{i}" for i in range(5)} <= set(index.ids)
     # Exactly the index a local build of the changed catalog gives.
@@ -232,23 +243,14 @@ def _same_as_local_rebuild(root: Path, catalog: Path, out: Path, tiny_weights: P
     build_index(scan_catalog(catalog), local, GarmentEncoder(tiny_weights, TINY_ARCH), ivf_threshold=50)
     _same_index(local, out, GarmentEncoder(tiny_weights, TINY_ARCH))
 
-def test_workers_killed_mid_build_are_retried(built, tiny_weights, tmp_path):
-    root, source, _, _ = built
-    catalog = Path(shutil.copytree(source, tmp_path / "catalog"))
-    out = Path(shutil.copytree(root / "ray", tmp_path / "ray"))
-    rng = np.random.default_rng(7)
-    rows = _rows(catalog)
-    for i in range(40):  # 3 blocks of new images: one task and one actor call die, once each
-        _garment(rng).save(catalog / "dresses" / f"extra{i}.png")
-        rows.append({"id": f"extra{i}", "image": f"dresses/extra{i}.png", "category": "dresses"})
-    _write_rows(catalog, rows)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    report = build_index(scan_catalog(catalog), out, DiesOnceEncoder(tiny_weights, marks), ivf_threshold=50,
-                         engine=RayEngine())
-    assert sorted(p.name for p in marks.iterdir()) == ["actor-died", "task-died"]  # both really died
-    assert report.written and (report.encoded, report.items) == (40, 341)
-    _same_as_local_rebuild(root, catalog, out, tiny_weights, tmp_path)
+
+def test_workers_killed_mid_build_are_retried(built):
+    """The module's Ray build (the `built` fixture), where a decoding task's worker and an encoder
+    actor were killed once each: retried, and test_ray_build_is_the_local_build finds the index the
+    local build gives."""
+    root, _, local, on_ray = built
+    assert sorted(p.name for p in (root / "marks").iterdir()) == ["actor-died", "task-died"]  # both died
+    assert on_ray.written and (on_ray.encoded, on_ray.items) == (local.encoded, local.items) == (300, 301)
 
 
 def _ray_index_and_a_new_image(built, tmp_path: Path) -> tuple[Path, Path, dict]:

@@ -8,7 +8,9 @@ neither embeddings nor images in memory.
 On Ray: the listing becomes a Ray dataset; CPU tasks hash (hash_batch), and read, check, decode
 and preprocess (prepare_batch) the images, so the driver never reads 10M images; actors hold the
 model (EncoderActor: one per GPU, else CPU actors) and encode batches into Parquet shards
-(row, reason, detail, error, garment PNG, embedding) that the driver reads into the store.
+(row, reason, detail, error, garment PNG, embedding) that the driver reads into the store. A
+small build (SMALL_BUILD new images or fewer: an incremental one) skips the actor pool and its
+start-up: a plain task per block prepares and encodes it (encode_block), same shards.
 A batch whose worker dies is retried RETRIES times (Ray Data's default, forever, would let one
 image that crashes its decoder hang the build), then the build fails naming the images not
 encoded. A batch whose code raises is recorded row by row in its "error" column: the other
@@ -227,23 +229,49 @@ class EncoderActor:
             module.to("cuda")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        import pyarrow as pa
+        return encode_prepared(self.encoder, batch)
 
-        rows = batch["row"].astype(np.int64)
-        errors = [str(e) for e in batch["error"]]
-        ok = (batch["reason"] == "") & (batch["error"] == "")
-        emb = np.zeros((len(rows), int(self.encoder.dim)), dtype=np.float32)
-        try:
-            if ok.any():
-                emb[ok] = self.encoder.encode_pixels(batch["pixels"][ok])
-        except Exception as exc:  # recorded, not raised: the build names every failing item at the end
-            errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
-        flat = pa.array(emb.reshape(-1), pa.float32())
-        return pa.table({"row": pa.array(rows), "reason": pa.array(list(batch["reason"]), pa.string()),
-                         "detail": pa.array(list(batch["detail"]), pa.string()),
-                         "error": pa.array(errors, pa.string()),
-                         "garment": pa.array(list(batch["garment"]), pa.binary()),
-                         "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+
+def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = False) -> Any:
+    """A prepared batch (prepare_batch) -> its shard rows: embeddings, garment PNGs, skips, errors.
+    The model is loaded (on the GPU with gpu) only when the batch has an image to encode."""
+    import pyarrow as pa
+
+    rows = batch["row"].astype(np.int64)
+    errors = [str(e) for e in batch["error"]]
+    ok = (batch["reason"] == "") & (batch["error"] == "")
+    emb = np.zeros((len(rows), int(encoder.dim)), dtype=np.float32)
+    try:
+        if ok.any():
+            if gpu:
+                encoder.module.to("cuda")
+            emb[ok] = encoder.encode_pixels(batch["pixels"][ok])
+    except Exception as exc:  # recorded, not raised: the build names every failing item at the end
+        errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
+    flat = pa.array(emb.reshape(-1), pa.float32())
+    return pa.table({"row": pa.array(rows), "reason": pa.array(list(batch["reason"]), pa.string()),
+                     "detail": pa.array(list(batch["detail"]), pa.string()),
+                     "error": pa.array(errors, pa.string()),
+                     "garment": pa.array(list(batch["garment"]), pa.binary()),
+                     "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+
+
+def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shard: str) -> None:
+    """A small build's block in one task: prepare and encode it (the model loaded once, in this
+    task), written as one Parquet shard. No actor: see RayEngine.encode."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    tables = [encode_prepared(encoder, prepare_batch(block.slice(start, batch_size), root, encoder), gpu)
+              for start in range(0, block.num_rows, batch_size)]
+    fs, path = pafs.FileSystem.from_uri(shard)
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder)
+    # Under a hidden name (the shard reader skips it) until whole: a worker killed mid-write by
+    # its last try leaves no half shard to read.
+    pq.write_table(pa.concat_tables(tables), f"{folder}/.{name}", filesystem=fs)
+    fs.move(f"{folder}/.{name}", path)
 
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
@@ -328,26 +356,18 @@ class RayEngine:
         ray = self._connect()
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) if self.gpus is None else int(self.gpus)
-        actors = self.actors or (int(gpus) if gpus else max(1, int(resources.get("CPU", 2)) // 2))
+        cpus = int(resources.get("CPU", 1))
         items = [item for _, item in todo]
-        ds = ray.data.from_arrow(_listing(range(len(todo)), [i.path for i in items], [h for h, _ in todo],
-                                          batch_size, int(resources.get("CPU", 1))))
-        # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
-        # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
-        prepare = min(batch_size, PREPARE_BATCH)
-        ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
-                          batch_size=prepare, batch_format="pyarrow", num_cpus=1,
-                          memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
-        ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
-                          batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                          num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-                          max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
         shards = f"{self.shards.rstrip('/')}/fashion-rag-{secrets.token_hex(6)}" if self.shards else str(
             work_dir / "shards")
         try:
             try:
-                ds.write_parquet(shards)
+                if len(todo) <= SMALL_BUILD:
+                    _encode_in_tasks(ray, catalog, todo, encoder, batch_size, bool(gpus), shards)
+                else:
+                    actors = self.actors or (int(gpus) if gpus else max(1, cpus // 2))
+                    _encode_on_actors(ray, catalog, todo, encoder, batch_size, int(gpus), actors, cpus,
+                                      shards)
             except Exception as exc:  # retries exhausted, or an actor that cannot start
                 done = _written_rows(shards)
                 failed = [item.id for i, item in enumerate(items) if i not in done]
@@ -361,6 +381,49 @@ class RayEngine:
         if progress:
             progress(len(todo), len(todo))
         return bad
+
+
+# A build with this many images to encode or fewer (an incremental one, typically) runs in plain
+# tasks, PREPARE_BATCH images each, that also encode: an actor pool costs a fresh process per
+# build (torch and open_clip imported, ~2 s of Ray Data's actor start-up on top: 6-9 s measured,
+# benchmarks/ray_build.py), where a task runs in a worker Ray keeps between tasks. A task loads
+# the model itself, so a large build's thousands of blocks go to actors that load it once.
+SMALL_BUILD = 2 * PREPARE_BATCH
+
+
+def _encode_in_tasks(ray: Any, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: Any,
+                     batch_size: int, gpu: bool, shards: str) -> None:
+    """Write the shards of a small build: a task per block, retried RETRIES times if its worker
+    dies; raises once every task has ended if any did not write its shard."""
+    blocks = _listing(range(len(todo)), [item.path for _, item in todo], [h for h, _ in todo],
+                      PREPARE_BATCH, 1)
+    task = ray.remote(encode_block).options(
+        num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES,
+        memory=WORKER_BYTES + PREPARE_BATCH * DECODED_IMAGE_BYTES)
+    refs = [task.remote(block, str(catalog.root), encoder, batch_size, gpu, f"{shards}/{i}.parquet")
+            for i, block in enumerate(blocks)]
+    ray.wait(refs, num_returns=len(refs))  # all ended: none still writing when the shards are read
+    for ref in refs:
+        ray.get(ref)
+
+
+def _encode_on_actors(ray: Any, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: Any,
+                      batch_size: int, gpus: int, actors: int, cpus: int, shards: str) -> None:
+    """Write the shards of a large build: Ray Data's decoding tasks feeding an encoder actor pool."""
+    ds = ray.data.from_arrow(_listing(range(len(todo)), [item.path for _, item in todo],
+                                      [h for h, _ in todo], batch_size, cpus))
+    # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
+    # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
+    prepare = min(batch_size, PREPARE_BATCH)
+    ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
+                      batch_size=prepare, batch_format="pyarrow", num_cpus=1,
+                      memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
+    ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
+                      batch_size=batch_size, batch_format="numpy",
+                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                      num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+                      max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
+    ds.write_parquet(shards)
 
 
 def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
