@@ -277,14 +277,18 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
     assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
 
 
-def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path):
+@pytest.mark.parametrize("small_build", [None, 0], ids=["tasks", "actor-pool"])
+def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path, small_build):
     """Ray Data alone would retry a dying batch forever; the build gives up after 3 retries (the
-    README's figure, written out). Mutation caught: RETRIES = 2 in build/engines.py (failed: yes)."""
+    README's figure, written out), on both paths: a small build's plain tasks and a large build's
+    decoding tasks before the actor pool (small_build=0 sends these 3 images there).
+    Mutations caught: RETRIES = 2 in build/engines.py (failed: yes); max_retries=5 (not RETRIES)
+    on the actor pool's decoding tasks only (failed: the actor-pool case)."""
     catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     attempts = tmp_path / "attempts"
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
         build_index(scan_catalog(catalog), out, CrashesOnMagentaEncoder(tiny_weights, attempts),
-                    ivf_threshold=50, engine=RayEngine())
+                    ivf_threshold=50, engine=RayEngine(small_build=small_build))
     # Named: the images not encoded, i.e. the failing block's (the two unreadable images have no
     # embedding, so every build reads them again; they share the new image's block).
     assert err.value.failed == ["broken", "cut", "magenta"] and "magenta" in str(err.value)

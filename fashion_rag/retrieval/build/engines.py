@@ -303,13 +303,16 @@ class RayEngine:
     a local one unless Ray is already initialised. actors: encoder actors at most (default:
     one per GPU, else one per two CPUs). shards: where the embedding shards go (a folder every
     node sees, or a URI such as s3://bucket/tmp); default: the build's temp folder in the index.
+    small_build: builds with this many images to encode or fewer run in plain tasks, larger ones
+    on the actor pool (default SMALL_BUILD; 0: always the actor pool).
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, *, actors: int | None = None, shards: str | None = None,
-                 gpus: bool | None = None) -> None:
+                 gpus: bool | None = None, small_build: int | None = None) -> None:
         self.address = address
+        self.small_build = SMALL_BUILD if small_build is None else small_build
         self.actors = actors
         self.shards = shards
         self.gpus = gpus  # None: use GPUs when the cluster has any
@@ -362,7 +365,7 @@ class RayEngine:
             work_dir / "shards")
         try:
             try:
-                if len(todo) <= SMALL_BUILD:
+                if len(todo) <= self.small_build:
                     _encode_in_tasks(ray, catalog, todo, encoder, batch_size, bool(gpus), shards)
                 else:
                     actors = self.actors or (int(gpus) if gpus else max(1, cpus // 2))
