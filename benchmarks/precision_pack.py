@@ -12,6 +12,12 @@ dtype every model stores its weights in and the dtypes its layers computed in, s
 SPEC's `emulate` ("bf16" or "fp16") makes ComfyUI take the CPU for a device that computes in that
 dtype (benchmarks/half_device.py); on a CPU ComfyUI otherwise computes every UNet in fp32 whatever
 its weights are stored in.
+
+SPEC's optional `then` lists more precisions for the same process ({"out", "emulate", "flags"}),
+run one after the other once the first is written (`precision.py --sizes smoke`: a ComfyUI start
+costs more than the tiny templates). Between two, ComfyUI's flags are parsed anew (its dtype
+choices read them at each load), the capability queries are put back, every model is unloaded
+and the pack's model caches are emptied, so each precision loads its models afresh.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from half_device import QUERIES  # noqa: E402
 from memory_common import Timeline, write_json  # noqa: E402
 from memory_pack import (  # noqa: E402
     SMOKE_CLIP_VAE,
@@ -141,13 +148,60 @@ def _conditioning(cond: list) -> torch.Tensor:
     return torch.cat([entry[0] for entry in cond])
 
 
-def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
-    out = Path(spec["out"])
+def set_flags(started: dict[str, Any], first: list[str], flags: list[str]) -> None:
+    """ComfyUI's flags as if `flags` had been given instead of `first` (for a later precision):
+    an option the two parse to differently takes its value from `flags`, every other one the
+    value it had after the start (`started`: cli_args' post-processing, such as --fast's, kept)."""
+    import comfy.cli_args
+
+    was, now = (vars(comfy.cli_args.parser.parse_args(f)) for f in (first, flags))
+    if now.get("force_fp16") or now.get("fast") != was.get("fast"):
+        raise ValueError("--force-fp16 and --fast are not switched within one process")
+    vars(comfy.cli_args.args).update({k: now[k] if was[k] != now[k] else started[k] for k in now})
+
+
+def fresh_models() -> None:
+    """Nothing loaded under the previous precision is reused: ComfyUI's loaded models unloaded,
+    the pack's model caches (keyed by file and node options, not by ComfyUI's flags) emptied."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    cache_type = importlib.import_module(f"{pack_name()}.nodes.model_cache").ModelCache
+    for name, module in list(sys.modules.items()):
+        if name.startswith(f"{pack_name()}."):
+            for value in vars(module).values():
+                if isinstance(value, cache_type):
+                    value.clear()
+    mm.soft_empty_cache()
+
+
+def run_all(spec: dict[str, Any], flags: list[str]) -> None:
+    """SPEC's precision, then those of its `then`, each written to its own `out` folder."""
     base = Path(spec["base"])
     write_person(base / "input", spec["person"])
     _, execution = start_comfy(flags, base)
-    if spec.get("emulate"):
-        emulate_half_device(spec["emulate"])
+    import comfy.cli_args
+    import comfy.model_management as mm
+
+    started = dict(vars(comfy.cli_args.args))
+    queries = {name: getattr(mm, name) for name in QUERIES.values()}
+    for i, step in enumerate([{}, *spec.get("then", [])]):
+        if i:
+            set_flags(started, flags, step["flags"])
+            fresh_models()
+            for name, query in queries.items():  # the previous precision's emulation undone
+                setattr(mm, name, query)
+        current = {**spec, **step}
+        if current.get("emulate"):
+            emulate_half_device(current["emulate"])
+        with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
+            result = run(current, execution)
+        write_json(Path(current["out"]) / "result.json", result)
+
+
+def run(spec: dict[str, Any], execution: Any) -> dict[str, Any]:
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
     server = _Server(Timeline())
     inpaint = importlib.import_module(f"{pack_name()}.nodes.inpaint")
     channels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -196,6 +250,7 @@ def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
         result["templates"][name] = {"seconds": seconds, "ids": ids, "scores": scores}
         result["dtypes"].update(model_dtypes(executor, g, layers))
     layers.handle.remove()
+    inpaint.with_inpaint_channels = with_channels
     result["finite"] = {k: bool(torch.isfinite(v).all()) for k, v in tensors.items()}
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(out / "stages.safetensors"))
@@ -206,9 +261,7 @@ def main() -> None:
     spec_path, flags = sys.argv[1], sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     spec = json.loads(Path(spec_path).read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
-        result = run(spec, flags)
-    write_json(Path(spec["out"]) / "result.json", result)
+    run_all(spec, flags)
 
 
 if __name__ == "__main__":
