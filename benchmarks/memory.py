@@ -72,6 +72,11 @@ def prepare_base(base: Path, files: Files, sizes: Sizes, unet: Path) -> dict[str
     return names
 
 
+# --smoke's person image (w, h): the tiny models run at 12x16 latents instead of the demo's
+# 48x64 (what the smoke checks, agreement and caching, holds at any size).
+SMOKE_PERSON = [96, 128]
+
+
 def pack_spec(sizes: Sizes, files: Files, names: dict[str, str], out: Path, base: Path, steps: int) -> dict:
     smoke = None
     if sizes.base_unet is None:
@@ -79,6 +84,7 @@ def pack_spec(sizes: Sizes, files: Files, names: dict[str, str], out: Path, base
                  "vision_json": str(files.clip_vision_json), "vae": sizes.comfy_vae_config(),
                  "text": {**sizes.text, "num_hidden_layers": sizes.text_layers}}
     return {"out": str(out), "base": str(base), "steps": steps, "prompts": len(PROMPTS), "smoke": smoke,
+            "person": SMOKE_PERSON if smoke else None,
             "adapter": names["fashion_rag/adapter"], "unet": names["fashion_rag/unet"],
             "checkpoint": names.get("checkpoints"), "clip_vision": names.get("clip_vision")}
 
