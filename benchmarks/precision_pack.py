@@ -48,12 +48,14 @@ from memory_pack import (  # noqa: E402
     SMOKE_VISION,
     _Server,
     emulate_half_device,
+    fresh_models,
+    pack_name,
     person_name,
+    set_flags,
     start_comfy,
     write_person,
 )
 
-from fashion_rag.cli.comfy_server import PACK_DIR_NAME  # noqa: E402
 from tools.demo.person import PERSON_FILE  # noqa: E402
 
 TEMPLATES = HERE.parent / "example_workflows" / "api"
@@ -138,41 +140,8 @@ def model_dtypes(executor: Any, g: dict[str, Any], layers: Layers) -> dict[str, 
     return {name: {"stored": _stored(m), "computed": layers.of(m)} for name, m in models.items()}
 
 
-def pack_name() -> str:
-    """The pack's package name as ComfyUI imported it."""
-    return next(name for name, module in sys.modules.items()
-                if name.endswith(PACK_DIR_NAME) and hasattr(module, "WEB_DIRECTORY"))
-
-
 def _conditioning(cond: list) -> torch.Tensor:
     return torch.cat([entry[0] for entry in cond])
-
-
-def set_flags(started: dict[str, Any], first: list[str], flags: list[str]) -> None:
-    """ComfyUI's flags as if `flags` had been given instead of `first` (for a later precision):
-    an option the two parse to differently takes its value from `flags`, every other one the
-    value it had after the start (`started`: cli_args' post-processing, such as --fast's, kept)."""
-    import comfy.cli_args
-
-    was, now = (vars(comfy.cli_args.parser.parse_args(f)) for f in (first, flags))
-    if now.get("force_fp16") or now.get("fast") != was.get("fast"):
-        raise ValueError("--force-fp16 and --fast are not switched within one process")
-    vars(comfy.cli_args.args).update({k: now[k] if was[k] != now[k] else started[k] for k in now})
-
-
-def fresh_models() -> None:
-    """Nothing loaded under the previous precision is reused: ComfyUI's loaded models unloaded,
-    the pack's model caches (keyed by file and node options, not by ComfyUI's flags) emptied."""
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    cache_type = importlib.import_module(f"{pack_name()}.nodes.model_cache").ModelCache
-    for name, module in list(sys.modules.items()):
-        if name.startswith(f"{pack_name()}."):
-            for value in vars(module).values():
-                if isinstance(value, cache_type):
-                    value.clear()
-    mm.soft_empty_cache()
 
 
 def run_all(spec: dict[str, Any], flags: list[str]) -> None:
