@@ -9,8 +9,8 @@ retrieval never needs the image tower, which is loaded apart when a node first e
 only the part it needs from the memory-mapped file, block by block; open_clip's own load (the
 first row: what the encoder did before) builds the whole model and reads the whole file beside
 it. Random weights of ViT-L-14's layout, fp32 safetensors (written once to the cache folder).
-Each row runs in a fresh process: load, encode one text, then one image; prints seconds and the
-memory over the RSS before the load (peak and kept).
+Each row runs in a fresh process (--smoke: the three in one): load, encode one text, then one
+image; prints seconds and the memory over the RSS before the load (peak and kept).
 """
 
 from __future__ import annotations
@@ -50,27 +50,29 @@ class OpenClipOwn:  # open_clip's own load of the whole model from the file (the
         return self.model.encode_image(torch.zeros(len(images), 3, *self.model.visual.image_size))
 
 torch.set_num_threads(2)
-gc.collect()
-open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-before = mem()
-row = {}
-start = time.perf_counter()
-if sys.argv[4] == "open_clip":
-    encoder = OpenClipOwn(sys.argv[2], sys.argv[3])
-else:
-    encoder = GarmentEncoder(sys.argv[2], sys.argv[3], image_tower=sys.argv[4] == "both")
-encoder.encode_texts(["a red dress"])
-gc.collect()
-m = mem()
-row["text"] = {"seconds": time.perf_counter() - start, "peak": m["VmHWM"] - before["VmRSS"],
-               "kept": m["VmRSS"] - before["VmRSS"]}
-start = time.perf_counter()
-encoder.encode_images([Image.new("RGB", (384, 512), (200, 40, 40))])
-gc.collect()
-m = mem()
-row["image"] = {"seconds": time.perf_counter() - start, "peak": m["VmHWM"] - before["VmRSS"],
-                "kept": m["VmRSS"] - before["VmRSS"]}
-print(json.dumps(row))
+for towers in sys.argv[4:]:  # one JSON line per row
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+    before = mem()
+    row = {}
+    start = time.perf_counter()
+    if towers == "open_clip":
+        encoder = OpenClipOwn(sys.argv[2], sys.argv[3])
+    else:
+        encoder = GarmentEncoder(sys.argv[2], sys.argv[3], image_tower=towers == "both")
+    encoder.encode_texts(["a red dress"])
+    gc.collect()
+    m = mem()
+    row["text"] = {"seconds": time.perf_counter() - start, "peak": m["VmHWM"] - before["VmRSS"],
+                   "kept": m["VmRSS"] - before["VmRSS"]}
+    start = time.perf_counter()
+    encoder.encode_images([Image.new("RGB", (384, 512), (200, 40, 40))])
+    gc.collect()
+    m = mem()
+    row["image"] = {"seconds": time.perf_counter() - start, "peak": m["VmHWM"] - before["VmRSS"],
+                    "kept": m["VmRSS"] - before["VmRSS"]}
+    print(json.dumps(row), flush=True)
+    del encoder
 """
 
 
@@ -110,16 +112,25 @@ def main() -> None:
     print(f"encoder {arch}, {path.stat().st_size / gib:.2f} GiB file (fp32, random weights)\n")
     print("| encoder | after load + 1 text: s | peak GiB | kept GiB | + 1 image: s | kept GiB |")
     print("|---|---|---|---|---|---|")
-    for towers, label in (("open_clip", "open_clip's own load (the encoder before)"),
-                          ("both", "whole model, read in parts"), ("text", "text-first (index loader node)")):
-        out = subprocess.run([sys.executable, "-c", _ROW, str(HERE.parent), str(path), arch, towers],
+    labels = {"open_clip": "open_clip's own load (the encoder before)", "both": "whole model, read in parts",
+              "text": "text-first (index loader node)"}
+    # A fresh process per row at full size, so that no row's figures hold what another left;
+    # --smoke checks the script with the three rows in one process (a start costs more than a row).
+    groups = [list(labels)] if args.smoke else [[towers] for towers in labels]
+    for group in groups:
+        out = subprocess.run([sys.executable, "-c", _ROW, str(HERE.parent), str(path), arch, *group],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        t, i = r["text"], r["image"]
-        print(f"| {label} | {t['seconds']:.1f} | {t['peak'] / gib:.2f} | {t['kept'] / gib:.2f} | "
-              f"{i['seconds']:.1f} | {i['kept'] / gib:.2f} |")
+        for towers, line in zip(group, out.stdout.strip().splitlines()[-len(group):], strict=True):
+            print_row(labels[towers], json.loads(line))
+
+
+def print_row(label: str, r: dict) -> None:
+    gib = 2**30
+    t, i = r["text"], r["image"]
+    print(f"| {label} | {t['seconds']:.1f} | {t['peak'] / gib:.2f} | {t['kept'] / gib:.2f} | "
+          f"{i['seconds']:.1f} | {i['kept'] / gib:.2f} |")
 
 
 if __name__ == "__main__":

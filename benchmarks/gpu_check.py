@@ -11,7 +11,8 @@ diffusers pipeline, against fp32, and the index query; one table. Run by benchma
    vision are stored in fp16, the VAE in what ComfyUI picks), its first image timed from a cold
    start (models from the page cache), then the independent pipeline (memory_reference.py) in
    fp16 on the same GPU; peak GPU memory of each.
-3. fp32, one process: the same with `--fp32-unet --fp32-vae --fp32-text-enc` and an fp32 reference.
+3. fp32, one process: the same with `--fp32-unet --fp32-vae --fp32-text-enc` and an fp32 reference
+   (--tiny: in the fp16 run's process, its flags parsed anew and every model reloaded).
 4. The index query: the library's ranking path (faiss-cpu, one thread) on synthetic 768-d
    embeddings (benchmarks/retrieval.py), and a flat index on the GPU where faiss has GPU support.
 
@@ -22,6 +23,7 @@ fp16 code paths run as on a GPU; figures at that size only show that the script 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -50,9 +52,23 @@ def relative(a: Any, b: Any) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def run_precision(precision: str, files: Any, sizes: Any, names: dict, out: Path, steps: int,
-                  device: str, tiny: bool) -> dict[str, Any]:
-    """One process of gpu_check_run.py; its summary."""
+def run_precisions(precisions: list[str], files: Any, sizes: Any, names: dict, out: Path, steps: int,
+                   device: str, tiny: bool) -> list[dict[str, Any]]:
+    """`precisions` one after the other in one process of gpu_check_run.py (its `then`); their summaries."""
+    specs = [precision_spec(p, files, sizes, names, out, steps, device, tiny) for p in precisions]
+    spec, flags = specs[0]
+    spec["then"] = [{"out": s["out"], "dtype": s["dtype"], "emulate": s["emulate"], "flags": f}
+                    for s, f in specs[1:]]
+    warm_page_cache(files.unet, files.adapter, files.checkpoint if sizes.base_unet else files.clip_vae,
+                    files.clip_vision, files.ref)
+    print(f"[gpu-check] {', '.join(precisions)}: {out}", flush=True)
+    run_process("gpu_check_run.py", spec, Path(spec["out"]), ["--", *flags], threads=1 if tiny else None)
+    return [summarise(json.loads((Path(s["out"]) / "result.json").read_text())) for s, _ in specs]
+
+
+def precision_spec(precision: str, files: Any, sizes: Any, names: dict, out: Path, steps: int,
+                   device: str, tiny: bool) -> tuple[dict[str, Any], list[str]]:
+    """The spec of one precision's run and its ComfyUI flags."""
     run = out / precision
     spec = {"out": str(run), "base": str(out / "comfy_base"), "steps": steps, "prompts": 1,
             "adapter": names["fashion_rag/adapter"], "unet": names["fashion_rag/unet"],
@@ -68,12 +84,12 @@ def run_precision(precision: str, files: Any, sizes: Any, names: dict, out: Path
         "adapter_config": {k: getattr(sizes.adapter, k) for k in
                            ("vision_width", "heads", "mlp_dim", "hidden_dim", "num_tokens", "text_width")},
         "tokenizer": str(comfy_path() / "comfy" / "sd1_tokenizer")}
-    warm_page_cache(files.unet, files.adapter, files.checkpoint if sizes.base_unet else files.clip_vae,
-                    files.clip_vision, files.ref)
     cpu = ["--cpu"] if device == "cpu" else []
-    flags = ["--", *cpu, "--use-pytorch-cross-attention", *FLAGS[precision]]
-    print(f"[gpu-check] {precision}: {run}", flush=True)
-    result = run_process("gpu_check_run.py", spec, run, flags, threads=1 if tiny else None)
+    return spec, [*cpu, "--use-pytorch-cross-attention", *FLAGS[precision]]
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one precision's result.json."""
     events = result["pack"]["events"]
     steps_t = [e["t"] for e in events if e["what"] == "step" and e.get("node") == "11"]
     first = next(e["t"] for e in events if e["what"] == "prompt")
@@ -169,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     files = generate(sizes, files_for(sizes, a.cache), log=lambda m: print(m, flush=True))
     print(f"[gpu-check] weights ready in {time.perf_counter() - start:.0f} s", flush=True)
     names = prepare_base(out / "comfy_base", files, sizes, files.unet)
-    r16 = run_precision("fp16", files, sizes, names, out, steps, device, a.tiny)
-    r32 = run_precision("fp32", files, sizes, names, out, steps, device, a.tiny)
+    # A process per precision on a GPU (each one's first image is timed from a cold start);
+    # --tiny checks the script with both in one process (a ComfyUI start costs more than the run).
+    if a.tiny:
+        r16, r32 = run_precisions(["fp16", "fp32"], files, sizes, names, out, steps, device, a.tiny)
+    else:
+        (r16,), (r32,) = (run_precisions([p_], files, sizes, names, out, steps, device, a.tiny)
+                          for p_ in ("fp16", "fp32"))
     from safetensors.torch import load_file
 
     l16, l32 = (load_file(str(out / p_ / "latents.safetensors")) for p_ in ("fp16", "fp32"))

@@ -9,6 +9,10 @@ Then ComfyUI unloads its models (`unload_all_models`) and the independent pipeli
 (benchmarks/memory_reference.py) runs on the same device, in SPEC's dtype, on the pack's garments,
 person, mask and pose. Written to SPEC's `out`: result.json (timelines, peak GPU memory of each
 side, dtypes) and latents.safetensors (both final latents, in the reference's scaling).
+
+SPEC's optional `then` lists more precisions for this process ({"out", "dtype", "emulate",
+"flags"}; gpu_check.py --tiny: fp32 after fp16), each after ComfyUI's flags are parsed anew, the
+half-device emulation undone, every model unloaded and the pack's caches emptied.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import gc
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import memory_pack  # noqa: E402
 import memory_reference  # noqa: E402
+from half_device import undo_half_device  # noqa: E402
 from memory_common import LATENT_SCALE, PROMPTS, Timeline, write_json  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -65,12 +71,28 @@ def main() -> None:
     spec_path, flags = sys.argv[1], sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     spec = json.loads(Path(spec_path).read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    measure(spec, lambda: memory_pack.run(spec, flags))
+    if spec.get("then"):
+        import comfy.cli_args
+        import execution
+
+        started = dict(vars(comfy.cli_args.args))  # as the flags left them (running changes none)
+        for step in spec["then"]:  # --tiny: fp32 after fp16 in this process
+            memory_pack.set_flags(started, flags, step["flags"])
+            memory_pack.fresh_models()
+            undo_half_device()
+            current = {**spec, **step}
+            measure(current, lambda current=current: memory_pack.run_started(current, execution))
+
+
+def measure(spec: dict[str, Any], pack_run: Callable[[], dict[str, Any]]) -> None:
+    """The pack's run (`pack_run`), then the independent pipeline; written to SPEC's `out`."""
     out = Path(spec["out"])
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
-        pack = memory_pack.run(spec, flags)
+        pack = pack_run()
     pack_peak = _peak_and_reset(device)
 
     import comfy.model_management as mm

@@ -17,12 +17,23 @@ from typing import Any
 QUERIES = {"bf16": "should_use_bf16", "fp16": "should_use_fp16"}
 
 
+_ORIGINAL: dict[str, Any] = {}  # ComfyUI's own queries, by name, once replaced
+
+
+def undo_half_device() -> None:
+    """ComfyUI's own capability queries back (a later run in the same process)."""
+    import comfy.model_management as mm
+
+    for name, ask in _ORIGINAL.items():
+        setattr(mm, name, ask)
+
+
 def emulate_half_device(kind: str) -> None:
     """ComfyUI's capability query for `kind` ("bf16" or "fp16") answers yes for the CPU."""
     import comfy.model_management as mm
 
     name = QUERIES[kind]
-    ask = getattr(mm, name)
+    ask = _ORIGINAL.setdefault(name, getattr(mm, name))
 
     @functools.wraps(ask)
     def capable(device: Any = None, *args: Any, **kwargs: Any) -> bool:

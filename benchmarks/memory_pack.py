@@ -7,6 +7,11 @@ PromptExecutor (the second prompt: another text and seed, so retrieval, inversio
 run again while the loaders' outputs stay cached). Written to SPEC's `out` folder: result.json
 (seconds and resident memory at every node start and sampler step, the peak) and tensors.safetensors
 (the non-model inputs the reference run needs, and the final latent).
+
+SPEC's optional `then` lists more runs for this process ({"out", "flags"}: another weight
+storage), each after ComfyUI's flags are parsed anew, every model unloaded and the pack's model
+caches emptied (memory.py --smoke: a ComfyUI start costs more than the tiny graph). Their peak
+is their own (VmHWM reset), but not their start: use one process per run for real figures.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import importlib
 import inspect
 import json
 import logging
@@ -32,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from half_device import emulate_half_device  # noqa: E402
 from memory_common import PROMPTS, Timeline, write_json  # noqa: E402
 
+from fashion_rag.cli.comfy_server import PACK_DIR_NAME  # noqa: E402
 from tools.demo.person import PERSON_FILE, draw_person  # noqa: E402
 from tools.harness import comfy_path, make_base_dir  # noqa: E402
 
@@ -174,12 +181,51 @@ def start_comfy(flags: list[str], base: Path) -> tuple[Any, Any]:
     return nodes, execution
 
 
+def pack_name() -> str:
+    """The pack's package name as ComfyUI imported it."""
+    return next(name for name, module in sys.modules.items()
+                if name.endswith(PACK_DIR_NAME) and hasattr(module, "WEB_DIRECTORY"))
+
+
+def set_flags(started: dict[str, Any], first: list[str], flags: list[str]) -> None:
+    """ComfyUI's flags as if `flags` had been given instead of `first` (for a later run in this process):
+    an option the two parse to differently takes its value from `flags`, every other one the
+    value it had after the start (`started`: cli_args' post-processing, such as --fast's, kept)."""
+    import comfy.cli_args
+
+    was, now = (vars(comfy.cli_args.parser.parse_args(f)) for f in (first, flags))
+    if now.get("force_fp16") or now.get("fast") != was.get("fast"):
+        raise ValueError("--force-fp16 and --fast are not switched within one process")
+    vars(comfy.cli_args.args).update({k: now[k] if was[k] != now[k] else started[k] for k in now})
+
+
+def fresh_models() -> None:
+    """Nothing loaded under the previous flags is reused: ComfyUI's loaded models unloaded,
+    the pack's model caches (keyed by file and node options, not by ComfyUI's flags) emptied."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    cache_type = importlib.import_module(f"{pack_name()}.nodes.model_cache").ModelCache
+    for name, module in list(sys.modules.items()):
+        if name.startswith(f"{pack_name()}."):
+            for value in vars(module).values():
+                if isinstance(value, cache_type):
+                    value.clear()
+    mm.soft_empty_cache()
+
+
 def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
-    out = Path(spec["out"])
-    timeline = Timeline()
     base = make_base_dir(Path(spec["base"]))
     write_person(base / "input", spec.get("person"))
-    nodes, execution = start_comfy(flags, base)
+    _, execution = start_comfy(flags, base)
+    return run_started(spec, execution)
+
+
+def run_started(spec: dict[str, Any], execution: Any) -> dict[str, Any]:
+    """SPEC's prompts in the ComfyUI this process started; the timeline and dtypes."""
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline()
     if spec.get("emulate"):  # a CPU taken for a half-precision device (benchmarks/gpu_check.py --tiny)
         emulate_half_device(spec["emulate"])
     import comfy.utils
@@ -260,6 +306,18 @@ def main() -> None:
     with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
         result = run(spec, flags)
     write_json(Path(spec["out"]) / "result.json", result)
+    if spec.get("then"):
+        import comfy.cli_args
+        import execution
+
+        started = dict(vars(comfy.cli_args.args))  # as main.py's flags left them
+        for step in spec["then"]:  # memory.py --smoke: the next weight storage in this process
+            set_flags(started, flags, step["flags"])
+            fresh_models()
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: each run's own peak
+            with torch.inference_mode():
+                result = run_started({**spec, **step}, execution)
+            write_json(Path(step["out"]) / "result.json", result)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
     python benchmarks/precision.py --sizes full      # full-size random weights (~10 GB RAM, minutes)
 
 The example workflow, the outfit template and the best-of-N template (the score node) run in a
-ComfyUI process of their own per precision (benchmarks/precision_pack.py), ComfyUI's flags
-choosing how each model stores its weights and computes:
+ComfyUI process of their own per precision (benchmarks/precision_pack.py; --sizes smoke runs every
+precision in one process, its flags parsed anew and every model reloaded between two), ComfyUI's
+flags choosing how each model stores its weights and computes:
 
   fp32          --fp32-unet --fp32-vae: the baseline, every model computed in fp32. The text encoder
                 and CLIP vision keep ComfyUI's fp16 storage: their files are fp16 here, so that holds
@@ -211,12 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or Path(tempfile.mkdtemp(prefix="fashion_rag_precision_"))
     loaders, smoke, info = prepare(a.sizes, out, a.cache)
     threads = 1 if a.sizes == "smoke" else None  # tiny models: one thread is faster on shared cores
-    for mode in [BASELINE, *modes]:
-        spec = {"out": str(out / mode), "base": str(out / "comfy_base"), "steps": a.steps, "smoke": smoke,
-                "files": loaders, "person": [int(v) for v in person.split("x")] if person else None,
-                "best_of": a.best_of, "templates": templates, "emulate": MODES[mode].emulate}
+    specs = [{"out": str(out / mode), "base": str(out / "comfy_base"), "steps": a.steps, "smoke": smoke,
+              "files": loaders, "person": [int(v) for v in person.split("x")] if person else None,
+              "best_of": a.best_of, "templates": templates, "emulate": MODES[mode].emulate}
+             for mode in [BASELINE, *modes]]
+    if a.sizes == "smoke":
+        # One ComfyUI process runs every precision in turn (precision_pack's `then`): at smoke
+        # sizes its start costs more than the templates. Larger sizes keep a process each, so
+        # that no precision's memory or time carries into the next.
+        specs[0]["then"] = [{"out": s["out"], "emulate": s["emulate"],
+                             "flags": [*COMFY_FLAGS, *MODES[mode].flags]}
+                            for s, mode in zip(specs[1:], modes, strict=True)]
+        specs = specs[:1]
+    for spec, mode in zip(specs, [BASELINE, *modes], strict=False):
         wait_for_memory(a.wait_for_memory)
-        print(f"[precision] {mode}: {out / mode}", flush=True)
+        print(f"[precision] {', '.join([mode, *(Path(t['out']).name for t in spec.get('then', []))])}: "
+              f"{out}", flush=True)
         run_process("precision_pack.py", spec, out / mode, ["--", *COMFY_FLAGS, *MODES[mode].flags], threads)
     results = {m: compare(out / m, out / BASELINE) for m in modes}
     print(f"\nrelative error against {BASELINE} ({info['sizes']}, {a.steps} steps, "

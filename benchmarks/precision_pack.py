@@ -12,6 +12,12 @@ dtype every model stores its weights in and the dtypes its layers computed in, s
 SPEC's `emulate` ("bf16" or "fp16") makes ComfyUI take the CPU for a device that computes in that
 dtype (benchmarks/half_device.py); on a CPU ComfyUI otherwise computes every UNet in fp32 whatever
 its weights are stored in.
+
+SPEC's optional `then` lists more precisions for the same process ({"out", "emulate", "flags"}),
+run one after the other once the first is written (`precision.py --sizes smoke`: a ComfyUI start
+costs more than the tiny templates). Between two, ComfyUI's flags are parsed anew (its dtype
+choices read them at each load), the capability queries are put back, every model is unloaded
+and the pack's model caches are emptied, so each precision loads its models afresh.
 """
 
 from __future__ import annotations
@@ -35,18 +41,21 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from half_device import QUERIES  # noqa: E402
 from memory_common import Timeline, write_json  # noqa: E402
 from memory_pack import (  # noqa: E402
     SMOKE_CLIP_VAE,
     SMOKE_VISION,
     _Server,
     emulate_half_device,
+    fresh_models,
+    pack_name,
     person_name,
+    set_flags,
     start_comfy,
     write_person,
 )
 
-from fashion_rag.cli.comfy_server import PACK_DIR_NAME  # noqa: E402
 from tools.demo.person import PERSON_FILE  # noqa: E402
 
 TEMPLATES = HERE.parent / "example_workflows" / "api"
@@ -131,23 +140,37 @@ def model_dtypes(executor: Any, g: dict[str, Any], layers: Layers) -> dict[str, 
     return {name: {"stored": _stored(m), "computed": layers.of(m)} for name, m in models.items()}
 
 
-def pack_name() -> str:
-    """The pack's package name as ComfyUI imported it."""
-    return next(name for name, module in sys.modules.items()
-                if name.endswith(PACK_DIR_NAME) and hasattr(module, "WEB_DIRECTORY"))
-
-
 def _conditioning(cond: list) -> torch.Tensor:
     return torch.cat([entry[0] for entry in cond])
 
 
-def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
-    out = Path(spec["out"])
+def run_all(spec: dict[str, Any], flags: list[str]) -> None:
+    """SPEC's precision, then those of its `then`, each written to its own `out` folder."""
     base = Path(spec["base"])
     write_person(base / "input", spec["person"])
     _, execution = start_comfy(flags, base)
-    if spec.get("emulate"):
-        emulate_half_device(spec["emulate"])
+    import comfy.cli_args
+    import comfy.model_management as mm
+
+    started = dict(vars(comfy.cli_args.args))
+    queries = {name: getattr(mm, name) for name in QUERIES.values()}
+    for i, step in enumerate([{}, *spec.get("then", [])]):
+        if i:
+            set_flags(started, flags, step["flags"])
+            fresh_models()
+            for name, query in queries.items():  # the previous precision's emulation undone
+                setattr(mm, name, query)
+        current = {**spec, **step}
+        if current.get("emulate"):
+            emulate_half_device(current["emulate"])
+        with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
+            result = run(current, execution)
+        write_json(Path(current["out"]) / "result.json", result)
+
+
+def run(spec: dict[str, Any], execution: Any) -> dict[str, Any]:
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
     server = _Server(Timeline())
     inpaint = importlib.import_module(f"{pack_name()}.nodes.inpaint")
     channels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -196,6 +219,7 @@ def run(spec: dict[str, Any], flags: list[str]) -> dict[str, Any]:
         result["templates"][name] = {"seconds": seconds, "ids": ids, "scores": scores}
         result["dtypes"].update(model_dtypes(executor, g, layers))
     layers.handle.remove()
+    inpaint.with_inpaint_channels = with_channels
     result["finite"] = {k: bool(torch.isfinite(v).all()) for k, v in tensors.items()}
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(out / "stages.safetensors"))
@@ -206,9 +230,7 @@ def main() -> None:
     spec_path, flags = sys.argv[1], sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     spec = json.loads(Path(spec_path).read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with torch.inference_mode():  # as ComfyUI's prompt worker runs the executor
-        result = run(spec, flags)
-    write_json(Path(spec["out"]) / "result.json", result)
+    run_all(spec, flags)
 
 
 if __name__ == "__main__":

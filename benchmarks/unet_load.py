@@ -6,8 +6,9 @@
 Uses the random full-size `.pth` of benchmarks/memory_models.py (diffusers keys, fp32, 3.5 GB),
 converts it once with `python -m fashion_rag convert-unet` (timed: the one-time cost), then loads
 each file with the pack's loader (FashionRAGUNetLoader's load_unet) in a fresh ComfyUI process per
-row, as fp32 (the CPU's dtype) and as fp16 (a GPU's default), the file read once before so it is
-in the page cache (the cold read from disk scales with the file's size: half for the fp16 file).
+row (--smoke: every row in one process), as fp32 (the CPU's dtype) and as fp16 (a GPU's default),
+the file read once before so it is in the page cache (the cold read from disk scales with the
+file's size: half for the fp16 file).
 Prints seconds, and the process's peak and kept memory over what it held before the load.
 """
 
@@ -29,38 +30,45 @@ from memory_models import FULL_SIZES, SMOKE_SIZES, files_for, generate  # noqa: 
 
 from tools.harness import comfy_path  # noqa: E402
 
+# argv: repo, base, then (file, dtype) pairs: one JSON line per pair, each load from a clean slate
+# (the previous model released, VmHWM reset).
 _LOAD = r"""
 import gc, json, sys, time
 from pathlib import Path
-repo = Path(sys.argv[3])
+repo = Path(sys.argv[1])
 sys.path[:0] = [str(repo), str(repo / "tests"), str(repo / "benchmarks")]
 from comfy_harness import InProcessComfy
 from memory_common import proc_memory
-
-InProcessComfy.get(Path(sys.argv[4]))
+InProcessComfy.get(Path(sys.argv[2]))
 loader = [m for n, m in sys.modules.items() if n.endswith("nodes.unet_loader")][0]
-with open(sys.argv[1], "rb") as f:  # into the page cache: the row times the load, not the disk
-    while f.read(1 << 24):
-        pass
-gc.collect()
-open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-before = proc_memory()
-start = time.perf_counter()
-patcher = loader.load_unet(sys.argv[1], sys.argv[2])
-seconds = time.perf_counter() - start
-gc.collect()
-after = proc_memory()
-print(json.dumps({"seconds": seconds, "peak": after["VmHWM"] - before["VmRSS"],
-                  "kept": after["VmRSS"] - before["VmRSS"]}))
+rows = sys.argv[3:]
+for path, dtype in zip(rows[::2], rows[1::2]):
+    with open(path, "rb") as f:  # into the page cache: the row times the load, not the disk
+        while f.read(1 << 24):
+            pass
+    loader._UNETS.clear()
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+    before = proc_memory()
+    start = time.perf_counter()
+    patcher = loader.load_unet(path, dtype)
+    seconds = time.perf_counter() - start
+    gc.collect()
+    after = proc_memory()
+    print(json.dumps({"seconds": seconds, "peak": after["VmHWM"] - before["VmRSS"],
+                      "kept": after["VmRSS"] - before["VmRSS"]}), flush=True)
+    del patcher
 """
 
 
-def load_row(path: Path, dtype: str, base: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _LOAD, str(path), dtype, str(HERE.parent), str(base)],
+def load_rows(rows: list[tuple[Path, str]], base: Path) -> list[dict]:
+    """The figures of each (file, dtype) load, all in one fresh ComfyUI process."""
+    args = [str(v) for row in rows for v in row]
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(HERE.parent), str(base), *args],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in out.stdout.strip().splitlines()[-len(rows):]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     convert_s = time.perf_counter() - start
     base = a.base or Path(tempfile.mkdtemp(prefix="fashion_rag_unet_load_"))
     rows = ["| file | size | weights as | load (s) | peak over before | kept |", "|---|---|---|---|---|---|"]
-    for path in (files.unet, converted):
-        for dtype in ("fp32",) if a.smoke else ("fp32", "fp16"):
-            r = load_row(path, dtype, base)
-            rows.append(f"| {path.name} | {path.stat().st_size / GiB:.2f} GiB | {dtype} | {r['seconds']:.1f} "
-                        f"| {r['peak'] / GiB:.2f} GiB | {r['kept'] / GiB:.2f} GiB |")
+    loads = [(path, dtype) for path in (files.unet, converted)
+             for dtype in (("fp32",) if a.smoke else ("fp32", "fp16"))]
+    # A fresh process per row at full size (nothing an earlier load left behind in its figures);
+    # --smoke checks the script with every row in one process (a ComfyUI start per row costs more).
+    figures = load_rows(loads, base) if a.smoke else [load_rows([row], base)[0] for row in loads]
+    for (path, dtype), r in zip(loads, figures, strict=True):
+        rows.append(f"| {path.name} | {path.stat().st_size / GiB:.2f} GiB | {dtype} | {r['seconds']:.1f} "
+                    f"| {r['peak'] / GiB:.2f} GiB | {r['kept'] / GiB:.2f} GiB |")
     print(f"convert-unet (once): {convert_s:.1f} s")
     print("\n".join(rows))
     return 0

@@ -48,6 +48,10 @@ def test_memory_benchmark_smoke(tmp_path, bench_cache):
         assert {"1", "2", "3", "5", "7"} <= set(pack["second_cached"])
         assert {"4", "6", "11"} <= set(pack["second_executed"])
         assert set(pack["load_parts"]) >= {"text encoder + VAE", "vision", "adapter", "UNet"}
+    # --smoke runs both storages in one ComfyUI process (its log is the first run's): each loaded
+    # the UNet itself, the second did not reuse the first's from the pack's cache.
+    log = (tmp_path / "run" / "pack-fp32-default" / "log.txt").read_text()
+    assert log.count("[Fashion-RAG] loaded UNet ") == 2
     # fp16 files stored as fp16 and computed in fp32 give the very latent fp32 storage gives.
     latents = [load_file(str(tmp_path / "run" / f"pack-{w}-default" / "tensors.safetensors"))["latent"]
                for w in ("fp32", "comfy")]

@@ -2,10 +2,12 @@
 template (the score node) at fp16 storage, bf16 and fp16, against fp32, on tiny models
 (benchmarks/precision.py --sizes smoke; full-size and demo-model figures: benchmarks/RESULTS.md).
 
-Each precision runs in a ComfyUI process of its own with ComfyUI's flags; bf16 and fp16 compute
-on a CPU that ComfyUI takes for a half-precision device (benchmarks/half_device.py). Checked: the
-dtypes every model stored its weights in and computed in (read from the run), finite outputs,
-the same garments retrieved and the same score ranking as fp32, and each stage within a bound.
+The precisions run one after the other in one ComfyUI process, ComfyUI's flags parsed anew and
+every model reloaded for each (a leak from one precision into the next fails the dtype checks);
+bf16 and fp16 compute on a CPU that ComfyUI takes for a half-precision device
+(benchmarks/half_device.py). Checked: the dtypes every model stored its weights in and computed
+in (read from the run), finite outputs, the same garments retrieved and the same score ranking
+as fp32, and each stage within a bound.
 
 Bounds (relative to fp32, tiny random models, 2 steps): fp16 storage with fp32 compute rounds
 only the weights (11-bit mantissa): 2e-3, the issue's full-size target. bf16 keeps 8 bits:
