@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 # The last demo run's wall time on this machine (estimate for the next), beside the demo weights.
 RUN_RECORD = "demo-run.json"
 # What a run says before this machine has a time of its own (README, "The two commands"; measured
-# 2026-12-03: the example alone took 7 min on 2 CPU cores shared with 3 other test runs, ~70 s quiet).
+# 2026-12-03 with the v3 demo UNet: 87 s wall, 99 CPU s, on 2 cores with another job at load ~3).
 FIRST_RUN_ESTIMATE = ("generating ~2.7 GB of random demo weights (once, cached), then running the example "
                       "at 384x512, 50 steps: a few minutes on a quiet 2-core CPU, up to ~10 on a busy one")
-WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 70 s on a quiet 2-core CPU, up to ~7 min "
-                 "on a busy one")
+WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 90 s on a 2-core CPU (100 CPU seconds), "
+                 "several minutes on a busy one")
 
 
 def _record_path() -> Path:
