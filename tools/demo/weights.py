@@ -36,9 +36,9 @@ UNET = "fashion_rag_demo_unet.pth"
 
 # Demo Fashion-RAG UNet: the SD2-inpainting architecture (27 input channels, context 1024),
 # narrow; heads of 64 channels and GroupNorm(32) as ComfyUI's UNet assumes. Its transformers
-# (self- and cross-attention to the garment tokens) sit at the half-resolution level and the
-# middle, as the real UNet's deepest ones do: self-attention over the full 48x64 latent made
-# the 50-step demo's sampling 6x dearer (0.69 against 0.11 CPU s per cfg step, 384x512).
+# (self- and cross-attention to the garment tokens) sit at the half-resolution level and in the
+# middle block only: self-attention over the full 48x64 latent made the 50-step demo's sampling
+# 6x dearer (0.69 against 0.11 CPU s per cfg step at 384x512, one thread).
 DEMO_UNET_LAYOUT = UNetLayout(
     block_out_channels=(64, 64), layers_per_block=1, attention_levels=(False, True),
     cross_attention_dim=1024,
