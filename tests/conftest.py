@@ -79,12 +79,34 @@ def pytest_itemcollected(item) -> None:
     item.add_marker(pytest.mark.xdist_group(FULL_SIZE_GROUP if full else _SHARED_GROUPS.get(module, module)))
 
 
+# Tests that send the same full-size prompt to the shared server: the second runs right after the
+# first, so ComfyUI answers it from its output cache (which keeps the last prompt's outputs only)
+# instead of a second minute-long 384x512, 50-step run. (module, test) -> the test it follows.
+_RUNS_FROM_CACHE = {("test_example_workflow", "test_demo_command_runs_the_example"):
+                    ("test_browser", "test_example_workflow_in_the_browser")}
+
+
+def _follow_cached_runs(items: list) -> None:
+    """Move each test of _RUNS_FROM_CACHE right after the test it follows, where both run."""
+    key = {id(item): (Path(str(item.fspath)).stem, item.name) for item in items}
+    for follower, leader in _RUNS_FROM_CACHE.items():
+        moving = [item for item in items if key[id(item)] == follower]
+        if not moving or not any(key[id(item)] == leader for item in items):
+            continue
+        for item in moving:
+            items.remove(item)
+        at = next(i for i, item in enumerate(items) if key[id(item)] == leader)
+        items[at + 1:at + 1] = moving
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """pytest-xdist 3.8 tells the controller a test's group by a suffix on its id, written to
+    """The order of _RUNS_FROM_CACHE (every worker collects the same order, as xdist requires).
+    Then: pytest-xdist 3.8 tells the controller a test's group by a suffix on its id, written to
     `item._nodeid`; pytest 9 keeps the id in `item._id`, so the suffix is lost and loadgroup
     silently spreads a group over every worker (two full-size ComfyUIs: an OOM kill seen
     here). Write it where this pytest reads it, as xdist means to."""
+    _follow_cached_runs(items)
     if not config.getoption("loadgroup", False):
         return
     from _pytest.nodeid import NodeId

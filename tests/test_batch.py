@@ -327,12 +327,14 @@ def test_second_ctrl_c_aborts_at_once(comfy_server, people, tmp_path):
     assert len(summary) == 6 and "ok" in {r.status for r in summary.values()}
 
 
-def test_starts_its_own_server(comfy_server, comfy_base, people, tmp_path):
-    """No --server: ComfyUI is started for the run (the harness base, pack already linked in)."""
+def test_starts_its_own_server(index_base, people, tmp_path):
+    """No --server: ComfyUI is started for the run (a harness base, pack already linked in). The
+    workflow loads no full-size model, so its base holds the demo index only: this second server
+    never shares a worker with the suite's full-size one."""
     rows = [["id", "text", "person"], ["one", "a red top", "people/p1.png"]]
     workflow, jobs = _job_files(tmp_path, people, rows)
     out = tmp_path / "out"
-    run = _batch(workflow, jobs, out, "--comfyui", str(comfy_path()), "--base", str(comfy_base))
+    run = _batch(workflow, jobs, out, "--comfyui", str(comfy_path()), "--base", str(index_base))
     assert run.returncode == 0, run.stderr + (out / "comfyui.log").read_text()[-3000:]
     assert "ComfyUI ready in" in run.stderr
     assert (out / "one" / "garments_1.png").is_file() and (out / "comfyui.log").stat().st_size > 0

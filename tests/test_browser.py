@@ -9,9 +9,11 @@ no console errors from our extension. Every prompt the page sends is compared wi
 (example_workflows/api/), which also proves the UI form is what the real frontend runs.
 
 Runs: two retrieval-only ones ("Queue Selected Output Nodes", seconds) for the gallery and the
-pins, then ONE full pipeline run (inversion + inpainting: minutes on CPU; instant when the
-server already ran the same prompt, e.g. the demo test, since ComfyUI caches outputs) with the
-example's own widget values, so its outputs stay cached for later tests on the same server.
+pins, then ONE full pipeline run (inversion + inpainting: a minute on CPU). Like the demo
+command, the designer first sets the retrieve node's mode to "caption" (the demo index's
+encoder weights are random; its loader says so): the full run is then the very prompt
+`python -m tools.demo` sends, which conftest.py runs next on the same server, from ComfyUI's
+output cache instead of a second minute-long run.
 Screenshots go to pytest's temp folder (the path is printed; pytest keeps the last three runs).
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tools.demo.run import demo_prompt
 from tools.harness import PACK_DIR_NAME, REPO
 from tools.thumbnails import FIT_VIEW
 
@@ -37,6 +40,7 @@ WORKFLOW = REPO / "example_workflows" / "fashion_rag_text_to_tryon.json"  # UI f
 API_FORM = REPO / "example_workflows" / "api" / WORKFLOW.name
 FULL_RUN_TIMEOUT_S = 15 * 60  # ViT-H vision and the SD VAE at full size on 2 CPU cores
 RETRIEVAL_TIMEOUT_S = 180
+CAPTION = {"mode": "caption"}  # the retrieve node's inputs as the demo sets them (tools/demo/run.py)
 EXTENSION_NAME = "FashionRAG.Gallery"
 VIEWPORT = {"width": 1600, "height": 1000}
 CHROMIUM_FLAGS = [
@@ -264,10 +268,15 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
     assert empty.startswith("Run the workflow"), empty
     # The prompt the frontend builds from the UI form is exactly the API form we run elsewhere.
     assert _api(page.evaluate(js("return (await app.graphToPrompt()).output;"))) == api_form
+    # Caption retrieval, as the demo runs the example (random encoder weights rank by noise): the
+    # mode combo set as its own click would, then every prompt from the page carries it.
+    page.evaluate(js("const w = widget(retrieveNode(), 'mode'); w.value = arg; w.callback?.(arg);"
+                     "app.graph.setDirtyCanvas(true, true);"), CAPTION["mode"])
+    assert _api(page.evaluate(js("return (await app.graphToPrompt()).output;"))) == _expected(**CAPTION)
 
     # Retrieval only: select the loader and the retrieve node, "Queue Selected Output Nodes".
     body, _ = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
-    assert _api(body["prompt"]) == api_form
+    assert _api(body["prompt"]) == _expected(**CAPTION)
     assert retrieve_id in body["partial_execution_targets"], body["partial_execution_targets"]
     assert set(body["partial_execution_targets"]) <= {retrieve_id, index_id}
     _show_graph(page)
@@ -321,13 +330,13 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
     _show_graph(page)
     page.screenshot(path=str(screenshots / "browser_gallery_reloaded.png"))
     prompt = page.evaluate(js("return (await app.graphToPrompt()).output;"))
-    assert _api(prompt) == _expected(pin_ids=last, exclude_ids=first)
+    assert _api(prompt) == _expected(**CAPTION, pin_ids=last, exclude_ids=first)
     assert not any("fashion_rag_gallery" in json.dumps(n["inputs"]) for n in prompt.values())
 
     # The next retrieval honours them: the excluded garment is gone, the pinned one is there, marked.
     # (Retrieval only: the pins' effect on inversion + inpainting is the same graph run again.)
     body, _ = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
-    assert _api(body["prompt"]) == _expected(pin_ids=last, exclude_ids=first)
+    assert _api(body["prompt"]) == _expected(**CAPTION, pin_ids=last, exclude_ids=first)
     cards = _gallery(page, k)
     states = {c["id"]: c["state"] for c in cards}
     assert first not in states and states.get(last) == "pin", states
@@ -341,9 +350,10 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
     page.locator(f'.fashion-rag-chip[data-garment-id="{first}"]').click()
     assert _pins(page) == ["", ""]
 
-    # The full pipeline from the Run button: the page sends exactly the example's API form.
+    # The full pipeline from the Run button: the page sends exactly the example's API form
+    # (caption retrieval), the prompt the demo command sends.
     body, entry = _queue(page, comfy_server, run_button, FULL_RUN_TIMEOUT_S)
-    assert _api(body["prompt"]) == api_form
+    assert _api(body["prompt"]) == _expected(**CAPTION) == demo_prompt(api_form)
     assert not body.get("partial_execution_targets"), body["partial_execution_targets"]
     for save in saves:
         images = entry["outputs"].get(save, {}).get("images", [])

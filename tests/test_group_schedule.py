@@ -1,9 +1,15 @@
 """The order .ci/test's two workers take the xdist groups in (tests/group_schedule.py): the group
-with the most seconds in the last run's JUnit report first, whatever its test count."""
+with the most seconds in the last run's JUnit report first, whatever its test count; and the
+order conftest.py gives tests that share one run through ComfyUI's output cache."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from group_schedule import group_seconds, longest_first, nodeid_key, recorded_seconds, strip_group
+
+from tools.harness import REPO
 
 # As pytest --junitxml writes it under xdist's loadgroup (a parametrized name gets a "]" appended).
 REPORT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="5">
@@ -52,3 +58,19 @@ def test_the_longest_group_goes_first_not_the_one_with_most_tests(tmp_path):
     groups["new"] = [f"tests/test_mask.py::test_{i}@new" for i in range(8)]
     assert group_seconds(groups["new"], seconds) == 8.0 and longest_first(groups, seconds) == "new"
     assert longest_first(groups, {}) is None  # no report: the base scheduler's order
+
+
+def test_the_demo_command_runs_right_after_the_browser_run():
+    """conftest.py moves the demo command's test right after the browser test, whatever order the
+    files come in: both send the example with caption retrieval to the shared server, and ComfyUI
+    serves the second from its output cache only while it is the next prompt."""
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/test_example_workflow.py", "tests/test_browser.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    ids = [line for line in collected.stdout.splitlines() if "::" in line]
+    assert collected.returncode == 0 and ids, collected.stdout[-3000:] + collected.stderr[-3000:]
+    at = ids.index("tests/test_browser.py::test_example_workflow_in_the_browser")
+    assert ids[at + 1] == "tests/test_example_workflow.py::test_demo_command_runs_the_example", ids
+    assert ids[0].startswith("tests/test_example_workflow.py::")  # the rest keeps its order

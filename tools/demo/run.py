@@ -9,6 +9,7 @@ and writes the outputs plus a contact sheet (retrieved garments, mask, pose, res
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import os
@@ -46,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 # The last demo run's wall time on this machine (estimate for the next), beside the demo weights.
 RUN_RECORD = "demo-run.json"
 # What a run says before this machine has a time of its own (README, "The two commands"; measured
-# 2026-12-03: the example alone took 7 min on 2 CPU cores shared with 3 other test runs, ~70 s quiet).
+# 2026-12-03 with the v3 demo UNet: 53 s wall, 86 CPU s at load average 1.5; 87 s at load ~3).
 FIRST_RUN_ESTIMATE = ("generating ~2.7 GB of random demo weights (once, cached), then running the example "
                       "at 384x512, 50 steps: a few minutes on a quiet 2-core CPU, up to ~10 on a busy one")
-WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 70 s on a quiet 2-core CPU, up to ~7 min "
-                 "on a busy one")
+WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 55 s on a quiet 2-core CPU, ~90 s with "
+                 "another job on it, several minutes on a busy one")
 
 
 def _record_path() -> Path:
@@ -84,36 +85,30 @@ def _record_time(seconds: float) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .weights import install_demo_models
-
     started = time.monotonic()
-    print(f"[fashion-rag] {time_estimate()}", file=sys.stderr)
     base = make_base_dir(args.base.resolve())
-    install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
-    install_demo_person(base / "input")
-    prompt = json.loads(args.workflow.read_text())
-    for node in prompt.values():
-        if node["class_type"] == "FashionRAGTextGarmentRetrieve":
-            if args.text:
-                node["inputs"]["text"] = args.text
-            if _uses_demo_encoder(prompt, node):
-                # Random encoder weights rank images by noise: the demo ranks by captions instead.
-                node["inputs"]["mode"] = "caption"
-    if args.server:
-        client: ComfyClient = ComfyClient(args.server)
-    else:
-        print(f"[fashion-rag] starting ComfyUI (base {base})", file=sys.stderr)
-        client = ComfyServer(base)
+    # ComfyUI starts first: its ~10 s of imports overlap this process's own (torch, for the time
+    # estimate and the model files) and the install; it reads the models folder at the prompt.
+    server = None if args.server else ComfyServer(base)
+    client: ComfyClient = server or ComfyClient(args.server)
     try:
-        if isinstance(client, ComfyServer):
-            client.wait_ready()
+        from .weights import install_demo_models
+
+        print(f"[fashion-rag] {time_estimate()}", file=sys.stderr)
+        if server:
+            print(f"[fashion-rag] starting ComfyUI (base {base})", file=sys.stderr)
+        install_demo_models(base / "models", log=lambda m: print(m, file=sys.stderr))
+        install_demo_person(base / "input")
+        prompt = demo_prompt(json.loads(args.workflow.read_text()), args.text)
+        if server:
+            server.wait_ready()
         print("[fashion-rag] running the example workflow", file=sys.stderr)
         entry = client.run(prompt, timeout=args.timeout)
         images = collect_outputs(prompt, entry)
         write_outputs(client, images, args.out)
     finally:
-        if isinstance(client, ComfyServer):
-            client.stop()
+        if server:
+            server.stop()
     seconds = time.monotonic() - started
     if not args.server:  # a run on someone else's (perhaps busy) server says nothing about this one
         _record_time(seconds)
@@ -125,6 +120,20 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{base / 'models'} (README, 'Model files') and select them in the workflow.",
               file=sys.stderr)
     return 0
+
+
+def demo_prompt(api: dict, text: str | None = None) -> dict:
+    """The API-form prompt the demo sends: `text` as the garment description, and caption
+    retrieval where the index reads with the random demo encoder. A copy; `api` is unchanged."""
+    prompt = copy.deepcopy(api)
+    for node in prompt.values():
+        if node["class_type"] == "FashionRAGTextGarmentRetrieve":
+            if text:
+                node["inputs"]["text"] = text
+            if _uses_demo_encoder(prompt, node):
+                # Random encoder weights rank images by noise: the demo ranks by captions instead.
+                node["inputs"]["mode"] = "caption"
+    return prompt
 
 
 def _uses_demo_encoder(prompt: dict, retrieve: dict) -> bool:
