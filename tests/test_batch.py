@@ -224,9 +224,7 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
         ["small", "a yellow dress", 1, "dresses", str(tmp_path / "people" / "small.png")],  # absolute
     ])
     out = tmp_path / "out"
-    t0 = time.monotonic()
     run = _batch(workflow, jobs, out, "--server", comfy_server.url)
-    seconds = time.monotonic() - t0
     assert run.returncode == 1, run.stderr  # a row failed
     summary = read_summary(out / "summary.csv")
     assert {k: r.status for k, r in summary.items()} == {
@@ -248,7 +246,6 @@ def test_six_rows_with_a_missing_person(comfy_server, comfy_base, people, tmp_pa
     # One upload per distinct local file, named by its content.
     uploaded = sorted(p.name for p in (comfy_base / "input" / "fashion_rag_batch").iterdir())
     assert any(n.endswith("_p1.png") for n in uploaded) and any(n.endswith("_small.png") for n in uploaded)
-    assert seconds < 60, seconds
 
     again = _batch(workflow, jobs, out, "--server", comfy_server.url)  # resume: only the failed row
     assert again.returncode == 1
