@@ -6,7 +6,7 @@
 For each catalog size it builds the index the library builds (`index_type="auto"`: IVF with
 8-bit scalar quantisation above the threshold, nprobe tuned at build time) and measures:
 build time (train + add + nprobe tuning), the FAISS index's memory, single-query latency for
-k=10 through the library's ranking path (`retrieval.search.rank_by_embedding`: one-thread IVF probe
+k=10 through the library's ranking path (`GarmentIndex.search`, what search() ranks by: one-thread IVF probe
 plus exact re-ranking of the candidates with the float32 embeddings), and recall@10 against
 exact brute force. The exact flat index is measured beside it as the baseline. Text encoding
 is not included (it is the same for every index type).
@@ -33,9 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fashion_rag.retrieval.ann import exact_top_k, recall_at_k  # noqa: E402
+from fashion_rag.retrieval.ann import VectorStore, exact_top_k, recall_at_k  # noqa: E402
 from fashion_rag.retrieval.index import GarmentIndex  # noqa: E402
-from fashion_rag.retrieval.search import rank_by_embedding  # noqa: E402
 
 DIM = 768
 K = 10
@@ -91,15 +90,28 @@ def synthetic(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return x, gen.queries(n_queries), cats
 
 
+def index_bytes(store: VectorStore) -> int:
+    """Bytes the FAISS parts and their position maps hold: a flat part's n x d float32 (serialising
+    it would copy gigabytes to say so), an IVF part's serialised size (what it holds)."""
+    import faiss
+
+    total = 0
+    for part in store.parts:
+        index = part.vectors.index
+        total += part.positions.nbytes + (int(index.ntotal) * int(index.d) * 4 if part.vectors.kind == "flat"
+                                          else int(faiss.serialize_index(index).nbytes))
+    return total
+
+
 def measure(index: GarmentIndex, queries: np.ndarray, exact: np.ndarray,
             categories: set[str] | None = None, warmup: int = 5) -> tuple[float, float, float]:
     """p50 ms, p99 ms, recall@10 of single queries through the library's ranking path."""
     for q in queries[:warmup]:
-        rank_by_embedding(index, q, K, categories)
+        index.search(q, K, categories)
     times, found = [], []
     for q in queries:
         t0 = time.perf_counter()
-        hits = rank_by_embedding(index, q, K, categories)
+        hits = index.search(q, K, categories)[0].tolist()
         times.append(time.perf_counter() - t0)
         found.append(hits)
     ms = np.array(times) * 1e3
@@ -128,7 +140,7 @@ def main() -> int:
         index = GarmentIndex.in_memory(x, categories=[str(c) for c in cats], index_type="auto")
         build_s = time.perf_counter() - t0
         vec = index.vectors
-        mem = vec.memory_bytes()
+        mem = index_bytes(vec)
         nprobes = "/".join(sorted({str(p.vectors.nprobe) for p in vec.parts}))
         filtered = "/".join(sorted({str(p.vectors.nprobe_filtered) for p in vec.parts}))
         label = (f"{len(vec.parts)} x {vec.factory} (one per category), nprobe {nprobes}"
@@ -149,7 +161,7 @@ def main() -> int:
             build_s = time.perf_counter() - t0
             nq = min(args.flat_queries, len(queries))
             p50, p99, rec = measure(flat, queries[:nq], exact[:nq], warmup=2)
-            mib = flat.vectors.memory_bytes() / 2**20
+            mib = index_bytes(flat.vectors) / 2**20
             rows.append((f"{n:,}", "baseline: Flat (exact)", f"{build_s:.1f}", f"{mib:,.0f} MiB",
                          f"{p50:.2f}", f"{p99:.2f}", f"{rec:.3f}"))
             print(f"[bench] {rows[-1]}", file=sys.stderr)
