@@ -88,3 +88,17 @@ def test_demo_says_what_to_expect_and_records_its_time(tmp_path, monkeypatch):
     run._record_time(83.4)
     assert run.time_estimate() == "the last demo run here took 83 s"
     assert json.loads((tmp_path / "demo-run.json").read_text())["seconds"] == 83.4
+
+
+def test_demo_base_lives_in_the_cache_it_is_given(tmp_path, monkeypatch):
+    """The demo's ComfyUI base (models, inputs, outputs) sits beside the venv and the demo weights,
+    in $FASHION_RAG_CACHE when set: a fresh-cache run wrote into ~/.cache/fashion-rag/demo-base
+    (and named that folder to the user). Planted mistake caught: the default back to the home
+    cache (fails)."""
+    from tools.demo.run import parse_args
+
+    monkeypatch.setenv("FASHION_RAG_CACHE", str(tmp_path / "cache"))
+    assert parse_args([]).base == tmp_path / "cache" / "demo-base"
+    assert parse_args(["--base", str(tmp_path / "mine")]).base == tmp_path / "mine"
+    monkeypatch.delenv("FASHION_RAG_CACHE")
+    assert parse_args([]).base == Path.home() / ".cache" / "fashion-rag" / "demo-base"

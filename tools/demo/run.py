@@ -31,17 +31,27 @@ ROWS = (("garments", "retrieved"), ("mask", "mask"), ("pose", "pose"), ("result"
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_demo(parse_args(argv))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder")
-    p.add_argument("--base", type=Path, default=Path.home() / ".cache" / "fashion-rag" / "demo-base",
-                   help="ComfyUI base directory (models/, input/, output/) to use")
+    p.add_argument("--base", type=Path, default=None,
+                   help="ComfyUI base directory (models/, input/, output/) to use (default: demo-base in "
+                        "the cache, $FASHION_RAG_CACHE or ~/.cache/fashion-rag)")
     p.add_argument("--workflow", type=Path, default=WORKFLOW, help="API-format workflow JSON")
     p.add_argument("--text", help="override the garment description of the example workflow")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
     p.add_argument("--server", help="use this running ComfyUI (URL) instead of starting one; "
                    "--base must then be its base directory")
-    return run_demo(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.base is None:  # beside the venv and the demo weights, wherever the cache is
+        from .weights import _cache_dir
+
+        args.base = _cache_dir().parent / "demo-base"
+    return args
 
 
 # The last demo run's wall time on this machine (estimate for the next), beside the demo weights.
