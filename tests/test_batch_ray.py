@@ -62,7 +62,7 @@ def _prompts_received(out: Path) -> list[int]:
 def test_ray_workers_give_the_local_batchs_rows_and_images(cluster, comfy_server, comfy_base, people,
                                                           tmp_path):
     """Six rows, one whose person image is missing: the same statuses, errors and outputs as the
-    local batch, byte-identical images, and each row sent to a ComfyUI once, over both workers."""
+    local batch, byte-identical images, and each row sent to a ComfyUI once (two workers started)."""
     workflow, jobs = _job_files(tmp_path, people, [
         ["id", "text", "k", "category", "person"],
         ["top", "a red striped short-sleeve top", 1, "upper_body", "people/p1.png"],
@@ -88,8 +88,11 @@ def test_ray_workers_give_the_local_batchs_rows_and_images(cluster, comfy_server
         for name in record.outputs:
             assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert "5 ok, 1 failed, 0 skipped" in remote.stderr
+    # Both workers started a ComfyUI and each row went to one of them once. Not "each worker got a
+    # row": workers pull rows as they become ready, so a worker whose ComfyUI starts late may find
+    # none left (seen once: [6, 0]); that rows do move between workers, the killed-worker test shows.
     received = _prompts_received(tmp_path / "ray")
-    assert len(received) == 2 and min(received) >= 1 and sum(received) == 6, received
+    assert len(received) == 2 and sum(received) == 6, received
 
 
 def _processes() -> dict[int, tuple[int, str]]:
