@@ -84,7 +84,7 @@ def test_demo_says_what_to_expect_and_records_its_time(tmp_path, monkeypatch):
     for name, _, _ in weights._FILES.values():
         (cache / name).write_bytes(b"")
     assert weights.missing_demo_weights() == []
-    assert "about 55 s on a quiet 2-core CPU" in run.time_estimate()  # cached weights, no record yet
+    assert "about 50 s on a quiet 2-core CPU" in run.time_estimate()  # cached weights, no record yet
     run._record_time(83.4)
     assert run.time_estimate() == "the last demo run here took 83 s"
     assert json.loads((tmp_path / "demo-run.json").read_text())["seconds"] == 83.4

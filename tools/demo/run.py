@@ -57,10 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The last demo run's wall time on this machine (estimate for the next), beside the demo weights.
 RUN_RECORD = "demo-run.json"
 # What a run says before this machine has a time of its own (README, "The two commands"; measured
-# 2026-12-03 with the v3 demo UNet: 53 s wall, 86 CPU s at load average 1.5; 87 s at load ~3).
+# 2026-12-03 with the v3 demo UNet: 49.6 s wall quiet, 53 s at load average 1.5, 87 s at load ~3).
 FIRST_RUN_ESTIMATE = ("generating ~2.7 GB of random demo weights (once, cached), then running the example "
                       "at 384x512, 50 steps: a few minutes on a quiet 2-core CPU, up to ~10 on a busy one")
-WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 55 s on a quiet 2-core CPU, ~90 s with "
+WARM_ESTIMATE = ("running the example at 384x512, 50 steps: about 50 s on a quiet 2-core CPU, ~90 s with "
                  "another job on it, several minutes on a busy one")
 
 
