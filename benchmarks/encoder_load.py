@@ -30,7 +30,7 @@ import gc, json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
 import open_clip, torch  # imported before the figures: their memory is not the model's
 from PIL import Image
-from fashion_rag.retrieval.encoder import GarmentEncoder, model_config, register_config
+from fashion_rag.openclip_encoder import GarmentEncoder, model_config, register_config
 from memory_common import proc_memory as mem
 
 

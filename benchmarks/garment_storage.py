@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from fashion_rag.openclip_encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.build import build_index  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
-from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.ondisk import resolve_version  # noqa: E402
 from tools.demo.catalog import write_demo_catalog  # noqa: E402
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights  # noqa: E402

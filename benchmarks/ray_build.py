@@ -25,10 +25,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fashion_rag.openclip_encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.build import build_index  # noqa: E402
 from fashion_rag.retrieval.build.engines import RayEngine  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
-from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights  # noqa: E402
 
 

@@ -11,8 +11,9 @@ from comfy_api.latest import io
 
 from ..fashion_rag.logs import log
 from ..fashion_rag.model_files import INDEXES_KEY, RETRIEVAL_ENCODER
-from ..fashion_rag.retrieval.encoder import REAL_WEIGHTS_HINT, GarmentEncoder, encoder_for
-from ..fashion_rag.retrieval.index import GarmentIndex, load_index
+from ..fashion_rag.openclip_encoder import REAL_WEIGHTS_HINT, GarmentEncoder
+from ..fashion_rag.paths import PathRuleError, check_index_name, inside, shorten
+from ..fashion_rag.retrieval.index import GarmentIndex, encoder_for, load_index
 from ..fashion_rag.retrieval.ondisk import (
     POINTER,
     EncoderRecord,
@@ -22,7 +23,6 @@ from ..fashion_rag.retrieval.ondisk import (
     read_manifest,
     resolve_version,
 )
-from ..fashion_rag.retrieval.paths import PathRuleError, check_index_name, inside, shorten
 from .compat import new_model_patcher
 from .model_cache import ModelCache
 from .model_folders import check_file, file_list, folder_of, full_path, missing_message

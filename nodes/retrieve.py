@@ -9,8 +9,7 @@ from comfy_api.latest import io, ui
 from ..fashion_rag.categories import CATEGORIES, normalize_category
 from ..fashion_rag.evaluation.scores import to_pil
 from ..fashion_rag.retrieval.garments import Garments
-from ..fashion_rag.retrieval.paths import MAX_K
-from ..fashion_rag.retrieval.search import DEFAULT_IMAGE_WEIGHT, MODES, request_problem, retrieve
+from ..fashion_rag.retrieval.search import DEFAULT_IMAGE_WEIGHT, MAX_K, MODES, request_problem, retrieve
 from .compat import check_combos, require_combos
 from .types import GarmentIndexType, GarmentsType
 

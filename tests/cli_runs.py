@@ -140,8 +140,8 @@ def _main() -> None:
     import open_clip  # noqa: F401
 
     import fashion_rag.cli  # noqa: F401
+    import fashion_rag.openclip_encoder  # noqa: F401
     import fashion_rag.retrieval.build  # noqa: F401
-    import fashion_rag.retrieval.encoder  # noqa: F401
     import fashion_rag.retrieval.index  # noqa: F401
     import fashion_rag.retrieval.search  # noqa: F401
 

@@ -18,9 +18,9 @@ from fashion_rag.images import (
     load_image,
     to_image_tensor,
 )
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.search import search
 from tools.demo.catalog import PER_CATEGORY, demo_items, write_demo_catalog

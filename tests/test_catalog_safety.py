@@ -26,9 +26,9 @@ from cli_runs import run_cli
 from PIL import Image
 
 from comfy_harness import PromptFailed, fifo_in_place_of
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import SkippedItemsError, build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import (
     MANIFEST,
@@ -460,7 +460,7 @@ def test_defect8_no_files_in_the_shared_temp_dir(tmp_path):
     weights = write_tiny_encoder_weights(tmp_path / "tiny.safetensors")
     # The weights carry their architecture: loading them registers it, writing no file anywhere.
     code = (
-        "import sys, open_clip; from fashion_rag.retrieval.encoder import GarmentEncoder;"
+        "import sys, open_clip; from fashion_rag.openclip_encoder import GarmentEncoder;"
         f"e = GarmentEncoder({str(weights)!r}, {TINY_ARCH!r});"
         "v = e.encode_texts(['a red top']);"
         "open_clip.add_model_config(open_clip.factory._MODEL_CONFIG_PATHS[0]);"
@@ -560,7 +560,7 @@ def test_decompression_bomb_is_skipped_with_bounded_memory(encoder, tmp_path):
         "import json, resource, sys;"
         "from fashion_rag.retrieval.build import build_index;"
         "from fashion_rag.retrieval.catalog import scan_catalog;"
-        "from fashion_rag.retrieval.encoder import GarmentEncoder;"
+        "from fashion_rag.openclip_encoder import GarmentEncoder;"
         "enc = GarmentEncoder(sys.argv[3], 'fashion-rag-tiny'); enc.module;"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         "r = build_index(scan_catalog(sys.argv[1]), sys.argv[2], enc, log_fn=lambda m: None);"

@@ -16,9 +16,9 @@ import pytest
 from cli_runs import run_cli
 from PIL import Image
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import resolve_version
 from tools.demo.catalog import write_demo_catalog
@@ -266,9 +266,9 @@ print("stored")
 
 
 def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny_weights, tmp_path):
+    from fashion_rag.openclip_encoder import GarmentEncoder
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
-    from fashion_rag.retrieval.encoder import GarmentEncoder
     from fashion_rag.retrieval.index import load_index
 
     disk = tmp_path / "disk"
@@ -333,9 +333,9 @@ def test_issue24_a_full_disk_fails_in_one_line_naming_the_file(catalog_dir, tiny
 
 
 def test_issue24_a_folder_where_a_file_is_expected_is_one_line(catalog_dir, tiny_weights, tmp_path):
+    from fashion_rag.openclip_encoder import GarmentEncoder
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
-    from fashion_rag.retrieval.encoder import GarmentEncoder
     from fashion_rag.retrieval.ondisk import resolve_version
 
     out = tmp_path / "idx"

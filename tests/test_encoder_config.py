@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.openclip_encoder import GarmentEncoder
 
 ARCH, TAG = "ViT-L-14", "laion2b_s32b_b82k"  # docs/method.md: the paper's retrieval encoder
 # What open_clip's registry says for that tag (open_clip/pretrained.py, model_configs/ViT-L-14.json).

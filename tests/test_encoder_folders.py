@@ -21,10 +21,10 @@ from encoder_folders import WORDS, write_model_folder, write_tokenizer
 from PIL import Image
 from safetensors import safe_open
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder, encoder_for
-from fashion_rag.retrieval.index import load_index
+from fashion_rag.retrieval.index import encoder_for, load_index
 from fashion_rag.retrieval.ondisk import (
     EncoderMismatchError,
     EncoderRecord,

@@ -23,7 +23,7 @@ from fashion_rag.evaluation.metrics import (
     write_report,
 )
 from fashion_rag.evaluation.scores import clip_i_scores, clip_t_scores
-from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.openclip_encoder import GarmentEncoder
 from tools.demo.encoder import TINY_ARCH
 from tools.demo.metric_weights import write_demo_metric_weights
 

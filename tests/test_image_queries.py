@@ -11,9 +11,9 @@ import pytest
 from cli_runs import run_cli
 from PIL import Image, ImageOps
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.search import search
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights

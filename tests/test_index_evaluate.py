@@ -16,9 +16,9 @@ import pytest
 from cli_runs import run_cli
 from PIL import Image
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 GARMENTS = [("top_red", "upper_body", "red cotton top", (200, 30, 30)),

@@ -25,10 +25,10 @@ import pytest
 from audit import opened_files
 
 from comfy_harness import fifo_in_place_of
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.ann import load_vector_store
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import (
     FORMAT,

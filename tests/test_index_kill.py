@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import LOCK, POINTER
 from tools.demo.catalog import write_demo_catalog
@@ -34,7 +34,7 @@ BUILDER = r"""
 import json, os, random, signal, sys, time
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.ondisk import read_manifest
 
 cfg = json.loads(sys.argv[1])

@@ -14,9 +14,9 @@ from audit import opened_files
 from cli_runs import run_cli
 from PIL import Image, ImageOps
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import MANIFEST, IndexFormatError, resolve_version
 from fashion_rag.retrieval.search import retrieve

@@ -21,10 +21,10 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="Ray Data is optional (pip install \"fashion-rag[ray]\")")
 
 from fashion_rag.cli import main as cli_main  # noqa: E402
+from fashion_rag.openclip_encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.build import build_index  # noqa: E402
 from fashion_rag.retrieval.build.engines import BuildFailedError, RayEngine  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
-from fashion_rag.retrieval.encoder import GarmentEncoder  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
 from fashion_rag.retrieval.search import search  # noqa: E402
 from tools.demo.encoder import TINY_ARCH  # noqa: E402

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlist, recall_at_k
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import GarmentIndex, load_index
 from fashion_rag.retrieval.ondisk import (
     MANIFEST,

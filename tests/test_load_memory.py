@@ -87,7 +87,7 @@ def test_text_first_encoder_load_holds_the_text_tower_once(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     m = measure_load("model = GarmentEncoder(args[0], 'ViT-B-16', image_tower=False).tower('text')",
                      tmp_path / "base", path, setup="import open_clip\n"
-                     "from fashion_rag.retrieval.encoder import GarmentEncoder", comfy=False)
+                     "from fashion_rag.openclip_encoder import GarmentEncoder", comfy=False)
     peak, kept = m["peak_models"], m["kept_models"]
     print(f"\nencoder text tower ({m['bytes'] / 2**30:.2f} GiB): peak {peak:.2f}, kept {kept:.2f} towers")
     assert 0.8 < kept < 1.25

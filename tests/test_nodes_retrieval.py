@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from comfy_harness import PromptFailed
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.ondisk import POINTER, resolve_version
 from tools.demo.catalog import TINY_WEIGHTS_NAME
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights

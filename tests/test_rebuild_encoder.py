@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import EncoderMismatchError
 from fashion_rag.retrieval.search import search

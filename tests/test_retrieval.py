@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.encoder import GarmentEncoder
 from fashion_rag.retrieval.index import CaptionIndex, load_index, tokenize
 from fashion_rag.retrieval.search import UnknownIdError, parse_ids, retrieve, search
 from tools.demo.catalog import write_demo_catalog

@@ -362,7 +362,7 @@ class _Evaluation:
         return (0,) if self.args.csv else (1, 3)
 
     def retrieval_encoder(self) -> tuple[Path, str]:
-        from ..retrieval.encoder import DEFAULT_ARCH, weights_metadata
+        from ..openclip_encoder import DEFAULT_ARCH, weights_metadata
 
         weights = self.args.retrieval_weights
         if weights is None:
@@ -549,7 +549,7 @@ class _Evaluation:
                 f"{n} {r}" for r, n in test_set.left_out.items())
         if self.reference_json is None:
             try:
-                from ..retrieval.encoder import GarmentEncoder
+                from ..openclip_encoder import GarmentEncoder
 
                 # No model is built: the encoder names its weights file (a folder's own, too).
                 enc = GarmentEncoder(*self.retrieval_encoder(), image_tower=False)

@@ -74,10 +74,9 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..openclip_encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
     from ..retrieval.ann import INDEX_TYPES, IVF_THRESHOLD
-    from ..retrieval.encoder import DEFAULT_ARCH, REAL_WEIGHTS_HINT
-    from ..retrieval.paths import MAX_K
-    from ..retrieval.search import DEFAULT_IMAGE_WEIGHT, MODES
+    from ..retrieval.search import DEFAULT_IMAGE_WEIGHT, MAX_K, MODES
 
     p = sub.add_parser("index", help="build, inspect and query garment catalog indexes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,9 +166,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from ..openclip_encoder import GarmentEncoder
     from ..retrieval.build import build_index
     from ..retrieval.catalog import scan_catalog
-    from ..retrieval.encoder import GarmentEncoder
     from ..retrieval.ondisk import prepare_out
 
     engine = _engine(args)
@@ -264,7 +263,7 @@ def _query(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.labelled_queries import evaluate_index, read_queries
     from ..retrieval.index import load_index
-    from ..retrieval.paths import MAX_K
+    from ..retrieval.search import MAX_K
 
     try:
         ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
@@ -287,7 +286,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _query_encoder(args: argparse.Namespace) -> Any:
     """The index's encoder from --weights (None for --mode caption); ValueError naming the file to pass."""
-    from ..retrieval.encoder import encoder_for
+    from ..retrieval.index import encoder_for
     from ..retrieval.ondisk import read_manifest
 
     if args.mode == "caption":

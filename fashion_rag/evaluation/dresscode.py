@@ -27,8 +27,8 @@ from PIL import Image
 from ..categories import CATEGORIES
 from ..files import MAX_TABLE_BYTES, read_regular
 from ..inpaint.keypoints import NUM_KEYPOINTS, PoseFormatError, parse_keypoints
+from ..paths import is_plain_name
 from ..reference import IMAGE_SIZE
-from ..retrieval.paths import is_plain_name
 from .dresscode_mask import MaskError, label_map_mask
 from .pairs import (
     DatasetError,

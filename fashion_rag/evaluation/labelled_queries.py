@@ -37,7 +37,7 @@ class LabelledQuery:
 
 def read_queries(path: str | Path) -> list[LabelledQuery]:
     """The queries of a labelled CSV; ValueError naming the file, row and what to fix."""
-    from ..retrieval.paths import inside
+    from ..paths import inside
     from ..retrieval.search import parse_ids
 
     path = Path(path)

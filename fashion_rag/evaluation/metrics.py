@@ -162,7 +162,7 @@ def _paired(images: list[ScoredImage], weights: MetricWeights, device: str,
 def clip_encoder(path: Path, device: str = "cpu"):
     """The CLIP-T / CLIP-I model: OpenCLIP ViT-H-14 (laion2b_s32b_b79k, the model the reference's
     CLIPScore loads), or the architecture a demo file carries in its metadata."""
-    from ..retrieval.encoder import GarmentEncoder, weights_metadata
+    from ..openclip_encoder import GarmentEncoder, weights_metadata
 
     carried = weights_metadata(path).get("open_clip")
     name = carried.get("name") if isinstance(carried, dict) else None

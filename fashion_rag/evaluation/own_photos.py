@@ -29,8 +29,8 @@ from ..categories import normalize_category
 from ..files import MAX_TABLE_BYTES, read_regular
 from ..inpaint.keypoints import Keypoints, PoseFormatError, parse_keypoints
 from ..inpaint.mask import garment_mask
+from ..paths import PathRuleError, inside, is_plain_name
 from ..reference import IMAGE_SIZE
-from ..retrieval.paths import PathRuleError, inside, is_plain_name
 from .pairs import (
     DatasetError,
     EvalPair,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import atomic_write
-from ..retrieval.paths import is_plain_name, is_plain_relative
+from ..paths import is_plain_name, is_plain_relative
 from .pairs import DatasetError, GalleryGarment, read_dataset_json
 
 TOP = 20  # the rankings the metrics read (R@k and P@k up to k = 20)
@@ -57,9 +57,9 @@ def index_rankings(gallery: dict[str, GalleryGarment], queries: set[tuple[str, s
                    say: Callable[[str], None]) -> Rankings:
     """Build (or update: only new garments are encoded) the index of `gallery` in `index_dir`, then
     rank every (category, query) in it, within the query's category."""
+    from ..openclip_encoder import GarmentEncoder
     from ..retrieval.build import build_index
     from ..retrieval.catalog import scan_catalog
-    from ..retrieval.encoder import GarmentEncoder
     from ..retrieval.index import load_index
     from ..retrieval.search import search
 

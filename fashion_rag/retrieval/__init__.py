@@ -1,8 +1,7 @@
-"""The retrieval stage of Fashion-RAG: text -> garments of a catalog index.
+"""The retrieval stage of Fashion-RAG: text -> garments of a catalog index (embeddings from
+fashion_rag.openclip_encoder; paths checked by fashion_rag.paths).
 
-paths     the one path rule, and the bounds on what a request may ask
 catalog   which images, under which ids, categories and captions (read by builds only)
-encoder   the OpenCLIP model giving text and image embeddings
 ondisk    the index on disk, and the only module that knows its files: typed checks of the
           manifest, versions behind one pointer, the build lock, embeddings (.npy), FAISS part
           files, the stored garment images; read_version() / write_version()

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..categories import normalize_category
 from ..files import MAX_TABLE_BYTES, UnreadableFileError, open_regular, read_regular
 from ..images import IMAGE_EXTENSIONS, MISSING
-from .paths import PathRuleError, inside, is_plain_relative, shorten
+from ..paths import PathRuleError, inside, is_plain_relative, shorten
 
 METADATA_NAMES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
 

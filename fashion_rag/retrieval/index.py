@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import GARMENT_SIZE, decode_image
+from ..paths import shorten
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
     Encoder,
@@ -32,7 +33,6 @@ from .ondisk import (
     describe_encoder,
     read_version,
 )
-from .paths import shorten
 
 
 class GarmentIndex:
@@ -258,3 +258,14 @@ class CaptionIndex:
         if not tokens:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
+
+
+def encoder_for(record: EncoderRecord, weights: str | Path, image_tower: bool = True) -> Any:
+    """The encoder of an index's manifest record, from the weights given: a file, a model folder,
+    or, for an index built from a folder, that folder's weights file (what a file list shows)."""
+    path = Path(weights).expanduser()
+    if record.config_sha256 and path.is_file():
+        path = path.parent
+    from ..openclip_encoder import GarmentEncoder
+
+    return GarmentEncoder(path, record.name, image_tower=image_tower)

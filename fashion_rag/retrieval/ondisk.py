@@ -51,7 +51,7 @@ from ..files import (
     read_regular,
     sha256_file,
 )
-from .paths import PathRuleError, inside, is_plain_name, is_plain_relative
+from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative
 
 FORMAT = "fashion-rag-garment-index"
 FORMAT_VERSION = 4

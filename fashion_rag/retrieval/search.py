@@ -6,7 +6,7 @@ captions): docs/method.md, "Retrieval".
 
 Pinned ids always come first, in the order given, whatever the filters; excluded ids never
 appear. The result holds k garments (more if more ids were pinned), never more than
-limits.MAX_K: requests come from shared workflows, so every input is bounded (limits.py).
+MAX_K: requests come from shared workflows, so every input is bounded (below).
 """
 
 from __future__ import annotations
@@ -18,15 +18,22 @@ import numpy as np
 from PIL import Image
 
 from ..images import fit_garment, to_image_tensor
+from ..paths import shorten
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
 from .index import GarmentIndex
-from .paths import MAX_ID_CHARS, MAX_ID_LIST_CHARS, MAX_IDS, MAX_K, MAX_TEXT_CHARS, shorten
 
 MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
 FUSION_DEPTH = 100  # how deep each ranking is read before fusing
 DEFAULT_IMAGE_WEIGHT = 0.5  # text and picture count alike until a shop measures otherwise
+# What a request may ask: a shared workflow is untrusted input (without these bounds, 252 pinned
+# ids returned 252 full-size images, and a 1 MB id string came back in full in an error).
+MAX_K = 20  # garments per request, pins included (the retrieve node's maximum)
+MAX_TEXT_CHARS = 2_000  # CLIP reads 77 tokens; BM25 needs no more than a paragraph either
+MAX_ID_CHARS = 256  # one garment id
+MAX_IDS = 1_000  # ids in one pin or exclude list (excluding a whole page of garments is fine)
+MAX_ID_LIST_CHARS = 100_000  # the raw pin_ids / exclude_ids string
 
 
 class UnknownIdError(KeyError):
@@ -37,7 +44,7 @@ class UnknownIdError(KeyError):
 def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
     """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped.
 
-    ValueError (naming `what`) beyond limits.MAX_IDS ids, MAX_ID_CHARS per id or
+    ValueError (naming `what`) beyond MAX_IDS ids, MAX_ID_CHARS per id or
     MAX_ID_LIST_CHARS in all.
     """
     if ids is None:

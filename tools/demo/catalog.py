@@ -129,9 +129,9 @@ def install_demo_index(models_dir: str | Path) -> Path:
     incomplete, and the index build is a no-op (the folder untouched) when nothing changed.
     """
     from .encoder import TINY_ARCH, tiny_encoder_metadata, write_tiny_encoder_weights
+    from fashion_rag.openclip_encoder import GarmentEncoder, weights_metadata
     from fashion_rag.retrieval.build import build_index
     from fashion_rag.retrieval.catalog import scan_catalog
-    from fashion_rag.retrieval.encoder import GarmentEncoder, weights_metadata
 
     base = Path(models_dir) / "fashion_rag"
     weights = base / "retrieval" / TINY_WEIGHTS_NAME

@@ -2,7 +2,7 @@
 
 A real open_clip CLIP (ViT image tower, transformer text tower, the real BPE tokenizer), just
 very small. Its weights file carries its architecture and a "random demo" mark in its metadata
-(fashion_rag.retrieval.encoder.METADATA_KEY), so the library loads it like any encoder and
+(fashion_rag.openclip_encoder.METADATA_KEY), so the library loads it like any encoder and
 every tool says plainly that retrieval with it means nothing.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fashion_rag.files import atomic_write
-from fashion_rag.retrieval.encoder import METADATA_KEY, register_config
+from fashion_rag.openclip_encoder import METADATA_KEY, register_config
 
 TINY_ARCH = "fashion-rag-tiny"
 TINY_CONFIG: dict[str, Any] = {

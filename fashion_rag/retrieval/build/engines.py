@@ -33,9 +33,9 @@ from PIL import Image
 
 from ...images import GARMENT_SIZE, PAD_COLOR
 from ...logs import ProgressFn
+from ...paths import shorten
 from ..catalog import Catalog, CatalogItem, Skip
 from ..ondisk import Encoder, naming
-from ..paths import shorten
 from .plan import garment_png, hash_image, read_fitted_garment
 
 NEW_EMBEDDINGS = "new-embeddings.npy"

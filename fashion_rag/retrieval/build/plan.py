@@ -17,6 +17,7 @@ from PIL import Image
 
 from ...images import ImageLoadError, decode_image, fit_garment, image_sha256, read_image_bytes
 from ...logs import LogFn
+from ...paths import PathRuleError
 from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from ..ondisk import (
     Encoder,
@@ -33,7 +34,6 @@ from ..ondisk import (
     same_embedding_space,
     verify_files,
 )
-from ..paths import PathRuleError
 
 
 class HashingEngine(Protocol):

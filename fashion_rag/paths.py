@@ -1,9 +1,7 @@
 """The one path rule, for every path from a user, a workflow, metadata or a manifest: resolved
 (symlinks included), it must lie inside its root (the catalog folder for garment images, the
 index folder for the index's files, an indexes folder for index names, which are one visible
-folder name); anything else is refused naming the item and the root, never opened. And the
-bounds on what a request may ask: a shared workflow is untrusted input (without them, 252 pinned
-ids returned 252 full-size images, and a 1 MB id string came back in full in the error).
+folder name); anything else is refused naming the item and the root, never opened.
 """
 
 from __future__ import annotations
@@ -11,11 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-MAX_K = 20  # garments per request, pins included (the retrieve node's maximum)
-MAX_TEXT_CHARS = 2_000  # CLIP reads 77 tokens; BM25 needs no more than a paragraph either
-MAX_ID_CHARS = 256  # one garment id
-MAX_IDS = 1_000  # ids in one pin or exclude list (excluding a whole page of garments is fine)
-MAX_ID_LIST_CHARS = 100_000  # the raw pin_ids / exclude_ids string
 QUOTE_CHARS = 60  # how much of a value an error message repeats
 
 

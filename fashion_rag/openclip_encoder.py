@@ -1,4 +1,5 @@
-"""The retrieval encoder: an OpenCLIP model giving L2-normalised text and image embeddings.
+"""The OpenCLIP encoder: L2-normalised text and image embeddings, for retrieval (the index) and
+for the evaluation's CLIP scores.
 
 The paper uses OpenCLIP ViT-L-14 trained on LAION-2B (`laion2b_s32b_b82k`). Weights are
 always read from a local file (`pretrained=<path>`): nothing is downloaded, ever. Any
@@ -20,20 +21,17 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..files import MAX_JSON_BYTES, cached_sha256, read_regular
-from ..logs import ProgressFn, log
-from ..model_files import RETRIEVAL_ENCODER
-from ..reference import CLIP_MEAN, CLIP_STD
-from ..weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
-
-if TYPE_CHECKING:
-    from .ondisk import EncoderRecord
+from .files import MAX_JSON_BYTES, cached_sha256, read_regular
+from .logs import ProgressFn, log
+from .model_files import RETRIEVAL_ENCODER
+from .reference import CLIP_MEAN, CLIP_STD
+from .weights import WeightFileError, load_in_parts, materialize, parameters_on_meta, read_state_dict
 
 DEFAULT_ARCH = "ViT-L-14"
 DEFAULT_PRETRAINED_TAG = "laion2b_s32b_b82k"
@@ -139,14 +137,6 @@ def model_config(arch: str, weights: str | Path | None = None) -> dict[str, Any]
         )
     return cfg
 
-
-def encoder_for(record: EncoderRecord, weights: str | Path, image_tower: bool = True) -> GarmentEncoder:
-    """The encoder of an index's manifest record, from the weights given: a file, a model folder,
-    or, for an index built from a folder, that folder's weights file (what a file list shows)."""
-    path = Path(weights).expanduser()
-    if record.config_sha256 and path.is_file():
-        path = path.parent
-    return GarmentEncoder(path, record.name, image_tower=image_tower)
 
 
 class GarmentEncoder:
