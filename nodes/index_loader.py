@@ -110,7 +110,7 @@ def _encoder(weights: str, record: EncoderRecord) -> GarmentEncoder:
 
 
 def load_garment_index(path: str, weights: str) -> GarmentIndex:
-    version = resolve_version(path).token
+    version = resolve_version(path).version
 
     def load() -> GarmentIndex:
         manifest = read_manifest(path)
@@ -174,7 +174,7 @@ class FashionRAGGarmentIndexLoader(io.ComfyNode):
         # though the names are the same.
         try:
             path = index_dir(index)
-            version = resolve_version(path).token if path else None
+            version = resolve_version(path).version if path else None
         except ValueError:  # a bad name or a damaged index: execute() reports it
             version = None
         weights = full_path(RETRIEVAL_ENCODER, encoder_weights)

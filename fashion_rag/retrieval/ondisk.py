@@ -13,10 +13,12 @@ a version and swaps the pointer with one os.replace, so readers see the whole ol
 index. Builds keep the current and the previous version (a reader that resolved the pointer just
 before a swap still finds its files). The manifest is untrusted input (indexes get shared): every
 key, type and length is checked, and every file is read only as a regular file of the size and
-sha256 it records. Formats 2 (no sizes) and 3 (garments read from a named catalog folder) are
-rebuilt. A build renames or deletes only folders a marker (.build.json, hashed like the data)
-proves a build's, or folders named after the build the lock file records (a kill just after
-mkdir, or mid-delete, leaves them without one); anything else is left alone.
+sha256 it records, through the one descriptor that was checked (a FIFO in a file's place would
+otherwise hang every reader, a server's whole prompt queue, at open()). Formats 2 (no sizes) and
+3 (garments read from a named catalog folder) are rebuilt. A build renames or deletes only
+folders a marker (.build.json, hashed like the data) proves a build's, or folders named after
+the build the lock file records (a kill just after mkdir, or mid-delete, leaves them without
+one); anything else is left alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import operator
 import os
 import re
 import secrets
@@ -52,6 +55,11 @@ from ..files import (
     sha256_file,
 )
 from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two builds of one index at once are the user's to avoid
+    fcntl = None
 
 FORMAT = "fashion-rag-garment-index"
 FORMAT_VERSION = 4
@@ -81,12 +89,11 @@ class EncoderMismatchError(ValueError):
 
 
 class Encoder(Protocol):
-    """What an index records of its encoder (encoder.GarmentEncoder)."""
+    """What an index records of its encoder (openclip_encoder.GarmentEncoder)."""
 
     name: str
     weights_path: Path
-    model_dir: Path | None  # an OpenCLIP model folder (None: name + weights file)
-    config_hash: str | None
+    config_hash: str | None  # set for an OpenCLIP model folder
 
     @property
     def tokenizer_hash(self) -> str | None: ...
@@ -107,13 +114,24 @@ def _arg(value: Any, placeholder: str) -> str:
     return f"'{text}'" if " " in text and not text.startswith("<") else text  # <placeholders> stay bare
 
 
-def build_command(out: Path | str, encoder: Any = None, weights: Any = None) -> str:
-    """The one spelling of the command that (re)builds an index, for every message that gives it."""
+def build_command(out: Path | str, encoder: EncoderRecord | dict[str, Any] | None = None) -> str:
+    """The one spelling of the command that (re)builds an index, for every message that gives it,
+    with the encoder of a record (or of the raw JSON of one that failed its checks)."""
     # (No catalog from a manifest: an index names no folder outside itself.)
+    name, weights = _source(encoder)
     cmd = f"python -m fashion_rag index build --catalog <images folder> --out {_arg(str(out), '<index>')}"
-    if encoder:
-        cmd += f" --encoder {_arg(encoder, '<architecture>')}"
+    if name:
+        cmd += f" --encoder {_arg(name, '<architecture>')}"
     return f"{cmd} --weights {_arg(str(weights) if weights else None, '<encoder weights>')}"
+
+
+def _source(encoder: EncoderRecord | dict[str, Any] | None) -> tuple[Any, Any]:
+    """(--encoder, --weights) of an encoder record: a model folder is given alone."""
+    enc = dataclasses.asdict(encoder) if isinstance(encoder, EncoderRecord) else encoder
+    enc = enc if isinstance(enc, dict) else {}
+    if enc.get("config_sha256") and isinstance(enc.get("weights_path"), str):
+        return None, str(Path(enc["weights_path"]).parent)
+    return enc.get("name"), enc.get("weights_path")
 
 
 def damaged(index_dir: Path | str, why: Any, manifest: Any = None) -> IndexFormatError:
@@ -122,26 +140,12 @@ def damaged(index_dir: Path | str, why: Any, manifest: Any = None) -> IndexForma
 
 
 def rebuild_hint(index_dir: Path | str, manifest: Manifest | dict[str, Any] | None = None) -> str:
-    """'rebuild it: python -m fashion_rag index build ...' with what the manifest says it was built
-    from (a checked Manifest, or the raw JSON of one that failed its checks)."""
-    if isinstance(manifest, Manifest):
-        enc = dataclasses.asdict(manifest.encoder)
-    else:
-        raw = manifest.get("encoder") if isinstance(manifest, dict) else None
-        enc = raw if isinstance(raw, dict) else {}
-    return f"rebuild it: {build_command(index_dir, *_source(enc))}"
+    """'rebuild it: <build command>' with the encoder the manifest (checked or raw JSON) names."""
+    enc = manifest.get("encoder") if isinstance(manifest, dict) else getattr(manifest, "encoder", None)
+    return f"rebuild it: {build_command(index_dir, enc)}"
 
 
-def _source(enc: dict[str, Any]) -> tuple[Any, Any]:
-    """(--encoder, --weights) of an encoder record: a model folder is given alone."""
-    if enc.get("config_sha256") and isinstance(enc.get("weights_path"), str):
-        return None, str(Path(enc["weights_path"]).parent)
-    return enc.get("name"), enc.get("weights_path")
-
-
-# --------------------------------------------------------------------------------------------
-# The manifest: typed records, parsed and checked once (parse_manifest)
-# --------------------------------------------------------------------------------------------
+# --- The manifest: typed records, parsed and checked once (parse_manifest) ---
 
 @dataclass(frozen=True)
 class EncoderRecord:
@@ -211,11 +215,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as JSON (fields left at None by default are left out, as before records had them)."""
         return _plain(self)
 
 
 def _plain(value: Any) -> Any:
+    """A record as JSON: fields left at a None default are left out (older records lack them)."""
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
                 if getattr(value, f.name) is not None or f.default is dataclasses.MISSING}
@@ -224,15 +228,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_BAD = object()
-
-
-def _type_name(tp: Any) -> str:
-    return "dict" if dataclasses.is_dataclass(tp) else (typing.get_origin(tp) or tp).__name__
+class _Mistyped(ValueError):
+    """A JSON value not of its field's type (its problem is already in the caller's list)."""
 
 
 def _typed(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
-    """`value` (parsed JSON) as type `tp`, or _BAD with its first problem added to `problems`."""
+    """`value` (parsed JSON) as type `tp`; _Mistyped, its first problem added to `problems`, if not."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is types.UnionType:  # X | None
         return None if value is None else _typed(args[0], value, where, problems)
@@ -241,63 +242,49 @@ def _typed(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if origin is list and isinstance(value, list):
         if args[0] in (str, int) and all(type(v) is args[0] for v in value):  # 10M ids: no call each
             return value
-        out = []
-        for i, v in enumerate(value):
-            out.append(_typed(args[0], v, f"{where}[{i}]", problems))
-            if out[-1] is _BAD:
-                return _BAD
-        return out
+        return [_typed(args[0], v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict and isinstance(value, dict):
-        for key, v in value.items():
-            if _typed(args[1], v, f"{where}[{key[:80]!r}]", problems) is _BAD:
-                return _BAD
-        return value
-    if tp is float:
-        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:  # (bool is no int here)
-        fits = origin is None and not dataclasses.is_dataclass(tp) and type(value) is tp
-    if not fits:
-        problems.append(f"{where} is {type(value).__name__}, not {_type_name(tp)}")
-        return _BAD
+        return {k: _typed(args[1], v, f"{where}[{k[:80]!r}]", problems) for k, v in value.items()}
+    if type(value) not in ((int, float) if tp is float else (tp,)):  # (a bool is no int here)
+        expected = "dict" if dataclasses.is_dataclass(tp) else (origin or tp).__name__
+        problems.append(f"{where} is {type(value).__name__}, not {expected}")
+        raise _Mistyped
     return value
 
 
 def _record(cls: Any, obj: dict[str, Any], where: str, problems: list[str]) -> Any:
     """The dataclass `cls` from a JSON object: each field present (unless it has a default) and
-    of its type; _BAD when any is not, each such problem in `problems`."""
-    hints, values, ok = typing.get_type_hints(cls), {}, True
+    of its type; _Mistyped once each field's problem is in `problems`."""
+    hints, values, known = typing.get_type_hints(cls), {}, len(problems)
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
         if f.name in obj:
-            values[f.name] = _typed(hints[f.name], obj[f.name], key, problems)
-            ok = ok and values[f.name] is not _BAD
+            with contextlib.suppress(_Mistyped):
+                values[f.name] = _typed(hints[f.name], obj[f.name], key, problems)
         elif f.default is dataclasses.MISSING:
             problems.append(f"{key} is missing")
-            ok = False
-    return cls(**values) if ok else _BAD
+    if len(problems) > known:
+        raise _Mistyped
+    return cls(**values)
 
 
 def manifest_problems(m: Manifest) -> list[str]:
     """Every problem of a typed manifest beyond its types, one short sentence each (empty: usable)."""
     problems: list[str] = []
     add = problems.append
+    items, files, n = m.items, m.files, len(m.items.ids)
     if not 1 <= m.encoder.dim <= MAX_DIM:
         add(f"encoder.dim {m.encoder.dim} is out of range")
-    items, files = m.items, m.files
     lengths = {key: len(getattr(items, key)) for key in ITEM_LISTS}
-    n = len(items.ids)
     if len(set(lengths.values())) > 1:
         add(f"item lists have different lengths ({', '.join(f'{k} {v}' for k, v in lengths.items())})")
     if not all(items.ids):
         add("items.ids has an empty id")
-    dup = next((i for i, c in Counter(items.ids).items() if c > 1), None)
-    if dup is not None:
+    if (dup := next((i for i, c in Counter(items.ids).items() if c > 1), None)) is not None:
         add(f"items.ids lists {dup[:60]!r} twice")
-    bad = next((p for p in items.paths if not is_plain_relative(p)), None)
-    if bad is not None:
+    if (bad := next((p for p in items.paths if not is_plain_relative(p)), None)) is not None:
         add(f"item path {bad[:80]!r} is not a relative path inside the catalog")
-    bad = next((h for h in items.sha256 if not _HEX64.fullmatch(h)), None)
-    if bad is not None:
+    if (bad := next((h for h in items.sha256 if not _HEX64.fullmatch(h)), None)) is not None:
         add(f"items.sha256 holds {bad[:70]!r}, not a sha256")
     if m.count != n:
         add(f"count says {m.count} garments, items.ids lists {n}")
@@ -308,8 +295,7 @@ def manifest_problems(m: Manifest) -> list[str]:
     for name in [*data_files, MARKER]:
         if not _HEX64.fullmatch(files.sha256.get(name, "")):
             add(f"files.sha256 has no valid hash for {name[:80]!r}")
-    bad = next((name for name in files.sha256 if name != MARKER and not is_plain_name(name)), None)
-    if bad is not None:
+    if (bad := next((f for f in files.sha256 if f != MARKER and not is_plain_name(f)), None)) is not None:
         add(f"files.sha256 names {bad[:80]!r}, not a plain file name in the index folder")
     for name in dict.fromkeys(data_files + list(files.sha256)):
         if files.bytes.get(name, -1) < 0:
@@ -358,7 +344,7 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
     """The manifest in `raw` (read from `path`), checked; IndexFormatError naming every problem."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON and int limits
+    except (ValueError, RecursionError) as exc:  # ValueError: UTF-8, JSON and int limits
         raise IndexFormatError(f"{path} is not a readable index manifest ({str(exc)[:120]}); "
                                f"{rebuild_hint(index_dir)}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -375,8 +361,8 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
     if "catalog_root" in data or "catalog_root_relative" in data:
         problems.append("it names a catalog folder (catalog_root), which an index holding its own "
                         "garment images never does")
-    manifest = _record(Manifest, data, "", problems)
-    if manifest is not _BAD:
+    with contextlib.suppress(_Mistyped):
+        manifest = _record(Manifest, data, "", problems)
         problems += manifest_problems(manifest)
     if problems:
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
@@ -386,26 +372,20 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
 
 
 def encoder_record(encoder: Encoder) -> EncoderRecord:
-    return EncoderRecord(
-        name=encoder.name,
-        weights_sha256=encoder.weights_hash,
-        dim=int(encoder.dim),
-        preprocess=encoder.preprocess_id,
-        weights_file=Path(encoder.weights_path).name,
-        weights_path=str(encoder.weights_path),
-        random_demo=bool(encoder.is_random_demo),
-        config_sha256=encoder.config_hash,
-        tokenizer_sha256=encoder.tokenizer_hash,
-    )
+    path = Path(encoder.weights_path)
+    return EncoderRecord(name=encoder.name, weights_sha256=encoder.weights_hash, dim=int(encoder.dim),
+                         preprocess=encoder.preprocess_id, weights_file=path.name, weights_path=str(path),
+                         random_demo=bool(encoder.is_random_demo), config_sha256=encoder.config_hash,
+                         tokenizer_sha256=encoder.tokenizer_hash)
+
+
+# What image embeddings depend on (the tokenizer changes only text queries: check_encoder compares it too).
+_SPACE = operator.attrgetter("name", "weights_sha256", "dim", "preprocess", "config_sha256")
 
 
 def same_embedding_space(a: EncoderRecord, b: EncoderRecord) -> bool:
-    """Whether image embeddings of encoders `a` and `b` are the same (the tokenizer only changes
-    text queries: check_encoder compares it too). Absent in old manifests: None, as before."""
-    def space(r: EncoderRecord) -> tuple:
-        return r.name, r.weights_sha256, r.dim, r.preprocess, r.config_sha256
-
-    return space(a) == space(b)
+    """Whether encoders `a` and `b` give the same image embeddings."""
+    return _SPACE(a) == _SPACE(b)
 
 
 def describe_encoder(rec: EncoderRecord) -> str:
@@ -418,29 +398,23 @@ def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = 
     built, given = manifest.encoder, encoder_record(encoder)
     if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:
         return
-    rebuild = build_command(index_dir, None if encoder.model_dir else encoder.name,
-                            encoder.model_dir or encoder.weights_path)
     raise EncoderMismatchError(
         f"The index {index_dir} was built with encoder {describe_encoder(built)}, but the "
         f"encoder given is {describe_encoder(given)}. Text and image embeddings of different "
         f"encoders are not comparable: load the weights the index was built with "
-        f"({_source(dataclasses.asdict(built))[1]}), or rebuild the index with these weights ({rebuild})."
+        f"({_source(built)[1]}), or rebuild the index with these weights ({build_command(index_dir, given)})."
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The pointer and its versions
-# --------------------------------------------------------------------------------------------
+# --- The pointer and its versions ---
 
 POINTER = "index.json"
 LOCK = ".build.lock"
 _VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")
 _TMP_PREFIX = ".tmp-"
 _BUILD_ID = re.compile(r"[0-9a-f]{16}")
-_MAX_POINTER_BYTES = 4096
-_MAX_MARKER_BYTES = 4096
+_MAX_RECORD_BYTES = 4096  # a pointer, marker or lock record
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class OutDirError(ValueError):
@@ -457,8 +431,7 @@ class IndexVersion:
 
     index_dir: Path  # the index folder (NAME/), resolved
     data_dir: Path  # the version folder: manifest.json and the data files
-    version: str  # the version folder's name
-    token: str  # changes whenever another version is swapped in (fingerprints, caches)
+    version: str  # its name: another one whenever a build swaps in a version (fingerprints, caches)
 
 
 @dataclass(frozen=True)
@@ -470,8 +443,8 @@ class BuildLock:
     last: str | None  # the build the lock file named before: its unfinished folders are known
 
 
-# The small records beside the manifest, parsed by the same typed checker (_record); each
-# says what else makes it one of ours (valid).
+# The small records beside the manifest, parsed by the same typed checker; each says what else
+# makes it one of ours (valid).
 
 @dataclass(frozen=True)
 class Pointer:
@@ -518,14 +491,10 @@ def _parse_record(cls: type[_R], raw: bytes) -> _R | None:
     """The record in `raw`, or None when it is not a well-formed one of ours."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        record = _record(cls, data, "", []) if isinstance(data, dict) else None
+    except (ValueError, RecursionError):  # (UTF-8, JSON, _Mistyped)
         return None
-    record = _record(cls, data, "", []) if isinstance(data, dict) else _BAD
-    return record if record is not _BAD and record.valid() else None
-
-
-def _record_bytes(record: Marker | LockRecord) -> memoryview:
-    return memoryview(json.dumps(_plain(record)).encode())
+    return record if record is not None and record.valid() else None
 
 
 @contextlib.contextmanager
@@ -540,27 +509,22 @@ def naming(path: Path) -> Iterator[None]:
 
 
 def read_pointer(index_dir: Path) -> Pointer | None:
-    """The pointer of an index folder (None when there is none); IndexFormatError when not ours.
-
-    Read only as a regular file inside the folder, a few kB at most: a FIFO in its place
-    would otherwise hang every reader (a server's whole prompt queue) at open().
-    """
-    path = index_dir / POINTER
+    """The pointer of an index folder (None when there is none); IndexFormatError when not ours."""
     # A build refuses a folder whose pointer is not its own: the fix is a new folder.
     rebuild = f"rebuild the index into a new folder: {build_command('<new index folder>')}"
     try:
-        raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_POINTER_BYTES,
+        raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_RECORD_BYTES,
                            "index pointer file")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (UnreadableFileError, PathRuleError) as exc:
         raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild}") from exc
     except OSError as exc:
-        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild}") from exc
+        raise IndexFormatError(f"Cannot read {index_dir / POINTER} ({exc}); {rebuild}") from exc
     pointer = _parse_record(Pointer, raw)
     if pointer is None:
-        raise IndexFormatError(f"{path} is not the pointer file of a Fashion-RAG garment index (damaged or "
-                               f"foreign); {rebuild}")
+        raise IndexFormatError(f"{index_dir / POINTER} is not the pointer file of a Fashion-RAG garment "
+                               f"index (damaged or foreign); {rebuild}")
     return pointer
 
 
@@ -568,22 +532,19 @@ def resolve_version(index_dir: str | os.PathLike[str]) -> IndexVersion:
     """The version a reader should load now: the one the pointer names."""
     index_dir = Path(index_dir).expanduser().resolve()
     pointer = read_pointer(index_dir)
-    if pointer is None:
-        raise IndexFormatError(_not_an_index_message(index_dir))
-    current = pointer.current
-    return IndexVersion(index_dir, inside(current, index_dir, "index version folder"), current, current)
-
-
-def _not_an_index_message(index_dir: Path) -> str:
+    if pointer is not None:
+        return IndexVersion(index_dir, inside(pointer.current, index_dir, "index version folder"),
+                            pointer.current)
     if not (index_dir / MANIFEST).exists():
-        command = build_command(index_dir)
-        return f"No garment index at {index_dir} ({POINTER} missing). Build one: `{command}`."
-    if _VERSION.fullmatch(index_dir.name) or (index_dir / MARKER).exists():
-        return (f"{index_dir} is one stored version of the index {index_dir.parent}, not an index: load "
-                f"{index_dir.parent} (stored versions are replaced by the next build).")
-    # A manifest without a pointer: a layout before the versioned one (never released), or not ours.
-    return (f"{index_dir} is not a Fashion-RAG garment index of this format ({MANIFEST} without {POINTER}), "
-            f"and a build will not write over it; {rebuild_hint('<new folder>')} (then delete {index_dir})")
+        why = f"No garment index at {index_dir} ({POINTER} missing). Build one: `{build_command(index_dir)}`."
+    elif _VERSION.fullmatch(index_dir.name) or (index_dir / MARKER).exists():
+        why = (f"{index_dir} is one stored version of the index {index_dir.parent}, not an index: load "
+               f"{index_dir.parent} (stored versions are replaced by the next build).")
+    else:  # a manifest without a pointer: a layout before the versioned one (never released), or not ours
+        why = (f"{index_dir} is not a Fashion-RAG garment index of this format ({MANIFEST} without "
+               f"{POINTER}), and a build will not write over it; {rebuild_hint('<new folder>')} (then "
+               f"delete {index_dir})")
+    raise IndexFormatError(why)
 
 
 def looks_like_index(folder: Path) -> bool:
@@ -591,9 +552,7 @@ def looks_like_index(folder: Path) -> bool:
     return (folder / POINTER).is_file() or (folder / MANIFEST).is_file()
 
 
-# --------------------------------------------------------------------------------------------
-# Which folders a build made
-# --------------------------------------------------------------------------------------------
+# --- Which folders a build made ---
 
 def _marker(folder: Path) -> Marker | None:
     """The folder's build marker if it is a well-formed one (whatever names it lists)."""
@@ -601,19 +560,19 @@ def _marker(folder: Path) -> Marker | None:
     try:
         if path.is_symlink():
             return None
-        return _parse_record(Marker, read_regular(path, _MAX_MARKER_BYTES, "build marker"))
+        return _parse_record(Marker, read_regular(path, _MAX_RECORD_BYTES, "build marker"))
     except (OSError, ValueError):  # (UnreadableFileError is a ValueError)
         return None
 
 
-def _owned(folder: Path) -> Marker | None:
-    """The marker of a folder a build made: well-formed, and naming the folder as it is called now."""
-    marker = _marker(folder)
-    return marker if marker is not None and folder.name in marker.names else None
-
-
-def _unfinished(folder: Path) -> bool:
-    """Empty but for an empty marker: a folder made by a build killed before it wrote the marker."""
+def _left_by(build: str | None, folder: Path) -> bool:
+    """A folder the build `build` (the lock file's last one) made or was deleting when it died:
+    named after it, with a well-formed marker, or empty but for an empty one (killed before the
+    marker was written)."""
+    if build is None or not folder.name.startswith(f"{_TMP_PREFIX}{build}-"):
+        return False
+    if _marker(folder) is not None:
+        return True
     try:
         names = os.listdir(folder)
         if names != [MARKER]:
@@ -624,27 +583,25 @@ def _unfinished(folder: Path) -> bool:
         return False
 
 
-def _left_by(build: str | None, folder: Path) -> bool:
-    """A folder the build `build` (the lock file's last one) made or was deleting when it died."""
-    return (build is not None and folder.name.startswith(f"{_TMP_PREFIX}{build}-")
-            and (_marker(folder) is not None or _unfinished(folder)))
+def _built(entry: os.DirEntry, last: str | None) -> bool:
+    """A folder a build made: its marker names it as it is called now, or the lock file's last
+    build left it."""
+    if not entry.is_dir(follow_symlinks=False):
+        return False
+    marker = _marker(Path(entry.path))
+    return (marker is not None and entry.name in marker.names) or _left_by(last, Path(entry.path))
 
 
 def _is_pointer_temp(entry: os.DirEntry) -> bool:
     return is_atomic_temp(entry.name, POINTER) and entry.is_file(follow_symlinks=False)
 
 
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
+# --- Writing ---
 
 def prepare_out(out_dir: str | os.PathLike[str], catalog_root: Path) -> Path:
-    """The resolved output folder of a build, refused (nothing touched) unless it is safe to write there.
-
-    It must be absent, empty, or an index of this format, and neither the catalog nor inside
-    it: a build replaces what is in its folder. build_lock checks the folder again once it
-    holds the lock.
-    """
+    """The resolved output folder of a build, refused (nothing touched) unless it is absent, empty
+    or an index of this format, and neither the catalog nor inside it: a build replaces what is
+    in its folder (build_lock checks again under the lock)."""
     out = Path(out_dir).expanduser().resolve()
     catalog = Path(catalog_root).resolve()
     if out.is_relative_to(catalog):
@@ -661,26 +618,24 @@ def prepare_out(out_dir: str | os.PathLike[str], catalog_root: Path) -> Path:
         raise OutDirError(f"The output folder (--out) {out} is a file, not a folder: choose a folder.")
     last = None
     if os.path.lexists(out / LOCK):
-        try:
+        try:  # a folder, FIFO or symlink there, or a file no build wrote, is not ours
             if (out / LOCK).is_symlink():
-                raise _foreign([LOCK], out)
-            last = _lock_owner(out, read_regular(out / LOCK, _MAX_POINTER_BYTES, "lock file"))
-        except (OSError, ValueError):  # a folder, FIFO or symlink there, or a file no build wrote
-            raise _foreign([LOCK], out) from None
+                _refuse([LOCK], out)
+            last = _lock_owner(out, read_regular(out / LOCK, _MAX_RECORD_BYTES, "lock file"))
+        except (OSError, ValueError):
+            _refuse([LOCK], out)
     _refuse(_foreign_entries(out, last), out)
     return out
 
 
 def _refuse(foreign: list[str], out: Path) -> None:
-    if foreign:
-        raise _foreign(foreign, out)
-
-
-def _foreign(foreign: list[str], out: Path) -> OutDirError:
+    """OutDirError naming what in `out` is not a build's, if anything."""
+    if not foreign:
+        return
     shown = ", ".join(repr(name[:60]) for name in foreign[:5]) + (", …" if len(foreign) > 5 else "")
     older = (f" ({MANIFEST} there without {POINTER}: an index of an older layout, which this version "
              "neither reads nor replaces)" if MANIFEST in foreign else "")
-    return OutDirError(
+    raise OutDirError(
         f"The output folder (--out) {out} holds files that are not a garment index ({shown}){older}: "
         f"refusing to write there, so nothing in it is replaced or deleted. Give --out a new or empty "
         f"folder, or an index folder built before.")
@@ -695,12 +650,9 @@ def _foreign_entries(out: Path, last: str | None) -> list[str]:
         except IndexFormatError:
             return [POINTER]
     # No index yet (none built, or a first build that died): only what builds leave.
-    def builds(e: os.DirEntry) -> bool:
-        folder = Path(e.path)
-        return e.is_dir(follow_symlinks=False) and (_owned(folder) is not None or _left_by(last, folder))
-
     with os.scandir(out) as entries:
-        return sorted(e.name for e in entries if not (e.name == LOCK or _is_pointer_temp(e) or builds(e)))
+        return sorted(e.name for e in entries
+                      if not (e.name == LOCK or _is_pointer_temp(e) or _built(e, last)))
 
 
 def _lock_owner(out: Path, raw: bytes) -> str | None:
@@ -716,29 +668,28 @@ def _lock_owner(out: Path, raw: bytes) -> str | None:
 
 @contextlib.contextmanager
 def build_lock(out: Path) -> Iterator[BuildLock]:
-    """Hold the build lock of the index folder `out` (made by the caller), released by the OS even
-    when the build is killed.
-
-    A build that does not get the lock (IndexBusyError) has changed nothing. Under the lock:
-    `out` is checked again (OutDirError), the unfinished folders of the build the lock file
-    names are deleted, and this build is recorded there in their place.
-    """
+    """Hold the build lock of the index folder `out` (made by the caller; the OS releases it when
+    the build dies). A build that does not get it (IndexBusyError) has changed nothing; under it,
+    `out` is checked again (OutDirError), the unfinished folders of the build the lock file names
+    are deleted, and this build is recorded there in their place."""
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)  # (os.open: close-on-exec)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             _refuse([LOCK], out)
-        _lock(fd, out)
         try:
-            now = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            now = None
-        st = os.fstat(fd)
-        if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-            # A failed first build removed the folder (and its lock file) while this one opened it.
-            raise _busy(out)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A failed first build removes the folder, and its lock file, while this one opens it.
+            now, st = os.stat(path, follow_symlinks=False), os.fstat(fd)
+            busy = (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev)
+        except (BlockingIOError, FileNotFoundError):
+            busy = True
+        if busy:
+            raise IndexBusyError(f"Another build is running on {out}; wait for it to finish and run this "
+                                 "build again.")
         os.lseek(fd, 0, os.SEEK_SET)
-        lock = BuildLock(out, secrets.token_hex(8), _lock_owner(out, os.read(fd, _MAX_POINTER_BYTES + 1)))
+        lock = BuildLock(out, secrets.token_hex(8), _lock_owner(out, os.read(fd, _MAX_RECORD_BYTES + 1)))
         _refuse(_foreign_entries(out, lock.last), out)
         # The last build's unfinished folders are known only by the id about to be overwritten.
         with os.scandir(out) as entries:
@@ -746,70 +697,31 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
                 if entry.is_dir(follow_symlinks=False) and _left_by(lock.last, Path(entry.path)):
                     _remove(lock, Path(entry.path), rename=False)  # (named after the recorded build)
         # Records are all as long, and written at once: a kill leaves the old one or the new one.
-        record = _record_bytes(LockRecord(FORMAT, lock.build))
-        with naming(path):
-            os.lseek(fd, 0, os.SEEK_SET)
-            _write_all(fd, record)
-            os.ftruncate(fd, len(record))
+        with naming(path), open(fd, "wb", closefd=False) as f:
+            f.seek(0)
+            f.write(json.dumps(_plain(LockRecord(FORMAT, lock.build))).encode())
+            f.truncate()
             os.fsync(fd)
         yield lock
     finally:
         os.close(fd)  # closing releases the lock
 
 
-def _busy(out: Path) -> IndexBusyError:
-    return IndexBusyError(f"Another build is running on {out}; wait for it to finish and run this build "
-                          "again.")
-
-
-def _lock(fd: int, out: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; two builds of one index at once are the user's to avoid
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _busy(out) from None
-
-
-def _make_folder(lock: BuildLock, version: bool) -> Path:
-    """A new folder of this build in its index folder, with its marker."""
+@contextlib.contextmanager
+def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
+    """A private folder of this build in its index folder, with its marker; `version`: one
+    write_version() can make the new version. Removed on leaving unless it was made one."""
     name = f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
     names = [name]
     if version:  # named now, so the marker (hashed into the manifest) never changes
         names.append(f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}")
     folder = lock.out / name
     os.mkdir(folder, 0o700)
-    data = _record_bytes(Marker(FORMAT, lock.build, names))
     try:
         with naming(folder / MARKER):
-            fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
-            try:
-                _write_all(fd, data)  # (one write: a kill leaves no marker, an empty one, or all of it)
-            finally:
-                os.close(fd)
-    except BaseException:
-        _remove(lock, folder)  # (a full disk: nothing of it is left)
-        raise
-    return folder
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-@contextlib.contextmanager
-def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
-    """A private folder in the index folder for this build's work; `version`: one write_version() can make
-    the new version.
-
-    Removed on leaving, unless write_version() renamed it into a version; one that a killed build
-    left is removed by a later build (clean_stale), and never read.
-    """
-    folder = _make_folder(lock, version)
-    try:
+            fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with open(fd, "wb") as f:  # one write: a kill leaves no marker, an empty one, or all of it
+                f.write(json.dumps(_plain(Marker(FORMAT, lock.build, names))).encode())
         yield folder
     finally:
         if folder.is_dir():  # (gone once published)
@@ -817,11 +729,9 @@ def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
 
 
 def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
-    """Delete a build's folder; False if it could not be deleted (a later build tries again).
-
-    It is renamed to a name of this build first (the lock file records this build) and its
-    marker goes last, so a kill at any moment leaves a folder a later build knows as a build's.
-    """
+    """Delete a build's folder, renamed to a name of this build first (the lock file records this
+    build) and its marker last, so a kill at any moment leaves a folder a later build knows as a
+    build's; False if it could not be deleted (a later build tries again)."""
     try:
         if rename and not folder.name.startswith(f"{_TMP_PREFIX}{lock.build}-"):
             doomed = lock.out / f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
@@ -845,53 +755,45 @@ def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
 
 def write_version(lock: BuildLock, tmp: Path, manifest: Manifest, hashes: dict[str, str] | None = None
                   ) -> str:
-    """Make the files in `tmp` (a temp_folder(lock, version=True)) a new version with this manifest,
-    and swap it in; returns the version name. Call under build_lock.
-
-    The manifest gets the sha256 and size of every file, the marker's too (`hashes`: those the
-    caller computed while writing, so a 30 GB embeddings file is not read back).
-    """
-    marker = _owned(tmp)
-    if marker is None or marker.build != lock.build or len(marker.names) != 2:
+    """Make the files in `tmp` (a temp_folder(lock, version=True)) a new version, the manifest given
+    the sha256 and size of each (`hashes`: those computed while writing, so a 30 GB file is not
+    read back), and swap it in; returns its name. Call under build_lock."""
+    marker = _marker(tmp)
+    if marker is None or marker.build != lock.build or marker.names[0] != tmp.name or len(marker.names) != 2:
         raise ValueError(f"{tmp} is not a version folder of this build")  # a caller's mistake
-    version = marker.names[1]
-    known = dict(hashes or {})
-    sha = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
+    version, hashes = marker.names[1], hashes or {}
+    sha = {p.name: hashes.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir())}
     sizes = {name: (tmp / name).stat().st_size for name in sha}
     files = dataclasses.replace(manifest.files, sha256=sha, bytes=sizes)
     with naming(tmp / MANIFEST):
         (tmp / MANIFEST).write_text(json.dumps(dataclasses.replace(manifest, files=files).to_json(), indent=1,
                                                ensure_ascii=False), encoding="utf-8")
-    _match_umask(tmp)
+    # The private (0700) folder and its files get the modes the umask gave the manifest, so that
+    # a ComfyUI running as another user can read the index.
+    file_mode = (tmp / MANIFEST).stat().st_mode & 0o666
     for path in tmp.iterdir():
+        os.chmod(path, file_mode)
         fsync_path(path)
+    os.chmod(tmp, file_mode | ((file_mode & 0o444) >> 2))  # x wherever r
     fsync_path(tmp)
     os.rename(tmp, lock.out / version)
     try:
         fsync_path(lock.out)
-        pointer = read_pointer(lock.out)
-        _write_pointer(lock.out, Pointer(FORMAT, version, pointer.current if pointer else None))
+        previous = read_pointer(lock.out)
+        text = json.dumps(_plain(Pointer(FORMAT, version, previous.current if previous else None))) + "\n"
+        with naming(lock.out / POINTER):  # the swap: readers see the old pointer or the new one
+            atomic_write(lock.out / POINTER, lambda t: Path(t).write_text(text, encoding="utf-8"),
+                         durable=True)
     except BaseException:
         _remove(lock, lock.out / version)  # never named by the pointer: no reader is on it
         raise
     return version
 
 
-def _write_pointer(out: Path, pointer: Pointer) -> None:
-    text = json.dumps(_plain(pointer)) + "\n"
-    # The swap: readers see the old pointer or the new one.
-    with naming(out / POINTER):
-        atomic_write(out / POINTER, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=True)
-
-
 def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
-    """Delete what dead builds left and versions older than the previous one.
-
-    Returns the names deleted, and those left alone: folders named like a build's that no
-    marker proves a build's (a user's, or versions of an index built before the markers).
-    Call under build_lock. Without a pointer no reader can be on any version, so orphaned
-    versions (a build that died between its rename and its pointer swap) go too.
-    """
+    """Delete what dead builds left and versions older than the previous one (without a pointer,
+    all: no reader can be on one); returns the names deleted, and those left alone (named like a
+    build's, but no marker proves it: a user's, or made before the markers). Call under build_lock."""
     try:
         pointer = read_pointer(lock.out)
     except IndexFormatError:
@@ -901,12 +803,12 @@ def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
     with os.scandir(lock.out) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
-        name, folder = entry.name, Path(entry.path)
+        name = entry.name
         if entry.is_dir(follow_symlinks=False):
             if name.startswith(f"{_TMP_PREFIX}{lock.build}-") or name in keep:
                 continue  # this build's own, in use; or a version readers may be on
-            if _owned(folder) is not None or _left_by(lock.last, folder):
-                if _remove(lock, folder):
+            if _built(entry, lock.last):
+                if _remove(lock, Path(entry.path)):
                     removed.append(name)
             elif name.startswith(_TMP_PREFIX) or _VERSION.fullmatch(name):
                 alone.append(name)
@@ -917,24 +819,9 @@ def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
     return removed, alone
 
 
-def _match_umask(folder: Path) -> None:
-    """Give the private (0700) folder and its files the modes a plain write would.
-
-    Python's own write of the manifest followed the umask; copy that so a ComfyUI running as
-    another user can read the index.
-    """
-    file_mode = (folder / MANIFEST).stat().st_mode & 0o666
-    for path in folder.iterdir():
-        os.chmod(path, file_mode)
-    os.chmod(folder, file_mode | ((file_mode & 0o444) >> 2))  # x wherever r
-
-
 def discard_unpublished(lock: BuildLock) -> None:
-    """Remove the folder a failed first build created, if it holds only what that build left.
-
-    Call under build_lock: a build that opened the lock file meanwhile sees it replaced and
-    stops (build_lock).
-    """
+    """Remove the folder a failed first build created, if it holds only what that build left (a
+    build that opened its lock file meanwhile sees it replaced, and stops). Call under build_lock."""
     with contextlib.suppress(OSError, IndexFormatError):
         if read_pointer(lock.out) is None:
             clean_stale(lock)
@@ -943,9 +830,10 @@ def discard_unpublished(lock: BuildLock) -> None:
                 lock.out.rmdir()
 
 
-# --------------------------------------------------------------------------------------------
-# Reading a version
-# --------------------------------------------------------------------------------------------
+# --- Reading a version ---
+
+_LOAD_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class StoredVersion:
@@ -957,55 +845,29 @@ class StoredVersion:
     garments: np.ndarray  # the garment image shard, uint8, memory-mapped
 
 
-def read_version(index_dir: str | os.PathLike[str], check: Callable[[Manifest], None] | None = None,
-                 then: Callable[[StoredVersion], Any] | None = None) -> Any:
-    """The index's current version: manifest checked (and by `check`, e.g. the encoder, before
-    any file is hashed), every data file verified, embeddings and garment shard mapped; `then`
-    (e.g. reading the FAISS parts) runs on it within the same retry. Returns then(version), or
-    the version."""
+def read_version(index_dir: str | os.PathLike[str], check: Callable[[Manifest], None],
+                 then: Callable[[StoredVersion], Any]) -> Any:
+    """then(the index's current version): its manifest checked (and by `check`, e.g. the encoder,
+    before any file is hashed), every data file verified, embeddings and garment shard mapped;
+    `then` (e.g. reading the FAISS parts) runs within the same retry."""
     def load(ver: IndexVersion) -> Any:
         manifest = read_version_manifest(ver)
-        if check is not None:
-            check(manifest)
+        check(manifest)
         verify_files(ver, manifest)
-        path = data_file(ver.data_dir, manifest.files.embeddings, ver.index_dir, manifest, "embeddings file")
-        emb = map_embeddings(path, len(manifest.items.ids), manifest.encoder.dim, ver.index_dir, manifest,
-                             manifest.files.bytes[manifest.files.embeddings])
-        stored = StoredVersion(ver, manifest, emb, map_file(ver, manifest, manifest.files.garments,
-                                                            "garment image file"))
-        return then(stored) if then is not None else stored
+        emb = map_embeddings(ver.data_dir / manifest.files.embeddings, len(manifest.items.ids),
+                             manifest.encoder.dim, ver.index_dir, manifest)
+        return then(StoredVersion(ver, manifest, emb, map_file(ver, manifest, manifest.files.garments,
+                                                               "garment image file")))
 
     return _retrying(index_dir, load)
 
-
-_LOAD_ATTEMPTS = 3
-
-def read_version_manifest(ver: IndexVersion) -> Manifest:
-    """The checked manifest of one version (FileNotFoundError passes through: see _retrying)."""
-    path = ver.data_dir / MANIFEST
-    try:
-        raw = read_regular(data_file(ver.data_dir, MANIFEST, ver.index_dir, None, "index manifest"),
-                           MAX_MANIFEST_BYTES, "index manifest")
-    except UnreadableFileError as exc:
-        raise damaged(ver.index_dir, exc) from exc
-    except OSError as exc:
-        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-            raise
-        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir)
-
-def data_file(data_dir: Path, name: str, index_dir: Path, manifest: Manifest | None, what: str) -> Path:
-    """A file of an index version, resolved; IndexFormatError unless it lies inside the version folder."""
-    try:
-        return inside(name, data_dir, what)
-    except PathRuleError as exc:
-        raise damaged(index_dir, exc, manifest) from exc
 
 def read_manifest(index_dir: str | os.PathLike[str]) -> Manifest:
     """The checked manifest of an index's current version."""
     return _retrying(index_dir, read_version_manifest)
 
-def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
+
+def _retrying(index_dir: str | os.PathLike[str], load: Callable[[IndexVersion], Any]) -> Any:
     for attempt in range(_LOAD_ATTEMPTS):
         ver = resolve_version(index_dir)
         try:
@@ -1019,17 +881,48 @@ def _retrying(index_dir: str | os.PathLike[str], load: Any) -> Any:
                                    f"{rebuild_hint(ver.index_dir)}") from exc
     raise AssertionError("unreachable")
 
-def _open_data(ver_dir: Path, name: str, index_dir: Path, manifest: Manifest, what: str) -> BinaryIO:
-    """A data file of the version opened as a regular file of at most the size its manifest records."""
-    path = data_file(ver_dir, name, index_dir, manifest, what)
+
+def read_version_manifest(ver: IndexVersion) -> Manifest:
+    """The checked manifest of one version (FileNotFoundError passes through: see _retrying)."""
+    path = ver.data_dir / MANIFEST
     try:
-        return open_regular(path, manifest.files.bytes.get(name), what)
-    except UnreadableFileError as exc:
+        raw = read_regular(inside(MANIFEST, ver.data_dir, "index manifest"), MAX_MANIFEST_BYTES,
+                           "index manifest")
+    except (UnreadableFileError, PathRuleError) as exc:  # (not inside the version folder)
+        raise damaged(ver.index_dir, exc) from exc
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
+    return parse_manifest(raw, path, ver.index_dir)
+
+
+def verify_files(ver: IndexVersion, manifest: Manifest) -> None:
+    """Every file of the version is a regular file of the size and sha256 its manifest records,
+    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
+    for name, expected in manifest.files.sha256.items():
+        try:
+            path = inside(name, ver.data_dir, "index data file")
+            digest = cached_sha256(path, manifest.files.bytes.get(name), "index data file")
+        except (UnreadableFileError, PathRuleError) as exc:
+            raise damaged(ver.index_dir, exc, manifest) from exc
+        if digest != expected:
+            raise damaged(ver.index_dir, f"{name} does not match the checksum in its manifest (damaged or "
+                          "replaced)", manifest)
+
+
+def _open_data(data_dir: Path, name: str, index_dir: Path, manifest: Manifest | None, what: str) -> BinaryIO:
+    """File `name` of a version opened as a regular file inside it, of at most its manifest's size."""
+    max_bytes = manifest.files.bytes.get(name) if manifest else None
+    try:
+        return open_regular(inside(name, data_dir, what), max_bytes, what)
+    except (UnreadableFileError, PathRuleError) as exc:
         raise damaged(index_dir, exc, manifest) from exc
 
+
 def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.ndarray:
-    """A data file of the version as read-only uint8, mapped through one checked descriptor:
-    a regular file of exactly the size the manifest records (its checksum passed verify_files)."""
+    """A data file of the version as read-only uint8, of exactly the size its manifest records
+    (its checksum passed verify_files)."""
     size = manifest.files.bytes.get(name)
     with _open_data(ver.data_dir, name, ver.index_dir, manifest, what) as f:
         if os.fstat(f.fileno()).st_size != size:
@@ -1037,39 +930,18 @@ def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.
                           manifest)
         return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
 
-def verify_files(ver: IndexVersion, manifest: Manifest) -> None:
-    """Every file of the version is a regular file of the size and sha256 its manifest records,
-    before FAISS parses it (read no further than that size: a huge sparse file is not hashed)."""
-    for name, expected in manifest.files.sha256.items():
-        path = data_file(ver.data_dir, name, ver.index_dir, manifest, "index data file")
-        try:
-            digest = cached_sha256(path, manifest.files.bytes.get(name), "index data file")
-        except UnreadableFileError as exc:
-            raise damaged(ver.index_dir, exc, manifest) from exc
-        if digest != expected:
-            raise damaged(ver.index_dir, f"{name} does not match the checksum in its manifest (damaged or "
-                          "replaced)", manifest)
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
-                   manifest: Manifest | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only.
-
-    Mapped rather than read so a 1M-garment index (3 GB of float32) costs page cache, not
-    process memory. Opened once as a regular file (of at most `max_bytes`, the manifest's size),
-    its header parsed by numpy (no pickle) and checked against n, dim and the file size, then
-    mapped through that descriptor.
-    """
+                   manifest: Manifest | None = None) -> np.ndarray:
+    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only (a 1M-garment index,
+    3 GB of float32, costs page cache, not process memory); its header parsed by numpy (no pickle)
+    and checked against n, dim and the file's size."""
     where = index_dir or path.parent
 
     def bad(why: str) -> IndexFormatError:
         return damaged(where, f"{path.name} {why}", manifest)
 
-    try:
-        f = open_regular(path, max_bytes, "embeddings file")
-    except UnreadableFileError as exc:
-        raise damaged(where, exc, manifest) from exc
-    with f:
-        size = os.fstat(f.fileno()).st_size
+    with _open_data(path.parent, path.name, where, manifest, "embeddings file") as f:
         try:
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -1081,7 +953,7 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
             raise bad(f"holds a {str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
                       f"garments x {dim} float32")
         offset = f.tell()
-        if offset + n * dim * 4 != size:
+        if offset + n * dim * 4 != os.fstat(f.fileno()).st_size:
             raise bad("is truncated, or longer than its header says")
         if n == 0:
             return np.zeros((0, dim), dtype=np.float32)
@@ -1089,11 +961,12 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
         return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
 
 
+@dataclass
 class HashingWriter:
     """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.digest = f, hashlib.sha256()
+    f: BinaryIO
+    digest: Any = dataclasses.field(default_factory=hashlib.sha256)
 
     def write(self, data: bytes | memoryview) -> int:
         self.digest.update(data)
@@ -1138,9 +1011,8 @@ def write_faiss(index: Any, path: Path) -> None:
 
 
 def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: Manifest) -> Any:
-    """The FAISS index in file `name` of the version folder, read through one checked descriptor
-    (faiss.read_index(path) would open the path itself: a FIFO there blocks it for good) and a
-    callback that stops at the size the manifest records."""
+    """The FAISS index in file `name` of the version folder, read through the checked descriptor
+    (faiss.read_index(path) would open the path itself) up to the size the manifest records."""
     import faiss
 
     f = _open_data(data_dir, name, index_dir, manifest, "vector index file")
