@@ -733,11 +733,10 @@ def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
     build) and its marker last, so a kill at any moment leaves a folder a later build knows as a
     build's; False if it could not be deleted (a later build tries again)."""
     try:
+        doomed = folder
         if rename and not folder.name.startswith(f"{_TMP_PREFIX}{lock.build}-"):
             doomed = lock.out / f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
             os.rename(folder, doomed)
-        else:
-            doomed = folder
         with os.scandir(doomed) as entries:
             for entry in entries:
                 if entry.name == MARKER:
@@ -803,19 +802,18 @@ def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
     with os.scandir(lock.out) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
-        name = entry.name
         if entry.is_dir(follow_symlinks=False):
-            if name.startswith(f"{_TMP_PREFIX}{lock.build}-") or name in keep:
+            if entry.name.startswith(f"{_TMP_PREFIX}{lock.build}-") or entry.name in keep:
                 continue  # this build's own, in use; or a version readers may be on
             if _built(entry, lock.last):
                 if _remove(lock, Path(entry.path)):
-                    removed.append(name)
-            elif name.startswith(_TMP_PREFIX) or _VERSION.fullmatch(name):
-                alone.append(name)
+                    removed.append(entry.name)
+            elif entry.name.startswith(_TMP_PREFIX) or _VERSION.fullmatch(entry.name):
+                alone.append(entry.name)
         elif _is_pointer_temp(entry):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-                removed.append(name)
+                removed.append(entry.name)
     return removed, alone
 
 
