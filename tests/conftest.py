@@ -82,8 +82,13 @@ def pytest_itemcollected(item) -> None:
 # Tests that send the same full-size prompt to the shared server: the second runs right after the
 # first, so ComfyUI answers it from its output cache (which keeps the last prompt's outputs only)
 # instead of a second minute-long 384x512, 50-step run. (module, test) -> the test it follows.
+# In-process likewise: the best-of-N test's garment (k 1, "a red striped short-sleeve top") is the
+# outfit's second pass's, so right after the outfit run its retrieval and Garment Inversion (one
+# full-size ViT-H pass and the text encoder, ~6 s on one thread) come from the executor's cache.
 _RUNS_FROM_CACHE = {("test_example_workflow", "test_demo_command_runs_the_example"):
-                    ("test_browser", "test_example_workflow_in_the_browser")}
+                    ("test_browser", "test_example_workflow_in_the_browser"),
+                    ("test_best_of_n", "test_the_best_scored_sample_is_saved"):
+                    ("test_outfit", "test_second_pass_keeps_the_first_outside_its_mask")}
 
 
 def _follow_cached_runs(items: list) -> None:

@@ -3,6 +3,8 @@ weights: N samples of one garment set, scored by Fashion-RAG Score, the best one
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from template_runs import ids_of, probe, saved, small, template
@@ -34,6 +36,29 @@ def test_template_shape():
     assert s["clip_i_garments"] == "all" and not s["text"]  # the retrieval text
     assert api[pick]["inputs"] == {"image": [score, 0], "batch_index": 0, "length": 1}
     assert api[save]["inputs"]["images"] == [pick, 0]
+
+
+def _computation(api: dict, node_id: str) -> tuple:
+    """What a node computes as ComfyUI's cache keys it: its class and inputs, links replaced by
+    what their source computes (node ids left out)."""
+    node = api[node_id]
+    return (node["class_type"], tuple(sorted(
+        (name, _computation(api, value[0]) + (value[1],) if isinstance(value, list) else value)
+        for name, value in node["inputs"].items())))
+
+
+def test_its_garment_inversion_is_the_outfits_second(tmp_path):
+    """conftest.py runs the best-of-N test right after the outfit run so that its Garment
+    Inversion (a full-size ViT-H pass) comes from ComfyUI's cache: only while both inversions
+    compute the same thing from the same inputs. If a template's text, k or loaders change, this
+    fails: then drop that entry from conftest._RUNS_FROM_CACHE."""
+    here = SimpleNamespace(base=tmp_path)
+    (tmp_path / "input").mkdir()
+    best = small(template(BEST_OF_N), here, k=1)
+    outfit = small(template("fashion_rag_outfit"), here, k=1)
+    (inversion,) = ids_of(best, "FashionRAGGarmentInversion")
+    assert _computation(best, inversion) in {_computation(outfit, i)
+                                             for i in ids_of(outfit, "FashionRAGGarmentInversion")}
 
 
 @pytest.mark.slow  # one garment through ViT-H, 3 samples, ViT-H on 3 patches + the garment

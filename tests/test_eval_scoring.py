@@ -197,9 +197,19 @@ def test_report_and_csv(tmp_path):
     assert "| dresses | 2 | 12.35 | 0.00123 | 30.50 | – | 0.2500 | 0.8750 |" in report
     assert "| all | 2 | – | – | 30.50 | 70.25 | 0.2500 | 0.8750 |" in report
     assert "| all | triplet | 4 | 50.0 | 25.0 |" in report
-    assert "docs/metrics.md" in report and "**P@k**" in report
+    assert "docs/metrics.md of the Fashion-RAG node pack." in report and "**P@k**" in report
+    assert "file://" not in report  # no docs file given (a library install): cited by name only
 
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ValueError, match="no metric rows"):
         write_report(tmp_path, [], None, settings)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    docs = tmp_path / "docs" / "metrics.md"
+    for present in (False, True):  # a link only to a file that is there
+        if present:
+            docs.parent.mkdir()
+            docs.write_text("# metrics\n")
+        write_report(tmp_path, rows, retrieval, settings, docs=docs)
+        cited = f"docs/metrics.md of the Fashion-RAG node pack ({docs.as_uri()})."
+        assert (cited in (tmp_path / "report.md").read_text()) == present

@@ -63,10 +63,12 @@ def test_the_longest_group_goes_first_not_the_one_with_most_tests(tmp_path):
 def test_the_demo_command_runs_right_after_the_browser_run():
     """conftest.py moves the demo command's test right after the browser test, whatever order the
     files come in: both send the example with caption retrieval to the shared server, and ComfyUI
-    serves the second from its output cache only while it is the next prompt."""
+    serves the second from its output cache only while it is the next prompt. Likewise in-process,
+    the best-of-N run right after the outfit run (their shared Garment Inversion)."""
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "tests/test_example_workflow.py", "tests/test_browser.py"],
+         "tests/test_example_workflow.py", "tests/test_browser.py", "tests/test_best_of_n.py",
+         "tests/test_candidates.py", "tests/test_outfit.py"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
@@ -74,3 +76,7 @@ def test_the_demo_command_runs_right_after_the_browser_run():
     at = ids.index("tests/test_browser.py::test_example_workflow_in_the_browser")
     assert ids[at + 1] == "tests/test_example_workflow.py::test_demo_command_runs_the_example", ids
     assert ids[0].startswith("tests/test_example_workflow.py::")  # the rest keeps its order
+    at = ids.index("tests/test_outfit.py::test_second_pass_keeps_the_first_outside_its_mask")
+    assert ids[at + 1] == "tests/test_best_of_n.py::test_the_best_scored_sample_is_saved", ids
+    assert ids.index("tests/test_best_of_n.py::test_template_shape") < ids.index(
+        "tests/test_candidates.py::test_template_shape")  # the module's other tests stay where they were

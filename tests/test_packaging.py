@@ -37,9 +37,30 @@ def test_wheel_holds_the_library_and_the_console_command(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True, capture_output=True, text=True)
-    out = subprocess.run([sys.executable, "-c", "from fashion_rag.cli import main; main(['--help'])"],
+    # Installed as a library, the pack's example workflow and docs are not beside it (folders of
+    # those names in site-packages are some other package's): evaluate says what to pass.
+    for stray in ("example_workflows/api/fashion_rag_text_to_tryon.json", "docs/metrics.md"):
+        (target / stray).parent.mkdir(parents=True)
+        (target / stray).write_text("{}")
+    script = ("import sys\nfrom fashion_rag.cli import main\n"
+              "from fashion_rag.cli.batch_server import pack_file\n"
+              "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e\n"
+              "print(pack_file('docs', 'metrics.md')); sys.exit(main(['evaluate', '--csv', 'x.csv']))")
+    out = subprocess.run([sys.executable, "-c", script],
                          cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
-    assert out.returncode == 0 and "index" in out.stdout and "convert-unet" in out.stdout, out.stderr
+    assert "index" in out.stdout and "convert-unet" in out.stdout, out.stderr
+    assert out.returncode == 2 and out.stdout.endswith("\nNone\n"), out.stdout[-300:] + out.stderr
+    assert out.stderr.count("\n") == 1 and "pass --workflow PATH (the pack's " \
+        "example_workflows/api/fashion_rag_text_to_tryon.json" in out.stderr, out.stderr
+
+
+def test_the_checkout_is_the_pack_evaluate_finds_its_files_in():
+    from fashion_rag.cli.batch_server import pack_file
+
+    assert pack_file("example_workflows", "api", "fashion_rag_text_to_tryon.json") == \
+        REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
+    assert pack_file("docs", "metrics.md") == REPO / "docs" / "metrics.md"
+    assert pack_file("docs", "no-such-file.md") is None
 
 
 def test_comfy_registry_metadata():

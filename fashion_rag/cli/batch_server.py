@@ -32,6 +32,15 @@ def pack_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def pack_file(*parts: str) -> Path | None:
+    """A file the node pack ships beside the library (docs/, example_workflows/), or None for a
+    library install: there pack_root() is site-packages, where another package may have left a
+    folder of the same name."""
+    pack = pack_root()
+    path = pack.joinpath(*parts)
+    return path if _is_pack(pack) and path.is_file() else None
+
+
 def default_comfyui() -> Path | None:
     """The ComfyUI this pack is installed in, else $COMFYUI_PATH, else None (--comfyui must say)."""
     pack = pack_root()

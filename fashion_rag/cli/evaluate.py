@@ -46,8 +46,9 @@ OUT/images/<category>/<pair>_<text>.png  the results, named as the reference nam
 OUT/index/                               the index of the test set's garments (default retrieval)
 OUT/problems.txt, report.md, metrics.csv
 """
-EXAMPLE_WORKFLOW = Path(__file__).resolve().parents[2] / "example_workflows" / "api" / \
-    "fashion_rag_text_to_tryon.json"
+# Inside the node pack (batch_server.pack_file): a library install (pip) has no example workflows.
+EXAMPLE_WORKFLOW = ("example_workflows", "api", "fashion_rag_text_to_tryon.json")
+METRICS_DOCS = ("docs", "metrics.md")
 GENERATED, INPUTS, IMAGES = "generated", "inputs", "images"
 RETRIEVAL_MODES = ("index", "reference-json")
 
@@ -119,8 +120,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(<category>/<pair>_<text>.png, as OUT/images/ or the reference's output) instead of "
                    "generating")
     s = p.add_argument_group("ComfyUI (as `fashion-rag batch`)")
-    s.add_argument("--workflow", type=Path, default=EXAMPLE_WORKFLOW,
-                   help="API try-on workflow whose model loaders to use (default: the example workflow)")
+    s.add_argument("--workflow", type=Path, default=None,
+                   help="API try-on workflow whose model loaders to use (default: the pack's "
+                        f"{'/'.join(EXAMPLE_WORKFLOW)}; needed when fashion_rag is a library install)")
     s.add_argument("--server", help="URL of a running ComfyUI with this pack; default: start one")
     s.add_argument("--comfyui", type=Path, help="ComfyUI folder to start (as batch)")
     s.add_argument("--base", type=Path, help="ComfyUI base directory (models/, input/); as batch")
@@ -193,6 +195,8 @@ class _Evaluation:
         self.comfyui = args.comfyui
         self.base = args.base or (None if args.server else (args.comfyui or _default_comfyui()))
         self.paired = args.order == "paired"
+        # Resolved before the test set is read: a missing workflow is a setup error, found at once.
+        self.workflow = None if args.check or args.score_only else (args.workflow or _example_workflow())
         self.state = _Run()
 
     # --- the steps -------------------------------------------------------------------------------
@@ -206,7 +210,8 @@ class _Evaluation:
         weights = self.metric_weights()
         graph = None
         if not self.args.score_only:
-            workflow = _load_workflow(self.args.workflow)
+            assert self.workflow is not None
+            workflow = _load_workflow(self.workflow)
             sampling = Sampling(self.args.seed, self.args.steps, self.args.guidance, self.args.sampler,
                                 self.args.scheduler)
             graph = evaluation_graph(workflow, self.args.k, sampling, self.args.size)
@@ -520,7 +525,8 @@ class _Evaluation:
                                       {label[key]: relevant.get(key, set()) for key in keys},
                                       {label[key]: key[0] for key in keys})
             retrieval_rows += [{"captions": name, **row} for row in scored]
-        write_report(self.out, rows, retrieval_rows or None, self.settings(test_set, pairs, weights, graph))
+        write_report(self.out, rows, retrieval_rows or None, self.settings(test_set, pairs, weights, graph),
+                     docs=_pack_file(*METRICS_DOCS))
 
     def stats_cache(self) -> Path:
         return (self.args.stats_cache or _cache_root() / "eval-stats").expanduser()
@@ -634,6 +640,21 @@ def _default_comfyui() -> Path | None:
     return default_comfyui()
 
 
+def _pack_file(*parts: str) -> Path | None:
+    from .batch_server import pack_file
+
+    return pack_file(*parts)
+
+
+def _example_workflow() -> Path:
+    found = _pack_file(*EXAMPLE_WORKFLOW)
+    if found is None:
+        raise _Setup("no --workflow given, and this fashion_rag is a library install without the node "
+                     "pack's example workflows: pass --workflow PATH (the pack's "
+                     f"{'/'.join(EXAMPLE_WORKFLOW)}, or your own API-format try-on workflow)")
+    return found
+
+
 def _default_device() -> str:
     import torch
 
@@ -651,7 +672,9 @@ def _write_png(image: Image.Image, path: Path) -> None:
 
 
 def _git_commit() -> str:
-    repo = Path(__file__).resolve().parents[2]
+    from .batch_server import pack_root
+
+    repo = pack_root()
     if not (repo / ".git").exists():
         return ""
     try:

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from ..files import atomic_write
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-
 # column -> (markdown header, format); lower is better for the ones marked ↓
 _FORMATS: dict[str, tuple[str, str]] = {
     "FID": ("FID ↓", "{:.2f}"), "KID": ("KID ↓", "{:.5f}"), "CLIP-T": ("CLIP-T ↑", "{:.2f}"),
@@ -84,20 +82,23 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def render_report(rows: Sequence[dict], retrieval_rows: Sequence[dict] | None,
-                  settings: dict[str, str]) -> str:
+                  settings: dict[str, str], docs: Path | None = None) -> str:
+    """`docs`: the pack's docs/metrics.md when it is on this machine (a library install has none:
+    the report then cites it by name only, never a link to a missing file)."""
     lines = ["# Fashion-RAG evaluation", "", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {_cell('', k, False)} | {_cell('', v, False)} |" for k, v in settings.items()]
     lines += ["", "## Image metrics", ""] + _table(rows)
     if retrieval_rows:
         lines += ["", "## Retrieval (%)", ""] + _table(retrieval_rows, percent=("R", "P"))
+    where = f" ({docs.resolve().as_uri()})" if docs is not None and docs.is_file() else ""
     lines += ["", "## Definitions", "", DEFINITIONS, "",
               f"The reference's exact recipe for each metric, and where this pack differs from it: "
-              f"docs/metrics.md of the pack ({DOCS.as_uri()}).", ""]
+              f"docs/metrics.md of the Fashion-RAG node pack{where}.", ""]
     return "\n".join(lines)
 
 
 def write_report(out: Path, rows: list[dict], retrieval_rows: list[dict] | None,
-                 settings: dict[str, str]) -> None:
+                 settings: dict[str, str], docs: Path | None = None) -> None:
     """out/metrics.csv (rows), out/retrieval.csv (when given) and out/report.md (settings, both
     tables, the definitions), each replaced atomically: a failure leaves the previous file."""
     if not rows:
@@ -106,4 +107,4 @@ def write_report(out: Path, rows: list[dict], retrieval_rows: list[dict] | None,
     _write_text(out / "metrics.csv", _csv(rows))
     if retrieval_rows:
         _write_text(out / "retrieval.csv", _csv(retrieval_rows))
-    _write_text(out / "report.md", render_report(rows, retrieval_rows, settings))
+    _write_text(out / "report.md", render_report(rows, retrieval_rows, settings, docs))
