@@ -66,14 +66,14 @@ class BuildPlan:
     """What a build starts from and what it has to encode."""
 
     enc: ondisk.EncoderRecord
-    old_manifest: Manifest | None
-    old_version: str
-    old_embeddings: np.ndarray | None  # the previous version's, memory-mapped (same space only)
-    old_garments: np.ndarray | None  # the previous version's garment shard, mapped (with old_embeddings)
-    old_rows: dict[str, int]  # image content hash -> its row in old_embeddings
-    hashed: list[tuple[CatalogItem, str]]  # every usable catalog item and its content hash
-    todo: list[tuple[str, CatalogItem]]  # content hashes to encode (one item each), in catalog order
-    skipped: list[Skip]
+    old_manifest: Manifest | None = None
+    old_version: str = ""
+    old_embeddings: np.ndarray | None = None  # the previous version's, memory-mapped (same space only)
+    old_garments: np.ndarray | None = None  # its garment shard, mapped (with old_embeddings)
+    old_rows: dict[str, int] = field(default_factory=dict)  # image content hash -> its row in both
+    hashed: list[tuple[CatalogItem, str]] = field(default_factory=list)  # usable items, content hash
+    todo: list[tuple[str, CatalogItem]] = field(default_factory=list)  # to encode: one item a content
+    skipped: list[Skip] = field(default_factory=list)
 
 
 def build_index(
@@ -136,49 +136,46 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
 
 def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, say: LogFn) -> BuildPlan:
     """Hash the catalog's images (through the engine) and decide which to encode: only contents
-    the previous index does not hold, identical files once."""
-    enc = ondisk.encoder_record(encoder)
-    old_manifest, old_version, old_emb, old_shard, old_rows = _previous_embeddings(out, enc, say)
-    skipped = list(catalog.skipped)
-    hashed: list[tuple[CatalogItem, str]] = []
+    the previous index does not hold, identical files once, in catalog order."""
+    plan = _previous(out, ondisk.encoder_record(encoder), say)
+    plan.skipped = list(catalog.skipped)
     for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
         if isinstance(result, Skip):
-            skipped.append(result)
+            plan.skipped.append(result)
         else:
-            hashed.append((item, result))
+            plan.hashed.append((item, result))
     todo: dict[str, CatalogItem] = {}
-    for item, h in hashed:
-        if h not in old_rows:
+    for item, h in plan.hashed:
+        if h not in plan.old_rows:
             todo.setdefault(h, item)
-    say(f"{len(hashed)} images: {sum(h in old_rows for _, h in hashed)} unchanged, {len(todo)} to encode")
-    return BuildPlan(enc, old_manifest, old_version, old_emb, old_shard, old_rows, hashed, list(todo.items()),
-                     skipped)
+    plan.todo = list(todo.items())
+    say(f"{len(plan.hashed)} images: {len(plan.hashed) - sum(h in todo for _, h in plan.hashed)} unchanged, "
+        f"{len(todo)} to encode")
+    return plan
 
 
-def _previous_embeddings(out: Path, enc: ondisk.EncoderRecord, say: LogFn
-                         ) -> tuple[Manifest | None, str, np.ndarray | None, np.ndarray | None,
-                                    dict[str, int]]:
-    """The previous manifest, its version, its embeddings and garment shard, and their rows by
-    image hash (same space only)."""
+def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
+    """A plan starting from the previous version: its manifest and, when in the same embedding
+    space, its embeddings and garment shard (a previous version that cannot be used is rebuilt)."""
     try:
         ver = ondisk.resolve_version(out)
         old = ondisk.read_version_manifest(ver)
     except (ondisk.IndexFormatError, OSError) as exc:
         if ondisk.looks_like_index(out):
             say(f"previous index not reusable ({exc}); building from scratch")
-        return None, "", None, None, {}
+        return BuildPlan(enc)
     if not ondisk.same_embedding_space(old.encoder, enc):
         say(f"previous index used encoder {ondisk.describe_encoder(old.encoder)}; re-encoding everything")
-        return old, ver.version, None, None, {}
+        return BuildPlan(enc, old, ver.version)
     try:
         ondisk.verify_files(ver, old)
         n, dim = len(old.items.ids), old.encoder.dim
         emb = ondisk.map_embeddings(ver.data_dir / old.files.embeddings, n, dim, out, old)
         shard = ondisk.map_file(ver, old, old.files.garments, "garment image file")
-    except (ondisk.IndexFormatError, OSError, PathRuleError) as exc:  # rebuilding is always correct
+    except (ondisk.IndexFormatError, OSError, PathRuleError) as exc:
         say(f"previous embeddings unusable ({exc}); re-encoding everything")
-        return old, ver.version, None, None, {}
-    return old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)}
+        return BuildPlan(enc, old, ver.version)
+    return BuildPlan(enc, old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)})
 
 
 def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
@@ -195,11 +192,10 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
                   [item.category for item, _ in kept], [item.caption for item, _ in kept],
                   [h for _, h in kept], [], [])  # (the images' places: when written)
     old = plan.old_manifest
-    old_ids = set(old.items.ids) if old else set()
     encoded = int(store.filled.sum()) if store is not None else 0
     report = BuildReport(out, len(kept), encoded, len(kept) - sum(h not in plan.old_rows for _, h in kept),
-                         len(old_ids - set(items.ids)), "", written=False, version=plan.old_version,
-                         skipped=skipped, cleaned=cleaned)
+                         len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
+                         version=plan.old_version, skipped=skipped, cleaned=cleaned)
     if strict and skipped:
         raise SkippedItemsError(report)
     if not kept:
@@ -285,5 +281,5 @@ def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
         manifest = Manifest(plan.enc, n, record, ondisk.Files(ondisk.EMBEDDINGS, ondisk.GARMENTS, {}, {}),
                             dataclasses.replace(items, image_offsets=offsets, image_sizes=sizes),
                             built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        hashes = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard_sha}
-        return ondisk.write_version(lock, tmp, manifest, hashes), record
+        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard_sha}
+        return ondisk.write_version(lock, tmp, manifest, sums), record

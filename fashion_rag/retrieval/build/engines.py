@@ -1,26 +1,23 @@
 """How a build hashes and encodes images: in this process (LocalEngine) or on a Ray cluster
 (RayEngine). Both run the per-image steps here (hash_image, read_fitted_garment), so they skip the
-same images for the same reasons; the plan and the write are shared (build/__init__.py), so both
-publish the same index. An engine fills a NewEmbeddings store (row i: the embedding and garment
-PNG of the plan's todo[i]) in files, so a 10M-image first build holds neither embeddings nor images
-in memory.
+same images for the same reasons, and fill a NewEmbeddings store (row i: the embedding and garment
+PNG of the plan's todo[i]) kept in files, so a 10M-image first build holds neither in memory.
 
-On Ray: the listing becomes Arrow blocks; CPU tasks hash (hash_batch), and read, check, decode
-and preprocess (prepare_batch) the images, so the driver never reads 10M images; the model
-encodes them (encode_prepared) into Parquet shards (row, reason, detail, error, garment PNG,
-embedding) that the driver reads into the store. A large build runs Ray Data: decoding tasks
-feeding an actor pool (EncoderActor: one per GPU, else CPU actors) that loads the model once per
-actor. A small build (SMALL_BUILD new images or fewer: an incremental one) skips the pool and its
-start-up: a plain task per block prepares and encodes it (encode_block), same shards.
+On Ray, CPU tasks hash (hash_batch) and read, check, decode and preprocess (prepare_batch) the
+images, so the driver never reads them; the model encodes them (encode_prepared) into Parquet
+shards (row, reason, detail, error, garment PNG, embedding) that the driver reads into the store.
+A large build runs Ray Data: decoding tasks feeding a pool of EncoderActors (one per GPU, else
+CPU actors) that load the model once each. A small build (SMALL_BUILD new images or fewer) skips
+the pool's start-up: a plain task per block prepares and encodes it (encode_block).
 A batch whose worker dies is retried RETRIES times (Ray Data's default, forever, would let one
 image that crashes its decoder hang the build), then the build fails naming the images not
 encoded. A batch whose code raises is recorded row by row in its "error" column: the other
 batches finish, then the build fails naming every such item. Nothing is published on failure.
 Every node needs the catalog, the weights and the shard folder at the same paths.
 """
-
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -99,17 +96,21 @@ class NewEmbeddings:
         self.dim = int(dim)
         with naming(self.path):  # a failed write (a full disk) names the file
             self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
-            _reserve(self.path)
+            if hasattr(os, "posix_fallocate"):  # (elsewhere the file is not sparse, or there is no way)
+                # Allocated now: a full disk is an OSError here, not a SIGBUS that kills the build
+                # when the memory map first writes a page.
+                with open(self.path, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         self.filled = np.zeros(n, dtype=bool)
         self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
         self._images = open(self.images_path, "w+b")  # noqa: SIM115 (closed by close())
         self._end = 0
 
-    def put(self, rows: np.ndarray, vectors: np.ndarray, images: Sequence[bytes]) -> None:
+    def put(self, rows: np.ndarray, vectors: np.ndarray, pngs: Sequence[bytes]) -> None:
         """Store the embeddings and garment PNGs of todo rows `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
-        if len(images) != len(rows):
-            raise ValueError(f"{len(images)} garment images for {len(rows)} embeddings")
+        if len(pngs) != len(rows):
+            raise ValueError(f"{len(pngs)} garment images for {len(rows)} embeddings")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
             # An encoder of another dimension or a broken model: never store it as an embedding.
@@ -117,7 +118,7 @@ class NewEmbeddings:
                              f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
                              f"values; check the encoder weights")
         with naming(self.images_path):
-            for row, data in zip(rows, images, strict=True):
+            for row, data in zip(rows, pngs, strict=True):
                 self._images.write(data)
                 self.image_at[row] = (self._end, len(data))
                 self._end += len(data)
@@ -133,43 +134,19 @@ class NewEmbeddings:
         self._images.close()
 
 
-def _reserve(path: Path) -> None:
-    """Allocate the whole of a new (sparse) file now: a full disk is then an OSError here, not a
-    SIGBUS that kills the build when the memory map first writes a page."""
-    if not hasattr(os, "posix_fallocate"):  # (Windows, macOS: the file is not sparse there, or no way)
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
 class ImageEncoder(Encoder, Protocol):
     """What an engine needs of an encoder (openclip_encoder.GarmentEncoder)."""
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray: ...
 
 
-class Engine(Protocol):
-    """Hashes a catalog's images and encodes the new ones (see the module docstring)."""
-
-    name: str
-
-    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
-        """The content hash of each item's image, or its Skip, in the order given."""
-        ...
-
-    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
-               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
-               ) -> dict[str, Skip]:
-        """Put the embedding of todo[i] into store row i; return the Skip of each hash not usable.
-        work_dir: a folder of the build's own, removed after the build. On failure, raise."""
-        ...
-
-
 class LocalEngine:
-    """This process: images read, decoded and encoded batch by batch (memory: one batch)."""
+    """This process: images read, decoded and encoded batch by batch (memory: one batch).
+
+    An engine's two steps: hash_images (each item's content hash, or its Skip, in order) and
+    encode (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; on
+    failure, raises; work_dir: a folder of the build's own, removed after the build).
+    """
 
     name = "local"
 
@@ -201,18 +178,19 @@ def _failure(exc: Exception) -> str:
     return shorten(f"{type(exc).__name__}: {exc}", 500)
 
 
-def _worker_rows(batch: Any, root: str, step: Callable[[Catalog, CatalogItem, int], Any]
+def _worker_rows(batch: Any, root: str, step: Callable[[Catalog, CatalogItem, str], Any]
                  ) -> tuple[list[Any], dict[str, list[str]]]:
-    """step's result for each row of a block (None where skipped) and the block's reason, detail
-    and error columns: a Skip fills the first two, an exception the third for every row (a bug or
-    a broken worker, not a bad image)."""
+    """step(catalog, item, sha256 or "") for each row of a block, None where it skipped the image,
+    and the block's reason, detail and error columns: a Skip fills the first two, an exception the
+    third for every row (a bug or a broken worker, not a bad image)."""
     catalog = Catalog(Path(root), [])
     n = batch.num_rows
+    shas = batch["sha256"].to_pylist() if "sha256" in batch.column_names else [""] * n
     results: list[Any] = [None] * n
     columns = {"reason": [""] * n, "detail": [""] * n, "error": [""] * n}
     try:
-        for i, path in enumerate(batch["path"].to_pylist()):
-            result = step(catalog, CatalogItem("", path, ""), i)
+        for i, (path, sha) in enumerate(zip(batch["path"].to_pylist(), shas, strict=True)):
+            result = step(catalog, CatalogItem("", path, ""), sha)
             if isinstance(result, Skip):
                 columns["reason"][i], columns["detail"][i] = result.reason, result.detail
             else:
@@ -234,9 +212,7 @@ def hash_batch(batch: Any, root: str) -> Any:
 def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
     """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
     stores, or the reason an image is skipped."""
-    shas = batch["sha256"].to_pylist()
-    garments, columns = _worker_rows(batch, root, lambda catalog, item, i: read_fitted_garment(catalog, item,
-                                                                                               shas[i]))
+    garments, columns = _worker_rows(batch, root, read_fitted_garment)
     blank = Image.new("RGB", images.GARMENT_SIZE, images.PAD_COLOR)  # in place of an image not encoded
     try:
         pixels = encoder.preprocess_images([blank if g is None else g for g in garments]).numpy()
@@ -286,22 +262,22 @@ def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = Fals
                      "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
 
 
-def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shard: str) -> None:
+def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shards: str) -> None:
     """A small build's block in one task: prepared and encoded (the model loaded once, in this
-    task), written as one Parquet shard."""
+    task), written as one Parquet shard named after its first row."""
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     tables = [encode_prepared(encoder, prepare_batch(block.slice(start, batch_size), root, encoder), gpu)
               for start in range(0, block.num_rows, batch_size)]
-    fs, path = pafs.FileSystem.from_uri(shard)
-    folder, name = path.rsplit("/", 1)
+    fs, folder = pafs.FileSystem.from_uri(shards)
+    name = f"{block['row'][0].as_py()}.parquet"
     fs.create_dir(folder)
     # Under a hidden name (the shard reader skips it) until whole: a worker killed mid-write by
     # its last try leaves no half shard to read.
     pq.write_table(pa.concat_tables(tables), f"{folder}/.{name}", filesystem=fs)
-    fs.move(f"{folder}/.{name}", path)
+    fs.move(f"{folder}/.{name}", f"{folder}/{name}")
 
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
@@ -365,18 +341,16 @@ class RayEngine:
             return []
         ray = self._connect()
         blocks = _blocks({"path": [i.path for i in items]}, 64, int(ray.cluster_resources().get("CPU", 1)))
-        ds = _map_batches(ray.data.from_arrow(blocks), hash_batch, fn_kwargs={"root": str(catalog.root)},
-                          batch_format="pyarrow", num_cpus=1, max_retries=RETRIES)
         try:
-            batches = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+            tables = _in_tasks(ray, hash_batch, blocks, str(catalog.root))
         except Exception as exc:
             raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
                                    "is unchanged", []) from exc
         results: list[str | Skip | None] = [None] * len(items)
         errors: dict[int, str] = {}
-        for batch in batches:
-            shas = batch["sha256"].to_pylist()
-            for i, row, skip in _outcomes(batch, items, errors):
+        for table in tables:
+            shas = table["sha256"].to_pylist()
+            for i, row, skip in _outcomes(table, items, errors):
                 results[row] = skip or shas[i]
         _raise_failures("hashing", items, errors, [i for i, r in enumerate(results) if r is None])
         return results  # type: ignore[return-value]
@@ -396,7 +370,9 @@ class RayEngine:
         try:
             try:
                 if small:
-                    _encode_in_tasks(ray, blocks, str(catalog.root), encoder, batch_size, gpus > 0, shards)
+                    _in_tasks(ray, encode_block, blocks, str(catalog.root), encoder, batch_size, gpus > 0,
+                              shards, num_gpus=1 if gpus else 0,
+                              memory=WORKER_BYTES + PREPARE_BATCH * DECODED_IMAGE_BYTES)
                 else:
                     _encode_on_actors(ray, blocks, str(catalog.root), encoder, batch_size, gpus,
                                       self.actors or gpus or max(1, cpus // 2), shards)
@@ -414,17 +390,14 @@ class RayEngine:
         return bad
 
 
-def _encode_in_tasks(ray: Any, blocks: list[Any], root: str, encoder: Any, batch_size: int, gpu: bool,
-                     shards: str) -> None:
-    """Write the shards of a small build: a task per block, retried RETRIES times if its worker
-    dies; raises once every task has ended if any did not write its shard."""
-    task = ray.remote(encode_block).options(
-        num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES,
-        memory=WORKER_BYTES + PREPARE_BATCH * DECODED_IMAGE_BYTES)
-    refs = [task.remote(block, root, encoder, batch_size, gpu, f"{shards}/{i}.parquet")
-            for i, block in enumerate(blocks)]
-    ray.wait(refs, num_returns=len(refs))  # all ended: none still writing when the shards are read
-    ray.get(refs)
+def _in_tasks(ray: Any, fn: Any, blocks: list[Any], *args: Any, **options: Any) -> list[Any]:
+    """fn(block, *args) of every block, each in a plain task (run by a worker Ray keeps: no
+    start-up), retried RETRIES times if its worker dies; raises once every task has ended (none
+    still writing when the shards are read) if any failed."""
+    task = ray.remote(fn).options(num_cpus=1, max_retries=RETRIES, **options)
+    refs = [task.remote(block, *args) for block in blocks]
+    ray.wait(refs, num_returns=len(refs))
+    return ray.get(refs)
 
 
 def _encode_on_actors(ray: Any, blocks: list[Any], root: str, encoder: Any, batch_size: int, gpus: int,
@@ -538,8 +511,9 @@ def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEm
 def _delete(uri: str) -> None:
     import pyarrow.fs as pafs
 
-    try:
+    with contextlib.suppress(OSError, ValueError):  # never written, or already gone
         fs, base = pafs.FileSystem.from_uri(uri)
         fs.delete_dir(base)
-    except (OSError, ValueError):  # never written, or already gone
-        pass
+
+
+Engine = LocalEngine | RayEngine  # (what build_index takes)
