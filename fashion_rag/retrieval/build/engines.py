@@ -104,7 +104,6 @@ class NewEmbeddings:
         self.filled = np.zeros(n, dtype=bool)
         self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
         self._images = open(self.images_path, "w+b")  # noqa: SIM115 (closed by close())
-        self._end = 0
 
     def put(self, rows: np.ndarray, vectors: np.ndarray, pngs: Sequence[bytes]) -> None:
         """Store the embeddings and garment PNGs of todo rows `rows`."""
@@ -119,9 +118,8 @@ class NewEmbeddings:
                              f"values; check the encoder weights")
         with naming(self.images_path):
             for row, data in zip(rows, pngs, strict=True):
+                self.image_at[row] = (self._images.tell(), len(data))  # (image() reads with pread: no seek)
                 self._images.write(data)
-                self.image_at[row] = (self._end, len(data))
-                self._end += len(data)
         self.vectors[rows] = vectors
         self.filled[rows] = True
 
