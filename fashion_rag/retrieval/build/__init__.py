@@ -149,8 +149,8 @@ def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engin
         if h not in plan.old_rows:
             todo.setdefault(h, item)
     plan.todo = list(todo.items())
-    say(f"{len(plan.hashed)} images: {len(plan.hashed) - sum(h in todo for _, h in plan.hashed)} unchanged, "
-        f"{len(todo)} to encode")
+    unchanged = sum(h in plan.old_rows for _, h in plan.hashed)
+    say(f"{len(plan.hashed)} images: {unchanged} unchanged, {len(todo)} to encode")
     return plan
 
 
