@@ -224,13 +224,12 @@ def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
 
 
 class EncoderActor:
-    """An actor holding the model: prepared batches -> shard rows."""
+    """An actor holding the model, loaded (on the GPU with gpu) at its start, not in its first
+    batch: prepared batches -> shard rows."""
 
     def __init__(self, encoder: Any, gpu: bool) -> None:
         self.encoder = encoder
-        module = encoder.module  # loaded here, once per actor, not in its first batch
-        if gpu:
-            module.to("cuda")
+        encoder.module.to("cuda" if gpu else "cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         return encode_prepared(self.encoder, batch)
@@ -380,7 +379,7 @@ class RayEngine:
                 raise BuildFailedError(f"the Ray build failed ({_cause(exc)}); {len(failed)} images were not "
                                        f"encoded ({ids_text(failed)}); the previous index is unchanged",
                                        failed) from exc
-            bad = _read_shards(shards, todo, store)
+            bad = _read_shards(shards, todo, items, store)
         finally:
             _delete(shards)  # now, not with the build's temp folder: 10M embeddings are 30 GB of shards
         if progress:
@@ -484,12 +483,12 @@ def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
     return shards.to_batches(columns=columns) if shards.files else iter(())  # (no files: no columns)
 
 
-def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEmbeddings) -> dict[str, Skip]:
+def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], items: list[CatalogItem],
+                 store: NewEmbeddings) -> dict[str, Skip]:
     """Fill the store from the shards; return the Skip of every image a worker refused. Raises
     naming every item whose batch raised."""
     bad: dict[str, Skip] = {}
     errors: dict[int, str] = {}
-    items = [item for _, item in todo]
     for table in _shards(uri):
         emb = table["embedding"]
         vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), emb.type.list_size)
