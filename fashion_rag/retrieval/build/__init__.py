@@ -1,6 +1,6 @@
 """Building an index: incremental (only new image contents are encoded), safe, reported.
 
-Three steps: plan (build/plan.py: hash every catalog image through the path rule, decide what to
+Three steps: plan (plan_build: hash every catalog image through the path rule, decide what to
 encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
 the garment shard, the embeddings, the vector indexes and the manifest, streamed, published as a
 new version by ondisk.write_version, so a failure or a kill leaves the previous index as it was).
@@ -22,36 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ...logs import LogFn, ProgressFn, log
-from ..ann import (
-    BLOCK_ROWS,
-    INDEX_TYPES,
-    IVF_THRESHOLD,
-    overall_type,
-    part_kind,
-    partition_categories,
-    write_vector_parts,
-)
-from ..catalog import Catalog, Skip
-from ..ondisk import (
-    EMBEDDINGS,
-    GARMENTS,
-    BuildLock,
-    Files,
-    Items,
-    Manifest,
-    VectorIndexRecord,
-    build_lock,
-    clean_stale,
-    discard_unpublished,
-    map_embeddings,
-    new_data_file,
-    prepare_out,
-    temp_folder,
-    write_embeddings_file,
-    write_version,
-)
-from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings
-from .plan import BuildPlan, plan_build
+from ...paths import PathRuleError
+from .. import ann, ondisk
+from ..catalog import Catalog, CatalogItem, Skip
+from ..ondisk import BuildLock, Items, Manifest, build_lock
+from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings, ids_text
 
 
 @dataclass
@@ -86,13 +61,28 @@ class SkippedItemsError(ValueError):
         self.report = report
 
 
+@dataclass
+class BuildPlan:
+    """What a build starts from and what it has to encode."""
+
+    enc: ondisk.EncoderRecord
+    old_manifest: Manifest | None = None
+    old_version: str = ""
+    old_embeddings: np.ndarray | None = None  # the previous version's, memory-mapped (same space only)
+    old_garments: np.ndarray | None = None  # its garment shard, mapped (with old_embeddings)
+    old_rows: dict[str, int] = field(default_factory=dict)  # image content hash -> its row in both
+    hashed: list[tuple[CatalogItem, str]] = field(default_factory=list)  # usable items, content hash
+    todo: list[tuple[str, CatalogItem]] = field(default_factory=list)  # to encode: one item a content
+    skipped: list[Skip] = field(default_factory=list)
+
+
 def build_index(
     catalog: Catalog,
     out_dir: str | os.PathLike[str],
     encoder: ImageEncoder,
     *,
     index_type: str = "auto",
-    ivf_threshold: int = IVF_THRESHOLD,
+    ivf_threshold: int = ann.IVF_THRESHOLD,
     batch_size: int = 16,
     strict: bool = False,
     log_fn: LogFn | None = None,
@@ -102,10 +92,10 @@ def build_index(
     """Build or update the index of `catalog` in `out_dir` (absent, empty or an index:
     ondisk.prepare_out); when nothing changed, nothing is written. engine: LocalEngine() (this
     process) by default, or engines.RayEngine(); both give the same index."""
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
+    if index_type not in ann.INDEX_TYPES:
+        raise ValueError(f"index type must be one of {ann.INDEX_TYPES}, not {index_type!r}")
     say = log_fn or log.info
-    out = prepare_out(out_dir, catalog.root)
+    out = ondisk.prepare_out(out_dir, catalog.root)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:  # made before the lock is taken, so two first builds lock the same folder
         out.mkdir()
@@ -118,34 +108,74 @@ def build_index(
                                  batch_size, strict, say, progress)
         except BaseException:
             if created:
-                discard_unpublished(lock)  # a first build that failed leaves no folder behind
+                ondisk.discard_unpublished(lock)  # a first build that failed leaves no folder behind
             raise
 
 
 def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engine: Engine, index_type: str,
                   ivf_threshold: int, batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None
                   ) -> BuildReport:
-    cleaned, alone = clean_stale(lock)  # what dead builds left
+    cleaned, alone = ondisk.clean_stale(lock)  # what dead builds left
     if alone:
         say(f"left alone in {lock.out} (no build marker proves a build made them): {', '.join(alone)}")
     plan = plan_build(catalog, lock.out, encoder, engine, say)
     with contextlib.ExitStack() as stack:
         store, bad = None, {}
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
-            work = stack.enter_context(temp_folder(lock))
-            store = NewEmbeddings(work, len(plan.todo), plan.enc.dim)
-            stack.callback(store.close)
+            work = stack.enter_context(ondisk.temp_folder(lock))
+            store = stack.enter_context(contextlib.closing(NewEmbeddings(work, len(plan.todo), plan.enc.dim)))
             bad = engine.encode(catalog, plan.todo, encoder, batch_size, store, work, progress)
-            _check_complete(plan, store, bad, engine)
+            missing = [item.id for (h, item), filled in zip(plan.todo, store.filled, strict=True)
+                       if not filled and h not in bad]
+            if missing:  # an engine that lost results must not publish an index with holes in it
+                raise BuildFailedError(f"the {engine.name} engine returned no embedding for {len(missing)} "
+                                       f"images ({ids_text(missing)}); the previous index is unchanged: "
+                                       "build again", missing)
         return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
 
 
-def _check_complete(plan: BuildPlan, store: NewEmbeddings, bad: dict[str, Skip], engine: Engine) -> None:
-    missing = [item.id for i, (h, item) in enumerate(plan.todo) if not store.filled[i] and h not in bad]
-    if missing:  # an engine that lost results must not publish an index with holes in it
-        raise BuildFailedError(f"the {engine.name} engine returned no embedding for {len(missing)} images "
-                               f"({', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}); the previous "
-                               f"index is unchanged: build again", missing)
+def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, say: LogFn) -> BuildPlan:
+    """Hash the catalog's images (through the engine) and decide which to encode: only contents
+    the previous index does not hold, identical files once, in catalog order."""
+    plan = _previous(out, ondisk.encoder_record(encoder), say)
+    plan.skipped = list(catalog.skipped)
+    for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
+        if isinstance(result, Skip):
+            plan.skipped.append(result)
+        else:
+            plan.hashed.append((item, result))
+    todo: dict[str, CatalogItem] = {}
+    for item, h in plan.hashed:
+        if h not in plan.old_rows:
+            todo.setdefault(h, item)
+    plan.todo = list(todo.items())
+    unchanged = sum(h in plan.old_rows for _, h in plan.hashed)
+    say(f"{len(plan.hashed)} images: {unchanged} unchanged, {len(todo)} to encode")
+    return plan
+
+
+def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
+    """A plan starting from the previous version: its manifest and, when in the same embedding
+    space, its embeddings and garment shard (a previous version that cannot be used is rebuilt)."""
+    try:
+        ver = ondisk.resolve_version(out)
+        old = ondisk.read_version_manifest(ver)
+    except (ondisk.IndexFormatError, OSError) as exc:
+        if ondisk.looks_like_index(out):
+            say(f"previous index not reusable ({exc}); building from scratch")
+        return BuildPlan(enc)
+    if not ondisk.same_embedding_space(old.encoder, enc):
+        say(f"previous index used encoder {ondisk.describe_encoder(old.encoder)}; re-encoding everything")
+        return BuildPlan(enc, old, ver.version)
+    try:
+        ondisk.verify_files(ver, old)
+        n, dim = len(old.items.ids), old.encoder.dim
+        emb = ondisk.map_embeddings(ver.data_dir / old.files.embeddings, n, dim, out, old)
+        shard = ondisk.map_file(ver, old, old.files.garments, "garment image file")
+    except (ondisk.IndexFormatError, OSError, PathRuleError) as exc:
+        say(f"previous embeddings unusable ({exc}); re-encoding everything")
+        return BuildPlan(enc, old, ver.version)
+    return BuildPlan(enc, old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)})
 
 
 def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
@@ -153,7 +183,7 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
             cleaned: list[str]) -> BuildReport:
     out = lock.out
     skipped = plan.skipped + list(bad.values())
-    first = {h: item for h, item in plan.todo}
+    first = dict(plan.todo)
     for item, h in plan.hashed:  # copies of a refused file (same content) are refused with it
         if h in bad and first[h] is not item:
             skipped.append(item.skip(bad[h].reason, bad[h].detail))
@@ -162,11 +192,10 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
                   [item.category for item, _ in kept], [item.caption for item, _ in kept],
                   [h for _, h in kept], [], [])  # (the images' places: when written)
     old = plan.old_manifest
-    old_ids = set(old.items.ids) if old else set()
-    encoded = store.count if store is not None else 0
+    encoded = int(store.filled.sum()) if store is not None else 0
     report = BuildReport(out, len(kept), encoded, len(kept) - sum(h not in plan.old_rows for _, h in kept),
-                         len(old_ids - set(items.ids)), "", written=False, version=plan.old_version,
-                         skipped=skipped, cleaned=cleaned)
+                         len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
+                         version=plan.old_version, skipped=skipped, cleaned=cleaned)
     if strict and skipped:
         raise SkippedItemsError(report)
     if not kept:
@@ -175,10 +204,10 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
                          + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
                          + ". Point --catalog at a folder of garment images (or a metadata file "
                            "listing them).")
-    groups = partition_categories(items.categories)
     counts = Counter(items.categories)
-    parts = [(list(g), part_kind(index_type, sum(counts[c] for c in g), ivf_threshold)) for g in groups]
-    report.index_type = overall_type(k for _, k in parts)
+    parts = [(list(g), ann.part_kind(index_type, sum(counts[c] for c in g), ivf_threshold))
+             for g in ann.partition_categories(items.categories)]
+    report.index_type = ann.overall_type(k for _, k in parts)
     if (old is not None and plan.old_rows and old.encoder == plan.enc
             and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
             and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
@@ -186,7 +215,7 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
         return report
     report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
     report.written = True
-    report.cleaned += clean_stale(lock)[0]  # versions before the previous one
+    report.cleaned += ondisk.clean_stale(lock)[0]  # versions before the previous one
     factories = ", ".join(sorted({p.factory for p in record.parts}))
     say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
     return report
@@ -196,47 +225,40 @@ def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbedd
 # embeddings block by block (reused ones from the previous version, new ones from the engine's
 # store), hashed while written, then memory-mapped to build the vector indexes one part at a time.
 
-def write_garments_file(path: Path, plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]
-                        ) -> tuple[str, list[int], list[int]]:
-    """Write the garment shard: each distinct content's stored PNG once (from the previous
-    version's shard, or the engine's new ones), in item order. Returns its sha256 and every
-    item's (offset, size)."""
-    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+def _write_garments(path: Path, plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
+                    hashes: list[str]) -> tuple[str, list[int], list[int]]:
+    """Write the garment shard: each distinct content's stored PNG once, in item order. Returns
+    its sha256 and every item's offset and size."""
     placed: dict[str, tuple[int, int]] = {}
-    offsets, sizes = [], []
-    with new_data_file(path) as out:
+    with ondisk.new_data_file(path) as out:
         end = 0
         for h in hashes:
-            if h not in placed:
-                old = plan.old_rows.get(h)
-                if old is not None and plan.old_garments is not None and plan.old_manifest is not None:
-                    start = plan.old_manifest.items.image_offsets[old]
-                    data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
-                else:
-                    assert store is not None
-                    data = store.image(new_rows[h])
-                out.write(data)
-                placed[h] = (end, len(data))
-                end += len(data)
-            offsets.append(placed[h][0])
-            sizes.append(placed[h][1])
-    return out.digest.hexdigest(), offsets, sizes
+            if h in placed:
+                continue
+            old = plan.old_rows.get(h)
+            if old is None:
+                data = store.image(new_rows[h])
+            else:
+                start = plan.old_manifest.items.image_offsets[old]
+                data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
+            out.write(data)
+            placed[h] = (end, len(data))
+            end += len(data)
+    offsets, sizes = zip(*(placed[h] for h in hashes), strict=True)
+    return out.digest.hexdigest(), list(offsets), list(sizes)
 
 
-def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[str]) -> Iterator[np.ndarray]:
+def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
+                      hashes: list[str]) -> Iterator[np.ndarray]:
     """The embedding of each content hash in order, a block of rows at a time."""
-    dim = plan.enc.dim
-    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
-    for start in range(0, len(hashes), BLOCK_ROWS):
-        chunk = hashes[start : start + BLOCK_ROWS]
+    for start in range(0, len(hashes), ann.BLOCK_ROWS):
+        chunk = hashes[start : start + ann.BLOCK_ROWS]
         old = np.fromiter((plan.old_rows.get(h, -1) for h in chunk), np.int64, len(chunk))
-        block = np.empty((len(chunk), dim), dtype=np.float32)
+        block = np.empty((len(chunk), plan.enc.dim), dtype=np.float32)
         reused = old >= 0
         if reused.any():
-            assert plan.old_embeddings is not None
             block[reused] = plan.old_embeddings[old[reused]]
         if not reused.all():
-            assert store is not None
             new = np.fromiter((new_rows[h] for h, r in zip(chunk, reused, strict=True) if not r), np.int64)
             block[~reused] = store.vectors[new]
         yield block
@@ -244,19 +266,20 @@ def embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, hashes: list[
 
 def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
                 items: Items, index_type: str, ivf_threshold: int, say: LogFn
-                ) -> tuple[str, VectorIndexRecord]:
+                ) -> tuple[str, ondisk.VectorIndexRecord]:
     """Write a new version of the index holding `items` and swap it in (ondisk.write_version).
-
-    Returns the version's name and its vector_index record. Call under the build lock.
-    """
+    Returns the version's name and its vector_index record. Call under the build lock."""
     n, dim, hashes = len(items.ids), plan.enc.dim, items.sha256
-    with temp_folder(lock, version=True) as tmp:
-        sha = write_embeddings_file(tmp / EMBEDDINGS, n, dim, embedding_blocks(plan, store, hashes))
-        shard_sha, offsets, sizes = write_garments_file(tmp / GARMENTS, plan, store, hashes)
-        emb = map_embeddings(tmp / EMBEDDINGS, n, dim)
-        record = write_vector_parts(emb, items.categories, tmp, index_type, ivf_threshold, log_fn=say)
+    new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    with ondisk.temp_folder(lock, version=True) as tmp:
+        blocks = _embedding_blocks(plan, store, new_rows, hashes)
+        sha = ondisk.write_embeddings_file(tmp / ondisk.EMBEDDINGS, n, dim, blocks)
+        shard_sha, offsets, sizes = _write_garments(tmp / ondisk.GARMENTS, plan, store, new_rows, hashes)
+        emb = ondisk.map_embeddings(tmp / ondisk.EMBEDDINGS, n, dim)
+        record = ann.write_vector_parts(emb, items.categories, tmp, index_type, ivf_threshold, log_fn=say)
         del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
-        manifest = Manifest(plan.enc, n, record, Files(EMBEDDINGS, GARMENTS, {}, {}),
+        manifest = Manifest(plan.enc, n, record, ondisk.Files(ondisk.EMBEDDINGS, ondisk.GARMENTS, {}, {}),
                             dataclasses.replace(items, image_offsets=offsets, image_sizes=sizes),
                             built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        return write_version(lock, tmp, manifest, {EMBEDDINGS: sha, GARMENTS: shard_sha}), record
+        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard_sha}
+        return ondisk.write_version(lock, tmp, manifest, sums), record

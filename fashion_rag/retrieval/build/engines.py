@@ -1,45 +1,81 @@
 """How a build hashes and encodes images: in this process (LocalEngine) or on a Ray cluster
-(RayEngine). Both run the plan's per-image steps (plan.hash_image, plan.read_fitted_garment), so
-they skip the same images for the same reasons; the plan and the write are shared
-(build/__init__.py), so both publish the same index. An engine fills a NewEmbeddings store (row i:
-the embedding and garment PNG of the plan's todo[i]) in files, so a 10M-image first build holds
-neither embeddings nor images in memory.
+(RayEngine). Both run the per-image steps here (hash_image, read_fitted_garment), so they skip the
+same images for the same reasons, and fill a NewEmbeddings store (row i: the embedding and garment
+PNG of the plan's todo[i]) kept in files, so a 10M-image first build holds neither in memory.
 
-On Ray: the listing becomes a Ray dataset; CPU tasks hash (hash_batch), and read, check, decode
-and preprocess (prepare_batch) the images, so the driver never reads 10M images; actors hold the
-model (EncoderActor: one per GPU, else CPU actors) and encode batches into Parquet shards
-(row, reason, detail, error, garment PNG, embedding) that the driver reads into the store. A
-small build (SMALL_BUILD new images or fewer: an incremental one) skips the actor pool and its
-start-up: a plain task per block prepares and encodes it (encode_block), same shards.
+On Ray, CPU tasks hash (hash_batch) and read, check, decode and preprocess (prepare_batch) the
+images, so the driver never reads them; the model encodes them (encode_prepared) into Parquet
+shards (row, reason, detail, error, garment PNG, embedding) that the driver reads into the store.
+A large build runs Ray Data: decoding tasks feeding a pool of EncoderActors (one per GPU, else
+CPU actors) that load the model once each. A small build (SMALL_BUILD new images or fewer) skips
+the pool's start-up: a plain task per block prepares and encodes it (encode_block).
 A batch whose worker dies is retried RETRIES times (Ray Data's default, forever, would let one
 image that crashes its decoder hang the build), then the build fails naming the images not
 encoded. A batch whose code raises is recorded row by row in its "error" column: the other
 batches finish, then the build fails naming every such item. Nothing is published on failure.
 Every node needs the catalog, the weights and the shard folder at the same paths.
 """
-
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import math
 import os
 import secrets
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from ...images import GARMENT_SIZE, PAD_COLOR
+from ... import images
 from ...logs import ProgressFn
-from ...paths import shorten
-from ..catalog import Catalog, CatalogItem, Skip
+from ...paths import PathRuleError, shorten
+from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
 from ..ondisk import Encoder, naming
-from .plan import garment_png, hash_image, read_fitted_garment
 
-NEW_EMBEDDINGS = "new-embeddings.npy"
-NEW_GARMENTS = "new-garments.bin"
+T = TypeVar("T")
+
+
+def _or_skip(item: CatalogItem, step: Callable[[], T]) -> T | Skip:
+    """step(), or the item's Skip when its image cannot be used."""
+    try:
+        return step()
+    except images.ImageLoadError as exc:
+        return item.skip(exc.reason, str(exc))
+    except PathRuleError as exc:
+        return item.skip(OUTSIDE, str(exc))
+
+
+def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
+    """The sha256 of the item's image file (cheap: no decoding). A FIFO, device or folder under
+    an image's name is skipped ("not a regular file"), never waited on."""
+    return _or_skip(item, lambda: images.image_sha256(catalog.image_path(item)))
+
+
+def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
+    """The item's image in the garment form the encoder takes and the index stores, if its
+    content is still `sha256`."""
+
+    def read() -> Image.Image | Skip:
+        path = catalog.image_path(item)
+        data = images.read_image_bytes(path)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return item.skip(CHANGED, f"{path} changed during the build (build again)")
+        return images.fit_garment(images.decode_image(data, str(path)))
+
+    return _or_skip(item, read)
+
+
+def garment_png(garment: Image.Image) -> bytes:
+    """The fitted garment as the index stores it: PNG, lossless, so retrieval returns exactly
+    the pixels the encoder saw (docs/method.md, "Stored garment images")."""
+    buf = io.BytesIO()
+    garment.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 class BuildFailedError(ValueError):
@@ -55,25 +91,25 @@ class NewEmbeddings:
     files of the build's temp folder."""
 
     def __init__(self, folder: Path, n: int, dim: int) -> None:
-        self.path = folder / NEW_EMBEDDINGS
-        self.images_path = folder / NEW_GARMENTS
+        self.path = folder / "new-embeddings.npy"
+        self.images_path = folder / "new-garments.bin"
         self.dim = int(dim)
         with naming(self.path):  # a failed write (a full disk) names the file
             self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
-            _reserve(self.path)
+            if hasattr(os, "posix_fallocate"):  # (elsewhere the file is not sparse, or there is no way)
+                # Allocated now: a full disk is an OSError here, not a SIGBUS that kills the build
+                # when the memory map first writes a page.
+                with open(self.path, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         self.filled = np.zeros(n, dtype=bool)
         self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
         self._images = open(self.images_path, "w+b")  # noqa: SIM115 (closed by close())
-        self._end = 0
 
-    def __len__(self) -> int:
-        return len(self.filled)
-
-    def put(self, rows: np.ndarray, vectors: np.ndarray, images: Sequence[bytes]) -> None:
+    def put(self, rows: np.ndarray, vectors: np.ndarray, pngs: Sequence[bytes]) -> None:
         """Store the embeddings and garment PNGs of todo rows `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
-        if len(images) != len(rows):
-            raise ValueError(f"{len(images)} garment images for {len(rows)} embeddings")
+        if len(pngs) != len(rows):
+            raise ValueError(f"{len(pngs)} garment images for {len(rows)} embeddings")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
             # An encoder of another dimension or a broken model: never store it as an embedding.
@@ -81,10 +117,9 @@ class NewEmbeddings:
                              f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
                              f"values; check the encoder weights")
         with naming(self.images_path):
-            for row, data in zip(rows, images, strict=True):
+            for row, data in zip(rows, pngs, strict=True):
+                self.image_at[row] = (self._images.tell(), len(data))  # (image() reads with pread: no seek)
                 self._images.write(data)
-                self.image_at[row] = (self._end, len(data))
-                self._end += len(data)
         self.vectors[rows] = vectors
         self.filled[rows] = True
 
@@ -96,51 +131,20 @@ class NewEmbeddings:
     def close(self) -> None:
         self._images.close()
 
-    @property
-    def count(self) -> int:
-        return int(self.filled.sum())
-
-
-def _reserve(path: Path) -> None:
-    """Allocate the whole of a new (sparse) file now: a full disk is then an OSError here, not a
-    SIGBUS that kills the build when the memory map first writes a page."""
-    if not hasattr(os, "posix_fallocate"):  # (Windows, macOS: the file is not sparse there, or no way)
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
 
 class ImageEncoder(Encoder, Protocol):
-    """What an engine needs of an encoder (encoder.GarmentEncoder)."""
+    """What an engine needs of an encoder (openclip_encoder.GarmentEncoder)."""
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray: ...
 
 
-class Engine(Protocol):
-    """Hashes a catalog's images and encodes the new ones (see the module docstring)."""
-
-    name: str
-
-    def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
-        """The content hash of each item's image, or its Skip, in the order given."""
-        ...
-
-    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
-               batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
-               ) -> dict[str, Skip]:
-        """Put the embedding of todo[i] into store row i; return the Skip of each hash not usable.
-
-        work_dir: a folder of the build's own, removed after the build. On failure, raise:
-        nothing is written then.
-        """
-        ...
-
-
 class LocalEngine:
-    """This process: images read, decoded and encoded batch by batch (memory: one batch)."""
+    """This process: images read, decoded and encoded batch by batch (memory: one batch).
+
+    An engine's two steps: hash_images (each item's content hash, or its Skip, in order) and
+    encode (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; on
+    failure, raises; work_dir: a folder of the build's own, removed after the build).
+    """
 
     name = "local"
 
@@ -172,61 +176,60 @@ def _failure(exc: Exception) -> str:
     return shorten(f"{type(exc).__name__}: {exc}", 500)
 
 
+def _worker_rows(batch: Any, root: str, step: Callable[[Catalog, CatalogItem, str], Any]
+                 ) -> tuple[list[Any], dict[str, list[str]]]:
+    """step(catalog, item, sha256 or "") for each row of a block, None where it skipped the image,
+    and the block's reason, detail and error columns: a Skip fills the first two, an exception the
+    third for every row (a bug or a broken worker, not a bad image)."""
+    catalog = Catalog(Path(root), [])
+    n = batch.num_rows
+    shas = batch["sha256"].to_pylist() if "sha256" in batch.column_names else [""] * n
+    results: list[Any] = [None] * n
+    columns = {"reason": [""] * n, "detail": [""] * n, "error": [""] * n}
+    try:
+        for i, (path, sha) in enumerate(zip(batch["path"].to_pylist(), shas, strict=True)):
+            result = step(catalog, CatalogItem("", path, ""), sha)
+            if isinstance(result, Skip):
+                columns["reason"][i], columns["detail"][i] = result.reason, result.detail
+            else:
+                results[i] = result
+    except Exception as exc:
+        columns["error"] = [_failure(exc)] * n
+    return results, columns
+
+
 def hash_batch(batch: Any, root: str) -> Any:
+    """A block's content hashes (a CPU task), as a table of the same columns as the shards'."""
     import pyarrow as pa
 
-    catalog = Catalog(Path(root), [])
-    rows = batch["row"].to_pylist()
-    out: dict[str, list[Any]] = {"sha256": [], "reason": [], "detail": [], "error": []}
-    try:
-        for path in batch["path"].to_pylist():
-            result = hash_image(catalog, CatalogItem("", path, ""))
-            skip = result if isinstance(result, Skip) else None
-            out["sha256"].append("" if skip else result)
-            out["reason"].append(skip.reason if skip else "")
-            out["detail"].append(skip.detail if skip else "")
-            out["error"].append("")
-    except Exception as exc:  # a bug or a broken worker, not a bad image (those are skips)
-        out = {"sha256": [""] * len(rows), "reason": [""] * len(rows), "detail": [""] * len(rows),
-               "error": [_failure(exc)] * len(rows)}
-    columns = {k: pa.array(v, pa.string()) for k, v in out.items()}
-    return pa.table({"row": pa.array(rows, pa.int64()), **columns})
+    shas, columns = _worker_rows(batch, root, lambda catalog, item, _: hash_image(catalog, item))
+    columns["sha256"] = [sha or "" for sha in shas]
+    return pa.table({"row": batch["row"], **{k: pa.array(v, pa.string()) for k, v in columns.items()}})
 
 
 def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
     """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
     stores, or the reason an image is skipped."""
-    catalog = Catalog(Path(root), [])
-    rows = batch["row"].to_pylist()
-    blank = Image.new("RGB", GARMENT_SIZE, PAD_COLOR)  # in place of an image that is not encoded
-    reasons, details, errors = [""] * len(rows), [""] * len(rows), [""] * len(rows)
+    garments, columns = _worker_rows(batch, root, read_fitted_garment)
+    blank = Image.new("RGB", images.GARMENT_SIZE, images.PAD_COLOR)  # in place of an image not encoded
     try:
-        garments = []
-        listed = zip(batch["path"].to_pylist(), batch["sha256"].to_pylist(), strict=True)
-        for i, (path, sha) in enumerate(listed):
-            result = read_fitted_garment(catalog, CatalogItem("", path, ""), sha)
-            if isinstance(result, Skip):
-                reasons[i], details[i] = result.reason, result.detail
-            garments.append(blank if isinstance(result, Skip) else result)
-        pixels = encoder.preprocess_images(garments).numpy()
-        pngs = [b"" if reasons[i] else garment_png(g) for i, g in enumerate(garments)]
+        pixels = encoder.preprocess_images([blank if g is None else g for g in garments]).numpy()
+        pngs = [b"" if g is None else garment_png(g) for g in garments]
     except Exception as exc:
-        errors = [_failure(exc)] * len(rows)
-        pixels = encoder.preprocess_images([blank] * len(rows)).numpy()  # same shape as other batches
-        pngs = [b""] * len(rows)
-    return {"row": np.asarray(rows, dtype=np.int64), "reason": np.asarray(reasons, dtype=object),
-            "detail": np.asarray(details, dtype=object), "error": np.asarray(errors, dtype=object),
-            "pixels": pixels, "garment": np.asarray(pngs, dtype=object)}
+        columns["error"] = [_failure(exc)] * len(garments)
+        pixels = encoder.preprocess_images([blank] * len(garments)).numpy()  # same shape as other batches
+        pngs = [b""] * len(garments)
+    return {"row": batch["row"].to_numpy(), "pixels": pixels, "garment": np.asarray(pngs, dtype=object),
+            **{k: np.asarray(v, dtype=object) for k, v in columns.items()}}
 
 
 class EncoderActor:
-    """An actor holding the model: pixels -> embeddings, a batch at a time."""
+    """An actor holding the model, loaded (on the GPU with gpu) at its start, not in its first
+    batch: prepared batches -> shard rows."""
 
     def __init__(self, encoder: Any, gpu: bool) -> None:
         self.encoder = encoder
-        module = encoder.module  # loaded here, once per actor, not in its first batch
-        if gpu:
-            module.to("cuda")
+        encoder.module.to("cuda" if gpu else "cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         return encode_prepared(self.encoder, batch)
@@ -237,10 +240,9 @@ def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = Fals
     The model is loaded (on the GPU with gpu) only when the batch has an image to encode."""
     import pyarrow as pa
 
-    rows = batch["row"].astype(np.int64)
     errors = [str(e) for e in batch["error"]]
     ok = (batch["reason"] == "") & (batch["error"] == "")
-    emb = np.zeros((len(rows), int(encoder.dim)), dtype=np.float32)
+    emb = np.zeros((len(ok), int(encoder.dim)), dtype=np.float32)
     try:
         if ok.any():
             if gpu:
@@ -249,29 +251,30 @@ def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = Fals
     except Exception as exc:  # recorded, not raised: the build names every failing item at the end
         errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
     flat = pa.array(emb.reshape(-1), pa.float32())
-    return pa.table({"row": pa.array(rows), "reason": pa.array(list(batch["reason"]), pa.string()),
+    return pa.table({"row": pa.array(batch["row"].astype(np.int64)),
+                     "reason": pa.array(list(batch["reason"]), pa.string()),
                      "detail": pa.array(list(batch["detail"]), pa.string()),
                      "error": pa.array(errors, pa.string()),
                      "garment": pa.array(list(batch["garment"]), pa.binary()),
                      "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
 
 
-def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shard: str) -> None:
-    """A small build's block in one task: prepare and encode it (the model loaded once, in this
-    task), written as one Parquet shard. No actor: see RayEngine.encode."""
+def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shards: str) -> None:
+    """A small build's block in one task: prepared and encoded (the model loaded once, in this
+    task), written as one Parquet shard named after its first row."""
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     tables = [encode_prepared(encoder, prepare_batch(block.slice(start, batch_size), root, encoder), gpu)
               for start in range(0, block.num_rows, batch_size)]
-    fs, path = pafs.FileSystem.from_uri(shard)
-    folder, name = path.rsplit("/", 1)
+    fs, folder = pafs.FileSystem.from_uri(shards)
+    name = f"{block['row'][0].as_py()}.parquet"
     fs.create_dir(folder)
     # Under a hidden name (the shard reader skips it) until whole: a worker killed mid-write by
     # its last try leaves no half shard to read.
     pq.write_table(pa.concat_tables(tables), f"{folder}/.{name}", filesystem=fs)
-    fs.move(f"{folder}/.{name}", path)
+    fs.move(f"{folder}/.{name}", f"{folder}/{name}")
 
 
 PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batches can be larger)
@@ -279,6 +282,10 @@ PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batche
 # ~550 MiB), plus one decoded product photo (~5 MP RGB) and its copies per image of its batch.
 WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
 RETRIES = 3  # attempts after the first for a batch whose worker died (preemption, OOM kill, crash)
+# The actor pool costs a fresh process per build (torch and open_clip imported, ~2 s of Ray Data's
+# actor start-up on top: 6-9 s measured, benchmarks/ray_build.py), where a task runs in a worker
+# Ray keeps; but a task loads the model itself, so a large build's many blocks go to the pool.
+SMALL_BUILD = 2 * PREPARE_BATCH
 
 
 class RayUnavailableError(ValueError):
@@ -310,12 +317,11 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: str | None = None, *, actors: int | None = None, shards: str | None = None,
-                 gpus: bool | None = None, small_build: int | None = None) -> None:
+                 small_build: int | None = None) -> None:
         self.address = address
-        self.small_build = SMALL_BUILD if small_build is None else small_build
         self.actors = actors
         self.shards = shards
-        self.gpus = gpus  # None: use GPUs when the cluster has any
+        self.small_build = SMALL_BUILD if small_build is None else small_build
 
     def _connect(self) -> Any:
         ray = import_ray()
@@ -331,26 +337,19 @@ class RayEngine:
         if not items:
             return []
         ray = self._connect()
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        ds = ray.data.from_arrow(_listing(range(len(items)), [i.path for i in items], None, 64, cpus))
-        ds = _map_batches(ds, hash_batch, fn_kwargs={"root": str(catalog.root)}, batch_format="pyarrow",
-                          num_cpus=1, max_retries=RETRIES)
-        results: list[str | Skip | None] = [None] * len(items)
-        errors: dict[int, str] = {}
+        blocks = _blocks({"path": [i.path for i in items]}, 64, int(ray.cluster_resources().get("CPU", 1)))
         try:
-            batches = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+            tables = _in_tasks(ray, hash_batch, blocks, str(catalog.root))
         except Exception as exc:
             raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
                                    "is unchanged", []) from exc
-        for batch in batches:
-            cols = (batch[c].to_pylist() for c in ("row", "sha256", "reason", "detail", "error"))
-            for row, sha, reason, detail, error in zip(*cols, strict=True):
-                if error:
-                    errors[row] = error
-                else:
-                    results[row] = sha if not reason else items[row].skip(reason, detail)
-        missing = [i for i, r in enumerate(results) if r is None and i not in errors]
-        _raise_failures("hashing", items, errors, missing)
+        results: list[str | Skip | None] = [None] * len(items)
+        errors: dict[int, str] = {}
+        for table in tables:
+            shas = table["sha256"].to_pylist()
+            for i, row, skip in _outcomes(table, items, errors):
+                results[row] = skip or shas[i]
+        _raise_failures("hashing", items, errors, [i for i, r in enumerate(results) if r is None])
         return results  # type: ignore[return-value]
 
     def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
@@ -358,27 +357,29 @@ class RayEngine:
                ) -> dict[str, Skip]:
         ray = self._connect()
         resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0) if self.gpus is None else int(self.gpus)
-        cpus = int(resources.get("CPU", 1))
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        small = len(todo) <= self.small_build
+        blocks = _blocks({"path": [item.path for _, item in todo], "sha256": [h for h, _ in todo]},
+                         PREPARE_BATCH if small else batch_size, cpus)
         items = [item for _, item in todo]
         shards = f"{self.shards.rstrip('/')}/fashion-rag-{secrets.token_hex(6)}" if self.shards else str(
             work_dir / "shards")
         try:
             try:
-                if len(todo) <= self.small_build:
-                    _encode_in_tasks(ray, catalog, todo, encoder, batch_size, bool(gpus), shards)
+                if small:
+                    _in_tasks(ray, encode_block, blocks, str(catalog.root), encoder, batch_size, gpus > 0,
+                              shards, num_gpus=1 if gpus else 0,
+                              memory=WORKER_BYTES + PREPARE_BATCH * DECODED_IMAGE_BYTES)
                 else:
-                    actors = self.actors or (int(gpus) if gpus else max(1, cpus // 2))
-                    _encode_on_actors(ray, catalog, todo, encoder, batch_size, int(gpus), actors, cpus,
-                                      shards)
+                    _encode_on_actors(ray, blocks, str(catalog.root), encoder, batch_size, gpus,
+                                      self.actors or gpus or max(1, cpus // 2), shards)
             except Exception as exc:  # retries exhausted, or an actor that cannot start
-                done = _written_rows(shards)
+                done = {r for batch in _shards(shards, ["row"]) for r in batch["row"].to_pylist()}
                 failed = [item.id for i, item in enumerate(items) if i not in done]
                 raise BuildFailedError(f"the Ray build failed ({_cause(exc)}); {len(failed)} images were not "
-                                       f"encoded ({_ids(failed)}); the previous index is unchanged",
+                                       f"encoded ({ids_text(failed)}); the previous index is unchanged",
                                        failed) from exc
-            bad, errors = _read_shards(shards, todo, store)
-            _raise_failures("encoding", items, errors, [])
+            bad = _read_shards(shards, todo, items, store)
         finally:
             _delete(shards)  # now, not with the build's temp folder: 10M embeddings are 30 GB of shards
         if progress:
@@ -386,42 +387,27 @@ class RayEngine:
         return bad
 
 
-# A build with this many images to encode or fewer (an incremental one, typically) runs in plain
-# tasks, PREPARE_BATCH images each, that also encode: an actor pool costs a fresh process per
-# build (torch and open_clip imported, ~2 s of Ray Data's actor start-up on top: 6-9 s measured,
-# benchmarks/ray_build.py), where a task runs in a worker Ray keeps between tasks. A task loads
-# the model itself, so a large build's thousands of blocks go to actors that load it once.
-SMALL_BUILD = 2 * PREPARE_BATCH
+def _in_tasks(ray: Any, fn: Any, blocks: list[Any], *args: Any, **options: Any) -> list[Any]:
+    """fn(block, *args) of every block, each in a plain task (run by a worker Ray keeps: no
+    start-up), retried RETRIES times if its worker dies; raises once every task has ended (none
+    still writing when the shards are read) if any failed."""
+    task = ray.remote(fn).options(num_cpus=1, max_retries=RETRIES, **options)
+    refs = [task.remote(block, *args) for block in blocks]
+    ray.wait(refs, num_returns=len(refs))
+    return ray.get(refs)
 
 
-def _encode_in_tasks(ray: Any, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: Any,
-                     batch_size: int, gpu: bool, shards: str) -> None:
-    """Write the shards of a small build: a task per block, retried RETRIES times if its worker
-    dies; raises once every task has ended if any did not write its shard."""
-    blocks = _listing(range(len(todo)), [item.path for _, item in todo], [h for h, _ in todo],
-                      PREPARE_BATCH, 1)
-    task = ray.remote(encode_block).options(
-        num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES,
-        memory=WORKER_BYTES + PREPARE_BATCH * DECODED_IMAGE_BYTES)
-    refs = [task.remote(block, str(catalog.root), encoder, batch_size, gpu, f"{shards}/{i}.parquet")
-            for i, block in enumerate(blocks)]
-    ray.wait(refs, num_returns=len(refs))  # all ended: none still writing when the shards are read
-    for ref in refs:
-        ray.get(ref)
-
-
-def _encode_on_actors(ray: Any, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: Any,
-                      batch_size: int, gpus: int, actors: int, cpus: int, shards: str) -> None:
+def _encode_on_actors(ray: Any, blocks: list[Any], root: str, encoder: Any, batch_size: int, gpus: int,
+                      actors: int, shards: str) -> None:
     """Write the shards of a large build: Ray Data's decoding tasks feeding an encoder actor pool."""
-    ds = ray.data.from_arrow(_listing(range(len(todo)), [item.path for _, item in todo],
-                                      [h for h, _ in todo], batch_size, cpus))
     # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
     # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
     prepare = min(batch_size, PREPARE_BATCH)
-    ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": str(catalog.root), "encoder": encoder},
+    ds = ray.data.from_arrow(blocks)
+    ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": root, "encoder": encoder},
                       batch_size=prepare, batch_format="pyarrow", num_cpus=1,
                       memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
-    ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": bool(gpus)},
+    ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": gpus > 0},
                       batch_size=batch_size, batch_format="numpy",
                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                       num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
@@ -438,34 +424,41 @@ def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
         return ds.map_batches(fn, **kwargs)
 
 
-def _listing(rows: range, paths: list[str], hashes: list[str] | None, batch_size: int,
-             cpus: int) -> list[Any]:
-    """The rows as Arrow tables, one Ray block each: the unit a task runs, retries and writes.
-
-    Two blocks per CPU at least (every worker busy), at most 4096 rows (a retry redoes little).
-    """
+def _blocks(columns: dict[str, list[str]], min_rows: int, cpus: int) -> list[Any]:
+    """The columns, numbered by "row", as Arrow tables, one Ray block each: the unit a task runs,
+    retries and writes. Two blocks per CPU at least (every worker busy), at most 4096 rows (a
+    retry redoes little), `min_rows` at least."""
     import pyarrow as pa
 
-    per_block = max(batch_size, min(4096, math.ceil(len(rows) / (2 * cpus))))
-    tables = []
-    for start in range(0, len(rows), per_block):
-        cols = {"row": pa.array(rows[start : start + per_block], pa.int64()),
-                "path": pa.array(paths[start : start + per_block], pa.string())}
-        if hashes is not None:
-            cols["sha256"] = pa.array(hashes[start : start + per_block], pa.string())
-        tables.append(pa.table(cols))
-    return tables
+    n = len(next(iter(columns.values())))
+    table = pa.table({"row": pa.array(range(n), pa.int64()),
+                      **{k: pa.array(v, pa.string()) for k, v in columns.items()}})
+    per_block = max(min_rows, min(4096, math.ceil(n / (2 * cpus))))
+    return [table.slice(start, per_block) for start in range(0, n, per_block)]
+
+
+def _outcomes(table: Any, items: Sequence[CatalogItem], errors: dict[int, str]
+              ) -> Iterator[tuple[int, int, Skip | None]]:
+    """(index in the table, row, its Skip or None) of each row of a worker's table whose batch
+    did not raise; the error of each row whose batch raised goes into `errors`."""
+    columns = (table[c].to_pylist() for c in ("row", "reason", "detail", "error"))
+    for i, (row, reason, detail, error) in enumerate(zip(*columns, strict=True)):
+        if error:
+            errors[row] = error
+        else:
+            yield i, row, items[row].skip(reason, detail) if reason else None
 
 
 def _raise_failures(step: str, items: Sequence[CatalogItem], errors: dict[int, str],
                     missing: list[int]) -> None:
     """A BuildFailedError naming every item whose batch raised, or that no worker returned."""
+    missing = [r for r in missing if r not in errors]
     if not errors and not missing:
         return
     failed = [items[r].id for r in sorted(errors) + missing]
     first = next(iter(errors.values()), "no result returned")
-    raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({_ids(failed)}): {first}; the "
-                           f"previous index is unchanged: fix or remove them and build again", failed)
+    raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({ids_text(failed)}): {first}; "
+                           "the previous index is unchanged: fix or remove them and build again", failed)
 
 
 def _cause(exc: BaseException) -> str:
@@ -474,7 +467,8 @@ def _cause(exc: BaseException) -> str:
     return shorten(lines[-1] if lines else type(exc).__name__, 300)
 
 
-def _ids(ids: list[str]) -> str:
+def ids_text(ids: list[str]) -> str:
+    """The first few ids, for a message."""
     return ", ".join(shorten(i, 60) for i in ids[:5]) + (f", … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
@@ -489,38 +483,34 @@ def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
     return shards.to_batches(columns=columns) if shards.files else iter(())  # (no files: no columns)
 
 
-def _written_rows(uri: str) -> set[int]:
-    return {int(r) for batch in _shards(uri, ["row"]) for r in batch["row"].to_numpy()}
-
-
-def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], store: NewEmbeddings
-                 ) -> tuple[dict[str, Skip], dict[int, str]]:
-    """Fill the store from the shards; return the Skip of every image a worker refused and the
-    error of every row whose batch raised."""
+def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], items: list[CatalogItem],
+                 store: NewEmbeddings) -> dict[str, Skip]:
+    """Fill the store from the shards; return the Skip of every image a worker refused. Raises
+    naming every item whose batch raised."""
     bad: dict[str, Skip] = {}
     errors: dict[int, str] = {}
     for table in _shards(uri):
-        rows = table["row"].to_numpy()
-        reasons, details, errs = (table[c].to_pylist() for c in ("reason", "detail", "error"))
         emb = table["embedding"]
-        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), emb.type.list_size)
-        ok = np.asarray([not r and not e for r, e in zip(reasons, errs, strict=True)], dtype=bool)
+        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), emb.type.list_size)
         garments = table["garment"].to_pylist()
-        store.put(rows[ok], vectors[ok], [garments[i] for i in np.flatnonzero(ok)])
-        for i in np.flatnonzero(~ok):
-            h, item = todo[rows[i]]
-            if errs[i]:
-                errors[int(rows[i])] = errs[i]
+        good: list[tuple[int, int]] = []
+        for i, row, skip in _outcomes(table, items, errors):
+            if skip:
+                bad[todo[row][0]] = skip
             else:
-                bad[h] = item.skip(reasons[i], details[i])
-    return bad, errors
+                good.append((i, row))
+        store.put(np.asarray([row for _, row in good]), vectors[[i for i, _ in good]],
+                  [garments[i] for i, _ in good])
+    _raise_failures("encoding", items, errors, [])
+    return bad
 
 
 def _delete(uri: str) -> None:
     import pyarrow.fs as pafs
 
-    try:
+    with contextlib.suppress(OSError, ValueError):  # never written, or already gone
         fs, base = pafs.FileSystem.from_uri(uri)
         fs.delete_dir(base)
-    except (OSError, ValueError):  # never written, or already gone
-        pass
+
+
+Engine = LocalEngine | RayEngine  # (what build_index takes)
