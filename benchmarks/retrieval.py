@@ -107,11 +107,11 @@ def measure(index: GarmentIndex, queries: np.ndarray, exact: np.ndarray,
             categories: set[str] | None = None, warmup: int = 5) -> tuple[float, float, float]:
     """p50 ms, p99 ms, recall@10 of single queries through the library's ranking path."""
     for q in queries[:warmup]:
-        index.search(q, K, categories)
+        index.vectors.search(q, K, categories)
     times, found = [], []
     for q in queries:
         t0 = time.perf_counter()
-        hits = index.search(q, K, categories)[0].tolist()
+        hits = index.vectors.search(q, K, categories)[0].tolist()
         times.append(time.perf_counter() - t0)
         found.append(hits)
     ms = np.array(times) * 1e3

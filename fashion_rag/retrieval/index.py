@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,6 @@ class GarmentIndex:
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
         self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
-        # Category codes once, so a filtered query on a million garments costs no Python loop.
-        names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
-        self._category_names = {str(name): code for code, name in enumerate(names)}
-        self._category_codes = codes.reshape(-1)
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
         self._image_at = list(zip(items.image_offsets, items.image_sizes, strict=True))
         self._captions_index: CaptionIndex | None = None
@@ -119,34 +115,9 @@ class GarmentIndex:
         """The stored garment `item_id` (KeyError if the index has no such garment)."""
         return self.garment_image(self._positions[item_id])
 
-    def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
-               exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k best garments for a query embedding (positions, exact cosines), best first:
-        only of `categories` when given, never the positions in `exclude`."""
-        return self.vectors.search(query, k, categories, exclude)
-
     def cosines(self, query: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         """Exact cosines of a query embedding with the garments at `positions`."""
         return np.asarray(self.embeddings[list(positions)], dtype=np.float32) @ query
-
-    def caption_scores(self, text: str) -> np.ndarray:
-        """[N] BM25 scores of every caption for `text`."""
-        return self.caption_index.scores(text)
-
-    def encode_text(self, text: str) -> np.ndarray | None:
-        """The text's embedding with the index's encoder (None: loaded without one)."""
-        return None if self.encoder is None else self.encoder.encode_texts([text])[0]
-
-    def encode_image(self, picture: Image.Image) -> np.ndarray | None:
-        """A picture's embedding with the index's encoder (None: loaded without one)."""
-        return None if self.encoder is None else self.encoder.encode_images([picture])[0]
-
-    def category_mask(self, category: str) -> np.ndarray:
-        """[N] bool: which garments have exactly this category."""
-        code = self._category_names.get(category)
-        if code is None:
-            return np.zeros(len(self), dtype=bool)
-        return self._category_codes == code
 
     def per_category(self) -> dict[str, int]:
         return dict(Counter(c or "uncategorised" for c in self.categories))
@@ -190,12 +161,8 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
     return read_version(index_dir, check, assemble)
 
 
-# --------------------------------------------------------------------------------------------
-# BM25 over the captions (bm25s): the lexical half of fusion retrieval. Built from the
-# manifest's captions when first needed rather than stored: it takes well under a second for
-# tens of thousands of captions, and a derived file that cannot go stale is one less thing for
-# an incremental rebuild to get wrong.
-# --------------------------------------------------------------------------------------------
+# BM25 over the captions (bm25s), the lexical half of fusion retrieval: built when first needed,
+# not stored (well under a second for tens of thousands of captions, and it cannot go stale).
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which garment is meant (kept small: "top", "short" matter).
@@ -243,18 +210,15 @@ class CaptionIndex:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.size = len(captions)
         docs = tokenize_all(captions) if len(captions) else []
-        self.has_text = any(docs)
-        self._bm25 = None
-        if self.has_text:
-            self._bm25 = bm25s.BM25()
+        self._bm25 = bm25s.BM25() if any(docs) else None
+        if self._bm25 is not None:
             # bm25s needs one token per document; "" is its own empty token, matched by no query.
             self._bm25.index([d or [""] for d in docs], show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
         """[N] float32 BM25 scores (0 for captions sharing no word with the query)."""
-        if self._bm25 is None:
-            return np.zeros(self.size, dtype=np.float32)
-        tokens = [t for t in tokenize(query) if t in self._bm25.vocab_dict]
+        # get_scores refuses words it has never seen, and a query without words.
+        tokens = [] if self._bm25 is None else [t for t in tokenize(query) if t in self._bm25.vocab_dict]
         if not tokens:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

@@ -152,14 +152,10 @@ def search(
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
     n = len(index)
-    allowed = np.ones(n, dtype=bool)
-    categories = None
-    if category not in (None, "", "any"):
-        categories = {canonical_or_text(category)}
-        allowed &= index.category_mask(canonical_or_text(category))
-    allowed[excluded] = False
-    allowed[pin_pos] = False
-    skip = sorted(set(excluded) | set(pin_pos))
+    categories = None if category in (None, "", "any") else {canonical_or_text(category)}
+    allowed = np.ones(n, dtype=bool) if categories is None else index.vectors.category_mask(categories)
+    skip = excluded + pin_pos
+    allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
 
     query = None
@@ -167,15 +163,13 @@ def search(
         weight = float(image_weight) if has_text and image is not None else float(image is not None)
         query = query_embedding(index, text if weight < 1 else None, image if weight > 0 else None, weight)
 
-    pin_scores: list[float]
     if mode == "image":
         assert query is not None
         # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
-        fill = index.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
-        fill_scores = index.cosines(query, fill).tolist()
-        pin_scores = index.cosines(query, pin_pos).tolist()
+        fill, fill_scores = index.vectors.search(query, n_fill, categories, skip)
+        pin_scores = index.cosines(query, pin_pos)
     elif mode == "caption":
-        bm25 = index.caption_scores(str(text))
+        bm25 = index.caption_index.scores(str(text))
         fill = _score_ranking(bm25, n_fill, allowed)
         fill_scores = [float(bm25[p]) for p in fill]
         pin_scores = [float(bm25[p]) for p in pin_pos]
@@ -197,7 +191,7 @@ def search(
         raise ValueError(
             f"No garment of index {index.name!r} can be returned: "
             + (f"it has no garments of category {category!r} (it has {index.per_category()})"
-               if categories and not index.category_mask(next(iter(categories))).any()
+               if categories and not index.vectors.category_mask(categories).any()
                else "all candidates are excluded")
             + ". Choose another category or remove ids from exclude_ids."
         )
@@ -217,14 +211,14 @@ def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | 
     """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
     product with a garment is the weighted sum of the two cosines. The picture is fitted to the
     catalog's garment form first, as the build fits every catalog image."""
-    parts = [] if text is None else [(1.0 - image_weight, index.encode_text(text))]
-    parts += [] if image is None else [(image_weight, index.encode_image(fit_garment(image)))]
+    if index.encoder is None:
+        raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
+                         "needs one (load_index(path, encoder)), or use mode 'caption'.")
     query = np.zeros(index.dim, dtype=np.float32)
-    for weight, embedding in parts:
-        if embedding is None:
-            raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
-                             "needs one (load_index(path, encoder)), or use mode 'caption'.")
-        query += weight * embedding
+    if text is not None:
+        query += (1.0 - image_weight) * index.encoder.encode_texts([text])[0]
+    if image is not None:
+        query += image_weight * index.encoder.encode_images([fit_garment(image)])[0]
     return query
 
 
@@ -249,7 +243,7 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
 
     Returns the fused score and the image rank of every garment in either ranking.
     """
-    positions, scores = index.search(query, depth, categories, skip)
+    positions, scores = index.vectors.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
     pin_scores = index.cosines(query, pinned) if pinned else []
     merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
@@ -257,7 +251,7 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
     image = [int(p) for p, _ in merged[:depth]]
     pool = allowed.copy()
     pool[pinned] = True
-    bm25 = index.caption_scores(text)
+    bm25 = index.caption_index.scores(text)
     # Only captions that share a word with the query take part: an all-zero tail is not a ranking.
     caption = _score_ranking(bm25, depth, pool & (bm25 > 0))
     fused: dict[int, float] = {}
