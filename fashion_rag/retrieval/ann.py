@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..logs import LogFn
+from ..logs import LogFn, log
 from .ondisk import (
     VECTORS,
     Manifest,
@@ -163,7 +163,7 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 
 
 def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
-                        ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn | None = None,
+                        ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn = log.debug,
                         filtered_probes: np.ndarray | None = None) -> VectorIndex:
     """The vector index of these embeddings ([N, d] float32, unit norm): "auto" is exact flat
     below `ivf_threshold` items, IVF(nlist),SQ8 above. nprobe is tuned on probe queries made
@@ -189,15 +189,12 @@ def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
     # here, not by FAISS, so that only the sample is ever read into memory.
     faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
     n_train = min(n, 32 * nlist)
-    if log_fn:
-        log_fn(f"training {factory} on {n_train} of {n} vectors")
+    log_fn(f"training {factory} on {n_train} of {n} vectors")
     index.train(x.take(np.sort(np.random.default_rng(2).choice(n, size=n_train, replace=False))))
-    if log_fn:
-        log_fn(f"adding {n} vectors to {factory}")
+    log_fn(f"adding {n} vectors to {factory}")
     for block in x.blocks():
         index.add(block)
-    if log_fn:
-        log_fn("tuning nprobe on probe queries")
+    log_fn("tuning nprobe on probe queries")
     vec = VectorIndex(index, "ivf", factory)
     rng = np.random.default_rng(0)
     probes = probe_queries(x, 100, rng)
@@ -208,9 +205,8 @@ def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
     vec.nprobe, garment_recall = tune_nprobe(vec, x, probes, exact[: len(probes)], MIN_NPROBE)
     vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, exact[len(probes) :], vec.nprobe)
     vec.tuned_recall = {"garment_queries": garment_recall, "other_queries": other_recall}
-    if log_fn:
-        log_fn(f"nprobe {vec.nprobe} (filtered {vec.nprobe_filtered}) of {nlist} lists: recall@10 "
-               f"{garment_recall:.3f} / {other_recall:.3f} on probe queries")
+    log_fn(f"nprobe {vec.nprobe} (filtered {vec.nprobe_filtered}) of {nlist} lists: recall@10 "
+           f"{garment_recall:.3f} / {other_recall:.3f} on probe queries")
     return vec
 
 
@@ -264,13 +260,6 @@ def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
     return [(c,) for c in sorted(ordered[: MAX_PARTS - 1])] + [tuple(sorted(ordered[MAX_PARTS - 1 :]))]
 
 
-def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: str | None = None
-                ) -> PartRecord:
-    """A part as the manifest lists it (an IVF part's `file` is given when written)."""
-    return PartRecord(list(categories), count, vec.kind, vec.factory, file, vec.nprobe, vec.nprobe_filtered,
-                      vec.tuned_recall)
-
-
 def overall_type(kinds: Iterable[str]) -> str:
     """The index type of a garment index whose parts are of these kinds: theirs, or "mixed"."""
     distinct = set(kinds)
@@ -286,8 +275,11 @@ class VectorPart:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def record(self) -> PartRecord:
-        return part_record(self.categories, len(self), self.vectors)
+    def record(self, file: str | None = None) -> PartRecord:
+        """The part as the manifest lists it (an IVF part's `file` is given when written)."""
+        vec = self.vectors
+        return PartRecord(list(self.categories), len(self), vec.kind, vec.factory, file, vec.nprobe,
+                          vec.nprobe_filtered, vec.tuned_recall)
 
 
 class VectorStore:
@@ -363,17 +355,16 @@ class VectorStore:
 
 
 def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index_type: str = "auto",
-                        ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn | None = None) -> VectorStore:
+                        ivf_threshold: int = IVF_THRESHOLD) -> VectorStore:
     """Build the per-category vector indexes of an index in memory (the threshold applies per part)."""
     store = VectorStore(embeddings, categories)
-    for group, positions, vec in _build_parts(store, categories, index_type, ivf_threshold, log_fn):
-        store.parts.append(VectorPart(group, positions, vec))
+    store.parts = list(_build_parts(store, categories, index_type, ivf_threshold, log.debug))
     return store
 
 
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
-                       log_fn: LogFn | None = None) -> VectorIndexRecord:
+                       log_fn: LogFn = log.debug) -> VectorIndexRecord:
     """Build the parts create_vector_store builds, one at a time, writing each IVF part to
     `folder` (VECTORS) and freeing it before the next: the build's way, with memory bounded by
     the largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB).
@@ -382,18 +373,18 @@ def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder
     """
     records = []
     built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
-    for i, (group, positions, vec) in enumerate(built):
-        file = VECTORS.format(i) if vec.kind == "ivf" else None
+    for i, part in enumerate(built):
+        file = VECTORS.format(i) if part.vectors.kind == "ivf" else None
         if file:
-            write_faiss(vec.index, folder / file)
-        records.append(part_record(group, len(positions), vec, file))
-        del vec  # before the next part is built
+            write_faiss(part.vectors.index, folder / file)
+        records.append(part.record(file))
+        del part  # before the next part is built
     return VectorIndexRecord(overall_type(r.type for r in records), records)
 
 
 def _build_parts(store: VectorStore, categories: Sequence[str], index_type: str, ivf_threshold: int,
-                 log_fn: LogFn | None) -> Iterator[tuple[tuple[str, ...], np.ndarray, VectorIndex]]:
-    """(categories, positions, vector index) of each part in turn; embeddings are read in blocks."""
+                 log_fn: LogFn) -> Iterator[VectorPart]:
+    """Each part in turn; embeddings are read in blocks."""
     groups = partition_categories(categories)
     rng = np.random.default_rng(1)
     for group in groups:
@@ -405,12 +396,11 @@ def _build_parts(store: VectorStore, categories: Sequence[str], index_type: str,
             others = np.flatnonzero(~inside)
             sample = np.sort(rng.choice(others, size=min(len(others), 1000), replace=False))
             filtered_probes = probe_queries(Rows(store.embeddings, sample), 100, rng)
-            if log_fn:
-                log_fn(f"vector index for {', '.join(group) or 'uncategorised'} ({len(positions)} garments)")
+            log_fn(f"vector index for {', '.join(group) or 'uncategorised'} ({len(positions)} garments)")
         del inside
         vec = create_vector_index(Rows(store.embeddings, positions), index_type, ivf_threshold, log_fn,
                                   filtered_probes)
-        yield group, positions, vec
+        yield VectorPart(group, positions, vec)
         del vec  # (write_vector_parts has written it: the next part is built without it in memory)
 
 
@@ -436,10 +426,7 @@ def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: P
                  manifest: Manifest) -> VectorIndex:
     import faiss
 
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
+    ivf = faiss.try_extract_index_ivf(index)
     problem = None
     if ivf is None:
         problem = "is not an IVF index"

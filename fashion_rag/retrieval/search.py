@@ -158,35 +158,26 @@ def search(
     allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
 
-    query = None
-    if mode in ("image", "fusion"):
-        weight = float(image_weight) if has_text and image is not None else float(image is not None)
-        query = query_embedding(index, text if weight < 1 else None, image if weight > 0 else None, weight)
-
-    if mode == "image":
-        assert query is not None
-        # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
-        fill, fill_scores = index.vectors.search(query, n_fill, categories, skip)
-        pin_scores = index.cosines(query, pin_pos)
-    elif mode == "caption":
+    score: dict[int, float]
+    if mode == "caption":
         bm25 = index.caption_index.scores(str(text))
         fill = _score_ranking(bm25, n_fill, allowed)
-        fill_scores = [float(bm25[p]) for p in fill]
-        pin_scores = [float(bm25[p]) for p in pin_pos]
+        score = {p: float(bm25[p]) for p in pin_pos + fill}
+    elif mode == "image":
+        query = query_embedding(index, text if has_text else None, image, image_weight)
+        # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
+        fill = index.vectors.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
+        score = dict(zip(pin_pos + fill, index.cosines(query, pin_pos + fill).tolist(), strict=True))
     else:
-        assert query is not None
+        query = query_embedding(index, text if has_text else None, image, image_weight)
         # Deep enough that the image ranking alone holds n_fill allowed garments besides the pins.
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
-        rrf, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
-        candidates = [p for p in rrf if allowed[p]]
+        score, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
         # Ties in fused score go to the better image rank, then catalog order: deterministic.
-        candidates.sort(key=lambda p: (-rrf[p], image_rank.get(p, n), p))
-        fill = candidates[:n_fill]
-        fill_scores = [rrf[p] for p in fill]
-        pin_scores = [rrf.get(p, 0.0) for p in pin_pos]
+        ranked = sorted((p for p in score if allowed[p]), key=lambda p: (-score[p], image_rank.get(p, n), p))
+        fill = ranked[:n_fill]
 
-    out = [_garment(index, p, s) for p, s in zip(pin_pos, pin_scores, strict=True)]
-    out += [_garment(index, p, s) for p, s in zip(fill, fill_scores, strict=True)]
+    out = [_garment(index, p, score.get(p, 0.0)) for p in pin_pos + fill]
     if not out:
         raise ValueError(
             f"No garment of index {index.name!r} can be returned: "
@@ -214,11 +205,12 @@ def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | 
     if index.encoder is None:
         raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
                          "needs one (load_index(path, encoder)), or use mode 'caption'.")
+    weight = float(image_weight) if text is not None and image is not None else float(image is not None)
     query = np.zeros(index.dim, dtype=np.float32)
-    if text is not None:
-        query += (1.0 - image_weight) * index.encoder.encode_texts([text])[0]
-    if image is not None:
-        query += image_weight * index.encoder.encode_images([fit_garment(image)])[0]
+    if text is not None and weight < 1:
+        query += (1.0 - weight) * index.encoder.encode_texts([text])[0]
+    if image is not None and weight > 0:
+        query += weight * index.encoder.encode_images([fit_garment(image)])[0]
     return query
 
 
