@@ -4,9 +4,8 @@ Either a folder of images (category from the sub-folder names, any word
 categories.normalize_category knows; caption from a same-named `.txt` beside the image), or a
 metadata file (CSV with a header row, or JSON lines; `metadata.jsonl` / `metadata.csv` in the
 folder is used) with one row per garment: `id`, `image` (inside the catalog folder), `category`,
-`caption`. An image outside the catalog once resolved (paths.inside: `../x.png`, a symlink out)
-is skipped unread. Skipped entries are collected as Skip records, not raised, so one bad row
-does not stop a 50k-garment build; the build reports them all.
+`caption`. An image outside the catalog once resolved (`../x.png`, a symlink out) is skipped
+unread. Skipped entries are collected as Skip records, so one bad row does not stop a build.
 """
 
 from __future__ import annotations
@@ -110,10 +109,9 @@ def scan_catalog(root: str | Path, metadata: str | Path | None = None) -> Catalo
 def _from_folder(root: Path) -> Catalog:
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .git, temp dirs
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(Path(dirpath, name).relative_to(root).as_posix())
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skip .git, temp dirs
+        files += [Path(dirpath, name).relative_to(root).as_posix() for name in filenames
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
     files.sort()
     ids = _ids_for(files)
     items, skipped = [], []
@@ -129,11 +127,8 @@ def _from_folder(root: Path) -> Catalog:
 
 
 def _read_sidecar(sidecar: Path, root: Path) -> str:
-    """A caption .txt beside the image (a regular file inside the catalog, at most 64 kB read,
-    never fatal)."""
+    """A caption .txt beside the image ("" unless a regular file inside the catalog; 64 kB read)."""
     try:
-        if not sidecar.is_file():
-            return ""
         with open_regular(inside(sidecar, root, "caption file"), what="caption file") as f:
             return f.read(1 << 16).decode("utf-8", errors="replace").strip()
     except (OSError, PathRuleError, UnreadableFileError):

@@ -1,5 +1,4 @@
-"""A loaded garment index, answering search(query, category, k), image(id) and caption scores;
-optionally with its text encoder.
+"""A loaded garment index: vector search, image(id), caption scores, optionally its encoder.
 
 load_index() reads the current version through ondisk.read_version, which alone opens the
 index's files (checked, verified, inside the version folder); garment images come from the
@@ -8,6 +7,7 @@ index's own shard, so nothing outside the index folder is ever opened.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import Counter
@@ -53,8 +53,6 @@ class GarmentIndex:
         self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
-        self._image_at = list(zip(items.image_offsets, items.image_sizes, strict=True))
-        self._captions_index: CaptionIndex | None = None
 
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
@@ -96,7 +94,7 @@ class GarmentIndex:
         """The stored garment's PNG bytes, as the build wrote them into the index."""
         if self._shard is None:
             raise ValueError(f"Index {self.name!r} holds no garment images (an in-memory index).")
-        offset, size = self._image_at[pos]
+        offset, size = self.manifest.items.image_offsets[pos], self.manifest.items.image_sizes[pos]
         return bytes(self._shard[offset : offset + size])  # bounds checked against the shard at load
 
     def garment_image(self, pos: int) -> Image.Image:
@@ -122,12 +120,10 @@ class GarmentIndex:
     def per_category(self) -> dict[str, int]:
         return dict(Counter(c or "uncategorised" for c in self.categories))
 
-    @property
+    @functools.cached_property
     def caption_index(self) -> CaptionIndex:
-        """BM25 over the captions, built on first use (see CaptionIndex)."""
-        if self._captions_index is None:
-            self._captions_index = CaptionIndex(self.captions)
-        return self._captions_index
+        """BM25 over the captions, built on first use."""
+        return CaptionIndex(self.captions)
 
     def info(self) -> dict[str, Any]:
         """A summary for people: what `index info` prints and the loader node shows."""
@@ -209,7 +205,7 @@ class CaptionIndex:
         # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.size = len(captions)
-        docs = tokenize_all(captions) if len(captions) else []
+        docs = tokenize_all(captions)
         self._bm25 = bm25s.BM25() if any(docs) else None
         if self._bm25 is not None:
             # bm25s needs one token per document; "" is its own empty token, matched by no query.

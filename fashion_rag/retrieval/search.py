@@ -56,19 +56,13 @@ def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
             raise ValueError(f"{what} is {len(ids):,} characters long, more than the {MAX_ID_LIST_CHARS:,} "
                              "allowed: list fewer ids.")
         ids = ids.replace("\n", ",").split(",")
-    out: list[str] = []
-    seen: set[str] = set()
-    for part in ids:
-        part = str(part).strip()
-        if not part or part in seen:
-            continue
-        if len(part) > MAX_ID_CHARS:
-            raise ValueError(f"{what} holds an id of {len(part):,} characters ({shorten(part)}); garment ids "
-                             f"are at most {MAX_ID_CHARS} characters.")
-        if len(out) == MAX_IDS:
-            raise ValueError(f"{what} lists more than {MAX_IDS} ids: list fewer.")
-        seen.add(part)
-        out.append(part)
+    out = [part for part in dict.fromkeys(str(p).strip() for p in ids) if part]
+    long = next((part for part in out if len(part) > MAX_ID_CHARS), None)
+    if long is not None:
+        raise ValueError(f"{what} holds an id of {len(long):,} characters ({shorten(long)}); garment ids "
+                         f"are at most {MAX_ID_CHARS} characters.")
+    if len(out) > MAX_IDS:
+        raise ValueError(f"{what} lists more than {MAX_IDS} ids: list fewer.")
     return out
 
 
@@ -118,18 +112,10 @@ def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, pictu
     return mode
 
 
-def search(
-    index: GarmentIndex,
-    text: str | None,
-    k: int = 3,
-    *,
-    mode: str | None = None,
-    category: str | None = None,
-    pin_ids: str | Sequence[str] = (),
-    exclude_ids: str | Sequence[str] = (),
-    image: Image.Image | None = None,
-    image_weight: float = DEFAULT_IMAGE_WEIGHT,
-) -> list[Garment]:
+def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | None = None,
+           category: str | None = None, pin_ids: str | Sequence[str] = (),
+           exclude_ids: str | Sequence[str] = (), image: Image.Image | None = None,
+           image_weight: float = DEFAULT_IMAGE_WEIGHT) -> list[Garment]:
     """Rank the garments of `index` for `text` and/or a query `image` (text "" or None: the
     picture alone); see the module docstring. No stored images loaded."""
     has_text = image is None or bool(text and text.strip())
@@ -144,10 +130,8 @@ def search(
     if unknown:
         shown = ", ".join(shorten(p) for p in unknown[:5])
         shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UnknownIdError(
-            f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); remove them from "
-            "pin_ids or rebuild the index."
-        )
+        raise UnknownIdError(f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); "
+                             "remove them from pin_ids or rebuild the index.")
     pin_pos = [index.position(p) for p in pins]
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
