@@ -32,10 +32,8 @@ BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small be
 
 @dataclass
 class Rows:
-    """Rows `positions` (sorted; all rows when None) of an [N, d] float32 array, e.g. a memory map.
-
-    Reads copy only the rows asked for; nothing here holds the whole array in memory.
-    """
+    """Rows `positions` (sorted; all when None) of an [N, d] float32 array, e.g. a memory map;
+    reads copy only the rows asked for, never the whole array."""
 
     base: np.ndarray
     positions: np.ndarray | None = None
@@ -66,11 +64,8 @@ def mean_row(x: np.ndarray | Rows) -> np.ndarray:
 
 
 def exact_top_k(x: np.ndarray | Rows, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k).
-
-    faiss.contrib's knn_ground_truth, fed one block of x at a time (no N x Q score matrix, and
-    a memory-mapped file is read block by block).
-    """
+    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k):
+    faiss.contrib's knn_ground_truth fed a block of x at a time (no N x Q score matrix)."""
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
@@ -132,11 +127,8 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores [Q, k], positions [Q, k]); positions of -1 mean 'fewer than k found'.
-
-        allowed: optional [N] bool mask; only those positions can be returned.
-        nprobe: IVF lists to probe for this search (default: self.nprobe).
-        """
+        """Top-k (scores [Q, k], positions [Q, k]; -1: fewer than k found) among the `allowed`
+        positions ([N] bool, None: all), probing `nprobe` IVF lists (None: self.nprobe)."""
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -165,11 +157,10 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
                         ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn = log.debug,
                         filtered_probes: np.ndarray | None = None) -> VectorIndex:
-    """The vector index of these embeddings ([N, d] float32, unit norm): "auto" is exact flat
-    below `ivf_threshold` items, IVF(nlist),SQ8 above. nprobe is tuned on probe queries made
-    from these garments, nprobe_filtered on `filtered_probes` (made from other garments) or,
-    without them, on probes around the data's mean. An IVF build holds its training sample, one
-    block and the index, never all the float32 vectors."""
+    """The vector index of these unit embeddings: "auto" is exact flat below `ivf_threshold` items,
+    IVF(nlist),SQ8 above, nprobe tuned on probes made from these garments and nprobe_filtered on
+    `filtered_probes` (from other garments; default: around the data's mean). An IVF build holds
+    its training sample, one block and the index, never all the float32 vectors."""
     import faiss
 
     if index_type not in INDEX_TYPES:
@@ -283,11 +274,8 @@ class VectorPart:
 
 
 class VectorStore:
-    """Vector search over an index's embeddings: one FAISS index per category group (`parts`).
-
-    search() returns exact cosine scores: candidates from the FAISS indexes (8-bit codes for
-    IVF) are re-ranked with the float32 embeddings.
-    """
+    """Vector search over an index's embeddings, one FAISS index per category group (`parts`);
+    candidates (from 8-bit codes for IVF) are re-ranked with the float32 embeddings."""
 
     def __init__(self, embeddings: np.ndarray, categories: Sequence[str]) -> None:
         self.embeddings = embeddings
@@ -315,10 +303,7 @@ class VectorStore:
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k best garments (positions, exact cosines), best first.
-
-        categories: only garments of these; exclude: positions never returned.
-        """
+        """The k best garments of `categories` (None: any) but `exclude` (positions, exact cosines)."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
         found = []
@@ -365,12 +350,9 @@ def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
                        log_fn: LogFn = log.debug) -> VectorIndexRecord:
-    """Build the parts create_vector_store builds, one at a time, writing each IVF part to
-    `folder` (VECTORS) and freeing it before the next: the build's way, with memory bounded by
-    the largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB).
-
-    Returns the manifest's vector_index record.
-    """
+    """The manifest's vector_index record of the parts create_vector_store builds, built one at a
+    time, each IVF part written to `folder` and freed before the next: memory is bounded by the
+    largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB)."""
     records = []
     built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
     for i, part in enumerate(built):

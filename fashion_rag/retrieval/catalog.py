@@ -113,9 +113,11 @@ def _from_folder(root: Path) -> Catalog:
         files += [Path(dirpath, name).relative_to(root).as_posix() for name in filenames
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
     files.sort()
-    ids = _ids_for(files)
+    # File stem as id (Dress Code style '013563_1'); the stem-less path where stems collide.
+    stems = Counter(Path(rel).stem for rel in files)
     items, skipped = [], []
-    for rel, item_id in zip(files, ids, strict=True):
+    for rel in files:
+        item_id = Path(rel).stem if stems[Path(rel).stem] == 1 else rel.rsplit(".", 1)[0]
         try:
             inside(rel, root, "image")
         except PathRuleError as exc:  # a symlink pointing out of the catalog
@@ -135,13 +137,6 @@ def _read_sidecar(sidecar: Path, root: Path) -> str:
         return ""
 
 
-def _ids_for(rel_paths: list[str]) -> list[str]:
-    """File stem as id (Dress Code style '013563_1'); the stem-less path where stems collide."""
-    stems = [Path(p).stem for p in rel_paths]
-    counts = Counter(stems)
-    return [s if counts[s] == 1 else p.rsplit(".", 1)[0] for s, p in zip(stems, rel_paths, strict=True)]
-
-
 def _read_text(path: Path) -> str:
     """A metadata file's text: a regular file of at most MAX_TABLE_BYTES, UTF-8 (BOM or not)."""
     try:
@@ -158,12 +153,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs, column names lower-cased.
-
-    Rows end only where the format says: JSON Lines at "\\n", CSV where the csv module's
-    reader finds a record's end (a quoted caption may hold a newline). str.splitlines() also
-    cuts at U+2028, U+0085, form feeds and the like, which captions may contain.
-    """
+    """(line number, row) pairs, column names lower-cased. Rows end only where the format says
+    (JSON Lines at "\\n", CSV where the csv reader ends a record: a quoted caption may hold a
+    newline), not at U+2028, form feeds and the like where str.splitlines() also cuts."""
     text = _read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []

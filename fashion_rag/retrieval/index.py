@@ -56,18 +56,17 @@ class GarmentIndex:
 
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
-                  captions: Sequence[str] | None = None, index_type: str = "auto",
-                  ivf_threshold: int = IVF_THRESHOLD, name: str = "in-memory") -> GarmentIndex:
-        """An index over given embeddings with no files (benchmarks, experiments); ids are '0'..'N-1'."""
+                  index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD) -> GarmentIndex:
+        """An index over given embeddings with no files or captions (benchmarks, experiments); ids
+        are '0'..'N-1'."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(emb)
         cats = list(categories) if categories is not None else [""] * n
         vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
-        items = Items([str(i) for i in range(n)], [""] * n, cats, list(captions) if captions is not None
-                      else [""] * n, [""] * n, [], [])
+        items = Items([str(i) for i in range(n)], [""] * n, cats, [""] * n, [""] * n, [], [])
         manifest = Manifest(EncoderRecord("none", "", int(emb.shape[1]), "", None, ""), n, vectors.record(),
                             Files("", "", {}, {}), items)
-        return cls(Path(name), manifest, emb, vectors)
+        return cls(Path("in-memory"), manifest, emb, vectors)
 
     def __len__(self) -> int:
         return len(self.ids)

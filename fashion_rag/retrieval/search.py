@@ -42,11 +42,8 @@ class UnknownIdError(KeyError):
 
 
 def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
-    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped.
-
-    ValueError (naming `what`) beyond MAX_IDS ids, MAX_ID_CHARS per id or
-    MAX_ID_LIST_CHARS in all.
-    """
+    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped;
+    ValueError (naming `what`) beyond MAX_IDS ids, MAX_ID_CHARS per id or MAX_ID_LIST_CHARS in all."""
     if ids is None:
         return []
     if not isinstance(ids, (str, list, tuple)):
@@ -67,10 +64,8 @@ def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
 
 
 def request_problem(text: object, k: object, pin_ids: object = "", exclude_ids: object = "") -> str | None:
-    """What is wrong with a retrieval request (None: nothing), checked before any work is done.
-
-    None for an input means "not known yet" (a linked input at validation time): not checked.
-    """
+    """What is wrong with a retrieval request (None: nothing), checked before any work is done; an
+    input of None is "not known yet" (a linked input at validation time) and not checked."""
     if text is not None and (not isinstance(text, str) or not text.strip()):
         return "The text is empty: describe the garment to retrieve, e.g. 'red striped short-sleeve top'."
     if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
@@ -161,7 +156,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
         ranked = sorted((p for p in score if allowed[p]), key=lambda p: (-score[p], image_rank.get(p, n), p))
         fill = ranked[:n_fill]
 
-    out = [_garment(index, p, score.get(p, 0.0)) for p in pin_pos + fill]
+    out = [Garment(id=index.ids[p], score=score.get(p, 0.0), category=index.categories[p],
+                   path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
     if not out:
         raise ValueError(
             f"No garment of index {index.name!r} can be returned: "
@@ -198,27 +194,17 @@ def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | 
     return query
 
 
-def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
-    return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
-                   path=index.rel_paths[pos], caption=index.captions[pos])
-
-
 def _score_ranking(scores: np.ndarray, count: int, allowed: np.ndarray) -> list[int]:
     """The `count` best allowed positions by score, ties in catalog order."""
-    if count <= 0:
-        return []
     cand = np.flatnonzero(allowed)
-    order = np.argsort(-scores[cand], kind="stable")[:count]
-    return [int(cand[i]) for i in order]
+    return cand[np.argsort(-scores[cand], kind="stable")[:count]].tolist()
 
 
 def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np.ndarray,
                   categories: Collection[str] | None, skip: Sequence[int], pinned: list[int],
                   depth: int) -> tuple[dict[int, float], dict[int, int]]:
-    """Reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest).
-
-    Returns the fused score and the image rank of every garment in either ranking.
-    """
+    """The reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest)
+    and the image rank, for every garment in either ranking."""
     positions, scores = index.vectors.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
     pin_scores = index.cosines(query, pinned) if pinned else []
