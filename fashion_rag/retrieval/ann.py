@@ -167,24 +167,22 @@ def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
         raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
     x = as_rows(embeddings)
     n, d = len(x), int(x.base.shape[1])
-    if part_kind(index_type, n, ivf_threshold) == "flat":
-        index = faiss.IndexFlatIP(d)
-        for block in x.blocks():
-            index.add(block)
-        return VectorIndex(index, "flat", "Flat")
-    nlist = ivf_nlist(n)
-    factory = f"IVF{nlist},SQ8"
+    kind, nlist = part_kind(index_type, n, ivf_threshold), ivf_nlist(n)
+    factory = "Flat" if kind == "flat" else f"IVF{nlist},SQ8"
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
-    # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
-    # here, not by FAISS, so that only the sample is ever read into memory.
-    faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
-    n_train = min(n, 32 * nlist)
-    log_fn(f"training {factory} on {n_train} of {n} vectors")
-    index.train(x.take(np.sort(np.random.default_rng(2).choice(n, size=n_train, replace=False))))
-    log_fn(f"adding {n} vectors to {factory}")
+    if kind == "ivf":
+        # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
+        # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
+        # here, not by FAISS, so that only the sample is ever read into memory.
+        faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
+        n_train = min(n, 32 * nlist)
+        log_fn(f"training {factory} on {n_train} of {n} vectors")
+        index.train(x.take(np.sort(np.random.default_rng(2).choice(n, size=n_train, replace=False))))
+        log_fn(f"adding {n} vectors to {factory}")
     for block in x.blocks():
         index.add(block)
+    if kind == "flat":
+        return VectorIndex(index, kind, factory)
     log_fn("tuning nprobe on probe queries")
     vec = VectorIndex(index, "ivf", factory)
     rng = np.random.default_rng(0)

@@ -181,22 +181,16 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        if key in row:
-            return row[key].strip()
-    return None
+    return next((row[key].strip() for key in keys if key in row), None)
 
 
 def _from_metadata(root: Path, metadata: Path) -> Catalog:
     rows = _read_rows(metadata)
     if rows and _pick(rows[0][1], _IMAGE_KEYS) is None:
-        raise ValueError(
-            f"Metadata file {metadata} has no image column; name one of {', '.join(_IMAGE_KEYS)} "
-            f"(columns found: {', '.join(rows[0][1])})."
-        )
-    items: list[CatalogItem] = []
+        raise ValueError(f"Metadata file {metadata} has no image column; name one of "
+                         f"{', '.join(_IMAGE_KEYS)} (columns found: {', '.join(rows[0][1])}).")
+    items: dict[str, CatalogItem] = {}
     skipped: list[Skip] = []
-    seen: set[str] = set()
     src = metadata.name
     for line, row in rows:
         image = _pick(row, _IMAGE_KEYS)
@@ -212,11 +206,10 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
         if not full.exists():  # (anything else but a regular file is skipped when hashed, with why)
             skipped.append(Skip(item_id, MISSING, f"image {shorten(image)} not found in {root}", line, src))
             continue
-        if item_id in seen:
+        if item_id in items:
             skipped.append(Skip(item_id, DUPLICATE_ID, f"id {shorten(item_id)} is used by an earlier row",
                                 line, src))
             continue
-        seen.add(item_id)
         # The path as the row names it (a symlink inside the catalog keeps its own name).
         rel = Path(os.path.relpath(os.path.normpath(root / image), root)).as_posix()
         if not is_plain_relative(rel):  # e.g. an absolute path through a symlinked parent
@@ -224,5 +217,5 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
         category = _pick(row, _CATEGORY_KEYS)
         category = canonical_or_text(category) if category else category_from_folders(rel)
         caption = _pick(row, _CAPTION_KEYS) or ""  # as written (a line separator inside stays)
-        items.append(CatalogItem(item_id, rel, category, caption, line, src))
-    return Catalog(root, items, skipped)
+        items[item_id] = CatalogItem(item_id, rel, category, caption, line, src)
+    return Catalog(root, list(items.values()), skipped)
