@@ -149,9 +149,8 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
             check_encoder(manifest, encoder, Path(index_dir).expanduser().resolve())
 
     def assemble(stored: StoredVersion) -> GarmentIndex:
-        vectors = load_vector_store(stored)
-        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings, vectors, encoder,
-                            stored.ver.version, stored.garments)
+        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings,
+                            load_vector_store(stored), encoder, stored.ver.version, stored.garments)
 
     return read_version(index_dir, check, assemble)
 

@@ -159,13 +159,11 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
     out = [Garment(id=index.ids[p], score=score.get(p, 0.0), category=index.categories[p],
                    path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
     if not out:
-        raise ValueError(
-            f"No garment of index {index.name!r} can be returned: "
-            + (f"it has no garments of category {category!r} (it has {index.per_category()})"
-               if categories and not index.vectors.category_mask(categories).any()
-               else "all candidates are excluded")
-            + ". Choose another category or remove ids from exclude_ids."
-        )
+        why = "all candidates are excluded"
+        if categories and not index.vectors.category_mask(categories).any():
+            why = f"it has no garments of category {category!r} (it has {index.per_category()})"
+        raise ValueError(f"No garment of index {index.name!r} can be returned: {why}. Choose another "
+                         "category or remove ids from exclude_ids.")
     return out
 
 
