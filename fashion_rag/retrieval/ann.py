@@ -225,18 +225,15 @@ def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, exact: np.nda
     nlist = int(faiss.extract_index_ivf(vec.index).nlist)
     nprobe = min(max(start, MIN_NPROBE), nlist)
     while True:
-        _, cand = vec.search(queries, min(len(rows), 4 * k + 10), nprobe=nprobe)
-        found = np.stack([_rerank(rows, row[row >= 0], q, k) for row, q in zip(cand, queries, strict=True)])
+        # Candidates in position order, so that the stable sort breaks exact ties as search() does.
+        cand = np.sort(vec.search(queries, min(len(rows), 4 * k + 10), nprobe=nprobe)[1], axis=1)
+        scores = (rows.take(np.maximum(cand, 0)) @ queries[:, :, None])[:, :, 0]
+        scores[cand < 0] = -np.inf  # "fewer found": last, and -1 in `found`
+        found = np.take_along_axis(cand, np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
         recall = recall_at_k(found, exact)
         if recall >= TUNE_RECALL or nprobe >= nlist:
             return nprobe, recall
         nprobe = min(nprobe * 2, nlist)
-
-
-def _rerank(rows: Rows, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    cand = np.sort(cand)
-    top = cand[np.argsort(-(rows.take(cand) @ query), kind="stable")[:k]]
-    return np.pad(top, (0, k - len(top)), constant_values=-1)
 
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:

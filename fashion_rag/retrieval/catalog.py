@@ -82,11 +82,8 @@ class Catalog:
 def category_from_folders(rel_path: str) -> str:
     """The canonical category named by the deepest folder that names one, else the parent name."""
     parts = rel_path.split("/")[:-1]
-    for part in reversed(parts):
-        canonical = normalize_category(part)
-        if canonical:
-            return canonical
-    return parts[-1] if parts else ""
+    named = (normalize_category(part) for part in reversed(parts))
+    return next((canonical for canonical in named if canonical), parts[-1] if parts else "")
 
 
 def canonical_or_text(category: str | None) -> str:
