@@ -205,10 +205,9 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
     and the image rank, for every garment in either ranking."""
     positions, scores = index.vectors.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
-    pin_scores = index.cosines(query, pinned) if pinned else []
-    merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
-                     *zip(pinned, pin_scores, strict=True)], key=lambda ps: -ps[1])
-    image = [int(p) for p, _ in merged[:depth]]
+    positions = np.concatenate([positions, np.asarray(pinned, dtype=np.int64)])
+    scores = np.concatenate([scores, index.cosines(query, pinned)])
+    image = positions[np.argsort(-scores, kind="stable")[:depth]].tolist()
     pool = allowed.copy()
     pool[pinned] = True
     bm25 = index.caption_index.scores(text)
