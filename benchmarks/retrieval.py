@@ -6,7 +6,7 @@
 For each catalog size it builds the index the library builds (`index_type="auto"`: IVF with
 8-bit scalar quantisation above the threshold, nprobe tuned at build time) and measures:
 build time (train + add + nprobe tuning), the FAISS index's memory, single-query latency for
-k=10 through the library's ranking path (`GarmentIndex.search`, what search() ranks by: one-thread IVF probe
+k=10 through the library's ranking path (`VectorStore.search`, what search() ranks by: one-thread IVF probe
 plus exact re-ranking of the candidates with the float32 embeddings), and recall@10 against
 exact brute force. The exact flat index is measured beside it as the baseline. Text encoding
 is not included (it is the same for every index type).
