@@ -6,7 +6,7 @@
 For each catalog size it builds the index the library builds (`index_type="auto"`: IVF with
 8-bit scalar quantisation above the threshold, nprobe tuned at build time) and measures:
 build time (train + add + nprobe tuning), the FAISS index's memory, single-query latency for
-k=10 through the library's ranking path (`VectorStore.search`, what search() ranks by: one-thread IVF probe
+k=10 through the library's ranking path (`GarmentIndex.search`, what search() ranks by: one-thread IVF probe
 plus exact re-ranking of the candidates with the float32 embeddings), and recall@10 against
 exact brute force. The exact flat index is measured beside it as the baseline. Text encoding
 is not included (it is the same for every index type).
@@ -107,11 +107,11 @@ def measure(index: GarmentIndex, queries: np.ndarray, exact: np.ndarray,
             categories: set[str] | None = None, warmup: int = 5) -> tuple[float, float, float]:
     """p50 ms, p99 ms, recall@10 of single queries through the library's ranking path."""
     for q in queries[:warmup]:
-        index.vectors.search(q, K, categories)
+        index.search(q, K, categories)
     times, found = [], []
     for q in queries:
         t0 = time.perf_counter()
-        hits = index.vectors.search(q, K, categories)[0].tolist()
+        hits = index.search(q, K, categories)[0].tolist()
         times.append(time.perf_counter() - t0)
         found.append(hits)
     ms = np.array(times) * 1e3

@@ -11,14 +11,14 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..images import GARMENT_SIZE, decode_image
+from ..images import GARMENT_SIZE, decode_image, fit_garment
 from ..paths import shorten
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
@@ -46,7 +46,7 @@ class GarmentIndex:
         self.version = version
         self.manifest = manifest
         self.embeddings = embeddings
-        self.vectors = vectors
+        self._vectors = vectors
         self.encoder = encoder
         items = manifest.items
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
@@ -112,6 +112,36 @@ class GarmentIndex:
         """The stored garment `item_id` (KeyError if the index has no such garment)."""
         return self.garment_image(self._positions[item_id])
 
+    def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
+               exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The k garments nearest a query embedding: (positions, cosines), best first, only of
+        `categories` (None: any), never an `exclude`d position. Exact for a flat index; for IVF,
+        exact among the probed candidates."""
+        return self._vectors.search(query, k, categories, exclude)
+
+    def category_mask(self, categories: Collection[str]) -> np.ndarray:
+        """[N] bool: which garments are of one of `categories`."""
+        return self._vectors.category_mask(categories)
+
+    def caption_scores(self, text: str) -> np.ndarray:
+        """[N] float32 BM25 scores of every caption for `text` (the index is built on first use)."""
+        return self._caption_index.scores(text)
+
+    def embed_query(self, text: str | None, image: Image.Image | None, image_weight: float) -> np.ndarray:
+        """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
+        product with a garment is the weighted sum of the two cosines. The picture is fitted to the
+        catalog's garment form first, as the build fits every catalog image."""
+        if self.encoder is None:
+            raise ValueError(f"Index {self.name!r} was loaded without its text encoder; an embedding query "
+                             "needs one (load_index(path, encoder)), or use mode 'caption'.")
+        weight = float(image_weight) if text is not None and image is not None else float(image is not None)
+        query = np.zeros(self.dim, dtype=np.float32)
+        if text is not None and weight < 1:
+            query += (1.0 - weight) * self.encoder.encode_texts([text])[0]
+        if image is not None and weight > 0:
+            query += weight * self.encoder.encode_images([fit_garment(image)])[0]
+        return query
+
     def cosines(self, query: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         """Exact cosines of a query embedding with the garments at `positions`."""
         return np.asarray(self.embeddings[list(positions)], dtype=np.float32) @ query
@@ -120,8 +150,7 @@ class GarmentIndex:
         return dict(Counter(c or "uncategorised" for c in self.categories))
 
     @functools.cached_property
-    def caption_index(self) -> CaptionIndex:
-        """BM25 over the captions, built on first use."""
+    def _caption_index(self) -> CaptionIndex:
         return CaptionIndex(self.captions)
 
     def info(self) -> dict[str, Any]:
@@ -136,8 +165,8 @@ class GarmentIndex:
             "random_demo_encoder": self.manifest.encoder.random_demo,
             "built": self.manifest.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
-            "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
-                             "parts": len(self.vectors.parts)},
+            "vector_index": {"type": self._vectors.kind, "factory": self._vectors.factory,
+                             "parts": len(self._vectors.parts)},
             "captions": sum(1 for c in self.captions if c.strip()),
         }
 

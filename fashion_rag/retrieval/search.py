@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import fit_garment, to_image_tensor
+from ..images import to_image_tensor
 from ..paths import shorten
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
@@ -132,23 +132,23 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
 
     n = len(index)
     categories = None if category in (None, "", "any") else {canonical_or_text(category)}
-    allowed = np.ones(n, dtype=bool) if categories is None else index.vectors.category_mask(categories)
+    allowed = np.ones(n, dtype=bool) if categories is None else index.category_mask(categories)
     skip = excluded + pin_pos
     allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
 
     score: dict[int, float]
     if mode == "caption":
-        bm25 = index.caption_index.scores(str(text))
+        bm25 = index.caption_scores(str(text))
         fill = _score_ranking(bm25, n_fill, allowed)
         score = {p: float(bm25[p]) for p in pin_pos + fill}
     elif mode == "image":
-        query = query_embedding(index, text if has_text else None, image, image_weight)
+        query = index.embed_query(text if has_text else None, image, image_weight)
         # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
-        fill = index.vectors.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
+        fill = index.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
         score = dict(zip(pin_pos + fill, index.cosines(query, pin_pos + fill).tolist(), strict=True))
     else:
-        query = query_embedding(index, text if has_text else None, image, image_weight)
+        query = index.embed_query(text if has_text else None, image, image_weight)
         # Deep enough that the image ranking alone holds n_fill allowed garments besides the pins.
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
         score, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
@@ -160,7 +160,7 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
                    path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
     if not out:
         why = "all candidates are excluded"
-        if categories and not index.vectors.category_mask(categories).any():
+        if categories and not index.category_mask(categories).any():
             why = f"it has no garments of category {category!r} (it has {index.per_category()})"
         raise ValueError(f"No garment of index {index.name!r} can be returned: {why}. Choose another "
                          "category or remove ids from exclude_ids.")
@@ -175,23 +175,6 @@ def retrieve(index: GarmentIndex, text: str | None, k: int = 3, **options: Any) 
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text or "")
 
 
-def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | None,
-                    image_weight: float) -> np.ndarray:
-    """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
-    product with a garment is the weighted sum of the two cosines. The picture is fitted to the
-    catalog's garment form first, as the build fits every catalog image."""
-    if index.encoder is None:
-        raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
-                         "needs one (load_index(path, encoder)), or use mode 'caption'.")
-    weight = float(image_weight) if text is not None and image is not None else float(image is not None)
-    query = np.zeros(index.dim, dtype=np.float32)
-    if text is not None and weight < 1:
-        query += (1.0 - weight) * index.encoder.encode_texts([text])[0]
-    if image is not None and weight > 0:
-        query += weight * index.encoder.encode_images([fit_garment(image)])[0]
-    return query
-
-
 def _score_ranking(scores: np.ndarray, count: int, allowed: np.ndarray) -> list[int]:
     """The `count` best allowed positions by score, ties in catalog order."""
     cand = np.flatnonzero(allowed)
@@ -203,14 +186,14 @@ def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np
                   depth: int) -> tuple[dict[int, float], dict[int, int]]:
     """The reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest)
     and the image rank, for every garment in either ranking."""
-    positions, scores = index.vectors.search(query, depth, categories, skip)
+    positions, scores = index.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
     positions = np.concatenate([positions, np.asarray(pinned, dtype=np.int64)])
     scores = np.concatenate([scores, index.cosines(query, pinned)])
     image = positions[np.argsort(-scores, kind="stable")[:depth]].tolist()
     pool = allowed.copy()
     pool[pinned] = True
-    bm25 = index.caption_index.scores(text)
+    bm25 = index.caption_scores(text)
     # Only captions that share a word with the query take part: an all-zero tail is not a ranking.
     caption = _score_ranking(bm25, depth, pool & (bm25 > 0))
     fused: dict[int, float] = {}
