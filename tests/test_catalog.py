@@ -138,7 +138,7 @@ def test_metadata_captions_keep_line_separators(tmp_path, tiny_weights, fmt):
     for i, row in enumerate(rows):
         assert index.captions[index.position(row["id"])] == row["caption"], repr(separators[i])
         # BM25 finds the word after the separator, in that garment only, and ranks it first.
-        matched = np.flatnonzero(index.caption_index.scores(WORDS[i])).tolist()
+        matched = np.flatnonzero(index.caption_scores(WORDS[i])).tolist()
         assert matched == [index.position(row["id"])], repr(separators[i])
         assert search(index, WORDS[i], 1, mode="caption")[0].id == row["id"]
 

@@ -88,7 +88,7 @@ def _check_load(out: Path, encoder: GarmentEncoder, what: str, hints: tuple[str,
     with opened_files() as opened:
         try:
             index = load_index(out, encoder)
-            index.vectors.search(np.asarray(index.embeddings[0]), 3)  # and it answers queries
+            index.search(np.asarray(index.embeddings[0]), 3)  # and it answers queries
             outcome = "ok"
         except (IndexFormatError, EncoderMismatchError) as exc:
             message = str(exc)

@@ -123,7 +123,7 @@ while not os.path.exists(cfg["stop"]):
         index = load_index(cfg["out"])
         assert len(index) == 36 and index.captions in captionings, "a partial or mixed index"
         assert np.asarray(index.embeddings).shape == (36, 32)
-        hits = index.vectors.search(np.asarray(index.embeddings[5]), 5)[0]
+        hits = index.search(np.asarray(index.embeddings[5]), 5)[0]
         assert len(hits) == 5 and hits[0] == 5, hits
         assert len(search(index, "red striped", 3, mode="caption")) == 3
         versions.add(index.version)

@@ -212,7 +212,7 @@ def test_filtered_ivf_search_keeps_recall_for_off_category_queries():
     for wanted in ("dresses", "upper_body"):
         rows = np.flatnonzero(cats == wanted)
         exact = rows[exact_top_k(x[rows], queries, 10)]
-        found = np.stack([index.vectors.search(q, 10, {wanted})[0] for q in queries])
+        found = np.stack([index.search(q, 10, {wanted})[0] for q in queries])
         assert recall_at_k(found, exact) >= 0.95, wanted
 
 
@@ -231,7 +231,7 @@ def test_ivf_index_saves_and_loads_one_part_per_category(catalog_dir, tiny_weigh
     assert [p.vectors.nprobe_filtered for p in index.vectors.parts] == [p.nprobe_filtered for p in parts]
     q = enc.encode_texts(["a top"])
     exact = exact_top_k(np.asarray(index.embeddings), q, 5)
-    assert recall_at_k(index.vectors.search(q[0], 5)[0][None], exact) == 1.0  # 12 per part: all probed
+    assert recall_at_k(index.search(q[0], 5)[0][None], exact) == 1.0  # 12 per part: all probed
 
 
 def test_ivf_nlist_follows_the_rule_in_method_md():
@@ -253,7 +253,7 @@ def test_many_free_text_categories_share_a_part():
     q = x[7] + 0.1
     for wanted in ({"style7"}, {"style39", "dresses"}, None):
         allowed = np.array([wanted is None or c in wanted for c in cats])
-        got, scores = index.vectors.search(q, 8, wanted, exclude=[7])
+        got, scores = index.search(q, 8, wanted, exclude=[7])
         allowed[7] = False
         exact = np.flatnonzero(allowed)[np.argsort(-(x[allowed] @ q), kind="stable")[:8]]
         assert got.tolist() == exact.tolist()

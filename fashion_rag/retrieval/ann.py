@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..logs import LogFn
+from ..logs import LogFn, log
 from .ondisk import (
     VECTORS,
     Manifest,
@@ -30,44 +30,26 @@ from .ondisk import (
 BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small beside the data
 
 
+@dataclass
 class Rows:
-    """Rows `positions` (all rows when None) of an [N, d] float32 array, e.g. a memory map.
+    """Rows `positions` (sorted; all when None) of an [N, d] float32 array, e.g. a memory map;
+    reads copy only the rows asked for, never the whole array."""
 
-    Reads copy only the rows asked for; nothing here holds the whole array in memory.
-    """
-
-    def __init__(self, base: np.ndarray, positions: np.ndarray | None = None) -> None:
-        self.base = base
-        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+    base: np.ndarray
+    positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.base) if self.positions is None else len(self.positions)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self), int(self.base.shape[1])
-
-    def take(self, local: np.ndarray) -> np.ndarray:
+    def take(self, local: np.ndarray | slice) -> np.ndarray:
         """Rows at these local positions, as float32 in memory."""
-        rows = np.asarray(local, dtype=np.int64)
-        if self.positions is not None:
-            rows = self.positions[rows]
+        rows = local if self.positions is None else self.positions[local]
         return np.ascontiguousarray(self.base[rows], dtype=np.float32)
 
-    def block(self, start: int, stop: int) -> np.ndarray:
-        """Local rows start..stop-1 as float32 in memory (a slice of the file when contiguous)."""
-        if self.positions is None:
-            return np.ascontiguousarray(self.base[start:stop], dtype=np.float32)
-        pos = self.positions[start:stop]
-        if len(pos) and pos[-1] - pos[0] == len(pos) - 1:  # one run of rows: a plain slice
-            return np.ascontiguousarray(self.base[pos[0] : pos[-1] + 1], dtype=np.float32)
-        return np.ascontiguousarray(self.base[pos], dtype=np.float32)
-
-    def blocks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(first local row, rows) blocks covering every row in order."""
-        size = size or BLOCK_ROWS
-        for start in range(0, len(self), size):
-            yield start, self.block(start, min(start + size, len(self)))
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Every row in order, BLOCK_ROWS at a time."""
+        for start in range(0, len(self), BLOCK_ROWS):
+            yield self.take(slice(start, start + BLOCK_ROWS))
 
 
 def as_rows(x: np.ndarray | Rows) -> Rows:
@@ -77,26 +59,19 @@ def as_rows(x: np.ndarray | Rows) -> Rows:
 def mean_row(x: np.ndarray | Rows) -> np.ndarray:
     """The mean of all rows ([d] float32), summed block by block in float64."""
     rows = as_rows(x)
-    if len(rows) <= BLOCK_ROWS:
-        return rows.block(0, len(rows)).mean(axis=0)
-    total = np.zeros(rows.shape[1], dtype=np.float64)
-    for _, block in rows.blocks():
-        total += block.sum(axis=0, dtype=np.float64)
+    total = sum(block.sum(axis=0, dtype=np.float64) for block in rows.blocks())
     return (total / len(rows)).astype(np.float32)
 
 
 def exact_top_k(x: np.ndarray | Rows, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k).
-
-    faiss.contrib's knn_ground_truth, fed one block of x at a time (no N x Q score matrix, and
-    a memory-mapped file is read block by block).
-    """
+    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k):
+    faiss.contrib's knn_ground_truth fed a block of x at a time (no N x Q score matrix)."""
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    blocks = (block for _, block in as_rows(x).blocks())
-    _, positions = knn_ground_truth(q, blocks, int(k), metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    _, positions = knn_ground_truth(q, as_rows(x).blocks(), int(k), metric_type=faiss.METRIC_INNER_PRODUCT,
+                                    ngpu=0)
     return positions.astype(np.int64)
 
 
@@ -133,19 +108,18 @@ def ivf_nlist(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
+@dataclass
 class VectorIndex:
     """A FAISS inner-product index (exact flat, or IVF with 8-bit scalar quantisation)."""
 
-    def __init__(self, index: Any, kind: str, factory: str, nprobe: int | None = None,
-                 nprobe_filtered: int | None = None, tuned_recall: dict[str, float] | None = None) -> None:
-        self.index = index
-        self.kind = kind
-        self.factory = factory
-        self.tuned_recall = tuned_recall or {}
-        self.nprobe = nprobe  # IVF lists probed (None: flat); every IVF search passes it to FAISS
-        # Probes used under a category filter: the query may then resemble no garment of this
-        # part (a dress described while filtering tops), and its neighbours spread over more lists.
-        self.nprobe_filtered = nprobe_filtered or nprobe
+    index: Any
+    kind: str
+    factory: str
+    nprobe: int | None = None  # IVF lists probed (None: flat); every IVF search passes it to FAISS
+    # Probes used under a category filter: the query may then resemble no garment of this part
+    # (a dress described while filtering tops), and its neighbours spread over more lists.
+    nprobe_filtered: int | None = None
+    tuned_recall: dict[str, float] | None = None
 
     @property
     def ntotal(self) -> int:
@@ -153,95 +127,23 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores [Q, k], positions [Q, k]); positions of -1 mean 'fewer than k found'.
-
-        allowed: optional [N] bool mask; only those positions can be returned.
-        nprobe: IVF lists to probe for this search (default: self.nprobe).
-        """
+        """Top-k (scores [Q, k], positions [Q, k]; -1: fewer than k found) among the `allowed`
+        positions ([N] bool, None: all), probing `nprobe` IVF lists (None: self.nprobe)."""
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(int(k), self.ntotal))
-        params = None
-        keep = None
-        sel = None
-        if allowed is not None:
-            keep = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
-            sel = faiss.IDSelectorBitmap(keep)
+        # The bitmap must outlive the search: FAISS holds only a pointer to it.
+        keep = None if allowed is None else np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+        sel = None if keep is None else faiss.IDSelectorBitmap(keep)
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.nprobe))
-        elif sel is not None:
+        else:
             params = faiss.SearchParameters(sel=sel)
         with _faiss_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
             scores, labels = self.index.search(queries, k, params=params)
-        del keep  # the bitmap must outlive the search: FAISS holds only a pointer to it
+        del keep
         return scores, labels
-
-
-def create_vector_index(
-    embeddings: np.ndarray | Rows,
-    index_type: str = "auto",
-    ivf_threshold: int = IVF_THRESHOLD,
-    nprobe: int | None = None,
-    log_fn: LogFn | None = None,
-    filtered_probes: np.ndarray | None = None,
-) -> VectorIndex:
-    """The vector index of these embeddings ([N, d] float32, unit norm): "auto" is exact flat
-    below `ivf_threshold` items, IVF(nlist),SQ8 above. nprobe is tuned (unless given) on probe
-    queries made from these garments, nprobe_filtered on `filtered_probes` (made from other
-    garments) or, without them, on probes around the data's mean. An IVF build holds its
-    training sample, one block and the index, never all the float32 vectors."""
-    import faiss
-
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
-    x = as_rows(embeddings)
-    n, d = x.shape
-    if part_kind(index_type, n, ivf_threshold) == "flat":
-        index = faiss.IndexFlatIP(d)
-        for _, block in x.blocks():
-            index.add(block)
-        return VectorIndex(index, "flat", "Flat")
-    nlist = ivf_nlist(n)
-    factory = f"IVF{nlist},SQ8"
-    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.extract_index_ivf(index)
-    # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
-    # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
-    # here, not by FAISS, so that only the sample is ever read into memory.
-    ivf.cp.max_points_per_centroid = 32
-    n_train = min(n, 32 * nlist)
-    if log_fn:
-        log_fn(f"training {factory} on {n_train} of {n} vectors")
-    sample = np.arange(n) if n_train == n else np.sort(
-        np.random.default_rng(2).choice(n, size=n_train, replace=False))
-    index.train(x.take(sample))
-    del sample
-    if log_fn:
-        log_fn(f"adding {n} vectors to {factory}")
-    for _, block in x.blocks():
-        index.add(block)
-    vec = VectorIndex(index, "ivf", factory, nprobe=nprobe or 1)
-    if nprobe is not None:
-        return vec
-    if log_fn:
-        log_fn("tuning nprobe on probe queries")
-    rng = np.random.default_rng(0)
-    garment_probes = probe_queries(x, 100, rng)
-    if filtered_probes is None:
-        filtered_probes = probe_queries(x, 100, rng, around_mean=True)
-    # One pass over the embeddings for both probe sets' exact neighbours (10M rows: 30 GB read).
-    exact = exact_top_k(x, np.concatenate([garment_probes, filtered_probes]), min(10, n))
-    nprobe, garment_recall = tune_nprobe(vec, x, garment_probes, TUNE_RECALL, MIN_NPROBE,
-                                         exact=exact[: len(garment_probes)])
-    vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, TUNE_RECALL, start=nprobe,
-                                                    exact=exact[len(garment_probes):])
-    vec.nprobe = nprobe
-    vec.tuned_recall = {"garment_queries": garment_recall, "other_queries": other_recall}
-    if log_fn:
-        log_fn(f"nprobe {vec.nprobe} (filtered {vec.nprobe_filtered}) of {nlist} lists: recall@10 "
-               f"{garment_recall:.3f} / {other_recall:.3f} on probe queries")
-    return vec
 
 
 def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
@@ -252,48 +154,86 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
     return index_type
 
 
-def probe_queries(x: np.ndarray | Rows, m: int, rng: np.random.Generator,
-                  around_mean: bool = False) -> np.ndarray:
+def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
+                        ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn = log.debug,
+                        filtered_probes: np.ndarray | None = None) -> VectorIndex:
+    """The vector index of these unit embeddings: "auto" is exact flat below `ivf_threshold` items,
+    IVF(nlist),SQ8 above, nprobe tuned on probes made from these garments and nprobe_filtered on
+    `filtered_probes` (from other garments; default: around the data's mean). An IVF build holds
+    its training sample, one block and the index, never all the float32 vectors."""
+    import faiss
+
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, not {index_type!r}")
+    x = as_rows(embeddings)
+    n, d = len(x), int(x.base.shape[1])
+    kind, nlist = part_kind(index_type, n, ivf_threshold), ivf_nlist(n)
+    factory = "Flat" if kind == "flat" else f"IVF{nlist},SQ8"
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivf":
+        # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
+        # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
+        # here, not by FAISS, so that only the sample is ever read into memory.
+        faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
+        n_train = min(n, 32 * nlist)
+        log_fn(f"training {factory} on {n_train} of {n} vectors")
+        index.train(x.take(np.sort(np.random.default_rng(2).choice(n, size=n_train, replace=False))))
+        log_fn(f"adding {n} vectors to {factory}")
+    for block in x.blocks():
+        index.add(block)
+    if kind == "flat":
+        return VectorIndex(index, kind, factory)
+    log_fn("tuning nprobe on probe queries")
+    vec = VectorIndex(index, "ivf", factory)
+    rng = np.random.default_rng(0)
+    probes = probe_queries(x, 100, rng)
+    if filtered_probes is None:
+        filtered_probes = probe_queries(x, 100, rng, around_mean=True)
+    # One pass over the embeddings for both probe sets' exact neighbours (10M rows: 30 GB read).
+    exact = exact_top_k(x, np.concatenate([probes, filtered_probes]), min(10, n))
+    vec.nprobe, garment_recall = tune_nprobe(vec, x, probes, exact[: len(probes)], MIN_NPROBE)
+    vec.nprobe_filtered, other_recall = tune_nprobe(vec, x, filtered_probes, exact[len(probes) :], vec.nprobe)
+    vec.tuned_recall = {"garment_queries": garment_recall, "other_queries": other_recall}
+    log_fn(f"nprobe {vec.nprobe} (filtered {vec.nprobe_filtered}) of {nlist} lists: recall@10 "
+           f"{garment_recall:.3f} / {other_recall:.3f} on probe queries")
+    return vec
+
+
+def probe_queries(x: Rows, m: int, rng: np.random.Generator, around_mean: bool = False) -> np.ndarray:
     """[m, d] unit queries for tuning nprobe: between two random garments (around_mean: at the
     data's mean direction, resembling no garment) plus noise as large, so that their neighbours
     spread over lists as a text query's do (text and image embeddings meet at low cosines)."""
-    rows = as_rows(x)
-    n, d = rows.shape
     if around_mean:
-        anchors = np.repeat(mean_row(rows)[None, :], m, axis=0)
+        anchors = np.repeat(mean_row(x)[None, :], m, axis=0)
     else:
-        anchors = rows.take(rng.choice(n, size=m)) + rows.take(rng.choice(n, size=m))
+        anchors = x.take(rng.choice(len(x), size=m)) + x.take(rng.choice(len(x), size=m))
     anchors /= np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
-    noise = rng.standard_normal((m, d)).astype(np.float32)
+    noise = rng.standard_normal(anchors.shape).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     q = anchors + noise
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, target: float, start: int,
-                exact: np.ndarray) -> tuple[int, float]:
-    """Smallest power-of-two nprobe >= start reaching `target` recall@k on `queries`, whose exact
-    top-k is `exact` (its width is k). Recall is measured as the library searches: 4k+10
-    candidates re-ranked exactly."""
+def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, exact: np.ndarray,
+                start: int) -> tuple[int, float]:
+    """Smallest power-of-two multiple of nprobe `start` (at least MIN_NPROBE) reaching TUNE_RECALL
+    recall@k on `queries`, whose exact top-k is `exact`, and that recall. Recall is measured as
+    the library searches: 4k+10 candidates re-ranked exactly."""
     import faiss
 
-    n, k = len(rows), exact.shape[1]
+    k = exact.shape[1]
     nlist = int(faiss.extract_index_ivf(vec.index).nlist)
-    nprobe, recall = min(max(start, MIN_NPROBE), nlist), 0.0
+    nprobe = min(max(start, MIN_NPROBE), nlist)
     while True:
-        vec.nprobe = nprobe
-        _, cand = vec.search(queries, min(n, 4 * k + 10))
-        found = np.stack([_rerank(rows, row[row >= 0], q, k) for row, q in zip(cand, queries, strict=True)])
+        # Candidates in position order, so that the stable sort breaks exact ties as search() does.
+        cand = np.sort(vec.search(queries, min(len(rows), 4 * k + 10), nprobe=nprobe)[1], axis=1)
+        scores = (rows.take(np.maximum(cand, 0)) @ queries[:, :, None])[:, :, 0]
+        scores[cand < 0] = -np.inf  # "fewer found": last, and -1 in `found`
+        found = np.take_along_axis(cand, np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
         recall = recall_at_k(found, exact)
-        if recall >= target or nprobe >= nlist:
+        if recall >= TUNE_RECALL or nprobe >= nlist:
             return nprobe, recall
         nprobe = min(nprobe * 2, nlist)
-
-
-def _rerank(rows: Rows, cand: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    cand = np.sort(cand)
-    top = cand[np.argsort(-(rows.take(cand) @ query), kind="stable")[:k]]
-    return np.pad(top, (0, k - len(top)), constant_values=-1)
 
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
@@ -306,49 +246,40 @@ def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
     return [(c,) for c in sorted(ordered[: MAX_PARTS - 1])] + [tuple(sorted(ordered[MAX_PARTS - 1 :]))]
 
 
-@dataclass
-class VectorPart:
-    categories: tuple[str, ...]
-    positions: np.ndarray  # int64, sorted: the part's local id i is the garment at positions[i]
-    local_categories: np.ndarray  # str per local id (only consulted for shared parts)
-    vectors: VectorIndex
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def record(self) -> PartRecord:
-        return part_record(self.categories, len(self), self.vectors)
-
-
-def part_record(categories: Sequence[str], count: int, vec: VectorIndex, file: str | None = None
-                ) -> PartRecord:
-    """A part as the manifest lists it (an IVF part's `file` is given when written)."""
-    if vec.kind != "ivf":
-        return PartRecord(list(categories), count, vec.kind, vec.factory)
-    return PartRecord(list(categories), count, vec.kind, vec.factory, file, vec.nprobe, vec.nprobe_filtered,
-                      vec.tuned_recall)
-
-
 def overall_type(kinds: Iterable[str]) -> str:
     """The index type of a garment index whose parts are of these kinds: theirs, or "mixed"."""
     distinct = set(kinds)
     return distinct.pop() if len(distinct) == 1 else "mixed"
 
 
-def _index_record(parts: list[PartRecord]) -> VectorIndexRecord:
-    return VectorIndexRecord(overall_type(p.type for p in parts), parts)
+@dataclass
+class VectorPart:
+    categories: tuple[str, ...]
+    positions: np.ndarray  # int64, sorted: the part's local id i is the garment at positions[i]
+    vectors: VectorIndex
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def record(self, file: str | None = None) -> PartRecord:
+        """The part as the manifest lists it (an IVF part's `file` is given when written)."""
+        vec = self.vectors
+        return PartRecord(list(self.categories), len(self), vec.kind, vec.factory, file, vec.nprobe,
+                          vec.nprobe_filtered, vec.tuned_recall)
 
 
 class VectorStore:
-    """Vector search over an index's embeddings: one FAISS index per category group.
+    """Vector search over an index's embeddings, one FAISS index per category group (`parts`);
+    candidates (from 8-bit codes for IVF) are re-ranked with the float32 embeddings."""
 
-    search() returns exact cosine scores: candidates from the FAISS indexes (8-bit codes for
-    IVF) are re-ranked with the float32 embeddings.
-    """
-
-    def __init__(self, embeddings: np.ndarray, parts: list[VectorPart]) -> None:
+    def __init__(self, embeddings: np.ndarray, categories: Sequence[str]) -> None:
         self.embeddings = embeddings
-        self.parts = parts
+        self.parts: list[VectorPart] = []
+        # Category codes, so 10M garments cost 40 MB of int32 here, not 10M strings, and a
+        # category filter costs no Python loop.
+        self.names: dict[str, int] = {}
+        self.codes = np.fromiter((self.names.setdefault(str(c), len(self.names)) for c in categories),
+                                 np.int32, len(categories))
 
     @property
     def kind(self) -> str:
@@ -359,14 +290,15 @@ class VectorStore:
         return ", ".join(sorted({p.vectors.factory for p in self.parts}))
 
     def record(self) -> VectorIndexRecord:
-        return _index_record([p.record() for p in self.parts])
+        return VectorIndexRecord(self.kind, [p.record() for p in self.parts])
+
+    def category_mask(self, categories: Collection[str]) -> np.ndarray:
+        """[N] bool: which garments have one of these categories."""
+        return np.isin(self.codes, [self.names[c] for c in categories if c in self.names])
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k best garments (positions, exact cosines), best first.
-
-        categories: only garments of these; exclude: positions never returned.
-        """
+        """The k best garments of `categories` (None: any) but `exclude` (positions, exact cosines)."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
         found = []
@@ -375,11 +307,10 @@ class VectorStore:
             if not wanted:
                 continue
             mask = None
-            if len(wanted) < len(part.categories):
-                mask = np.isin(part.local_categories, wanted)
-            hit = np.searchsorted(part.positions, excluded)
-            inside = (hit < len(part)) & (part.positions[np.minimum(hit, len(part) - 1)] == excluded)
-            local_excluded = hit[inside]
+            if len(wanted) < len(part.categories):  # a shared part, filtered
+                mask = np.isin(self.codes[part.positions], [self.names[c] for c in wanted])
+            hit = np.minimum(np.searchsorted(part.positions, excluded), len(part) - 1)
+            local_excluded = hit[part.positions[hit] == excluded]
             if len(local_excluded):
                 mask = np.ones(len(part), dtype=bool) if mask is None else mask
                 mask[local_excluded] = False
@@ -404,90 +335,76 @@ class VectorStore:
 
 
 def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index_type: str = "auto",
-                        ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn | None = None) -> VectorStore:
-    """Build the per-category vector indexes of an index (the threshold applies per part)."""
-    cats = np.asarray(categories, dtype=object).astype(str)
-    built = _build_parts(embeddings, categories, index_type, ivf_threshold, log_fn)
-    parts = [VectorPart(group, positions, cats[positions], vec) for group, positions, vec in built]
-    return VectorStore(embeddings, parts)
+                        ivf_threshold: int = IVF_THRESHOLD) -> VectorStore:
+    """Build the per-category vector indexes of an index in memory (the threshold applies per part)."""
+    store = VectorStore(embeddings, categories)
+    store.parts = list(_build_parts(store, categories, index_type, ivf_threshold, log.debug))
+    return store
 
 
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
-                       log_fn: LogFn | None = None) -> VectorIndexRecord:
-    """Build the parts create_vector_store builds, one at a time, writing each IVF part to
-    `folder` (VECTORS) and freeing it before the next: the build's way, with memory bounded by
-    the largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB).
-
-    Returns the manifest's vector_index record.
-    """
+                       log_fn: LogFn = log.debug) -> VectorIndexRecord:
+    """The manifest's vector_index record of the parts create_vector_store builds, built one at a
+    time, each IVF part written to `folder` and freed before the next: memory is bounded by the
+    largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB)."""
     records = []
-    for i, (group, positions, vec) in enumerate(_build_parts(embeddings, categories, index_type,
-                                                             ivf_threshold, log_fn)):
-        file = VECTORS.format(i) if vec.kind == "ivf" else None
+    built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
+    for i, part in enumerate(built):
+        file = VECTORS.format(i) if part.vectors.kind == "ivf" else None
         if file:
-            write_faiss(vec.index, folder / file)
-        records.append(part_record(group, len(positions), vec, file))
-        del vec  # before the next part is built
-    return _index_record(records)
+            write_faiss(part.vectors.index, folder / file)
+        records.append(part.record(file))
+        del part  # before the next part is built
+    return VectorIndexRecord(overall_type(r.type for r in records), records)
 
 
-def _build_parts(embeddings: np.ndarray, categories: Sequence[str], index_type: str, ivf_threshold: int,
-                 log_fn: LogFn | None) -> Iterator[tuple[tuple[str, ...], np.ndarray, VectorIndex]]:
-    """(categories, positions, vector index) of each part in turn; embeddings are read in blocks."""
+def _build_parts(store: VectorStore, categories: Sequence[str], index_type: str, ivf_threshold: int,
+                 log_fn: LogFn) -> Iterator[VectorPart]:
+    """Each part in turn; embeddings are read in blocks."""
     groups = partition_categories(categories)
-    # Category codes, so a 10M-garment catalog costs 40 MB of int32 here, not 10M strings.
-    names: dict[str, int] = {}
-    codes = np.fromiter((names.setdefault(str(c), len(names)) for c in categories), np.int32, len(categories))
     rng = np.random.default_rng(1)
     for group in groups:
-        inside = np.isin(codes, [names[c] for c in group])
-        positions = np.flatnonzero(inside).astype(np.int64)
+        inside = store.category_mask(group)
+        positions = np.flatnonzero(inside)
         filtered_probes = None
         if part_kind(index_type, len(positions), ivf_threshold) == "ivf" and len(groups) > 1:
             # A filtered query is most often about another category's garments.
             others = np.flatnonzero(~inside)
             sample = np.sort(rng.choice(others, size=min(len(others), 1000), replace=False))
-            filtered_probes = probe_queries(Rows(embeddings, sample), 100, rng)
-            if log_fn:
-                log_fn(f"vector index for {', '.join(group) or 'uncategorised'} ({len(positions)} garments)")
+            filtered_probes = probe_queries(Rows(store.embeddings, sample), 100, rng)
+            log_fn(f"vector index for {', '.join(group) or 'uncategorised'} ({len(positions)} garments)")
         del inside
-        vec = create_vector_index(Rows(embeddings, positions), index_type, ivf_threshold, log_fn=log_fn,
-                                  filtered_probes=filtered_probes)
-        yield group, positions, vec
+        vec = create_vector_index(Rows(store.embeddings, positions), index_type, ivf_threshold, log_fn,
+                                  filtered_probes)
+        yield VectorPart(group, positions, vec)
         del vec  # (write_vector_parts has written it: the next part is built without it in memory)
 
 
 def load_vector_store(stored: StoredVersion) -> VectorStore:
     """The parts the (validated) manifest lists; a .faiss file that does not match is refused."""
-    data_dir, index_dir = stored.ver.data_dir, stored.ver.index_dir
-    manifest, emb = stored.manifest, stored.embeddings
-    cats = np.asarray(manifest.items.categories, dtype=object).astype(str)
-    parts = []
+    manifest, index_dir = stored.manifest, stored.ver.index_dir
+    store = VectorStore(stored.embeddings, manifest.items.categories)
     for i, rec in enumerate(manifest.vector_index.parts):
-        group = tuple(rec.categories)
-        positions = np.flatnonzero(np.isin(cats, group)).astype(np.int64)
+        positions = np.flatnonzero(store.category_mask(rec.categories))
         if len(positions) != rec.count:
             raise damaged(index_dir, f"vector part {i} lists {rec.count} garments, the items "
                           f"{len(positions)}", manifest)
         if rec.type == "flat":
-            vec = create_vector_index(np.asarray(emb[positions]), "flat")
+            vec = create_vector_index(Rows(stored.embeddings, positions), "flat")
         else:
-            index = read_faiss(data_dir, rec.file, index_dir, manifest)
-            vec = _checked_ivf(index, rec, len(positions), emb.shape[1], index_dir, manifest)
-        parts.append(VectorPart(group, positions, cats[positions], vec))
-    return VectorStore(emb, parts)
+            index = read_faiss(stored.ver.data_dir, rec.file, index_dir, manifest)
+            vec = _checked_ivf(index, rec, len(positions), stored.embeddings.shape[1], index_dir, manifest)
+        store.parts.append(VectorPart(tuple(rec.categories), positions, vec))
+    return store
 
 
 def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: Path,
                  manifest: Manifest) -> VectorIndex:
     import faiss
 
+    ivf = faiss.try_extract_index_ivf(index)
     problem = None
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
     if ivf is None:
         problem = "is not an IVF index"
     elif index.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -499,5 +416,4 @@ def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: P
     if problem:
         raise damaged(index_dir, f"{rec.file} {problem}", manifest)
     nprobe_filtered = min(rec.nprobe_filtered or rec.nprobe, int(ivf.nlist))
-    return VectorIndex(index, "ivf", rec.factory, nprobe=rec.nprobe, nprobe_filtered=nprobe_filtered,
-                       tuned_recall=rec.tuned_recall_at_10)
+    return VectorIndex(index, "ivf", rec.factory, rec.nprobe, nprobe_filtered, rec.tuned_recall_at_10)

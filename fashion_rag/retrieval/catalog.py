@@ -4,9 +4,8 @@ Either a folder of images (category from the sub-folder names, any word
 categories.normalize_category knows; caption from a same-named `.txt` beside the image), or a
 metadata file (CSV with a header row, or JSON lines; `metadata.jsonl` / `metadata.csv` in the
 folder is used) with one row per garment: `id`, `image` (inside the catalog folder), `category`,
-`caption`. An image outside the catalog once resolved (paths.inside: `../x.png`, a symlink out)
-is skipped unread. Skipped entries are collected as Skip records, not raised, so one bad row
-does not stop a 50k-garment build; the build reports them all.
+`caption`. An image outside the catalog once resolved (`../x.png`, a symlink out) is skipped
+unread. Skipped entries are collected as Skip records, so one bad row does not stop a build.
 """
 
 from __future__ import annotations
@@ -83,11 +82,8 @@ class Catalog:
 def category_from_folders(rel_path: str) -> str:
     """The canonical category named by the deepest folder that names one, else the parent name."""
     parts = rel_path.split("/")[:-1]
-    for part in reversed(parts):
-        canonical = normalize_category(part)
-        if canonical:
-            return canonical
-    return parts[-1] if parts else ""
+    named = (normalize_category(part) for part in reversed(parts))
+    return next((canonical for canonical in named if canonical), parts[-1] if parts else "")
 
 
 def canonical_or_text(category: str | None) -> str:
@@ -110,14 +106,15 @@ def scan_catalog(root: str | Path, metadata: str | Path | None = None) -> Catalo
 def _from_folder(root: Path) -> Catalog:
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .git, temp dirs
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(Path(dirpath, name).relative_to(root).as_posix())
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skip .git, temp dirs
+        files += [Path(dirpath, name).relative_to(root).as_posix() for name in filenames
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
     files.sort()
-    ids = _ids_for(files)
+    # File stem as id (Dress Code style '013563_1'); the stem-less path where stems collide.
+    stems = Counter(Path(rel).stem for rel in files)
     items, skipped = [], []
-    for rel, item_id in zip(files, ids, strict=True):
+    for rel in files:
+        item_id = Path(rel).stem if stems[Path(rel).stem] == 1 else rel.rsplit(".", 1)[0]
         try:
             inside(rel, root, "image")
         except PathRuleError as exc:  # a symlink pointing out of the catalog
@@ -129,22 +126,12 @@ def _from_folder(root: Path) -> Catalog:
 
 
 def _read_sidecar(sidecar: Path, root: Path) -> str:
-    """A caption .txt beside the image (a regular file inside the catalog, at most 64 kB read,
-    never fatal)."""
+    """A caption .txt beside the image ("" unless a regular file inside the catalog; 64 kB read)."""
     try:
-        if not sidecar.is_file():
-            return ""
         with open_regular(inside(sidecar, root, "caption file"), what="caption file") as f:
             return f.read(1 << 16).decode("utf-8", errors="replace").strip()
     except (OSError, PathRuleError, UnreadableFileError):
         return ""
-
-
-def _ids_for(rel_paths: list[str]) -> list[str]:
-    """File stem as id (Dress Code style '013563_1'); the stem-less path where stems collide."""
-    stems = [Path(p).stem for p in rel_paths]
-    counts = Counter(stems)
-    return [s if counts[s] == 1 else p.rsplit(".", 1)[0] for s, p in zip(stems, rel_paths, strict=True)]
 
 
 def _read_text(path: Path) -> str:
@@ -163,12 +150,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs, column names lower-cased.
-
-    Rows end only where the format says: JSON Lines at "\\n", CSV where the csv module's
-    reader finds a record's end (a quoted caption may hold a newline). str.splitlines() also
-    cuts at U+2028, U+0085, form feeds and the like, which captions may contain.
-    """
+    """(line number, row) pairs, column names lower-cased. Rows end only where the format says
+    (JSON Lines at "\\n", CSV where the csv reader ends a record: a quoted caption may hold a
+    newline), not at U+2028, form feeds and the like where str.splitlines() also cuts."""
     text = _read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
@@ -194,22 +178,16 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        if key in row:
-            return row[key].strip()
-    return None
+    return next((row[key].strip() for key in keys if key in row), None)
 
 
 def _from_metadata(root: Path, metadata: Path) -> Catalog:
     rows = _read_rows(metadata)
     if rows and _pick(rows[0][1], _IMAGE_KEYS) is None:
-        raise ValueError(
-            f"Metadata file {metadata} has no image column; name one of {', '.join(_IMAGE_KEYS)} "
-            f"(columns found: {', '.join(rows[0][1])})."
-        )
-    items: list[CatalogItem] = []
+        raise ValueError(f"Metadata file {metadata} has no image column; name one of "
+                         f"{', '.join(_IMAGE_KEYS)} (columns found: {', '.join(rows[0][1])}).")
+    items: dict[str, CatalogItem] = {}
     skipped: list[Skip] = []
-    seen: set[str] = set()
     src = metadata.name
     for line, row in rows:
         image = _pick(row, _IMAGE_KEYS)
@@ -225,11 +203,10 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
         if not full.exists():  # (anything else but a regular file is skipped when hashed, with why)
             skipped.append(Skip(item_id, MISSING, f"image {shorten(image)} not found in {root}", line, src))
             continue
-        if item_id in seen:
+        if item_id in items:
             skipped.append(Skip(item_id, DUPLICATE_ID, f"id {shorten(item_id)} is used by an earlier row",
                                 line, src))
             continue
-        seen.add(item_id)
         # The path as the row names it (a symlink inside the catalog keeps its own name).
         rel = Path(os.path.relpath(os.path.normpath(root / image), root)).as_posix()
         if not is_plain_relative(rel):  # e.g. an absolute path through a symlinked parent
@@ -237,5 +214,5 @@ def _from_metadata(root: Path, metadata: Path) -> Catalog:
         category = _pick(row, _CATEGORY_KEYS)
         category = canonical_or_text(category) if category else category_from_folders(rel)
         caption = _pick(row, _CAPTION_KEYS) or ""  # as written (a line separator inside stays)
-        items.append(CatalogItem(item_id, rel, category, caption, line, src))
-    return Catalog(root, items, skipped)
+        items[item_id] = CatalogItem(item_id, rel, category, caption, line, src)
+    return Catalog(root, list(items.values()), skipped)

@@ -18,12 +18,9 @@ class Garment:
 
 @dataclass(frozen=True)
 class Garments:
-    """Retrieved garments in rank order, with their images.
-
-    images: [k, 512, 384, 3] float32 in [0, 1] (ComfyUI's IMAGE layout), each garment
-    resized/padded to 384x512 (WxH) as the reference feeds them; values are k/255 levels of
-    the 8-bit source, so converting back to uint8 with round() is lossless.
-    """
+    """Retrieved garments in rank order, with their images: [k, 512, 384, 3] float32 in [0, 1]
+    (ComfyUI's IMAGE layout), each fitted to 384x512 (WxH) as the reference feeds them; values are
+    k/255 levels of the 8-bit source, so converting back to uint8 with round() is lossless."""
 
     items: tuple[Garment, ...]
     images: torch.Tensor = field(repr=False)

@@ -1,5 +1,4 @@
-"""A loaded garment index, answering search(query, category, k), image(id) and caption scores;
-optionally with its text encoder.
+"""A loaded garment index: vector search, image(id), caption scores, optionally its encoder.
 
 load_index() reads the current version through ondisk.read_version, which alone opens the
 index's files (checked, verified, inside the version folder); garment images come from the
@@ -8,6 +7,7 @@ index's own shard, so nothing outside the index folder is ever opened.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import Counter
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import GARMENT_SIZE, decode_image
+from ..images import GARMENT_SIZE, decode_image, fit_garment
 from ..paths import shorten
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
@@ -46,34 +46,27 @@ class GarmentIndex:
         self.version = version
         self.manifest = manifest
         self.embeddings = embeddings
-        self.vectors = vectors
+        self._vectors = vectors
         self.encoder = encoder
         items = manifest.items
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
         self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
-        # Category codes once, so a filtered query on a million garments costs no Python loop.
-        names, codes = np.unique(np.asarray(self.categories, dtype=object).astype(str), return_inverse=True)
-        self._category_names = {str(name): code for code, name in enumerate(names)}
-        self._category_codes = codes.reshape(-1)
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
-        self._image_at = list(zip(items.image_offsets, items.image_sizes, strict=True))
-        self._captions_index: CaptionIndex | None = None
 
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
-                  captions: Sequence[str] | None = None, index_type: str = "auto",
-                  ivf_threshold: int = IVF_THRESHOLD, name: str = "in-memory") -> GarmentIndex:
-        """An index over given embeddings with no files (benchmarks, experiments); ids are '0'..'N-1'."""
+                  index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD) -> GarmentIndex:
+        """An index over given embeddings with no files or captions (benchmarks, experiments); ids
+        are '0'..'N-1'."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(emb)
         cats = list(categories) if categories is not None else [""] * n
         vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
-        items = Items([str(i) for i in range(n)], [""] * n, cats, list(captions) if captions is not None
-                      else [""] * n, [""] * n, [], [])
+        items = Items([str(i) for i in range(n)], [""] * n, cats, [""] * n, [""] * n, [], [])
         manifest = Manifest(EncoderRecord("none", "", int(emb.shape[1]), "", None, ""), n, vectors.record(),
                             Files("", "", {}, {}), items)
-        return cls(Path(name), manifest, emb, vectors)
+        return cls(Path("in-memory"), manifest, emb, vectors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,7 +93,7 @@ class GarmentIndex:
         """The stored garment's PNG bytes, as the build wrote them into the index."""
         if self._shard is None:
             raise ValueError(f"Index {self.name!r} holds no garment images (an in-memory index).")
-        offset, size = self._image_at[pos]
+        offset, size = self.manifest.items.image_offsets[pos], self.manifest.items.image_sizes[pos]
         return bytes(self._shard[offset : offset + size])  # bounds checked against the shard at load
 
     def garment_image(self, pos: int) -> Image.Image:
@@ -120,43 +113,45 @@ class GarmentIndex:
         return self.garment_image(self._positions[item_id])
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
-               exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k best garments for a query embedding (positions, exact cosines), best first:
-        only of `categories` when given, never the positions in `exclude`."""
-        return self.vectors.search(query, k, categories, exclude)
+               exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The k garments nearest a query embedding: (positions, cosines), best first, only of
+        `categories` (None: any), never an `exclude`d position. Exact for a flat index; for IVF,
+        exact among the probed candidates."""
+        return self._vectors.search(query, k, categories, exclude)
+
+    def category_mask(self, categories: Collection[str]) -> np.ndarray:
+        """[N] bool: which garments are of one of `categories`."""
+        return self._vectors.category_mask(categories)
+
+    def caption_scores(self, text: str) -> np.ndarray:
+        """[N] float32 BM25 scores of every caption for `text` (the index is built on first use)."""
+        return self._caption_index.scores(text)
+
+    def embed_query(self, text: str | None, image: Image.Image | None, image_weight: float) -> np.ndarray:
+        """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
+        product with a garment is the weighted sum of the two cosines. The picture is fitted to the
+        catalog's garment form first, as the build fits every catalog image."""
+        if self.encoder is None:
+            raise ValueError(f"Index {self.name!r} was loaded without its text encoder; an embedding query "
+                             "needs one (load_index(path, encoder)), or use mode 'caption'.")
+        weight = float(image_weight) if text is not None and image is not None else float(image is not None)
+        query = np.zeros(self.dim, dtype=np.float32)
+        if text is not None and weight < 1:
+            query += (1.0 - weight) * self.encoder.encode_texts([text])[0]
+        if image is not None and weight > 0:
+            query += weight * self.encoder.encode_images([fit_garment(image)])[0]
+        return query
 
     def cosines(self, query: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         """Exact cosines of a query embedding with the garments at `positions`."""
         return np.asarray(self.embeddings[list(positions)], dtype=np.float32) @ query
 
-    def caption_scores(self, text: str) -> np.ndarray:
-        """[N] BM25 scores of every caption for `text`."""
-        return self.caption_index.scores(text)
-
-    def encode_text(self, text: str) -> np.ndarray | None:
-        """The text's embedding with the index's encoder (None: loaded without one)."""
-        return None if self.encoder is None else self.encoder.encode_texts([text])[0]
-
-    def encode_image(self, picture: Image.Image) -> np.ndarray | None:
-        """A picture's embedding with the index's encoder (None: loaded without one)."""
-        return None if self.encoder is None else self.encoder.encode_images([picture])[0]
-
-    def category_mask(self, category: str) -> np.ndarray:
-        """[N] bool: which garments have exactly this category."""
-        code = self._category_names.get(category)
-        if code is None:
-            return np.zeros(len(self), dtype=bool)
-        return self._category_codes == code
-
     def per_category(self) -> dict[str, int]:
         return dict(Counter(c or "uncategorised" for c in self.categories))
 
-    @property
-    def caption_index(self) -> CaptionIndex:
-        """BM25 over the captions, built on first use (see CaptionIndex)."""
-        if self._captions_index is None:
-            self._captions_index = CaptionIndex(self.captions)
-        return self._captions_index
+    @functools.cached_property
+    def _caption_index(self) -> CaptionIndex:
+        return CaptionIndex(self.captions)
 
     def info(self) -> dict[str, Any]:
         """A summary for people: what `index info` prints and the loader node shows."""
@@ -170,8 +165,8 @@ class GarmentIndex:
             "random_demo_encoder": self.manifest.encoder.random_demo,
             "built": self.manifest.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
-            "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
-                             "parts": len(self.vectors.parts)},
+            "vector_index": {"type": self._vectors.kind, "factory": self._vectors.factory,
+                             "parts": len(self._vectors.parts)},
             "captions": sum(1 for c in self.captions if c.strip()),
         }
 
@@ -183,19 +178,14 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
             check_encoder(manifest, encoder, Path(index_dir).expanduser().resolve())
 
     def assemble(stored: StoredVersion) -> GarmentIndex:
-        vectors = load_vector_store(stored)
-        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings, vectors, encoder,
-                            stored.ver.version, stored.garments)
+        return GarmentIndex(stored.ver.index_dir, stored.manifest, stored.embeddings,
+                            load_vector_store(stored), encoder, stored.ver.version, stored.garments)
 
     return read_version(index_dir, check, assemble)
 
 
-# --------------------------------------------------------------------------------------------
-# BM25 over the captions (bm25s): the lexical half of fusion retrieval. Built from the
-# manifest's captions when first needed rather than stored: it takes well under a second for
-# tens of thousands of captions, and a derived file that cannot go stale is one less thing for
-# an incremental rebuild to get wrong.
-# --------------------------------------------------------------------------------------------
+# BM25 over the captions (bm25s), the lexical half of fusion retrieval: built when first needed,
+# not stored (well under a second for tens of thousands of captions, and it cannot go stale).
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which garment is meant (kept small: "top", "short" matter).
@@ -242,19 +232,16 @@ class CaptionIndex:
         # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.size = len(captions)
-        docs = tokenize_all(captions) if len(captions) else []
-        self.has_text = any(docs)
-        self._bm25 = None
-        if self.has_text:
-            self._bm25 = bm25s.BM25()
+        docs = tokenize_all(captions)
+        self._bm25 = bm25s.BM25() if any(docs) else None
+        if self._bm25 is not None:
             # bm25s needs one token per document; "" is its own empty token, matched by no query.
             self._bm25.index([d or [""] for d in docs], show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
         """[N] float32 BM25 scores (0 for captions sharing no word with the query)."""
-        if self._bm25 is None:
-            return np.zeros(self.size, dtype=np.float32)
-        tokens = [t for t in tokenize(query) if t in self._bm25.vocab_dict]
+        # get_scores refuses words it has never seen, and a query without words.
+        tokens = [] if self._bm25 is None else [t for t in tokenize(query) if t in self._bm25.vocab_dict]
         if not tokens:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import fit_garment, to_image_tensor
+from ..images import to_image_tensor
 from ..paths import shorten
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
@@ -42,11 +42,8 @@ class UnknownIdError(KeyError):
 
 
 def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
-    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped.
-
-    ValueError (naming `what`) beyond MAX_IDS ids, MAX_ID_CHARS per id or
-    MAX_ID_LIST_CHARS in all.
-    """
+    """'a, b,c' (or newline separated, or a list) -> ['a', 'b', 'c'], blanks and repeats dropped;
+    ValueError (naming `what`) beyond MAX_IDS ids, MAX_ID_CHARS per id or MAX_ID_LIST_CHARS in all."""
     if ids is None:
         return []
     if not isinstance(ids, (str, list, tuple)):
@@ -56,27 +53,19 @@ def parse_ids(ids: str | Sequence[str] | None, what: str = "ids") -> list[str]:
             raise ValueError(f"{what} is {len(ids):,} characters long, more than the {MAX_ID_LIST_CHARS:,} "
                              "allowed: list fewer ids.")
         ids = ids.replace("\n", ",").split(",")
-    out: list[str] = []
-    seen: set[str] = set()
-    for part in ids:
-        part = str(part).strip()
-        if not part or part in seen:
-            continue
-        if len(part) > MAX_ID_CHARS:
-            raise ValueError(f"{what} holds an id of {len(part):,} characters ({shorten(part)}); garment ids "
-                             f"are at most {MAX_ID_CHARS} characters.")
-        if len(out) == MAX_IDS:
-            raise ValueError(f"{what} lists more than {MAX_IDS} ids: list fewer.")
-        seen.add(part)
-        out.append(part)
+    out = [part for part in dict.fromkeys(str(p).strip() for p in ids) if part]
+    long = next((part for part in out if len(part) > MAX_ID_CHARS), None)
+    if long is not None:
+        raise ValueError(f"{what} holds an id of {len(long):,} characters ({shorten(long)}); garment ids "
+                         f"are at most {MAX_ID_CHARS} characters.")
+    if len(out) > MAX_IDS:
+        raise ValueError(f"{what} lists more than {MAX_IDS} ids: list fewer.")
     return out
 
 
 def request_problem(text: object, k: object, pin_ids: object = "", exclude_ids: object = "") -> str | None:
-    """What is wrong with a retrieval request (None: nothing), checked before any work is done.
-
-    None for an input means "not known yet" (a linked input at validation time): not checked.
-    """
+    """What is wrong with a retrieval request (None: nothing), checked before any work is done; an
+    input of None is "not known yet" (a linked input at validation time) and not checked."""
     if text is not None and (not isinstance(text, str) or not text.strip()):
         return "The text is empty: describe the garment to retrieve, e.g. 'red striped short-sleeve top'."
     if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
@@ -118,18 +107,10 @@ def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, pictu
     return mode
 
 
-def search(
-    index: GarmentIndex,
-    text: str | None,
-    k: int = 3,
-    *,
-    mode: str | None = None,
-    category: str | None = None,
-    pin_ids: str | Sequence[str] = (),
-    exclude_ids: str | Sequence[str] = (),
-    image: Image.Image | None = None,
-    image_weight: float = DEFAULT_IMAGE_WEIGHT,
-) -> list[Garment]:
+def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | None = None,
+           category: str | None = None, pin_ids: str | Sequence[str] = (),
+           exclude_ids: str | Sequence[str] = (), image: Image.Image | None = None,
+           image_weight: float = DEFAULT_IMAGE_WEIGHT) -> list[Garment]:
     """Rank the garments of `index` for `text` and/or a query `image` (text "" or None: the
     picture alone); see the module docstring. No stored images loaded."""
     has_text = image is None or bool(text and text.strip())
@@ -144,63 +125,45 @@ def search(
     if unknown:
         shown = ", ".join(shorten(p) for p in unknown[:5])
         shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UnknownIdError(
-            f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); remove them from "
-            "pin_ids or rebuild the index."
-        )
+        raise UnknownIdError(f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); "
+                             "remove them from pin_ids or rebuild the index.")
     pin_pos = [index.position(p) for p in pins]
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
     n = len(index)
-    allowed = np.ones(n, dtype=bool)
-    categories = None
-    if category not in (None, "", "any"):
-        categories = {canonical_or_text(category)}
-        allowed &= index.category_mask(canonical_or_text(category))
-    allowed[excluded] = False
-    allowed[pin_pos] = False
-    skip = sorted(set(excluded) | set(pin_pos))
+    categories = None if category in (None, "", "any") else {canonical_or_text(category)}
+    allowed = np.ones(n, dtype=bool) if categories is None else index.category_mask(categories)
+    skip = excluded + pin_pos
+    allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
 
-    query = None
-    if mode in ("image", "fusion"):
-        weight = float(image_weight) if has_text and image is not None else float(image is not None)
-        query = query_embedding(index, text if weight < 1 else None, image if weight > 0 else None, weight)
-
-    pin_scores: list[float]
-    if mode == "image":
-        assert query is not None
-        # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
-        fill = index.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
-        fill_scores = index.cosines(query, fill).tolist()
-        pin_scores = index.cosines(query, pin_pos).tolist()
-    elif mode == "caption":
+    score: dict[int, float]
+    if mode == "caption":
         bm25 = index.caption_scores(str(text))
         fill = _score_ranking(bm25, n_fill, allowed)
-        fill_scores = [float(bm25[p]) for p in fill]
-        pin_scores = [float(bm25[p]) for p in pin_pos]
+        score = {p: float(bm25[p]) for p in pin_pos + fill}
+    elif mode == "image":
+        query = index.embed_query(text if has_text else None, image, image_weight)
+        # Exact for flat indexes; for IVF, exact among the probed candidates (ann.VectorStore).
+        fill = index.search(query, n_fill, categories, skip)[0].tolist() if n_fill > 0 else []
+        score = dict(zip(pin_pos + fill, index.cosines(query, pin_pos + fill).tolist(), strict=True))
     else:
-        assert query is not None
+        query = index.embed_query(text if has_text else None, image, image_weight)
         # Deep enough that the image ranking alone holds n_fill allowed garments besides the pins.
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
-        rrf, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
-        candidates = [p for p in rrf if allowed[p]]
+        score, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
         # Ties in fused score go to the better image rank, then catalog order: deterministic.
-        candidates.sort(key=lambda p: (-rrf[p], image_rank.get(p, n), p))
-        fill = candidates[:n_fill]
-        fill_scores = [rrf[p] for p in fill]
-        pin_scores = [rrf.get(p, 0.0) for p in pin_pos]
+        ranked = sorted((p for p in score if allowed[p]), key=lambda p: (-score[p], image_rank.get(p, n), p))
+        fill = ranked[:n_fill]
 
-    out = [_garment(index, p, s) for p, s in zip(pin_pos, pin_scores, strict=True)]
-    out += [_garment(index, p, s) for p, s in zip(fill, fill_scores, strict=True)]
+    out = [Garment(id=index.ids[p], score=score.get(p, 0.0), category=index.categories[p],
+                   path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
     if not out:
-        raise ValueError(
-            f"No garment of index {index.name!r} can be returned: "
-            + (f"it has no garments of category {category!r} (it has {index.per_category()})"
-               if categories and not index.category_mask(next(iter(categories))).any()
-               else "all candidates are excluded")
-            + ". Choose another category or remove ids from exclude_ids."
-        )
+        why = "all candidates are excluded"
+        if categories and not index.category_mask(categories).any():
+            why = f"it has no garments of category {category!r} (it has {index.per_category()})"
+        raise ValueError(f"No garment of index {index.name!r} can be returned: {why}. Choose another "
+                         "category or remove ids from exclude_ids.")
     return out
 
 
@@ -212,49 +175,22 @@ def retrieve(index: GarmentIndex, text: str | None, k: int = 3, **options: Any) 
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text or "")
 
 
-def query_embedding(index: GarmentIndex, text: str | None, image: Image.Image | None,
-                    image_weight: float) -> np.ndarray:
-    """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
-    product with a garment is the weighted sum of the two cosines. The picture is fitted to the
-    catalog's garment form first, as the build fits every catalog image."""
-    parts = [] if text is None else [(1.0 - image_weight, index.encode_text(text))]
-    parts += [] if image is None else [(image_weight, index.encode_image(fit_garment(image)))]
-    query = np.zeros(index.dim, dtype=np.float32)
-    for weight, embedding in parts:
-        if embedding is None:
-            raise ValueError(f"Index {index.name!r} was loaded without its text encoder; an embedding query "
-                             "needs one (load_index(path, encoder)), or use mode 'caption'.")
-        query += weight * embedding
-    return query
-
-
-def _garment(index: GarmentIndex, pos: int, score: float) -> Garment:
-    return Garment(id=index.ids[pos], score=float(score), category=index.categories[pos],
-                   path=index.rel_paths[pos], caption=index.captions[pos])
-
-
 def _score_ranking(scores: np.ndarray, count: int, allowed: np.ndarray) -> list[int]:
     """The `count` best allowed positions by score, ties in catalog order."""
-    if count <= 0:
-        return []
     cand = np.flatnonzero(allowed)
-    order = np.argsort(-scores[cand], kind="stable")[:count]
-    return [int(cand[i]) for i in order]
+    return cand[np.argsort(-scores[cand], kind="stable")[:count]].tolist()
 
 
 def _fused_scores(index: GarmentIndex, text: str, query: np.ndarray, allowed: np.ndarray,
                   categories: Collection[str] | None, skip: Sequence[int], pinned: list[int],
                   depth: int) -> tuple[dict[int, float], dict[int, int]]:
-    """Reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest).
-
-    Returns the fused score and the image rank of every garment in either ranking.
-    """
+    """The reciprocal-rank fusion of the image and caption rankings (pins ranked among the rest)
+    and the image rank, for every garment in either ranking."""
     positions, scores = index.search(query, depth, categories, skip)
     # Pins may lie outside the filter: place them in the image ranking by their exact cosine.
-    pin_scores = index.cosines(query, pinned) if pinned else []
-    merged = sorted([*zip(positions.tolist(), scores.tolist(), strict=True),
-                     *zip(pinned, pin_scores, strict=True)], key=lambda ps: -ps[1])
-    image = [int(p) for p, _ in merged[:depth]]
+    positions = np.concatenate([positions, np.asarray(pinned, dtype=np.int64)])
+    scores = np.concatenate([scores, index.cosines(query, pinned)])
+    image = positions[np.argsort(-scores, kind="stable")[:depth]].tolist()
     pool = allowed.copy()
     pool[pinned] = True
     bm25 = index.caption_scores(text)
