@@ -46,7 +46,7 @@ class GarmentIndex:
         self.version = version
         self.manifest = manifest
         self.embeddings = embeddings
-        self._vectors = vectors
+        self.vectors = vectors  # public for inspection (info, benchmarks); queries go through search()
         self.encoder = encoder
         items = manifest.items
         self.ids, self.rel_paths, self.categories = items.ids, items.paths, items.categories
@@ -117,11 +117,11 @@ class GarmentIndex:
         """The k garments nearest a query embedding: (positions, cosines), best first, only of
         `categories` (None: any), never an `exclude`d position. Exact for a flat index; for IVF,
         exact among the probed candidates."""
-        return self._vectors.search(query, k, categories, exclude)
+        return self.vectors.search(query, k, categories, exclude)
 
     def category_mask(self, categories: Collection[str]) -> np.ndarray:
         """[N] bool: which garments are of one of `categories`."""
-        return self._vectors.category_mask(categories)
+        return self.vectors.category_mask(categories)
 
     def caption_scores(self, text: str) -> np.ndarray:
         """[N] float32 BM25 scores of every caption for `text` (the index is built on first use)."""
@@ -165,8 +165,8 @@ class GarmentIndex:
             "random_demo_encoder": self.manifest.encoder.random_demo,
             "built": self.manifest.built,
             "stored_images_bytes": int(self._shard.nbytes) if self._shard is not None else 0,
-            "vector_index": {"type": self._vectors.kind, "factory": self._vectors.factory,
-                             "parts": len(self._vectors.parts)},
+            "vector_index": {"type": self.vectors.kind, "factory": self.vectors.factory,
+                             "parts": len(self.vectors.parts)},
             "captions": sum(1 for c in self.captions if c.strip()),
         }
 
