@@ -108,21 +108,19 @@ class Encoder(Protocol):
 
 
 def _arg(value: Any, placeholder: str) -> str:
-    text = str(value) if isinstance(value, str) and value else ""
-    if not text or len(text) > 300 or "\n" in text:  # a damaged manifest must not flood the hint
-        return placeholder
-    return f"'{text}'" if " " in text and not text.startswith("<") else text  # <placeholders> stay bare
+    if not isinstance(value, str) or not value or len(value) > 300 or "\n" in value:
+        return placeholder  # (a damaged manifest must not flood the hint)
+    return f"'{value}'" if " " in value and not value.startswith("<") else value  # <placeholders> stay bare
 
 
 def build_command(out: Path | str, encoder: EncoderRecord | dict[str, Any] | None = None) -> str:
-    """The one spelling of the command that (re)builds an index, for every message that gives it,
-    with the encoder of a record (or of the raw JSON of one that failed its checks)."""
-    # (No catalog from a manifest: an index names no folder outside itself.)
+    """The one spelling of the command that (re)builds an index, with the encoder of a record (or of
+    the raw JSON of one that failed its checks); no catalog: an index names no folder outside itself."""
     name, weights = _source(encoder)
     cmd = f"python -m fashion_rag index build --catalog <images folder> --out {_arg(str(out), '<index>')}"
     if name:
         cmd += f" --encoder {_arg(name, '<architecture>')}"
-    return f"{cmd} --weights {_arg(str(weights) if weights else None, '<encoder weights>')}"
+    return f"{cmd} --weights {_arg(weights and str(weights), '<encoder weights>')}"
 
 
 def _source(encoder: EncoderRecord | dict[str, Any] | None) -> tuple[Any, Any]:
@@ -443,8 +441,8 @@ class BuildLock:
     last: str | None  # the build the lock file named before: its unfinished folders are known
 
 
-# The small records beside the manifest, parsed by the same typed checker; each says what else
-# makes it one of ours (valid).
+# The small records beside the manifest, parsed by the same typed checker; `valid` says what
+# else (beyond format == FORMAT) makes one ours.
 
 @dataclass(frozen=True)
 class Pointer:
@@ -455,22 +453,7 @@ class Pointer:
     previous: str | None = None
 
     def valid(self) -> bool:
-        return (self.format == FORMAT and bool(_VERSION.fullmatch(self.current))
-                and (self.previous is None or bool(_VERSION.fullmatch(self.previous))))
-
-
-@dataclass(frozen=True)
-class Marker:
-    """.build.json in every folder a build makes: the build, and the names the folder may have."""
-
-    format: str
-    build: str
-    names: list[str]  # its temp name, then the version name it will be published under (if any)
-
-    def valid(self) -> bool:
-        return (self.format == FORMAT and bool(_BUILD_ID.fullmatch(self.build)) and 1 <= len(self.names) <= 2
-                and self.names[0].startswith(f"{_TMP_PREFIX}{self.build}-")
-                and all(_VERSION.fullmatch(v) for v in self.names[1:]))
+        return all(_VERSION.fullmatch(v) for v in (self.current, self.previous) if v is not None)
 
 
 @dataclass(frozen=True)
@@ -481,7 +464,19 @@ class LockRecord:
     build: str
 
     def valid(self) -> bool:
-        return self.format == FORMAT and bool(_BUILD_ID.fullmatch(self.build))
+        return bool(_BUILD_ID.fullmatch(self.build))
+
+
+@dataclass(frozen=True)
+class Marker(LockRecord):
+    """.build.json in every folder a build makes: the build, and the names the folder may have."""
+
+    names: list[str]  # its temp name, then the version name it will be published under (if any)
+
+    def valid(self) -> bool:
+        return (super().valid() and 1 <= len(self.names) <= 2
+                and self.names[0].startswith(f"{_TMP_PREFIX}{self.build}-")
+                and all(_VERSION.fullmatch(v) for v in self.names[1:]))
 
 
 _R = typing.TypeVar("_R", Pointer, Marker, LockRecord)
@@ -494,7 +489,7 @@ def _parse_record(cls: type[_R], raw: bytes) -> _R | None:
         record = _record(cls, data, "", []) if isinstance(data, dict) else None
     except (ValueError, RecursionError):  # (UTF-8, JSON, _Mistyped)
         return None
-    return record if record is not None and record.valid() else None
+    return record if record is not None and record.format == FORMAT and record.valid() else None
 
 
 @contextlib.contextmanager
@@ -508,19 +503,27 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
+def _read_file(folder: Path, name: str, max_bytes: int, what: str, index_dir: Path, hint: str) -> bytes:
+    """File `name` of `folder`, read only as a regular file inside it; IndexFormatError ending in
+    `hint` if it cannot be (FileNotFoundError and NotADirectoryError pass: callers tell absent)."""
+    try:
+        return read_regular(inside(name, folder, what), max_bytes, what)
+    except (UnreadableFileError, PathRuleError) as exc:
+        raise IndexFormatError(f"Index {index_dir}: {exc}; {hint}") from exc
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        raise IndexFormatError(f"Cannot read {folder / name} ({exc}); {hint}") from exc
+
+
 def read_pointer(index_dir: Path) -> Pointer | None:
     """The pointer of an index folder (None when there is none); IndexFormatError when not ours."""
     # A build refuses a folder whose pointer is not its own: the fix is a new folder.
     rebuild = f"rebuild the index into a new folder: {build_command('<new index folder>')}"
     try:
-        raw = read_regular(inside(POINTER, index_dir, "index pointer file"), _MAX_RECORD_BYTES,
-                           "index pointer file")
+        raw = _read_file(index_dir, POINTER, _MAX_RECORD_BYTES, "index pointer file", index_dir, rebuild)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (UnreadableFileError, PathRuleError) as exc:
-        raise IndexFormatError(f"Index {index_dir}: {exc}; {rebuild}") from exc
-    except OSError as exc:
-        raise IndexFormatError(f"Cannot read {index_dir / POINTER} ({exc}); {rebuild}") from exc
     pointer = _parse_record(Pointer, raw)
     if pointer is None:
         raise IndexFormatError(f"{index_dir / POINTER} is not the pointer file of a Fashion-RAG garment "
@@ -574,11 +577,9 @@ def _left_by(build: str | None, folder: Path) -> bool:
     if _marker(folder) is not None:
         return True
     try:
-        names = os.listdir(folder)
-        if names != [MARKER]:
-            return names == []
-        st = os.stat(folder / MARKER, follow_symlinks=False)
-        return stat.S_ISREG(st.st_mode) and st.st_size == 0
+        with os.scandir(folder) as entries:
+            return all(e.name == MARKER and e.is_file(follow_symlinks=False)
+                       and e.stat(follow_symlinks=False).st_size == 0 for e in entries)
     except OSError:
         return False
 
@@ -612,7 +613,7 @@ def prepare_out(out_dir: str | os.PathLike[str], catalog_root: Path) -> Path:
     if catalog.is_relative_to(out):
         raise OutDirError(f"The catalog {catalog} is inside the output folder (--out) {out}: choose a new "
                           f"folder for the index, e.g. ComfyUI/models/fashion_rag/indexes/<name>.")
-    if not out.exists() and not out.is_symlink():
+    if not os.path.lexists(out):
         return out
     if not out.is_dir():
         raise OutDirError(f"The output folder (--out) {out} is a file, not a folder: choose a folder.")
@@ -643,7 +644,7 @@ def _refuse(foreign: list[str], out: Path) -> None:
 
 def _foreign_entries(out: Path, last: str | None) -> list[str]:
     """What in `out` is neither an index of this format nor something a build of it made."""
-    if (out / POINTER).exists() or (out / POINTER).is_symlink():
+    if os.path.lexists(out / POINTER):
         try:
             read_pointer(out)
             return []  # an index: whatever else is in it stays, untouched
@@ -681,13 +682,11 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # A failed first build removes the folder, and its lock file, while this one opens it.
-            now, st = os.stat(path, follow_symlinks=False), os.fstat(fd)
-            busy = (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev)
+            if not os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd)):
+                raise FileNotFoundError(path)  # (the file we hold is no longer the one there)
         except (BlockingIOError, FileNotFoundError):
-            busy = True
-        if busy:
             raise IndexBusyError(f"Another build is running on {out}; wait for it to finish and run this "
-                                 "build again.")
+                                 "build again.") from None
         os.lseek(fd, 0, os.SEEK_SET)
         lock = BuildLock(out, secrets.token_hex(8), _lock_owner(out, os.read(fd, _MAX_RECORD_BYTES + 1)))
         _refuse(_foreign_entries(out, lock.last), out)
@@ -739,11 +738,9 @@ def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
             os.rename(folder, doomed)
         with os.scandir(doomed) as entries:
             for entry in entries:
-                if entry.name == MARKER:
-                    continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
-                else:
+                elif entry.name != MARKER:
                     os.unlink(entry.path)
         (doomed / MARKER).unlink(missing_ok=True)
         os.rmdir(doomed)
@@ -882,17 +879,9 @@ def _retrying(index_dir: str | os.PathLike[str], load: Callable[[IndexVersion], 
 
 def read_version_manifest(ver: IndexVersion) -> Manifest:
     """The checked manifest of one version (FileNotFoundError passes through: see _retrying)."""
-    path = ver.data_dir / MANIFEST
-    try:
-        raw = read_regular(inside(MANIFEST, ver.data_dir, "index manifest"), MAX_MANIFEST_BYTES,
-                           "index manifest")
-    except (UnreadableFileError, PathRuleError) as exc:  # (not inside the version folder)
-        raise damaged(ver.index_dir, exc) from exc
-    except (FileNotFoundError, NotADirectoryError):
-        raise
-    except OSError as exc:
-        raise IndexFormatError(f"Cannot read {path} ({exc}); {rebuild_hint(ver.index_dir)}") from exc
-    return parse_manifest(raw, path, ver.index_dir)
+    raw = _read_file(ver.data_dir, MANIFEST, MAX_MANIFEST_BYTES, "index manifest", ver.index_dir,
+                     rebuild_hint(ver.index_dir))
+    return parse_manifest(raw, ver.data_dir / MANIFEST, ver.index_dir)
 
 
 def verify_files(ver: IndexVersion, manifest: Manifest) -> None:
@@ -1014,13 +1003,10 @@ def read_faiss(data_dir: Path, name: str, index_dir: Path, manifest: Manifest) -
     import faiss
 
     f = _open_data(data_dir, name, index_dir, manifest, "vector index file")
-    left = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
+    size = os.fstat(f.fileno()).st_size  # (a file that grows while read is cut off here)
 
-    def read(size: int) -> bytes:
-        nonlocal left
-        block = f.read(min(size, left))
-        left -= len(block)
-        return block
+    def read(n: int) -> bytes:
+        return f.read(min(n, size - f.tell()))
 
     try:
         with f:  # (a newer build deleting the file meanwhile does not matter: the descriptor holds it)
