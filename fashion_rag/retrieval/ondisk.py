@@ -251,8 +251,8 @@ def _typed(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
 
 
 def _record(cls: Any, obj: dict[str, Any], where: str, problems: list[str]) -> Any:
-    """The dataclass `cls` from a JSON object: each field present (unless it has a default) and
-    of its type; _Mistyped once each field's problem is in `problems`."""
+    """The dataclass `cls` from a JSON object, each field present (or defaulted) and of its type;
+    _Mistyped once each field's problem is in `problems`."""
     hints, values, known = typing.get_type_hints(cls), {}, len(problems)
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -339,7 +339,7 @@ def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) 
 
 
 def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
-    """The manifest in `raw` (read from `path`), checked; IndexFormatError naming every problem."""
+    """The manifest in `raw` (read from `path`), checked; IndexFormatError naming its problems."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # ValueError: UTF-8, JSON and int limits
@@ -569,9 +569,8 @@ def _marker(folder: Path) -> Marker | None:
 
 
 def _left_by(build: str | None, folder: Path) -> bool:
-    """A folder the build `build` (the lock file's last one) made or was deleting when it died:
-    named after it, with a well-formed marker, or empty but for an empty one (killed before the
-    marker was written)."""
+    """A folder the lock file's last build made or was deleting when it died: named after it, with
+    a well-formed marker, or empty but for an empty one (killed before writing it)."""
     if build is None or not folder.name.startswith(f"{_TMP_PREFIX}{build}-"):
         return False
     if _marker(folder) is not None:
@@ -585,8 +584,7 @@ def _left_by(build: str | None, folder: Path) -> bool:
 
 
 def _built(entry: os.DirEntry, last: str | None) -> bool:
-    """A folder a build made: its marker names it as it is called now, or the lock file's last
-    build left it."""
+    """A folder a build made: its marker names it as it is called now, or the last build left it."""
     if not entry.is_dir(follow_symlinks=False):
         return False
     marker = _marker(Path(entry.path))
@@ -669,10 +667,9 @@ def _lock_owner(out: Path, raw: bytes) -> str | None:
 
 @contextlib.contextmanager
 def build_lock(out: Path) -> Iterator[BuildLock]:
-    """Hold the build lock of the index folder `out` (made by the caller; the OS releases it when
-    the build dies). A build that does not get it (IndexBusyError) has changed nothing; under it,
-    `out` is checked again (OutDirError), the unfinished folders of the build the lock file names
-    are deleted, and this build is recorded there in their place."""
+    """Hold the build lock of `out` (made by the caller; the OS releases it when the build dies), or
+    IndexBusyError with nothing changed; under it `out` is checked again (OutDirError), the last
+    build's unfinished folders are deleted and this build is recorded in its place."""
     path = out / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)  # (os.open: close-on-exec)
     try:
@@ -908,8 +905,7 @@ def _open_data(data_dir: Path, name: str, index_dir: Path, manifest: Manifest | 
 
 
 def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.ndarray:
-    """A data file of the version as read-only uint8, of exactly the size its manifest records
-    (its checksum passed verify_files)."""
+    """A data file of the version (verified) as read-only uint8, of exactly its manifest's size."""
     size = manifest.files.bytes.get(name)
     with _open_data(ver.data_dir, name, ver.index_dir, manifest, what) as f:
         if os.fstat(f.fileno()).st_size != size:
@@ -920,9 +916,8 @@ def map_file(ver: IndexVersion, manifest: Manifest, name: str, what: str) -> np.
 
 def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
                    manifest: Manifest | None = None) -> np.ndarray:
-    """The [n, dim] float32 embeddings of a .npy file, memory-mapped read-only (a 1M-garment index,
-    3 GB of float32, costs page cache, not process memory); its header parsed by numpy (no pickle)
-    and checked against n, dim and the file's size."""
+    """The [n, dim] float32 embeddings of a .npy file mapped read-only (3 GB for 1M garments cost
+    page cache, not process memory), its header parsed by numpy (no pickle) and checked."""
     where = index_dir or path.parent
 
     def bad(why: str) -> IndexFormatError:
@@ -962,8 +957,7 @@ class HashingWriter:
 
 @contextlib.contextmanager
 def new_data_file(path: Path) -> Iterator[HashingWriter]:
-    """A data file written, hashed while written, and synced to disk; a failed write (a full
-    disk) raises an OSError naming the file."""
+    """A data file, hashed while written and synced; a failed write (a full disk) names the file."""
     with naming(path), open(path, "wb") as f:
         out = HashingWriter(f)
         yield out
