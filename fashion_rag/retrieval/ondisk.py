@@ -14,11 +14,10 @@ index. Builds keep the current and the previous version (a reader that resolved 
 before a swap still finds its files). The manifest is untrusted input (indexes get shared): every
 key, type and length is checked, and every file is read only as a regular file of the size and
 sha256 it records, through the one descriptor that was checked (a FIFO in a file's place would
-otherwise hang every reader, a server's whole prompt queue, at open()). Formats 2 (no sizes) and
-3 (garments read from a named catalog folder) are rebuilt. A build renames or deletes only
-folders a marker (.build.json, hashed like the data) proves a build's, or folders named after
-the build the lock file records (a kill just after mkdir, or mid-delete, leaves them without
-one); anything else is left alone.
+otherwise hang every reader, a server's whole prompt queue, at open()); older formats are rebuilt.
+A build renames or deletes only folders a marker (.build.json, hashed like the data) proves a
+build's, or folders named after the build the lock file records (a kill just after mkdir, or
+mid-delete, leaves them without one); anything else is left alone.
 """
 
 from __future__ import annotations
@@ -286,7 +285,9 @@ def manifest_problems(m: Manifest) -> list[str]:
         add(f"items.sha256 holds {bad[:70]!r}, not a sha256")
     if m.count != n:
         add(f"count says {m.count} garments, items.ids lists {n}")
-    data_files = [files.embeddings, files.garments, *_part_problems(m.vector_index.parts, n, add)]
+    _part_problems(m.vector_index.parts, n, add)
+    faiss_files = [p.file for p in m.vector_index.parts if p.type == "ivf" and p.file is not None]
+    data_files = [files.embeddings, files.garments, *faiss_files]
     for name in data_files:
         if not is_plain_name(name):
             add(f"data file name {name[:80]!r} is not a plain file name in the index folder")
@@ -310,11 +311,11 @@ def manifest_problems(m: Manifest) -> list[str]:
     return problems
 
 
-def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) -> list[str]:
-    """Problems of vector_index.parts; returns the .faiss file names they reference."""
+def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) -> None:
+    """add() each problem of vector_index.parts."""
     if not parts:
         add("vector_index.parts is empty")
-    files, seen = [], set()
+    seen: set[str] = set()
     for i, rec in enumerate(parts):
         where = f"vector_index.parts[{i}]."
         if seen & set(rec.categories):
@@ -327,15 +328,12 @@ def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) 
         for key in ("file", "nprobe"):
             if getattr(rec, key) is None:
                 add(f"{where}{key} is missing")
-        if rec.file is not None:
-            files.append(rec.file)
         for key in ("nprobe", "nprobe_filtered"):
             if (getattr(rec, key) or 1) < 1:
                 add(f"{where}{key} {getattr(rec, key)} is below 1")
     counted = sum(rec.count for rec in parts)
     if parts and counted != n:
         add(f"vector_index.parts count {counted} garments, the items {n}")
-    return files
 
 
 def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
@@ -412,7 +410,6 @@ _VERSION = re.compile(r"v-\d{8}T\d{6}Z-[0-9a-f]{8}")
 _TMP_PREFIX = ".tmp-"
 _BUILD_ID = re.compile(r"[0-9a-f]{16}")
 _MAX_RECORD_BYTES = 4096  # a pointer, marker or lock record
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class OutDirError(ValueError):
@@ -649,9 +646,8 @@ def _foreign_entries(out: Path, last: str | None) -> list[str]:
         except IndexFormatError:
             return [POINTER]
     # No index yet (none built, or a first build that died): only what builds leave.
-    with os.scandir(out) as entries:
-        return sorted(e.name for e in entries
-                      if not (e.name == LOCK or _is_pointer_temp(e) or _built(e, last)))
+    return sorted(e.name for e in os.scandir(out)
+                  if not (e.name == LOCK or _is_pointer_temp(e) or _built(e, last)))
 
 
 def _lock_owner(out: Path, raw: bytes) -> str | None:
@@ -671,7 +667,7 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
     IndexBusyError with nothing changed; under it `out` is checked again (OutDirError), the last
     build's unfinished folders are deleted and this build is recorded in its place."""
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)  # (os.open: close-on-exec)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # (close-on-exec)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             _refuse([LOCK], out)
@@ -684,7 +680,6 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
         except (BlockingIOError, FileNotFoundError):
             raise IndexBusyError(f"Another build is running on {out}; wait for it to finish and run this "
                                  "build again.") from None
-        os.lseek(fd, 0, os.SEEK_SET)
         lock = BuildLock(out, secrets.token_hex(8), _lock_owner(out, os.read(fd, _MAX_RECORD_BYTES + 1)))
         _refuse(_foreign_entries(out, lock.last), out)
         # The last build's unfinished folders are known only by the id about to be overwritten.
@@ -707,11 +702,10 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
 def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
     """A private folder of this build in its index folder, with its marker; `version`: one
     write_version() can make the new version. Removed on leaving unless it was made one."""
-    name = f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"
-    names = [name]
+    names = [f"{_TMP_PREFIX}{lock.build}-{secrets.token_hex(4)}"]
     if version:  # named now, so the marker (hashed into the manifest) never changes
         names.append(f"v-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}")
-    folder = lock.out / name
+    folder = lock.out / names[0]
     os.mkdir(folder, 0o700)
     try:
         with naming(folder / MARKER):
@@ -793,9 +787,7 @@ def clean_stale(lock: BuildLock) -> tuple[list[str], list[str]]:
         return [], []  # not ours to judge: leave everything as it is
     keep = {pointer.current, pointer.previous} if pointer else set()
     removed, alone = [], []
-    with os.scandir(lock.out) as scan:
-        entries = sorted(scan, key=lambda e: e.name)
-    for entry in entries:
+    for entry in sorted(os.scandir(lock.out), key=operator.attrgetter("name")):
         if entry.is_dir(follow_symlinks=False):
             if entry.name.startswith(f"{_TMP_PREFIX}{lock.build}-") or entry.name in keep:
                 continue  # this build's own, in use; or a version readers may be on
