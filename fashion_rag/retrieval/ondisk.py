@@ -667,7 +667,7 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
     IndexBusyError with nothing changed; under it `out` is checked again (OutDirError), the last
     build's unfinished folders are deleted and this build is recorded in its place."""
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # (close-on-exec)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # (os.open: no inherit)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             _refuse([LOCK], out)
