@@ -719,9 +719,8 @@ def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
 
 
 def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
-    """Delete a build's folder, renamed to a name of this build first (the lock file records this
-    build) and its marker last, so a kill at any moment leaves a folder a later build knows as a
-    build's; False if it could not be deleted (a later build tries again)."""
+    """Delete a build's folder, first renamed after this build (the lock file's) and its marker last,
+    so a kill leaves a folder a later build knows; False if it could not be (a later one tries again)."""
     try:
         doomed = folder
         if rename and not folder.name.startswith(f"{_TMP_PREFIX}{lock.build}-"):
