@@ -2,10 +2,11 @@
 
 Three steps: plan (plan_build: hash every catalog image through the path rule, decide what to
 encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
-the garment shard, the embeddings, the vector indexes and the manifest, streamed, published as a
-new version by ondisk.write_version, so a failure or a kill leaves the previous index as it was).
-The catalog is never read again after the build. Every entry left out is reported with its
-reason; `strict` makes any skip a failed build.
+the garment shard and the embeddings streamed, reused ones from the previous version and new ones
+from the engine's store, hashed while written, then the vector indexes one part at a time and the
+manifest, published as a new version by ondisk.write_version, so a failure or a kill leaves the
+previous index as it was). The catalog is never read again after the build. Every entry left out
+is reported with its reason; `strict` makes any skip a failed build.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def build_index(
 def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engine: Engine, index_type: str,
                   ivf_threshold: int, batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None
                   ) -> BuildReport:
+    out = lock.out
     cleaned, alone = ondisk.clean_stale(lock)  # what dead builds left
     if alone:
-        say(f"left alone in {lock.out} (no build marker proves a build made them): {', '.join(alone)}")
-    plan = plan_build(catalog, lock.out, encoder, engine, say)
+        say(f"left alone in {out} (no build marker proves a build made them): {', '.join(alone)}")
+    plan = plan_build(catalog, out, encoder, engine, say)
     with contextlib.ExitStack() as stack:
         store, bad = None, {}
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
@@ -131,7 +133,42 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
                 raise BuildFailedError(f"the {engine.name} engine returned no embedding for {len(missing)} "
                                        f"images ({ids_text(missing)}); the previous index is unchanged: "
                                        "build again", missing)
-        return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
+        first = dict(plan.todo)
+        copies = [item.skip(bad[h].reason, bad[h].detail)  # of a refused file (same content): refused with it
+                  for item, h in plan.hashed if h in bad and first[h] is not item]
+        skipped = plan.skipped + list(bad.values()) + copies
+        kept = [(item, h) for item, h in plan.hashed if h not in bad]
+        items = Items([item.id for item, _ in kept], [item.path for item, _ in kept],
+                      [item.category for item, _ in kept], [item.caption for item, _ in kept],
+                      [h for _, h in kept], [], [])  # (the images' places: when written)
+        old = plan.old_manifest
+        encoded = int(store.filled.sum()) if store is not None else 0
+        report = BuildReport(out, len(kept), encoded, sum(h in plan.old_rows for _, h in kept),
+                             len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
+                             version=plan.old_version, skipped=skipped, cleaned=cleaned)
+        if strict and skipped:
+            raise SkippedItemsError(report)
+        if not kept:
+            shown = "; ".join(str(s) for s in skipped[:3])
+            raise ValueError(f"No usable garment images in catalog {catalog.root}"
+                             + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
+                             + ". Point --catalog at a folder of garment images (or a metadata file "
+                               "listing them).")
+        counts = Counter(items.categories)
+        parts = [(list(g), ann.part_kind(index_type, sum(counts[c] for c in g), ivf_threshold))
+                 for g in ann.partition_categories(items.categories)]
+        report.index_type = ann.overall_type(k for _, k in parts)
+        if (old is not None and plan.old_rows and old.encoder == plan.enc
+                and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
+                and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
+            say(f"index {out} is up to date ({len(kept)} garments)")
+            return report
+        report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
+        report.written = True
+        report.cleaned += ondisk.clean_stale(lock)[0]  # versions before the previous one
+        factories = ", ".join(sorted({p.factory for p in record.parts}))
+        say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
+        return report
 
 
 def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, say: LogFn) -> BuildPlan:
@@ -139,15 +176,14 @@ def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engin
     the previous index does not hold, identical files once, in catalog order."""
     plan = _previous(out, ondisk.encoder_record(encoder), say)
     plan.skipped = list(catalog.skipped)
+    todo: dict[str, CatalogItem] = {}
     for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
         if isinstance(result, Skip):
             plan.skipped.append(result)
         else:
             plan.hashed.append((item, result))
-    todo: dict[str, CatalogItem] = {}
-    for item, h in plan.hashed:
-        if h not in plan.old_rows:
-            todo.setdefault(h, item)
+            if result not in plan.old_rows:
+                todo.setdefault(result, item)
     plan.todo = list(todo.items())
     unchanged = sum(h in plan.old_rows for _, h in plan.hashed)
     say(f"{len(plan.hashed)} images: {unchanged} unchanged, {len(todo)} to encode")
@@ -178,72 +214,21 @@ def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
     return BuildPlan(enc, old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)})
 
 
-def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
-            bad: dict[str, Skip], index_type: str, ivf_threshold: int, strict: bool, say: LogFn,
-            cleaned: list[str]) -> BuildReport:
-    out = lock.out
-    skipped = plan.skipped + list(bad.values())
-    first = dict(plan.todo)
-    for item, h in plan.hashed:  # copies of a refused file (same content) are refused with it
-        if h in bad and first[h] is not item:
-            skipped.append(item.skip(bad[h].reason, bad[h].detail))
-    kept = [(item, h) for item, h in plan.hashed if h not in bad]
-    items = Items([item.id for item, _ in kept], [item.path for item, _ in kept],
-                  [item.category for item, _ in kept], [item.caption for item, _ in kept],
-                  [h for _, h in kept], [], [])  # (the images' places: when written)
-    old = plan.old_manifest
-    encoded = int(store.filled.sum()) if store is not None else 0
-    report = BuildReport(out, len(kept), encoded, len(kept) - sum(h not in plan.old_rows for _, h in kept),
-                         len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
-                         version=plan.old_version, skipped=skipped, cleaned=cleaned)
-    if strict and skipped:
-        raise SkippedItemsError(report)
-    if not kept:
-        shown = "; ".join(str(s) for s in skipped[:3])
-        raise ValueError(f"No usable garment images in catalog {catalog.root}"
-                         + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
-                         + ". Point --catalog at a folder of garment images (or a metadata file "
-                           "listing them).")
-    counts = Counter(items.categories)
-    parts = [(list(g), ann.part_kind(index_type, sum(counts[c] for c in g), ivf_threshold))
-             for g in ann.partition_categories(items.categories)]
-    report.index_type = ann.overall_type(k for _, k in parts)
-    if (old is not None and plan.old_rows and old.encoder == plan.enc
-            and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
-            and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
-        say(f"index {out} is up to date ({len(kept)} garments)")
-        return report
-    report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
-    report.written = True
-    report.cleaned += ondisk.clean_stale(lock)[0]  # versions before the previous one
-    factories = ", ".join(sorted({p.factory for p in record.parts}))
-    say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
-    return report
-
-
-# The last step, the same for every engine. Streamed: the garment shard image by image and the
-# embeddings block by block (reused ones from the previous version, new ones from the engine's
-# store), hashed while written, then memory-mapped to build the vector indexes one part at a time.
-
 def _write_garments(path: Path, plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
                     hashes: list[str]) -> tuple[str, list[int], list[int]]:
     """Write the garment shard: each distinct content's stored PNG once, in item order. Returns
     its sha256 and every item's offset and size."""
     placed: dict[str, tuple[int, int]] = {}
     with ondisk.new_data_file(path) as out:
-        end = 0
-        for h in hashes:
-            if h in placed:
-                continue
+        for h in dict.fromkeys(hashes):
             old = plan.old_rows.get(h)
             if old is None:
                 data = store.image(new_rows[h])
             else:
                 start = plan.old_manifest.items.image_offsets[old]
                 data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
+            placed[h] = (out.f.tell(), len(data))
             out.write(data)
-            placed[h] = (end, len(data))
-            end += len(data)
     offsets, sizes = zip(*(placed[h] for h in hashes), strict=True)
     return out.digest.hexdigest(), list(offsets), list(sizes)
 
@@ -259,8 +244,7 @@ def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: di
         if reused.any():
             block[reused] = plan.old_embeddings[old[reused]]
         if not reused.all():
-            new = np.fromiter((new_rows[h] for h, r in zip(chunk, reused, strict=True) if not r), np.int64)
-            block[~reused] = store.vectors[new]
+            block[~reused] = store.vectors[[new_rows[h] for h in chunk if h not in plan.old_rows]]
         yield block
 
 
