@@ -2,11 +2,10 @@
 
 Three steps: plan (plan_build: hash every catalog image through the path rule, decide what to
 encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
-the garment shard and the embeddings streamed, reused ones from the previous version and new ones
-from the engine's store, hashed while written, then the vector indexes one part at a time and the
-manifest, published as a new version by ondisk.write_version, so a failure or a kill leaves the
-previous index as it was). The catalog is never read again after the build. Every entry left out
-is reported with its reason; `strict` makes any skip a failed build.
+garment shard and embeddings streamed from the previous version and the engine's store, hashed
+while written, then the vector indexes one part at a time; published by ondisk.write_version, so
+a failure or a kill leaves the previous index as it was). The catalog is never read again after
+the build. Every entry left out is reported with its reason; `strict` makes any skip a failed build.
 """
 
 from __future__ import annotations
@@ -214,25 +213,6 @@ def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
     return BuildPlan(enc, old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)})
 
 
-def _write_garments(path: Path, plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
-                    hashes: list[str]) -> tuple[str, list[int], list[int]]:
-    """Write the garment shard: each distinct content's stored PNG once, in item order. Returns
-    its sha256 and every item's offset and size."""
-    placed: dict[str, tuple[int, int]] = {}
-    with ondisk.new_data_file(path) as out:
-        for h in dict.fromkeys(hashes):
-            old = plan.old_rows.get(h)
-            if old is None:
-                data = store.image(new_rows[h])
-            else:
-                start = plan.old_manifest.items.image_offsets[old]
-                data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
-            placed[h] = (out.f.tell(), len(data))
-            out.write(data)
-    offsets, sizes = zip(*(placed[h] for h in hashes), strict=True)
-    return out.digest.hexdigest(), list(offsets), list(sizes)
-
-
 def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
                       hashes: list[str]) -> Iterator[np.ndarray]:
     """The embedding of each content hash in order, a block of rows at a time."""
@@ -251,19 +231,29 @@ def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: di
 def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
                 items: Items, index_type: str, ivf_threshold: int, say: LogFn
                 ) -> tuple[str, ondisk.VectorIndexRecord]:
-    """Write a new version of the index holding `items` and swap it in (ondisk.write_version).
-    Returns the version's name and its vector_index record. Call under the build lock."""
+    """Write and publish a new version holding `items` (ondisk.write_version): its name and vector_index."""
     n, dim, hashes = len(items.ids), plan.enc.dim, items.sha256
     new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    placed: dict[str, tuple[int, int]] = {}  # content hash -> (offset, size) of its PNG in the shard
     with ondisk.temp_folder(lock, version=True) as tmp:
         blocks = _embedding_blocks(plan, store, new_rows, hashes)
         sha = ondisk.write_embeddings_file(tmp / ondisk.EMBEDDINGS, n, dim, blocks)
-        shard_sha, offsets, sizes = _write_garments(tmp / ondisk.GARMENTS, plan, store, new_rows, hashes)
+        with ondisk.new_data_file(tmp / ondisk.GARMENTS) as shard:  # each content's PNG once, in item order
+            for h in dict.fromkeys(hashes):
+                old = plan.old_rows.get(h)
+                if old is None:
+                    data = store.image(new_rows[h])
+                else:
+                    start = plan.old_manifest.items.image_offsets[old]
+                    data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
+                placed[h] = (shard.f.tell(), len(data))
+                shard.write(data)
+        offsets, sizes = (list(column) for column in zip(*(placed[h] for h in hashes), strict=True))
         emb = ondisk.map_embeddings(tmp / ondisk.EMBEDDINGS, n, dim)
         record = ann.write_vector_parts(emb, items.categories, tmp, index_type, ivf_threshold, log_fn=say)
         del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
         manifest = Manifest(plan.enc, n, record, ondisk.Files(ondisk.EMBEDDINGS, ondisk.GARMENTS, {}, {}),
                             dataclasses.replace(items, image_offsets=offsets, image_sizes=sizes),
                             built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard_sha}
+        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard.digest.hexdigest()}
         return ondisk.write_version(lock, tmp, manifest, sums), record

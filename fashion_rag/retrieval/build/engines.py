@@ -15,7 +15,7 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -128,10 +128,9 @@ class ImageEncoder(Encoder, Protocol):
 class LocalEngine:
     """This process: images read, decoded and encoded batch by batch (memory: one batch).
 
-    An engine's two steps: hash_images (each item's content hash, or its Skip, in order) and
-    encode (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; on
-    failure, raises; work_dir: a folder of the build's own, removed after the build).
-    """
+    An engine's two steps: hash_images (each item's content hash, or its Skip, in order); encode
+    (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; raises on
+    failure; work_dir: a folder of the build's own, removed after the build)."""
 
     name = "local"
 
@@ -234,13 +233,11 @@ def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = Fals
             emb[ok] = encoder.encode_pixels(batch["pixels"][ok])
     except Exception as exc:  # recorded, not raised: the build names every failing item at the end
         errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
-    flat = pa.array(emb.reshape(-1), pa.float32())
+    strings = {"reason": batch["reason"], "detail": batch["detail"], "error": errors}
     return pa.table({"row": pa.array(batch["row"].astype(np.int64)),
-                     "reason": pa.array(list(batch["reason"]), pa.string()),
-                     "detail": pa.array(list(batch["detail"]), pa.string()),
-                     "error": pa.array(errors, pa.string()),
+                     **{k: pa.array(list(v), pa.string()) for k, v in strings.items()},
                      "garment": pa.array(list(batch["garment"]), pa.binary()),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])})
 
 
 def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shards: str) -> None:
@@ -322,13 +319,8 @@ class RayEngine:
             raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
                                    "is unchanged", []) from exc
         results: dict[int, Any] = {}
-        errors: dict[int, str] = {}
-        for table in tables:
-            usable = _usable(table, items, errors, results)
+        for usable in _results("hashing", tables, items, results):
             results.update(zip(usable["row"].to_pylist(), usable["sha256"].to_pylist(), strict=True))
-        lost = set(range(len(items))) - results.keys() - errors.keys()  # (rows no worker returned)
-        errors.update(dict.fromkeys(lost, "no result returned"))
-        _raise_failures("hashing", items, errors)
         return [results[r] for r in range(len(items))]
 
     def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
@@ -359,13 +351,10 @@ class RayEngine:
                                        f"encoded ({ids_text(failed)}); the previous index is unchanged",
                                        failed) from exc
             skips: dict[int, Skip] = {}
-            errors: dict[int, str] = {}
-            for batch in _shards(shards):
-                usable = _usable(batch, items, errors, skips)
+            for usable in _results("encoding", _shards(shards), items, skips):
                 emb = usable["embedding"]
                 vectors = np.asarray(emb.flatten()).reshape(len(usable), emb.type.list_size)
                 store.put(usable["row"].to_numpy(), vectors, usable["garment"].to_pylist())
-            _raise_failures("encoding", items, errors)
         finally:
             # Deleted now, not with the build's temp folder: 10M embeddings are 30 GB of shards.
             with contextlib.suppress(OSError, ValueError):  # never written, or already gone
@@ -419,22 +408,24 @@ def _blocks(columns: dict[str, list[str]], min_rows: int, cpus: int) -> list[Any
     return [table.slice(start, per_block) for start in range(0, n, per_block)]
 
 
-def _usable(table: Any, items: Sequence[CatalogItem], errors: dict[int, str], skips: dict[int, Any]) -> Any:
-    """The rows of a worker's table that hold a result; the error of each row whose batch raised
-    goes into `errors`, the Skip of each image refused into `skips`, by row."""
+def _results(step: str, tables: Iterable[Any], items: Sequence[CatalogItem], skips: dict[int, Any]
+             ) -> Iterator[Any]:
+    """The rows of each worker table that hold a result (the Skip of each image refused goes into
+    `skips`, by row); then a BuildFailedError naming every item whose batch raised, or was lost."""
     import pyarrow.compute as pc
 
-    columns = (table[c].to_pylist() for c in ("row", "reason", "detail", "error"))
-    for row, reason, detail, error in zip(*columns, strict=True):
-        if error:
-            errors[row] = error
-        elif reason:
-            skips[row] = items[row].skip(reason, detail)
-    return table.filter(pc.and_(pc.equal(table["reason"], ""), pc.equal(table["error"], "")))
-
-
-def _raise_failures(step: str, items: Sequence[CatalogItem], errors: dict[int, str]) -> None:
-    """A BuildFailedError naming every item whose batch raised (its error: `errors`, by row)."""
+    errors: dict[int, str] = {}
+    lost = set(range(len(items)))
+    for table in tables:
+        columns = (table[c].to_pylist() for c in ("row", "reason", "detail", "error"))
+        for row, reason, detail, error in zip(*columns, strict=True):
+            lost.discard(row)
+            if error:
+                errors[row] = error
+            elif reason:
+                skips[row] = items[row].skip(reason, detail)
+        yield table.filter(pc.and_(pc.equal(table["reason"], ""), pc.equal(table["error"], "")))
+    errors.update(dict.fromkeys(sorted(lost), "no result returned"))
     if errors:
         failed = [items[r].id for r in sorted(errors)]
         raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({ids_text(failed)}): "
