@@ -97,11 +97,10 @@ def build_index(
     say = log_fn or log.info
     out = ondisk.prepare_out(out_dir, catalog.root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:  # made before the lock is taken, so two first builds lock the same folder
+    created = False  # made here, before the lock is taken, so two first builds lock the same folder
+    with contextlib.suppress(FileExistsError):  # (or made by a build racing this one: the lock decides)
         out.mkdir()
         created = True
-    except FileExistsError:
-        created = False  # (or made by a build racing this one: the lock decides)
     with build_lock(out) as lock:  # the build that does not get it has changed nothing
         try:
             return _build_locked(catalog, lock, encoder, engine or LocalEngine(), index_type, ivf_threshold,
@@ -190,8 +189,7 @@ def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engin
 
 
 def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
-    """A plan starting from the previous version: its manifest and, when in the same embedding
-    space, its embeddings and garment shard (a previous version that cannot be used is rebuilt)."""
+    """A plan from the previous version: its manifest, and its embeddings and shard when in the same space."""
     try:
         ver = ondisk.resolve_version(out)
         old = ondisk.read_version_manifest(ver)
@@ -218,11 +216,10 @@ def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: di
     """The embedding of each content hash in order, a block of rows at a time."""
     for start in range(0, len(hashes), ann.BLOCK_ROWS):
         chunk = hashes[start : start + ann.BLOCK_ROWS]
-        old = np.fromiter((plan.old_rows.get(h, -1) for h in chunk), np.int64, len(chunk))
+        reused = np.fromiter((h in plan.old_rows for h in chunk), bool, len(chunk))
         block = np.empty((len(chunk), plan.enc.dim), dtype=np.float32)
-        reused = old >= 0
         if reused.any():
-            block[reused] = plan.old_embeddings[old[reused]]
+            block[reused] = plan.old_embeddings[[plan.old_rows[h] for h in chunk if h in plan.old_rows]]
         if not reused.all():
             block[~reused] = store.vectors[[new_rows[h] for h in chunk if h not in plan.old_rows]]
         yield block

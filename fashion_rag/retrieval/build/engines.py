@@ -43,8 +43,7 @@ def _or_skip(item: CatalogItem, step: Callable[[], T]) -> T | Skip:
 
 
 def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
-    """The sha256 of the item's image file (cheap: no decoding). A FIFO, device or folder under
-    an image's name is skipped ("not a regular file"), never waited on."""
+    """The sha256 of the item's image (no decoding); a FIFO, device or folder is skipped, not waited on."""
     return _or_skip(item, lambda: images.image_sha256(catalog.image_path(item)))
 
 
@@ -86,8 +85,7 @@ class NewEmbeddings:
         with naming(path):  # a failed write (a full disk) names the file
             self.vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
             if hasattr(os, "posix_fallocate"):  # (elsewhere the file is not sparse, or there is no way)
-                # Allocated now: a full disk is an OSError here, not a SIGBUS that kills the build
-                # when the memory map first writes a page.
+                # Allocated now: a full disk is an OSError here, not a SIGBUS when the map writes a page.
                 with open(path, "r+b") as f:
                     os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         self.filled = np.zeros(n, dtype=bool)
@@ -126,11 +124,9 @@ class ImageEncoder(Encoder, Protocol):
 
 
 class LocalEngine:
-    """This process: images read, decoded and encoded batch by batch (memory: one batch).
-
-    An engine's two steps: hash_images (each item's content hash, or its Skip, in order); encode
-    (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; raises on
-    failure; work_dir: a folder of the build's own, removed after the build)."""
+    """This process, batch by batch (memory: one batch). An engine's two steps: hash_images (each
+    item's content hash, or its Skip, in order); encode (todo[i]'s embedding into store row i; returns
+    the Skip of each hash not usable; raises on failure; work_dir: the build's own folder, removed after)."""
 
     name = "local"
 
@@ -251,8 +247,7 @@ def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool
     fs, folder = pafs.FileSystem.from_uri(shards)
     name = f"{block['row'][0].as_py()}.parquet"
     fs.create_dir(folder)
-    # Under a hidden name (the shard reader skips it) until whole: a worker killed mid-write by
-    # its last try leaves no half shard to read.
+    # Under a hidden name (the reader skips it) until whole: a worker killed mid-write leaves no half shard.
     pq.write_table(pa.concat_tables(tables), f"{folder}/.{name}", filesystem=fs)
     fs.move(f"{folder}/.{name}", f"{folder}/{name}")
 
@@ -264,21 +259,16 @@ WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
 # Attempts after the first for a batch whose worker died (preemption, OOM kill, crash): Ray Data's
 # default, forever, would let one image that crashes its decoder hang the build.
 RETRIES = 3
-# The actor pool costs a fresh process per build (6-9 s measured, benchmarks/ray_build.py), where a
-# task runs in a worker Ray keeps; but a task loads the model itself, so large builds use the pool.
+# Up to this many new images, plain tasks (each loading the model) beat the actor pool's 6-9 s start-up.
 SMALL_BUILD = 2 * PREPARE_BATCH
 
 
-class RayUnavailableError(ValueError):
-    """Ray Data is not installed (it is an optional dependency)."""
-
-
 def import_ray() -> Any:
+    """Ray, with Ray Data (an optional dependency: one line saying how to install it when missing)."""
     try:
-        import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
-        raise RayUnavailableError(
+        raise ValueError(
             f"--engine ray needs Ray Data, which is not installed ({exc}): pip install \"fashion-rag[ray]\" "
             "(or pip install \"ray[data]\"), or build with the default --engine local.") from None
     return ray
@@ -297,14 +287,10 @@ class RayEngine:
     name = "ray"
 
     def _connect(self) -> tuple[Any, int, int]:
-        """Ray (initialised, unless it already was), and the cluster's CPUs and GPUs."""
         ray = import_ray()
         if not ray.is_initialized():
-            import fashion_rag
-
-            # Ship this package with the job, so workers run the driver's code, not another version.
-            package = str(Path(fashion_rag.__file__).parent)
-            ray.init(address=self.address, runtime_env={"py_modules": [package]})
+            # Ship this package (fashion_rag/) with the job: workers run the driver's code, not another one.
+            ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parents[2])]})
         resources = ray.cluster_resources()
         return ray, int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
 
