@@ -2,10 +2,10 @@
 
 Three steps: plan (plan_build: hash every catalog image through the path rule, decide what to
 encode), encode (the engine: this process or a Ray cluster, build/engines.py), write (write_index:
-the garment shard, the embeddings, the vector indexes and the manifest, streamed, published as a
-new version by ondisk.write_version, so a failure or a kill leaves the previous index as it was).
-The catalog is never read again after the build. Every entry left out is reported with its
-reason; `strict` makes any skip a failed build.
+garment shard and embeddings streamed from the previous version and the engine's store, hashed
+while written, then the vector indexes one part at a time; published by ondisk.write_version, so
+a failure or a kill leaves the previous index as it was). The catalog is never read again after
+the build. Every entry left out is reported with its reason; `strict` makes any skip a failed build.
 """
 
 from __future__ import annotations
@@ -97,11 +97,10 @@ def build_index(
     say = log_fn or log.info
     out = ondisk.prepare_out(out_dir, catalog.root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:  # made before the lock is taken, so two first builds lock the same folder
+    created = False  # made here, before the lock is taken, so two first builds lock the same folder
+    with contextlib.suppress(FileExistsError):  # (or made by a build racing this one: the lock decides)
         out.mkdir()
         created = True
-    except FileExistsError:
-        created = False  # (or made by a build racing this one: the lock decides)
     with build_lock(out) as lock:  # the build that does not get it has changed nothing
         try:
             return _build_locked(catalog, lock, encoder, engine or LocalEngine(), index_type, ivf_threshold,
@@ -115,10 +114,11 @@ def build_index(
 def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engine: Engine, index_type: str,
                   ivf_threshold: int, batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None
                   ) -> BuildReport:
+    out = lock.out
     cleaned, alone = ondisk.clean_stale(lock)  # what dead builds left
     if alone:
-        say(f"left alone in {lock.out} (no build marker proves a build made them): {', '.join(alone)}")
-    plan = plan_build(catalog, lock.out, encoder, engine, say)
+        say(f"left alone in {out} (no build marker proves a build made them): {', '.join(alone)}")
+    plan = plan_build(catalog, out, encoder, engine, say)
     with contextlib.ExitStack() as stack:
         store, bad = None, {}
         if plan.todo:  # (no temp folder otherwise: a build with nothing to encode starts writing late)
@@ -131,7 +131,42 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
                 raise BuildFailedError(f"the {engine.name} engine returned no embedding for {len(missing)} "
                                        f"images ({ids_text(missing)}); the previous index is unchanged: "
                                        "build again", missing)
-        return _finish(catalog, lock, plan, store, bad, index_type, ivf_threshold, strict, say, cleaned)
+        first = dict(plan.todo)
+        copies = [item.skip(bad[h].reason, bad[h].detail)  # of a refused file (same content): refused with it
+                  for item, h in plan.hashed if h in bad and first[h] is not item]
+        skipped = plan.skipped + list(bad.values()) + copies
+        kept = [(item, h) for item, h in plan.hashed if h not in bad]
+        items = Items([item.id for item, _ in kept], [item.path for item, _ in kept],
+                      [item.category for item, _ in kept], [item.caption for item, _ in kept],
+                      [h for _, h in kept], [], [])  # (the images' places: when written)
+        old = plan.old_manifest
+        encoded = int(store.filled.sum()) if store is not None else 0
+        report = BuildReport(out, len(kept), encoded, sum(h in plan.old_rows for _, h in kept),
+                             len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
+                             version=plan.old_version, skipped=skipped, cleaned=cleaned)
+        if strict and skipped:
+            raise SkippedItemsError(report)
+        if not kept:
+            shown = "; ".join(str(s) for s in skipped[:3])
+            raise ValueError(f"No usable garment images in catalog {catalog.root}"
+                             + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
+                             + ". Point --catalog at a folder of garment images (or a metadata file "
+                               "listing them).")
+        counts = Counter(items.categories)
+        parts = [(list(g), ann.part_kind(index_type, sum(counts[c] for c in g), ivf_threshold))
+                 for g in ann.partition_categories(items.categories)]
+        report.index_type = ann.overall_type(k for _, k in parts)
+        if (old is not None and plan.old_rows and old.encoder == plan.enc
+                and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
+                and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
+            say(f"index {out} is up to date ({len(kept)} garments)")
+            return report
+        report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
+        report.written = True
+        report.cleaned += ondisk.clean_stale(lock)[0]  # versions before the previous one
+        factories = ", ".join(sorted({p.factory for p in record.parts}))
+        say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
+        return report
 
 
 def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, say: LogFn) -> BuildPlan:
@@ -139,15 +174,14 @@ def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engin
     the previous index does not hold, identical files once, in catalog order."""
     plan = _previous(out, ondisk.encoder_record(encoder), say)
     plan.skipped = list(catalog.skipped)
+    todo: dict[str, CatalogItem] = {}
     for item, result in zip(catalog.items, engine.hash_images(catalog, catalog.items), strict=True):
         if isinstance(result, Skip):
             plan.skipped.append(result)
         else:
             plan.hashed.append((item, result))
-    todo: dict[str, CatalogItem] = {}
-    for item, h in plan.hashed:
-        if h not in plan.old_rows:
-            todo.setdefault(h, item)
+            if result not in plan.old_rows:
+                todo.setdefault(result, item)
     plan.todo = list(todo.items())
     unchanged = sum(h in plan.old_rows for _, h in plan.hashed)
     say(f"{len(plan.hashed)} images: {unchanged} unchanged, {len(todo)} to encode")
@@ -155,8 +189,7 @@ def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engin
 
 
 def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
-    """A plan starting from the previous version: its manifest and, when in the same embedding
-    space, its embeddings and garment shard (a previous version that cannot be used is rebuilt)."""
+    """A plan from the previous version: its manifest, and its embeddings and shard when in the same space."""
     try:
         ver = ondisk.resolve_version(out)
         old = ondisk.read_version_manifest(ver)
@@ -178,108 +211,46 @@ def _previous(out: Path, enc: ondisk.EncoderRecord, say: LogFn) -> BuildPlan:
     return BuildPlan(enc, old, ver.version, emb, shard, {h: i for i, h in enumerate(old.items.sha256)})
 
 
-def _finish(catalog: Catalog, lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
-            bad: dict[str, Skip], index_type: str, ivf_threshold: int, strict: bool, say: LogFn,
-            cleaned: list[str]) -> BuildReport:
-    out = lock.out
-    skipped = plan.skipped + list(bad.values())
-    first = dict(plan.todo)
-    for item, h in plan.hashed:  # copies of a refused file (same content) are refused with it
-        if h in bad and first[h] is not item:
-            skipped.append(item.skip(bad[h].reason, bad[h].detail))
-    kept = [(item, h) for item, h in plan.hashed if h not in bad]
-    items = Items([item.id for item, _ in kept], [item.path for item, _ in kept],
-                  [item.category for item, _ in kept], [item.caption for item, _ in kept],
-                  [h for _, h in kept], [], [])  # (the images' places: when written)
-    old = plan.old_manifest
-    encoded = int(store.filled.sum()) if store is not None else 0
-    report = BuildReport(out, len(kept), encoded, len(kept) - sum(h not in plan.old_rows for _, h in kept),
-                         len(set(old.items.ids) - set(items.ids)) if old else 0, "", written=False,
-                         version=plan.old_version, skipped=skipped, cleaned=cleaned)
-    if strict and skipped:
-        raise SkippedItemsError(report)
-    if not kept:
-        shown = "; ".join(str(s) for s in skipped[:3])
-        raise ValueError(f"No usable garment images in catalog {catalog.root}"
-                         + (f" ({len(skipped)} skipped: {shown})" if skipped else "")
-                         + ". Point --catalog at a folder of garment images (or a metadata file "
-                           "listing them).")
-    counts = Counter(items.categories)
-    parts = [(list(g), ann.part_kind(index_type, sum(counts[c] for c in g), ivf_threshold))
-             for g in ann.partition_categories(items.categories)]
-    report.index_type = ann.overall_type(k for _, k in parts)
-    if (old is not None and plan.old_rows and old.encoder == plan.enc
-            and dataclasses.replace(old.items, image_offsets=[], image_sizes=[]) == items
-            and [(p.categories, p.type) for p in old.vector_index.parts] == parts):
-        say(f"index {out} is up to date ({len(kept)} garments)")
-        return report
-    report.version, record = write_index(lock, plan, store, items, index_type, ivf_threshold, say)
-    report.written = True
-    report.cleaned += ondisk.clean_stale(lock)[0]  # versions before the previous one
-    factories = ", ".join(sorted({p.factory for p in record.parts}))
-    say(f"index written to {out} ({report.version}): {report.summary()}, {factories}")
-    return report
-
-
-# The last step, the same for every engine. Streamed: the garment shard image by image and the
-# embeddings block by block (reused ones from the previous version, new ones from the engine's
-# store), hashed while written, then memory-mapped to build the vector indexes one part at a time.
-
-def _write_garments(path: Path, plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
-                    hashes: list[str]) -> tuple[str, list[int], list[int]]:
-    """Write the garment shard: each distinct content's stored PNG once, in item order. Returns
-    its sha256 and every item's offset and size."""
-    placed: dict[str, tuple[int, int]] = {}
-    with ondisk.new_data_file(path) as out:
-        end = 0
-        for h in hashes:
-            if h in placed:
-                continue
-            old = plan.old_rows.get(h)
-            if old is None:
-                data = store.image(new_rows[h])
-            else:
-                start = plan.old_manifest.items.image_offsets[old]
-                data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
-            out.write(data)
-            placed[h] = (end, len(data))
-            end += len(data)
-    offsets, sizes = zip(*(placed[h] for h in hashes), strict=True)
-    return out.digest.hexdigest(), list(offsets), list(sizes)
-
-
 def _embedding_blocks(plan: BuildPlan, store: NewEmbeddings | None, new_rows: dict[str, int],
                       hashes: list[str]) -> Iterator[np.ndarray]:
     """The embedding of each content hash in order, a block of rows at a time."""
     for start in range(0, len(hashes), ann.BLOCK_ROWS):
         chunk = hashes[start : start + ann.BLOCK_ROWS]
-        old = np.fromiter((plan.old_rows.get(h, -1) for h in chunk), np.int64, len(chunk))
+        reused = np.fromiter((h in plan.old_rows for h in chunk), bool, len(chunk))
         block = np.empty((len(chunk), plan.enc.dim), dtype=np.float32)
-        reused = old >= 0
         if reused.any():
-            block[reused] = plan.old_embeddings[old[reused]]
+            block[reused] = plan.old_embeddings[[plan.old_rows[h] for h in chunk if h in plan.old_rows]]
         if not reused.all():
-            new = np.fromiter((new_rows[h] for h, r in zip(chunk, reused, strict=True) if not r), np.int64)
-            block[~reused] = store.vectors[new]
+            block[~reused] = store.vectors[[new_rows[h] for h in chunk if h not in plan.old_rows]]
         yield block
 
 
 def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
                 items: Items, index_type: str, ivf_threshold: int, say: LogFn
                 ) -> tuple[str, ondisk.VectorIndexRecord]:
-    """Write a new version of the index holding `items` and swap it in (ondisk.write_version).
-    Returns the version's name and its vector_index record. Call under the build lock."""
+    """Write and publish a new version holding `items` (ondisk.write_version): its name and vector_index."""
     n, dim, hashes = len(items.ids), plan.enc.dim, items.sha256
     new_rows = {h: i for i, (h, _) in enumerate(plan.todo)}
+    placed: dict[str, tuple[int, int]] = {}  # content hash -> (offset, size) of its PNG in the shard
     with ondisk.temp_folder(lock, version=True) as tmp:
         blocks = _embedding_blocks(plan, store, new_rows, hashes)
         sha = ondisk.write_embeddings_file(tmp / ondisk.EMBEDDINGS, n, dim, blocks)
-        shard_sha, offsets, sizes = _write_garments(tmp / ondisk.GARMENTS, plan, store, new_rows, hashes)
+        with ondisk.new_data_file(tmp / ondisk.GARMENTS) as shard:  # each content's PNG once, in item order
+            for h in dict.fromkeys(hashes):
+                old = plan.old_rows.get(h)
+                if old is None:
+                    data = store.image(new_rows[h])
+                else:
+                    start = plan.old_manifest.items.image_offsets[old]
+                    data = bytes(plan.old_garments[start : start + plan.old_manifest.items.image_sizes[old]])
+                placed[h] = (shard.f.tell(), len(data))
+                shard.write(data)
+        offsets, sizes = (list(column) for column in zip(*(placed[h] for h in hashes), strict=True))
         emb = ondisk.map_embeddings(tmp / ondisk.EMBEDDINGS, n, dim)
         record = ann.write_vector_parts(emb, items.categories, tmp, index_type, ivf_threshold, log_fn=say)
         del emb  # unmapped before the folder is renamed (Windows cannot rename a mapped file's folder)
         manifest = Manifest(plan.enc, n, record, ondisk.Files(ondisk.EMBEDDINGS, ondisk.GARMENTS, {}, {}),
                             dataclasses.replace(items, image_offsets=offsets, image_sizes=sizes),
                             built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard_sha}
+        sums = {ondisk.EMBEDDINGS: sha, ondisk.GARMENTS: shard.digest.hexdigest()}
         return ondisk.write_version(lock, tmp, manifest, sums), record

@@ -1,19 +1,10 @@
 """How a build hashes and encodes images: in this process (LocalEngine) or on a Ray cluster
-(RayEngine). Both run the per-image steps here (hash_image, read_fitted_garment), so they skip the
-same images for the same reasons, and fill a NewEmbeddings store (row i: the embedding and garment
-PNG of the plan's todo[i]) kept in files, so a 10M-image first build holds neither in memory.
-
-On Ray, CPU tasks hash (hash_batch) and read, check, decode and preprocess (prepare_batch) the
-images, so the driver never reads them; the model encodes them (encode_prepared) into Parquet
-shards (row, reason, detail, error, garment PNG, embedding) that the driver reads into the store.
-A large build runs Ray Data: decoding tasks feeding a pool of EncoderActors (one per GPU, else
-CPU actors) that load the model once each. A small build (SMALL_BUILD new images or fewer) skips
-the pool's start-up: a plain task per block prepares and encodes it (encode_block).
-A batch whose worker dies is retried RETRIES times (Ray Data's default, forever, would let one
-image that crashes its decoder hang the build), then the build fails naming the images not
-encoded. A batch whose code raises is recorded row by row in its "error" column: the other
-batches finish, then the build fails naming every such item. Nothing is published on failure.
-Every node needs the catalog, the weights and the shard folder at the same paths.
+(RayEngine; what runs where: docs/index-on-ray.md). Both run the per-image steps here (hash_image,
+read_fitted_garment), so they skip the same images for the same reasons, and fill a NewEmbeddings
+store (row i: the embedding and garment PNG of the plan's todo[i]) kept in files, so a 10M-image
+first build holds neither in memory. On Ray the driver never reads an image: CPU tasks hash and
+prepare them, the model encodes them into Parquet shards, which the driver reads into the store.
+A failed batch fails the build, naming its images, once the other batches have finished.
 """
 from __future__ import annotations
 
@@ -24,7 +15,8 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -51,14 +43,12 @@ def _or_skip(item: CatalogItem, step: Callable[[], T]) -> T | Skip:
 
 
 def hash_image(catalog: Catalog, item: CatalogItem) -> str | Skip:
-    """The sha256 of the item's image file (cheap: no decoding). A FIFO, device or folder under
-    an image's name is skipped ("not a regular file"), never waited on."""
+    """The sha256 of the item's image (no decoding); a FIFO, device or folder is skipped, not waited on."""
     return _or_skip(item, lambda: images.image_sha256(catalog.image_path(item)))
 
 
 def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Image.Image | Skip:
-    """The item's image in the garment form the encoder takes and the index stores, if its
-    content is still `sha256`."""
+    """The item's image fitted as a garment (what is encoded and stored), if its content is still `sha256`."""
 
     def read() -> Image.Image | Skip:
         path = catalog.image_path(item)
@@ -71,8 +61,7 @@ def read_fitted_garment(catalog: Catalog, item: CatalogItem, sha256: str) -> Ima
 
 
 def garment_png(garment: Image.Image) -> bytes:
-    """The fitted garment as the index stores it: PNG, lossless, so retrieval returns exactly
-    the pixels the encoder saw (docs/method.md, "Stored garment images")."""
+    """The fitted garment as the index stores it: lossless PNG, so retrieval returns the pixels encoded."""
     buf = io.BytesIO()
     garment.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -87,19 +76,17 @@ class BuildFailedError(ValueError):
 
 
 class NewEmbeddings:
-    """What a build encodes: [n, dim] float32 embeddings and the fitted garment images (PNG), in
-    files of the build's temp folder."""
+    """What a build encodes: [n, dim] float32 embeddings and garment PNGs, in files of its temp folder."""
 
     def __init__(self, folder: Path, n: int, dim: int) -> None:
-        self.path = folder / "new-embeddings.npy"
+        path = folder / "new-embeddings.npy"
         self.images_path = folder / "new-garments.bin"
         self.dim = int(dim)
-        with naming(self.path):  # a failed write (a full disk) names the file
-            self.vectors = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(n, dim))
+        with naming(path):  # a failed write (a full disk) names the file
+            self.vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
             if hasattr(os, "posix_fallocate"):  # (elsewhere the file is not sparse, or there is no way)
-                # Allocated now: a full disk is an OSError here, not a SIGBUS that kills the build
-                # when the memory map first writes a page.
-                with open(self.path, "r+b") as f:
+                # Allocated now: a full disk is an OSError here, not a SIGBUS when the map writes a page.
+                with open(path, "r+b") as f:
                     os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         self.filled = np.zeros(n, dtype=bool)
         self.image_at = np.zeros((n, 2), dtype=np.int64)  # (offset, size) in images_path, per row
@@ -108,8 +95,6 @@ class NewEmbeddings:
     def put(self, rows: np.ndarray, vectors: np.ndarray, pngs: Sequence[bytes]) -> None:
         """Store the embeddings and garment PNGs of todo rows `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
-        if len(pngs) != len(rows):
-            raise ValueError(f"{len(pngs)} garment images for {len(rows)} embeddings")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(rows), self.dim) or not np.isfinite(vectors).all():
             # An encoder of another dimension or a broken model: never store it as an embedding.
@@ -117,7 +102,7 @@ class NewEmbeddings:
                              f"{len(rows)} images where {self.dim}-d ones were expected, or non-finite "
                              f"values; check the encoder weights")
         with naming(self.images_path):
-            for row, data in zip(rows, pngs, strict=True):
+            for row, data in zip(rows, pngs, strict=True):  # (strict: one PNG an embedding)
                 self.image_at[row] = (self._images.tell(), len(data))  # (image() reads with pread: no seek)
                 self._images.write(data)
         self.vectors[rows] = vectors
@@ -139,12 +124,9 @@ class ImageEncoder(Encoder, Protocol):
 
 
 class LocalEngine:
-    """This process: images read, decoded and encoded batch by batch (memory: one batch).
-
-    An engine's two steps: hash_images (each item's content hash, or its Skip, in order) and
-    encode (todo[i]'s embedding into store row i; returns the Skip of each hash not usable; on
-    failure, raises; work_dir: a folder of the build's own, removed after the build).
-    """
+    """This process, batch by batch (memory: one batch). An engine's two steps: hash_images (each
+    item's content hash, or its Skip, in order); encode (todo[i]'s embedding into store row i; returns
+    the Skip of each hash not usable; raises on failure; work_dir: the build's own folder, removed after)."""
 
     name = "local"
 
@@ -178,9 +160,8 @@ def _failure(exc: Exception) -> str:
 
 def _worker_rows(batch: Any, root: str, step: Callable[[Catalog, CatalogItem, str], Any]
                  ) -> tuple[list[Any], dict[str, list[str]]]:
-    """step(catalog, item, sha256 or "") for each row of a block, None where it skipped the image,
-    and the block's reason, detail and error columns: a Skip fills the first two, an exception the
-    third for every row (a bug or a broken worker, not a bad image)."""
+    """step(catalog, item, sha256 or "") for each row of a block (None where it skipped the image),
+    and its reason, detail and error columns: an exception fills "error" for every row."""
     catalog = Catalog(Path(root), [])
     n = batch.num_rows
     shas = batch["sha256"].to_pylist() if "sha256" in batch.column_names else [""] * n
@@ -208,8 +189,7 @@ def hash_batch(batch: Any, root: str) -> Any:
 
 
 def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
-    """Read, check, decode and preprocess a batch (CPU): pixels and the garment PNG the index
-    stores, or the reason an image is skipped."""
+    """Read, check, decode and preprocess a batch (CPU): pixels, garment PNGs, skips, errors."""
     garments, columns = _worker_rows(batch, root, read_fitted_garment)
     blank = Image.new("RGB", images.GARMENT_SIZE, images.PAD_COLOR)  # in place of an image not encoded
     try:
@@ -224,8 +204,7 @@ def prepare_batch(batch: Any, root: str, encoder: Any) -> dict[str, np.ndarray]:
 
 
 class EncoderActor:
-    """An actor holding the model, loaded (on the GPU with gpu) at its start, not in its first
-    batch: prepared batches -> shard rows."""
+    """Holds the model, loaded (on the GPU with gpu) when it starts, not in its first batch."""
 
     def __init__(self, encoder: Any, gpu: bool) -> None:
         self.encoder = encoder
@@ -250,18 +229,15 @@ def encode_prepared(encoder: Any, batch: dict[str, np.ndarray], gpu: bool = Fals
             emb[ok] = encoder.encode_pixels(batch["pixels"][ok])
     except Exception as exc:  # recorded, not raised: the build names every failing item at the end
         errors = [_failure(exc) if k else e for k, e in zip(ok, errors, strict=True)]
-    flat = pa.array(emb.reshape(-1), pa.float32())
+    strings = {"reason": batch["reason"], "detail": batch["detail"], "error": errors}
     return pa.table({"row": pa.array(batch["row"].astype(np.int64)),
-                     "reason": pa.array(list(batch["reason"]), pa.string()),
-                     "detail": pa.array(list(batch["detail"]), pa.string()),
-                     "error": pa.array(errors, pa.string()),
+                     **{k: pa.array(list(v), pa.string()) for k, v in strings.items()},
                      "garment": pa.array(list(batch["garment"]), pa.binary()),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])})
 
 
 def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool, shards: str) -> None:
-    """A small build's block in one task: prepared and encoded (the model loaded once, in this
-    task), written as one Parquet shard named after its first row."""
+    """A small build's block, prepared and encoded in one task: one Parquet shard named by its first row."""
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
@@ -271,8 +247,7 @@ def encode_block(block: Any, root: str, encoder: Any, batch_size: int, gpu: bool
     fs, folder = pafs.FileSystem.from_uri(shards)
     name = f"{block['row'][0].as_py()}.parquet"
     fs.create_dir(folder)
-    # Under a hidden name (the shard reader skips it) until whole: a worker killed mid-write by
-    # its last try leaves no half shard to read.
+    # Under a hidden name (the reader skips it) until whole: a worker killed mid-write leaves no half shard.
     pq.write_table(pa.concat_tables(tables), f"{folder}/.{name}", filesystem=fs)
     fs.move(f"{folder}/.{name}", f"{folder}/{name}")
 
@@ -281,84 +256,66 @@ PREPARE_BATCH = 32  # images a decoding task holds at once (the encoder's batche
 # Memory a decoding task asks for: a worker with torch and open_clip imported (Ray Data measured
 # ~550 MiB), plus one decoded product photo (~5 MP RGB) and its copies per image of its batch.
 WORKER_BYTES, DECODED_IMAGE_BYTES = 640 * 2**20, 16 * 2**20
-RETRIES = 3  # attempts after the first for a batch whose worker died (preemption, OOM kill, crash)
-# The actor pool costs a fresh process per build (torch and open_clip imported, ~2 s of Ray Data's
-# actor start-up on top: 6-9 s measured, benchmarks/ray_build.py), where a task runs in a worker
-# Ray keeps; but a task loads the model itself, so a large build's many blocks go to the pool.
+# Attempts after the first for a batch whose worker died (preemption, OOM kill, crash): Ray Data's
+# default, forever, would let one image that crashes its decoder hang the build.
+RETRIES = 3
+# Up to this many new images, plain tasks (each loading the model) beat the actor pool's 6-9 s start-up.
 SMALL_BUILD = 2 * PREPARE_BATCH
 
 
-class RayUnavailableError(ValueError):
-    """Ray Data is not installed (it is an optional dependency)."""
-
-
 def import_ray() -> Any:
+    """Ray, with Ray Data (an optional dependency: one line saying how to install it when missing)."""
     try:
-        import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
-        raise RayUnavailableError(
+        raise ValueError(
             f"--engine ray needs Ray Data, which is not installed ({exc}): pip install \"fashion-rag[ray]\" "
             "(or pip install \"ray[data]\"), or build with the default --engine local.") from None
     return ray
 
 
+@dataclass
 class RayEngine:
-    """Hash and encode on Ray (see the module docstring).
+    """Hash and encode on Ray (see the module docstring)."""
 
-    address: the cluster (as ray.init takes it: "auto", "ray://head:10001", ...); None starts
-    a local one unless Ray is already initialised. actors: encoder actors at most (default:
-    one per GPU, else one per two CPUs). shards: where the embedding shards go (a folder every
-    node sees, or a URI such as s3://bucket/tmp); default: the build's temp folder in the index.
-    small_build: builds with this many images to encode or fewer run in plain tasks, larger ones
-    on the actor pool (default SMALL_BUILD; 0: always the actor pool).
-    """
+    address: str | None = None  # as ray.init takes it ("auto", "ray://head:10001"); None: a local Ray
+    _: KW_ONLY
+    actors: int | None = None  # encoder actors at most (default: one per GPU, else one per two CPUs)
+    shards: str | None = None  # a folder every node sees, or a URI (s3://...); default: in the index
+    small_build: int | None = None  # builds encoding at most this many run in tasks (default SMALL_BUILD)
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, actors: int | None = None, shards: str | None = None,
-                 small_build: int | None = None) -> None:
-        self.address = address
-        self.actors = actors
-        self.shards = shards
-        self.small_build = SMALL_BUILD if small_build is None else small_build
-
-    def _connect(self) -> Any:
+    def _connect(self) -> tuple[Any, int, int]:
         ray = import_ray()
         if not ray.is_initialized():
-            import fashion_rag
-
-            # Ship this package with the job, so workers run the driver's code, not another version.
-            package = str(Path(fashion_rag.__file__).parent)
-            ray.init(address=self.address, runtime_env={"py_modules": [package]})
-        return ray
+            # Ship this package (fashion_rag/) with the job: workers run the driver's code, not another one.
+            ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parents[2])]})
+        resources = ray.cluster_resources()
+        return ray, int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
 
     def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
         if not items:
             return []
-        ray = self._connect()
-        blocks = _blocks({"path": [i.path for i in items]}, 64, int(ray.cluster_resources().get("CPU", 1)))
+        ray, cpus, _ = self._connect()
         try:
-            tables = _in_tasks(ray, hash_batch, blocks, str(catalog.root))
+            tables = _in_tasks(ray, hash_batch, _blocks({"path": [i.path for i in items]}, 64, cpus),
+                               str(catalog.root))
         except Exception as exc:
             raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
                                    "is unchanged", []) from exc
-        results: list[str | Skip | None] = [None] * len(items)
-        errors: dict[int, str] = {}
-        for table in tables:
-            shas = table["sha256"].to_pylist()
-            for i, row, skip in _outcomes(table, items, errors):
-                results[row] = skip or shas[i]
-        _raise_failures("hashing", items, errors, [i for i, r in enumerate(results) if r is None])
-        return results  # type: ignore[return-value]
+        results: dict[int, Any] = {}
+        for usable in _results("hashing", tables, items, results):
+            results.update(zip(usable["row"].to_pylist(), usable["sha256"].to_pylist(), strict=True))
+        return [results[r] for r in range(len(items))]
 
     def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
                batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
                ) -> dict[str, Skip]:
-        ray = self._connect()
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        small = len(todo) <= self.small_build
+        import pyarrow.fs as pafs
+
+        ray, cpus, gpus = self._connect()
+        small = len(todo) <= (SMALL_BUILD if self.small_build is None else self.small_build)
         blocks = _blocks({"path": [item.path for _, item in todo], "sha256": [h for h, _ in todo]},
                          PREPARE_BATCH if small else batch_size, cpus)
         items = [item for _, item in todo]
@@ -379,18 +336,24 @@ class RayEngine:
                 raise BuildFailedError(f"the Ray build failed ({_cause(exc)}); {len(failed)} images were not "
                                        f"encoded ({ids_text(failed)}); the previous index is unchanged",
                                        failed) from exc
-            bad = _read_shards(shards, todo, items, store)
+            skips: dict[int, Skip] = {}
+            for usable in _results("encoding", _shards(shards), items, skips):
+                emb = usable["embedding"]
+                vectors = np.asarray(emb.flatten()).reshape(len(usable), emb.type.list_size)
+                store.put(usable["row"].to_numpy(), vectors, usable["garment"].to_pylist())
         finally:
-            _delete(shards)  # now, not with the build's temp folder: 10M embeddings are 30 GB of shards
+            # Deleted now, not with the build's temp folder: 10M embeddings are 30 GB of shards.
+            with contextlib.suppress(OSError, ValueError):  # never written, or already gone
+                fs, base = pafs.FileSystem.from_uri(shards)
+                fs.delete_dir(base)
         if progress:
             progress(len(todo), len(todo))
-        return bad
+        return {todo[row][0]: skip for row, skip in skips.items()}
 
 
 def _in_tasks(ray: Any, fn: Any, blocks: list[Any], *args: Any, **options: Any) -> list[Any]:
-    """fn(block, *args) of every block, each in a plain task (run by a worker Ray keeps: no
-    start-up), retried RETRIES times if its worker dies; raises once every task has ended (none
-    still writing when the shards are read) if any failed."""
+    """fn(block, *args) of every block, each in a plain task retried RETRIES times; raises, if any
+    failed, once every task has ended (none still writing when the shards are read)."""
     task = ray.remote(fn).options(num_cpus=1, max_retries=RETRIES, **options)
     refs = [task.remote(block, *args) for block in blocks]
     ray.wait(refs, num_returns=len(refs))
@@ -403,31 +366,25 @@ def _encode_on_actors(ray: Any, blocks: list[Any], root: str, encoder: Any, batc
     # The memory request sizes the decoding tasks and, being one the actors do not make, keeps
     # them tasks: Ray Data fuses map steps of equal requests, moving decoding into the actors.
     prepare = min(batch_size, PREPARE_BATCH)
-    ds = ray.data.from_arrow(blocks)
-    ds = _map_batches(ds, prepare_batch, fn_kwargs={"root": root, "encoder": encoder},
-                      batch_size=prepare, batch_format="pyarrow", num_cpus=1,
-                      memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES, max_retries=RETRIES)
-    ds = _map_batches(ds, EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": gpus > 0},
-                      batch_size=batch_size, batch_format="numpy",
-                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                      num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-                      max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
-    ds.write_parquet(shards)
-
-
-def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
-    """ds.map_batches, quietly: Ray Data 2.60 takes the retry limits (max_retries, max_task_retries)
-    only as `ray_remote_args`, which it calls deprecated with no named replacement yet; hence the
-    ray extra's upper bound (pyproject.toml)."""
     with warnings.catch_warnings():
+        # Ray Data 2.60 takes the retry limits only as `ray_remote_args`, which it calls deprecated
+        # with no named replacement yet; hence the ray extra's upper bound (pyproject.toml).
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ds.map_batches(fn, **kwargs)
+        ds = ray.data.from_arrow(blocks).map_batches(
+            prepare_batch, fn_kwargs={"root": root, "encoder": encoder}, batch_size=prepare,
+            batch_format="pyarrow", num_cpus=1, memory=WORKER_BYTES + prepare * DECODED_IMAGE_BYTES,
+            max_retries=RETRIES)
+        ds = ds.map_batches(EncoderActor, fn_constructor_kwargs={"encoder": encoder, "gpu": gpus > 0},
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+                            max_task_retries=RETRIES)  # (a dead actor is still restarted, however often)
+        ds.write_parquet(shards)
 
 
 def _blocks(columns: dict[str, list[str]], min_rows: int, cpus: int) -> list[Any]:
-    """The columns, numbered by "row", as Arrow tables, one Ray block each: the unit a task runs,
-    retries and writes. Two blocks per CPU at least (every worker busy), at most 4096 rows (a
-    retry redoes little), `min_rows` at least."""
+    """The columns, numbered by "row", as Arrow tables, one a task: two per CPU at least (every
+    worker busy), of at most 4096 rows (a retry redoes little) and `min_rows` at least."""
     import pyarrow as pa
 
     n = len(next(iter(columns.values())))
@@ -437,28 +394,29 @@ def _blocks(columns: dict[str, list[str]], min_rows: int, cpus: int) -> list[Any
     return [table.slice(start, per_block) for start in range(0, n, per_block)]
 
 
-def _outcomes(table: Any, items: Sequence[CatalogItem], errors: dict[int, str]
-              ) -> Iterator[tuple[int, int, Skip | None]]:
-    """(index in the table, row, its Skip or None) of each row of a worker's table whose batch
-    did not raise; the error of each row whose batch raised goes into `errors`."""
-    columns = (table[c].to_pylist() for c in ("row", "reason", "detail", "error"))
-    for i, (row, reason, detail, error) in enumerate(zip(*columns, strict=True)):
-        if error:
-            errors[row] = error
-        else:
-            yield i, row, items[row].skip(reason, detail) if reason else None
+def _results(step: str, tables: Iterable[Any], items: Sequence[CatalogItem], skips: dict[int, Any]
+             ) -> Iterator[Any]:
+    """The rows of each worker table that hold a result (the Skip of each image refused goes into
+    `skips`, by row); then a BuildFailedError naming every item whose batch raised, or was lost."""
+    import pyarrow.compute as pc
 
-
-def _raise_failures(step: str, items: Sequence[CatalogItem], errors: dict[int, str],
-                    missing: list[int]) -> None:
-    """A BuildFailedError naming every item whose batch raised, or that no worker returned."""
-    missing = [r for r in missing if r not in errors]
-    if not errors and not missing:
-        return
-    failed = [items[r].id for r in sorted(errors) + missing]
-    first = next(iter(errors.values()), "no result returned")
-    raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({ids_text(failed)}): {first}; "
-                           "the previous index is unchanged: fix or remove them and build again", failed)
+    errors: dict[int, str] = {}
+    lost = set(range(len(items)))
+    for table in tables:
+        columns = (table[c].to_pylist() for c in ("row", "reason", "detail", "error"))
+        for row, reason, detail, error in zip(*columns, strict=True):
+            lost.discard(row)
+            if error:
+                errors[row] = error
+            elif reason:
+                skips[row] = items[row].skip(reason, detail)
+        yield table.filter(pc.and_(pc.equal(table["reason"], ""), pc.equal(table["error"], "")))
+    errors.update(dict.fromkeys(sorted(lost), "no result returned"))
+    if errors:
+        failed = [items[r].id for r in sorted(errors)]
+        raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({ids_text(failed)}): "
+                               f"{next(iter(errors.values()))}; the previous index is unchanged: fix or "
+                               "remove them and build again", failed)
 
 
 def _cause(exc: BaseException) -> str:
@@ -481,36 +439,6 @@ def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
     except FileNotFoundError:
         return iter(())
     return shards.to_batches(columns=columns) if shards.files else iter(())  # (no files: no columns)
-
-
-def _read_shards(uri: str, todo: Sequence[tuple[str, CatalogItem]], items: list[CatalogItem],
-                 store: NewEmbeddings) -> dict[str, Skip]:
-    """Fill the store from the shards; return the Skip of every image a worker refused. Raises
-    naming every item whose batch raised."""
-    bad: dict[str, Skip] = {}
-    errors: dict[int, str] = {}
-    for table in _shards(uri):
-        emb = table["embedding"]
-        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), emb.type.list_size)
-        garments = table["garment"].to_pylist()
-        good: list[tuple[int, int]] = []
-        for i, row, skip in _outcomes(table, items, errors):
-            if skip:
-                bad[todo[row][0]] = skip
-            else:
-                good.append((i, row))
-        store.put(np.asarray([row for _, row in good]), vectors[[i for i, _ in good]],
-                  [garments[i] for i, _ in good])
-    _raise_failures("encoding", items, errors, [])
-    return bad
-
-
-def _delete(uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    with contextlib.suppress(OSError, ValueError):  # never written, or already gone
-        fs, base = pafs.FileSystem.from_uri(uri)
-        fs.delete_dir(base)
 
 
 Engine = LocalEngine | RayEngine  # (what build_index takes)
