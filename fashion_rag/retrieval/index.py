@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -187,12 +186,10 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
 # BM25 over the captions (bm25s), the lexical half of fusion retrieval: built when first needed,
 # not stored (well under a second for tens of thousands of captions, and it cannot go stale).
 
-_TOKEN = re.compile(r"[a-z0-9]+")
+_TOKEN = r"[a-z0-9]+"
 # Words that say nothing about which garment is meant (kept small: "top", "short" matter).
-_STOPWORDS = frozenset(
-    "a an and the of in on with for to by from at or is are be this that it its as "
-    "made wearing model photo picture image".split()
-)
+_STOPWORDS = ("a an and the of in on with for to by from at or is are be this that it its as "
+              "made wearing model photo picture image").split()
 
 
 def _stem(word: str) -> str:
@@ -209,10 +206,10 @@ def _stem(word: str) -> str:
 
 
 def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
-    """bm25s.tokenize with this module's words, stopwords and stemmer (lower-cased first)."""
+    """bm25s.tokenize with this module's words, stopwords and stemmer."""
     import bm25s
 
-    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN.pattern, stopwords=list(_STOPWORDS),
+    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN, stopwords=_STOPWORDS,
                           stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
                           show_progress=False)
 

@@ -89,22 +89,20 @@ def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, pictu
         mode = "fusion"
     if mode not in MODES:
         raise ValueError(f"Unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}.")
-    if picture and text and mode == "caption":
+    if mode == "caption" and not text:
+        raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
+                         "or use mode 'image' for the picture alone.")
+    if mode == "caption" and picture:
         raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
                          "'image' or 'fusion' with a picture.")
-    if not text:  # a picture alone: only the embeddings can rank
-        if mode == "caption":
-            raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
-                             "or use mode 'image' for the picture alone.")
-        return "image"
     if mode == "caption" and not index.has_captions:
         raise ValueError(
             f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use mode "
             "'image', or rebuild the index from a catalog with captions (metadata file or .txt files)."
         )
-    if mode == "fusion" and not index.has_captions:
-        return "image"  # fusing with an all-zero ranking would only add noise
-    return mode
+    # A picture alone can only be ranked by the embeddings; fusing with an all-zero caption
+    # ranking would only add noise.
+    return "image" if not text or not index.has_captions else mode
 
 
 def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | None = None,
