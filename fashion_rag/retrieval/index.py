@@ -75,10 +75,6 @@ class GarmentIndex:
         return self.index_dir.name
 
     @property
-    def dim(self) -> int:
-        return self.manifest.encoder.dim
-
-    @property
     def has_captions(self) -> bool:
         return any(c.strip() for c in self.captions)
 
@@ -134,7 +130,7 @@ class GarmentIndex:
             raise ValueError(f"Index {self.name!r} was loaded without its text encoder; an embedding query "
                              "needs one (load_index(path, encoder)), or use mode 'caption'.")
         weight = float(image_weight) if text is not None and image is not None else float(image is not None)
-        query = np.zeros(self.dim, dtype=np.float32)
+        query = np.zeros(self.manifest.encoder.dim, dtype=np.float32)
         if text is not None and weight < 1:
             query += (1.0 - weight) * self.encoder.encode_texts([text])[0]
         if image is not None and weight > 0:

@@ -128,9 +128,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
     pin_pos = [index.position(p) for p in pins]
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
-    n = len(index)
     categories = None if category in (None, "", "any") else {canonical_or_text(category)}
-    allowed = np.ones(n, dtype=bool) if categories is None else index.category_mask(categories)
+    allowed = np.ones(len(index), dtype=bool) if categories is None else index.category_mask(categories)
     skip = excluded + pin_pos
     allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
@@ -151,8 +150,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
         score, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
         # Ties in fused score go to the better image rank, then catalog order: deterministic.
-        ranked = sorted((p for p in score if allowed[p]), key=lambda p: (-score[p], image_rank.get(p, n), p))
-        fill = ranked[:n_fill]
+        fill = sorted((p for p in score if allowed[p]),
+                      key=lambda p: (-score[p], image_rank.get(p, len(index)), p))[:n_fill]
 
     out = [Garment(id=index.ids[p], score=score.get(p, 0.0), category=index.categories[p],
                    path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
