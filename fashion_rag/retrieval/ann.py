@@ -114,8 +114,7 @@ class VectorIndex:
     kind: str
     factory: str
     nprobe: int | None = None  # IVF lists probed (None: flat); every IVF search passes it to FAISS
-    # Probes used under a category filter: the query may then resemble no garment of this part
-    # (a dress described while filtering tops), and its neighbours spread over more lists.
+    # Under a category filter the query may resemble no garment of this part: neighbours spread wider.
     nprobe_filtered: int | None = None
     tuned_recall: dict[str, float] | None = None
 
@@ -153,10 +152,9 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
                         ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn = log.debug,
                         filtered_probes: np.ndarray | None = None) -> VectorIndex:
-    """The vector index of these unit embeddings ("auto": flat below `ivf_threshold` items, else
-    IVF), nprobe tuned on probes made from these garments, nprobe_filtered on `filtered_probes`
-    (default: around the data's mean). An IVF build holds its training sample, one block and the
-    index, never all the float32 vectors."""
+    """The vector index of these unit embeddings ("auto": IVF from `ivf_threshold` items), nprobe
+    tuned on probes from these garments, nprobe_filtered on `filtered_probes` (default: around the
+    mean). An IVF build holds its training sample, one block and the index, never all the vectors."""
     import faiss
 
     if index_type not in INDEX_TYPES:
@@ -167,9 +165,8 @@ def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
     factory = "Flat" if kind == "flat" else f"IVF{nlist},SQ8"
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if kind == "ivf":
-        # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
-        # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
-        # here, not by FAISS, so that only the sample is ever read into memory.
+        # 32 points per list place lists well enough (nprobe is tuned on the result) 8x faster than
+        # FAISS's 256; the sample is drawn here, not by FAISS, so that only it is read into memory.
         faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
         n_train = min(n, 32 * nlist)
         log_fn(f"training {factory} on {n_train} of {n} vectors")
@@ -336,9 +333,8 @@ def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
                        log_fn: LogFn = log.debug) -> VectorIndexRecord:
-    """The manifest's vector_index record of the parts create_vector_store builds, built one at a
-    time, each IVF part written to `folder` and freed before the next: memory is bounded by the
-    largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB)."""
+    """The manifest's vector_index record of create_vector_store's parts, each IVF part written to
+    `folder` and freed before the next is built (10M garments in 3 categories: 2.6 GB, not 7.7 GB)."""
     records = []
     built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
     for i, part in enumerate(built):

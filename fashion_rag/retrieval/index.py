@@ -35,8 +35,7 @@ from .ondisk import (
 
 
 class GarmentIndex:
-    """A loaded index: garment metadata, embeddings, the vector index, the stored garment images,
-    optionally the encoder."""
+    """A loaded index: garment metadata, embeddings, vector index, stored images, optionally its encoder."""
 
     def __init__(self, index_dir: Path, manifest: Manifest, embeddings: np.ndarray,
                  vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
@@ -56,8 +55,7 @@ class GarmentIndex:
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
                   index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD) -> GarmentIndex:
-        """An index over given embeddings with no files or captions (benchmarks, experiments); ids
-        are '0'..'N-1'."""
+        """An index over given embeddings, ids '0'..'N-1', no files or captions (benchmarks)."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(emb)
         cats = list(categories) if categories is not None else [""] * n
@@ -109,9 +107,8 @@ class GarmentIndex:
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k garments nearest a query embedding: (positions, cosines), best first, only of
-        `categories` (None: any), never an `exclude`d position. Exact for a flat index; for IVF,
-        exact among the probed candidates."""
+        """The k garments nearest a query embedding, of `categories` (None: any) but no `exclude`d
+        position: (positions, exact cosines), best first; for IVF, the best of the probed lists."""
         return self.vectors.search(query, k, categories, exclude)
 
     def category_mask(self, categories: Collection[str]) -> np.ndarray:
@@ -123,9 +120,8 @@ class GarmentIndex:
         return self._caption_index.scores(text)
 
     def embed_query(self, text: str | None, image: Image.Image | None, image_weight: float) -> np.ndarray:
-        """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
-        product with a garment is the weighted sum of the two cosines. The picture is fitted to the
-        catalog's garment form first, as the build fits every catalog image."""
+        """(1 - w) * text + w * picture embedding (either alone at full weight): its inner product is
+        the weighted sum of the two cosines. The picture is fitted first, as the build fits garments."""
         if self.encoder is None:
             raise ValueError(f"Index {self.name!r} was loaded without its text encoder; an embedding query "
                              "needs one (load_index(path, encoder)), or use mode 'caption'.")
