@@ -69,9 +69,7 @@ def exact_top_k(x: np.ndarray | Rows, queries: np.ndarray, k: int) -> np.ndarray
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    _, positions = knn_ground_truth(q, as_rows(x).blocks(), int(k), metric_type=faiss.METRIC_INNER_PRODUCT,
-                                    ngpu=0)
-    return positions.astype(np.int64)
+    return knn_ground_truth(q, as_rows(x).blocks(), int(k), metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)[1]
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
