@@ -291,7 +291,7 @@ class VectorStore:
         """The k best garments (positions, exact cosines), as GarmentIndex.search."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
-        found = []
+        found = [np.zeros(0, dtype=np.int64)]  # (no part wanted: no garments)
         for part in self.parts:
             wanted = [c for c in part.categories if categories is None or c in categories]
             if not wanted:
@@ -312,8 +312,6 @@ class VectorStore:
                 # An IVF probe can come back short under a narrow mask: take all the allowed.
                 local = np.flatnonzero(mask)
             found.append(part.positions[local])
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         cand = np.unique(np.concatenate(found))
         exact = np.asarray(self.embeddings[cand], dtype=np.float32) @ query
         order = np.argsort(-exact, kind="stable")[:k]
