@@ -92,10 +92,9 @@ def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, pictu
         raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
                          "'image' or 'fusion' with a picture.")
     if mode == "caption" and not index.has_captions:
-        raise ValueError(
-            f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use mode "
-            "'image', or rebuild the index from a catalog with captions (metadata file or .txt files)."
-        )
+        raise ValueError(f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use "
+                         "mode 'image', or rebuild the index from a catalog with captions (metadata file or "
+                         ".txt files).")
     # A picture alone can only be ranked by the embeddings; fusing with an all-zero caption
     # ranking would only add noise.
     return "image" if not text or not index.has_captions else mode
