@@ -240,6 +240,16 @@ def test_ivf_nlist_follows_the_rule_in_method_md():
     assert [ivf_nlist(n) for n in (1, 12, 10_000, 250_000, 1_000_000)] == [1, 1, 256, 2000, 4000]
 
 
+def test_search_of_no_allowed_garment_is_empty():
+    """A category the index lacks, or all its garments excluded: no positions and no error.
+    Mutation caught: VectorStore.search without its empty start (concatenating nothing) (failed: yes)."""
+    x = np.eye(4, dtype=np.float32)
+    index = GarmentIndex.in_memory(x, categories=["a", "a", "b", "b"])
+    for categories, exclude, expected in (({"shoes"}, [], []), ({"a"}, [0, 1], []), ({"a"}, [0], [1])):
+        got, scores = index.search(x[0], 3, categories, exclude)
+        assert got.tolist() == expected and scores.tolist() == [0.0] * len(expected)
+
+
 def test_many_free_text_categories_share_a_part():
     cats = [f"style{i % 40}" for i in range(400)] + ["dresses"] * 100
     x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,22 @@ def test_fusion_is_reciprocal_rank_fusion(plain_index):
     np.testing.assert_allclose([h.score for h in hits], [expected[i] for i in best], rtol=1e-6)
     # It differs from both single rankings on this query (else the test would prove little).
     assert [h.id for h in hits] != image_ids[:8] and [h.id for h in hits] != caption_order[:8]
+
+
+def test_fusion_without_captions_is_the_image_ranking(plain_index, catalog, tmp_path):
+    """An index without captions has no second ranking to fuse: the default mode ranks by cosine.
+    Mutations caught: resolve_mode keeping 'fusion' for a caption-less index, and without its
+    'caption' refusal for one (failed: yes, both)."""
+    bare_catalog = scan_catalog(catalog)
+    bare_catalog.items = [replace(item, caption="") for item in bare_catalog.items]
+    build_index(bare_catalog, tmp_path / "bare", plain_index.encoder)
+    bare = load_index(tmp_path / "bare", plain_index.encoder)
+    hits = search(bare, QUERIES[0], 6)
+    ids, scores = _brute_force(bare, QUERIES[0])
+    assert [h.id for h in hits] == ids[:6]
+    np.testing.assert_allclose([h.score for h in hits], scores[:6], atol=1e-5)
+    with pytest.raises(ValueError, match="has no captions, so mode 'caption' cannot rank anything"):
+        search(bare, QUERIES[0], 3, mode="caption")
 
 
 def test_pins_first_in_order_and_excludes_never(demo_index):

@@ -6,8 +6,7 @@ ondisk    the index on disk, and the only module that knows its files: typed che
           manifest, versions behind one pointer, the build lock, embeddings (.npy), FAISS part
           files, the stored garment images; read_version() / write_version()
 ann       the FAISS indexes (one per category group), nprobe tuning, exact top-k and recall
-index     GarmentIndex: a loaded index answering search(query, category, k), image(id),
-          captions (BM25)
+index     GarmentIndex: a loaded index answering search, image(id), caption scores (BM25)
 search    text -> ranked garments (image, caption or fused)
 garments  what retrieval hands the later stages (the GARMENTS socket)
 build     building an index: plan (hash, decide what to encode), engines (encode here or on a

@@ -1,6 +1,6 @@
-"""Approximate nearest neighbours: the FAISS indexes over an index's embeddings, one per category
-group, and why they are shaped so (docs/method.md, "Vector search"). Embeddings are read a block
-of rows at a time (Rows: a memory-mapped 30 GB file works); ondisk.py reads and writes the files.
+"""The FAISS indexes over an index's embeddings, one per category group; why they are shaped so:
+docs/method.md, "Vector search". Embeddings are read a block of rows at a time (Rows), so a
+memory-mapped 30 GB file works; ondisk.py reads and writes the files.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ BLOCK_ROWS = 65_536  # 192 MiB of 768-d float32: large enough for BLAS, small be
 @dataclass
 class Rows:
     """Rows `positions` (sorted; all when None) of an [N, d] float32 array, e.g. a memory map;
-    reads copy only the rows asked for, never the whole array."""
+    reads copy only the rows asked for."""
 
     base: np.ndarray
     positions: np.ndarray | None = None
@@ -42,7 +42,6 @@ class Rows:
         return len(self.base) if self.positions is None else len(self.positions)
 
     def take(self, local: np.ndarray | slice) -> np.ndarray:
-        """Rows at these local positions, as float32 in memory."""
         rows = local if self.positions is None else self.positions[local]
         return np.ascontiguousarray(self.base[rows], dtype=np.float32)
 
@@ -64,15 +63,13 @@ def mean_row(x: np.ndarray | Rows) -> np.ndarray:
 
 
 def exact_top_k(x: np.ndarray | Rows, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k):
-    faiss.contrib's knn_ground_truth fed a block of x at a time (no N x Q score matrix)."""
+    """Exact top-k positions by inner product, best first ([Q, k]; -1 where x has fewer than k),
+    a block of x at a time (no N x Q score matrix)."""
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    _, positions = knn_ground_truth(q, as_rows(x).blocks(), int(k), metric_type=faiss.METRIC_INNER_PRODUCT,
-                                    ngpu=0)
-    return positions.astype(np.int64)
+    return knn_ground_truth(q, as_rows(x).blocks(), int(k), metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)[1]
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -82,11 +79,10 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(knn_intersection_measure(np.asarray(found)[:, : exact.shape[1]], np.asarray(exact)))
 
 
-# The choices behind these numbers: docs/method.md, "Vector search".
 IVF_THRESHOLD = 10_000  # below it a flat scan is already fast (~30 MB per query at 768-d)
-TUNE_RECALL = 0.97  # recall@10 nprobe is tuned to; the margin over the promised 0.95 is for real queries
+TUNE_RECALL = 0.97  # recall@10 nprobe is tuned to
 MIN_NPROBE = 8  # a few extra lists cost well under a millisecond
-MAX_PARTS = 16  # vector indexes per garment index (see partition_categories)
+MAX_PARTS = 16  # vector indexes per garment index
 INDEX_TYPES = ("auto", "flat", "ivf")
 
 
@@ -104,7 +100,7 @@ def _faiss_threads(n: int) -> Iterator[None]:
 
 
 def ivf_nlist(n: int) -> int:
-    """IVF lists for n vectors: 4·sqrt(n), at most one per 39 vectors (docs/method.md, "Vector search")."""
+    """IVF lists for n vectors: 4·sqrt(n), at most one per 39 vectors."""
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
@@ -116,8 +112,7 @@ class VectorIndex:
     kind: str
     factory: str
     nprobe: int | None = None  # IVF lists probed (None: flat); every IVF search passes it to FAISS
-    # Probes used under a category filter: the query may then resemble no garment of this part
-    # (a dress described while filtering tops), and its neighbours spread over more lists.
+    # Under a category filter the query may resemble no garment of this part: neighbours spread wider.
     nprobe_filtered: int | None = None
     tuned_recall: dict[str, float] | None = None
 
@@ -133,17 +128,15 @@ class VectorIndex:
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(int(k), self.ntotal))
-        # The bitmap must outlive the search: FAISS holds only a pointer to it.
-        keep = None if allowed is None else np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
-        sel = None if keep is None else faiss.IDSelectorBitmap(keep)
+        sel = None
+        if allowed is not None:  # (faiss's IDSelectorBitmap keeps a reference to the bits)
+            sel = faiss.IDSelectorBitmap(np.packbits(np.asarray(allowed, dtype=bool), bitorder="little"))
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.nprobe))
         else:
             params = faiss.SearchParameters(sel=sel)
         with _faiss_threads(1 if len(queries) == 1 else faiss.omp_get_max_threads()):
-            scores, labels = self.index.search(queries, k, params=params)
-        del keep
-        return scores, labels
+            return self.index.search(queries, k, params=params)
 
 
 def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
@@ -157,10 +150,9 @@ def part_kind(index_type: str, n: int, ivf_threshold: int) -> str:
 def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
                         ivf_threshold: int = IVF_THRESHOLD, log_fn: LogFn = log.debug,
                         filtered_probes: np.ndarray | None = None) -> VectorIndex:
-    """The vector index of these unit embeddings: "auto" is exact flat below `ivf_threshold` items,
-    IVF(nlist),SQ8 above, nprobe tuned on probes made from these garments and nprobe_filtered on
-    `filtered_probes` (from other garments; default: around the data's mean). An IVF build holds
-    its training sample, one block and the index, never all the float32 vectors."""
+    """The vector index of these unit embeddings ("auto": IVF from `ivf_threshold` items), nprobe
+    tuned on probes from these garments, nprobe_filtered on `filtered_probes` (default: around the
+    mean). An IVF build holds its training sample, one block and the index, never all the vectors."""
     import faiss
 
     if index_type not in INDEX_TYPES:
@@ -171,9 +163,8 @@ def create_vector_index(embeddings: np.ndarray | Rows, index_type: str = "auto",
     factory = "Flat" if kind == "flat" else f"IVF{nlist},SQ8"
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if kind == "ivf":
-        # k-means on 32 points per list places lists well enough for search (nprobe is tuned on
-        # the result anyway) and trains 8x faster than FAISS's default of 256. The sample is drawn
-        # here, not by FAISS, so that only the sample is ever read into memory.
+        # 32 points per list place lists well enough (nprobe is tuned on the result) 8x faster than
+        # FAISS's 256; the sample is drawn here, not by FAISS, so that only it is read into memory.
         faiss.extract_index_ivf(index).cp.max_points_per_centroid = 32
         n_train = min(n, 32 * nlist)
         log_fn(f"training {factory} on {n_train} of {n} vectors")
@@ -216,9 +207,8 @@ def probe_queries(x: Rows, m: int, rng: np.random.Generator, around_mean: bool =
 
 def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, exact: np.ndarray,
                 start: int) -> tuple[int, float]:
-    """Smallest power-of-two multiple of nprobe `start` (at least MIN_NPROBE) reaching TUNE_RECALL
-    recall@k on `queries`, whose exact top-k is `exact`, and that recall. Recall is measured as
-    the library searches: 4k+10 candidates re-ranked exactly."""
+    """The smallest power-of-two multiple of `start` (at least MIN_NPROBE) reaching TUNE_RECALL
+    recall@k of `exact` on `queries`, and that recall, measured as VectorStore searches."""
     import faiss
 
     k = exact.shape[1]
@@ -238,7 +228,7 @@ def tune_nprobe(vec: VectorIndex, rows: Rows, queries: np.ndarray, exact: np.nda
 
 def partition_categories(categories: Sequence[str]) -> list[tuple[str, ...]]:
     """Category groups that get a vector index each: one per category, or with more than
-    MAX_PARTS the MAX_PARTS - 1 most common alone and the rest shared (docs/method.md)."""
+    MAX_PARTS the MAX_PARTS - 1 most common alone and the rest shared."""
     counts = Counter(categories)
     ordered = sorted(counts, key=lambda c: (-counts[c], c))
     if len(ordered) <= MAX_PARTS:
@@ -298,36 +288,30 @@ class VectorStore:
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k best garments of `categories` (None: any) but `exclude` (positions, exact cosines)."""
+        """The k best garments (positions, exact cosines), as GarmentIndex.search."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
-        found = []
+        found = [np.zeros(0, dtype=np.int64)]  # (no part wanted: no garments)
         for part in self.parts:
             wanted = [c for c in part.categories if categories is None or c in categories]
             if not wanted:
                 continue
-            mask = None
+            mask = np.ones(len(part), dtype=bool)
             if len(wanted) < len(part.categories):  # a shared part, filtered
                 mask = np.isin(self.codes[part.positions], [self.names[c] for c in wanted])
             hit = np.minimum(np.searchsorted(part.positions, excluded), len(part) - 1)
-            local_excluded = hit[part.positions[hit] == excluded]
-            if len(local_excluded):
-                mask = np.ones(len(part), dtype=bool) if mask is None else mask
-                mask[local_excluded] = False
-            available = len(part) if mask is None else int(mask.sum())
-            if available == 0:
+            mask[hit[part.positions[hit] == excluded]] = False
+            if not mask.any():
                 continue
             # IVF scores are approximations: fetch a few times more for the exact re-ranking.
-            fetch = k if part.vectors.kind == "flat" else 4 * k + 10
+            fetch = min(len(part), k if part.vectors.kind == "flat" else 4 * k + 10)
             nprobe = part.vectors.nprobe_filtered if categories is not None else None
-            _, labels = part.vectors.search(query, min(fetch, len(part)), mask, nprobe)
+            _, labels = part.vectors.search(query, fetch, None if mask.all() else mask, nprobe)
             local = labels[0][labels[0] >= 0]
-            if len(local) < min(k, available):
+            if len(local) < min(k, int(mask.sum())):
                 # An IVF probe can come back short under a narrow mask: take all the allowed.
-                local = np.flatnonzero(mask) if mask is not None else np.arange(len(part))
+                local = np.flatnonzero(mask)
             found.append(part.positions[local])
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         cand = np.unique(np.concatenate(found))
         exact = np.asarray(self.embeddings[cand], dtype=np.float32) @ query
         order = np.argsort(-exact, kind="stable")[:k]
@@ -345,9 +329,8 @@ def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
                        log_fn: LogFn = log.debug) -> VectorIndexRecord:
-    """The manifest's vector_index record of the parts create_vector_store builds, built one at a
-    time, each IVF part written to `folder` and freed before the next: memory is bounded by the
-    largest part (10M garments in 3 categories: one 2.6 GB IVF index, not 7.7 GB)."""
+    """The manifest's vector_index record of create_vector_store's parts, each IVF part written to
+    `folder` and freed before the next is built (10M garments in 3 categories: 2.6 GB, not 7.7 GB)."""
     records = []
     built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
     for i, part in enumerate(built):
@@ -361,7 +344,6 @@ def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder
 
 def _build_parts(store: VectorStore, categories: Sequence[str], index_type: str, ivf_threshold: int,
                  log_fn: LogFn) -> Iterator[VectorPart]:
-    """Each part in turn; embeddings are read in blocks."""
     groups = partition_categories(categories)
     rng = np.random.default_rng(1)
     for group in groups:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -36,8 +35,7 @@ from .ondisk import (
 
 
 class GarmentIndex:
-    """A loaded index: garment metadata, embeddings, the vector index, the stored garment images,
-    optionally the encoder."""
+    """A loaded index: garment metadata, embeddings, vector index, stored images, optionally its encoder."""
 
     def __init__(self, index_dir: Path, manifest: Manifest, embeddings: np.ndarray,
                  vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
@@ -57,8 +55,7 @@ class GarmentIndex:
     @classmethod
     def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
                   index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD) -> GarmentIndex:
-        """An index over given embeddings with no files or captions (benchmarks, experiments); ids
-        are '0'..'N-1'."""
+        """An index over given embeddings, ids '0'..'N-1', no files or captions (benchmarks)."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(emb)
         cats = list(categories) if categories is not None else [""] * n
@@ -74,10 +71,6 @@ class GarmentIndex:
     @property
     def name(self) -> str:
         return self.index_dir.name
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.encoder.dim
 
     @property
     def has_captions(self) -> bool:
@@ -114,9 +107,8 @@ class GarmentIndex:
 
     def search(self, query: np.ndarray, k: int, categories: Collection[str] | None = None,
                exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k garments nearest a query embedding: (positions, cosines), best first, only of
-        `categories` (None: any), never an `exclude`d position. Exact for a flat index; for IVF,
-        exact among the probed candidates."""
+        """The k garments nearest a query embedding, of `categories` (None: any) but no `exclude`d
+        position: (positions, exact cosines), best first; for IVF, the best of the probed lists."""
         return self.vectors.search(query, k, categories, exclude)
 
     def category_mask(self, categories: Collection[str]) -> np.ndarray:
@@ -128,14 +120,13 @@ class GarmentIndex:
         return self._caption_index.scores(text)
 
     def embed_query(self, text: str | None, image: Image.Image | None, image_weight: float) -> np.ndarray:
-        """(1 - w) * text embedding + w * picture embedding (either alone at full weight): its inner
-        product with a garment is the weighted sum of the two cosines. The picture is fitted to the
-        catalog's garment form first, as the build fits every catalog image."""
+        """(1 - w) * text + w * picture embedding (either alone at full weight): its inner product is
+        the weighted sum of the two cosines. The picture is fitted first, as the build fits garments."""
         if self.encoder is None:
             raise ValueError(f"Index {self.name!r} was loaded without its text encoder; an embedding query "
                              "needs one (load_index(path, encoder)), or use mode 'caption'.")
         weight = float(image_weight) if text is not None and image is not None else float(image is not None)
-        query = np.zeros(self.dim, dtype=np.float32)
+        query = np.zeros(self.manifest.encoder.dim, dtype=np.float32)
         if text is not None and weight < 1:
             query += (1.0 - weight) * self.encoder.encode_texts([text])[0]
         if image is not None and weight > 0:
@@ -187,12 +178,10 @@ def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None
 # BM25 over the captions (bm25s), the lexical half of fusion retrieval: built when first needed,
 # not stored (well under a second for tens of thousands of captions, and it cannot go stale).
 
-_TOKEN = re.compile(r"[a-z0-9]+")
+_TOKEN = r"[a-z0-9]+"
 # Words that say nothing about which garment is meant (kept small: "top", "short" matter).
-_STOPWORDS = frozenset(
-    "a an and the of in on with for to by from at or is are be this that it its as "
-    "made wearing model photo picture image".split()
-)
+_STOPWORDS = ("a an and the of in on with for to by from at or is are be this that it its as "
+              "made wearing model photo picture image").split()
 
 
 def _stem(word: str) -> str:
@@ -209,10 +198,10 @@ def _stem(word: str) -> str:
 
 
 def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
-    """bm25s.tokenize with this module's words, stopwords and stemmer (lower-cased first)."""
+    """bm25s.tokenize with this module's words, stopwords and stemmer."""
     import bm25s
 
-    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN.pattern, stopwords=list(_STOPWORDS),
+    return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN, stopwords=_STOPWORDS,
                           stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
                           show_progress=False)
 

@@ -1,12 +1,9 @@
 """Text or picture -> garments: the retrieval step of Fashion-RAG, over a loaded GarmentIndex.
 
-Modes "image" (cosine; with a picture, (1 - w) * text cosine + w * picture cosine), "caption"
-(BM25) and "fusion" (reciprocal-rank fusion of both, the default when the catalog has
-captions): docs/method.md, "Retrieval".
-
-Pinned ids always come first, in the order given, whatever the filters; excluded ids never
-appear. The result holds k garments (more if more ids were pinned), never more than
-MAX_K: requests come from shared workflows, so every input is bounded (below).
+Modes "image" (cosine), "caption" (BM25) and "fusion" (reciprocal-rank fusion of both, the
+default when the catalog has captions): docs/method.md, "Retrieval". Pinned ids come first, in
+the order given, whatever the filters; excluded ids never appear. The result holds k garments
+(more if more ids were pinned), never more than MAX_K.
 """
 
 from __future__ import annotations
@@ -27,8 +24,7 @@ MODES: tuple[str, ...] = ("fusion", "image", "caption")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion; 60 is the usual choice
 FUSION_DEPTH = 100  # how deep each ranking is read before fusing
 DEFAULT_IMAGE_WEIGHT = 0.5  # text and picture count alike until a shop measures otherwise
-# What a request may ask: a shared workflow is untrusted input (without these bounds, 252 pinned
-# ids returned 252 full-size images, and a 1 MB id string came back in full in an error).
+# What a request may ask: a shared workflow is untrusted input (pins cost a full-size image each).
 MAX_K = 20  # garments per request, pins included (the retrieve node's maximum)
 MAX_TEXT_CHARS = 2_000  # CLIP reads 77 tokens; BM25 needs no more than a paragraph either
 MAX_ID_CHARS = 256  # one garment id
@@ -89,30 +85,27 @@ def resolve_mode(index: GarmentIndex, mode: str | None, text: bool = True, pictu
         mode = "fusion"
     if mode not in MODES:
         raise ValueError(f"Unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}.")
-    if picture and text and mode == "caption":
+    if mode == "caption" and not text:
+        raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
+                         "or use mode 'image' for the picture alone.")
+    if mode == "caption" and picture:
         raise ValueError("Mode 'caption' ranks the captions only, so the picture would be ignored: use mode "
                          "'image' or 'fusion' with a picture.")
-    if not text:  # a picture alone: only the embeddings can rank
-        if mode == "caption":
-            raise ValueError("Mode 'caption' ranks the captions by the text, and there is no text: give one, "
-                             "or use mode 'image' for the picture alone.")
-        return "image"
     if mode == "caption" and not index.has_captions:
-        raise ValueError(
-            f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use mode "
-            "'image', or rebuild the index from a catalog with captions (metadata file or .txt files)."
-        )
-    if mode == "fusion" and not index.has_captions:
-        return "image"  # fusing with an all-zero ranking would only add noise
-    return mode
+        raise ValueError(f"Index {index.name!r} has no captions, so mode 'caption' cannot rank anything; use "
+                         "mode 'image', or rebuild the index from a catalog with captions (metadata file or "
+                         ".txt files).")
+    # A picture alone can only be ranked by the embeddings; fusing with an all-zero caption
+    # ranking would only add noise.
+    return "image" if not text or not index.has_captions else mode
 
 
 def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | None = None,
            category: str | None = None, pin_ids: str | Sequence[str] = (),
            exclude_ids: str | Sequence[str] = (), image: Image.Image | None = None,
            image_weight: float = DEFAULT_IMAGE_WEIGHT) -> list[Garment]:
-    """Rank the garments of `index` for `text` and/or a query `image` (text "" or None: the
-    picture alone); see the module docstring. No stored images loaded."""
+    """Rank the garments of `index` for `text` and/or a query `image` (text "" or None: the picture
+    alone), without loading their images."""
     has_text = image is None or bool(text and text.strip())
     problem = request_problem(text if has_text else None, k, pin_ids, exclude_ids)
     if problem is None and not (isinstance(image_weight, (int, float)) and 0.0 <= image_weight <= 1.0):
@@ -130,9 +123,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
     pin_pos = [index.position(p) for p in pins]
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 
-    n = len(index)
     categories = None if category in (None, "", "any") else {canonical_or_text(category)}
-    allowed = np.ones(n, dtype=bool) if categories is None else index.category_mask(categories)
+    allowed = np.ones(len(index), dtype=bool) if categories is None else index.category_mask(categories)
     skip = excluded + pin_pos
     allowed[skip] = False
     n_fill = max(0, min(k - len(pins), int(allowed.sum())))
@@ -153,8 +145,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
         depth = max(FUSION_DEPTH, 4 * k + len(pin_pos))
         score, image_rank = _fused_scores(index, str(text), query, allowed, categories, skip, pin_pos, depth)
         # Ties in fused score go to the better image rank, then catalog order: deterministic.
-        ranked = sorted((p for p in score if allowed[p]), key=lambda p: (-score[p], image_rank.get(p, n), p))
-        fill = ranked[:n_fill]
+        fill = sorted((p for p in score if allowed[p]),
+                      key=lambda p: (-score[p], image_rank.get(p, len(index)), p))[:n_fill]
 
     out = [Garment(id=index.ids[p], score=score.get(p, 0.0), category=index.categories[p],
                    path=index.rel_paths[p], caption=index.captions[p]) for p in pin_pos + fill]
@@ -168,8 +160,7 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
 
 
 def retrieve(index: GarmentIndex, text: str | None, k: int = 3, **options: Any) -> Garments:
-    """search() (`options`: its keyword arguments) plus the garment images (384x512 on white, as
-    stored in the index), in rank order."""
+    """search() (`options`: its keyword arguments) plus the garments' stored 384x512 images."""
     hits = search(index, text, k, **options)
     images = [index.image(hit.id) for hit in hits]
     return Garments(items=tuple(hits), images=to_image_tensor(images), query=text or "")
