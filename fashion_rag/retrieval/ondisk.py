@@ -728,9 +728,11 @@ def _remove(lock: BuildLock, folder: Path, rename: bool = True) -> bool:
             os.rename(folder, doomed)
         with os.scandir(doomed) as entries:
             for entry in entries:
+                if entry.name == MARKER:
+                    continue  # the marker goes last, and only as a file: a folder of that name stays
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
-                elif entry.name != MARKER:
+                else:
                     os.unlink(entry.path)
         (doomed / MARKER).unlink(missing_ok=True)
         os.rmdir(doomed)

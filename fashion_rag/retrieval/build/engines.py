@@ -289,8 +289,11 @@ class RayEngine:
     def _connect(self) -> tuple[Any, int, int]:
         ray = import_ray()
         if not ray.is_initialized():
-            # Ship this package (fashion_rag/) with the job: workers run the driver's code, not another one.
-            ray.init(address=self.address, runtime_env={"py_modules": [str(Path(__file__).parents[2])]})
+            import fashion_rag
+
+            # Ship this package with the job: workers run the driver's code, not another one.
+            package = str(Path(fashion_rag.__file__).parent)
+            ray.init(address=self.address, runtime_env={"py_modules": [package]})
         resources = ray.cluster_resources()
         return ray, int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
 
