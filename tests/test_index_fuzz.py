@@ -34,6 +34,7 @@ from fashion_rag.retrieval.ondisk import (
     FORMAT,
     MANIFEST,
     EncoderMismatchError,
+    IndexBusyError,
     IndexFormatError,
     OutDirError,
     StoredVersion,
@@ -351,3 +352,109 @@ def test_build_markers_and_lock_records_of_the_wrong_shape_are_not_ours(built, t
         with pytest.raises(OutDirError, match=not_ours), build_lock(copy_dir):
             pass
         assert lock_file.read_text() == json.dumps(bad)  # the refused record is left as it was
+
+
+def test_a_pointer_whose_previous_is_damaged_is_refused(built, tmp_path):
+    """The pointer's `previous` names the version a build keeps for readers still on it: one that
+    is not a version name (a path out of the folder, a temp folder's name) makes the whole pointer
+    damaged, as a bad `current` does. Mutation caught: Pointer.valid checking `current` only."""
+    out, encoder, pristine = built
+    _restore(out, pristine)
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    pointer = copy_dir / "index.json"
+    current = json.loads(pointer.read_text())["current"]
+    for previous, outcome in [("v-20250101T000000Z-0123abcd", "ok"), (None, "ok"),
+                              ("../../etc", "refused"), ("/tmp", "refused"), ("", "refused"),
+                              (".tmp-0123456789abcdef-00000001", "refused"),
+                              ("v-20250101T000000Z-0123abcg", "refused"),
+                              ("v-20250101T000000Z-0123abcd/..", "refused")]:
+        pointer.write_text(json.dumps({"format": FORMAT, "current": current, "previous": previous}))
+        hints = ("rebuild the index into a new folder",)
+        assert _check_load(copy_dir, encoder, f"previous {previous!r}", hints) == outcome, previous
+        if outcome == "refused":  # and a build will not write there either (nothing to clean by)
+            with pytest.raises(OutDirError, match=r"not a garment index \('index.json'\)"):
+                prepare_out(copy_dir, tmp_path / "catalog")
+
+
+def test_user_folders_named_like_the_last_builds_temp_folders_are_never_deleted(built, tmp_path):
+    """The lock file names the last build; its unfinished folders (.tmp-<build>-…) are deleted by
+    the next one, but only those that prove it: a well-formed marker, or nothing but the empty
+    marker a kill can leave. A user's folder of that name (files and no marker, a foreign or
+    invalid marker) survives the lock's clean-up and clean_stale, which reports it as left alone;
+    with no index yet, the build is refused and names it. Mutation caught: _left_by true for any
+    folder whose name is the last build's temp name."""
+    out, _, pristine = built
+    _restore(out, pristine)
+    dead = "0123456789abcdef"
+    ours = {f".tmp-{dead}-00000001": json.dumps({"format": FORMAT, "build": dead,
+                                                  "names": [f".tmp-{dead}-00000001"]}),
+            f".tmp-{dead}-00000002": ""}  # killed between creating the marker and writing it
+    users = {f".tmp-{dead}-00000003": None,  # no marker
+             f".tmp-{dead}-00000004": "{not json",
+             f".tmp-{dead}-00000005": json.dumps({"format": "someone else's", "build": dead,
+                                                  "names": [f".tmp-{dead}-00000005"]}),
+             f".tmp-{dead}-00000006": ""}  # the empty marker, but beside a user's file
+    for case in ("index", "no index"):
+        folder = Path(shutil.copytree(out, tmp_path / case.replace(" ", "-")))
+        if case == "no index":  # a first build that died: only its lock file and folders
+            for entry in list(folder.iterdir()):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        (folder / ".build.lock").write_text(json.dumps({"format": FORMAT, "build": dead}))
+        for name, marker in {**ours, **users}.items():
+            (folder / name).mkdir()
+            if marker is not None:
+                (folder / name / ".build.json").write_text(marker)
+            if name in users:
+                (folder / name / "precious.txt").write_text(f"mine: {name}")
+        if case == "index":
+            with build_lock(folder) as lock:
+                assert lock.last == dead
+                removed, alone = clean_stale(lock)
+            assert removed == [] and alone == sorted(users), (removed, alone)  # the lock removed ours
+        else:
+            shown = ", ".join(repr(n) for n in sorted(users))
+            with pytest.raises(OutDirError, match=f"not a garment index \\({shown}\\)"):
+                prepare_out(folder, tmp_path / "catalog")
+            with pytest.raises(OutDirError, match=f"not a garment index \\({shown}\\)"), build_lock(folder):
+                pass
+        for name in users:
+            assert (folder / name / "precious.txt").read_text() == f"mine: {name}", (case, name)
+        # Refused, the build touched nothing; under an index the lock deleted what the dead one left.
+        assert all((folder / name).exists() == (case == "no index") for name in ours), case
+
+
+def test_a_lock_file_replaced_between_open_and_flock_stops_the_build(built, tmp_path):
+    """build_lock holds the file it opened: if another one took its place before the flock (a first
+    build that failed removed the folder and a third build made a new one), holding the old file
+    locks nothing, so the build stops as busy, changing nothing. The replacement is made at the
+    very call of fcntl.flock (a profile hook on it: the real flock runs, on the old file).
+    Mutation caught: the samestat check after the flock dropped."""
+    import fcntl
+
+    out, _, pristine = built
+    _restore(out, pristine)
+    folder = Path(shutil.copytree(out, tmp_path / "idx"))
+    lock_file = folder / ".build.lock"
+    theirs = json.dumps({"format": FORMAT, "build": "fedcba9876543210"})
+    replaced: list[int] = []
+
+    def replace_at_flock(frame, event, arg) -> None:
+        if event == "c_call" and arg is fcntl.flock and not replaced:
+            (folder / "new-lock").write_text(theirs)
+            os.replace(folder / "new-lock", lock_file)
+            replaced.append(lock_file.stat().st_ino)
+
+    before = {p.name for p in folder.iterdir()}
+    sys.setprofile(replace_at_flock)
+    try:
+        with pytest.raises(IndexBusyError, match=f"Another build is running on {folder}; wait"), \
+                build_lock(folder):
+            pass
+    finally:
+        sys.setprofile(None)
+    assert replaced, "the hook never saw fcntl.flock: the lock was taken another way"
+    assert lock_file.read_text() == theirs and lock_file.stat().st_ino == replaced[0]
+    assert {p.name for p in folder.iterdir()} == before
+    with build_lock(folder) as lock:  # the new file is a usable lock
+        assert lock.last == "fedcba9876543210"
+
