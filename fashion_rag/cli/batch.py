@@ -101,6 +101,7 @@ class _StopOnInterrupt:
 
     def __init__(self, tty: bool, running: str = "the current row") -> None:
         self.requested = False
+        self.finishing = False  # the rows are done: only the summary is left to write
         self.tty = tty
         self.running = running  # what is left to finish: one row locally, one per worker on Ray
 
@@ -115,6 +116,10 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and self.finishing:
+            # Nothing is left to abort: the summary (one atomic write) is all that remains.
+            os.write(2, b"batch: aborted; writing the summary of the rows run\n")
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -181,15 +186,18 @@ def run(args: argparse.Namespace) -> int:
             stop.requested = True
         finally:
             progress.close()
-    if stop.requested:
-        for job in todo:
-            if records[job.id].status == SKIPPED:
-                records[job.id].error = "not run: stopped by Ctrl-C"
-    if not _compact(book, records, err):
-        return 2
-    counts = {s: sum(r.status == s for r in records.values()) for s in (OK, FAILED, SKIPPED)}
-    err(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped; summary {summary_path}")
-    return _exit_code(records, stop.requested)
+        # The handler stays in place for the wrap-up: a second Ctrl-C arriving now (the first came
+        # between rows) must not kill the process before the summary is written.
+        stop.finishing = True
+        if stop.requested:
+            for job in todo:
+                if records[job.id].status == SKIPPED:
+                    records[job.id].error = "not run: stopped by Ctrl-C"
+        if not _compact(book, records, err):
+            return 2
+        counts = {s: sum(r.status == s for r in records.values()) for s in (OK, FAILED, SKIPPED)}
+        err(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped; summary {summary_path}")
+        return _exit_code(records, stop.requested)
 
 
 def _compact(book: SummaryLog, records: dict[str, Record], err: Any) -> bool:
