@@ -47,6 +47,7 @@ NEEDED = {
     "wcwidth": "0.9.4",  # ftfy
     "faiss-cpu": "1.15.1",  # the pack: the index
     "bm25s": "0.3.16",  # the pack: caption search
+    "PyStemmer": "3.1.0",  # the pack: caption search
     "scipy": "1.17.1",  # ComfyUI's samplers, bm25s
     "torchsde": "0.2.6",  # ComfyUI's samplers
     "trampoline": "0.1.2",  # torchsde

@@ -24,8 +24,8 @@ model_folders.register()
 # needs at run time. A family whose package is missing is left out with one clear log line, so
 # the rest of the pack still loads instead of the whole pack failing to import.
 _FAMILIES: dict[str, tuple[str, ...]] = {
-    "index_loader": ("open_clip", "faiss", "bm25s"),
-    "retrieve": ("open_clip", "faiss", "bm25s"),
+    "index_loader": ("open_clip", "faiss", "bm25s", "Stemmer"),
+    "retrieve": ("open_clip", "faiss", "bm25s", "Stemmer"),
     "checkpoint_loader": (),
     "clip_vision_loader": (),
     "adapter_loader": (),
@@ -39,7 +39,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "reference_sampler": (),
     "score": (),
 }
-_PIP_NAMES = {"open_clip": "open_clip_torch", "faiss": "faiss-cpu", "bm25s": "bm25s"}
+_PIP_NAMES = {"open_clip": "open_clip_torch", "faiss": "faiss-cpu", "bm25s": "bm25s", "Stemmer": "PyStemmer"}
 
 
 def _installed(module: str) -> bool:

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,6 @@ from ..images import GARMENT_SIZE, decode_image, fit_garment
 from ..paths import shorten
 from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
 from .ondisk import (
-    Encoder,
     EncoderRecord,
     Files,
     Items,
@@ -33,12 +32,15 @@ from .ondisk import (
     read_version,
 )
 
+if TYPE_CHECKING:
+    from ..openclip_encoder import GarmentEncoder
+
 
 class GarmentIndex:
     """A loaded index: garment metadata, embeddings, vector index, stored images, optionally its encoder."""
 
     def __init__(self, index_dir: Path, manifest: Manifest, embeddings: np.ndarray,
-                 vectors: VectorStore, encoder: Encoder | None = None, version: str = "",
+                 vectors: VectorStore, encoder: GarmentEncoder | None = None, version: str = "",
                  shard: np.ndarray | None = None) -> None:
         self.index_dir = index_dir
         self.version = version
@@ -162,7 +164,7 @@ class GarmentIndex:
         }
 
 
-def load_index(index_dir: str | os.PathLike[str], encoder: Encoder | None = None) -> GarmentIndex:
+def load_index(index_dir: str | os.PathLike[str], encoder: GarmentEncoder | None = None) -> GarmentIndex:
     """Load an index; with an encoder, first check that it is the one the index was built with."""
     def check(manifest: Manifest) -> None:
         if encoder is not None:
@@ -184,26 +186,14 @@ _STOPWORDS = ("a an and the of in on with for to by from at or is are be this th
               "made wearing model photo picture image").split()
 
 
-def _stem(word: str) -> str:
-    """A light English stemmer so 'stripes'/'striped', 'dresses'/'dress' and 'dots'/'dotted' meet."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
-            word = word[: -len(suffix)]
-            if suffix in ("ing", "ed") and len(word) >= 4 and word[-1] == word[-2]:
-                word = word[:-1]  # dotted -> dott -> dot
-            break
-    if len(word) > 4 and word.endswith("e"):
-        word = word[:-1]  # stripe -> strip, matching striped -> strip
-    return word
-
-
 def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
-    """bm25s.tokenize with this module's words, stopwords and stemmer."""
+    """bm25s.tokenize with this module's words and stopwords, stemmed by Snowball's English stemmer
+    (PyStemmer, as bm25s recommends) so 'stripes'/'striped' and 'dresses'/'dress' meet."""
     import bm25s
+    import Stemmer
 
     return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN, stopwords=_STOPWORDS,
-                          stemmer=lambda words: [_stem(w) for w in words], return_ids=False,
-                          show_progress=False)
+                          stemmer=Stemmer.Stemmer("english").stemWords, return_ids=False, show_progress=False)
 
 
 def tokenize(text: str) -> list[str]:

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from ..files import (
     sha256_file,
 )
 from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative
+
+if TYPE_CHECKING:
+    from ..openclip_encoder import GarmentEncoder
 
 try:
     import fcntl
@@ -85,25 +88,6 @@ class IndexFormatError(ValueError):
 
 class EncoderMismatchError(ValueError):
     """The index was built with a different encoder (architecture, weights or dimension)."""
-
-
-class Encoder(Protocol):
-    """What an index records of its encoder (openclip_encoder.GarmentEncoder)."""
-
-    name: str
-    weights_path: Path
-    config_hash: str | None  # set for an OpenCLIP model folder
-
-    @property
-    def tokenizer_hash(self) -> str | None: ...
-    @property
-    def weights_hash(self) -> str: ...
-    @property
-    def dim(self) -> int: ...
-    @property
-    def preprocess_id(self) -> str: ...
-    @property
-    def is_random_demo(self) -> bool: ...
 
 
 def _arg(value: Any, placeholder: str) -> str:
@@ -367,7 +351,7 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
     return manifest
 
 
-def encoder_record(encoder: Encoder) -> EncoderRecord:
+def encoder_record(encoder: GarmentEncoder) -> EncoderRecord:
     path = Path(encoder.weights_path)
     return EncoderRecord(name=encoder.name, weights_sha256=encoder.weights_hash, dim=int(encoder.dim),
                          preprocess=encoder.preprocess_id, weights_file=path.name, weights_path=str(path),
@@ -389,7 +373,7 @@ def describe_encoder(rec: EncoderRecord) -> str:
     return f"{rec.name} ({folder}weights {rec.weights_file}, sha256 {rec.weights_sha256[:12]}, {rec.dim}-d)"
 
 
-def check_encoder(manifest: Manifest, encoder: Encoder, index_dir: Path | str = "") -> None:
+def check_encoder(manifest: Manifest, encoder: GarmentEncoder, index_dir: Path | str = "") -> None:
     """Refuse an encoder that does not produce the index's embedding space, naming both."""
     built, given = manifest.encoder, encoder_record(encoder)
     if same_embedding_space(built, given) and built.tokenizer_sha256 == given.tokenizer_sha256:

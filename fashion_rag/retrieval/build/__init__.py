@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +27,10 @@ from ...paths import PathRuleError
 from .. import ann, ondisk
 from ..catalog import Catalog, CatalogItem, Skip
 from ..ondisk import BuildLock, Items, Manifest, build_lock
-from .engines import BuildFailedError, Engine, ImageEncoder, LocalEngine, NewEmbeddings, ids_text
+from .engines import BuildFailedError, Engine, LocalEngine, NewEmbeddings, ids_text
+
+if TYPE_CHECKING:
+    from ...openclip_encoder import GarmentEncoder
 
 
 @dataclass
@@ -79,7 +83,7 @@ class BuildPlan:
 def build_index(
     catalog: Catalog,
     out_dir: str | os.PathLike[str],
-    encoder: ImageEncoder,
+    encoder: GarmentEncoder,
     *,
     index_type: str = "auto",
     ivf_threshold: int = ann.IVF_THRESHOLD,
@@ -111,7 +115,7 @@ def build_index(
             raise
 
 
-def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engine: Engine, index_type: str,
+def _build_locked(catalog: Catalog, lock: BuildLock, encoder: GarmentEncoder, engine: Engine, index_type: str,
                   ivf_threshold: int, batch_size: int, strict: bool, say: LogFn, progress: ProgressFn | None
                   ) -> BuildReport:
     out = lock.out
@@ -169,7 +173,7 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: ImageEncoder, engi
         return report
 
 
-def plan_build(catalog: Catalog, out: Path, encoder: ImageEncoder, engine: Engine, say: LogFn) -> BuildPlan:
+def plan_build(catalog: Catalog, out: Path, encoder: GarmentEncoder, engine: Engine, say: LogFn) -> BuildPlan:
     """Hash the catalog's images (through the engine) and decide which to encode: only contents
     the previous index does not hold, identical files once, in catalog order."""
     plan = _previous(out, ondisk.encoder_record(encoder), say)

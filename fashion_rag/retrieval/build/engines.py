@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,10 @@ from ... import images
 from ...logs import ProgressFn
 from ...paths import PathRuleError, shorten
 from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from ..ondisk import Encoder, naming
+from ..ondisk import naming
+
+if TYPE_CHECKING:
+    from ...openclip_encoder import GarmentEncoder
 
 T = TypeVar("T")
 
@@ -117,12 +120,6 @@ class NewEmbeddings:
         self._images.close()
 
 
-class ImageEncoder(Encoder, Protocol):
-    """What an engine needs of an encoder (openclip_encoder.GarmentEncoder)."""
-
-    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray: ...
-
-
 class LocalEngine:
     """This process, batch by batch (memory: one batch). An engine's two steps: hash_images (each
     item's content hash, or its Skip, in order); encode (todo[i]'s embedding into store row i; returns
@@ -133,7 +130,7 @@ class LocalEngine:
     def hash_images(self, catalog: Catalog, items: Sequence[CatalogItem]) -> list[str | Skip]:
         return [hash_image(catalog, item) for item in items]
 
-    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: GarmentEncoder,
                batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
                ) -> dict[str, Skip]:
         bad: dict[str, Skip] = {}
@@ -312,7 +309,7 @@ class RayEngine:
             results.update(zip(usable["row"].to_pylist(), usable["sha256"].to_pylist(), strict=True))
         return [results[r] for r in range(len(items))]
 
-    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: ImageEncoder,
+    def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: GarmentEncoder,
                batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
                ) -> dict[str, Skip]:
         import pyarrow.fs as pafs
