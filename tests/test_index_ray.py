@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="Ray Data is optional (pip install \"fas
 
 from fashion_rag.cli import main as cli_main  # noqa: E402
 from fashion_rag.openclip_encoder import GarmentEncoder  # noqa: E402
-from fashion_rag.retrieval.build import build_index  # noqa: E402
+from fashion_rag.retrieval.build import build_index, engines  # noqa: E402
 from fashion_rag.retrieval.build.engines import BuildFailedError, RayEngine  # noqa: E402
 from fashion_rag.retrieval.catalog import scan_catalog  # noqa: E402
 from fashion_rag.retrieval.index import load_index  # noqa: E402
@@ -278,12 +278,18 @@ def test_failing_batch_fails_the_build_cleanly_naming_its_items(built, tiny_weig
 
 
 @pytest.mark.parametrize("small_build", [None, 0], ids=["tasks", "actor-pool"])
-def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path, small_build):
-    """Ray Data alone would retry a dying batch forever; the build gives up after 3 retries (the
-    README's figure, written out), on both paths: a small build's plain tasks and a large build's
-    decoding tasks before the actor pool (small_build=0 sends these 3 images there).
+def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, tmp_path, small_build,
+                                                          monkeypatch):
+    """Ray Data alone would retry a dying batch forever; the build gives up after RETRIES retries
+    (3: docs/index-on-ray.md's figure, written out), on both paths: a small build's plain tasks and
+    a large build's decoding tasks before the actor pool (small_build=0 sends these 3 images there).
+    The builds run with RETRIES set to 1: two worker deaths, not four, and a cap distinct from Ray's
+    own default for tasks (3 retries), so a call that leaves max_retries out fails too.
     Mutations caught: RETRIES = 2 in build/engines.py (failed: yes); max_retries=5 (not RETRIES)
-    on the actor pool's decoding tasks only (failed: the actor-pool case)."""
+    on the actor pool's decoding tasks only (failed: the actor-pool case); max_retries left out
+    of the plain tasks (failed: the tasks case)."""
+    assert engines.RETRIES == 3  # the documented figure
+    monkeypatch.setattr(engines, "RETRIES", 1)  # read by the driver when it submits the work
     catalog, out, before = _ray_index_and_a_new_image(built, tmp_path)
     attempts = tmp_path / "attempts"
     with pytest.raises(BuildFailedError, match="previous index is unchanged") as err:
@@ -292,7 +298,7 @@ def test_worker_dying_on_every_try_fails_the_build_cleanly(built, tiny_weights, 
     # Named: the images not encoded, i.e. the failing block's (the two unreadable images have no
     # embedding, so every build reads them again; they share the new image's block).
     assert err.value.failed == ["broken", "cut", "magenta"] and "magenta" in str(err.value)
-    assert len(attempts.read_text().split()) == 1 + 3  # the first try and 3 retries
+    assert len(attempts.read_text().split()) == 1 + 1  # the first try and the one retry
     assert _snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["ray"]
 
