@@ -342,6 +342,37 @@ def test_second_ctrl_c_aborts_at_once(comfy_server, people, tmp_path):
     assert statuses == {"r0": "ok", **{f"r{i}": "skipped" for i in range(1, 6)}}, statuses
 
 
+def test_ctrl_c_once_the_rows_are_done_never_stops_the_summary(capfd):
+    """The batch's Ctrl-C handler through its three states, each Ctrl-C raised in this process
+    (deterministic, where the tests above depend on a real batch's timing): the first asks to
+    stop after the current row; a second while rows run aborts (KeyboardInterrupt); a second once
+    the rows are done, while the summary is written, only says so (a first Ctrl-C between rows
+    leaves just that wrap-up, which a KeyboardInterrupt would cut short). Leaving the block
+    restores the handler it found.
+    Mutations caught: the wrap-up branch removed (KeyboardInterrupt in the wrap-up: failed);
+    the handler not restored on leaving (failed)."""
+    from fashion_rag.cli.batch import _StopOnInterrupt
+
+    # (pytest started in the background inherits Ctrl-C ignored, which the batch keeps: set Python's own)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopOnInterrupt(tty=False) as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.requested
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+            stop.finishing = True
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:  # (caught: escaping, it would stop the whole pytest run)
+                pytest.fail("a Ctrl-C during the summary's wrap-up raised KeyboardInterrupt")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert capfd.readouterr().err == ("batch: stopping after the current row (Ctrl-C again to abort now)\n"
+                                      "batch: aborted; writing the summary of the rows run\n")
+
+
 def test_starts_its_own_server(index_base, people, tmp_path):
     """No --server: ComfyUI is started for the run (a harness base, pack already linked in). The
     workflow loads no full-size model, so its base holds the demo index only: this second server
