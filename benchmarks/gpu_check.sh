@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fashion-RAG GPU check: one run on a CUDA machine without network (meant to take under 8 minutes;
-# not yet run on a GPU: benchmarks/RESULTS.md, "GPU check"),
+# Fashion-RAG GPU check: one run on a CUDA machine without network (144 s on an H200 on 2026-12-04,
+# kit install and weights included: benchmarks/RESULTS.md, "GPU check on an NVIDIA H200"),
 # one table: ms per step (pack vs the independent diffusers pipeline, 50 steps, CFG 7.5, fp16),
 # first-image seconds, peak GPU memory, fp16-vs-fp32 relative error of the final latent, index
 # query p50 (on GPU faiss where installed). What it runs: benchmarks/gpu_check.py.
@@ -14,11 +14,11 @@
 #     scipy 33.6 (ComfyUI's samplers, bm25s), faiss-cpu 18.0, diffusers 6.1, open_clip_torch 1.5,
 #     ComfyUI's source 1.25 (tar.gz; 6.5 whole), wcwidth 0.8, charset-normalizer 0.3, and psutil,
 #     urllib3, certifi, bm25s, requests, einops, torchsde, ftfy, importlib-metadata, lazy-importer,
-#     zipp, trampoline (0.2 or less each): 62.1 MiB (65.1 MB) on a bare machine, over the 60 MB
+#     zipp, trampoline (0.2 or less each), PyStemmer 0.7: 62.8 MiB (65.9 MB) on a bare machine, over the 60 MB
 #     aimed at because of scipy (the check runs it: bm25s builds the caption index with
 #     scipy.sparse where scipy is installed; ComfyUI imports it). The H200 image lent to this
 #     project holds scipy, einops, psutil, requests, urllib3, certifi, charset-normalizer and zipp:
-#     its kit is 27.7 MiB (29.0 MB), made with --without scipy,einops,psutil,requests,urllib3,certifi,
+#     its kit is 28.4 MiB (29.8 MB), made with --without scipy,einops,psutil,requests,urllib3,certifi,
 #     charset-normalizer,zipp.
 #   PyAV is deliberately NOT in the kit (its wheel is 34.1 MiB): ComfyUI's node API
 #   (comfy_api.latest) imports `av` for its video types, and the check never reads or writes video
