@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from cli_runs import run_cli
 from PIL import Image
 
@@ -59,6 +60,8 @@ def test_build_info_query(setup):
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # progress and problems go to stderr
     assert "encoded 37/37" in r.stderr and "RANDOM demo weights" in r.stderr
+    default = "cuda" if torch.cuda.is_available() else "cpu"  # --device's default
+    assert f"[index] encoding on {default}\n" in r.stderr
     assert "skipped: 'broken' (metadata.jsonl line 37): not an image: " in r.stderr  # by id, row, reason
     assert "36 garments indexed (36 encoded, 0 reused, 0 removed), 1 skipped (1 not an image)" in r.stderr
     strict, info, query_json, query_image = _cli_runs(
@@ -94,12 +97,16 @@ def test_build_info_query(setup):
 def test_errors_are_one_clear_line(setup, tmp_path):
     root, weights, catalog = setup
     before = sorted(p for p in catalog.rglob("*"))
-    nothing, missing, onto_catalog, long_pin = _cli_runs(
+    build = ("build", "--catalog", catalog, "--out", tmp_path / "i", "--encoder", "fashion-rag-tiny",
+             "--weights", weights)
+    nothing, missing, onto_catalog, long_pin, *devices = _cli_runs(
         ("info", tmp_path / "nothing"),
         ("build", "--catalog", tmp_path / "missing", "--out", tmp_path / "i", "--weights", weights),
         ("build", "--catalog", catalog, "--out", catalog, "--encoder", "fashion-rag-tiny",
          "--weights", weights),
-        ("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000))
+        ("query", root / "index", "top", "-k", "3", "--mode", "caption", "--pin", "x" * 100_000),
+        (*build, "--device", "cuda:99"), (*build, "--device", "gpu0"), (*build, "--device", "meta"),
+        (*build, "--device", "cpu", "--engine", "ray"))
     r = nothing
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "No garment index" in r.stderr and "index build" in r.stderr
@@ -111,6 +118,13 @@ def test_errors_are_one_clear_line(setup, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(p for p in catalog.rglob("*")) == before
     r = long_pin
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr) < 400
+    # A device the build cannot encode on is refused before the catalog is read or a model loaded.
+    expected = ("--device cuda:99: torch sees", "--device 'gpu0' is not a device to encode on",
+                "--device 'meta' is not a device to encode on", "--device applies to the local engine")
+    for r, message in zip(devices, expected, strict=True):
+        assert r.returncode == 2 and message in r.stderr and "[index] catalog" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()
 
 
 # Every file `index info` / `index query` opens, and what each kind of planted file must be called.
@@ -382,3 +396,18 @@ def test_issue23_query_does_not_tell_whether_the_manifests_weights_path_exists(s
     assert exists["stderr"] == missing["stderr"], (exists, missing)
     assert "--weights" in exists["stderr"] and "absent" not in exists["stderr"] and "secret" not in (
         exists["stderr"])
+
+
+def test_build_device_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/build_device.py (`index build --device` per device; its GPU figures in
+    benchmarks/RESULTS.md) runs, in this process: the tiny encoder, 24 garments, the CPU."""
+    saved = list(sys.path)
+    try:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import build_device
+    finally:
+        sys.path[:] = saved
+    assert build_device.main(["--smoke", "--cache", str(tmp_path / "cache"), "--devices", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "fashion-rag-tiny, 24 garments, batch 8" in table
+    assert "| cpu |" in table and "| 0.0e+00 / 1.000000 | 1.000 |" in table

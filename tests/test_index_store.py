@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlist, recall_at_k
 from fashion_rag.retrieval.build import build_index
+from fashion_rag.retrieval.build.engines import LocalEngine
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.index import GarmentIndex, load_index
 from fashion_rag.retrieval.ondisk import (
@@ -149,6 +150,21 @@ def test_failed_build_leaves_previous_index_intact(catalog_dir, tiny_weights, tm
     assert sorted(p.name for p in out.parent.iterdir()) == ["idx"]  # no temp folder left behind
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     assert len(load_index(out, GarmentEncoder(tiny_weights, TINY_ARCH))) == 36
+
+
+def test_the_local_engine_encodes_on_its_device(catalog_dir, tiny_weights, tmp_path):
+    """LocalEngine(device) moves the encoder's model there before the first image (`--device`; a
+    GPU is proven by benchmarks/build_device.py). On `meta` a tensor holds no data, so a build
+    encoding there fails and publishes nothing. Mutation caught: the engine ignoring its device."""
+    encoder = GarmentEncoder(tiny_weights, TINY_ARCH)
+    out = tmp_path / "idx"
+    with pytest.raises(NotImplementedError, match="meta tensor"):
+        build_index(scan_catalog(catalog_dir), out, encoder, engine=LocalEngine("meta"))
+    assert next(encoder.module.parameters()).device.type == "meta"
+    assert not out.exists()  # a first build that failed leaves no folder
+    report = build_index(scan_catalog(catalog_dir), out, GarmentEncoder(tiny_weights, TINY_ARCH),
+                         engine=LocalEngine("cpu"))
+    assert report.encoded == 36 and report.written
 
 
 def test_other_encoder_is_refused_naming_both(catalog_dir, tiny_weights, tmp_path):

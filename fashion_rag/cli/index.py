@@ -102,7 +102,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"auto: exact below {IVF_THRESHOLD} garments, IVF above")
     b.add_argument("--ivf-threshold", type=int, default=IVF_THRESHOLD, help=argparse.SUPPRESS)
     b.add_argument("--batch-size", type=int, default=16,
-                   help="images per encoder batch (16 suits a CPU; ~256 a GPU, with --engine ray)")
+                   help="images per encoder batch (16 suits a CPU; ~256 a GPU)")
+    b.add_argument("--device", default=None,
+                   help="torch device the local engine encodes on (cpu, cuda, cuda:1, ...; default: cuda "
+                        "when torch sees a GPU, else cpu); Ray places its encoders itself")
     b.add_argument("--strict", action="store_true",
                    help="fail (exit code 1, nothing written) if any catalog entry is skipped")
     b.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -181,6 +184,8 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError(f"--weights {args.weights} is a model folder, which carries its own architecture "
                          "and preprocessing: drop --encoder and --pretrained-tag")
     encoder = GarmentEncoder(args.weights, args.encoder, args.pretrained_tag)
+    if getattr(engine, "device", None):  # (the local engine's; Ray places its encoders itself)
+        _err(f"[index] encoding on {engine.device}")
     if encoder.is_random_demo:
         _err("[index] note: these are RANDOM demo weights, not a pretrained encoder")
     last = [0.0]
@@ -203,21 +208,47 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace) -> Engine | None:
-    """The build's engine: None (local), or a RayEngine; Ray is imported only for --engine ray."""
+def _engine(args: argparse.Namespace) -> Engine:
+    """The build's engine, checked before any work: local on --device, or a RayEngine; Ray is
+    imported only for --engine ray."""
     ray_options = {"--ray-address": args.ray_address, "--ray-actors": args.ray_actors,
                    "--ray-shards": args.ray_shards}
     if args.engine != "ray":
         given = [name for name, value in ray_options.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only applies to --engine ray; add --engine ray or drop it")
-        return None
+        from ..retrieval.build.engines import LocalEngine
+
+        return LocalEngine(_local_device(args.device))
+    if args.device is not None:
+        raise ValueError("--device applies to the local engine: on Ray the encoders run on GPU actors where "
+                         "the cluster has GPUs (--ray-actors sets how many); drop --device")
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ValueError("--ray-actors must be at least 1")
     from ..retrieval.build.engines import RayEngine, import_ray
 
     import_ray()  # a missing Ray is reported before any work starts
     return RayEngine(args.ray_address, actors=args.ray_actors, shards=args.ray_shards)
+
+
+def _local_device(name: str | None) -> str:
+    """The torch device of a local build, checked before any work: --device, else cuda if torch sees a GPU."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name[:40]!r} is not a device to encode on: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPUs here; use "
+                         "--device cpu, or leave --device out (a GPU when there is one)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: torch sees no Apple GPU here; use --device cpu")
+    return str(device)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -120,10 +120,15 @@ class NewEmbeddings:
         self._images.close()
 
 
+@dataclass
 class LocalEngine:
-    """This process, batch by batch (memory: one batch). An engine's two steps: hash_images (each
-    item's content hash, or its Skip, in order); encode (todo[i]'s embedding into store row i; returns
-    the Skip of each hash not usable; raises on failure; work_dir: the build's own folder, removed after)."""
+    """This process, batch by batch (memory: one batch), the encoder's model on `device` (a torch
+    device; moved there when the build has images to encode). An engine's two steps: hash_images
+    (each item's content hash, or its Skip, in order); encode (todo[i]'s embedding into store row i;
+    returns the Skip of each hash not usable; raises on failure; work_dir: the build's own folder,
+    removed after)."""
+
+    device: str = "cpu"
 
     name = "local"
 
@@ -133,6 +138,7 @@ class LocalEngine:
     def encode(self, catalog: Catalog, todo: Sequence[tuple[str, CatalogItem]], encoder: GarmentEncoder,
                batch_size: int, store: NewEmbeddings, work_dir: Path, progress: ProgressFn | None
                ) -> dict[str, Skip]:
+        encoder.module.to(self.device)  # (the image tower follows: pixels go to its device)
         bad: dict[str, Skip] = {}
         for start in range(0, len(todo), batch_size):
             batch, rows = [], []
