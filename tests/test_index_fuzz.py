@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import random
@@ -246,6 +247,27 @@ def test_fuzzed_embeddings_give_clear_errors(built):
         outcome = _check_load(out, encoder, f"embeddings case {i}: {what}, checksum updated {consistent}")
         if not consistent:
             assert outcome == "refused"
+    _restore(out, pristine)
+
+
+def test_embeddings_of_another_layout_are_refused_even_with_a_matching_checksum(built):
+    """np.save's own files in layouts the index never writes, each with its manifest checksum
+    updated: the loader must refuse them, not map float32 rows out of them. Mutation caught: the
+    Fortran-order check dropped (the transposed data loaded as "ok")."""
+    out, encoder, pristine = built
+    name = "embeddings.npy"
+    good = np.load(io.BytesIO(pristine[name]))
+    layouts = {"Fortran order": np.asfortranarray(good), "float64": good.astype(np.float64),
+               "big-endian float32": good.astype(">f4"), "transposed": np.ascontiguousarray(good.T)}
+    for what, array in layouts.items():
+        data_dir = _restore(out, pristine)
+        buf = io.BytesIO()
+        np.save(buf, array)
+        (data_dir / name).write_bytes(buf.getvalue())
+        _set_checksum(data_dir, name)
+        assert _check_load(out, encoder, what) == "refused", what
+        with pytest.raises(IndexFormatError, match=f"{name} holds a "):
+            load_index(out, encoder)
     _restore(out, pristine)
 
 

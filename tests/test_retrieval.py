@@ -142,6 +142,52 @@ def test_pins_first_in_order_and_excludes_never(demo_index):
     assert [h.id for h in many] == ["top01", "top02", "top03"]  # pins always included
 
 
+@pytest.mark.parametrize("mode", ["caption", "fusion"])
+def test_a_pinned_garment_is_never_returned_twice(demo_index, mode):
+    """The best match pinned: it comes first, and the k - 1 others are the next best, no repeat.
+    Mutation caught: pins left among the garments that fill the rest (failed: yes, both modes)."""
+    text = "red striped trousers"
+    best = search(demo_index, text, 5, mode=mode)
+    again = search(demo_index, text, 5, mode=mode, pin_ids=best[0].id)
+    assert [h.id for h in again] == [h.id for h in best]
+
+
+def test_a_pin_outside_the_filter_is_ranked_in_both_rankings(plain_index):
+    """Fusion under a category filter with a pin of another category: the pin takes its place in
+    the image ranking (its cosine) and in the caption ranking (its BM25), each among the filtered
+    garments and the pins (docs/method.md, "Retrieval"); its score is their reciprocal-rank sum,
+    written out here with k = 60. Mutation caught: the pin left out of the caption ranking (its
+    score then 1/(60 + image rank) alone; failed: yes)."""
+    text = "red striped trousers"
+    bm25 = CaptionIndex(plain_index.captions).scores(text)
+    pin = plain_index.ids[int(np.argmax(bm25))]
+    assert plain_index.categories[plain_index.position(pin)] == "lower_body"
+    allowed = np.array([c == "upper_body" for c in plain_index.categories])
+    allowed[plain_index.position(pin)] = True
+    image_ids, _ = _brute_force(plain_index, text, allowed)
+    caption_ids = [plain_index.ids[i] for i in np.argsort(-bm25, kind="stable") if allowed[i] and bm25[i] > 0]
+    assert caption_ids[0] == pin
+    hits = search(plain_index, text, 4, mode="fusion", category="upper_body", pin_ids=pin)
+    assert hits[0].id == pin and all(h.category == "upper_body" for h in hits[1:])
+    assert hits[0].score == pytest.approx(1 / (60 + image_ids.index(pin) + 1) + 1 / (60 + 1), rel=1e-6)
+
+
+def test_fused_ties_go_to_the_better_image_rank():
+    """Two garments whose image and caption ranks are swapped (1 and 2) fuse to the same score:
+    the better image rank wins, then catalog order (docs/method.md, "Retrieval"). Here the better
+    image rank is the later garment, so catalog order alone would put the other first. Mutation
+    caught: ties broken by catalog order only (failed: yes)."""
+    from fashion_rag.retrieval.index import GarmentIndex
+
+    emb = np.array([[0.8, 0.6], [0.9, np.sqrt(0.19)], [0.1, np.sqrt(0.99)]], dtype=np.float32)
+    index = GarmentIndex.in_memory(emb)
+    index.captions = ["alpha beta", "alpha", "gamma"]  # BM25 for "alpha beta": garment 0, then 1
+    index.encoder = type("TextOnly", (), {"encode_texts": lambda self, texts: np.array([[1.0, 0.0]])})()
+    hits = search(index, "alpha beta", 3, mode="fusion")
+    assert [h.id for h in hits] == ["1", "0", "2"]
+    assert hits[0].score == hits[1].score == pytest.approx(1 / 61 + 1 / 62)
+
+
 def test_bad_requests_say_what_is_wrong(demo_index, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         search(demo_index, "   ", 3)

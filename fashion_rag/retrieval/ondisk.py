@@ -909,7 +909,8 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
         except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
             raise bad(f"is not a .npy file ({str(exc)[:80]})") from exc
         if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
-            raise bad(f"holds a {str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
+            order = "Fortran-ordered " if fortran else ""
+            raise bad(f"holds a {order}{str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
                       f"garments x {dim} float32")
         offset = f.tell()
         if offset + n * dim * 4 != os.fstat(f.fileno()).st_size:
