@@ -56,6 +56,24 @@ def test_conditioning_channels(parts):
     assert torch.equal(latent["noise_mask"], binary)
 
 
+def test_a_batch_of_people_with_a_prompt_each(parts):
+    """Two people and two prompts: person i wears prompt i (no candidates are made). The first
+    result is the first person's run alone (ComfyUI's batch noise starts with the one-image
+    noise). Mutation caught: two prompts for two people refused as if candidates (failed: yes)."""
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    people = torch.cat([image, image.flip(2)])
+    two = [[torch.cat([pos[0][0], torch.randn_like(pos[0][0])]), {}]]
+    args = dict(seed=3, steps=2, cfg=7.5, sampler_name="fashion_rag_ddim", scheduler="normal",
+                denoise=1.0, paste_back=False, pose=pose)
+    with torch.inference_mode():
+        latent, images = inpaint.FashionRAGInpaint.execute(model, two, neg, vae, people, mask, **args)
+        alone, _ = inpaint.FashionRAGInpaint.execute(model, pos, neg, vae, image, mask, **args)
+    assert latent["samples"].shape[0] == images.shape[0] == 2
+    assert rel(latent["samples"][:1], alone["samples"]) < 1e-5
+    assert rel(latent["samples"][0], latent["samples"][1]) > 1e-3
+
+
 def test_stock_ksampler_samples_through_the_conditioning(comfy_runtime, parts):
     import nodes as comfy_nodes  # ComfyUI's nodes.py (already imported by the harness)
 

@@ -11,6 +11,7 @@ from fashion_rag.inversion.prompt import (
     build_prompt,
     check_prompt_fits,
     max_garments,
+    placeholder_positions,
     prompt_prefix,
 )
 from tools.harness import comfy_path
@@ -43,6 +44,18 @@ def test_placeholders_are_token_259_right_after_the_prefix(tokenizer, count):
     assert ids[1 + n_prefix : 1 + n_prefix + 32] == [259] * 32
     assert ids.count(259) == 32
     assert ids[-1] == 0  # SD2 pads with id 0
+
+
+def test_a_dollar_in_the_extra_text_is_not_a_pseudo_word(tokenizer, count):
+    """Extra text comes after the placeholders and may hold its own "$" (a price): the pseudo-words
+    go into the first run, right after the prefix. Mutations caught: the run searched from the
+    end (failed: yes); the check that the whole run is placeholders dropped (failed: yes)."""
+    ids = tokenizer(build_prompt("dresses", 1, "under $ 50")).input_ids
+    assert ids.count(259) == 17
+    start = 1 + count(prompt_prefix("dresses"))
+    assert placeholder_positions(ids, 259, 16) == list(range(start, start + 16))
+    with pytest.raises(ValueError, match="expected 17 consecutive placeholder tokens in the prompt, found 17"):
+        placeholder_positions(ids, 259, 17)
 
 
 @pytest.mark.parametrize("category, k", [("dresses", 4), ("upper_body", 3), ("lower_body", 3)])
