@@ -54,8 +54,8 @@ def test_a_dollar_in_the_extra_text_is_not_a_pseudo_word(tokenizer, count):
     assert ids.count(259) == 17
     start = 1 + count(prompt_prefix("dresses"))
     assert placeholder_positions(ids, 259, 16) == list(range(start, start + 16))
-    with pytest.raises(ValueError, match="expected 17 consecutive placeholder tokens in the prompt, found 17"
-                       ):
+    message = "expected 17 consecutive placeholder tokens in the prompt, found 17"
+    with pytest.raises(ValueError, match=message):
         placeholder_positions(ids, 259, 17)
 
 
