@@ -64,11 +64,15 @@ def _reference_patch(image, mask, category, size):
 
 
 @pytest.mark.parametrize("box,height", [((10, 30, 70, 120), 512), ((5, 3, 40, 200), 256),
-                                        ((20, 40, 28, 49), 512), ((2, 2, 90, 20), 128)])
+                                        ((20, 40, 28, 49), 512), ((2, 2, 90, 20), 128),
+                                        ((4, 10, 90, 400), 512), ((6, 20, 80, 290), 310)])
 def test_regions_are_the_reference_torchvision_ones(box, height):
     """Crop, CLIP-T square and CLIP-I patch (centre, lower-body, and a box smaller than the patch,
-    padded as torchvision pads) equal the reference's torchvision calls.
-    Mutations caught: PATCH = 32, LOWER_BODY_TOP = 10 in crop.py (failed: yes, each)."""
+    padded as torchvision pads) equal the reference's torchvision calls; a box taller than 224 px
+    is shrunk for CLIP-T (antialiased, as torchvision's Resize), and at 310 px the patch is
+    64 * 310 / 512 = 38.75 -> 39 px.
+    Mutations caught: PATCH = 32, LOWER_BODY_TOP = 10 in crop.py; the CLIP-T resize without
+    antialiasing; the patch size truncated instead of rounded (failed: yes, each)."""
     g = torch.Generator().manual_seed(sum(box))
     image = torch.rand(height, 96, 3, generator=g)
     mask = torch.zeros(height, 96)
@@ -246,6 +250,26 @@ def _soft(mask: torch.Tensor) -> torch.Tensor:
     return soft
 
 
+def test_clip_t_below_zero_is_zero(scored):
+    """CLIP-T is torchmetrics' CLIPScore: 100 x cosine, clipped at 0. TEXT's cosines with these
+    crops are negative for the tiny random encoder (checked with open_clip here), so each CLIP-T
+    is 0, while CLIP_T_TEXT's are positive and kept. Mutation caught: no clipping (failed: yes)."""
+    from fashion_rag.evaluation.scores import clip_t_scores
+
+    comfy, _, images, mask, _ = scored
+    model, preprocess, tokenizer = _open_clip_model(comfy)
+    crops = _embed_images(model, preprocess, [_reference_clip_t_input(img, mask) for img in images])
+    raw = {t: 100 * crops @ _text_embedding(model, tokenizer, t) for t in (TEXT, CLIP_T_TEXT)}
+    assert (raw[TEXT] < -0.1).all() and (raw[CLIP_T_TEXT] > 5).all(), raw
+    loader = importlib.import_module(f"{comfy.pack.__name__}.nodes.index_loader")
+    index = loader.load_garment_index(
+        str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"),
+        str(comfy.base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME))
+    for text in (TEXT, CLIP_T_TEXT):
+        np.testing.assert_allclose(clip_t_scores(index.encoder, images, mask, text),
+                                   raw[text].clamp(min=0).numpy(), atol=1e-3)
+
+
 def test_off_grid_pixels_and_a_soft_mask_score_as_the_reference(scored):
     """Result pixels between 8-bit levels and mask values of 0.3 / 0.49 / 0.5: the node's CLIP-T
     and CLIP-I equal open_clip on the reference's regions of the mask binarised at >= 0.5, with
@@ -283,7 +307,9 @@ def test_off_grid_pixels_and_a_soft_mask_score_as_the_reference(scored):
 
 
 def test_outputs_report_and_pairings(scored):
-    """The node's outputs directly: FLOAT list, report, preview; one garment per image; errors."""
+    """The node's outputs directly: FLOAT list, report, preview; one garment per image (its CLIP-I
+    against that garment alone); errors. Mutation caught: the one-garment pairing averaging every
+    garment instead (failed: yes)."""
     comfy, _, images, mask, _ = scored
     node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
     loader = importlib.import_module(f"{comfy.pack.__name__}.nodes.index_loader")
@@ -299,6 +325,14 @@ def test_outputs_report_and_pairings(scored):
     assert preview.shape == images.shape and sorted_images.shape == images.shape
     entries = res.ui["fashion_rag_scores"]
     assert [e["garment"] for e in entries] == [f"g{e['index']}" for e in entries]
+    # Image n against garment n alone (open_clip on the reference's patches): the diagonal.
+    model, preprocess, _ = _open_clip_model(comfy)
+    patches = [_reference_patch(img, mask, "upper_body", _patch_size(images.shape[1])) for img in images]
+    cos = _embed_images(model, preprocess, patches) @ _embed_images(
+        model, preprocess, [img.movedim(-1, 0) for img in images]).T
+    for e in entries:
+        assert e["clip_i"] == pytest.approx(100 * float(cos[e["index"], e["index"]]), abs=1e-3)
+    assert (100 * (cos.diagonal() - cos.mean(dim=1))).abs().min() > 0.1  # the pairing matters
 
     with pytest.raises(ValueError, match="3 images and 2 garments"):
         node.execute(images, mask, "mean", OWN_GARMENT, "auto",
