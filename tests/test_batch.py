@@ -601,6 +601,29 @@ def test_summary_log_is_read_with_the_csv_then_folded_in(tmp_path):
         ("a", "ok", ""), ("b", "failed", "after the torn line"), ("c", "ok", "")]
 
 
+def test_cells_clock_and_error_lines_at_their_boundaries():
+    """A cell as the workflow's type, the progress clock and an error cut for the summary, at their
+    edges (expected values written out). Mutations caught: "0" not read as false; a cell of 2.5
+    taken for a whole number; minutes past an hour not wrapped ("1:62:05"); seconds truncated
+    (59.5 s shown as 0:59); an error cut one character past its 300 (failed: yes, each)."""
+    from fashion_rag.cli.batch_jobs import convert
+    from fashion_rag.cli.batch_report import _clock, one_line
+
+    assert [convert(v, True, "c") for v in ("0", "off", "No", "1", "TRUE", "on")] == [False] * 3 + [True] * 3
+    assert convert("2.0", 5, "c") == 2 and convert("1e3", 5, "c") == 1000
+    assert convert("0.37", 1.0, "c") == 0.37
+    for value, current in (("2.5", 5), ("maybe", True), ("x", 1.0)):
+        with pytest.raises(JobError, match=f"c: '{value}' is not"):
+            convert(value, current, "c")
+    assert convert("007", "a string", "c") == "007"
+    assert [_clock(s) for s in (0, 59.4, 59.5, 61.4, 3599.6, 3725, 90061)] == [
+        "0:00", "0:59", "1:00", "1:01", "1:00:00", "1:02:05", "25:01:01"]
+    assert one_line("a\n  b\t c\r\n") == "a b c"
+    assert one_line("y" * 300) == "y" * 300
+    cut = one_line("x" * 305)
+    assert len(cut) == 300 and cut == "x" * 299 + "…"
+
+
 def test_eta_counts_all_the_work_of_a_row(monkeypatch, capsys):
     """A row reports 0.5 s of its own, but 4 s of wall time pass per row (the summary, uploads,
     the display): the ETA for the 2 rows left is 8 s, not 1 s."""
