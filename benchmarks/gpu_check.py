@@ -110,10 +110,10 @@ def index_query(n: int, queries: int) -> dict[str, Any]:
     import numpy as np
     from retrieval import K, exact_top_k, measure, synthetic
 
-    from fashion_rag.retrieval.index import GarmentIndex
+    from tools.synthetic_index import in_memory_index
 
     x, q, cats = synthetic(n, queries)
-    index = GarmentIndex.in_memory(x, categories=[str(c) for c in cats], index_type="auto")
+    index = in_memory_index(x, categories=[str(c) for c in cats], index_type="auto")
     p50, _, recall = measure(index, q, exact_top_k(x, q, K))
     out: dict[str, Any] = {"n": n, "cpu_p50": p50, "cpu_recall": recall, "kind": index.vectors.kind,
                            "faiss": faiss.__version__, "gpu_p50": None}

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fashion_rag.retrieval.ann import VectorStore, exact_top_k, recall_at_k  # noqa: E402
 from fashion_rag.retrieval.index import GarmentIndex  # noqa: E402
+from tools.synthetic_index import in_memory_index  # noqa: E402
 
 DIM = 768
 K = 10
@@ -137,7 +138,7 @@ def main() -> int:
         exact_cat = np.where(first_cat)[0][exact_top_k(x[first_cat], queries, K)]
 
         t0 = time.perf_counter()
-        index = GarmentIndex.in_memory(x, categories=[str(c) for c in cats], index_type="auto")
+        index = in_memory_index(x, categories=[str(c) for c in cats], index_type="auto")
         build_s = time.perf_counter() - t0
         vec = index.vectors
         mem = index_bytes(vec)
@@ -157,7 +158,7 @@ def main() -> int:
 
         if not args.no_flat:
             t0 = time.perf_counter()
-            flat = GarmentIndex.in_memory(x, index_type="flat")
+            flat = in_memory_index(x, index_type="flat")
             build_s = time.perf_counter() - t0
             nq = min(args.flat_queries, len(queries))
             p50, p99, rec = measure(flat, queries[:nq], exact[:nq], warmup=2)

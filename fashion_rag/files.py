@@ -1,16 +1,21 @@
-"""Writing files so that readers never see half a file, and hashing them."""
+"""Reading files only when they are regular files of a bounded size; writing them so that readers
+never see half a file; hashing them; float32 matrices as .npy files, memory-mapped both ways."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import re
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
 
 # Ceilings for files read whole into memory (the size of a real one is far below each).
 MAX_JSON_BYTES = 64 << 20  # manifests, workflows, keypoint and caption files
@@ -152,3 +157,76 @@ def cached_sha256(path: str | os.PathLike, max_bytes: int | None = None, what: s
     with _hashes_lock:
         _hashes[key] = digest
     return digest
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised without a file name (a failed write: a full disk, EIO) that of `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+@dataclasses.dataclass
+class HashingWriter:
+    """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
+
+    f: BinaryIO
+    digest: Any = dataclasses.field(default_factory=hashlib.sha256)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+@contextlib.contextmanager
+def hashed_file(path: Path) -> Iterator[HashingWriter]:
+    """A new file, hashed while written and synced; a failed write (a full disk) names the file."""
+    with naming(path), open(path, "wb") as f:
+        out = HashingWriter(f)
+        yield out
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_npy(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
+    """Write a .npy file holding one [n, dim] float32 array from row blocks, never all in memory
+    (numpy writes the header: the bytes are np.save's); returns their sha256."""
+    with hashed_file(path) as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        written = 0
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype="<f4")
+            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
+                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
+            out.write(memoryview(data).cast("B"))
+            written += len(data)
+        if written != n:
+            raise ValueError(f"{written} embedding rows written where {n} were expected")
+    return out.digest.hexdigest()
+
+
+def map_npy(f: BinaryIO, n: int, dim: int) -> np.ndarray:
+    """The [n, dim] float32 array of an open .npy file mapped read-only (3 GB cost page cache, not
+    process memory), its header parsed by numpy (no pickle); ValueError saying what else it holds."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+    except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
+        raise ValueError(f"is not a .npy file ({str(exc)[:80]})") from exc
+    if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
+        order = "Fortran-ordered " if fortran else ""
+        raise ValueError(f"holds a {order}{str(dtype)[:10]} array of shape {str(shape)[:40]}, not {n} x "
+                         f"{dim} float32")
+    offset = f.tell()
+    if offset + n * dim * 4 != os.fstat(f.fileno()).st_size:
+        raise ValueError("is truncated, or longer than its header says")
+    if n == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    # The map holds its own reference to the file: closing `f` leaves it valid.
+    return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))

@@ -20,6 +20,12 @@ def shorten(value: object, limit: int = QUOTE_CHARS) -> str:
     return f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
+def listing(values: list[str], shown: int = 5) -> str:
+    """The first few values, quoted and shortened, with how many there are in all when more."""
+    more = f", … ({len(values)} in all)" if len(values) > shown else ""
+    return ", ".join(shorten(v, 60) for v in values[:shown]) + more
+
+
 MAX_NAME_CHARS = 255  # longest file name most file systems allow
 
 

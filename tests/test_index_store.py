@@ -14,7 +14,7 @@ from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlis
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.build.engines import LocalEngine
 from fashion_rag.retrieval.catalog import scan_catalog
-from fashion_rag.retrieval.index import GarmentIndex, load_index
+from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import (
     MANIFEST,
     POINTER,
@@ -24,6 +24,7 @@ from fashion_rag.retrieval.ondisk import (
 )
 from tools.demo.catalog import COLOURS, SHAPES, draw_garment
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
+from tools.synthetic_index import in_memory_index
 
 
 class CountingEncoder(GarmentEncoder):
@@ -223,7 +224,7 @@ def test_filtered_ivf_search_keeps_recall_for_off_category_queries():
     # Categories split the space (by one coordinate), so a query is often about garments of
     # another category than the one filtered: the hard case for a filtered IVF probe.
     cats = np.where(x[:, 0] > 0.1, "dresses", np.where(x[:, 0] < -0.1, "upper_body", "lower_body"))
-    index = GarmentIndex.in_memory(x, categories=list(cats), ivf_threshold=1000)
+    index = in_memory_index(x, categories=list(cats), ivf_threshold=1000)
     assert index.vectors.kind == "ivf" and len(index.vectors.parts) == 3
     for wanted in ("dresses", "upper_body"):
         rows = np.flatnonzero(cats == wanted)
@@ -260,7 +261,7 @@ def test_search_of_no_allowed_garment_is_empty():
     """A category the index lacks, or all its garments excluded: no positions and no error.
     Mutation caught: VectorStore.search without its empty start (concatenating nothing) (failed: yes)."""
     x = np.eye(4, dtype=np.float32)
-    index = GarmentIndex.in_memory(x, categories=["a", "a", "b", "b"])
+    index = in_memory_index(x, categories=["a", "a", "b", "b"])
     for categories, exclude, expected in (({"shoes"}, [], []), ({"a"}, [0, 1], []), ({"a"}, [0], [1])):
         got, scores = index.search(x[0], 3, categories, exclude)
         assert got.tolist() == expected and scores.tolist() == [0.0] * len(expected)
@@ -272,7 +273,7 @@ def test_many_free_text_categories_share_a_part():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     from fashion_rag.retrieval.ann import MAX_PARTS
 
-    index = GarmentIndex.in_memory(x, categories=cats)
+    index = in_memory_index(x, categories=cats)
     groups = [p.categories for p in index.vectors.parts]
     assert len(groups) == MAX_PARTS and groups[0] == ("dresses",)
     assert sorted(c for g in groups for c in g) == sorted(set(cats))

@@ -18,12 +18,12 @@ from fashion_rag.retrieval import ann as vector_rows
 from fashion_rag.retrieval.ann import (
     Rows,
     create_vector_index,
-    create_vector_store,
     exact_top_k,
     mean_row,
     write_vector_parts,
 )
 from fashion_rag.retrieval.ondisk import map_embeddings, write_embeddings_file
+from tools.synthetic_index import vector_store
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -77,7 +77,7 @@ def _mapped(tmp_path, x: np.ndarray) -> np.ndarray:
 def test_ivf_from_a_memory_map_in_blocks_is_the_in_memory_index(tmp_path, monkeypatch):
     x = _unit(60_000, 32, seed=3)
     cats = np.array(["dresses", "upper_body", "lower_body"])[np.random.default_rng(4).integers(0, 3, len(x))]
-    whole = create_vector_store(x, list(cats), ivf_threshold=5000)  # blocks of 65536: one block per part
+    whole = vector_store(x, list(cats), ivf_threshold=5000)  # blocks of 65536: one block per part
     mapped = _mapped(tmp_path, x)
     del x
     monkeypatch.setattr(vector_rows, "BLOCK_ROWS", 4096)

@@ -177,10 +177,10 @@ def test_fused_ties_go_to_the_better_image_rank():
     the better image rank wins, then catalog order (docs/method.md, "Retrieval"). Here the better
     image rank is the later garment, so catalog order alone would put the other first. Mutation
     caught: ties broken by catalog order only (failed: yes)."""
-    from fashion_rag.retrieval.index import GarmentIndex
+    from tools.synthetic_index import in_memory_index
 
     emb = np.array([[0.8, 0.6], [0.9, np.sqrt(0.19)], [0.1, np.sqrt(0.99)]], dtype=np.float32)
-    index = GarmentIndex.in_memory(emb)
+    index = in_memory_index(emb)
     index.captions = ["alpha beta", "alpha", "gamma"]  # BM25 for "alpha beta": garment 0, then 1
     index.encoder = type("TextOnly", (), {"encode_texts": lambda self, texts: np.array([[1.0, 0.0]])})()
     hits = search(index, "alpha beta", 3, mode="fusion")
@@ -232,7 +232,7 @@ def test_ivf_index_retrieval_matches_exact_on_small_catalog(tmp_path, catalog, p
 
 
 def test_tokenizer_and_id_parsing():
-    assert tokenize("Red STRIPED, stripes; dotted dots dresses dress") == \
+    assert tokenize(["Red STRIPED, stripes; dotted dots dresses dress"])[0] == \
         ["red", "stripe", "stripe", "dot", "dot", "dress", "dress"]
     assert parse_ids("a, b,,a\nc ") == ["a", "b", "c"]
     assert not CaptionIndex(["", " "]).scores("red").any()

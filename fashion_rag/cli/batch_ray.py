@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..logs import error_line
 from .batch_files import ImageUploads
 from .batch_jobs import Job, JobError, JobTable
 from .batch_outputs import RowFolderError, output_images
@@ -193,12 +194,6 @@ def _raise(exc: Exception) -> Callable[[], Any]:
     return result
 
 
-def _cause(exc: BaseException) -> str:
-    """The line that says what went wrong (Ray's errors carry whole tracebacks)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return one_line(lines[-1] if lines else type(exc).__name__, 300)
-
-
 class _Pool:
     """The workers: starting, idle, busy; replaced when one dies."""
 
@@ -222,7 +217,7 @@ class _Pool:
         try:
             answer = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
-            answer = {"error": _cause(exc)}
+            answer = {"error": error_line(exc)}
         if "error" in answer:
             self.note(f"batch: worker {self.numbers[actor]} could not start ComfyUI, going on without it: "
                       f"{answer['error']}")
@@ -333,7 +328,7 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
                     number = pool.numbers.get(actor, "?")
                     pool.drop(actor)
                     died[job.id] += 1
-                    cause = _cause(exc)
+                    cause = error_line(exc)
                     if died[job.id] > RETRIES:
                         error = one_line(f"its worker died {died[job.id]} times (not run again): {cause}")
                         seconds = time.monotonic() - t0

@@ -2,24 +2,22 @@
 precision@k per category (retrieval_metrics, the paper's definitions), so encoders can be
 compared on the shop's own catalog.
 
-The query file is a CSV with a header row: `text` and/or `image` (a garment photo or crop, a path
-relative to the CSV's folder and inside it), `relevant` (the ids of the garments that answer the
-query, comma-separated) and optionally `category`. Each query is ranked within its category, as
+The query file is a CSV with a header row (or JSON Lines: fashion_rag.tables): `text` and/or
+`image` (a garment photo or crop, a path relative to the file's folder and inside it), `relevant`
+(the ids of the garments that answer the query, comma-separated) and optionally `category`. Each query is ranked within its category, as
 the paper's evaluation ranks, and counted under it: the `category` column, else the category of
 its first relevant garment.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..categories import CATEGORIES, normalize_category
-from ..files import MAX_TABLE_BYTES, read_regular
+from ..tables import read_rows
 from .retrieval_metrics import KS, retrieval_scores
 
 if TYPE_CHECKING:
@@ -41,17 +39,13 @@ def read_queries(path: str | Path) -> list[LabelledQuery]:
     from ..retrieval.search import parse_ids
 
     path = Path(path)
-    try:
-        text = read_regular(path, MAX_TABLE_BYTES, "query file").decode("utf-8-sig")
-        rows = list(csv.DictReader(io.StringIO(text)))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a UTF-8 CSV file ({str(exc)[:100]})") from exc
-    columns = set(rows[0]) if rows else set()
+    rows = read_rows(path, "query file")
+    columns = set(rows[0][1]) if rows else set()
     if "relevant" not in columns or not columns & {"text", "image"}:
         raise ValueError(f"{path} needs a header row with 'relevant' and 'text' and/or 'image' columns "
                          f"(found: {', '.join(sorted(c for c in columns if c)) or 'no rows'})")
     queries = []
-    for line, row in enumerate(rows, 2):
+    for line, row in rows:
         text, image, cat = ((row.get(k) or "").strip() for k in ("text", "image", "category"))
         where = f"{path} line {line}"
         if not text and not image:

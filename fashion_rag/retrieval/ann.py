@@ -318,21 +318,13 @@ class VectorStore:
         return cand[order], exact[order]
 
 
-def create_vector_store(embeddings: np.ndarray, categories: Sequence[str], index_type: str = "auto",
-                        ivf_threshold: int = IVF_THRESHOLD) -> VectorStore:
-    """Build the per-category vector indexes of an index in memory (the threshold applies per part)."""
-    store = VectorStore(embeddings, categories)
-    store.parts = list(_build_parts(store, categories, index_type, ivf_threshold, log.debug))
-    return store
-
-
 def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder: Path,
                        index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD,
                        log_fn: LogFn = log.debug) -> VectorIndexRecord:
-    """The manifest's vector_index record of create_vector_store's parts, each IVF part written to
+    """The manifest's vector_index record of the per-category parts, each IVF part written to
     `folder` and freed before the next is built (10M garments in 3 categories: 2.6 GB, not 7.7 GB)."""
     records = []
-    built = _build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
+    built = build_parts(VectorStore(embeddings, categories), categories, index_type, ivf_threshold, log_fn)
     for i, part in enumerate(built):
         file = VECTORS.format(i) if part.vectors.kind == "ivf" else None
         if file:
@@ -342,8 +334,9 @@ def write_vector_parts(embeddings: np.ndarray, categories: Sequence[str], folder
     return VectorIndexRecord(overall_type(r.type for r in records), records)
 
 
-def _build_parts(store: VectorStore, categories: Sequence[str], index_type: str, ivf_threshold: int,
-                 log_fn: LogFn) -> Iterator[VectorPart]:
+def build_parts(store: VectorStore, categories: Sequence[str], index_type: str, ivf_threshold: int,
+                log_fn: LogFn) -> Iterator[VectorPart]:
+    """The vector index of each category group, one at a time (write_vector_parts writes each)."""
     groups = partition_categories(categories)
     rng = np.random.default_rng(1)
     for group in groups:

@@ -10,18 +10,16 @@ unread. Skipped entries are collected as Skip records, so one bad row does not s
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..categories import normalize_category
-from ..files import MAX_TABLE_BYTES, UnreadableFileError, open_regular, read_regular
+from ..files import UnreadableFileError, open_regular
 from ..images import IMAGE_EXTENSIONS, MISSING
 from ..paths import PathRuleError, inside, is_plain_relative, shorten
+from ..tables import read_rows
 
 METADATA_NAMES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
 
@@ -134,55 +132,12 @@ def _read_sidecar(sidecar: Path, root: Path) -> str:
         return ""
 
 
-def _read_text(path: Path) -> str:
-    """A metadata file's text: a regular file of at most MAX_TABLE_BYTES, UTF-8 (BOM or not)."""
-    try:
-        raw = read_regular(path, MAX_TABLE_BYTES, "metadata file")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Metadata file {path} does not exist.") from None
-    except UnreadableFileError as exc:
-        raise ValueError(f"{exc}: give --metadata a CSV or JSON Lines file.") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"Metadata file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                         "save it as UTF-8.") from None
-
-
-def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs, column names lower-cased. Rows end only where the format says
-    (JSON Lines at "\\n", CSV where the csv reader ends a record: a quoted caption may hold a
-    newline), not at U+2028, form feeds and the like where str.splitlines() also cuts."""
-    text = _read_text(path)
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows = []
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line.strip(" \t\r"):  # JSON's own whitespace; "\r": a CRLF file
-                continue
-            try:
-                # strict=False: a control character written raw inside a caption (a form feed from
-                # an exporter) is kept, not the whole row refused.
-                row = json.loads(line, strict=False)
-            except (ValueError, RecursionError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a JSON object per line ({str(exc)[:80]}).") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append((lineno, {str(k).lower(): "" if v is None else str(v) for k, v in row.items()}))
-        return rows
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        return [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
-                                   for k, v in row.items()}) for row in reader]
-    except csv.Error as exc:  # e.g. a field over the csv module's size limit
-        raise ValueError(f"{path}:{reader.line_num}: not readable as CSV ({exc}).") from exc
-
-
 def _pick(row: dict[str, str], keys: tuple[str, ...]) -> str | None:
     return next((row[key].strip() for key in keys if key in row), None)
 
 
 def _from_metadata(root: Path, metadata: Path) -> Catalog:
-    rows = _read_rows(metadata)
+    rows = read_rows(metadata, "metadata file")
     if rows and _pick(rows[0][1], _IMAGE_KEYS) is None:
         raise ValueError(f"Metadata file {metadata} has no image column; name one of "
                          f"{', '.join(_IMAGE_KEYS)} (columns found: {', '.join(rows[0][1])}).")

@@ -19,11 +19,9 @@ from PIL import Image
 
 from ..images import GARMENT_SIZE, decode_image, fit_garment
 from ..paths import shorten
-from .ann import IVF_THRESHOLD, VectorStore, create_vector_store, load_vector_store
+from .ann import VectorStore, load_vector_store
 from .ondisk import (
     EncoderRecord,
-    Files,
-    Items,
     Manifest,
     StoredVersion,
     check_encoder,
@@ -53,19 +51,6 @@ class GarmentIndex:
         self.captions = items.captions
         self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
         self._shard = shard  # uint8, mapped: the stored garments (None: an index without files)
-
-    @classmethod
-    def in_memory(cls, embeddings: np.ndarray, categories: Sequence[str] | None = None,
-                  index_type: str = "auto", ivf_threshold: int = IVF_THRESHOLD) -> GarmentIndex:
-        """An index over given embeddings, ids '0'..'N-1', no files or captions (benchmarks)."""
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        n = len(emb)
-        cats = list(categories) if categories is not None else [""] * n
-        vectors = create_vector_store(emb, cats, index_type, ivf_threshold)
-        items = Items([str(i) for i in range(n)], [""] * n, cats, [""] * n, [""] * n, [], [])
-        manifest = Manifest(EncoderRecord("none", "", int(emb.shape[1]), "", None, ""), n, vectors.record(),
-                            Files("", "", {}, {}), items)
-        return cls(Path("in-memory"), manifest, emb, vectors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -186,7 +171,7 @@ _STOPWORDS = ("a an and the of in on with for to by from at or is are be this th
               "made wearing model photo picture image").split()
 
 
-def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s.tokenize with this module's words and stopwords, stemmed by Snowball's English stemmer
     (PyStemmer, as bm25s recommends) so 'stripes'/'striped' and 'dresses'/'dress' meet."""
     import bm25s
@@ -194,10 +179,6 @@ def tokenize_all(texts: Sequence[str]) -> list[list[str]]:
 
     return bm25s.tokenize(list(texts), lower=True, token_pattern=_TOKEN, stopwords=_STOPWORDS,
                           stemmer=Stemmer.Stemmer("english").stemWords, return_ids=False, show_progress=False)
-
-
-def tokenize(text: str) -> list[str]:
-    return tokenize_all([text])[0]
 
 
 class CaptionIndex:
@@ -211,7 +192,7 @@ class CaptionIndex:
         # bm25s sets its own logger to DEBUG on import, which floods ComfyUI's console.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.size = len(captions)
-        docs = tokenize_all(captions)
+        docs = tokenize(captions)
         self._bm25 = bm25s.BM25() if any(docs) else None
         if self._bm25 is not None:
             # bm25s needs one token per document; "" is its own empty token, matched by no query.
@@ -220,7 +201,7 @@ class CaptionIndex:
     def scores(self, query: str) -> np.ndarray:
         """[N] float32 BM25 scores (0 for captions sharing no word with the query)."""
         # get_scores refuses words it has never seen, and a query without words.
-        tokens = [] if self._bm25 is None else [t for t in tokenize(query) if t in self._bm25.vocab_dict]
+        tokens = [] if self._bm25 is None else [t for t in tokenize([query])[0] if t in self._bm25.vocab_dict]
         if not tokens:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

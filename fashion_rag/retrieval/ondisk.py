@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import operator
 import os
@@ -33,7 +32,6 @@ import re
 import secrets
 import shutil
 import stat
-import types
 import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -43,17 +41,23 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from .. import records
 from ..files import (
     UnreadableFileError,
     atomic_write,
     cached_sha256,
     fsync_path,
+    hashed_file,
     is_atomic_temp,
+    map_npy,
+    naming,
     open_regular,
     read_regular,
     sha256_file,
+    write_npy,
 )
-from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative
+from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative, listing
+from ..records import Mistyped, from_json, to_json
 
 if TYPE_CHECKING:
     from ..openclip_encoder import GarmentEncoder
@@ -196,57 +200,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return _plain(self)
-
-
-def _plain(value: Any) -> Any:
-    """A record as JSON: fields left at a None default are left out (older records lack them)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if getattr(value, f.name) is not None or f.default is dataclasses.MISSING}
-    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-        return [_plain(v) for v in value]
-    return value
-
-
-class _Mistyped(ValueError):
-    """A JSON value not of its field's type (its problem is already in the caller's list)."""
-
-
-def _typed(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
-    """`value` (parsed JSON) as type `tp`; _Mistyped, its first problem added to `problems`, if not."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is types.UnionType:  # X | None
-        return None if value is None else _typed(args[0], value, where, problems)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return _record(tp, value, where, problems)
-    if origin is list and isinstance(value, list):
-        if args[0] in (str, int) and all(type(v) is args[0] for v in value):  # 10M ids: no call each
-            return value
-        return [_typed(args[0], v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict and isinstance(value, dict):
-        return {k: _typed(args[1], v, f"{where}[{k[:80]!r}]", problems) for k, v in value.items()}
-    if type(value) not in ((int, float) if tp is float else (tp,)):  # (a bool is no int here)
-        expected = "dict" if dataclasses.is_dataclass(tp) else (origin or tp).__name__
-        problems.append(f"{where} is {type(value).__name__}, not {expected}")
-        raise _Mistyped
-    return value
-
-
-def _record(cls: Any, obj: dict[str, Any], where: str, problems: list[str]) -> Any:
-    """The dataclass `cls` from a JSON object, each field present (or defaulted) and of its type;
-    _Mistyped once each field's problem is in `problems`."""
-    hints, values, known = typing.get_type_hints(cls), {}, len(problems)
-    for f in dataclasses.fields(cls):
-        key = f"{where}.{f.name}" if where else f.name
-        if f.name in obj:
-            with contextlib.suppress(_Mistyped):
-                values[f.name] = _typed(hints[f.name], obj[f.name], key, problems)
-        elif f.default is dataclasses.MISSING:
-            problems.append(f"{key} is missing")
-    if len(problems) > known:
-        raise _Mistyped
-    return cls(**values)
+        return to_json(self)
 
 
 def manifest_problems(m: Manifest) -> list[str]:
@@ -341,8 +295,8 @@ def parse_manifest(raw: bytes, path: Path, index_dir: Path) -> Manifest:
     if "catalog_root" in data or "catalog_root_relative" in data:
         problems.append("it names a catalog folder (catalog_root), which an index holding its own "
                         "garment images never does")
-    with contextlib.suppress(_Mistyped):
-        manifest = _record(Manifest, data, "", problems)
+    with contextlib.suppress(Mistyped):
+        manifest = from_json(Manifest, data, "", problems)
         problems += manifest_problems(manifest)
     if problems:
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
@@ -465,23 +419,8 @@ _R = typing.TypeVar("_R", Pointer, Marker, LockRecord)
 
 def _parse_record(cls: type[_R], raw: bytes) -> _R | None:
     """The record in `raw`, or None when it is not a well-formed one of ours."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-        record = _record(cls, data, "", []) if isinstance(data, dict) else None
-    except (ValueError, RecursionError):  # (UTF-8, JSON, _Mistyped)
-        return None
+    record = records.parse(cls, raw)
     return record if record is not None and record.format == FORMAT and record.valid() else None
-
-
-@contextlib.contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """Give an OSError raised without a file name (a failed write: a full disk, EIO) that of `path`."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
 
 
 def _read_file(folder: Path, name: str, max_bytes: int, what: str, index_dir: Path, hint: str) -> bytes:
@@ -612,13 +551,12 @@ def _refuse(foreign: list[str], out: Path) -> None:
     """OutDirError naming what in `out` is not a build's, if anything."""
     if not foreign:
         return
-    shown = ", ".join(repr(name[:60]) for name in foreign[:5]) + (", …" if len(foreign) > 5 else "")
     older = (f" ({MANIFEST} there without {POINTER}: an index of an older layout, which this version "
              "neither reads nor replaces)" if MANIFEST in foreign else "")
     raise OutDirError(
-        f"The output folder (--out) {out} holds files that are not a garment index ({shown}){older}: "
-        f"refusing to write there, so nothing in it is replaced or deleted. Give --out a new or empty "
-        f"folder, or an index folder built before.")
+        f"The output folder (--out) {out} holds files that are not a garment index ({listing(foreign)})"
+        f"{older}: refusing to write there, so nothing in it is replaced or deleted. Give --out a new or "
+        f"empty folder, or an index folder built before.")
 
 
 def _foreign_entries(out: Path, last: str | None) -> list[str]:
@@ -674,7 +612,7 @@ def build_lock(out: Path) -> Iterator[BuildLock]:
         # Records are all as long, and written at once: a kill leaves the old one or the new one.
         with naming(path), open(fd, "wb", closefd=False) as f:
             f.seek(0)
-            f.write(json.dumps(_plain(LockRecord(FORMAT, lock.build))).encode())
+            f.write(json.dumps(to_json(LockRecord(FORMAT, lock.build))).encode())
             f.truncate()
             os.fsync(fd)
         yield lock
@@ -695,7 +633,7 @@ def temp_folder(lock: BuildLock, version: bool = False) -> Iterator[Path]:
         with naming(folder / MARKER):
             fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with open(fd, "wb") as f:  # one write: a kill leaves no marker, an empty one, or all of it
-                f.write(json.dumps(_plain(Marker(FORMAT, lock.build, names))).encode())
+                f.write(json.dumps(to_json(Marker(FORMAT, lock.build, names))).encode())
         yield folder
     finally:
         if folder.is_dir():  # (gone once published)
@@ -752,7 +690,7 @@ def write_version(lock: BuildLock, tmp: Path, manifest: Manifest, hashes: dict[s
     try:
         fsync_path(lock.out)
         previous = read_pointer(lock.out)
-        text = json.dumps(_plain(Pointer(FORMAT, version, previous.current if previous else None))) + "\n"
+        text = json.dumps(to_json(Pointer(FORMAT, version, previous.current if previous else None))) + "\n"
         with naming(lock.out / POINTER):  # the swap: readers see the old pointer or the new one
             atomic_write(lock.out / POINTER, lambda t: Path(t).write_text(text, encoding="utf-8"),
                          durable=True)
@@ -895,69 +833,16 @@ def map_embeddings(path: Path, n: int, dim: int, index_dir: Path | None = None,
                    manifest: Manifest | None = None) -> np.ndarray:
     """The [n, dim] float32 embeddings of a .npy file mapped read-only (3 GB for 1M garments cost
     page cache, not process memory), its header parsed by numpy (no pickle) and checked."""
-    where = index_dir or path.parent
-
-    def bad(why: str) -> IndexFormatError:
-        return damaged(where, f"{path.name} {why}", manifest)
-
-    with _open_data(path.parent, path.name, where, manifest, "embeddings file") as f:
+    with _open_data(path.parent, path.name, index_dir or path.parent, manifest, "embeddings file") as f:
         try:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-        except Exception as exc:  # noqa: BLE001 numpy's parser raises ValueError, SyntaxError, TokenError, ...
-            raise bad(f"is not a .npy file ({str(exc)[:80]})") from exc
-        if dtype != np.dtype("<f4") or fortran or shape != (n, dim):
-            order = "Fortran-ordered " if fortran else ""
-            raise bad(f"holds a {order}{str(dtype)[:10]} array of shape {str(shape)[:40]}, the manifest {n} "
-                      f"garments x {dim} float32")
-        offset = f.tell()
-        if offset + n * dim * 4 != os.fstat(f.fileno()).st_size:
-            raise bad("is truncated, or longer than its header says")
-        if n == 0:
-            return np.zeros((0, dim), dtype=np.float32)
-        # The map holds its own reference to the file: closing `f` leaves it valid.
-        return np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=(n, dim))
-
-
-@dataclass
-class HashingWriter:
-    """A binary file that hashes what is written to it (so a 30 GB file is not read back)."""
-
-    f: BinaryIO
-    digest: Any = dataclasses.field(default_factory=hashlib.sha256)
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.digest.update(data)
-        return self.f.write(data)
-
-
-@contextlib.contextmanager
-def new_data_file(path: Path) -> Iterator[HashingWriter]:
-    """A data file, hashed while written and synced; a failed write (a full disk) names the file."""
-    with naming(path), open(path, "wb") as f:
-        out = HashingWriter(f)
-        yield out
-        f.flush()
-        os.fsync(f.fileno())
+            return map_npy(f, n, dim)
+        except ValueError as exc:
+            raise damaged(index_dir or path.parent, f"{path.name} {exc}", manifest) from exc
 
 
 def write_embeddings_file(path: Path, n: int, dim: int, blocks: Iterable[np.ndarray]) -> str:
-    """Write a .npy file holding one [n, dim] float32 array, from row blocks (numpy writes the
-    header: the bytes are np.save's); returns their sha256."""
-    with new_data_file(path) as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
-        written = 0
-        for block in blocks:
-            data = np.ascontiguousarray(block, dtype="<f4")
-            if data.ndim != 2 or data.shape[1] != dim or written + len(data) > n:
-                raise ValueError(f"embedding block of shape {data.shape} does not fit a [{n}, {dim}] file")
-            out.write(memoryview(data).cast("B"))
-            written += len(data)
-        if written != n:
-            raise ValueError(f"{written} embedding rows written where {n} were expected")
-    return out.digest.hexdigest()
+    """The [n, dim] float32 embeddings from row blocks as a .npy file; returns its sha256."""
+    return write_npy(path, n, dim, blocks)
 
 
 def write_faiss(index: Any, path: Path) -> None:
@@ -965,7 +850,7 @@ def write_faiss(index: Any, path: Path) -> None:
     a warning and a truncated file)."""
     import faiss
 
-    with new_data_file(path) as out:
+    with hashed_file(path) as out:
         faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
 
 

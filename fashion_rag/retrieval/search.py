@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import to_image_tensor
-from ..paths import shorten
+from ..paths import listing, shorten
 from .catalog import canonical_or_text
 from .garments import Garment, Garments
 from .index import GarmentIndex
@@ -116,10 +116,8 @@ def search(index: GarmentIndex, text: str | None, k: int = 3, *, mode: str | Non
     pins = parse_ids(pin_ids, "pin_ids")
     unknown = [p for p in pins if p not in index]
     if unknown:
-        shown = ", ".join(shorten(p) for p in unknown[:5])
-        shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UnknownIdError(f"Pinned id(s) {shown} are not in index {index.name!r} ({len(index)} garments); "
-                             "remove them from pin_ids or rebuild the index.")
+        raise UnknownIdError(f"Pinned id(s) {listing(unknown)} are not in index {index.name!r} "
+                             f"({len(index)} garments); remove them from pin_ids or rebuild the index.")
     pin_pos = [index.position(p) for p in pins]
     excluded = [index.position(e) for e in parse_ids(exclude_ids, "exclude_ids") if e in index]
 

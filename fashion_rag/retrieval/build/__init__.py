@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...files import hashed_file
 from ...logs import LogFn, ProgressFn, log
-from ...paths import PathRuleError
+from ...paths import PathRuleError, listing
 from .. import ann, ondisk
 from ..catalog import Catalog, CatalogItem, Skip
 from ..ondisk import BuildLock, Items, Manifest, build_lock
-from .engines import BuildFailedError, Engine, LocalEngine, NewEmbeddings, ids_text
+from .engines import BuildFailedError, Engine, LocalEngine, NewEmbeddings
 
 if TYPE_CHECKING:
     from ...openclip_encoder import GarmentEncoder
@@ -133,7 +134,7 @@ def _build_locked(catalog: Catalog, lock: BuildLock, encoder: GarmentEncoder, en
                        if not filled and h not in bad]
             if missing:  # an engine that lost results must not publish an index with holes in it
                 raise BuildFailedError(f"the {engine.name} engine returned no embedding for {len(missing)} "
-                                       f"images ({ids_text(missing)}); the previous index is unchanged: "
+                                       f"images ({listing(missing)}); the previous index is unchanged: "
                                        "build again", missing)
         first = dict(plan.todo)
         copies = [item.skip(bad[h].reason, bad[h].detail)  # of a refused file (same content): refused with it
@@ -239,7 +240,7 @@ def write_index(lock: BuildLock, plan: BuildPlan, store: NewEmbeddings | None,
     with ondisk.temp_folder(lock, version=True) as tmp:
         blocks = _embedding_blocks(plan, store, new_rows, hashes)
         sha = ondisk.write_embeddings_file(tmp / ondisk.EMBEDDINGS, n, dim, blocks)
-        with ondisk.new_data_file(tmp / ondisk.GARMENTS) as shard:  # each content's PNG once, in item order
+        with hashed_file(tmp / ondisk.GARMENTS) as shard:  # each content's PNG once, in item order
             for h in dict.fromkeys(hashes):
                 old = plan.old_rows.get(h)
                 if old is None:

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image
 
 from ... import images
-from ...logs import ProgressFn
-from ...paths import PathRuleError, shorten
+from ...files import naming
+from ...logs import ProgressFn, error_line
+from ...paths import PathRuleError, listing, shorten
 from ..catalog import CHANGED, OUTSIDE, Catalog, CatalogItem, Skip
-from ..ondisk import naming
 
 if TYPE_CHECKING:
     from ...openclip_encoder import GarmentEncoder
@@ -308,8 +308,8 @@ class RayEngine:
             tables = _in_tasks(ray, hash_batch, _blocks({"path": [i.path for i in items]}, 64, cpus),
                                str(catalog.root))
         except Exception as exc:
-            raise BuildFailedError(f"hashing the images on Ray failed ({_cause(exc)}); the previous index "
-                                   "is unchanged", []) from exc
+            raise BuildFailedError(f"hashing the images on Ray failed ({error_line(exc)}); the previous "
+                                   "index is unchanged", []) from exc
         results: dict[int, Any] = {}
         for usable in _results("hashing", tables, items, results):
             results.update(zip(usable["row"].to_pylist(), usable["sha256"].to_pylist(), strict=True))
@@ -339,8 +339,8 @@ class RayEngine:
             except Exception as exc:  # retries exhausted, or an actor that cannot start
                 done = {r for batch in _shards(shards, ["row"]) for r in batch["row"].to_pylist()}
                 failed = [item.id for i, item in enumerate(items) if i not in done]
-                raise BuildFailedError(f"the Ray build failed ({_cause(exc)}); {len(failed)} images were not "
-                                       f"encoded ({ids_text(failed)}); the previous index is unchanged",
+                raise BuildFailedError(f"the Ray build failed ({error_line(exc)}); {len(failed)} images were "
+                                       f"not encoded ({listing(failed)}); the previous index is unchanged",
                                        failed) from exc
             skips: dict[int, Skip] = {}
             for usable in _results("encoding", _shards(shards), items, skips):
@@ -420,20 +420,9 @@ def _results(step: str, tables: Iterable[Any], items: Sequence[CatalogItem], ski
     errors.update(dict.fromkeys(sorted(lost), "no result returned"))
     if errors:
         failed = [items[r].id for r in sorted(errors)]
-        raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({ids_text(failed)}): "
+        raise BuildFailedError(f"{step} failed on Ray for {len(failed)} images ({listing(failed)}): "
                                f"{next(iter(errors.values()))}; the previous index is unchanged: fix or "
                                "remove them and build again", failed)
-
-
-def _cause(exc: BaseException) -> str:
-    """The line that says what went wrong (Ray's errors carry the worker's whole traceback)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return shorten(lines[-1] if lines else type(exc).__name__, 300)
-
-
-def ids_text(ids: list[str]) -> str:
-    """The first few ids, for a message."""
-    return ", ".join(shorten(i, 60) for i in ids[:5]) + (f", … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
 def _shards(uri: str, columns: list[str] | None = None) -> Iterator[Any]:
