@@ -49,7 +49,8 @@ def test_records_check_every_field_and_collect_every_problem():
         from_json(Rec, {"parts": "no"}, "", problems)
     assert problems == ["name is missing", "parts is str, not list", "tags is missing"]
     assert parse(Rec, b'{"name": "a", "parts": [], "tags": {}, "note": "n"}') == Rec("a", [], {}, "n")
-    for raw in (b"\xff", b"[1]", b"{", b'{"name": "a"}', b'{"name": "a", "parts": [], "tags": {}, "note": 1}'):
+    wrong_note = b'{"name": "a", "parts": [], "tags": {}, "note": 1}'
+    for raw in (b"\xff", b"[1]", b"{", b'{"name": "a"}', wrong_note):
         assert parse(Rec, raw) is None, raw
 
 
@@ -67,7 +68,8 @@ def test_listing_and_error_line_at_their_bounds():
 def test_tables_number_rows_by_line_and_keep_what_the_format_keeps(tmp_path):
     csv_file = tmp_path / "t.csv"
     csv_file.write_bytes('\ufeffID,Caption\n1,"two\nlines"\n2,plain\n'.encode())
-    assert read_rows(csv_file) == [(3, {"id": "1", "caption": "two\nlines"}), (4, {"id": "2", "caption": "plain"})]
+    assert read_rows(csv_file) == [(3, {"id": "1", "caption": "two\nlines"}),
+                                   (4, {"id": "2", "caption": "plain"})]
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_bytes('{"ID": 1, "caption": "a\u2028b"}\r\n\n{"id": null}\n'.encode())
     assert read_rows(jsonl) == [(1, {"id": "1", "caption": "a\u2028b"}), (3, {"id": ""})]

@@ -4,9 +4,9 @@ compared on the shop's own catalog.
 
 The query file is a CSV with a header row (or JSON Lines: fashion_rag.tables): `text` and/or
 `image` (a garment photo or crop, a path relative to the file's folder and inside it), `relevant`
-(the ids of the garments that answer the query, comma-separated) and optionally `category`. Each query is ranked within its category, as
-the paper's evaluation ranks, and counted under it: the `category` column, else the category of
-its first relevant garment.
+(the ids of the garments that answer the query, comma-separated) and optionally `category`. Each
+query is ranked within its category, as the paper's evaluation ranks, and counted under it: the
+`category` column, else the category of its first relevant garment.
 """
 
 from __future__ import annotations
