@@ -79,6 +79,22 @@ def test_captions_become_the_reference_query_text(mini):
         "052001_0_black_dress_pleated_hem_silk_satin"
 
 
+def test_a_malformed_caption_is_a_problem_unless_the_coarse_file_replaces_it(mini):
+    """The coarse file replaces fine entries (a malformed fine one included); a malformed entry
+    left standing is a problem of its pair. Mutation caught: a malformed fine entry kept as a
+    problem after a good coarse one replaced it (the pair was refused)."""
+    (mini / "fine_captions.json").write_text(json.dumps({
+        "048000": "not a list", "048001": ["a", "b", "c"], "052000": [1, 2, 3]}))
+    (mini / "coarse_captions.json").write_text(json.dumps({
+        "048000": ["plain", "white", "top"], "048001": {"not": "a list"}}))
+    test_set = read_dresscode(mini, "paired", ("upper_body", "dresses"), n_chunks=3)
+    assert {p.pair_id: p.query for p in test_set.pairs} == {"048000_0": "plain, top, white"}
+    not_a_list = "is not a list of noun chunks in the caption files"
+    assert sorted(str(p) for p in test_set.problems) == [
+        f"dresses/052000_0: the caption of garment 052000 {not_a_list}",
+        f"upper_body/048001_0: the caption of garment 048001 {not_a_list}"]
+
+
 def test_layout_pairs_gallery_and_real_photos(mini):
     test_set = read_dresscode(mini, "unpaired", ALL, n_chunks=3)
     assert test_set.usable_per_category() == {"dresses": 2, "lower_body": 2, "upper_body": 2}
