@@ -159,6 +159,11 @@ def test_test_set_features_are_computed_once_and_again_for_a_changed_image(tmp_p
         again, computed = real_features(inception, images, cache)
         assert (computed, sum(forwards)) == (0, 0)
         np.testing.assert_array_equal(again, first)
+        # Other Inception weights in the same cache folder: nothing of the first network's is reused
+        # (mutation caught: the cache keyed by the image alone).
+        _, computed = real_features(inception, images, FeatureCache(tmp_path / "cache", "0" * 64))
+        assert (computed, sum(forwards)) == (3, 3)
+        forwards.clear()
 
         _image(images[1], 99)  # new pixels under the same name
         changed, computed = real_features(inception, images, cache)
@@ -167,7 +172,7 @@ def test_test_set_features_are_computed_once_and_again_for_a_changed_image(tmp_p
         assert not np.allclose(changed[1], first[1])
 
         sha = hashlib.sha256(images[0].read_bytes()).hexdigest()
-        (damaged,) = (tmp_path / "cache").rglob(f"{sha}.npy")
+        (damaged,) = cache.root.rglob(f"{sha}.npy")
         damaged.write_bytes(b"not an array")
         forwards.clear()
         _, computed = real_features(inception, images, cache)

@@ -25,8 +25,10 @@ POSE = np.array([
 
 
 def recipe(parse: np.ndarray, kp: np.ndarray, category: str, mask_type: str) -> np.ndarray:
-    """The reference's dataset code for the inpainting mask, transcribed (labels by number)."""
+    """The reference's dataset code for the inpainting mask, transcribed (labels by number), at the
+    label map's own size."""
     p = parse
+    h, w = p.shape
     head = sum((p == v).astype(np.float32) for v in (1, 2, 3, 11))
     fixed = sum((p == v).astype(np.float32) for v in (2, 9, 10, 1, 3, 17, 16))
     changeable = (p == 0).astype(np.float32)
@@ -41,9 +43,9 @@ def recipe(parse: np.ndarray, kp: np.ndarray, category: str, mask_type: str) -> 
         fixed = fixed + (p == 4) + (p == 14) + (p == 15)
     changeable = changeable + np.logical_and(p, np.logical_not(fixed))
 
-    scale = H / 512.0
+    scale = h / 512.0
     pt = {i: np.multiply(tuple(kp[i][:2]), scale) for i in range(2, 8)}
-    canvas = Image.new("L", (W, H))
+    canvas = Image.new("L", (w, h))
     draw = ImageDraw.Draw(canvas)
     sr, er, wr, sl, el, wl = pt[2], pt[3], pt[4], pt[5], pt[6], pt[7]
     if wr[0] <= 1.0 and wr[1] <= 1.0:
@@ -63,7 +65,7 @@ def recipe(parse: np.ndarray, kp: np.ndarray, category: str, mask_type: str) -> 
     if category in ("dresses", "upper_body"):
         xs, ys = zip(pt[2], pt[5], strict=True)
         m, c = np.linalg.lstsq(np.vstack([xs, np.ones(2)]).T, ys, rcond=None)[0]
-        for i in range(W):
+        for i in range(w):
             head2[int(i * m + c - 20 * scale):, i] = 0
     fixed = np.logical_or(fixed, head2)
     garment = garment + np.logical_or(garment, np.logical_and(head, np.logical_not(head2)))
@@ -155,3 +157,58 @@ def test_nothing_to_repaint_is_an_error():
     everything_fixed = np.full((H, W), 2, dtype=np.uint8)  # all hair
     with pytest.raises(MaskError, match="nothing to repaint"):
         label_map_mask(everything_fixed, POSE, "lower_body", "bounding_box")
+
+
+# --- boundaries of the recipe, one per rule (mutation pass) ----------------------------------------
+
+
+def _same_as_recipe(parse, pose, category, mask_types=("bounding_box", "mask")):
+    for mask_type in mask_types:
+        np.testing.assert_array_equal(label_map_mask(parse, pose, category, mask_type),
+                                      recipe(parse, pose, category, mask_type))
+
+
+def test_a_wrist_at_exactly_one_pixel_is_missing():
+    """The arm rule's missing test is x <= 1 and y <= 1: a wrist at (1.0, 1.0) is left out.
+    Mutation caught: the arm rule's `<= 1.0` made `< 1.0` (the line ran to the corner)."""
+    pose = POSE.copy()
+    pose[4] = (1.0, 1.0)
+    parse = person("upper_body")
+    _same_as_recipe(parse, pose, "upper_body", ("mask",))
+    assert not label_map_mask(parse, pose, "upper_body", "mask")[5, 5]  # no line to the corner: kept
+
+
+def test_a_missing_left_wrist_and_elbow_start_the_line_at_the_shoulder():
+    """Left wrist and elbow missing: the line is shoulder, shoulder, elbow, wrist (no point at 0, 0).
+    Mutation caught: a missing left elbow kept in the line."""
+    pose = POSE.copy()
+    pose[[6, 7]] = 0
+    _same_as_recipe(person("dresses"), pose, "dresses", ("mask",))
+
+
+def test_arm_coordinates_are_truncated_not_rounded():
+    """Keypoints 0.7 px off the grid: the reference truncates them (uint16) before PIL draws the line.
+    Mutation caught: the arm coordinates rounded instead of truncated."""
+    _same_as_recipe(person("upper_body"), POSE + 0.7, "upper_body")
+
+
+def test_a_shoulder_line_above_the_image_truncates_toward_zero():
+    """Shoulders at y 2.5: the start row is int(2.5 - 20) = -17 (Python's truncation), so the
+    last 17 rows are 'below the line' and row 494 is not.
+    Mutation caught: the start row floored (-18) instead of truncated."""
+    pose = POSE.copy()
+    pose[2, 1] = pose[5, 1] = 2.5
+    parse = person("dresses")
+    parse[490:512, 20:60] = 11  # head labels in the last rows
+    _same_as_recipe(parse, pose, "dresses", ("mask",))
+    mask = label_map_mask(parse, pose, "dresses", "mask")
+    assert mask[495, 40] and not mask[494, 40]
+
+
+def test_a_half_height_label_map_scales_keypoints_and_neck_shift_by_h_over_512():
+    """A 256x384 label map (aspect not 3:4): keypoints and the 20 px neck shift are scaled by
+    H / 512 = 0.5, as the reference does, not by W / 384.
+    Mutation caught: keypoints scaled by W / 384; the neck shift left unscaled."""
+    parse = person("upper_body")[::2]
+    assert parse.shape == (256, 384)
+    _same_as_recipe(parse, POSE, "upper_body")

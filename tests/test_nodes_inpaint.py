@@ -94,6 +94,7 @@ def test_stock_ksampler_samples_through_the_conditioning(comfy_runtime, parts):
 @pytest.mark.parametrize("sampler,scheduler,steps,denoise", [
     ("euler", "karras", 4, 1.0), ("dpmpp_2m", "normal", 4, 1.0), ("uni_pc", "simple", 4, 1.0),
     ("euler_ancestral", "normal", 4, 0.6), ("dpmpp_2m", "karras", 7, 0.37), ("euler", "simple", 3, 0.5),
+    ("euler", "normal", 4, 0.995),  # below KSampler's 0.9999: the photo's latent, all 4 steps' sigmas
 ])
 def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, steps, denoise):
     """A stock sampler in the inpaint node == ComfyUI's own KSampler (common_ksampler) on the
@@ -101,7 +102,8 @@ def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, st
     (7 x 0.37 is off the step grid). The row's denoise (or, at 1, its scheduler) changes the result
     here (checked). (fashion_rag_ddim below 1: test_inpaint_parity.py, against diffusers.)
     Mutations caught: the scheduler, the sampler or the denoise ignored for stock samplers; the
-    zero latent kept below full denoise (failed: yes, each)."""
+    zero latent kept below full denoise (failed: yes, each); the threshold of "full denoise" at
+    0.99 instead of KSampler's 0.9999 (the 0.995 row)."""
     import nodes as comfy_nodes
 
     model, vae, inpaint = parts
@@ -111,15 +113,19 @@ def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, st
             model, pos, neg, vae, image, mask, seed=1, steps=steps, cfg=7.5, sampler_name=sampler,
             scheduler=scheduler, denoise=denoise, paste_back=False, pose=pose)
         p, n, photo = inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image, mask, pose=pose)
-        start = photo if denoise < 1 else {"samples": torch.zeros_like(photo["samples"])}
+        zero = {"samples": torch.zeros_like(photo["samples"])}
+        first = photo if denoise < 1 else zero
 
-        def ksampler(sampler=sampler, scheduler=scheduler, denoise=denoise):
+        def ksampler(sampler=sampler, scheduler=scheduler, denoise=denoise, start=first):
             (out,) = comfy_nodes.common_ksampler(model, 1, steps, 7.5, sampler, scheduler, p, n, start,
                                                  denoise=denoise)
             return out["samples"]
 
         want = ksampler()
-        other = ksampler(denoise=1.0) if denoise < 1 else ksampler(scheduler="exponential")
+        if denoise == 1:
+            other = ksampler(scheduler="exponential")
+        else:  # at 0.995 KSampler runs full denoise's sigmas: only the photo's latent tells it apart
+            other = ksampler(denoise=1.0, start=zero if denoise > 0.99 else photo)
         decoded_want = vae.decode(want)[..., :3]
     assert rel(latent["samples"], want) < 1e-6
     assert rel(decoded, decoded_want) < 1e-6

@@ -322,3 +322,120 @@ def test_pose_node_limits_in_comfyui(comfy_runtime):
     node = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.pose").FashionRAGPoseFromKeypoints
     with pytest.raises(ValueError, match=r"^a pose of 131 frame\(s\) at 384x512"):
         node.execute("", 384, 512, pose_keypoint=[{"people": []}] * 131)
+
+
+# --- boundaries and index tables, pinned by literals (mutation pass) -------------------------------
+
+
+def test_a_keypoint_on_an_axis_is_present_only_both_at_most_zero_is_missing():
+    """(0, 30) and (40, -5) are measurements; only x <= 0 and y <= 0 together mark a missing point.
+    Mutation caught: Keypoints' missing rule `x <= 0 and y <= 0` made `x <= 0 or y <= 0`."""
+    rows = [[0.0, 30.0], [40.0, -5.0], [-3.0, 0.0]] + [[10.0, 10.0]] * 15
+    (kp,) = K.parse_keypoints(rows)
+    np.testing.assert_array_equal(kp.xy[:3], [[0.0, 30.0], [40.0, -5.0], [0.0, 0.0]])
+    assert kp.present.tolist() == [True, True, False] + [True] * 15
+
+
+def test_coco17_maps_every_keypoint_to_coco18():
+    """COCO-17 (nose, l/r eye, l/r ear, l/r shoulder, elbow, wrist, hip, knee, ankle) into COCO-18,
+    every index written out. Mutation caught: the ears swapped in the COCO-17 table."""
+    coco17 = [[10.0 + i, 100.0 + i] for i in range(17)]
+    (d,) = K.parse_keypoints(coco17)
+    expected_x = [10, 15.5, 16, 18, 20, 15, 17, 19, 22, 24, 26, 21, 23, 25, 12, 11, 14, 13]
+    assert d.xy[:, 0].tolist() == expected_x
+    assert (d.xy[:, 1] - d.xy[:, 0]).tolist() == [90.0] * 18
+
+
+def test_body25_maps_every_keypoint_to_coco18():
+    """BODY_25 minus mid-hip (8) and the feet (19-24), every index written out.
+    Mutation caught: the eyes swapped in the BODY_25 table."""
+    body25 = [[10.0 + i, 100.0 + i] for i in range(25)]
+    (c,) = K.parse_keypoints(_openpose(body25))
+    assert c.xy[:, 0].tolist() == [10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28]
+
+
+@pytest.mark.parametrize("gone", [5, 6], ids=["left-shoulder", "right-shoulder"])
+def test_coco17_neck_needs_both_shoulders(gone):
+    """The neck is the shoulders' midpoint only when both are present; one missing leaves it missing.
+    Mutation caught: the neck rule's `and` made `or` (half a shoulder became the neck)."""
+    coco17 = [[10.0 + i, 100.0 + i] for i in range(17)]
+    coco17[gone] = [0.0, 0.0]
+    (d,) = K.parse_keypoints(coco17)
+    assert not d.present[1] and d.xy[1].tolist() == [0.0, 0.0]
+
+
+def test_detections_up_to_exactly_one_are_normalised():
+    """Pixel or fraction: a detection whose largest coordinate is exactly 1.0 is in [0, 1];
+    1.5 is pixels. Mutation caught: the normalised test `max <= 1.0` made `< 1.0`."""
+    (kp,) = K.parse_keypoints([[0.5, 1.0]] + [[0.25, 0.75]] * 17)
+    assert kp.normalized
+    assert kp.to_size((384, 512))[0].tolist() == [192.0, 512.0]
+    (px,) = K.parse_keypoints([[0.5, 1.5]] + [[0.25, 0.75]] * 17)
+    assert not px.normalized and px.to_size((384, 512))[0].tolist() == [0.5, 1.5]
+
+
+def test_coordinates_of_exactly_max_coordinate_are_accepted():
+    """±1e6 px is still a coordinate; 1e6 + 0.5 is refused.
+    Mutation caught: the far test `abs > MAX_COORDINATE` made `>=`."""
+    (kp,) = K.parse_keypoints([[1e6, 5.0], [-1e6, 7.0]] + [[10.0, 10.0]] * 16)
+    assert kp.xy[:2].tolist() == [[1e6, 5.0], [-1e6, 7.0]]
+    with pytest.raises(K.PoseFormatError, match="coordinates must lie within"):
+        K.parse_keypoints([[1e6 + 0.5, 5.0]] + [[10.0, 10.0]] * 17)
+
+
+def test_heatmap_peak_is_one_over_one_plus_float32_eps():
+    """On the grid the reference's peak is 1 / (1 + 2^-23), which float32 keeps below 1.
+    Mutation caught: the float32 eps dropped from the normalisation."""
+    pts = np.zeros((18, 2))
+    pts[0] = (5, 7)
+    maps = P.keypoint_heatmaps(pts, (16, 16))
+    assert maps[0, 7, 5].item() == np.float32(0.9999999)
+    assert maps[0, 7, 5].item() < 1.0
+
+
+def test_skeleton_draws_a_keypoint_on_the_left_edge():
+    """(0, 30) is present (only x <= 0 and y <= 0 is missing): its dot, red for the nose, is drawn.
+    Mutation caught: the preview's present test `any(> 0)` made `all(> 0)`."""
+    pts = np.zeros((18, 2))
+    pts[0] = (0, 30)
+    img = P.render_skeleton(pts, (64, 64))
+    assert img[30, 2].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_skeleton_dots_keep_their_size_on_small_images():
+    """Below 384x512 nothing shrinks: the dot radius stays 4 px (at 192x256 it would be 2).
+    Mutation caught: the scale's clamp max(1, ...) dropped."""
+    pts = np.zeros((18, 2))
+    pts[0] = (96, 128)
+    img = P.render_skeleton(pts, (192, 256))
+    assert img[128, 99].tolist() == [1.0, 0.0, 0.0]  # 3 px from the centre
+    assert not img[128, 101].any()  # 5 px: outside
+
+
+def test_skeleton_limbs_are_drawn_at_sixty_percent():
+    """The neck-right shoulder limb is OpenPose red at 60 %: 153 / 255 = 0.6.
+    Mutation caught: the limbs' 0.6 dimming dropped."""
+    pts = np.zeros((18, 2))
+    pts[1], pts[2] = (20, 32), (44, 32)
+    img = P.render_skeleton(pts, (64, 64))
+    assert img[32, 32].tolist() == pytest.approx([0.6, 0.0, 0.0], abs=1e-6)
+
+
+def test_exactly_the_budget_is_allowed():
+    """2 GiB exactly (16384 x 8192 pixels x 4 channels x 4 bytes = 2^31) fits; one row more does not.
+    Mutation caught: the budget test `need <= MAX_NODE_BYTES` made `<`."""
+    from fashion_rag.inpaint.budget import TooLargeError, check_budget
+
+    check_budget("a test", 1, (16384, 8192), 4, "advice")
+    check_budget("a test", 2, (8192, 8192), 4, "advice")
+    with pytest.raises(TooLargeError, match=r"^a test of 1 frame\(s\) at 16384x8193 would take 2\.00 GiB"):
+        check_budget("a test", 1, (16384, 8193), 4, "advice")
+
+
+def test_one_frame_too_large_names_the_pixels_that_fit():
+    """2^31 bytes / (21 channels x 4 bytes) = 25,565,281 pixels.
+    Mutation caught: the pixel count leaves out the 4 bytes of a float32."""
+    with pytest.raises(ValueError) as err:
+        P.pose_heatmaps([K.Keypoints.none()], (8192, 8192))
+    assert "one frame at 8192x8192 is already too large (at most 25,565,281 pixels per frame)" in str(
+        err.value)
