@@ -226,6 +226,98 @@ def test_server_lists_nodes_and_runs_the_workflow(comfy_server):
     assert "smaller than min of 1" in errors and "The text is empty: describe the garment" in errors
 
 
+def test_picture_batch_uses_its_first_image_and_the_top_category_output(comfy, comfy_base):
+    """The IMAGE input's first picture is the query (top05 of [top05, dress03], weight 1: top05 at
+    cosine 1), and the category output is the top garment's (pins dress03, top05: "dresses").
+    Mutations caught: the batch's last picture used; the category of the last garment output."""
+    catalog = comfy_base / "models" / "fashion_rag" / "catalogs" / "demo"
+    for gid in ("top05", "dress03"):
+        shutil.copyfile(next(catalog.rglob(f"{gid}.png")), comfy_base / "input" / f"fr_batch_{gid}.png")
+    wf = workflow(text="a long dress", k=2, mode="image", image=["6", 0], image_weight=1.0)
+    wf["4"] = {"class_type": "LoadImage", "inputs": {"image": "fr_batch_top05.png"}}
+    wf["5"] = {"class_type": "LoadImage", "inputs": {"image": "fr_batch_dress03.png"}}
+    wf["6"] = {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["5", 0]}}
+    listing = comfy.run(wf)["2"]["fashion_rag_garments"]
+    assert listing[0]["id"] == "top05" and listing[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+    wf = workflow(k=2, pin_ids="dress03,top05")
+    wf["4"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}
+    out = comfy.run(wf)
+    assert [g["id"] for g in out["2"]["fashion_rag_garments"]] == ["dress03", "top05"]
+    assert list(out["4"]["text"]) == ["dresses"]
+
+
+def test_bad_optional_and_id_inputs_are_refused_at_validation(comfy):
+    """Refused before anything runs, as the frontend shows on the node: image_weight above 1, an
+    exclude id of 257 characters (at most 256). Mutations caught: image_weight's max loosened to
+    2; exclude_ids left out of validate_inputs (refused only at run time)."""
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(image_weight=1.05))
+    assert err.value.kind == "validation" and "bigger than max of 1" in _error_text(err.value)
+    with pytest.raises(PromptFailed) as err:
+        comfy.run(workflow(exclude_ids="top05," + "x" * 257))
+    assert err.value.kind == "validation"
+    assert "exclude_ids holds an id of 257 characters" in _error_text(err.value)
+
+
+def test_loader_lists_only_index_folders_and_skips_unreadable_roots(comfy, comfy_base, tmp_path):
+    """A plain folder in the indexes folder is no index: not listed, refused at validation; an
+    extra indexes root that is a file (a typo in extra_model_paths.yaml) is skipped.
+    Mutations caught: looks_like_index dropped from _find_in; only FileNotFoundError skipped."""
+    import folder_paths
+
+    from fashion_rag.model_files import INDEXES_KEY
+
+    loader = comfy.pack.nodes.index_loader
+    plain = comfy_base / "models" / "fashion_rag" / "indexes" / "zz_plain_folder"
+    (plain / "images").mkdir(parents=True)
+    not_a_dir = tmp_path / "indexes_root_file"
+    not_a_dir.write_text("")
+    folder_paths.add_model_folder_path(INDEXES_KEY, str(not_a_dir))
+    try:
+        names = loader.index_names()
+        assert "demo" in names and "zz_plain_folder" not in names
+        with pytest.raises(PromptFailed) as err:
+            comfy.run(workflow(index="zz_plain_folder"))
+        assert err.value.kind == "validation"
+        assert "No garment index named 'zz_plain_folder'" in _error_text(err.value)
+    finally:
+        folder_paths.folder_names_and_paths[INDEXES_KEY][0].remove(str(not_a_dir))
+        shutil.rmtree(plain)
+
+
+def test_replaced_weights_and_a_rebuild_in_the_same_tick_reload(comfy, comfy_base):
+    """The fingerprint carries the weights file's mtime (set here to literal times); a rebuilt
+    index loads anew even where the folder's mtime did not move (a coarse-timestamp file system,
+    two builds in one tick). Mutations caught: the weights mtime left out of fingerprint_inputs;
+    the index version left out of the loaded-index cache key."""
+    import os
+
+    loader = comfy.pack.nodes.index_loader
+    node = comfy.nodes.NODE_CLASS_MAPPINGS[LOADER]
+    models = comfy_base / "models" / "fashion_rag"
+    weights = models / "retrieval" / "zz_fp_weights.safetensors"
+    shutil.copyfile(models / "retrieval" / TINY_WEIGHTS_NAME, weights)
+    index_dir = models / "indexes" / "zz_tick"
+    try:
+        os.utime(weights, (1_700_000_000, 1_700_000_000))
+        assert node.fingerprint_inputs(index="demo", encoder_weights=weights.name)[1] == 1_700_000_000.0
+        os.utime(weights, (1_700_000_100.5, 1_700_000_100.5))
+        assert node.fingerprint_inputs(index="demo", encoder_weights=weights.name)[1] == 1_700_000_100.5
+
+        catalog = scan_catalog(models / "catalogs" / "demo")
+        build_index(catalog, index_dir, GarmentEncoder(weights, TINY_ARCH), index_type="flat")
+        first = loader.load_garment_index(str(index_dir), str(weights))
+        st = os.stat(index_dir)
+        build_index(catalog, index_dir, GarmentEncoder(weights, TINY_ARCH), index_type="ivf")
+        os.utime(index_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
+        second = loader.load_garment_index(str(index_dir), str(weights))
+        assert second.version == resolve_version(index_dir).version != first.version
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+        weights.unlink()
+
+
 @pytest.fixture(autouse=True)
 def _demo_present(demo_models):
     # Everything here needs the demo index in the shared models folder.
