@@ -314,3 +314,23 @@ def test_a_missing_metric_library_is_named_with_its_pip_command(tmp_path, weight
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stdout.strip() == ("The evaluation metrics need the Python packages clean-fid, which "
                                   "are not installed: pip install clean-fid")
+
+
+def test_ssim_at_the_smallest_size_equals_scikit_image_and_smaller_is_refused():
+    """11x11 images (off the 8-bit grid) leave one pixel whose window lies inside: SSIM is
+    scikit-image's there; at 10x10 no window fits and SSIM is refused, not a mean of nothing.
+    Mutation caught: the size check at < instead of <= (10x10 gave nan)."""
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(11)
+    a, b = rng.random((11, 11, 3)), rng.random((11, 11, 3))
+
+    def tensor(x):
+        return torch.from_numpy(x).permute(2, 0, 1)[None].float()
+
+    expected = structural_similarity(a.astype(np.float32), b.astype(np.float32), channel_axis=2,
+                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                     data_range=1.0)
+    assert ssim(tensor(a), tensor(b)) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="SSIM needs images larger than 10x10 pixels"):
+        ssim(tensor(a[:10, :10]), tensor(b[:10, :10]))

@@ -60,6 +60,8 @@ def _soft_mask(top: int, bottom: int, left: int, right: int) -> np.ndarray:
 
 
 def test_images_scored_against_themselves(tmp_path, weights_dir):
+    """FID 0, LPIPS 0, SSIM 1 for images scored against themselves, the test photos listed twice.
+    Mutation caught: the test photos not deduplicated before FID/KID."""
     weights = find_metric_weights(weights_dir, paired=True)
     files = {cat: [_image(tmp_path / f"{cat}{i}.png", hash((cat, i)) % 1000) for i in range(2)]
              for cat in ("dresses", "upper_body")}
@@ -67,7 +69,9 @@ def test_images_scored_against_themselves(tmp_path, weights_dir):
     images = [ScoredImage(f"{cat}{i}", cat, f, f, mask, "a dress", []) for cat, fs in files.items()
               for i, f in enumerate(fs)]
     seen: dict[str, tuple[int, int]] = {}
-    rows = score_images(images, files, weights, paired=True, cache_dir=tmp_path / "cache",
+    # Each test photo listed twice: taken once (twice would shrink the covariance, FID > 0).
+    real = {cat: fs + fs for cat, fs in files.items()}
+    rows = score_images(images, real, weights, paired=True, cache_dir=tmp_path / "cache",
                         progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
     assert seen == {"generated features": (4, 4), "test-set features": (4, 4), "LPIPS/SSIM": (4, 4),
                     "CLIP": (4, 4)}
@@ -213,3 +217,46 @@ def test_report_and_csv(tmp_path):
         write_report(tmp_path, rows, retrieval, settings, docs=docs)
         cited = f"docs/metrics.md of the Fashion-RAG node pack ({docs.as_uri()})."
         assert (cited in (tmp_path / "report.md").read_text()) == present
+
+
+def test_mask_bounds_and_repeated_pairs_are_checked_before_scoring(tmp_path, weights_dir):
+    """A mask with a negative value is refused; a mask whose repainted pixels are exactly 0.5
+    passes the mask checks (and the run stops at the next check: no test images); a pair listed
+    twice is refused. All before any network runs.
+    Mutation caught: the lower bound 0 <= mask dropped; the empty-mask check at > 0.5 instead of
+    >= 0.5; the repeated-pair check dropped."""
+    weights = find_metric_weights(weights_dir, paired=False)
+    image = _image(tmp_path / "d0.png", 1)
+    negative = _soft_mask(10, 50, 8, 40)
+    negative[0, 0] = -0.001
+    half = np.where(_soft_mask(10, 50, 8, 40) >= 0.5, 0.5, 0.0)
+    mask = _soft_mask(10, 50, 8, 40)
+    cases = [
+        ([ScoredImage("d0", "dresses", image, None, negative, "x", [])], {"dresses": [image]},
+         "pair 'd0': the mask must be [H, W] with values in [0, 1]"),
+        ([ScoredImage("d0", "dresses", image, None, half, "x", [])], {"upper_body": [image]},
+         "no test images of category 'dresses'"),
+        ([ScoredImage("d0", "dresses", image, None, mask, "x", []),
+          ScoredImage("d0", "dresses", image, None, mask, "y", [])], {"dresses": [image]},
+         "pair 'd0' is listed twice"),
+    ]
+    for images, real, message in cases:
+        with pytest.raises(ValueError) as err:
+            score_images(images, real, weights, paired=False, cache_dir=tmp_path / "cache")
+        assert message in str(err.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_retrieval_scores_refuse_what_they_cannot_count():
+    """No queries, a k below 1 and a query of an unknown category are refused with a message.
+    Mutation caught: the empty check dropped (ZeroDivisionError); k = 0 allowed; the category
+    check loosened to a missing category only (the query then counted in "all" alone)."""
+    ranked, relevant = {"q": ["a", "b"]}, {"q": {"a"}}
+    with pytest.raises(ValueError, match="no retrieval results to score"):
+        retrieval_scores({}, {}, {})
+    with pytest.raises(ValueError, match=r"k must be at least 1: \[0, 1\]"):
+        retrieval_scores(ranked, relevant, {"q": "dresses"}, ks=(0, 1))
+    with pytest.raises(ValueError, match="query 'q' has category 'shoes'; expected one of"):
+        retrieval_scores(ranked, relevant, {"q": "shoes"}, ks=(1,))
+    assert retrieval_scores(ranked, relevant, {"q": "dresses"}, ks=(1,))[-1] == {
+        "category": "all", "queries": 1, "R@1": 1.0, "P@1": 1.0}

@@ -298,3 +298,62 @@ def test_generation_graph_from_the_example_workflow(tmp_path):
     workflow["11"]["inputs"].pop("pose")
     with pytest.raises(GraphError, match="must take its 'pose' from a FashionRAGPoseFromKeypoints node"):
         evaluation_graph(workflow, 1, Sampling())
+
+
+def test_own_photos_rows_refused_and_the_prepared_person_and_mask(tmp_path):
+    """A row repeating an earlier id, one with an empty caption and one naming a folder as its
+    person are problems of their line; the person is resized to 384x512 as PIL's bicubic resize
+    does; a drawn mask at 1/4 scale keeps a block of exactly 128 (white = repaint from 128 up)
+    and leaves a block of 127 out, each source pixel a 4x4 block (nearest: next to 0, a bilinear
+    resize pulls the 128 block's edge pixels below 128); normalised keypoints without a canvas
+    stay normalised (not read as pixels of the photo).
+    Mutation caught: duplicate ids accepted; empty caption accepted; is_file() loosened to
+    exists(); the mask read with > 128 or resized bilinear; the person resized bilinear;
+    normalised keypoints taken as photo pixels."""
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (128, 96, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    Image.new("RGB", (30, 40), (200, 30, 40)).save(tmp_path / "g.png")
+    drawn = np.zeros((128, 96), dtype=np.uint8)
+    drawn[40:90, 20:70] = 128
+    drawn[100:120, 20:70] = 127
+    Image.fromarray(drawn).save(tmp_path / "m.png")
+    (tmp_path / "n.json").write_text(json.dumps([[x / 384, y / 512] for x, y in KEYPOINTS]))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "pairs.csv").write_text(
+        "id,person,garment,caption,category,keypoints,mask\n"
+        "a,p.png,g.png,a red top,upper_body,,m.png\n"
+        "n,p.png,g.png,a red top,upper_body,n.json,\n"
+        "a,p.png,g.png,a red top,upper_body,,m.png\n"
+        "e,p.png,g.png,,upper_body,,m.png\n"
+        "d,sub,g.png,a red top,upper_body,,m.png\n")
+    test_set = read_photo_table(tmp_path / "pairs.csv")
+    assert [p.pair_id for p in test_set.pairs] == ["a", "n"]
+    assert [str(p) for p in test_set.problems] == [
+        "upper_body/a: line 4: id 'a' is used by an earlier row",
+        "upper_body/e: line 5: the caption is empty",
+        f"upper_body/d: line 6: person file sub not found in {tmp_path}"]
+    prepared = prepare_photo(test_set.pairs[0])
+    expected = Image.open(tmp_path / "p.png").convert("RGB").resize((384, 512), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(np.asarray(prepared.person), np.asarray(expected))
+    mask = np.zeros((512, 384), dtype=bool)
+    mask[160:360, 80:280] = True
+    np.testing.assert_array_equal(prepared.mask, mask)
+    pose = json.loads(prepare_photo(test_set.pairs[1]).keypoints_json)["people"][0]["pose_keypoints_2d"]
+    assert pose[:6] == pytest.approx([192.0, 72.0, 1.0, 192.0, 118.0, 1.0])
+
+
+def test_reference_rankings_keep_the_top_20_of_the_files_own_category(mini, tmp_path):
+    """A reference file listing 25 garments gives its first 20 (the rankings the metrics read);
+    a garment path of another category in a category's file is refused.
+    Mutation caught: the list not cut at 20; the category part of the path left unchecked."""
+    folder = tmp_path / "retrieval"
+    folder.mkdir()
+    for category in ALL:
+        files = [f"{category}/cleaned_inshop_imgs/{n:06d}_1_cleaned.jpg" for n in range(100, 125)]
+        (folder / f"test_{category}_double.json").write_text(json.dumps({"pred_files": {"q": files}}))
+    rankings = reference_rankings(folder, mini, ALL, 2)
+    assert rankings.ranked[("upper_body", "q")] == [f"{n:06d}_1" for n in range(100, 120)]
+    (folder / "test_lower_body_double.json").write_text(json.dumps(
+        {"pred_files": {"q": ["upper_body/cleaned_inshop_imgs/048000_1_cleaned.jpg"]}}))
+    with pytest.raises(DatasetError, match="is not 'lower_body/cleaned_inshop_imgs/<name>.jpg'"):
+        reference_rankings(folder, mini, ALL, 2)

@@ -91,6 +91,34 @@ def test_regions_are_the_reference_torchvision_ones(box, height):
         C.mask_box(torch.zeros(8, 8))
 
 
+@pytest.mark.parametrize("category", ["upper_body", "lower_body"])
+def test_a_tiny_image_still_gets_a_one_pixel_patch(category):
+    """At 4 px image height the patch is 64 * 4 / 512 = 0.5 -> 0 px by round(); the patch is then
+    one pixel, torchvision's CenterCrop(1) of the crop (upper body) or its pixel at (0, w // 2)
+    (lower body: the offset 15 * 4 / 512 rounds to 0).
+    Mutation caught: the patch size's floor of 1 dropped (an empty patch)."""
+    image = torch.rand(4, 6, 3, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(4, 6)
+    mask[:, 1:5] = 0.75
+    crop = image[:, 1:5].movedim(-1, 0)
+    expected = T.CenterCrop(1)(crop) if category == "upper_body" else crop[:, 0:1, 1:2]
+    patch = C.clip_i_patch(image, mask, category)
+    assert patch.shape == (3, 1, 1)
+    assert torch.equal(patch, expected)
+
+
+def test_a_white_garment_gives_a_white_clip_t_square_exactly():
+    """A white 38x230 garment shrunk to 37x224 (antialiased) overshoots 1.0 by a float rounding
+    (1 + 2e-7); CLIP-T's input stays white and inside [0, 1]: at most exactly 1.
+    Mutation caught: the final clamp(0, 1) dropped."""
+    image = torch.ones(300, 96, 3)
+    mask = torch.zeros(300, 96)
+    mask[:230, :38] = 1.0
+    square = C.clip_t_input(image, mask)
+    torch.testing.assert_close(square, torch.ones(3, 224, 224), rtol=0, atol=1e-6)
+    assert float(square.max()) == 1.0
+
+
 def test_the_preview_keeps_off_grid_pixels_rounded():
     """Away from the drawn box and labels, the preview is the image with each value rounded to its
     nearest 8-bit level (written out here), also for values between levels.
