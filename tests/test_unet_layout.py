@@ -83,14 +83,65 @@ def test_tiny_round_trip_and_layout_from_ldm(tiny_sd):
     U.UNetLayout(in_channels=9, block_out_channels=(320,), layers_per_block=1, attention_levels=(True,)),
     U.UNetLayout(block_out_channels=(64, 64, 128), layers_per_block=2, attention_levels=(False, True, True),
                  transformer_depth=2, cross_attention_dim=32, use_linear_projection=False),
+    # The middle block (96 wide) narrows the heads to 32 though the only attention level is 64 wide.
+    U.UNetLayout(block_out_channels=(32, 64, 96), layers_per_block=1, attention_levels=(False, True, False),
+                 cross_attention_dim=32, head_channels=32),
 ])
 def test_other_layouts_match_diffusers(layout):
+    """Both namings of other layouts read back as the layout diffusers built them from.
+
+    Mutation caught: layout_from_ldm always reading use_linear_projection=True; the middle block's
+    width left out of the head-width choice."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
         sd = UNet2DConditionModel(**layout.diffusers_config()).state_dict()
     assert shapes(sd) == layout.diffusers_shapes()
     assert U.layout_from_diffusers(sd) == layout
+    assert U.layout_from_ldm(U.diffusers_to_ldm(sd)) == layout
+
+
+@pytest.mark.parametrize("widths,heads,match", [
+    ((48,), 16, "multiple of 32"),  # GroupNorm(32, 48) cannot be built
+    ((64, 96), 32, "multiple of 32 and of the first one"),  # channel_mult 1.5
+    ((96,), 64, "do not split into 64-wide heads"),
+])
+def test_layouts_comfy_cannot_build_are_refused(widths, heads, match):
+    """Widths ComfyUI's UNetModel cannot hold (GroupNorm of 32 groups, whole channel multipliers,
+    whole heads) are refused when the layout is made.
+
+    Mutation caught: the multiple-of-32 check dropped; the head-width check dropped."""
+    if widths[-1] % 32:
+        with pytest.raises(ValueError):  # what ComfyUI's UNetModel would hit
+            torch.nn.GroupNorm(32, widths[-1])
+    with pytest.raises(ValueError, match=match):
+        U.UNetLayout(block_out_channels=widths, attention_levels=(True,) * len(widths), head_channels=heads)
+
+
+def test_levels_with_different_res_block_counts_are_refused():
+    """A down level with fewer res blocks than the others is not an SD-style UNet.
+
+    Mutation caught: the one-res-block-count check in _layout dropped (one count taken at random)."""
+    from diffusers import UNet2DConditionModel
+
+    config = U.UNetLayout(block_out_channels=(64, 128), layers_per_block=2, attention_levels=(True, False),
+                          cross_attention_dim=32).diffusers_config()
+    with torch.device("meta"):
+        sd = UNet2DConditionModel(**config).state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith("down_blocks.1.resnets.1.")}
+    with pytest.raises(U.UNetFileError, match=r"different numbers of res blocks \[1, 2\]"):
+        U.layout_from_diffusers(sd, "odd.pth")
+
+
+def test_diffusers_to_ldm_checks_keys_and_shapes_itself(tiny_sd):
+    """diffusers_to_ldm on a state dict with an extra key or a wrong shape says so (UNetFileError),
+    rather than a KeyError or a silently renamed wrong tensor.
+
+    Mutation caught: check_layout dropped from diffusers_to_ldm."""
+    with pytest.raises(U.UNetFileError, match="unexpected keys: extra.weight"):
+        U.diffusers_to_ldm({**tiny_sd, "extra.weight": torch.zeros(1)}, U.layout_from_diffusers(tiny_sd))
+    with pytest.raises(U.UNetFileError, match=r"conv_out.bias \(5,\) \(expected \(4,\)\)"):
+        U.diffusers_to_ldm({**tiny_sd, "conv_out.bias": torch.zeros(5)})
 
 
 def _save(sd, path):
@@ -133,6 +184,23 @@ def test_wrong_input_channels_say_what_to_get(tmp_path, channels, hint):
     for part in (str(path), f"takes {channels} input channels", "not the Fashion-RAG UNet", hint,
                  "unet_120000.pth", "furio19/fashion-rag", "CC BY-NC 4.0"):
         assert part in msg
+
+
+@pytest.mark.parametrize("naming,channels", [("diffusers", 28), ("ldm", 9), ("ldm", 28)])
+def test_wrong_input_channels_in_either_naming_are_refused(tmp_path, naming, channels):
+    """More channels than 27 are refused as well as fewer, and an LDM-layout file is checked too.
+
+    Mutation caught: `in_channels == expected` loosened to `>=`; the channel check only on diffusers
+    files."""
+    layout = U.UNetLayout(in_channels=channels, block_out_channels=(64,), layers_per_block=1,
+                          attention_levels=(True,), cross_attention_dim=32)
+    sd = {k: torch.zeros(s) for k, s in layout.diffusers_shapes().items()}
+    if naming == "ldm":
+        sd = {f"model.diffusion_model.{k}": v for k, v in U.diffusers_to_ldm(sd, layout).items()}
+    path = _save(sd, tmp_path / "other.safetensors")
+    with pytest.raises(U.UNetFileError, match=f"takes {channels} input channels, so it is not"):
+        F.load_unet_state_dict(path)
+    assert F.load_unet_state_dict(path, in_channels=None)[1].in_channels == channels
 
 
 def test_missing_unexpected_and_wrong_shapes_are_named(tmp_path, tiny_sd):
