@@ -256,3 +256,43 @@ def test_comfy_clip_preprocess_is_not_reference_exact(models):
     diff = rel_err(comfy_pixels, ref)
     print(f"\nComfyUI clip_preprocess vs reference pixels: rel err {diff:.2e}")
     assert diff > 1e-2
+
+
+def test_retrieved_garments_come_before_extra_images(models):
+    """garments and images together: the retrieved garment's 16 pseudo-words first, then the extra
+    image's, as the reference computes them for [retrieved, extra] in that order (dresses, 2).
+    Mutation caught: the extra images' pseudo-words put before the retrieved garments'."""
+    retrieved, extra = smooth_garment(5), smooth_garment(6)
+    items = (Garment(id="g5", score=0.9, category="dresses", path="/x/g5.jpg"),)
+    garments = Garments(items=items, images=torch.from_numpy(retrieved[None]).float() / 255.0)
+    positive, _ = models.inversion.execute(
+        clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter, garments=garments,
+        images=torch.from_numpy(extra[None]).float() / 255.0, category="auto",
+    ).result
+    ref = models.ref_encode(reference_prompt("dresses", 2), models.ref_ptes([retrieved, extra]))
+    swapped = models.ref_encode(reference_prompt("dresses", 2), models.ref_ptes([extra, retrieved]))
+    assert rel_err(swapped, ref) > 1e-2  # the order matters
+    assert rel_err(positive[0][0], ref) < 1e-4
+
+
+def test_injection_refuses_a_prompt_of_more_than_one_chunk(models):
+    """A prompt over 77 tokens (16 placeholders, then 70 more words: two CLIP chunks) cannot hold
+    the pseudo-words at fixed positions: PromptTooLongError, before any encoding.
+    Mutation caught: two chunks accepted (len(chunks) > 2)."""
+    prompt = "a photo of a model wearing a dress made of " + " $ " * 16 + " red" * 70
+    assert len(models.ref_ids(prompt)[0]) == 77  # truncated by the reference: it does not fit
+    assert len(models.tokenizer(prompt).input_ids) > 77
+    with pytest.raises(Exception, match="CLIP chunks; it must fit one") as err:
+        models.token_injection.inject_embeddings(models.clip, prompt, torch.zeros(1, 16, TEXT["hidden_size"]))
+    assert type(err.value).__name__ == "PromptTooLongError"
+
+
+def test_empty_retrieval_is_an_error_even_with_extra_images(models):
+    """A connected garments input holding no garment (retrieval found nothing) is a clear error,
+    also when extra images are connected too: the prompt would silently lose the retrieved part.
+    Mutation caught: the empty-garments check dropped."""
+    empty = Garments(items=(), images=torch.zeros(0, 512, 384, 3))
+    extra = torch.from_numpy(smooth_garment(7)[None]).float() / 255.0
+    with pytest.raises(ValueError, match=r"the garments input holds no garment \(did retrieval return"):
+        models.inversion.execute(clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter,
+                                 garments=empty, images=extra, category="dresses")

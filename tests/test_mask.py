@@ -282,3 +282,29 @@ def test_node_refuses_a_batch_beyond_the_budget(comfy):
     message = str(err.value)
     assert message.startswith("a garment mask of 9 frame(s) at 4096x4096 would take 2.25 GiB"), message
     assert "at most 8 frame(s) fit at 4096x4096" in message
+
+
+def test_node_one_pose_per_image_masks_each_image_with_its_own(comfy):
+    """Two images, two poses (the second the first moved 30 px right, whole pixels): frame 1 is
+    frame 0 moved 30 px right (torch.roll; nothing reaches the border), not a copy of either.
+    Mutation caught: every pose written into the whole batch (the last pose's mask everywhere)."""
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    frame = json.loads(demo_person.keypoints_json())
+    moved = json.loads(demo_person.keypoints_json())
+    flat = moved["people"][0]["pose_keypoints_2d"]
+    moved["people"][0]["pose_keypoints_2d"] = [v + 30 if i % 3 == 0 else v for i, v in enumerate(flat)]
+    images = _person_tensor().repeat(2, 1, 1, 1)
+    mask = GarmentMask.execute(images, "upper_body", json.dumps([frame, moved]), 0, 0).result[0]
+    assert mask.shape == (2, H, W)
+    assert mask[0].any() and not mask[0][:, W - 30 :].any()
+    assert torch.equal(mask[1], torch.roll(mask[0], 30, dims=1))
+
+
+def test_node_refuses_fewer_poses_than_images(comfy):
+    """2 poses for 3 images (neither one pose for all nor one per image) is an error, not a third
+    frame left unmasked. Mutation caught: only more poses than images refused."""
+    GarmentMask = comfy.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
+    images = _person_tensor().repeat(3, 1, 1, 1)
+    two = json.dumps([json.loads(demo_person.keypoints_json())] * 2)
+    with pytest.raises(ValueError, match="2 poses for 3 images: give one pose, or one per image"):
+        GarmentMask.execute(images, "upper_body", two, 0, 0)

@@ -224,3 +224,19 @@ def test_full_size_demo_models_through_stock_loaders(env):
     # The negative is exactly what a stock CLIPTextEncode of the empty prompt gives.
     torch.testing.assert_close(negative[0][0], _captured("empty")[0][0][0], atol=0, rtol=0)
     assert not torch.allclose(positive[0][0], negative[0][0])
+
+
+def test_saved_embedding_records_its_sources(env):
+    """The file's metadata names what the pseudo-words came from: no retrieved garment, the 2
+    extra images of the batch, 16 tokens each (read back with safetensors' safe_open).
+    Mutation caught: the extra images' count recorded as 0."""
+    import json
+
+    from safetensors import safe_open
+
+    comfy, _, _ = env
+    comfy.run(graph(save={"name": "fr_test_metadata"}))
+    path = comfy.base / "models" / "embeddings" / "fr_test_metadata.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["fashion_rag"])
+    assert meta == {"garments": [], "extra_images": 2, "tokens_per_garment": 16}

@@ -439,3 +439,59 @@ def test_one_frame_too_large_names_the_pixels_that_fit():
         P.pose_heatmaps([K.Keypoints.none()], (8192, 8192))
     assert "one frame at 8192x8192 is already too large (at most 25,565,281 pixels per frame)" in str(
         err.value)
+
+
+# --- the node's inputs: which keypoints it reads (mutation pass) ---------------------------------
+
+
+def _pose_node(harness):
+    import importlib
+
+    return importlib.import_module(f"{harness.pack.__name__}.nodes.pose").FashionRAGPoseFromKeypoints
+
+
+def _nose_peak(pose: torch.Tensor, frame: int = 0) -> tuple[int, int]:
+    """(x, y) of the nose heatmap's peak."""
+    y, x = divmod(int(pose[frame, 0].argmax()), pose.shape[-1])
+    return x, y
+
+
+def _points(nose, row: float = 0.8, scale=(1, 1)) -> np.ndarray:
+    """18 keypoints, all present: the nose at `nose`, the rest on a row at `row` (times `scale`)."""
+    pts = np.array([[0.1 + 0.04 * i, row] for i in range(18)]) * scale
+    pts[0] = nose
+    return pts
+
+
+def test_pose_node_prefers_a_connected_pose_keypoint_over_the_json(comfy_runtime):
+    """Both given: the POSE_KEYPOINT (normalised, nose at 0.5, 0.25 -> pixel 48, 32 of 96x128) is
+    used, not the JSON (nose at pixel 20, 100).
+    Mutation caught: the JSON read first whenever it is not empty."""
+    node = _pose_node(comfy_runtime)
+    text = json.dumps(_openpose(_points((20, 100), scale=(96, 128))))
+    pose, _, _ = node.execute(text, 96, 128, pose_keypoint=[_openpose(_points((0.5, 0.25)))])
+    assert _nose_peak(pose) == (48, 32)
+    pose, _, _ = node.execute(text, 96, 128)  # alone, the JSON is read
+    assert _nose_peak(pose) == (20, 100)
+
+
+def test_source_size_leaves_normalised_keypoints_alone(comfy_runtime):
+    """source_width/height rescale pixel coordinates only: normalised POSE_KEYPOINT coordinates
+    (nose at 0.25, 0.75) land at 0.25 x 96 = 24, 0.75 x 128 = 96 whatever source size is given.
+    Mutation caught: normalised keypoints also treated as pixels of the source frame."""
+    node = _pose_node(comfy_runtime)
+    frames = [_openpose(_points((0.25, 0.75)))]
+    pose, _, _ = node.execute("", 96, 128, pose_keypoint=frames, source_width=384, source_height=512)
+    assert _nose_peak(pose) == (24, 96)
+
+
+def test_pose_node_reads_the_chosen_person(comfy_runtime):
+    """Two people in one OpenPose frame (pixels of the 96x128 target): person_index 1 is the
+    second one (nose at 70, 40), 0 the first (nose at 30, 20).
+    Mutation caught: the node's person_index ignored (always person 0)."""
+    node = _pose_node(comfy_runtime)
+    first, second = _points((30, 20), 0.9, (96, 128)), _points((70, 40), 0.8, (96, 128))
+    people = [{"pose_keypoints_2d": [v for x, y in pts for v in (x, y, 1.0)]} for pts in (first, second)]
+    text = json.dumps({"people": people})
+    assert _nose_peak(node.execute(text, 96, 128, person_index=1)[0]) == (70, 40)
+    assert _nose_peak(node.execute(text, 96, 128, person_index=0)[0]) == (30, 20)

@@ -407,3 +407,84 @@ def test_clip_i_through_a_connected_clip_vision(scored, tmp_path):
     for n in range(3):
         assert got[n] == pytest.approx(float(expected[n]), abs=1e-3)
     assert all(e["clip_t"] is None for e in res.ui["fashion_rag_scores"])  # no text tower, no index
+
+
+def _demo_index(comfy):
+    loader = importlib.import_module(f"{comfy.pack.__name__}.nodes.index_loader")
+    return loader.load_garment_index(
+        str(comfy.base / "models" / "fashion_rag" / "indexes" / "demo"),
+        str(comfy.base / "models" / "fashion_rag" / "retrieval" / TINY_WEIGHTS_NAME))
+
+
+@pytest.mark.parametrize("first,patch_category", [("lower_body", "lower_body"), ("skirt", "lower_body"),
+                                                  ("hat", "upper_body")])
+def test_auto_category_is_the_first_garments(scored, first, patch_category):
+    """category auto: CLIP-I's patch is placed for the *first* garment's category (a synonym
+    normalised; one that is none falls back to upper body, the centre patch), with a second
+    garment of another category after it. The expected numbers are open_clip on the reference's
+    patch of that category, averaged over both garments.
+    Mutations caught: the last garment's category used; the fallback category lower_body."""
+    comfy, _, images, mask, _ = scored
+    node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
+    second = "upper_body" if patch_category == "lower_body" else "lower_body"
+    items = (Garment(id="a", score=1.0, category=first, path=""),
+             Garment(id="b", score=1.0, category=second, path=""))
+    pictures = images.flip(2)[:2]
+    res = node.execute(images, mask, "clip_i", "all", "auto", garments=Garments(items=items, images=pictures),
+                       index=_demo_index(comfy))
+    model, preprocess, _ = _open_clip_model(comfy)
+    size = _patch_size(images.shape[1])
+    patches = [_reference_patch(img, mask, patch_category, size) for img in images]
+    other = [_reference_patch(img, mask, second, size) for img in images]
+    garments = _embed_images(model, preprocess, [p.movedim(-1, 0) for p in pictures])
+    expected = 100 * (_embed_images(model, preprocess, patches) @ garments.T).mean(dim=1)
+    wrong = 100 * (_embed_images(model, preprocess, other) @ garments.T).mean(dim=1)
+    assert ((expected - wrong).abs() > 0.1).all()  # the patch's place matters
+    got = {e["index"]: e["clip_i"] for e in res.ui["fashion_rag_scores"]}
+    for n in range(3):
+        assert got[n] == pytest.approx(float(expected[n]), abs=1e-3)
+
+
+def test_empty_text_falls_back_to_the_garments_query(scored):
+    """No text: CLIP-T scores the text the garments were retrieved for (their query), here
+    CLIP_T_TEXT, as open_clip does; the report names it.
+    Mutation caught: the query fallback dropped (no CLIP-T, rank_by clip_t fails)."""
+    comfy, _, images, mask, _ = scored
+    node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
+    items = tuple(Garment(id=f"g{i}", score=1.0, category="upper_body", path="") for i in range(2))
+    garments = Garments(items=items, images=images[:2].clone(), query=f"  {CLIP_T_TEXT} ")
+    res = node.execute(images, mask, "clip_t", "all", "auto", garments=garments, index=_demo_index(comfy),
+                       text="  ")
+    model, preprocess, tokenizer = _open_clip_model(comfy)
+    crops = _embed_images(model, preprocess, [_reference_clip_t_input(img, mask) for img in images])
+    clip_t = torch.clamp(100 * crops @ _text_embedding(model, tokenizer, CLIP_T_TEXT), min=0)
+    got = {e["index"]: e["clip_t"] for e in res.ui["fashion_rag_scores"]}
+    for n in range(3):
+        assert got[n] == pytest.approx(float(clip_t[n]), abs=1e-3)
+    assert f"text '{CLIP_T_TEXT}'" in res.result[2]
+
+
+def test_preview_outlines_each_images_own_mask(scored):
+    """One mask per image: each preview frame outlines its own image's box (the box colour
+    (255, 214, 10) at the box's bottom-right corner, from torchvision's masks_to_boxes), not
+    another image's.
+    Mutation caught: every preview drawn with the first image's mask."""
+    comfy, _, images, mask, _ = scored
+    node = importlib.import_module(f"{comfy.pack.__name__}.nodes.score").FashionRAGScore
+    other = torch.zeros_like(mask)
+    other[90:120, 10:50] = 1.0
+    masks = torch.stack([mask, other, mask])
+    res = node.execute(images, masks, "clip_t", "all", "auto", index=_demo_index(comfy), text=CLIP_T_TEXT)
+    preview = res.result[3]
+    colour = torch.tensor([255, 214, 10]) / 255
+    corners = {}
+    for n, m in enumerate(masks):
+        x1, y1 = (int(v) for v in masks_to_boxes(m[None])[0][2:])
+        corners[n] = (y1, x1)
+    assert corners[0] != corners[1]
+    for r, e in enumerate(res.ui["fashion_rag_scores"]):
+        n = e["index"]
+        y, x = corners[n]
+        torch.testing.assert_close(preview[r, y, x], colour, atol=1e-6, rtol=0)
+        y, x = corners[1 if n != 1 else 0]
+        assert not torch.allclose(preview[r, y, x], colour, atol=0.05), (r, n)
