@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .. import records
 from ..files import (
     UnreadableFileError,
     atomic_write,
@@ -57,7 +56,7 @@ from ..files import (
     write_npy,
 )
 from ..paths import PathRuleError, inside, is_plain_name, is_plain_relative, listing
-from ..records import Mistyped, from_json, to_json
+from ..records import Mistyped, from_json, parse, to_json
 
 if TYPE_CHECKING:
     from ..openclip_encoder import GarmentEncoder
@@ -419,7 +418,7 @@ _R = typing.TypeVar("_R", Pointer, Marker, LockRecord)
 
 def _parse_record(cls: type[_R], raw: bytes) -> _R | None:
     """The record in `raw`, or None when it is not a well-formed one of ours."""
-    record = records.parse(cls, raw)
+    record = parse(cls, raw)
     return record if record is not None and record.format == FORMAT and record.valid() else None
 
 
