@@ -58,6 +58,9 @@ def test_gpu_check_tiny_with_only_the_listed_packages(tmp_path, bench_cache):
     assert 0 < errors["pack fp16 vs fp32"] < 1e-2 and 0 < errors["independent fp16 vs fp32"] < 1e-2
     assert errors["fp32 pack vs independent"] < 1e-4
     assert figures["fp16"]["dtypes"]["UNet"] == figures["fp16"]["dtypes"]["adapter"] == "float16"
+    # The first image's retrieval share (the pack's alone: the independent side takes its garments).
+    assert 0 < figures["fp16"]["pack_retrieval"] < figures["fp16"]["pack_first"]
+    assert "of it retrieval: index + text query) |" in out.stdout
     assert set(figures["fp32"]["dtypes"].values()) == {"float32"}
     assert figures["index"]["cpu_recall"] == 1.0 and figures["index"]["cpu_p50"] > 0
 
