@@ -411,3 +411,83 @@ def test_build_device_benchmark_smoke(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "fashion-rag-tiny, 24 garments, batch 8" in table
     assert "| cpu |" in table and "| 0.0e+00 / 1.000000 | 1.000 |" in table
+
+
+# --------------------------------------------------------------------------------------------
+# In-process checks of the CLI's error handling, option checks and defaults (fast: no subprocess)
+# --------------------------------------------------------------------------------------------
+
+def test_friendly_errors_exit_codes_and_one_line(capsys):
+    """_friendly, given commands that fail each expected way: a Ctrl-C is 130 with its note; a
+    KeyError (a library error) one line, exit code 2; a message over 2000 characters cut to
+    2000 and "…"; a multi-line message one line; a BuildFailedError lists 50 ids and counts the
+    rest. Mutations caught: Ctrl-C returning 1; KeyError left out of the caught errors (a
+    traceback); _one_line not cutting long messages; _one_line not joining lines; the failed
+    ids listed without the cap of 50."""
+    from fashion_rag.cli.index import _friendly
+    from fashion_rag.retrieval.build.engines import BuildFailedError
+
+    def failing(exc: BaseException):
+        def command(args):
+            raise exc
+        return _friendly(command)
+
+    assert failing(KeyboardInterrupt())(None) == 130
+    assert capsys.readouterr().err == ("[index] interrupted (an interrupted build leaves the previous index "
+                                       "as it was)\n")
+    assert failing(KeyError("no such column"))(None) == 2
+    assert capsys.readouterr().err == "[index] error: 'no such column'\n"
+    assert failing(ValueError("x" * 5000))(None) == 2
+    assert capsys.readouterr().err == "[index] error: " + "x" * 2000 + "…\n"
+    assert failing(OSError("first line\n  second\tline"))(None) == 2
+    assert capsys.readouterr().err == "[index] error: first line second line\n"
+    ids = [f"g{i}" for i in range(53)]
+    assert failing(BuildFailedError("3 blocks failed", ids))(None) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"[index] not encoded: 'g{i}'" for i in range(50)] + [
+        "[index] … and 3 more not encoded", "[index] error: 3 blocks failed"]
+
+
+def test_build_option_checks_come_before_any_work(tmp_path, capsys):
+    """A CUDA device index torch does not have (cuda:N with N GPUs here, the first one past the
+    last) and --ray-actors 0 are refused, exit code 2, before the catalog is read.
+    Mutations caught: the device check `index > count` (cuda:N accepted); --ray-actors checked
+    against 0 instead of 1."""
+    from fashion_rag.cli import main
+    from fashion_rag.cli.index import _local_device
+
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"--device cuda:{n}: torch sees {n} CUDA GPUs here"):
+        _local_device(f"cuda:{n}")
+    build = ["index", "build", "--catalog", str(tmp_path / "missing"), "--out", str(tmp_path / "i"),
+             "--weights", str(tmp_path / "w.safetensors")]
+    assert main([*build, "--engine", "ray", "--ray-actors", "0"]) == 2
+    assert capsys.readouterr().err == "[index] error: --ray-actors must be at least 1\n"
+    assert not (tmp_path / "i").exists()
+
+
+def test_query_defaults_and_one_line_per_hit(tiny_weights, tmp_path, capsys):
+    """`index query` without -k or --category: 5 garments of any category; a caption holding a
+    newline and a tab is printed on its hit's one line.
+    Mutations caught: -k's default not 5; --category's default not "any"; the caption printed
+    as stored (its newline a line of its own)."""
+    from fashion_rag.cli import main
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    rows = []
+    for i, category in enumerate(["upper_body", "lower_body", "dresses"] * 2):
+        Image.new("RGB", (384, 512), (40 * i, 200 - 30 * i, 90)).save(catalog / f"g{i}.png")
+        caption = "red\nstriped\ttop" if i == 0 else f"garment {i}"
+        rows.append(json.dumps({"id": f"g{i}", "image": f"g{i}.png", "category": category,
+                                "caption": caption}))
+    (catalog / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    build_index(scan_catalog(catalog), tmp_path / "shop", GarmentEncoder(tiny_weights, TINY_ARCH),
+                log_fn=lambda m: None)
+    assert main(["index", "query", str(tmp_path / "shop"), "red garment", "--mode", "caption", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 5 and {h["category"] for h in hits} == {"upper_body", "lower_body", "dresses"}
+    assert main(["index", "query", str(tmp_path / "shop"), "red striped top", "--mode", "caption",
+                 "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].split()[2:] == ["g0", "upper_body", "red", "striped", "top"], lines

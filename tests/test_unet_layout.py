@@ -309,3 +309,24 @@ def test_loader_node_messages_and_cache(comfy_runtime, tmp_path):
     finally:  # leave the folder list and its cache as other tests expect them
         folder_paths.folder_names_and_paths["fashion_rag_unet"][0].remove(str(folder))
         folder_paths.filename_list_cache.pop("fashion_rag_unet", None)
+
+
+def test_convert_cli_bf16_and_its_messages(tmp_path, tiny_sd, capsys):
+    """--dtype bf16 writes bfloat16 tensors, equal to the converted state dict cast by torch; a
+    refused output is one "convert-unet: ..." line naming the file and the fix, exit code 1.
+    Mutations caught: bf16 mapped to float16; the "convert-unet:" prefix dropped; an error exit
+    code other than 1."""
+    src = _save(tiny_sd, tmp_path / "unet_120000.pth")
+    out = tmp_path / "unet_bf16.safetensors"
+    assert cli(["convert-unet", str(src), str(out), "--dtype", "bf16"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    converted = load_file(str(out))
+    expected = U.diffusers_to_ldm(tiny_sd)
+    assert converted.keys() == expected.keys()
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, expected[k].to(torch.bfloat16))
+               for k, v in converted.items())
+    assert cli(["convert-unet", str(src), str(out)]) == 1
+    assert capsys.readouterr().err == f"convert-unet: {out} exists; pass overwrite (--force) to replace it\n"
+    assert cli(["convert-unet", str(src), str(tmp_path / "x.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convert-unet: ") and "x.ckpt" in err and ".safetensors" in err, err
