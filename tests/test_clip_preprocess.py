@@ -102,3 +102,14 @@ def test_batch_list_pil_alpha_and_grey_inputs():
     torch.testing.assert_close(preprocess_garments(rgba), batch[:1], atol=0, rtol=0)
     grey = preprocess_garments(Image.fromarray(a[:, :, 0]))
     assert grey.shape == (1, 3, 224, 224)
+
+
+@pytest.mark.parametrize("shape", [(513, 384), (384, 513)])
+def test_odd_crop_margins_match_the_processor(processor, shape):
+    """513x384 resizes to 299x224 (75 rows to crop: 37 above, 38 below), and 384x513 to 224x299
+    likewise in columns: an odd margin is where rounding the crop's top or left shows. Mutation
+    caught: top = (new_h - size + 1) // 2 (the 298-row garments of the other tests crop 74 rows,
+    where both agree)."""
+    img = _garment(*shape, seed=3)
+    want = processor(images=img, return_tensors="pt").pixel_values
+    torch.testing.assert_close(preprocess_garments(img), want, atol=1e-6, rtol=0)

@@ -104,3 +104,26 @@ def test_linked_values_are_checked_when_the_node_runs(comfy_runtime):
     mask = comfy_runtime.nodes.NODE_CLASS_MAPPINGS["FashionRAGGarmentMask"]
     with pytest.raises(ValueError, match="category 'hats' is not available.*upper_body"):
         mask.execute(torch.zeros(1, 8, 8, 3), "hats", "", 0, 0)
+
+
+def test_choices_are_listed_up_to_sixty_then_counted(comfy_runtime):
+    """60 options are all listed, with no "(and 0 more)"; of 61, the 61st is counted. Mutation
+    caught: the count shown when nothing is left over (more >= 0)."""
+    from comfy_api.latest import io
+
+    compat = pack_module(comfy_runtime, "nodes.compat")
+
+    def node(n: int) -> type:
+        class FRTestManyOptions(io.ComfyNode):
+            @classmethod
+            def define_schema(cls) -> io.Schema:
+                return io.Schema(node_id="FRTestManyOptions", outputs=[],
+                                 inputs=[io.Combo.Input("pick", options=[f"o{i}" for i in range(n)])])
+
+        return FRTestManyOptions
+
+    listed = ", ".join(f"o{i}" for i in range(60))
+    assert compat.check_combos(node(60), pick="o1") is True
+    assert compat.check_combos(node(60), pick="zz").endswith(f"choose one of: {listed}.")
+    assert compat.check_combos(node(61), pick="zz").endswith(f"choose one of: {listed} (and 1 more).")
+    assert compat.check_combos(node(0), pick="zz").endswith("choose one of: none.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image, ImageOps
 from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.ann import create_vector_index, exact_top_k, ivf_nlist, recall_at_k
 from fashion_rag.retrieval.build import build_index
-from fashion_rag.retrieval.build.engines import LocalEngine
+from fashion_rag.retrieval.build.engines import LocalEngine, NewEmbeddings, read_fitted_garment
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.index import load_index
 from fashion_rag.retrieval.ondisk import (
@@ -300,3 +301,81 @@ def test_every_rebuild_message_spells_the_build_command_the_same_way(tmp_path):
     command = "python -m fashion_rag index build --catalog <images folder> --out "
     assert f"{command}{tmp_path / 'none'} --weights <encoder weights>" in str(missing.value)
     assert f"{command}<new index folder> --weights <encoder weights>" in str(not_ours.value)
+
+
+def _small_catalog(folder: Path, names: list[str]) -> Path:
+    """A folder catalog of a few distinct drawn dresses (folder mode: every image is an item)."""
+    looks = [("navy", "checks"), ("green", "dots"), ("red", "solid"), ("yellow", "stripes")]
+    (folder / "dresses").mkdir(parents=True, exist_ok=True)
+    for name, (colour, pattern) in zip(names, looks, strict=False):
+        image = draw_garment(SHAPES["dresses"]["mini dress"], COLOURS[colour], pattern)
+        image.save(folder / "dresses" / f"{name}.png")
+    return folder
+
+
+def test_rebuild_counts_removed_garments_and_rewrites_for_another_index_type(tiny_weights, tmp_path):
+    """Two of four garments removed: removed == 2 (no garment was added, so the count cannot be
+    the added ones); then the same catalog as an IVF index is written, not kept as "up to date".
+    Mutations caught: removed counted as set(new) - set(old); the up-to-date check ignoring the
+    vector index's parts (index type)."""
+    enc = GarmentEncoder(tiny_weights, TINY_ARCH)
+    cat, out = _small_catalog(tmp_path / "cat", ["a", "b", "c", "d"]), tmp_path / "idx"
+    assert build_index(scan_catalog(cat), out, enc).items == 4
+    (cat / "dresses" / "a.png").unlink()
+    (cat / "dresses" / "c.png").unlink()
+    report = build_index(scan_catalog(cat), out, enc)
+    assert (report.items, report.encoded, report.reused, report.removed, report.written) == (2, 0, 2, 2, True)
+    assert sorted(load_index(out).ids) == ["b", "d"]
+    same = build_index(scan_catalog(cat), out, enc, index_type="flat")
+    assert (same.written, same.index_type) == (False, "flat")
+    ivf = build_index(scan_catalog(cat), out, enc, index_type="ivf")
+    assert (ivf.written, ivf.removed) == (True, 0)
+    assert [p.type for p in read_manifest(out).vector_index.parts] == ["ivf"]
+
+
+def test_an_image_changed_after_hashing_is_skipped_not_encoded(tmp_path):
+    """An image whose bytes no longer hash to what the plan saw is skipped as "changed" (its
+    embedding would not match the content hash stored for it). Mutation caught: the hash
+    check of read_fitted_garment dropped."""
+    cat = scan_catalog(_small_catalog(tmp_path / "cat", ["a"]))
+    item = cat.items[0]
+    data = (tmp_path / "cat" / "dresses" / "a.png").read_bytes()
+    assert isinstance(read_fitted_garment(cat, item, hashlib.sha256(data).hexdigest()), Image.Image)
+    skip = read_fitted_garment(cat, item, hashlib.sha256(data + b"x").hexdigest())
+    assert (skip.id, skip.reason) == ("a", "changed")
+    assert "a.png changed during the build (build again)" in skip.detail
+
+
+def test_new_embeddings_refuse_non_finite_vectors(tmp_path):
+    """A broken model's NaN or inf is never stored as an embedding. Mutation caught: the
+    isfinite check of NewEmbeddings.put dropped (only the shape checked)."""
+    store = NewEmbeddings(tmp_path, 2, 3)
+    try:
+        for bad in (np.nan, np.inf):
+            with pytest.raises(ValueError, match="non-finite values; check the encoder weights"):
+                store.put(np.array([0, 1]), np.array([[1.0, 0, 0], [0, bad, 0]]), [b"p", b"q"])
+        assert not store.filled.any()
+        store.put(np.array([1]), np.array([[0.0, 1.0, 0.0]]), [b"png"])
+        assert store.filled.tolist() == [False, True] and store.image(1) == b"png"
+    finally:
+        store.close()
+
+
+def test_build_progress_counts_and_byte_equal_refused_files(tiny_weights, tmp_path):
+    """Progress after each batch of 2 of the 4 contents to encode (a, b, c, the broken one):
+    (2, 4) then (4, 4). Two byte-equal broken files (one content, decoded once) are both skipped,
+    each under its own id.
+    Mutations caught: progress reporting the batch's start (0, 4); the copy of a refused file
+    chosen by `is` instead of `is not` (the first reported twice, the copy indexed or lost)."""
+    cat = _small_catalog(tmp_path / "cat", ["a", "b", "c"])
+    broken = b"\x89PNG\r\n\x1a\nnot a png at all"
+    (cat / "dresses" / "x1.png").write_bytes(broken)
+    (cat / "dresses" / "x2.png").write_bytes(broken)
+    calls = []
+    report = build_index(scan_catalog(cat), tmp_path / "idx", GarmentEncoder(tiny_weights, TINY_ARCH),
+                         batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(2, 4), (4, 4)]  # 4 contents to encode: a, b, c and the broken one
+    assert (report.items, report.encoded) == (3, 3)
+    skipped = sorted((s.id, s.reason) for s in report.skipped)
+    assert skipped == [("x1", "not an image"), ("x2", "not an image")]
+    assert sorted(load_index(tmp_path / "idx").ids) == ["a", "b", "c"]

@@ -9,6 +9,7 @@ input token embeddings at the `$` positions (the reference's encode_text_word_em
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -296,3 +297,62 @@ def test_empty_retrieval_is_an_error_even_with_extra_images(models):
     with pytest.raises(ValueError, match=r"the garments input holds no garment \(did retrieval return"):
         models.inversion.execute(clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter,
                                  garments=empty, images=extra, category="dresses")
+
+
+def test_garment_embeddings_preprocess_at_the_vision_models_image_size(comfy_runtime, tmp_path, one_thread):
+    """A CLIP_VISION of another input size (112 here; the tiny parity model and ViT-H use 224, the
+    default) gets pixels of its own size, as transformers' processor makes them for that model.
+    Mutation caught: garment_embeddings ignoring clip_vision.image_size (always 224)."""
+    import comfy.clip_vision
+
+    vision = {**VISION, "image_size": 112}
+    ref_vision = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()
+    ref_vision.load_state_dict(randomize(ref_vision.state_dict(), 5))
+    cfg_path = tmp_path / "tiny_clip_vision_112.json"
+    cfg_path.write_text(json.dumps({**vision, "num_channels": 3, "model_type": "clip_vision_model",
+                                    "projection_dim": 16}))
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(cfg_path))
+    vsd = {f"vision_model.{k}": v for k, v in ref_vision.state_dict().items()}
+    vsd["visual_projection.weight"] = torch.zeros(16, vision["hidden_size"])
+    missing, unexpected = clip_vision.load_sd(vsd)
+    assert not missing and not unexpected, (missing, unexpected)
+    # The adapter through the pack's own loader, from a file; the reference from transformers' layers.
+    cfg = AdapterConfig(vision_width=32, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=8)
+    asd = randomize({k: torch.empty(s) for k, s in expected_shapes(cfg).items()}, 6)
+    save_file(asd, str(tmp_path / "adapter_112.safetensors"))
+    ref_adapter = ReferenceAdapter(cfg).eval()
+    ref_adapter.load_state_dict(asd)
+    pack = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.pseudo_words")
+    loader = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.adapter_loader")
+    adapter = loader.load_adapter_patcher(str(tmp_path / "adapter_112.safetensors"))
+
+    garment = smooth_garment(8)
+    ptes = pack.garment_embeddings(clip_vision, adapter, [torch.from_numpy(garment[None]).float() / 255.0])
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    pixels = processor(images=[garment], return_tensors="pt").pixel_values
+    assert pixels.shape == (1, 3, 112, 112)
+    with torch.no_grad():
+        ref = ref_adapter(ref_vision(pixel_values=pixels).last_hidden_state)
+    assert ptes.shape == (1, 16, 8)
+    assert rel_err(ptes, ref.reshape(1, 16, 8)) < 1e-4
+
+
+def test_adapter_is_fp32_where_the_device_has_no_fast_fp16(comfy_runtime, monkeypatch):
+    """ComfyUI started with --fp16-text-enc keeps text encoders in fp16, but the plain-torch
+    adapter computes in the dtype it is stored in: on a device without fast fp16 (a CPU) the
+    loader keeps it in fp32. (The test harness starts ComfyUI with --fp32-text-enc; this test
+    sets the fp16 flag of ComfyUI's own parsed arguments instead.) Mutation caught: fp16 taken
+    whenever text_encoder_dtype says fp16 (the should_use_fp16 check dropped)."""
+    import comfy.model_management as mm
+    from comfy.cli_args import args
+
+    monkeypatch.setattr(args, "fp32_text_enc", False)
+    monkeypatch.setattr(args, "fp16_text_enc", True)
+    cpu = torch.device("cpu")
+    assert mm.text_encoder_dtype(cpu) == torch.float16 and not mm.should_use_fp16(cpu)  # the premise
+    loader = importlib.import_module(f"{comfy_runtime.pack.__name__}.nodes.adapter_loader")
+    assert loader._adapter_dtype(cpu) == torch.float32
+    monkeypatch.setattr(args, "bf16_text_enc", True)
+    monkeypatch.setattr(args, "fp16_text_enc", False)
+    assert mm.text_encoder_dtype(cpu) == torch.bfloat16 and not mm.should_use_bf16(cpu)
+    assert loader._adapter_dtype(cpu) == torch.float32

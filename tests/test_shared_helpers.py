@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from fashion_rag.categories import normalize_category, resolve_category
 from fashion_rag.logs import error_line
+from fashion_rag.model_files import ADAPTER, missing_file_message
 from fashion_rag.paths import listing
 from fashion_rag.records import Mistyped, from_json, parse, to_json
 from fashion_rag.tables import read_rows
@@ -81,3 +83,65 @@ def test_tables_number_rows_by_line_and_keep_what_the_format_keeps(tmp_path):
         read_rows(tmp_path / "latin.csv", "query file")
     with pytest.raises(FileNotFoundError, match="Table .*none.csv does not exist"):
         read_rows(tmp_path / "none.csv")
+
+
+def test_json_lines_by_every_suffix_people_use(tmp_path):
+    """.jsonl, .ndjson and .json are JSON Lines (one object a line), whatever the case of the
+    suffix; anything else is CSV. Mutation caught: ".ndjson" dropped from the JSON Lines
+    suffixes (the file then read as a one-column CSV)."""
+    for name in ("t.jsonl", "t.ndjson", "t.json", "t.NDJSON"):
+        (tmp_path / name).write_text('{"id": "a", "Category": "dresses"}\n{"id": "b"}\n')
+        assert read_rows(tmp_path / name) == [(1, {"id": "a", "category": "dresses"}), (2, {"id": "b"})], name
+
+
+@dataclass(frozen=True)
+class Marker:
+    owner: str | None  # required, and None is a value of it
+    note: str | None = None
+
+
+def test_to_json_keeps_a_required_field_that_is_none():
+    """Only fields left at a None *default* are left out; a required field holding None stays
+    (else the record could not be read back: "owner is missing"). Mutation caught: every None
+    field left out of to_json."""
+    assert to_json(Marker(None)) == {"owner": None}
+    assert to_json(Marker("me", "n")) == {"owner": "me", "note": "n"}
+    assert from_json(Marker, to_json(Marker(None)), "", []) == Marker(None)
+
+
+@pytest.mark.parametrize(("text", "category"), [
+    ("upper body", "upper_body"), ("Upper Body", "upper_body"), (" T-Shirt ", "upper_body"),
+    ("women tops", "upper_body"), ("Jumpsuit", "dresses"), ("evening gown", "dresses"),
+    ("long-skirts", "lower_body"), ("lower-body", "lower_body"), ("Jeans", "lower_body"),
+    ("shoes", None), ("", None), (None, None),
+])
+def test_free_text_categories(text, category):
+    """Catalog words -> the three categories (literals). Mutations caught: a jumpsuit mapped to
+    upper body; spaces no longer read as word separators ("upper body" unknown)."""
+    assert normalize_category(text) == category
+
+
+def test_category_choice_auto_and_unknown():
+    """'auto' takes the first garment's category; a named category must be one of the three.
+    Mutation caught: the check of a hand-chosen category dropped (any string accepted)."""
+    assert resolve_category("lower_body", None) == "lower_body"
+    assert resolve_category("auto", ("g1", "Dress")) == "dresses"
+    with pytest.raises(ValueError, match=r"unknown category 'shoes'; use auto or one of upper_body"):
+        resolve_category("shoes", ("g1", "dresses"))
+    with pytest.raises(ValueError, match=r"no 'garments' input is connected: choose one of upper_body"):
+        resolve_category("auto", None)
+    with pytest.raises(ValueError, match=r"first garment \(g7\) has category 'hat'.*choose the category by"):
+        resolve_category("auto", ("g7", "hat"))
+
+
+def test_missing_model_file_message_names_the_file_the_folders_searched_and_the_remedy():
+    """The one message of a missing model file: which file, every folder searched (or that none
+    was), where the file comes from, where to put it and how to refresh. Mutation caught: the
+    "(searched: ...)" part dropped from missing_file_message."""
+    msg = missing_file_message(ADAPTER, "mine.pth", ["/m/fashion_rag/adapter", "/x/adapters"])
+    for part in ("'mine.pth' was not found", "(searched: /m/fashion_rag/adapter, /x/adapters)",
+                 "inversion_adapter_120000.pth from the Hugging Face hub repository furio19/fashion-rag",
+                 "into models/fashion_rag/adapter/", "'fashion_rag_adapter' in extra_model_paths.yaml",
+                 "press R"):
+        assert part in msg, part
+    assert "(searched: no folder)" in missing_file_message(ADAPTER, None, [])
