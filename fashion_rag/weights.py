@@ -32,6 +32,11 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():  # "no such file" would send the user looking for a file that is there
+            raise WeightFileError(f"{path}: a folder, not a weight file ({what}): give the file inside it")
+        if path.exists():
+            raise WeightFileError(f"{path}: not a regular file (a pipe or a device), not {what}: "
+                                  "give the file itself")
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file

@@ -71,3 +71,25 @@ def test_tied_parameters_stay_tied_on_meta_and_after_materialize():
     materialize(holder)
     assert not a.weight.is_meta and a.weight.shape == (2, 3)
     assert b.weight is a.weight and a.bias.shape == (2,)
+
+
+def test_a_folder_or_a_pipe_in_place_of_a_weight_file_says_so(tmp_path, capsys):
+    """A folder given where a weight file belongs (`convert-unet models/unet/ out.safetensors`) was
+    "no such file", sending the user to look for a file that is there; a FIFO likewise. Now each
+    says what it is, in one line, exit 1 from convert-unet; a missing file stays "no such file"."""
+    import os
+
+    from fashion_rag.cli import main
+
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(WeightFileError, match=r"unet: a folder, not a weight file \(a UNet\): give the file"):
+        read_state_dict(tmp_path / "unet", "a UNet")
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(WeightFileError, match=r"pipe.pth: not a regular file \(a pipe or a device\)"):
+        read_state_dict(tmp_path / "pipe.pth")
+    with pytest.raises(FileNotFoundError, match="gone.pth: no such file"):
+        read_state_dict(tmp_path / "gone.pth")
+    assert main(["convert-unet", str(tmp_path / "unet"), str(tmp_path / "out.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("convert-unet: ") and "a folder, not a weight file" in err
+    assert not (tmp_path / "out.safetensors").exists()
