@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fashion_rag.cli.comfy_server import ComfyClient
+from fashion_rag.cli.comfy_server import ComfyClient, PromptFailed
 
 
 class _SlowHistory(BaseHTTPRequestHandler):
@@ -69,3 +69,34 @@ def test_the_prompt_deadline_still_holds(slow_server):
     with pytest.raises(TimeoutError, match="prompt p1 did not finish in 0.2s"):
         client.run({"1": {"class_type": "X", "inputs": {}}}, timeout=0.2)
 
+
+
+def test_refused_and_failed_prompts_raise(comfy_server):
+    """Against the real server (the suite's shared one): a prompt whose one output validates and
+    another does not (ComfyUI answers 200 with node_errors and would run the good one), and a
+    prompt that fails while it runs (keypoints that are not JSON). Mutations caught: node_errors
+    in a 200 answer ignored (the half-valid prompt run as if accepted); a finished history entry
+    returned without looking at its status_str (a failed run taken for a result)."""
+    client = ComfyClient(comfy_server.url)
+    empty = {"width": 8, "height": 8, "batch_size": 1, "color": 0}
+    good = {"1": {"class_type": "EmptyImage", "inputs": empty},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    half = {**good, "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}  # no filename_prefix
+    with pytest.raises(PromptFailed) as err:
+        client.run(half, timeout=120)
+    assert err.value.kind == "validation" and list(err.value.payload["node_errors"]) == ["3"]
+    failing = {"1": {"class_type": "FashionRAGPoseFromKeypoints",
+                     "inputs": {"keypoints_json": "not json", "width": 64, "height": 64}},
+               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}}}
+    with pytest.raises(PromptFailed) as err:
+        client.run(failing, timeout=120)
+    assert err.value.kind == "execution" and err.value.payload["status_str"] == "error"
+
+
+def test_ready_means_the_pack_node_is_there(comfy_server):
+    """wait_ready on the suite's running server, asking for a node it does not have: the server
+    answers, so the error is that the pack did not load (with the log), at once. Mutation
+    caught: /object_info's answer not checked for the node (any answering server taken as ready)."""
+    comfy_server.wait_ready(timeout=30)  # the pack's index loader is there
+    with pytest.raises(RuntimeError, match="ComfyUI runs but the pack did not load:\n"):
+        comfy_server.wait_ready(timeout=30, node="FashionRAGNoSuchNode")

@@ -145,3 +145,36 @@ def test_conditioning_matches_reference_at_real_depth(encoders, category, k):
     assert pos_err < 1e-5 and neg_err < 1e-5
     # The PTEs are really in it: the plain prompt (the `$` token rows) gives another conditioning.
     assert rel_err(positive, encoders.reference_encode(literal_prompt(category, k))) > 1e-2
+
+
+def test_one_prompt_per_garment_is_a_batch_of_the_reference_prompts(encoders):
+    """encode_each_garment with k=2: prompt i of the batch is the one-garment reference prompt with
+    garment i's PTEs, and SD2's pooled output is batched with it. Mutations caught: every prompt
+    built from the first garment (ptes[:1] instead of ptes[i:i+1]); the pooled output left as the
+    first prompt's instead of concatenated (batch 1 beside a prompt batch of 2)."""
+    g = torch.Generator().manual_seed(21)
+    ptes = 0.3 * torch.randn(2, TOKENS_PER_GARMENT, WIDTH["hidden_size"], generator=g)
+    with torch.inference_mode():
+        positive, negative = encoders.inversion.encode_each_garment(encoders.clip, ptes, "upper_body")
+    (cond, extras), = positive
+    assert cond.shape == (2, 77, WIDTH["hidden_size"])
+    for i in range(2):
+        reference = encoders.reference_encode(literal_prompt("upper_body", 1), ptes[i:i + 1])
+        assert rel_err(cond[i:i + 1], reference) < 1e-5, i
+    pooled = extras["pooled_output"]
+    assert pooled.shape[0] == 2 and (pooled[0] - pooled[1]).abs().max() > 1e-4
+    assert negative[0][0].shape == (1, 77, WIDTH["hidden_size"])
+
+
+def test_injection_refuses_other_widths_and_a_second_chunk(encoders):
+    """Mutations caught: the text-encoder width check dropped (32-wide PTEs into a 64-wide CLIP
+    would be padded or fail deep inside ComfyUI with no remedy); a prompt of two 77-token chunks
+    accepted (`len(chunks) < 1` for `!= 1`), where the PTEs could not all sit in one chunk."""
+    inject = encoders.inversion.inject_embeddings
+    with pytest.raises(ValueError, match=r"32-wide embeddings, but this CLIP's text encoder \('h'\) is "
+                                         r"64-wide\. Use the SD2 text encoder"):
+        inject(encoders.clip, literal_prompt("dresses", 1), torch.zeros(1, TOKENS_PER_GARMENT, 32))
+    long_prompt = "a photo of " + "very " * 70 + literal_prompt("dresses", 1)
+    with pytest.raises(Exception, match=r"takes 2 CLIP chunks; it must fit one \(77 tokens\)") as info:
+        inject(encoders.clip, long_prompt, torch.zeros(1, TOKENS_PER_GARMENT, WIDTH["hidden_size"]))
+    assert type(info.value).__name__ == "PromptTooLongError"

@@ -42,3 +42,28 @@ def test_one_entry_per_file_version_and_least_recently_used_eviction(comfy_runti
     cache.get(files[0], loader(files[0]))  # a is now the most recently used
     cache.get(files[2], loader(files[2]))
     assert sorted(os.path.basename(p) for p, _ in cache.items()) == ["a", "c"]
+
+
+def test_a_reloaded_entry_is_the_most_recent_and_a_link_is_its_file(comfy_runtime, tmp_path):
+    """Mutations caught: the stale entry not popped before reloading (the reloaded model keeps
+    the old entry's place and is evicted next, though just used); the source keyed on the path as
+    given instead of its real path (a symlink to a cached file loads a second copy)."""
+    ModelCache = pack_module(comfy_runtime, "nodes.model_cache").ModelCache
+    for name in "abc":
+        (tmp_path / name).write_text(name)
+    loads: list[str] = []
+
+    def load(name: str):
+        return lambda: loads.append(name) or f"{name}#{len(loads)}"
+
+    cache = ModelCache(max_entries=2)
+    cache.get(str(tmp_path / "a"), load("a"))
+    cache.get(str(tmp_path / "b"), load("b"))
+    os.utime(tmp_path / "a", ns=(1, 1))  # a changed: reloaded, and now the most recently used
+    assert cache.get(str(tmp_path / "a"), load("a")) == "a#3"
+    cache.get(str(tmp_path / "c"), load("c"))  # evicts b, the least recently used
+    assert [os.path.basename(p) for p, _ in cache.items()] == ["a", "c"]
+
+    (tmp_path / "link").symlink_to(tmp_path / "c")
+    assert cache.get(str(tmp_path / "link"), load("link")) == "c#4"  # c's entry, no new load
+    assert loads == ["a", "b", "a", "c"]

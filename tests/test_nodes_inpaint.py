@@ -191,6 +191,43 @@ def test_one_person_and_a_prompt_batch_give_candidates_with_one_noise(comfy_runt
         run(model, batch, neg, vae, image.expand(2, -1, -1, -1), mask, **args)
 
 
+def test_several_entries_count_their_largest_prompt_batch(parts):
+    """A positive CONDITIONING of two entries (ConditioningCombine of a one-prompt and a two-prompt
+    conditioning) and one person: two candidates, each entry's channels batched to match. Mutation
+    caught: the prompt count read from the first entry only (one candidate, a batch-1 latent)."""
+    model, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    two = torch.cat([pos[0][0], torch.randn_like(pos[0][0])])
+    combined = [[pos[0][0], {}], [two, {}]]
+    with torch.inference_mode():
+        p, _, latent = inpaint.FashionRAGInpaintConditioning.execute(combined, neg, vae, image, mask,
+                                                                     pose=pose)
+    assert latent["samples"].shape[0] == 2 and latent["batch_index"] == [0, 0]
+    assert [entry[1]["noise_concat"].shape[0] for entry in p] == [2, 2]
+    assert torch.equal(p[0][1]["noise_concat"][0], p[0][1]["noise_concat"][1])  # one person, twice
+
+
+def test_a_vae_of_another_latent_width_is_refused(comfy_runtime, parts):
+    """A 16-channel VAE (SD3/Flux-like latents) in place of SD2's 4-channel one: refused with the
+    shape it gave and the remedy. Mutation caught: the latent-channel check dropped (the 16
+    channels would silently become 35 conditioning channels)."""
+    import comfy.sd
+    from diffusers import AutoencoderKL
+    from test_inpaint_parity import VAE_CONFIG
+
+    _, _, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    dvae = AutoencoderKL(**{**VAE_CONFIG, "latent_channels": 16})
+    config = {"params": {"embed_dim": 16, "ddconfig": {
+        "double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    vae16 = comfy.sd.VAE(sd={k: v.clone() for k, v in dvae.state_dict().items()}, config=config)
+    with pytest.raises(ValueError, match=r"The VAE gave latents of shape \(1, 16, 8, 6\); the Fashion-RAG "
+                                         r"UNet needs 4x8x6: use the SD2 \(SD1.x-family\) VAE\."), \
+            torch.inference_mode():
+        inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae16, image, mask, pose=pose)
+
+
 def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
     model, vae, inpaint = parts
     image, mask, pose, pos, neg = inputs()
