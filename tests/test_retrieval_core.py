@@ -336,3 +336,37 @@ def test_a_filtered_search_never_probes_fewer_lists_than_an_unfiltered_one():
     one[:, 0] = 1.0
     vec = create_vector_index(x, "ivf", filtered_probes=one)
     assert vec.nprobe > 8 and vec.nprobe_filtered >= vec.nprobe
+
+
+def test_a_version_replaced_twice_during_a_load_is_read_again_from_the_newest(ivf_built, tmp_path):
+    """A reader resolves the current version, then two builds finish before it reads the manifest:
+    builds keep the current and the previous version, so the one it resolved is gone. The load is
+    tried again on the version the pointer names now, and succeeds.
+    Mutation caught: the retry in ondisk._retrying disabled (the reader failed with "incomplete")."""
+    from fashion_rag.retrieval.ondisk import _retrying, clean_stale, read_version_manifest, resolve_version
+
+    copy, data_dir, _ = _copy(ivf_built, tmp_path)
+    first = data_dir.name
+    seen: list[str] = []
+
+    def rebuild() -> None:
+        current = resolve_version(copy).data_dir
+        with build_lock(copy) as lock, temp_folder(lock, version=True) as tmp:
+            for f in current.iterdir():
+                if f.name not in ("manifest.json", ".build.json"):
+                    shutil.copyfile(f, tmp / f.name)
+            write_version(lock, tmp, read_manifest(copy))
+            clean_stale(lock)  # as a build does: versions older than the previous one go
+
+    def load(ver):
+        seen.append(ver.version)
+        if len(seen) == 1:  # two builds finish while this reader is between resolving and reading
+            rebuild()
+            rebuild()
+            assert not (copy / first).exists()
+        return read_version_manifest(ver)
+
+    manifest = _retrying(copy, load)
+    newest = resolve_version(copy).version
+    assert seen == [first, newest] and newest != first
+    assert manifest.count == read_manifest(copy).count
