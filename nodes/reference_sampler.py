@@ -49,6 +49,8 @@ def stock_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: 
 def sampler_and_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float):
     """(sampler object, sigmas) for `sampler_name`: the reference DDIM or a stock sampler."""
     if sampler_name == REFERENCE_SAMPLER:
+        if denoise > FULL_DENOISE:  # the whole schedule, as KSampler runs it: not one step short
+            denoise = 1.0
         return ReferenceDDIM(unit_noise_start=denoise > FULL_DENOISE), reference_sigmas(model, steps, denoise)
     sigmas = stock_sigmas(model, sampler_name, scheduler, steps, denoise)
     return comfy.samplers.sampler_object(sampler_name), sigmas
@@ -68,7 +70,7 @@ class FashionRAGReferenceDDIM(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to sample (its noise schedule sets the sigmas)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (reference 50)."),
+                io.Int.Input("steps", default=50, min=1, max=999, tooltip="Denoising steps (reference 50)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 = start from pure noise (the reference); lower keeps the last "
                                        "steps only, starting from the latent given to SamplerCustom."),

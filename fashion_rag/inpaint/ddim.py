@@ -50,8 +50,8 @@ def alphas_cumprod_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
 def ddim_timesteps(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
                    steps_offset: int = 1) -> list[int]:
     """diffusers' "leading" spacing: 50 steps -> 981, 961, ..., 1."""
-    if steps < 1 or steps > num_train_timesteps:
-        raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {steps}")
+    if steps < 1 or steps > num_train_timesteps - steps_offset:  # else timestep 1000 of 0..999
+        raise ValueError(f"steps must be in 1..{num_train_timesteps - steps_offset}, got {steps}")
     ratio = num_train_timesteps // steps
     return [i * ratio + steps_offset for i in reversed(range(steps))]
 
