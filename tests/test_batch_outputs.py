@@ -5,6 +5,7 @@ through its own /view, as a batch fetches a row's outputs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ SUB = "fr_test_batch_outputs"  # this module's folder inside the server's output
 
 @pytest.fixture
 def view_server(comfy_server, comfy_base):
-    """(client of the shared server, its base folder): /view reads base/<type>/<subfolder>/<name>."""
-    return ComfyClient(comfy_server.url), Path(comfy_base)
+    """(client of the shared server, its base folder): /view reads base/<type>/<subfolder>/<name>.
+    This module's files are removed after each test: other tests read the server's folders (e.g.
+    every preview in temp/ as an image)."""
+    yield ComfyClient(comfy_server.url), Path(comfy_base)
+    for kind in ("output", "temp"):
+        shutil.rmtree(Path(comfy_base) / kind / SUB, ignore_errors=True)
 
 
 def _image(root: Path, kind: str, name: str, data: bytes, subfolder: str = "") -> dict:
