@@ -261,3 +261,19 @@ def catalog_dir(tmp_path, demo_source) -> Path:
     import shutil
 
     return Path(shutil.copytree(demo_source, tmp_path / "catalog"))
+
+
+@pytest.fixture(scope="session")
+def mini_source(tmp_path_factory) -> Path:
+    """The mini Dress Code (tools/demo/dresscode.py, 2 pairs per category), written once."""
+    from tools.demo.dresscode import write_mini_dresscode
+
+    return write_mini_dresscode(tmp_path_factory.mktemp("dresscode") / "DressCode", per_category=2)
+
+
+@pytest.fixture
+def mini(tmp_path, mini_source) -> Path:
+    """A private, modifiable copy of the mini Dress Code."""
+    import shutil
+
+    return Path(shutil.copytree(mini_source, tmp_path / "DressCode"))

@@ -6,9 +6,7 @@ workflow."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,23 +20,12 @@ from fashion_rag.evaluation.dresscode import prepare_dresscode, read_dresscode
 from fashion_rag.evaluation.own_photos import prepare_photo, read_photo_table
 from fashion_rag.evaluation.pairs import DatasetError, PairError, reference_file_stem
 from fashion_rag.evaluation.rankings import reference_rankings, relevant_garments
-from tools.demo.dresscode import write_mini_dresscode
 from tools.demo.metric_weights import write_demo_metric_weights
 from tools.demo.person import KEYPOINTS, draw_person, keypoints_json
 from tools.harness import REPO
 
 ALL = ("dresses", "upper_body", "lower_body")
 EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
-
-
-@pytest.fixture(scope="module")
-def mini_source(tmp_path_factory) -> Path:
-    return write_mini_dresscode(tmp_path_factory.mktemp("dresscode") / "DressCode", per_category=2)
-
-
-@pytest.fixture
-def mini(tmp_path, mini_source) -> Path:
-    return Path(shutil.copytree(mini_source, tmp_path / "DressCode"))
 
 
 def _evaluate(capsys, *args: str) -> tuple[int, str, str]:

@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from fashion_rag.cli.evaluate_graph import Sampling, evaluation_graph, model_fil
 from fashion_rag.evaluation.own_photos import prepare_photo, read_photo_table
 from fashion_rag.evaluation.pairs import PairError, Problem, read_dataset_json, read_json
 from fashion_rag.evaluation.report import write_report
-from tools.demo.dresscode import write_mini_dresscode
 from tools.harness import REPO
 
 EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
@@ -33,16 +31,6 @@ EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
 NAMES = {"dresses": "052000_0_plain_pattern_red_mini_dress_soft_cotton_fabric.png",
          "lower_body": "051000_0_blue_shorts_soft_cotton_fabric_striped_pattern.png",
          "upper_body": "048000_0_green_sleeveless_top_polka-dot_pattern_soft_cotton_fabric.png"}
-
-
-@pytest.fixture(scope="module")
-def mini_source(tmp_path_factory) -> Path:
-    return write_mini_dresscode(tmp_path_factory.mktemp("dresscode") / "DressCode", per_category=2)
-
-
-@pytest.fixture
-def mini(tmp_path, mini_source) -> Path:
-    return Path(shutil.copytree(mini_source, tmp_path / "DressCode"))
 
 
 def _args(*argv: str) -> argparse.Namespace:
