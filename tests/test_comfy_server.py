@@ -10,9 +10,7 @@ import pytest
 
 from fashion_rag.cli.batch_server import default_comfyui, describe, start_server
 from fashion_rag.cli.comfy_server import make_base_dir
-from tools.harness import comfy_path
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from tools.harness import REPO, comfy_path
 
 
 def test_a_server_that_exits_at_start_says_why_with_its_log_tail(tmp_path):
