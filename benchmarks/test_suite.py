@@ -8,7 +8,9 @@ Runs `python -m pytest` (with the given arguments, e.g. `tests/test_index_ray.py
 or `-n 2 --dist loadgroup`) and, while it runs, samples the load average and every process it
 starts (ComfyUI servers: `main.py`; Ray workers; Chromium), then prints one table: per test
 module, the summed test time (setup + call + teardown, from pytest's JUnit XML), its tests and
-the load average while it ran; then the 15 slowest tests and the process counts. With --junit
+the load average while it ran; then the 15 slowest tests, the process counts, and the CPU seconds
+each kind of process used (read from /proc every half second: a process's last half second is
+missed; --processes FILE writes every process seen, as JSON). With --junit
 FILE and no pytest run it only reads an existing report (no process counts then); --ci runs
 `bash .ci/test` (setup, lint, 2 workers) and reads the report it leaves in the cache.
 
@@ -24,6 +26,7 @@ A test the report lacks counts 1 s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +44,8 @@ KINDS = {
     "Ray worker": lambda argv: any(a.endswith("default_worker.py") for a in argv),
     "Chromium (browser process)": lambda argv: argv[0].endswith("chromium") and not any(
         a.startswith("--type=") for a in argv),
-    "pytest-xdist worker": lambda argv: "execnet" in " ".join(argv[:4]),
+    # execnet's popen gateway: `python -u -c "import sys;exec(eval(sys.stdin.readline()))"`
+    "pytest-xdist worker": lambda argv: argv[1:3] == ["-u", "-c"] and "stdin.readline" in " ".join(argv[3:4]),
 }
 
 
@@ -53,6 +57,27 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used (not its children's)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14-15)
+
+
+def _kind(argv: list[str]) -> str:
+    """The process kind of KINDS, or "other: <program> <script>" (what the rest of the CPU ran)."""
+    for kind, belongs in KINDS.items():
+        if argv and belongs(argv):
+            return kind
+    if argv and argv[0].endswith("chromium"):
+        return "Chromium (its other processes)"
+    words = [Path(a).name[:30] for a in argv[:3] if a and not a.startswith("-")]
+    return "other: " + " ".join(words[:2])
+
+
 class Watcher(threading.Thread):
     """Samples the load average and the descendants of `root` twice a second."""
 
@@ -62,6 +87,9 @@ class Watcher(threading.Thread):
         self.procs: dict[int, list[str]] = {}  # pid -> argv
         self.load: list[tuple[float, float]] = []  # (time, 1-minute load average)
         self.rss: dict[int, int] = {}  # pid -> largest resident set seen (bytes), own processes
+        # pid -> CPU seconds (user + system) at its last sample: a process's last half second and
+        # one living under half a second are missed, so the sums are slightly low
+        self.cpu: dict[int, float] = {}
         # largest sum of the tree's resident sets at one sample: what the run holds at once
         # (a module's child processes included), the figure that decides its xdist group
         self.peak_total = 0
@@ -87,6 +115,7 @@ class Watcher(threading.Thread):
                 except (OSError, ValueError, IndexError):
                     continue
                 total += rss
+                self.cpu[pid] = _cpu_seconds(pid) or self.cpu.get(pid, 0.0)
                 if pid != self.root:
                     self.rss[pid] = max(self.rss.get(pid, 0), rss)
             self.peak_total = max(self.peak_total, total)
@@ -153,6 +182,8 @@ def main() -> int:
     p.add_argument("--ci", action="store_true", help="run `bash .ci/test` (report: the cache's test-run.xml)")
     p.add_argument("--groups", action="store_true",
                    help="no run: per-group seconds of a report under today's xdist groups, per worker")
+    p.add_argument("--processes", type=Path,
+                   help="write every process seen (argv, CPU seconds, largest RSS) as JSON")
     p.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments (default: tests)")
     args = p.parse_args()
     if args.groups:
@@ -175,6 +206,7 @@ def main() -> int:
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=REPO)
         watcher = Watcher(proc.pid)
+        watcher.procs[proc.pid] = cmd  # (its CPU is counted too)
         watcher.start()
         proc.wait()
         wall = time.monotonic() - start
@@ -203,6 +235,19 @@ def main() -> int:
         for kind, belongs in KINDS.items():
             n = sum(bool(argv) and belongs(argv) for argv in watcher.procs.values())
             print(f"  processes started: {kind}: {n}")
+        cpu: dict[str, list[float]] = defaultdict(list)
+        for pid, seconds in watcher.cpu.items():
+            cpu[_kind(watcher.procs.get(pid, []))].append(seconds)
+        print("\n| process kind | processes | CPU seconds (sampled) |\n|---|---|---|")
+        for kind, times in sorted(cpu.items(), key=lambda kv: -sum(kv[1]))[:14]:
+            print(f"| {kind} | {len(times)} | {sum(times):.0f} |")
+        print(f"| **all** | {len(watcher.cpu)} | {sum(watcher.cpu.values()):.0f} |")
+        if args.processes:
+            seen = [{"pid": pid, "argv": argv, "kind": _kind(argv),
+                     "cpu_s": round(watcher.cpu.get(pid, 0), 1),
+                     "rss_gib": round(watcher.rss.get(pid, 0) / 2**30, 2)}
+                    for pid, argv in watcher.procs.items()]
+            args.processes.write_text(json.dumps(sorted(seen, key=lambda r: -r["cpu_s"]), indent=1))
     return 0
 
 
