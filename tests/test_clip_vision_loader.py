@@ -7,6 +7,7 @@ mapped file beside the model, +0.5 model), and the weights equal the stock loade
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -60,3 +61,27 @@ def test_a_vit_h_file_missing_weights_is_refused(comfy_runtime, tmp_path):
               str(path))
     with pytest.raises(ValueError, match="lacks .* weights"):
         _module().load_clip_vision(str(path))
+
+
+def test_a_vit_g_file_is_refused_before_any_model_is_built(comfy_runtime, tmp_path):
+    """A ViT-g/14 vision tower (48 layers) holds ViT-H's 31st layer key too: it is refused by
+    name, not loaded into a ViT-H model.
+    Mutation caught: the ViT-g key check dropped (a ViT-H model built, then 'lacks ... weights')."""
+    path = tmp_path / "clip_vision_g.safetensors"
+    save_file({f"vision_model.encoder.layers.{i}.layer_norm1.weight": torch.ones(1664) for i in range(48)},
+              str(path))
+    with pytest.raises(ValueError, match=r"clip_vision_g\.safetensors is not a CLIP ViT-H/14 vision tower"):
+        _module().load_clip_vision(str(path))
+
+
+def test_a_missing_weights_message_counts_them_and_names_one(comfy_runtime, tmp_path):
+    """The message names one missing key (not the whole list) and how many are missing.
+    Mutation caught: the whole list of missing keys in the message."""
+    given = [f"vision_model.encoder.layers.{i}.layer_norm1.weight" for i in range(32)]
+    path = tmp_path / "clip_vision_h_part.safetensors"
+    save_file({k: torch.ones(1280) for k in given}, str(path))
+    with pytest.raises(ValueError) as err:
+        _module().load_clip_vision(str(path))
+    found = re.search(r"lacks (\d+) weights \(e\.g\. ([\w.]+)\)\. Expected ", str(err.value))
+    assert found, str(err.value)
+    assert int(found[1]) > 300 and found[2].startswith("vision_model.") and found[2] not in given

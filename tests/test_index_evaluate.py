@@ -139,6 +139,10 @@ def test_query_files_that_cannot_be_read_are_refused_naming_file_line_and_fix(tm
                       "line 2: category 'shoes' is not one of upper_body, lower_body, dresses"),
         "no_ids.csv": ('text,relevant\nred top,top_red\nblue top," , "\n',
                        "line 3: no relevant garment ids: list the garments that answer the query"),
+        # A header alone (was: "needs a header row ... (found: no rows)", the header it has).
+        "header_only.csv": ("text,relevant,category\n",
+                            "holds no queries: add a row per query under the header"),
+        "empty.csv": ("", "holds no queries"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
@@ -243,3 +247,18 @@ def test_evaluate_index_ranks_to_the_largest_k_whatever_their_order(toy):
     rows = evaluate_index(load_index(root / "shop"), read_queries(root / "queries" / "text.csv"), ks=(2, 1),
                           mode="caption")
     assert rows[-1] == {"category": "all", "queries": 4, "R@2": 1.0, "P@2": 0.875, "R@1": 0.5, "P@1": 0.25}
+
+
+def test_many_unknown_ids_are_listed_five_at_most(toy):
+    """A query with six unknown ids (after a known one) names the first five, in order.
+    Mutation caught: the unknown ids listed one only."""
+    from fashion_rag.evaluation.labelled_queries import LabelledQuery, evaluate_index
+    from fashion_rag.retrieval.index import load_index
+
+    root, _ = toy
+    ids = ("top_red", "u1", "u2", "u3", "u4", "u5", "u6")
+    with pytest.raises(ValueError) as err:
+        query = LabelledQuery(7, "red top", None, ids, None)
+        evaluate_index(load_index(root / "shop"), [query], mode="caption")
+    assert str(err.value) == ("line 7 of the query file: relevant id(s) u1, u2, u3, u4, u5 are not in index "
+                              "'shop': fix the ids or rebuild the index")

@@ -488,3 +488,12 @@ def test_preview_outlines_each_images_own_mask(scored):
         torch.testing.assert_close(preview[r, y, x], colour, atol=1e-6, rtol=0)
         y, x = corners[1 if n != 1 else 0]
         assert not torch.allclose(preview[r, y, x], colour, atol=0.05), (r, n)
+
+
+def test_a_mask_of_another_size_is_named_width_by_height():
+    """The crop's size message gives width x height of both, as the image's size is read.
+    Mutation caught: the mask's size given height x width."""
+    with pytest.raises(ValueError) as err:
+        C.garment_crop(torch.rand(64, 48, 3), torch.ones(64, 40))
+    assert str(err.value) == ("the mask is 40x64 but the image is 48x64: score with the mask the image "
+                              "was inpainted with")

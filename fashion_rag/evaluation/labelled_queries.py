@@ -40,10 +40,13 @@ def read_queries(path: str | Path) -> list[LabelledQuery]:
 
     path = Path(path)
     rows = read_rows(path, "query file")
-    columns = set(rows[0][1]) if rows else set()
+    if not rows:  # (an empty file, or a header alone: the columns are read from the rows)
+        raise ValueError(f"{path} holds no queries: add a row per query under the header "
+                         "(columns text and/or image, relevant, category)")
+    columns = set(rows[0][1])
     if "relevant" not in columns or not columns & {"text", "image"}:
         raise ValueError(f"{path} needs a header row with 'relevant' and 'text' and/or 'image' columns "
-                         f"(found: {', '.join(sorted(c for c in columns if c)) or 'no rows'})")
+                         f"(found: {', '.join(sorted(c for c in columns if c))})")
     queries = []
     for line, row in rows:
         text, image, cat = ((row.get(k) or "").strip() for k in ("text", "image", "category"))
@@ -58,8 +61,6 @@ def read_queries(path: str | Path) -> list[LabelledQuery]:
             raise ValueError(f"{where}: no relevant garment ids: list the garments that answer the query")
         picture = inside(image, path.resolve().parent, f"query image of {where}") if image else None
         queries.append(LabelledQuery(line, text or None, picture, tuple(relevant), category))
-    if not queries:
-        raise ValueError(f"{path} holds no queries")
     return queries
 
 
