@@ -273,6 +273,32 @@ def test_a_faiss_file_of_the_l2_metric_is_refused_even_with_its_checksum(ivf_bui
     _refused(copy, encoder, "vectors-0.faiss does not use inner product")
 
 
+def test_a_parts_filtered_nprobe_is_read_from_its_manifest(ivf_built, tmp_path):
+    """vectors-0.faiss replaced by an inner-product IVF4,SQ8 index of the same 12 dresses made by
+    FAISS directly (its sha256 and size put in the manifest), nprobe 1 and nprobe_filtered 3: the
+    loaded part probes 3 lists under a category filter, 1 without.
+    Mutation caught: load ignoring nprobe_filtered (`nprobe_filtered = rec.nprobe` in ann._checked_ivf)."""
+    copy, data_dir, encoder = _copy(ivf_built, tmp_path)
+    emb = np.load(data_dir / "embeddings.npy")
+    cats = json.loads((data_dir / "manifest.json").read_text())["items"]["categories"]
+    dresses = emb[[i for i, c in enumerate(cats) if c == "dresses"]]
+    ivf = faiss.index_factory(emb.shape[1], "IVF4,SQ8", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(dresses)
+    ivf.add(dresses)
+    faiss.write_index(ivf, str(data_dir / "vectors-0.faiss"))
+    raw = (data_dir / "vectors-0.faiss").read_bytes()
+
+    def change(m):
+        m["files"]["sha256"]["vectors-0.faiss"] = hashlib.sha256(raw).hexdigest()
+        m["files"]["bytes"]["vectors-0.faiss"] = len(raw)
+        m["vector_index"]["parts"][0].update(factory="IVF4,SQ8", nprobe=1, nprobe_filtered=3)
+
+    _edit(data_dir, change)
+    part = load_index(copy, encoder).vectors.parts[0]
+    assert part.categories == ("dresses",)
+    assert (part.vectors.nprobe, part.vectors.nprobe_filtered) == (1, 3)
+
+
 def test_a_stored_image_at_a_negative_offset_is_refused(ivf_built, tmp_path):
     """Item 0's stored image at offset -5 (its end still inside the shard). Mutation caught: the
     `offset < 0` bound dropped from manifest_problems in ondisk.py: the index loaded."""
