@@ -95,6 +95,7 @@ def test_stock_ksampler_samples_through_the_conditioning(comfy_runtime, parts):
     ("euler", "karras", 4, 1.0), ("dpmpp_2m", "normal", 4, 1.0), ("uni_pc", "simple", 4, 1.0),
     ("euler_ancestral", "normal", 4, 0.6), ("dpmpp_2m", "karras", 7, 0.37), ("euler", "simple", 3, 0.5),
     ("euler", "normal", 4, 0.995),  # below KSampler's 0.9999: the photo's latent, all 4 steps' sigmas
+    ("euler", "normal", 4, 0.9999),  # KSampler's threshold itself: still the photo's latent
 ])
 def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, steps, denoise):
     """A stock sampler in the inpaint node == ComfyUI's own KSampler (common_ksampler) on the
@@ -103,7 +104,8 @@ def test_other_samplers_and_denoise(comfy_runtime, parts, sampler, scheduler, st
     here (checked). (fashion_rag_ddim below 1: test_inpaint_parity.py, against diffusers.)
     Mutations caught: the scheduler, the sampler or the denoise ignored for stock samplers; the
     zero latent kept below full denoise (failed: yes, each); the threshold of "full denoise" at
-    0.99 instead of KSampler's 0.9999 (the 0.995 row)."""
+    0.99 instead of KSampler's 0.9999 (the 0.995 row); the zero latent from denoise >= 0.9999
+    instead of > 0.9999 (the 0.9999 row)."""
     import nodes as comfy_nodes
 
     model, vae, inpaint = parts
@@ -258,6 +260,16 @@ def test_bad_inputs_say_how_to_fix(comfy_runtime, parts, tmp_path):
 
     with pytest.raises(ValueError, match="divisible by 8"):
         inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae, image[:, :, :42], mask[:, :, :42])
+
+
+def test_a_model_without_an_sd_unet_is_named_so(comfy_runtime):
+    """A MODEL input that is not an SD-style UNet at all (no input_blocks): refused as such, with
+    the loader to use. Mutation caught: the message claiming a channel count it does not have."""
+    check_model = pack_module(comfy_runtime, "nodes.inpaint").check_model
+    with pytest.raises(ValueError, match=r"^This MODEL is not an SD-style UNet; Fashion-RAG inpainting needs "
+                                         r"the 27-channel Fashion-RAG UNet\. Load it with 'Fashion-RAG UNet "
+                                         r"Loader'\.$"):
+        check_model(object())
 
 
 def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):

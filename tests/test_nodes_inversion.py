@@ -240,3 +240,18 @@ def test_saved_embedding_records_its_sources(env):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["fashion_rag"])
     assert meta == {"garments": [], "extra_images": 2, "tokens_per_garment": 16}
+
+
+def test_too_many_garments_in_one_image_batch_fail_before_the_vision_tower(env):
+    """Five garments in ONE IMAGE batch (one tensor) for an upper body: refused from the prompt's
+    length before the vision tower runs (here there is none: clip_vision None). Mutation caught:
+    the garments counted as the number of batches (1), so the vision tower runs first."""
+    from test_inpaint_parity import pack_module
+
+    comfy, models, _ = env
+    PromptTooLongError = pack_module(comfy, "fashion_rag.inversion.prompt").PromptTooLongError  # noqa: N806
+    nodes = comfy.nodes.NODE_CLASS_MAPPINGS
+    adapter = nodes["FashionRAGAdapterLoader"].execute(ADAPTER_FILE).result[0]
+    with pytest.raises(PromptTooLongError, match="use at most 3 garment"):
+        nodes["FashionRAGGarmentInversion"].execute(models.clip, None, adapter, category="upper_body",
+                                                    images=torch.rand(5, 32, 32, 3))
