@@ -15,7 +15,7 @@ from fashion_rag.openclip_encoder import GarmentEncoder
 from fashion_rag.retrieval.build import build_index
 from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.index import load_index
-from fashion_rag.retrieval.search import search
+from fashion_rag.retrieval.search import retrieve, search
 from tools.demo.encoder import TINY_ARCH, write_tiny_encoder_weights
 
 K = 8
@@ -80,6 +80,16 @@ def test_text_and_image_weights(shop, text):
     # Fusion: the caption ranking of the text fused with the picture's embedding ranking.
     fused = search(index, text, K, mode="fusion", image=picture, image_weight=0.0)
     assert _ids_scores(fused) == _ids_scores(search(index, text, K, mode="fusion"))
+
+
+def test_a_picture_alone_retrieves_garments_for_the_empty_query_text(shop):
+    """The GARMENTS of a picture-only query (text None) carry "" as their query text, which score
+    nodes compare with, never None. Mutation caught: `query=text` for `query=text or ""` in
+    retrieve()."""
+    _, _, index, picture = shop
+    garments = retrieve(index, None, 2, image=picture)
+    assert garments.query == "" and len(garments) == 2
+    assert retrieve(index, "a long black dress", 1, mode="caption").query == "a long black dress"
 
 
 def test_bad_image_requests_are_refused(shop):
