@@ -148,3 +148,104 @@ def test_load_adapter_rejects_other_files(tmp_path):
 def test_wrong_feature_width_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[N, tokens, 32\]"):
         InversionAdapter(TINY)(torch.zeros(1, 257, 16))
+
+
+def test_config_refuses_a_width_not_divisible_by_the_heads():
+    """30 = 4 x 7.5: no head width; refused when the config is made, naming both numbers.
+
+    Mutation caught: the divisibility check dropped (the error came from a view() in forward)."""
+    with pytest.raises(ValueError, match="vision_width 30 is not divisible by heads 4"):
+        AdapterConfig(vision_width=30, heads=4)
+    assert AdapterConfig(vision_width=32, heads=4).heads == 4
+
+
+def test_output_width_not_divisible_by_16_tokens_is_named(tmp_path):
+    """A file whose head ends in 33 outputs cannot be split into 16 pseudo-words: the loader says
+    so (width, token count, file, where to get the right one).
+
+    Mutation caught: the output_dim % num_tokens check dropped (33 // 16 = 2-wide words, and a
+    layout error about layers.6 instead)."""
+    odd = AdapterConfig(vision_width=32, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=1, text_width=33)
+    path = tmp_path / "odd.safetensors"
+    save_file(random_state_dict(odd), str(path))
+    with pytest.raises(ValueError, match="adapter output width 33 is not divisible by 16 tokens") as err:
+        load_adapter(path)
+    assert str(path) in str(err.value) and "furio19/fashion-rag" in str(err.value)
+
+
+def _identity_encoder_layer(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same weights with the encoder layer's two residual branches zeroed (the layer passes
+    its input through), so the class token reaches post_layernorm unchanged."""
+    zero = ("self_attn.out_proj.", "mlp.fc2.")
+    return {k: torch.zeros_like(v) if any(z in k for z in zero) else v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("identity", [False, True], ids=["layer_norms_1_2", "post_layernorm"])
+def test_layer_norm_epsilon_is_1e_5_on_low_variance_features(identity):
+    """Features of standard deviation 1e-3 (variance 1e-6, below the 1e-5 epsilon): the epsilon
+    decides the LayerNorm outputs, so only 1e-5 (transformers' CLIPEncoderLayer with
+    layer_norm_eps=1e-5, nn.LayerNorm(eps=1e-5)) matches. With the encoder layer an identity, the
+    post_layernorm sees those features itself.
+    Mutations caught: the config's layer_norm_eps 1e-6; post_layernorm built with eps=1e-6."""
+    sd = random_state_dict(TINY, seed=3)
+    if identity:
+        sd = _identity_encoder_layer(sd)
+    ours = InversionAdapter(TINY)
+    ours.load_state_dict(sd, strict=True)
+    ref = ReferenceAdapter(TINY).eval()
+    ref.load_state_dict(sd, strict=True)
+    x = 1e-3 * torch.randn(2, 257, TINY.vision_width, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got, want = ours(x), ref(x).reshape(2, TINY.num_tokens, TINY.text_width)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_features_must_be_a_batch_of_token_sequences():
+    """One image's hidden states without the batch axis ([257, 32]) are refused with the expected
+    layout, not read as 257 one-token sequences or failing deep inside attention.
+
+    Mutation caught: the ndim check dropped (only the width compared)."""
+    with pytest.raises(ValueError, match=r"\[N, tokens, 32\], got \(257, 32\)"):
+        InversionAdapter(TINY)(torch.zeros(257, 32))
+    with pytest.raises(ValueError, match=r"got \(1, 2, 257, 32\)"):
+        InversionAdapter(TINY)(torch.zeros(1, 2, 257, 32))
+
+
+def test_loaded_adapter_is_frozen_in_the_dtype_asked(tmp_path):
+    """load_adapter(dtype=float16): every parameter float16 (the file's values rounded to half, as
+    torch's .half() rounds them), none requiring grad, and the output float16.
+    Mutations caught: the dtype not passed to the model (float32 kept); requires_grad_(False)
+    dropped."""
+    cfg = AdapterConfig(vision_width=32, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=8)
+    sd = random_state_dict(cfg)
+    path = tmp_path / "a.safetensors"
+    save_file(sd, str(path))
+    model = load_adapter(path, dtype=torch.float16)
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float16, k
+        assert torch.equal(v, sd[k].half()), k
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not load_adapter(path).layers[0].weight.requires_grad
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_a_given_config_is_used_not_the_one_read_off_the_file(tmp_path):
+    """Heads are invisible in the shapes: with config=(... heads=4 ...) the model has 4 heads and
+    computes what transformers' CLIPEncoderLayer with 4 heads computes (the file alone would
+    give 16).
+    Mutation caught: the config read off the file even when one is given."""
+    cfg = AdapterConfig(vision_width=32, heads=4, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=8)
+    sd = random_state_dict(cfg, seed=5)
+    path = tmp_path / "a4.safetensors"
+    save_file(sd, str(path))
+    model = load_adapter(path, config=cfg)
+    assert model.config.heads == 4
+    ref = ReferenceAdapter(cfg).eval()
+    ref.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x).reshape(2, 16, 8), atol=1e-5, rtol=1e-5)
+        ref16 = ReferenceAdapter(AdapterConfig(**{**cfg.__dict__, "heads": 16})).eval()
+        ref16.load_state_dict(sd, strict=True)
+        assert (ref16(x) - ref(x)).abs().max() > 1e-3  # the head count shows in the output

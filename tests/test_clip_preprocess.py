@@ -113,3 +113,70 @@ def test_odd_crop_margins_match_the_processor(processor, shape):
     img = _garment(*shape, seed=3)
     want = processor(images=img, return_tensors="pt").pixel_values
     torch.testing.assert_close(preprocess_garments(img), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(56, 61), (61, 56)])
+def test_long_side_is_computed_as_size_times_long_over_short(processor, shape):
+    """224 * 61 / 56 = 244 exactly, but 224 * (61 / 56) = 243.99999999999997 in floats: the
+    reference (and transformers: int(size * long / short)) multiplies first and gets 244.
+    Mutation caught: int(size * (width / height)) (243 columns, a shifted crop)."""
+    h, w = shape
+    assert resize_shape(h, w) == ((224, 244) if h < w else (244, 224))
+    img = _garment(h, w, seed=5)
+    want = processor(images=img, return_tensors="pt").pixel_values
+    torch.testing.assert_close(preprocess_garments(img), want, atol=1e-6, rtol=0)
+
+
+def test_float_overshoots_are_clipped_to_the_8bit_range():
+    """Values a little outside [0, 1] (1.02, 1.5 and -0.02, -0.4, as some image nodes give) become
+    255 and 0; 1.9 and -0.49 are still accepted, 2.5 and -0.6 refused.
+    Mutations caught: the upper limit at 1.0 (a 1.02 overshoot refused); np.clip dropped
+    (1.02 * 255 = 260 wrapped to 4 in uint8)."""
+    x = np.array([[[1.02, 1.5, 1.9], [-0.02, -0.4, -0.49], [0.5, 1 / 255, 254.6 / 255]]], np.float32)
+    assert to_uint8_rgb(x)[0].tolist() == [[[255, 255, 255], [0, 0, 0], [128, 1, 255]]]
+    for bad in (2.5, -0.6):
+        with pytest.raises(ValueError, match=r"float images must hold values in \[0, 1\]"):
+            to_uint8_rgb(np.full((2, 2, 3), bad, np.float32))
+
+
+def test_minus_one_to_one_images_are_refused():
+    """A [-1, 1] image (a VAE-style tensor) would turn every negative value black. Mutation
+    caught: the lower bound check dropped."""
+    img = np.linspace(-1, 1, 48, dtype=np.float32).reshape(4, 4, 3)
+    with pytest.raises(ValueError, match=r"got range \[-1, 1\]"):
+        preprocess_garments(img)
+
+
+def test_no_images_is_a_clear_error():
+    """An empty IMAGE batch ([0, H, W, 3] float) and an empty list: "no images to preprocess".
+    Mutations caught: the `x.size and` guard dropped (numpy's zero-size max error instead); the
+    empty-list check dropped (np.stack's error instead)."""
+    with pytest.raises(ValueError, match="no images to preprocess"):
+        preprocess_garments(torch.zeros(0, 8, 8, 3))
+    with pytest.raises(ValueError, match="no images to preprocess"):
+        preprocess_garments([])
+
+
+def test_uint8_tensor_grey_and_single_channel_inputs(processor):
+    """A uint8 torch tensor is taken as bytes (not as floats 0-255); a 2-D grey array and an
+    HxWx1 array become three equal channels, as transformers' processor does with a grey image
+    repeated to RGB; a PIL RGBA image loses its alpha.
+    Mutations caught: uint8 tensors converted to float (then refused as 0-255 floats); the 2-D
+    branch dropped; the 1-channel repeat dropped; PIL images not converted to RGB."""
+    img = _garment(seed=6)
+    want = processor(images=img, return_tensors="pt").pixel_values
+    torch.testing.assert_close(preprocess_garments(torch.from_numpy(img)), want, atol=1e-6, rtol=0)
+    grey = img[:, :, 1]
+    want_grey = processor(images=np.repeat(grey[:, :, None], 3, axis=-1), return_tensors="pt").pixel_values
+    torch.testing.assert_close(preprocess_garments(grey), want_grey, atol=1e-6, rtol=0)
+    torch.testing.assert_close(preprocess_garments(grey[:, :, None]), want_grey, atol=1e-6, rtol=0)
+    rgba = Image.fromarray(np.concatenate([img, np.full(img.shape[:2] + (1,), 9, np.uint8)], axis=-1))
+    assert rgba.mode == "RGBA"
+    torch.testing.assert_close(preprocess_garments(rgba), want, atol=1e-6, rtol=0)
+
+
+def test_integer_arrays_other_than_uint8_are_refused():
+    """int64 0-255 (or 0-65535) arrays are neither bytes nor [0, 1] floats. Mutation caught: any
+    number type accepted as floats (then misread as out of range, or 16-bit levels as floats)."""
+    with pytest.raises(TypeError, match="images must be uint8 or float in \\[0, 1\\], got int64"):
+        to_uint8_rgb(np.zeros((4, 4, 3), np.int64))

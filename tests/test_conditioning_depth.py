@@ -178,3 +178,16 @@ def test_injection_refuses_other_widths_and_a_second_chunk(encoders):
     with pytest.raises(Exception, match=r"takes 2 CLIP chunks; it must fit one \(77 tokens\)") as info:
         inject(encoders.clip, long_prompt, torch.zeros(1, TOKENS_PER_GARMENT, WIDTH["hidden_size"]))
     assert type(info.value).__name__ == "PromptTooLongError"
+
+
+def test_pseudo_word_count_per_garment_comes_from_the_ptes(encoders):
+    """An adapter of 4 pseudo-words per garment: 5 dresses are 20 `$` (fits; 5 x 16 = 80 would not),
+    and the conditioning is the reference's for the literal prompt with 20 placeholders.
+    Mutations caught: the fit checked with the default 16 tokens per garment (refused); the prompt
+    built with 16 placeholders per garment (80 `$`, two chunks)."""
+    g = torch.Generator().manual_seed(31)
+    ptes = 0.3 * torch.randn(5, 4, WIDTH["hidden_size"], generator=g)
+    positive, _ = encoders.pack_encode(ptes, "dresses")
+    text = "a photo of a model wearing a dress made of " + " $ " * 20
+    assert encoders.ids(text)[0].tolist().count(PLACEHOLDER_ID) == 20
+    assert rel_err(positive, encoders.reference_encode(text, ptes)) < 1e-5

@@ -61,3 +61,17 @@ def test_same_embedding_again_is_kept_not_rewritten(tmp_path):
     assert save_embedding(ptes * 2, str(tmp_path), "g", overwrite=True) == (path, True)
     assert torch.equal(load_file(path)["clip_h"], (ptes * 2).reshape(3, 4))
     assert sorted(os.listdir(tmp_path)) == ["g.safetensors"]
+
+
+def test_an_unreadable_file_of_that_name_is_not_taken_for_the_same_embedding(tmp_path):
+    """A file under the name that safetensors cannot read (truncated, or not an embedding) is
+    refused like a different embedding, and left as it was; overwrite replaces it.
+    Mutation caught: an unreadable file counted as the same embedding (kept, reported unchanged)."""
+    path = tmp_path / "g.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    ptes = torch.linspace(-1, 1, 8).reshape(1, 2, 4)
+    with pytest.raises(FileExistsError, match="holds a different embedding"):
+        save_embedding(ptes, str(tmp_path), "g")
+    assert path.read_bytes() == b"not a safetensors file"
+    assert save_embedding(ptes, str(tmp_path), "g", overwrite=True) == (str(path), True)
+    assert load_file(str(path))["clip_h"].tolist() == ptes.reshape(2, 4).tolist()

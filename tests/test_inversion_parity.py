@@ -356,3 +356,56 @@ def test_adapter_is_fp32_where_the_device_has_no_fast_fp16(comfy_runtime, monkey
     monkeypatch.setattr(args, "fp16_text_enc", False)
     assert mm.text_encoder_dtype(cpu) == torch.bfloat16 and not mm.should_use_bf16(cpu)
     assert loader._adapter_dtype(cpu) == torch.float32
+
+
+def test_adapter_of_another_vision_width_is_named_with_the_clip_vision_hint(models, tmp_path):
+    """A 48-wide adapter on the 32-wide CLIP_VISION: the error says both widths and which vision
+    model to load, before the adapter runs. Mutation caught: the width check in garment_embeddings
+    dropped (the adapter's own shape error, with no word about CLIP_VISION)."""
+    pack = models.pseudo_words.__name__.rsplit(".", 2)[0]
+    loader = sys.modules[f"{pack}.nodes.adapter_loader"]
+    cfg = AdapterConfig(vision_width=48, heads=16, mlp_dim=64, hidden_dim=48, num_tokens=16, text_width=64)
+    save_file(randomize({k: torch.empty(s) for k, s in expected_shapes(cfg).items()}, 7),
+              str(tmp_path / "adapter_48.safetensors"))
+    adapter = loader.load_adapter_patcher(str(tmp_path / "adapter_48.safetensors"))
+    image = torch.from_numpy(smooth_garment(9, 64, 48)[None]).float() / 255.0
+    with pytest.raises(ValueError, match=r"the adapter expects 48-wide vision features, this CLIP_VISION "
+                                         r"gives 32\. Load the .* with a Load CLIP Vision node"):
+        models.pseudo_words.garment_embeddings(models.clip_vision, adapter, [image])
+
+
+def test_ptes_are_float32_from_a_bfloat16_adapter(models, tmp_path):
+    """An adapter stored in bfloat16 (ComfyUI's --bf16-text-enc on a device with fast bf16) gives
+    float32 PTEs, within bfloat16's precision of the reference's. Mutation caught: the .float()
+    cast dropped (bf16 PTEs into the fp32 text encoder's embedding table)."""
+    import comfy.model_patcher
+
+    from fashion_rag.inversion.adapter import load_adapter
+
+    # The test adapter's weights, rounded to bfloat16, as a file.
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in models.adapter.model.state_dict().items()}
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    net = load_adapter(tmp_path / "a.safetensors", dtype=torch.bfloat16)
+    cpu = torch.device("cpu")
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=cpu, offload_device=cpu)
+    garment = smooth_garment(10)
+    image = torch.from_numpy(garment[None]).float() / 255.0
+    ptes = models.pseudo_words.garment_embeddings(models.clip_vision, patcher, [image])
+    assert ptes.dtype == torch.float32 and ptes.shape == (1, 16, TEXT["hidden_size"])
+    assert rel_err(ptes, models.ref_ptes([garment]).reshape(1, 16, -1)) < 3e-2
+
+
+def test_auto_category_is_the_top_ranked_garments(models):
+    """Two retrieved garments, an upper-body one ranked first and a dress second, with category
+    "auto": the prompt is the upper-body one (the top garment's), holding both garments'
+    pseudo-words in rank order. Mutation caught: the category taken from the last garment."""
+    a, b = smooth_garment(14), smooth_garment(15)
+    items = (Garment(id="g14", score=0.9, category="upper", path="/x/g14.jpg"),
+             Garment(id="g15", score=0.8, category="dresses", path="/x/g15.jpg"))
+    retrieved = Garments(items=items, images=torch.from_numpy(np.stack([a, b])).float() / 255.0)
+    positive, _ = models.inversion.execute(
+        clip=models.clip, clip_vision=models.clip_vision, adapter=models.adapter, garments=retrieved,
+        category="auto",
+    ).result
+    ref = models.ref_encode(reference_prompt("upper_body", 2), models.ref_ptes([a, b]))
+    assert rel_err(positive[0][0], ref) < 1e-4

@@ -91,3 +91,50 @@ def test_default_counter_agrees_with_clip_tokenizer(count):
 
     assert _open_clip_counter()(text) == count(text)
     assert max_garments("upper_body") == 3
+
+
+def test_zero_garments_is_refused():
+    """A prompt with no placeholder would condition on the bare words. Mutation caught: the check
+    weakened to num_garments < 0 (build_prompt(..., 0) returned the prefix alone)."""
+    with pytest.raises(ValueError, match="at least one garment is needed"):
+        build_prompt("dresses", 0)
+    assert build_prompt("dresses", 1).count("$") == 16
+
+
+def test_four_dresses_fill_the_chunk_exactly(count, tokenizer):
+    """4 dresses: start + 10 words + 64 pseudo-words + end = 76 of 77 tokens, 64 = the room left
+    (77 - 2 - 10 - 1 for "red"): it fits, a 1-token extra text too; a 2-token one does not.
+    Mutation caught: `need < room` for `need <= room` (a prompt that fills the room refused)."""
+    assert len(tokenizer(build_prompt("dresses", 4, "red")).input_ids) == 77
+    check_prompt_fits("dresses", 4, "red", count_tokens=count)
+    check_prompt_fits("dresses", 4, count_tokens=count)
+    with pytest.raises(PromptTooLongError):
+        check_prompt_fits("dresses", 4, "red silk", count_tokens=count)
+
+
+def test_too_long_messages_word_for_word(count):
+    """The whole message, numbers worked by hand (77 - 2 - prefix - extra): an upper body prefix
+    is 12 tokens (63 left, 3 garments of 16), a dress prefix 10, "red silk" 2, "word " * 70 70
+    tokens (room -5, shown as 0, and no garment fits).
+    Mutations caught: the room shown negative (`{room}`); the fit computed from the negative room
+    (-1 garment: "use at most -1"); the extra text's count shown for the prefix; the advice to
+    shorten the extra text dropped when some garments fit; the garment count shown as the need."""
+    cases = [
+        (("upper_body", 4, ""),
+         "4 garment(s) need 64 pseudo-words, but a CLIP prompt holds 77 tokens: start/end (2) + "
+         "'a photo of a model wearing an upper body garment made of' (12) leave room for 63. "
+         "With category upper_body, use at most 3 garment(s) (retrieve fewer, or pass fewer images)."),
+        (("dresses", 4, "red silk"),
+         "4 garment(s) need 64 pseudo-words, but a CLIP prompt holds 77 tokens: start/end (2) + "
+         "'a photo of a model wearing a dress made of' (10) + extra text (2 tokens) leave room for 63. "
+         "With category dresses, use at most 3 garment(s) (retrieve fewer, or pass fewer images) or "
+         "shorten the extra text."),
+        (("dresses", 1, "word " * 70),
+         "1 garment(s) need 16 pseudo-words, but a CLIP prompt holds 77 tokens: start/end (2) + "
+         "'a photo of a model wearing a dress made of' (10) + extra text (70 tokens) leave room for 0. "
+         "With category dresses, no garment fits: shorten the extra text."),
+    ]
+    for (category, k, extra), message in cases:
+        with pytest.raises(PromptTooLongError) as err:
+            check_prompt_fits(category, k, extra, count_tokens=count)
+        assert str(err.value) == message
