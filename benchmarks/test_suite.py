@@ -192,6 +192,7 @@ def main() -> int:
         return 0
     watcher = None
     wall = None
+    proc = None
     if args.junit and args.junit.is_file() and not args.pytest_args and not args.ci:
         junit = args.junit
     else:
@@ -248,7 +249,7 @@ def main() -> int:
                      "rss_gib": round(watcher.rss.get(pid, 0) / 2**30, 2)}
                     for pid, argv in watcher.procs.items()]
             args.processes.write_text(json.dumps(sorted(seen, key=lambda r: -r["cpu_s"]), indent=1))
-    return 0
+    return 0 if proc is None else proc.returncode  # a failed run fails this command too
 
 
 if __name__ == "__main__":

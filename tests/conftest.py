@@ -6,8 +6,10 @@ import contextlib
 import ctypes
 import gc
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,25 @@ def comfy(comfy_base, demo_models) -> InProcessComfy:
 def comfy_runtime(comfy_base) -> InProcessComfy:
     """Real ComfyUI in-process, without waiting for the demo weights (tests bring tiny ones)."""
     return InProcessComfy.get(comfy_base)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray cluster of 2 CPUs for the module; its GCS address (for processes that join it).
+    Its temp folder is a short one under /tmp, not pytest's: Ray makes unix sockets in it
+    (<temp>/session_<date>_<pid>/sockets/plasma_store), whose path may hold at most 107 bytes, and
+    pytest's folder grows with its run counter: at /tmp/pytest-of-root/pytest-1346/popen-gw1/ray1/
+    the path was 108 bytes and every Ray test failed at ray.init."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=temp,
+             logging_level="ERROR", configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

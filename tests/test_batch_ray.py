@@ -35,15 +35,9 @@ people = test_batch.people  # the batch tests' person photos (a fixture)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> str:
-    """A local Ray cluster; its address, for the batch processes to join."""
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=str(temp),
-             logging_level="ERROR", configure_logging=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+def cluster(local_ray) -> str:
+    """A local Ray cluster (tests/conftest.py); its address, for the batch processes to join."""
+    return local_ray
 
 
 def _ray_args(address: str, base: Path, workers: int = 2) -> list[str]:

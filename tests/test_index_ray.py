@@ -167,16 +167,10 @@ def _same_index(a: Path, b: Path, encoder: GarmentEncoder) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=str(temp),
-             logging_level="ERROR", configure_logging=False)
+def cluster(local_ray):
     # This module's encoders travel to the workers by value (the workers cannot import a test module).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    return local_ray
 
 
 @pytest.fixture(scope="module")
