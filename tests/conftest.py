@@ -185,6 +185,17 @@ def comfy_runtime(comfy_base) -> InProcessComfy:
     return InProcessComfy.get(comfy_base)
 
 
+@pytest.fixture(scope="session")
+def metric_weights_dir(tmp_path_factory) -> Path:
+    """A folder of the demo's metric weights (random, the real layouts: Inception, CLIP, AlexNet,
+    LPIPS), linked to files written once into the demo cache. Tests only read it."""
+    from tools.demo.metric_weights import write_demo_metric_weights
+
+    folder = tmp_path_factory.mktemp("metric_weights")
+    write_demo_metric_weights(folder, log=lambda _: None)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray cluster of 2 CPUs for the module; its GCS address (for processes that join it).

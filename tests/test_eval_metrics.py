@@ -37,7 +37,6 @@ from fashion_rag.evaluation.fid import (
 from fashion_rag.evaluation.metric_weights import MetricWeightsError, find_metric_weights
 from fashion_rag.evaluation.perceptual import load_lpips, lpips_distance, paired_pixels, ssim
 from fashion_rag.files import cached_sha256
-from tools.demo.metric_weights import write_demo_metric_weights
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -46,16 +45,8 @@ CLIP_FILE = "open_clip_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    """The demo metric weights (random, real layouts), written once into the demo cache."""
-    folder = tmp_path_factory.mktemp("metric_weights")
-    write_demo_metric_weights(folder, log=lambda _: None)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def inception(weights_dir):
-    return load_inception(weights_dir / INCEPTION_FILE)
+def inception(metric_weights_dir):
+    return load_inception(metric_weights_dir / INCEPTION_FILE)
 
 
 def _image(path: Path, seed: int, size=(40, 30), mode="RGB") -> Path:
@@ -130,12 +121,13 @@ def test_inception_input_is_clean_fids_own(tmp_path):
         np.testing.assert_array_equal(ours, expected[i].numpy())
 
 
-def test_inception_network_is_torch_fidelitys(weights_dir, inception):
+def test_inception_network_is_torch_fidelitys(metric_weights_dir, inception):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     # torch-fidelity's own class loads the demo file strictly (so it has the real layout) ...
     theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                         feature_extractor_weights_path=str(weights_dir / INCEPTION_FILE))
+                                         feature_extractor_weights_path=str(
+                                             metric_weights_dir / INCEPTION_FILE))
     x = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 3, 299, 299), dtype=np.uint8))
     with torch.inference_mode():
         expected = theirs(x)[0]
@@ -145,12 +137,13 @@ def test_inception_network_is_torch_fidelitys(weights_dir, inception):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_test_set_features_are_computed_once_and_again_for_a_changed_image(tmp_path, weights_dir, inception):
+def test_test_set_features_are_computed_once_and_again_for_a_changed_image(tmp_path, metric_weights_dir,
+                                                                           inception):
     images = [_image(tmp_path / f"{i}_0.jpg", 10 + i) for i in range(3)]
     forwards: list[int] = []
     hook = inception.register_forward_hook(lambda _m, args, _o: forwards.append(args[0].shape[0]))
     try:
-        cache = FeatureCache(tmp_path / "cache", cached_sha256(weights_dir / INCEPTION_FILE))
+        cache = FeatureCache(tmp_path / "cache", cached_sha256(metric_weights_dir / INCEPTION_FILE))
         first, computed = real_features(inception, images, cache)
         assert (computed, sum(forwards)) == (3, 3)
         np.testing.assert_allclose(first, inception_features(inception, images, "image"), rtol=1e-6)
@@ -204,14 +197,16 @@ def test_ssim_equals_scikit_image(tmp_path):
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_lpips_equals_the_lpips_package(tmp_path, weights_dir):
+def test_lpips_equals_the_lpips_package(tmp_path, metric_weights_dir):
     import lpips
     import torchvision
 
-    ours = load_lpips(weights_dir / ALEXNET_FILE, weights_dir / LPIPS_FILE)
-    theirs = lpips.LPIPS(net="alex", pnet_rand=True, model_path=str(weights_dir / LPIPS_FILE), verbose=False)
+    ours = load_lpips(metric_weights_dir / ALEXNET_FILE, metric_weights_dir / LPIPS_FILE)
+    theirs = lpips.LPIPS(net="alex", pnet_rand=True, model_path=str(metric_weights_dir / LPIPS_FILE),
+                         verbose=False)
     alexnet = torchvision.models.alexnet()
-    alexnet.load_state_dict(torch.load(weights_dir / ALEXNET_FILE, weights_only=True))  # strict: real layout
+    # strict: the real layout
+    alexnet.load_state_dict(torch.load(metric_weights_dir / ALEXNET_FILE, weights_only=True))
     for block in range(1, 6):
         for index, layer in getattr(theirs.net, f"slice{block}").named_children():
             layer.load_state_dict(alexnet.features[int(index)].state_dict())
@@ -223,30 +218,31 @@ def test_lpips_equals_the_lpips_package(tmp_path, weights_dir):
     assert lpips_distance(ours, a, a) == 0.0
 
 
-def test_demo_files_have_the_published_layouts(tmp_path, weights_dir):
+def test_demo_files_have_the_published_layouts(tmp_path, metric_weights_dir):
     import lpips
     import torchvision
 
-    assert sorted(p.name for p in weights_dir.iterdir()) == sorted(
+    assert sorted(p.name for p in metric_weights_dir.iterdir()) == sorted(
         [INCEPTION_FILE, ALEXNET_FILE, LPIPS_FILE, CLIP_FILE])
-    torchvision.models.alexnet().load_state_dict(torch.load(weights_dir / ALEXNET_FILE, weights_only=True))
+    alexnet_sd = torch.load(metric_weights_dir / ALEXNET_FILE, weights_only=True)
+    torchvision.models.alexnet().load_state_dict(alexnet_sd)
     # The lpips package carries the published alex.pth itself (an old torch file saved on a GPU).
     published = Path(lpips.__file__).parent / "weights" / "v0.1" / LPIPS_FILE
     real = torch.load(published, weights_only=True, map_location="cpu")
-    demo = torch.load(weights_dir / LPIPS_FILE, weights_only=True)
+    demo = torch.load(metric_weights_dir / LPIPS_FILE, weights_only=True)
     assert {k: v.shape for k, v in demo.items()} == {k: v.shape for k, v in real.items()}
     folder = tmp_path / "published_lpips"
-    shutil.copytree(weights_dir, folder, symlinks=True)
+    shutil.copytree(metric_weights_dir, folder, symlinks=True)
     (folder / LPIPS_FILE).unlink()
     shutil.copy(published, folder / LPIPS_FILE)
     net = load_lpips(folder / ALEXNET_FILE, find_metric_weights(folder, paired=True).lpips)
     torch.testing.assert_close(net.lin2.model[1].weight, real["lin2.model.1.weight"])
-    weights = find_metric_weights(weights_dir, paired=True)
+    weights = find_metric_weights(metric_weights_dir, paired=True)
     assert (weights.inception.name, weights.alexnet.name, weights.lpips.name, weights.clip.name) == (
         INCEPTION_FILE, ALEXNET_FILE, LPIPS_FILE, CLIP_FILE)
     settings = weights.sha256()
     for name in (INCEPTION_FILE, ALEXNET_FILE, LPIPS_FILE, CLIP_FILE):
-        digest = hashlib.sha256((weights_dir / name).read_bytes()).hexdigest()
+        digest = hashlib.sha256((metric_weights_dir / name).read_bytes()).hexdigest()
         assert sum(v == f"{name} sha256 {digest}" for v in settings.values()) == 1
 
 
@@ -256,9 +252,10 @@ def test_demo_files_have_the_published_layouts(tmp_path, weights_dir):
     (ALEXNET_FILE, "https://download.pytorch.org/models/" + ALEXNET_FILE),
     (LPIPS_FILE, "lpips/weights/v0.1/alex.pth"),
 ])
-def test_a_missing_weight_file_is_named_with_its_folder_and_source(tmp_path, weights_dir, name, source):
+def test_a_missing_weight_file_is_named_with_its_folder_and_source(tmp_path, metric_weights_dir, name,
+                                                                   source):
     folder = tmp_path / "weights"
-    shutil.copytree(weights_dir, folder, symlinks=True)
+    shutil.copytree(metric_weights_dir, folder, symlinks=True)
     (folder / name).unlink()
     with pytest.raises(MetricWeightsError) as err:
         find_metric_weights(folder, paired=True)
@@ -267,24 +264,24 @@ def test_a_missing_weight_file_is_named_with_its_folder_and_source(tmp_path, wei
     assert "\n" not in message
 
 
-def test_unpaired_runs_need_no_lpips_files(tmp_path, weights_dir):
+def test_unpaired_runs_need_no_lpips_files(tmp_path, metric_weights_dir):
     folder = tmp_path / "weights"
     folder.mkdir()
     for name in (INCEPTION_FILE, CLIP_FILE):
-        (folder / name).symlink_to(weights_dir / name)
+        (folder / name).symlink_to(metric_weights_dir / name)
     weights = find_metric_weights(folder, paired=False)
     assert weights.lpips is None and weights.alexnet is None
     with pytest.raises(MetricWeightsError, match=ALEXNET_FILE):
         find_metric_weights(folder, paired=True)
 
 
-def test_a_missing_folder_or_a_wrong_file_says_so(tmp_path, weights_dir):
+def test_a_missing_folder_or_a_wrong_file_says_so(tmp_path, metric_weights_dir):
     with pytest.raises(MetricWeightsError) as err:
         find_metric_weights(tmp_path / "nowhere", paired=False)
     assert str(tmp_path / "nowhere") in str(err.value) and "does not exist" in str(err.value)
     folder = tmp_path / "weights"
-    shutil.copytree(weights_dir, folder, symlinks=True)
-    sd = torch.load(weights_dir / INCEPTION_FILE, weights_only=True)
+    shutil.copytree(metric_weights_dir, folder, symlinks=True)
+    sd = torch.load(metric_weights_dir / INCEPTION_FILE, weights_only=True)
     del sd["Mixed_7c.branch_pool.conv.weight"]
     (folder / INCEPTION_FILE).unlink()
     torch.save(sd, folder / INCEPTION_FILE)
@@ -293,7 +290,7 @@ def test_a_missing_folder_or_a_wrong_file_says_so(tmp_path, weights_dir):
     assert INCEPTION_FILE in str(err.value) and "Mixed_7c.branch_pool.conv.weight" in str(err.value)
 
 
-def test_a_missing_metric_library_is_named_with_its_pip_command(tmp_path, weights_dir):
+def test_a_missing_metric_library_is_named_with_its_pip_command(tmp_path, metric_weights_dir):
     block = tmp_path / "block"
     block.mkdir()
     (block / "sitecustomize.py").write_text(textwrap.dedent("""
@@ -309,7 +306,7 @@ def test_a_missing_metric_library_is_named_with_its_pip_command(tmp_path, weight
             "try:\n    find_metric_weights(Path(sys.argv[1]), paired=False)\n"
             "except ValueError as exc:\n    print(exc); sys.exit(2)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), str(Path(__file__).parents[1])]))
-    run = subprocess.run([sys.executable, "-c", code, str(weights_dir)], env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", code, str(metric_weights_dir)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stdout.strip() == ("The evaluation metrics need the Python packages clean-fid, which "

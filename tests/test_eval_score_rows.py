@@ -14,16 +14,8 @@ import torch
 from PIL import Image
 
 from fashion_rag.evaluation.metrics import ScoredImage, find_metric_weights, score_images
-from tools.demo.metric_weights import write_demo_metric_weights
 
 H, W = 64, 48
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("metric_weights")
-    write_demo_metric_weights(folder, log=lambda _: None)
-    return folder
 
 
 def _image(path: Path, seed: int, size=(H, W)) -> Path:
@@ -42,13 +34,14 @@ def _soft_mask(top: int, bottom: int, left: int, right: int) -> np.ndarray:
     return mask
 
 
-def test_a_mask_with_an_extra_axis_or_a_second_category_without_test_images_is_refused(tmp_path, weights_dir):
+def test_a_mask_with_an_extra_axis_or_a_second_category_without_test_images_is_refused(
+        tmp_path, metric_weights_dir):
     """A [1, H, W] mask is refused as not [H, W] (not as a size mismatch); with images of two
     categories, the second category's missing test images are named (every category checked,
     not only the first's). All before any network runs.
     Mutation caught: the mask's ndim check dropped (the message then a size mismatch); the
     test-image check run for the first image's category only (a KeyError later)."""
-    weights = find_metric_weights(weights_dir, paired=False)
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     image = _image(tmp_path / "d0.png", 1)
     mask = _soft_mask(10, 50, 8, 40)
     with pytest.raises(ValueError) as err:
@@ -62,13 +55,13 @@ def test_a_mask_with_an_extra_axis_or_a_second_category_without_test_images_is_r
     assert not (tmp_path / "cache").exists()
 
 
-def test_paired_scoring_without_the_alexnet_file_is_refused(tmp_path, weights_dir):
+def test_paired_scoring_without_the_alexnet_file_is_refused(tmp_path, metric_weights_dir):
     """Paired scoring needs both LPIPS files: weights with alex.pth but no AlexNet backbone are
     refused before any network runs.
     Mutation caught: the check's `or` made `and` (only both files missing refused)."""
     from fashion_rag.evaluation.metrics import MetricWeights, MetricWeightsError
 
-    found = find_metric_weights(weights_dir, paired=True)
+    found = find_metric_weights(metric_weights_dir, paired=True)
     weights = MetricWeights(inception=found.inception, lpips=found.lpips, clip=found.clip, alexnet=None)
     image = _image(tmp_path / "d0.png", 1)
     item = ScoredImage("d0", "dresses", image, image, _soft_mask(10, 50, 8, 40), "x", [])
@@ -77,7 +70,8 @@ def test_paired_scoring_without_the_alexnet_file_is_refused(tmp_path, weights_di
     assert not (tmp_path / "cache").exists()
 
 
-def test_lpips_and_ssim_rows_are_per_image_values_against_the_ground_truth_averaged(tmp_path, weights_dir):
+def test_lpips_and_ssim_rows_are_per_image_values_against_the_ground_truth_averaged(
+        tmp_path, metric_weights_dir):
     """Generated images against distinct ground truths (same size, no resize): each row's SSIM is
     the mean of scikit-image's per-image values, its LPIPS the mean of the lpips package's (the
     same random weight files), over the row's images.
@@ -87,7 +81,7 @@ def test_lpips_and_ssim_rows_are_per_image_values_against_the_ground_truth_avera
     import torchvision
     from skimage.metrics import structural_similarity
 
-    weights = find_metric_weights(weights_dir, paired=True)
+    weights = find_metric_weights(metric_weights_dir, paired=True)
     theirs = lpips.LPIPS(net="alex", pnet_rand=True, model_path=str(weights.lpips), verbose=False)
     alexnet = torchvision.models.alexnet()
     alexnet.load_state_dict(torch.load(weights.alexnet, weights_only=True))
@@ -122,14 +116,14 @@ def test_lpips_and_ssim_rows_are_per_image_values_against_the_ground_truth_avera
         assert row["LPIPS"] == pytest.approx(np.mean([lp[i] for i in idx]), rel=1e-5)
 
 
-def test_a_categorys_fid_and_kid_are_its_own_images_against_its_own_test_images(tmp_path, weights_dir):
+def test_a_categorys_fid_and_kid_are_its_own_images_against_its_own_test_images(tmp_path, metric_weights_dir):
     """The dresses row of a run with dresses and upper-body images equals the dresses row (and
     the "all" row) of a run with the dresses alone: a category's FID and KID compare its own
     generated images with its own test images, whatever else the run holds; "all" compares
     every generated image with every category's test images (differs here).
     Mutation caught: a category's FID/KID against every category's test images; KID of every
     generated image instead of the category's."""
-    weights = find_metric_weights(weights_dir, paired=False)
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     mask = _soft_mask(10, 50, 8, 40)
     dresses = [ScoredImage(f"d{i}", "dresses", _image(tmp_path / f"d{i}.png", 90 + i), None, mask, "x", [])
                for i in range(3)]

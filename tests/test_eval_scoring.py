@@ -25,16 +25,8 @@ from fashion_rag.evaluation.metrics import (
 from fashion_rag.evaluation.scores import clip_i_scores, clip_t_scores
 from fashion_rag.openclip_encoder import GarmentEncoder
 from tools.demo.encoder import TINY_ARCH
-from tools.demo.metric_weights import write_demo_metric_weights
 
 H, W = 64, 48
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("metric_weights")
-    write_demo_metric_weights(folder, log=lambda _: None)
-    return folder
 
 
 def _image(path: Path, seed: int, size=(H, W)) -> Path:
@@ -59,10 +51,10 @@ def _soft_mask(top: int, bottom: int, left: int, right: int) -> np.ndarray:
     return mask
 
 
-def test_images_scored_against_themselves(tmp_path, weights_dir):
+def test_images_scored_against_themselves(tmp_path, metric_weights_dir):
     """FID 0, LPIPS 0, SSIM 1 for images scored against themselves, the test photos listed twice.
     Mutation caught: the test photos not deduplicated before FID/KID."""
-    weights = find_metric_weights(weights_dir, paired=True)
+    weights = find_metric_weights(metric_weights_dir, paired=True)
     files = {cat: [_image(tmp_path / f"{cat}{i}.png", hash((cat, i)) % 1000) for i in range(2)]
              for cat in ("dresses", "upper_body")}
     mask = _soft_mask(10, 50, 8, 40)
@@ -85,8 +77,8 @@ def test_images_scored_against_themselves(tmp_path, weights_dir):
         assert row["CLIP-I"] is None  # made without garments
 
 
-def test_clip_rows_are_scores_py_per_image_values_averaged(tmp_path, weights_dir):
-    weights = find_metric_weights(weights_dir, paired=False)
+def test_clip_rows_are_scores_py_per_image_values_averaged(tmp_path, metric_weights_dir):
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     garment = [_image(tmp_path / f"g{i}.jpg", 40 + i, size=(64, 48)) for i in range(3)]
     wide = _image(tmp_path / "wide.jpg", 50, size=(40, 56))  # garments of two sizes for one image
     images = [
@@ -128,8 +120,8 @@ def test_clip_rows_are_scores_py_per_image_values_averaged(tmp_path, weights_dir
     (lambda m: m[:, :40], "pair 'd0': the mask is 40x64 but the image is 48x64"),
     (lambda m: m * 2, "pair 'd0': the mask must be [H, W] with values in [0, 1]"),
 ])
-def test_a_bad_mask_names_its_pair(tmp_path, weights_dir, change, message):
-    weights = find_metric_weights(weights_dir, paired=False)
+def test_a_bad_mask_names_its_pair(tmp_path, metric_weights_dir, change, message):
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     image = _image(tmp_path / "d0.png", 1)
     item = ScoredImage("d0", "dresses", image, None, change(_soft_mask(10, 50, 8, 40)), "a dress", [])
     with pytest.raises(ValueError) as err:
@@ -138,8 +130,8 @@ def test_a_bad_mask_names_its_pair(tmp_path, weights_dir, change, message):
     assert not (tmp_path / "cache").exists()  # refused before any network ran
 
 
-def test_inputs_that_cannot_be_scored_are_refused_by_pair(tmp_path, weights_dir):
-    weights = find_metric_weights(weights_dir, paired=False)
+def test_inputs_that_cannot_be_scored_are_refused_by_pair(tmp_path, metric_weights_dir):
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     image = _image(tmp_path / "d0.png", 1)
     mask = _soft_mask(10, 50, 8, 40)
     with pytest.raises(ValueError, match="pair 'd0' has no ground-truth image"):
@@ -219,13 +211,13 @@ def test_report_and_csv(tmp_path):
         assert (cited in (tmp_path / "report.md").read_text()) == present
 
 
-def test_mask_bounds_and_repeated_pairs_are_checked_before_scoring(tmp_path, weights_dir):
+def test_mask_bounds_and_repeated_pairs_are_checked_before_scoring(tmp_path, metric_weights_dir):
     """A mask with a negative value is refused; a mask whose repainted pixels are exactly 0.5
     passes the mask checks (and the run stops at the next check: no test images); a pair listed
     twice is refused. All before any network runs.
     Mutation caught: the lower bound 0 <= mask dropped; the empty-mask check at > 0.5 instead of
     >= 0.5; the repeated-pair check dropped."""
-    weights = find_metric_weights(weights_dir, paired=False)
+    weights = find_metric_weights(metric_weights_dir, paired=False)
     image = _image(tmp_path / "d0.png", 1)
     negative = _soft_mask(10, 50, 8, 40)
     negative[0, 0] = -0.001

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +13,8 @@ from PIL import Image
 
 from fashion_rag.evaluation.fid import FeatureCache, kernel_distance, load_inception, real_features
 from fashion_rag.files import cached_sha256
-from tools.demo.metric_weights import write_demo_metric_weights
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("metric_weights")
-    write_demo_metric_weights(folder, log=lambda _: None)
-    return folder
 
 
 def _unbiased_mmd(x: np.ndarray, y: np.ndarray) -> float:
@@ -58,18 +49,18 @@ def test_a_cached_feature_that_is_not_finite_is_not_used(tmp_path):
     assert cache.get("2" * 64) is None and cache.get("3" * 64) is None and cache.get("4" * 64) is None
 
 
-def test_cached_and_new_test_images_are_logged_counted_and_reported(tmp_path, weights_dir, caplog):
+def test_cached_and_new_test_images_are_logged_counted_and_reported(tmp_path, metric_weights_dir, caplog):
     """One image cached, one cached as NaN (computed again), one new listed twice: 2 computed, the
     log line says 2 and 1 cached, progress ends at (2, 2). Mutations caught: the log's cached
     count being all paths; progress reporting the batch's start instead of its end; the NaN
     cache entry used."""
-    net = load_inception(weights_dir / INCEPTION_FILE)
+    net = load_inception(metric_weights_dir / INCEPTION_FILE)
     images = []
     for i in range(3):
         pixels = np.random.default_rng(40 + i).integers(0, 256, (30, 20, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"{i}.png")
         images.append(tmp_path / f"{i}.png")
-    cache = FeatureCache(tmp_path / "cache", cached_sha256(weights_dir / INCEPTION_FILE))
+    cache = FeatureCache(tmp_path / "cache", cached_sha256(metric_weights_dir / INCEPTION_FILE))
     sha = [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]
     stored = np.linspace(-1, 1, 2048) + 1e-9
     cache.put(sha[0], stored)
@@ -85,17 +76,17 @@ def test_cached_and_new_test_images_are_logged_counted_and_reported(tmp_path, we
     np.testing.assert_array_equal(feats[2], feats[3])
 
 
-def test_an_inception_file_without_batchnorm_counters_loads_the_same(tmp_path, weights_dir):
+def test_an_inception_file_without_batchnorm_counters_loads_the_same(tmp_path, metric_weights_dir):
     """BatchNorm's num_batches_tracked is a training counter: a file saved without it gives the same
     features. Mutation caught: the missing counters not filled in (the file refused)."""
     import torch
 
-    full = torch.load(weights_dir / INCEPTION_FILE, weights_only=True)
+    full = torch.load(metric_weights_dir / INCEPTION_FILE, weights_only=True)
     counters = [k for k in full if k.endswith("num_batches_tracked")]
     assert counters
     torch.save({k: v for k, v in full.items() if k not in counters}, tmp_path / INCEPTION_FILE)
     x = torch.from_numpy(np.random.default_rng(8).uniform(0, 255, (1, 3, 299, 299)).astype(np.float32))
     with torch.inference_mode():
-        expected = load_inception(weights_dir / INCEPTION_FILE)(x)
+        expected = load_inception(metric_weights_dir / INCEPTION_FILE)(x)
         got = load_inception(tmp_path / INCEPTION_FILE)(x)
     assert torch.equal(got, expected)

@@ -255,22 +255,29 @@ def test_a_faiss_file_of_the_l2_metric_is_refused_even_with_its_checksum(ivf_bui
     METRIC_L2, its sha256 (hashlib) and size put in the manifest. Mutation caught: the metric check
     dropped from ann._checked_ivf (`elif False:`): the index loaded."""
     copy, data_dir, encoder = _copy(ivf_built, tmp_path)
+    _replace_dresses_part(data_dir, "IVF1,SQ8", faiss.METRIC_L2)
+    _refused(copy, encoder, "vectors-0.faiss does not use inner product")
+
+
+def _replace_dresses_part(data_dir: Path, spec: str, metric: int, **part) -> None:
+    """vectors-0.faiss (the 12 dresses) replaced by a FAISS `spec` index of them made by FAISS
+    directly; its sha256 (hashlib) and size, and `part`'s fields, put in the manifest."""
     emb = np.load(data_dir / "embeddings.npy")
     cats = json.loads((data_dir / "manifest.json").read_text())["items"]["categories"]
     dresses = emb[[i for i, c in enumerate(cats) if c == "dresses"]]
     assert len(dresses) == 12
-    l2 = faiss.index_factory(emb.shape[1], "IVF1,SQ8", faiss.METRIC_L2)
-    l2.train(dresses)
-    l2.add(dresses)
-    faiss.write_index(l2, str(data_dir / "vectors-0.faiss"))
+    index = faiss.index_factory(emb.shape[1], spec, metric)
+    index.train(dresses)
+    index.add(dresses)
+    faiss.write_index(index, str(data_dir / "vectors-0.faiss"))
     raw = (data_dir / "vectors-0.faiss").read_bytes()
 
     def change(m):
         m["files"]["sha256"]["vectors-0.faiss"] = hashlib.sha256(raw).hexdigest()
         m["files"]["bytes"]["vectors-0.faiss"] = len(raw)
+        m["vector_index"]["parts"][0].update(part)
 
     _edit(data_dir, change)
-    _refused(copy, encoder, "vectors-0.faiss does not use inner product")
 
 
 def test_a_parts_filtered_nprobe_is_read_from_its_manifest(ivf_built, tmp_path):
@@ -279,21 +286,8 @@ def test_a_parts_filtered_nprobe_is_read_from_its_manifest(ivf_built, tmp_path):
     loaded part probes 3 lists under a category filter, 1 without.
     Mutation caught: load ignoring nprobe_filtered (`nprobe_filtered = rec.nprobe` in ann._checked_ivf)."""
     copy, data_dir, encoder = _copy(ivf_built, tmp_path)
-    emb = np.load(data_dir / "embeddings.npy")
-    cats = json.loads((data_dir / "manifest.json").read_text())["items"]["categories"]
-    dresses = emb[[i for i, c in enumerate(cats) if c == "dresses"]]
-    ivf = faiss.index_factory(emb.shape[1], "IVF4,SQ8", faiss.METRIC_INNER_PRODUCT)
-    ivf.train(dresses)
-    ivf.add(dresses)
-    faiss.write_index(ivf, str(data_dir / "vectors-0.faiss"))
-    raw = (data_dir / "vectors-0.faiss").read_bytes()
-
-    def change(m):
-        m["files"]["sha256"]["vectors-0.faiss"] = hashlib.sha256(raw).hexdigest()
-        m["files"]["bytes"]["vectors-0.faiss"] = len(raw)
-        m["vector_index"]["parts"][0].update(factory="IVF4,SQ8", nprobe=1, nprobe_filtered=3)
-
-    _edit(data_dir, change)
+    _replace_dresses_part(data_dir, "IVF4,SQ8", faiss.METRIC_INNER_PRODUCT, factory="IVF4,SQ8", nprobe=1,
+                          nprobe_filtered=3)
     part = load_index(copy, encoder).vectors.parts[0]
     assert part.categories == ("dresses",)
     assert (part.vectors.nprobe, part.vectors.nprobe_filtered) == (1, 3)
