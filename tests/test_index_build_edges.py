@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 
 from fashion_rag.retrieval.ann import Rows, VectorIndex, create_vector_index, tune_nprobe
-from tools.synthetic_index import in_memory_index
-
-
-def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
+from tools.synthetic_index import in_memory_index, unit_rows
 
 # --- ann.py: flat or IVF, nprobe tuning, filtered search ---
 
@@ -28,7 +22,7 @@ def test_auto_is_ivf_from_exactly_the_threshold_and_one_garment_is_always_flat()
     """"auto": IVF from `ivf_threshold` garments on (200 of threshold 200: IVF; 199: flat); a
     single garment is flat even when IVF is asked for (nothing to cluster), two are IVF.
     Mutations caught: `n > ivf_threshold` for `>=` in ann.part_kind; `n < 1` for `n < 2` there."""
-    x = _unit_rows(200, 8, seed=1)
+    x = unit_rows(200, 8, seed=1)
     assert create_vector_index(x, "auto", ivf_threshold=200).kind == "ivf"
     assert create_vector_index(x[:199], "auto", ivf_threshold=200).kind == "flat"
     assert create_vector_index(x[:1], "ivf").kind == "flat"
@@ -50,7 +44,7 @@ def test_nprobe_tuning_stops_at_exactly_the_target_recall_and_never_below_8_list
     floor is 8) stops at once with 8 lists; from 200 it is capped at the 64 lists.
     Mutations caught: `recall > TUNE_RECALL` for `>=` (tuned on to all 64 lists); the MIN_NPROBE
     floor dropped from the start (`min(start, nlist)`: 1 list)."""
-    x = _unit_rows(3000, 16, seed=2)
+    x = unit_rows(3000, 16, seed=2)
     vec = _faiss_ivf(x, 64)
     queries = x[:100]
     exact = np.arange(100)[:, None].copy()
@@ -64,7 +58,7 @@ def test_tuned_nprobe_doubles_from_8_lists():
     """3,000 random garments need more than 8 of their 76 lists for recall@10 0.97: the tuned
     nprobe is 8 doubled (16, 32 or 64) or all 76 lists, and the filtered one the same doubled on
     from it. Mutation caught: nprobe grown by one list at a time (`nprobe + 1` for `nprobe * 2`)."""
-    x = _unit_rows(3000, 16, seed=10)
+    x = unit_rows(3000, 16, seed=10)
     vec = create_vector_index(x, "ivf")
     assert faiss.extract_index_ivf(vec.index).nlist == 76  # min(4 * sqrt(3000), 3000 // 39)
     assert vec.nprobe in (16, 32, 64, 76)
@@ -76,7 +70,7 @@ def test_an_ivf_search_allowing_a_few_far_garments_still_returns_them():
     query and not probed, yet the search returns all 3 (numpy's ranking), not fewer.
     Mutation caught: the fallback to every allowed garment when an IVF probe comes back short
     dropped from VectorStore.search."""
-    x = _unit_rows(2000, 16, seed=3)
+    x = unit_rows(2000, 16, seed=3)
     index = in_memory_index(x, index_type="ivf")
     assert index.vectors.kind == "ivf"
     q = x[0]

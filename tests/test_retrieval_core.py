@@ -27,7 +27,7 @@ from fashion_rag.retrieval.ondisk import (
 )
 from fashion_rag.retrieval.search import search
 from tools.demo.encoder import TINY_ARCH
-from tools.synthetic_index import in_memory_index
+from tools.synthetic_index import in_memory_index, unit_rows
 
 
 class _TextOnly:
@@ -40,11 +40,6 @@ class _TextOnly:
         return self.query[None, :]
 
 
-def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def test_a_fused_tie_goes_to_the_garment_with_an_image_rank_over_one_beyond_the_image_depth():
     """150 garments, more than the 100 the image ranking is read to: garment 0 (the query's
     farthest) is in the caption ranking only, at caption rank 1; garment 1 (the query itself) is in
@@ -52,7 +47,7 @@ def test_a_fused_tie_goes_to_the_garment_with_an_image_rank_over_one_beyond_the_
     wins the tie although it comes later in the catalog (docs/method.md, "Retrieval").
     Mutation caught: a garment missing from the image ranking counted as image rank 0 in the tie
     break (`image_rank.get(p, 0)` for `image_rank.get(p, len(index))` in search.py)."""
-    x = _unit_rows(150, 8, seed=5)
+    x = unit_rows(150, 8, seed=5)
     q = x[1].copy()
     x[0] = -q  # the farthest garment: last of 150 in the image ranking
     index = in_memory_index(x)
@@ -70,7 +65,7 @@ def test_whitespace_captions_are_no_captions():
     mode ranks by cosine (scores are the cosines, not 1/(60 + rank)) and mode 'caption' is refused.
     Mutation caught: has_captions as `any(self.captions)` (a caption of one space counted) in
     index.py."""
-    x = _unit_rows(5, 4, seed=2)
+    x = unit_rows(5, 4, seed=2)
     index = in_memory_index(x)
     index.captions = [" ", "\t", "\n", "  ", " "]
     index.encoder = _TextOnly(x[2])
@@ -87,7 +82,7 @@ def test_a_pinned_garment_keeps_its_caption_score():
     """In mode 'caption' a pinned garment comes first with its own BM25 score, the one it gets
     unpinned (here it is the best match either way). Mutation caught: pins scored only among the
     filled garments (`for p in fill` for `for p in pin_pos + fill` in search.py: a pin scored 0)."""
-    x = _unit_rows(4, 4, seed=3)
+    x = unit_rows(4, 4, seed=3)
     index = in_memory_index(x)
     index.captions = ["red striped top", "blue skirt", "red dress", "green coat"]
     plain = search(index, "red striped", 2, mode="caption")
@@ -101,7 +96,7 @@ def test_uncategorised_garments_are_counted_by_that_name():
     """Garments without a category are counted as 'uncategorised' (what `index info` and the
     no-garment-of-that-category error show). Mutation caught: per_category counting the empty
     string (`Counter(c for c in ...)` in index.py)."""
-    index = in_memory_index(_unit_rows(3, 4, seed=4), categories=["", "", "dresses"])
+    index = in_memory_index(unit_rows(3, 4, seed=4), categories=["", "", "dresses"])
     assert index.per_category() == {"uncategorised": 2, "dresses": 1}
     index.encoder = _TextOnly(np.ones(4))
     with pytest.raises(ValueError, match=r"no garments of category 'upper_body' \(it has "
@@ -115,7 +110,7 @@ def test_ivf_candidates_are_re_ranked_exactly_beyond_what_8_bit_codes_tell_apart
     float32 embeddings, so the answer is numpy's exact top 3 (49, 48, 47).
     Mutation caught: IVF parts fetching only k candidates (`fetch = min(len(part), k)` in ann.py)."""
     rng = np.random.default_rng(7)
-    far = _unit_rows(30, 8, seed=7)
+    far = unit_rows(30, 8, seed=7)
     q = np.zeros(8, dtype=np.float32)
     q[0] = 1.0
     eps = 0.0002 * (20 - np.arange(20))  # id 30 the least alike, id 49 the most
@@ -138,7 +133,7 @@ def test_ivf_lists_are_trained_on_a_sample_of_all_the_garments():
     within cosine 0.9 of its centre (read from the FAISS quantizer directly).
     Mutation caught: IVF trained on the first n_train rows (`x.take(np.arange(n_train))` in ann.py):
     the clusters stored last got no list near them."""
-    centres = _unit_rows(20, 16, seed=8)
+    centres = unit_rows(20, 16, seed=8)
     rng = np.random.default_rng(8)
     x = np.repeat(centres, 100, axis=0) + rng.standard_normal((2000, 16)).astype(np.float32) * 0.05
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -338,10 +333,10 @@ def test_sixteen_categories_get_a_vector_index_each_in_name_order():
     categories took the shared branch: its "group" of one, c00, came last). Search results are the
     same either way (parts' hits are merged by position): only the parts' order tells."""
     cats = ["c00"] * 2 + [f"c{i:02d}" for i in range(1, 16) for _ in range(3)]
-    index = in_memory_index(_unit_rows(47, 4, seed=9), categories=cats)
+    index = in_memory_index(unit_rows(47, 4, seed=9), categories=cats)
     assert [p.categories for p in index.vectors.parts] == [(f"c{i:02d}",) for i in range(16)]
     cats17 = cats + ["c16"]
-    index17 = in_memory_index(_unit_rows(48, 4, seed=9), categories=cats17)
+    index17 = in_memory_index(unit_rows(48, 4, seed=9), categories=cats17)
     groups = [p.categories for p in index17.vectors.parts]
     assert groups == [(f"c{i:02d}",) for i in range(1, 15)] + [("c15",), ("c00", "c16")]
 
@@ -351,7 +346,7 @@ def test_a_filtered_search_never_probes_fewer_lists_than_an_unfiltered_one():
     probes given (one query repeated) reach it with fewer, yet nprobe_filtered is at least nprobe
     (a filtered query's neighbours spread wider: ann.VectorIndex). Mutation caught: the filtered
     tuning started at 8 lists, not at nprobe (`MIN_NPROBE` for `vec.nprobe` in ann.py)."""
-    x = _unit_rows(3000, 16, seed=10)
+    x = unit_rows(3000, 16, seed=10)
     one = np.zeros((100, 16), dtype=np.float32)
     one[:, 0] = 1.0
     vec = create_vector_index(x, "ivf", filtered_probes=one)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fashion_rag.retrieval.search import request_problem, search
-from tools.synthetic_index import in_memory_index
+from tools.synthetic_index import in_memory_index, unit_rows
 
 
 class _Encoder:
@@ -26,11 +26,6 @@ class _Encoder:
 
     def encode_images(self, images):
         return self.image[None, :]
-
-
-def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _cosine_order(x: np.ndarray, q: np.ndarray) -> list[int]:
@@ -71,7 +66,7 @@ def test_each_request_bound_is_inclusive():
 
 
 def _captioned(n: int = 6, seed: int = 1):
-    x = _unit_rows(n, 4, seed)
+    x = unit_rows(n, 4, seed)
     index = in_memory_index(x, ["upper_body", "lower_body"] * (n // 2))
     index.captions = ["red top", "red skirt", "blue top", "green skirt", "red striped top", "coat"][:n]
     index.encoder = _Encoder(x[0], x[3])
@@ -139,7 +134,7 @@ def test_equal_caption_scores_keep_catalog_order_beyond_a_small_sort():
     ranking keeps them in catalog order (a stable sort; numpy's default quicksort reorders ties
     among more than 16 elements). Mutation caught: `kind="stable"` dropped from the caption
     ranking."""
-    x = _unit_rows(40, 4, seed=4)
+    x = unit_rows(40, 4, seed=4)
     index = in_memory_index(x)
     index.captions = ["red top" if i % 2 == 0 else "blue coat" for i in range(40)]
     hits = search(index, "red top", 20, mode="caption")
@@ -152,7 +147,7 @@ def test_captions_sharing_no_word_take_no_part_in_the_fusion():
     1/(60 + its image rank) alone, garment 2's adds 1/61 (its caption rank 1), checked against
     bm25s used directly. Mutation caught: the all-zero caption tail ranked as well (the
     `bm25 > 0` condition dropped)."""
-    x = _unit_rows(8, 4, seed=6)
+    x = unit_rows(8, 4, seed=6)
     index = in_memory_index(x)
     index.captions = ["blue coat", "green skirt", "red top", "black boots", "grey scarf", "white shirt",
                       "brown belt", "pink hat"]
@@ -173,7 +168,7 @@ def test_a_pin_beyond_the_image_depth_gets_its_caption_rank_alone():
     falls beyond it (100 others come first), so its fused score is its caption rank 1 alone,
     1/61. Mutation caught: the image ranking with the pins added not cut back to its depth (the
     pin then also scored 1/(60 + 101))."""
-    x = _unit_rows(102, 8, seed=7)
+    x = unit_rows(102, 8, seed=7)
     q = x[1].copy()
     x[0] = -q
     index = in_memory_index(x)
@@ -192,7 +187,7 @@ def test_the_image_ranking_is_read_exactly_100_deep():
     query's 100th and 101st by cosine. The 100th fuses its image rank, 1/160, with its caption
     rank; the 101st, beyond the depth, its caption rank alone. Mutation caught: a shallower image
     ranking (FUSION_DEPTH = 10: the 100th then lost its 1/160)."""
-    x = _unit_rows(102, 8, seed=8)
+    x = unit_rows(102, 8, seed=8)
     q = x[1].copy()
     index = in_memory_index(x)
     order = _cosine_order(x, q)

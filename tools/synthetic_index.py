@@ -15,6 +15,12 @@ from fashion_rag.retrieval.index import GarmentIndex
 from fashion_rag.retrieval.ondisk import EncoderRecord, Files, Items, Manifest
 
 
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    """[n, d] float32 rows drawn from a standard normal and scaled to unit length (seeded)."""
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def vector_store(embeddings: np.ndarray, categories: Sequence[str], index_type: str = "auto",
                  ivf_threshold: int = IVF_THRESHOLD) -> VectorStore:
     """The per-category vector indexes a build writes, in memory (the threshold applies per part)."""
