@@ -213,13 +213,15 @@ def test_a_category_in_two_vector_parts_is_refused(ivf_built, tmp_path):
     _refused(copy, encoder, "vector_index.parts[2].categories repeats a category of another part")
 
 
-def test_a_filtered_nprobe_below_1_is_refused(ivf_built, tmp_path):
-    """nprobe_filtered -1 in part 0 (0 reads as absent: the part's nprobe is used). Mutation
-    caught: only nprobe checked for being at least 1 (`for key in ("nprobe",):` in ondisk.py):
-    the index loaded."""
+@pytest.mark.parametrize("key, value", [("nprobe_filtered", -1), ("nprobe_filtered", 0), ("nprobe", 0)])
+def test_a_filtered_nprobe_below_1_is_refused(ivf_built, tmp_path, key, value):
+    """nprobe_filtered -1 or 0, nprobe 0, in part 0. Mutations caught: only nprobe checked for
+    being at least 1 (`for key in ("nprobe",):` in ondisk.py): the index loaded; 0 read as absent
+    (`(getattr(rec, key) or 1) < 1`, the code before 2026-12-04): nprobe_filtered 0 loaded with
+    the part's nprobe in its place."""
     copy, data_dir, encoder = _copy(ivf_built, tmp_path)
-    _edit(data_dir, lambda m: m["vector_index"]["parts"][0].update(nprobe_filtered=-1))
-    _refused(copy, encoder, "vector_index.parts[0].nprobe_filtered -1 is below 1")
+    _edit(data_dir, lambda m: m["vector_index"]["parts"][0].update({key: value}))
+    _refused(copy, encoder, f"vector_index.parts[0].{key} {value} is below 1")
 
 
 def test_an_nprobe_above_the_lists_of_its_faiss_file_is_refused(ivf_built, tmp_path):

@@ -390,5 +390,6 @@ def _checked_ivf(index: Any, rec: PartRecord, count: int, dim: int, index_dir: P
         problem = f"has {ivf.nlist} lists, fewer than the manifest's nprobe {rec.nprobe}"
     if problem:
         raise damaged(index_dir, f"{rec.file} {problem}", manifest)
-    nprobe_filtered = min(rec.nprobe_filtered or rec.nprobe, int(ivf.nlist))
+    filtered = rec.nprobe if rec.nprobe_filtered is None else rec.nprobe_filtered
+    nprobe_filtered = min(filtered, int(ivf.nlist))
     return VectorIndex(index, "ivf", rec.factory, rec.nprobe, nprobe_filtered, rec.tuned_recall_at_10)

@@ -266,8 +266,9 @@ def _part_problems(parts: list[PartRecord], n: int, add: Callable[[str], None]) 
             if getattr(rec, key) is None:
                 add(f"{where}{key} is missing")
         for key in ("nprobe", "nprobe_filtered"):
-            if (getattr(rec, key) or 1) < 1:
-                add(f"{where}{key} {getattr(rec, key)} is below 1")
+            value = getattr(rec, key)
+            if value is not None and value < 1:  # 0 too: never read as "absent"
+                add(f"{where}{key} {value} is below 1")
     counted = sum(rec.count for rec in parts)
     if parts and counted != n:
         add(f"vector_index.parts count {counted} garments, the items {n}")
