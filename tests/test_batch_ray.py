@@ -241,3 +241,22 @@ def test_the_local_batch_never_imports_ray(tmp_path):
                           str(jobs), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
+
+
+def test_a_batch_ends_when_its_rows_are_done_though_a_worker_is_never_placed(cluster, index_base, people,
+                                                                            tmp_path):
+    """Three workers of 1 CPU on the module's 2-CPU cluster: Ray queues the third for ever. Once the
+    two placed workers have run both rows, the batch ends (exit 0), rather than waiting for a worker
+    that has no row left to run (it hung there until killed).
+    Mutation caught (and defect fixed): the workers still starting waited for with no row left."""
+    workflow, jobs = _job_files(tmp_path, people, _many_rows(2))
+    proc = _batch(workflow, jobs, tmp_path / "out", *_ray_args(cluster, index_base, workers=3), wait=False)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the batch hung: {proc.communicate()[1]}") from None
+    assert proc.returncode == 0, stderr
+    assert "2 ok, 0 failed, 0 skipped" in stderr, stderr
+    summary = read_summary(tmp_path / "out" / "summary.csv")
+    assert {k: r.status for k, r in summary.items()} == {"r0": "ok", "r1": "ok"}

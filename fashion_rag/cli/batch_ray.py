@@ -308,8 +308,9 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
                 files = {n: refs[n] for n in names if n in refs}
                 actor = pool.idle.pop()
                 running[actor.run_row.remote(job.id, prompt, files)] = (actor, job, t0)
-            # After Ctrl-C only the rows running are waited for, not workers still starting.
-            waiting = [*running, *([] if stop.requested else pool.starting)]
+            # Workers still starting are waited for only while rows are left for them: not after
+            # Ctrl-C, nor once the queue is empty (Ray may queue a worker it cannot place for ever).
+            waiting = [*running, *(pool.starting if queue and not stop.requested else [])]
             if not waiting:
                 if queue and not stop.requested:
                     raise ServerSetupError("no Ray worker could start ComfyUI (see above); "
@@ -327,10 +328,9 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
                 except ray.exceptions.RayError as exc:  # the worker died mid-row
                     number = pool.numbers.get(actor, "?")
                     pool.drop(actor)
-                    died[job.id] += 1
                     cause = error_line(exc)
-                    if died[job.id] > RETRIES:
-                        error = one_line(f"its worker died {died[job.id]} times (not run again): {cause}")
+                    error = _worker_died(died, job.id, cause)
+                    if error is not None:
                         seconds = time.monotonic() - t0
                         finished(Record(job.id, FAILED, seconds, digest=job.digest, error=error))
                     else:
@@ -353,6 +353,15 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
             _collect_logs(ray, pool, out)
         if started_ray:
             ray.shutdown()
+
+
+def _worker_died(died: collections.Counter[str], row: str, cause: str) -> str | None:
+    """Count one more death of a worker running `row`: None while the row may run again (at most
+    RETRIES runs after the first), else the row's error (it failed, and is not run again)."""
+    died[row] += 1
+    if died[row] > RETRIES:
+        return one_line(f"its worker died {died[row]} times (not run again): {cause}")
+    return None
 
 
 def _resources(resources: dict[str, float]) -> str:
