@@ -217,6 +217,19 @@ def _gallery(page, k: int) -> list[dict]:
     return cards
 
 
+def _cards_match_the_run(cards: list[dict], entry: dict, retrieve_id: str) -> None:
+    """Each card shows its own garment of the retrieve node's ui output in the server's history
+    entry: id, rank, category, score (to 3 decimals) and its own preview image."""
+    out = entry["outputs"][retrieve_id]
+    garments, images = out["fashion_rag_garments"], out["images"]
+    assert len(cards) == len(garments) == len(images), (cards, out)
+    for card, garment, image in zip(cards, garments, images, strict=True):
+        assert (card["id"], card["rank"], card["category"]) == (
+            garment["id"], str(garment["rank"]), garment["category"]), (card, garment)
+        assert abs(float(card["score"]) - garment["score"]) <= 0.0005 + 1e-9, (card, garment)
+        assert f"filename={image['filename']}" in card["img"], (card, image)
+
+
 def _pins(page) -> list[str]:
     """[pin_ids, exclude_ids] widget values of the retrieve node."""
     return page.evaluate(js("const n = retrieveNode(); return [widget(n, 'pin_ids').value, "
@@ -275,13 +288,15 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
     assert _api(page.evaluate(js("return (await app.graphToPrompt()).output;"))) == _expected(**CAPTION)
 
     # Retrieval only: select the loader and the retrieve node, "Queue Selected Output Nodes".
-    body, _ = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
+    body, entry = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
     assert _api(body["prompt"]) == _expected(**CAPTION)
     assert retrieve_id in body["partial_execution_targets"], body["partial_execution_targets"]
     assert set(body["partial_execution_targets"]) <= {retrieve_id, index_id}
     _show_graph(page)
     cards = _gallery(page, k)
     assert all(c["state"] == "none" for c in cards), cards
+    # Mutations caught: the rank shown as the score; every card with the first thumbnail.
+    _cards_match_the_run(cards, entry, retrieve_id)
     first_ids = [c["id"] for c in cards]
 
     # Index summary from the loader's ui output.
@@ -291,6 +306,15 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
     rows = page.evaluate(js("return [...indexNode().fashionRagSummary.root.querySelectorAll('td.fr-num')]"
                             ".map(t => +t.textContent);"))
     assert items > 0 and sum(rows) == items, (items, rows, summary)
+    # The table's rows and encoder line are the loader's own (ui output in the server's history).
+    # Mutations caught: each row labelled with the index name; the encoder line showing the name.
+    index_info = entry["outputs"][index_id]["fashion_rag_index"][0]
+    labels = page.evaluate(js("return [...indexNode().fashionRagSummary.root.querySelectorAll('tr')]"
+                              ".map(r => r.cells[0].textContent);"))
+    assert dict(zip(labels, rows, strict=True)) == index_info["per_category"], (labels, rows, index_info)
+    encoder = page.evaluate(js("return indexNode().fashionRagSummary.root.querySelector('.fr-encoder')"
+                               ".textContent;"))
+    assert encoder == f"encoder: {index_info['encoder']}", (encoder, index_info)
 
     page.screenshot(path=str(screenshots / "browser_gallery.png"))
 
@@ -335,9 +359,10 @@ def test_example_workflow_in_the_browser(browser_page, comfy_server, screenshots
 
     # The next retrieval honours them: the excluded garment is gone, the pinned one is there, marked.
     # (Retrieval only: the pins' effect on inversion + inpainting is the same graph run again.)
-    body, _ = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
+    body, entry = _queue(page, comfy_server, run_retrieval, RETRIEVAL_TIMEOUT_S)
     assert _api(body["prompt"]) == _expected(**CAPTION, pin_ids=last, exclude_ids=first)
     cards = _gallery(page, k)
+    _cards_match_the_run(cards, entry, retrieve_id)
     states = {c["id"]: c["state"] for c in cards}
     assert first not in states and states.get(last) == "pin", states
     assert cards[0]["id"] == last and cards[0]["rank"] == "1", cards  # pins come first

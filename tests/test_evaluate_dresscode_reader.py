@@ -83,3 +83,34 @@ def test_blank_lines_are_skipped_and_a_missing_paired_list_gives_no_real_photos(
     assert [p.pair_id for p in test_set.pairs] == ["052000_0", "052002_0", "051000_0", "051002_0"]
     assert test_set.real["dresses"] == []
     assert [p.name for p in test_set.real["all"]] == ["051000_0.jpg", "051001_0.jpg", "051002_0.jpg"]
+
+
+# Dress Code's label ids (its dataset README): 0 background, 2 hair, 4 upper clothes, 6 pants,
+# 7 dress, 11 head, 13 right leg. Points on the drawn person (tools/demo/person.py, 384x512).
+_LABELS_AT = {  # (x, y) -> label id for the top-and-trousers person, and for the dress
+    (20, 20): (0, 0), (192, 40): (2, 2), (192, 72): (11, 11), (192, 200): (4, 7),
+    (192, 320): (6, 7), (160, 420): (6, 13),
+}
+_SILHOUETTES = {"upper_body": ("top",), "lower_body": ("trousers", "shorts", "skirt"), "dresses": ("dress",)}
+
+
+def test_the_mini_label_maps_and_captions_say_what_each_category_wears(mini):
+    """The label maps (read with PIL as palette indices) carry Dress Code's ids where the person
+    wears them; the first pair of each category has coarse captions only, the second fine ones,
+    the third none; each caption's first chunk names a garment of its own category.
+
+    Mutations caught: the dress labelled with the upper-clothes id; the torso labelled as pants;
+    the coarse and fine caption files swapped; every category's garment drawn from the tops."""
+    for category, number, dress in (("upper_body", "048000", False), ("lower_body", "051000", False),
+                                    ("dresses", "052000", True)):
+        labels = np.asarray(Image.open(mini / category / "label_maps" / f"{number}_4.png"))
+        assert labels.shape == (512, 384)
+        got = {xy: int(labels[xy[1], xy[0]]) for xy in _LABELS_AT}
+        assert got == {xy: ids[dress] for xy, ids in _LABELS_AT.items()}, category
+    coarse = json.loads((mini / "coarse_captions.json").read_text())
+    fine = json.loads((mini / "fine_captions.json").read_text())
+    assert sorted(coarse) == ["048000", "051000", "052000"]
+    assert sorted(fine) == ["048001", "051001", "052001"]
+    for number, chunks in {**coarse, **fine}.items():
+        category = {"048": "upper_body", "051": "lower_body", "052": "dresses"}[number[:3]]
+        assert chunks[0].split(" ", 1)[1].endswith(_SILHOUETTES[category]), (number, chunks)

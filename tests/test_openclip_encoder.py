@@ -93,3 +93,12 @@ def test_text_batches_equal_open_clips_own_model(tmp_path):
     got = GarmentEncoder(folder, image_tower=False).encode_texts(texts, batch_size=2)
     assert got.shape == (5, 32)
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_writing_the_tiny_encoder_leaves_the_callers_random_numbers_alone(tmp_path):
+    """Mutation caught: the tiny encoder seeded on the global torch RNG (no fork_rng)."""
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    write_tiny_encoder_weights(tmp_path / "tiny.safetensors", seed=0)
+    assert torch.equal(torch.rand(4), expected)
