@@ -71,17 +71,27 @@ _FULL_SIZE_MODULES = {"test_browser"}
 # files once (`bench_cache`), not once per test.
 _SHARED_GROUPS = {"test_precision": "bench-smoke", "test_gpu_check": "bench-smoke",
                   "test_benchmark_memory": "bench-smoke"}
+# The groups left out of the run before a commit (`bash .ci/test -m "not slow"`, README): the
+# full-size demo weights, the benchmark scripts, a Ray cluster, a fresh process per memory
+# figure, a builder killed over and over. ~80 % of the full run's test seconds in ~13 % of its
+# tests (benchmarks/RESULTS.md, "Test suite"); CI and a plain `bash .ci/test` run them all.
+SLOW_GROUPS = frozenset({FULL_SIZE_GROUP, "bench-smoke", "test_index_ray", "test_batch_ray",
+                         "test_load_memory", "test_index_kill"})
 
 
 def pytest_itemcollected(item) -> None:
     """The xdist groups: the full-size group above; every other module whole on one worker, so
     its module-scoped fixtures (a Ray cluster, built indexes) are built once per run, not once
-    per worker. Marked as each test is collected, before xdist reads the groups into the test
-    ids (its pytest_collection_modifyitems); without xdist the marks are inert."""
+    per worker; the `slow` mark on SLOW_GROUPS. Marked as each test is collected, before xdist
+    reads the groups into the test ids (its pytest_collection_modifyitems); without xdist the
+    group marks are inert."""
     module = Path(str(item.fspath)).stem
     fixtures = getattr(item, "fixturenames", ())
     full = module in _FULL_SIZE_MODULES or not _FULL_SIZE_FIXTURES.isdisjoint(fixtures)
-    item.add_marker(pytest.mark.xdist_group(FULL_SIZE_GROUP if full else _SHARED_GROUPS.get(module, module)))
+    group = FULL_SIZE_GROUP if full else _SHARED_GROUPS.get(module, module)
+    item.add_marker(pytest.mark.xdist_group(group))
+    if group in SLOW_GROUPS:  # before the mark plugin's -m deselection (collection_modifyitems)
+        item.add_marker(pytest.mark.slow)
 
 
 # Tests that send the same full-size prompt to the shared server: the second runs right after the
