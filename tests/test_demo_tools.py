@@ -5,6 +5,7 @@ checked against values written out by hand (PIL and numpy for the pixels and sta
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import numpy as np
@@ -110,3 +111,34 @@ def test_random_demo_weights_keep_norms_identity_and_weights_fan_in_scaled():
     assert abs(a["token_embedding.weight"].std() - 0.02) < 0.001
     again = random_state_dict(shapes, seed=3)
     assert all(torch.equal(sd[k], again[k]) for k in shapes)
+
+
+def test_the_demo_weights_cache_names_carry_the_generator_codes_hash(tmp_path):
+    """A cached demo weights file is named by the sha256 of the code that generated it, so a
+    changed generator writes its files anew instead of every test reading the old ones; the
+    older files of the same model are deleted, nothing else. Expected digests by hashlib.
+
+    Mutations caught: the tag over the file names, not their bytes; the files' boundaries lost
+    (b"ab" + b"c" and b"a" + b"bc" one tag); a user's own file named like a model deleted."""
+    from tools.demo.weights import _remove_older, source_tag
+
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_bytes(b"ab")
+    b.write_bytes(b"c")
+    first = source_tag([a, b])
+    lengths_and_bytes = b"\0" * 7 + b"\x02" + b"ab" + b"\0" * 7 + b"\x01" + b"c"  # 8-byte big-endian lengths
+    assert first == hashlib.sha256(lengths_and_bytes).hexdigest()[:12]
+    a.write_bytes(b"a")
+    b.write_bytes(b"bc")
+    assert source_tag([a, b]) != first
+    a.write_bytes(b"ab")
+    b.write_bytes(b"c")
+    assert source_tag([a, b]) == first
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    keep = ["0123456789ab-unet.pth", "mine-unet.pth", "v1-other.pth", "0123456789abc-unet.pth"]
+    for name in [*keep, "v3-unet.pth", "fedcba987654-unet.pth"]:
+        (cache / name).write_bytes(b"x")
+    _remove_older(cache, "0123456789ab-unet.pth")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(keep)

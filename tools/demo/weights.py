@@ -16,6 +16,7 @@ workflow never uses, is the smallest that ComfyUI still detects as SD2.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -26,8 +27,6 @@ from safetensors.torch import save_file
 
 from fashion_rag.files import atomic_write
 from fashion_rag.inpaint.unet_layout import UNetLayout, diffusers_to_ldm
-
-# Bump a file's version (in _FILES) when its generator changes, so caches are rebuilt.
 
 CHECKPOINT = "fashion_rag_demo_sd2_inpainting.safetensors"
 CLIP_VISION = "fashion_rag_demo_clip_vision_h.safetensors"
@@ -139,12 +138,33 @@ def _cache_dir() -> Path:
     return Path(root) / "demo-models"
 
 
+def source_tag(sources: list[Path]) -> str:
+    """12 hex digits of the sha256 of the files' bytes, in order: a cached file's name carries the
+    tag of the code that generated it, so a change to that code writes it anew. (A hand-bumped
+    version let a changed generator go unseen by every test on a warm cache.)"""
+    digest = hashlib.sha256()
+    for path in sources:
+        data = path.read_bytes()
+        digest.update(len(data).to_bytes(8, "big") + data)  # the lengths keep file boundaries apart
+    return digest.hexdigest()[:12]
+
+
+def _sources(*modules: str) -> list[Path]:
+    """This file and the pack modules a generator builds its shapes from."""
+    pack = Path(__file__).resolve().parents[2] / "fashion_rag"
+    return [Path(__file__).resolve(), *(pack / m for m in modules)]
+
+
+_UNET_SOURCES = _sources("inpaint/unet_layout.py")
 # target path under models/ -> (cache file name, generator, file kind)
 _FILES: dict[str, tuple[str, Callable[[], dict[str, torch.Tensor]], str]] = {
-    f"checkpoints/{CHECKPOINT}": (f"v1-{CHECKPOINT}", checkpoint_state_dict, "safetensors"),
-    f"clip_vision/{CLIP_VISION}": (f"v1-{CLIP_VISION}", clip_vision_state_dict, "safetensors"),
-    f"fashion_rag/adapter/{ADAPTER}": (f"v1-{ADAPTER}", adapter_state_dict, "safetensors"),
-    f"fashion_rag/unet/{UNET}": (f"v3-{UNET}", unet_state_dict, "pth"),
+    f"checkpoints/{CHECKPOINT}": (f"{source_tag(_UNET_SOURCES)}-{CHECKPOINT}", checkpoint_state_dict,
+                                  "safetensors"),
+    f"clip_vision/{CLIP_VISION}": (f"{source_tag(_sources())}-{CLIP_VISION}", clip_vision_state_dict,
+                                   "safetensors"),
+    f"fashion_rag/adapter/{ADAPTER}": (f"{source_tag(_sources('inversion/adapter.py'))}-{ADAPTER}",
+                                       adapter_state_dict, "safetensors"),
+    f"fashion_rag/unet/{UNET}": (f"{source_tag(_UNET_SOURCES)}-{UNET}", unet_state_dict, "pth"),
 }
 
 
@@ -160,6 +180,17 @@ def _write_model(path: Path, make: Callable[[], dict[str, torch.Tensor]], kind: 
         atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     else:  # the reference ships plain torch state_dicts; weights_only loading reads them
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
+
+
+def _remove_older(cache: Path, name: str) -> None:
+    """Delete the cache's files of `name` made by other generator code ("<tag>-" or the old
+    "v<N>-" prefix): each is a GB of random numbers no current checkout asks for."""
+    base = name.split("-", 1)[1]
+    for old in cache.glob(f"*-{base}"):
+        prefix = old.name[: -len(base) - 1]
+        if old.name != name and (len(prefix) == 12 and all(c in "0123456789abcdef" for c in prefix)
+                                 or prefix[:1] == "v" and prefix[1:].isdigit()):
+            old.unlink(missing_ok=True)
 
 
 def install_demo_models(models_dir: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
@@ -179,6 +210,7 @@ def install_demo_models(models_dir: Path, log: Callable[[str], None] = print) ->
         if not cached.exists():
             log(f"[fashion-rag] generating random demo weights {name} (once; cached in {cache})")
             _write_model(cached, make, kind)
+            _remove_older(cache, name)
         if not (target.is_symlink() and target.resolve() == cached.resolve()):
             if target.exists() and not target.is_symlink():
                 log(f"[fashion-rag] keeping your own {target}")
