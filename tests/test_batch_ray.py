@@ -133,7 +133,7 @@ def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(clu
     """One 12-row batch, run three times (each run's workers start their own ComfyUIs: the cost
     of a run, so the Ctrl-C checks ride on the resumed run).
     1. SIGKILL a worker mid-row: its row goes to another worker and is done once, its ComfyUI does
-       not outlive it. Then SIGKILL the driver.
+       not outlive it, a third worker starts in its place. Then SIGKILL the driver.
     2. The rerun resumes, sending no finished row again; at its first Ctrl-C no row is sent any
        more, the rows running finish and are recorded, the rest are skipped, exit 130; every
        prompt a ComfyUI received is an ok row.
@@ -154,6 +154,15 @@ def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(clu
                               line)
             retried = found and found.group(1)
         assert retried, f"no retry reported: {proc.poll()}"
+        # A fresh worker takes the dead one's place (mutation caught: `pool.add()` after a death
+        # dropped: the batch would go on with one worker and never start a worker 3).
+        replaced = False
+        while not replaced and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            replaced = re.search(r"worker 3 starts in place of worker [12]\b", line) is not None
+        assert replaced, f"no worker took the killed one's place: {proc.poll()}"
         while time.monotonic() < deadline and read_summary(out / "summary.csv").get(retried, None) \
                 and read_summary(out / "summary.csv")[retried].status != "ok":
             time.sleep(0.02)

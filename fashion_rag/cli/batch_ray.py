@@ -206,11 +206,14 @@ class _Pool:
         self.file_inputs: set[tuple[str, str]] | None = None
         self.started = 0
 
-    def add(self) -> None:
+    def add(self, replacing: int | str | None = None) -> None:
+        """Start one more worker; `replacing`: the number of the dead worker it takes over from."""
         self.started += 1
         actor = self.actor_class.remote(self.config)
         self.numbers[actor] = self.started
         self.starting[actor.start.remote()] = actor
+        if replacing is not None:
+            self.note(f"batch: worker {self.started} starts in place of worker {replacing}")
 
     def started_one(self, ref: Any) -> None:
         actor = self.starting.pop(ref)
@@ -337,7 +340,7 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
                         progress.note(f"batch: worker {number} died running row {job.id} ({cause}); "
                                       f"the row runs again on another worker ({died[job.id]}/{RETRIES})")
                         queue.appendleft(job)
-                    pool.add()  # a fresh worker in its place
+                    pool.add(replacing=number)  # a fresh worker in its place
                     continue
                 if "setup" in outcome:
                     progress.note(f"batch: worker {pool.numbers.get(actor, '?')} lost: {outcome['setup']}")
