@@ -119,6 +119,15 @@ def _worker_mid_row(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, 
     raise AssertionError(f"no worker seen running a row: {proc.poll()}")
 
 
+def _stderr_unless_hung(proc: subprocess.Popen, timeout: float) -> str:
+    """The batch's stderr once it has ended; killed and failed as hung after `timeout` s."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the batch hung: {proc.communicate()[1]}") from None
+
+
 def _gone(pid: int, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -195,11 +204,7 @@ def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(clu
     shutil.rmtree(out / "comfyui-workers")  # (the next run's workers write theirs)
 
     last = _batch(workflow, jobs, out, *_ray_args(cluster, index_base, workers=1), wait=False)
-    try:
-        _, stderr = last.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        last.kill()
-        raise AssertionError(f"the rerun hung: {last.communicate()[1]}") from None
+    stderr = _stderr_unless_hung(last, 300)
     assert last.returncode == 0, stderr
     assert f"{len(ok)} of 12 rows already done" in stderr
     summary = read_summary(out / "summary.csv")
@@ -260,11 +265,7 @@ def test_a_batch_ends_when_its_rows_are_done_though_a_worker_is_never_placed(clu
     Mutation caught (and defect fixed): the workers still starting waited for with no row left."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(2))
     proc = _batch(workflow, jobs, tmp_path / "out", *_ray_args(cluster, index_base, workers=3), wait=False)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"the batch hung: {proc.communicate()[1]}") from None
+    stderr = _stderr_unless_hung(proc, 120)
     assert proc.returncode == 0, stderr
     assert "2 ok, 0 failed, 0 skipped" in stderr, stderr
     summary = read_summary(tmp_path / "out" / "summary.csv")
