@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_rag.cli.batch_files import FileCellError, ImageUploads, as_png
+from fashion_rag.cli.batch_files import FileCellError, ImageUploads, as_png, cell_path
 
 
 def _black_png(width: int, height: int) -> bytes:
@@ -126,3 +126,47 @@ def test_upload_name_is_content_hash_and_a_safe_stem(tmp_path):
     png = uploads.sent[0][0]
     assert name == f"{hashlib.sha256(png).hexdigest()[:12]}_my_photo__1.png"
     assert Path(name).name == name
+
+
+def test_unreadable_cells_fail_their_row_with_file_cell_error(tmp_path):
+    """A device (even with --allow-outside), a FIFO and a missing file each give FileCellError
+    (the row fails, the run goes on), and nothing is uploaded.
+
+    Mutations caught: the file opened with plain open() instead of open_regular (a device is
+    read); UnreadableFileError not turned into FileCellError; OSError (a missing file) not
+    turned into FileCellError."""
+    folder = tmp_path.resolve()
+    os.mkfifo(folder / "pipe.png")
+    uploads = Uploads()
+    with pytest.raises(FileCellError, match="is not a regular file"):
+        ImageUploads(folder, True, uploads).server_name(Path("/dev/null"))
+    files = ImageUploads(folder, False, uploads)
+    with pytest.raises(FileCellError, match="is not a regular file"):
+        files.server_name(folder / "pipe.png")
+    with pytest.raises(FileCellError, match="cannot read .*gone.png: No such file"):
+        files.server_name(folder / "gone.png")
+    assert uploads.sent == []
+
+
+def test_cell_paths_relative_absolute_and_home(tmp_path, monkeypatch):
+    """Mutation caught: `~` not expanded (read as a folder named '~' in the table's folder)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "table"
+    assert cell_path("a/me.png", folder) == folder / "a" / "me.png"
+    assert cell_path("/x/me.png", folder) == Path("/x/me.png")
+    assert cell_path("~/me.png", folder) == tmp_path / "home" / "me.png"
+    assert cell_path("~nosuchuser_fashion_rag/me.png", folder) is None
+
+
+def test_a_table_folder_reached_through_a_symlink_keeps_its_own_files(tmp_path):
+    """A job table opened through a symlinked folder: its own photos are inside, not refused.
+
+    Mutation caught: ImageUploads keeping the folder unresolved (then every file, resolved, lies
+    'outside' it)."""
+    real = tmp_path.resolve() / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    Image.new("RGB", (2, 2)).save(real / "me.png")
+    uploads = Uploads()
+    name = ImageUploads(tmp_path / "link", False, uploads).server_name(tmp_path / "link" / "me.png")
+    assert name.endswith("_me.png") and len(uploads.sent) == 1

@@ -9,7 +9,9 @@ holding a newline then named the wrong line); a JSON Lines row cut at U+2028."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +147,44 @@ def test_missing_model_file_message_names_the_file_the_folders_searched_and_the_
                  "press R"):
         assert part in msg, part
     assert "(searched: no folder)" in missing_file_message(ADAPTER, None, [])
+
+
+@dataclass(frozen=True)
+class Ids:
+    ids: list[int]
+
+
+def test_records_from_hostile_json_are_none_or_mistyped():
+    """A JSON scalar, a JSON nested past the recursion limit and a bool among list[int] ids are
+    refused (None from parse, Mistyped from from_json), never a TypeError or RecursionError.
+
+    Mutations caught: parse without its isinstance(dict) check (a JSON number or string raised
+    TypeError); parse not catching RecursionError; list[int]'s fast path by isinstance (a bool
+    taken for an int)."""
+    for raw in (b"5", b'"name"', b"null", b"[" * 100_000 + b"]" * 100_000):
+        assert parse(Rec, raw) is None, raw[:10]
+    assert from_json(Ids, {"ids": [1, 2]}, "", []) == Ids([1, 2])
+    problems: list[str] = []
+    with pytest.raises(Mistyped):
+        from_json(Ids, {"ids": [1, True]}, "", problems)
+    assert problems == ["ids[1] is bool, not int"]
+
+
+def test_tables_that_are_not_files_deep_json_and_huge_csv_fields_are_one_value_error(tmp_path):
+    """A device, a FIFO, a JSON line nested past the recursion limit and a CSV field over the
+    csv module's limit each give one ValueError naming the file (and line).
+
+    Mutations caught: tables reading with plain open() (a device read as an empty table);
+    UnreadableFileError passed on without the 'give a CSV or JSON Lines file' advice;
+    RecursionError from a JSON line not caught; csv.Error not caught."""
+    with pytest.raises(ValueError, match="/dev/null is not a regular file.*: give a CSV or JSON Lines file"):
+        read_rows(Path("/dev/null"))
+    os.mkfifo(tmp_path / "jobs.csv")
+    with pytest.raises(ValueError, match="jobs.csv is not a regular file.*: give a CSV or JSON Lines file"):
+        read_rows(tmp_path / "jobs.csv")
+    (tmp_path / "deep.jsonl").write_text('{"id": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"deep.jsonl:2: not a JSON object per line"):
+        read_rows(tmp_path / "deep.jsonl")
+    (tmp_path / "wide.csv").write_text("id,caption\n1,ok\n2," + "x" * 200_000 + "\n")
+    with pytest.raises(ValueError, match=r"wide.csv:\d+: not readable as CSV"):
+        read_rows(tmp_path / "wide.csv")
