@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 
 from .encoder import write_tiny_encoder_weights
-from .weights import _cache_dir
+from .weights import _cache_dir, _remove_older, source_tag
 from fashion_rag.evaluation.metric_weights import ALEXNET, CLIP, INCEPTION, LPIPS, MetricWeights
 from fashion_rag.files import atomic_write
 
-VERSION = "v1"  # bump when a generator changes, so the cached files are rebuilt
+# The cached files carry the sha256 of their generators' code (this file and the tiny encoder's):
+# a changed generator writes them anew, never read as the old ones by a warm cache.
+TAG = source_tag([Path(__file__).resolve(), Path(__file__).resolve().with_name("encoder.py")])
 
 
 def _random(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
@@ -75,9 +77,10 @@ def lpips_state_dict(seed: int = 23) -> dict[str, torch.Tensor]:
 
 
 def _cached(name: str, make: Callable[[Path], object]) -> Path:
-    path = _cache_dir() / f"{VERSION}-{name}"
+    path = _cache_dir() / f"{TAG}-{name}"
     if not path.exists():
         make(path)
+        _remove_older(path.parent, path.name)
     return path
 
 
