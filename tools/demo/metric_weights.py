@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from .encoder import write_tiny_encoder_weights
-from .weights import _cache_dir, _remove_older, source_tag
+from .weights import _cache_dir, _remove_older, _sources, source_tag
 from fashion_rag.evaluation.metric_weights import ALEXNET, CLIP, INCEPTION, LPIPS, MetricWeights
 from fashion_rag.files import atomic_write
 
-# The cached files carry the sha256 of their generators' code (this file and the tiny encoder's):
+# The cached files carry the sha256 of their generators' code (this file, weights.py, the tiny encoder):
 # a changed generator writes them anew, never read as the old ones by a warm cache.
-TAG = source_tag([Path(__file__).resolve(), Path(__file__).resolve().with_name("encoder.py")])
+TAG = source_tag([Path(__file__).resolve(), *_sources("tools.demo.encoder")])
 
 
 def _random(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ workflow never uses, is the smallest that ComfyUI still detects as SD2.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -150,19 +151,19 @@ def source_tag(sources: list[Path]) -> str:
 
 
 def _sources(*modules: str) -> list[Path]:
-    """This file and the pack modules a generator builds its shapes from."""
-    pack = Path(__file__).resolve().parents[2] / "fashion_rag"
-    return [Path(__file__).resolve(), *(pack / m for m in modules)]
+    """This file and the files of the modules a generator builds its shapes from (where import
+    finds them, without importing them)."""
+    return [Path(__file__).resolve(), *(Path(importlib.util.find_spec(m).origin) for m in modules)]
 
 
-_UNET_SOURCES = _sources("inpaint/unet_layout.py")
+_UNET_SOURCES = _sources("fashion_rag.inpaint.unet_layout")
 # target path under models/ -> (cache file name, generator, file kind)
 _FILES: dict[str, tuple[str, Callable[[], dict[str, torch.Tensor]], str]] = {
     f"checkpoints/{CHECKPOINT}": (f"{source_tag(_UNET_SOURCES)}-{CHECKPOINT}", checkpoint_state_dict,
                                   "safetensors"),
     f"clip_vision/{CLIP_VISION}": (f"{source_tag(_sources())}-{CLIP_VISION}", clip_vision_state_dict,
                                    "safetensors"),
-    f"fashion_rag/adapter/{ADAPTER}": (f"{source_tag(_sources('inversion/adapter.py'))}-{ADAPTER}",
+    f"fashion_rag/adapter/{ADAPTER}": (f"{source_tag(_sources('fashion_rag.inversion.adapter'))}-{ADAPTER}",
                                        adapter_state_dict, "safetensors"),
     f"fashion_rag/unet/{UNET}": (f"{source_tag(_UNET_SOURCES)}-{UNET}", unet_state_dict, "pth"),
 }
