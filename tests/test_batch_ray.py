@@ -82,11 +82,16 @@ def test_ray_workers_give_the_local_batchs_rows_and_images(cluster, comfy_server
         for name in record.outputs:
             assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert "5 ok, 1 failed, 0 skipped" in remote.stderr
-    # Both workers started a ComfyUI and each row went to one of them once. Not "each worker got a
-    # row": workers pull rows as they become ready, so a worker whose ComfyUI starts late may find
-    # none left (seen once: [6, 0]); that rows do move between workers, the killed-worker test shows.
+    # Two workers asked for, and each row went to a ready worker's ComfyUI once. Not "each worker
+    # got a row", nor even "both became ready": workers pull rows as they become ready, so one whose
+    # ComfyUI starts late may find none left (seen: [6, 0]), or none queued, and the batch then ends
+    # without waiting for it (seen: [6]). A log comes back from each worker that was ready; that two
+    # workers start and rows move between them, the killed-worker test shows ("worker 3 starts in
+    # place of worker 1 or 2").
+    assert "batch: starting 2 Ray workers" in remote.stderr
     received = _prompts_received(tmp_path / "ray")
-    assert len(received) == 2 and sum(received) == 6, received
+    ready = len(re.findall(r"batch: worker [12] ready on ", remote.stderr))
+    assert 1 <= len(received) == ready <= 2 and sum(received) == 6, (received, remote.stderr[-3000:])
 
 
 def _processes() -> dict[int, tuple[int, str]]:
