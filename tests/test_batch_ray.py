@@ -40,10 +40,10 @@ def cluster(local_ray) -> str:
     return local_ray
 
 
-def _ray_args(address: str, base: Path, workers: int = 2) -> list[str]:
+def _ray_args(address: str, base: Path, workers: int = 2, device: str = "cpu") -> list[str]:
     # The session server's flags (fp32 everywhere), so both engines compute the same images.
     return ["--engine", "ray", "--ray-address", address, "--workers", str(workers),
-            "--comfyui", str(comfy_path()), "--base", str(base), "--device", "cpu",
+            "--comfyui", str(comfy_path()), "--base", str(base), "--device", device,
             "--comfyui-args=--fp32-text-enc --fp32-vae --fp32-unet"]
 
 
@@ -151,7 +151,7 @@ def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(clu
     2. The rerun resumes, sending no finished row again; at its first Ctrl-C no row is sent any
        more, the rows running finish and are recorded, the rest are skipped, exit 130; every
        prompt a ComfyUI received is an ok row.
-    3. The last rerun (one worker) runs the rows left: all 12 ok, none sent twice."""
+    3. The last rerun (one worker, `--device auto`) runs the rows left: all 12 ok, none sent twice."""
     workflow, jobs = _job_files(tmp_path, people, _many_rows(12))
     out = tmp_path / "out"
     proc = _batch(workflow, jobs, out, *_ray_args(cluster, index_base), wait=False)
@@ -208,7 +208,9 @@ def test_killed_worker_row_runs_again_killed_driver_resumes_and_ctrl_c_stops(clu
     assert sum(_prompts_received(out)) == len(ok) - len(finished)  # no finished row sent again
     shutil.rmtree(out / "comfyui-workers")  # (the next run's workers write theirs)
 
-    last = _batch(workflow, jobs, out, *_ray_args(cluster, index_base, workers=1), wait=False)
+    # `--device auto` (the default) on this GPU-less cluster: a worker without a GPU starts ComfyUI
+    # with --cpu (mutation caught: auto read the other way round; ComfyUI then found no driver).
+    last = _batch(workflow, jobs, out, *_ray_args(cluster, index_base, workers=1, device="auto"), wait=False)
     stderr = _stderr_unless_hung(last, 300)
     assert last.returncode == 0, stderr
     assert f"{len(ok)} of 12 rows already done" in stderr
