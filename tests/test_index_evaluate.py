@@ -262,3 +262,53 @@ def test_many_unknown_ids_are_listed_five_at_most(toy):
         evaluate_index(load_index(root / "shop"), [query], mode="caption")
     assert str(err.value) == ("line 7 of the query file: relevant id(s) u1, u2, u3, u4, u5 are not in index "
                               "'shop': fix the ids or rebuild the index")
+
+
+def test_device_places_the_query_encoder_and_a_wrong_one_is_refused_before_any_model_loads(
+        toy, capsys, monkeypatch):
+    """`--device` for `index query` and `index evaluate` (as for `index build`): cpu gives the
+    rows and hits of the default here (a machine without a GPU); a device torch does not have, a
+    name that is no device, and --device with --mode caption (nothing encoded) are each one line,
+    exit code 2, before any model loads. A text query never loads the image tower; a picture does.
+    Mutations caught: --device not checked for queries (cuda:N went through); --device with
+    --mode caption accepted; the CLI's encoder made with both towers (the text query held the
+    image tower)."""
+    import torch
+
+    import fashion_rag.retrieval.index as index_module
+
+    root, weights = toy
+    shop, csv = str(root / "shop"), str(root / "queries" / "text.csv")
+    made = []
+
+    def spy(*args, **kwargs):  # the real encoder_for, its encoders kept to look at
+        made.append(index_module.encoder_for.__wrapped__(*args, **kwargs))
+        return made[-1]
+
+    spy.__wrapped__ = index_module.encoder_for
+    monkeypatch.setattr(index_module, "encoder_for", spy)
+    runs = {}
+    for device in ([], ["--device", "cpu"]):
+        evaluate = _main(capsys, "evaluate", shop, csv, "--weights", str(weights), "--json", *device)
+        query = _main(capsys, "query", shop, "red top", "--weights", str(weights), "--json", *device)
+        assert evaluate[0] == query[0] == 0, (evaluate, query)
+        runs[tuple(device)] = (json.loads(evaluate[1]), json.loads(query[1]))
+    assert runs[()] == runs[("--device", "cpu")] and runs[()][1]
+    text_only = made[-1]
+    assert text_only.module.visual is None and text_only._visual is None  # the image tower never loaded
+    image = _main(capsys, "query", shop, "--image", str(root / "queries" / "top_red.png"), "--weights",
+                  str(weights), "--device", "cpu", "--json")
+    assert image[0] == 0 and json.loads(image[1])[0]["id"] == "top_red", image
+    assert made[-1]._visual is not None and next(made[-1]._visual.parameters()).device.type == "cpu"
+
+    n = torch.cuda.device_count()
+    loaded = len(made)
+    for extra, message in ((["--device", f"cuda:{n}"], f"--device cuda:{n}: torch sees {n} CUDA GPUs here"),
+                           (["--device", "gpu0"], "--device 'gpu0' is not a device to encode on"),
+                           (["--device", "cpu", "--mode", "caption"],
+                            "--mode caption encodes none: drop --device")):
+        for command in (["evaluate", shop, csv], ["query", shop, "red top"]):
+            rc, out, err = _main(capsys, *command, "--weights", str(weights), *extra)
+            assert (rc, out) == (2, "") and len(err.splitlines()) == 1, (command, extra, err)
+            assert message in err, (command, extra, err)
+    assert len(made) == loaded  # refused before an encoder was made

@@ -142,6 +142,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--weights", type=Path,
                    help="the encoder weights file or model folder the index was built with (needed unless "
                         "--mode caption)")
+    _add_query_device(q)
     q.add_argument("--pin", default="", help="comma-separated ids returned first")
     q.add_argument("--exclude", default="", help="comma-separated ids never returned")
     q.add_argument("--json", action="store_true")
@@ -160,12 +161,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--weights", type=Path, help="the encoder weights file or model folder the index was "
                                                 "built with (needed unless --mode caption)")
     e.add_argument("--mode", choices=MODES, default=None, help="default: fusion when captions exist")
+    _add_query_device(e)
     e.add_argument("--image-weight", type=float, default=DEFAULT_IMAGE_WEIGHT,
                    help="weight of the picture in rows with a text and an image (default "
                         f"{DEFAULT_IMAGE_WEIGHT})")
     e.add_argument("--ks", default="1,3,5,10,20", help=f"the k values, comma-separated (at most {MAX_K})")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_friendly(_evaluate))
+
+
+def _add_query_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="torch device the queries are encoded on (cpu, cuda, cuda:1, ...; default: cuda "
+                             "when torch sees a GPU, else cpu)")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -232,7 +240,8 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _local_device(name: str | None) -> str:
-    """The torch device of a local build, checked before any work: --device, else cuda if torch sees a GPU."""
+    """The torch device to encode on (a local build's, or the queries'), checked before any work:
+    --device, else cuda if torch sees a GPU."""
     import torch
 
     if name is None:
@@ -321,7 +330,11 @@ def _query_encoder(args: argparse.Namespace) -> Any:
     from ..retrieval.ondisk import read_manifest
 
     if args.mode == "caption":
+        if args.device is not None:
+            raise ValueError("--device is where queries are encoded, and --mode caption encodes none: "
+                             "drop --device")
         return None
+    device = _local_device(args.device)  # a wrong one refused before any model loads
     manifest = read_manifest(args.index)
     if args.weights is None:
         # Never the manifest's weights_path: whoever placed the index chose it, and whether the
@@ -329,7 +342,11 @@ def _query_encoder(args: argparse.Namespace) -> Any:
         built_with = manifest.encoder.weights_file
         raise ValueError(f"this query is encoded with the index's encoder: pass --weights with the file "
                          f"the index was built with ({built_with}), or use --mode caption")
-    return encoder_for(manifest.encoder, args.weights)
+    # The image tower loads on the first picture only: a text query never holds it.
+    encoder = encoder_for(manifest.encoder, args.weights, image_tower=False)
+    # Each tower goes to the device as it is used (already there, .to() returns at once).
+    encoder.before_use = lambda kind: encoder.tower(kind).to(device)
+    return encoder
 
 
 def _save(folder: Path, index: GarmentIndex, hits: list[Garment]) -> None:
