@@ -134,9 +134,15 @@ def _stderr_unless_hung(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def _gone(pid: int, timeout: float = 30) -> bool:
+    """The process has exited within `timeout` s: no longer listed, or a zombie (dead, waiting to be
+    reaped by whoever adopted it: its parent is gone, and the reaper takes its time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid not in _processes():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
             return True
         time.sleep(0.1)
     return False
