@@ -239,7 +239,8 @@ def comfy_server(comfy_base, demo_models):
     It computes on one thread, as .ci/test pins each worker (OMP_NUM_THREADS=1, inherited): the
     other worker is busy nearly all the run (536 of 558 s, benchmarks/RESULTS.md "Session 13"), and
     a second thread then only contends. The browser test beside a busy core: 141 s and 115 CPU s
-    with one thread, 143 s and 143 CPU s with two."""
+    with one thread, 143 s and 143 CPU s with two; run in the other order, 123 s and 101 CPU s
+    against 131 s and 130 CPU s."""
     server = ComfyServer(comfy_base)
     try:
         server.wait_ready()
