@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import shutil
 import subprocess
 import sys
@@ -236,12 +237,13 @@ def one_thread():
 @pytest.fixture(scope="session")
 def comfy_server(comfy_base, demo_models):
     """One ComfyUI server per pytest process (per xdist worker; the groups above keep it to one worker).
-    It computes on one thread, as .ci/test pins each worker (OMP_NUM_THREADS=1, inherited): the
-    other worker is busy nearly all the run (536 of 558 s, benchmarks/RESULTS.md "Session 13"), and
-    a second thread then only contends. The browser test beside a busy core: 141 s and 115 CPU s
-    with one thread, 143 s and 143 CPU s with two; run in the other order, 123 s and 101 CPU s
-    against 131 s and 130 CPU s."""
-    server = ComfyServer(comfy_base)
+    It computes with every core: .ci/test pins each worker to one thread (OMP_NUM_THREADS=1), but
+    the full-size demo runs happen here, mostly while the other worker is done or idle. (One thread
+    was tried, 2026-12-05: beside a busy core it saved ~28 of ~130 CPU s of the browser test, but
+    whole runs took 10 min 59 s and 11 min 1 s with it against 10 min 15 s without; the end-to-end
+    evaluation test alone 52 s against 30 s.)"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    server = ComfyServer(comfy_base, env=env)
     try:
         server.wait_ready()
         yield server
