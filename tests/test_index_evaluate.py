@@ -279,13 +279,12 @@ def test_device_places_the_query_encoder_and_a_wrong_one_is_refused_before_any_m
 
     root, weights = toy
     shop, csv = str(root / "shop"), str(root / "queries" / "text.csv")
-    made = []
+    made, real = [], index_module.encoder_for
 
     def spy(*args, **kwargs):  # the real encoder_for, its encoders kept to look at
-        made.append(index_module.encoder_for.__wrapped__(*args, **kwargs))
+        made.append(real(*args, **kwargs))
         return made[-1]
 
-    spy.__wrapped__ = index_module.encoder_for
     monkeypatch.setattr(index_module, "encoder_for", spy)
     runs = {}
     for device in ([], ["--device", "cpu"]):

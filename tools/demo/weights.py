@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -188,9 +189,7 @@ def _remove_older(cache: Path, name: str) -> None:
     "v<N>-" prefix): each is a GB of random numbers no current checkout asks for."""
     base = name.split("-", 1)[1]
     for old in cache.glob(f"*-{base}"):
-        prefix = old.name[: -len(base) - 1]
-        if old.name != name and (len(prefix) == 12 and all(c in "0123456789abcdef" for c in prefix)
-                                 or prefix[:1] == "v" and prefix[1:].isdigit()):
+        if old.name != name and re.fullmatch(r"(?:[0-9a-f]{12}|v[0-9]+)-", old.name[: -len(base)]):
             old.unlink(missing_ok=True)
 
 
