@@ -180,6 +180,24 @@ def test_injection_refuses_other_widths_and_a_second_chunk(encoders):
     assert type(info.value).__name__ == "PromptTooLongError"
 
 
+def test_injection_into_a_clip_whose_width_cannot_be_read(encoders, monkeypatch):
+    """A CLIP whose text encoder is not where the pack looks for it (a layout it does not know:
+    here the SD2 CLIP with its `clip_h` attribute gone) gets no width check, and the PTE rows still
+    go, in rank order, to the positions transformers' tokenizer gives the `$` tokens; ComfyUI's
+    own encoding is then what meets any mismatch. Mutation caught: the width check without
+    `width is not None` (every such CLIP refused as "None-wide")."""
+    monkeypatch.delattr(encoders.clip.cond_stage_model, "clip_h")
+    text = literal_prompt("upper_body", 1)
+    ptes = torch.arange(TOKENS_PER_GARMENT * 8, dtype=torch.float32).reshape(1, TOKENS_PER_GARMENT, 8) + 0.25
+    (key, chunks), = encoders.inversion.inject_embeddings(encoders.clip, text, ptes).items()
+    assert key == "h" and len(chunks) == 1
+    expected = (encoders.ids(text)[0] == PLACEHOLDER_ID).nonzero()[:, 0].tolist()
+    placed = [i for i, entry in enumerate(chunks[0]) if isinstance(entry[0], torch.Tensor)]
+    assert placed == expected and len(placed) == TOKENS_PER_GARMENT
+    for rank, i in enumerate(placed):
+        assert torch.equal(chunks[0][i][0], ptes[0, rank])
+
+
 def test_pseudo_word_count_per_garment_comes_from_the_ptes(encoders):
     """An adapter of 4 pseudo-words per garment: 5 dresses are 20 `$` (fits; 5 x 16 = 80 would not),
     and the conditioning is the reference's for the literal prompt with 20 placeholders.

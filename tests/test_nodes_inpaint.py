@@ -270,6 +270,13 @@ def test_a_model_without_an_sd_unet_is_named_so(comfy_runtime):
                                          r"the 27-channel Fashion-RAG UNet\. Load it with 'Fashion-RAG UNet "
                                          r"Loader'\.$"):
         check_model(object())
+    # Objects that have `input_blocks` but no SD input convolution at [0][0]: an empty list
+    # (IndexError) and a convolution there directly (TypeError: not subscriptable). Mutation
+    # caught: `unet_in_channels` catching AttributeError only (both would escape as a raw error).
+    for blocks in (torch.nn.ModuleList(), torch.nn.ModuleList([torch.nn.Conv2d(27, 8, 3)])):
+        model = SimpleNamespace(model=SimpleNamespace(diffusion_model=SimpleNamespace(input_blocks=blocks)))
+        with pytest.raises(ValueError, match=r"^This MODEL is not an SD-style UNet; "):
+            check_model(model)
 
 
 def test_gpu_benchmark_setup_runs_in_smoke_mode(tmp_path):
