@@ -148,6 +148,18 @@ function setState(node, id, state) {
   writeIds(node, EXCLUDE, excludes);
   renderGallery(node);
   node.graph?.setDirtyCanvas?.(true, true);
+  recordUndoStep();
+}
+
+// Make this click one undo step now. ComfyUI's change tracker looks at the graph on mouseup,
+// which comes before a click handler runs, so it would see the click only at the next mouseup;
+// newer frontends (1.49.6 with ComfyUI 0.33.0) also fold a change made within 50 ms of a look
+// into the step before it, and Ctrl+Z then undid two clicks at once. captureCanvasState is the
+// newer name of checkState (1.32.9 has only checkState, 1.49.6 warns that it is deprecated).
+function recordUndoStep() {
+  const tracker = app.extensionManager?.workflow?.activeWorkflow?.changeTracker;
+  if (typeof tracker?.captureCanvasState === "function") tracker.captureCanvasState();
+  else tracker?.checkState?.();
 }
 
 const NEXT_STATE = { none: "pin", pin: "exclude", exclude: "none" };
