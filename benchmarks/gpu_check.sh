@@ -10,6 +10,10 @@
 #   benchmarks/gpu_packages.py's NEEDED (`python benchmarks/gpu_packages.py` lists them), installed
 #   there with --no-deps, and ComfyUI 0.3.75's source less what the check never reads (its API nodes,
 #   tests, examples and other model families' tokenizers: gpu_packages.py COMFYUI_LEFT_OUT).
+#   The kit is proven with ComfyUI 0.3.75; for another (COMFYUI_PATH), it adds those of that
+#   ComfyUI's requirements the check's imports reach in 0.33.0 (comfy-aimdo, comfy-kitchen,
+#   torchaudio) and the real av in place of the stand-in below (0.33.0's LoadImage decodes images
+#   through PyAV): gpu_packages.py FROM_COMFYUI, PROVEN_WITH. Such a kit is not sized here.
 #   Measured for CPython 3.12, manylinux x86_64 (2026-12-03, `gpu_packages.py --sizes KIT`), MiB:
 #     scipy 33.6 (ComfyUI's samplers, bm25s), faiss-cpu 18.0, diffusers 6.1, open_clip_torch 1.5,
 #     ComfyUI's source 1.25 (tar.gz; 6.5 whole), wcwidth 0.8, charset-normalizer 0.3, and psutil,
@@ -77,7 +81,7 @@ if [ -n "$prepare" ]; then
   mkdir -p "$prepare/wheels"
   pyver=${pyver:-$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')}
   reqs=$(mktemp)
-  "$py" "$here/gpu_packages.py" | grep -vE "^($(echo "${without:-^$}" | tr ',' '|'))==" > "$reqs" || true
+  "$py" "$here/gpu_packages.py" --comfyui "$(comfy_source)" | grep -vE "^($(echo "${without:-^$}" | tr ',' '|'))==" > "$reqs" || true
   platforms=()
   for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
            manylinux1_x86_64; do platforms+=(--platform "$p"); done
@@ -85,7 +89,7 @@ if [ -n "$prepare" ]; then
     "${platforms[@]}" -d "$prepare/wheels" -r "$reqs"
   rm -f "$reqs"
   "$py" "$here/gpu_packages.py" --comfyui-tarball "$prepare/ComfyUI.tar.gz" --comfyui "$(comfy_source)"
-  "$py" "$here/gpu_packages.py" --sizes "$prepare"
+  "$py" "$here/gpu_packages.py" --sizes "$prepare" --comfyui "$(comfy_source)"
   echo "(for CPython $pyver; the av stand-in travels in the repository: copy the repository with $prepare)"
   exit 0
 fi
@@ -94,6 +98,7 @@ if [ -n "$kit" ]; then
   [ -d "$kit/wheels" ] && [ -f "$kit/ComfyUI.tar.gz" ] || die "$kit holds no wheels/ and ComfyUI.tar.gz: make it with --prepare"
   kit=$(cd "$kit" && pwd)
   if [ ! -f "$kit/site/.installed" ]; then
+    mkdir -p "$kit/site"  # empty where the machine holds every package and needs no stand-in
     wheels=("$kit"/wheels/*.whl)  # none where the machine holds all of NEEDED already
     if [ -e "${wheels[0]}" ]; then
       "$py" -m pip install -q --no-index --no-deps --no-compile --target "$kit/site" "${wheels[@]}"

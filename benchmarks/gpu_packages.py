@@ -6,6 +6,7 @@ with here. `gpu_check.sh --prepare` downloads exactly these wheels; the GPU mach
 with --no-deps.
 
     python benchmarks/gpu_packages.py                 # NEEDED as requirement lines
+    python benchmarks/gpu_packages.py --comfyui DIR   # ... for that ComfyUI (FROM_COMFYUI added)
     python benchmarks/gpu_packages.py --venv DIR      # a venv holding only what the check may use
     python benchmarks/gpu_packages.py --venv DIR --base-only   # only torch, transformers, timm
 
@@ -54,6 +55,14 @@ NEEDED = {
     "einops": "0.8.2",  # ComfyUI's models
     "psutil": "7.2.2",  # ComfyUI's memory manager
 }
+# The ComfyUI versions NEEDED and the stand-ins below are proven with (the kit measured and run).
+PROVEN_WITH = ("0.3.75",)
+# For any other ComfyUI: those of its own requirements that the check's imports reach in 0.33.0
+# (comfy.model_management imports comfy_aimdo, the attention module comfy_kitchen, comfy.sd the
+# audio VAE's torchaudio), each where its requirements.txt names it, at the version pinned there,
+# else at the one installed here; and the real packages in place of the stand-ins (0.33.0's
+# LoadImage decodes every image through PyAV).
+FROM_COMFYUI = ("comfy-aimdo", "comfy-kitchen", "torchaudio")
 # Distributions the check imports but never uses, carried as a stand-in package (folder holding it):
 # ComfyUI's node API (comfy_api.latest) imports av (18.1.0 here, a 34 MiB wheel) for its video types.
 STAND_INS = {"av": HERE / "gpu_kit_av"}
@@ -87,6 +96,56 @@ def _requirements(dist: str) -> list[str]:
     return out
 
 
+def comfyui_requirements(comfyui: Path) -> dict[str, str]:
+    """Normalised name -> specifier ("==0.4.13", or "" unpinned) of ComfyUI's requirements.txt;
+    lines that are not requirements (comments, pip options) are left out."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        lines = (comfyui / "requirements.txt").read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"gpu_packages: cannot read ComfyUI's requirements.txt in {comfyui}: {exc}") from exc
+    out = {}
+    for line in lines:
+        try:
+            req = Requirement(line.split("#", 1)[0].strip())
+        except InvalidRequirement:
+            continue
+        out[_name(req.name)] = str(req.specifier)
+    return out
+
+
+def comfyui_version(comfyui: Path) -> str:
+    """`__version__` of ComfyUI's comfyui_version.py ("" where it names none)."""
+    try:
+        text = (comfyui / "comfyui_version.py").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def needed(comfyui: Path | None) -> dict[str, str]:
+    """NEEDED, plus for a ComfyUI at `comfyui` of a version not in PROVEN_WITH those of
+    FROM_COMFYUI and STAND_INS its requirements name (None: NEEDED alone)."""
+    out = dict(NEEDED)
+    if comfyui is None or comfyui_version(comfyui) in PROVEN_WITH:
+        return out
+    requirements = comfyui_requirements(comfyui)
+    for name in (n for n in (*FROM_COMFYUI, *STAND_INS) if _name(n) in requirements):
+        spec = requirements[_name(name)]
+        if spec.startswith("==") and "," not in spec:
+            out[name] = spec[2:]
+            continue
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            raise SystemExit(f"gpu_packages: ComfyUI at {comfyui} requires {name}{spec} without pinning "
+                             f"one version, and this Python has none installed to take the version "
+                             f"from: install it here (pip install '{name}{spec}') and run again") from None
+    return out
+
+
 def base_closure() -> set[str]:
     """BASE and their requirements, recursively, as installed here (normalised names)."""
     seen: set[str] = set()
@@ -103,11 +162,13 @@ def base_closure() -> set[str]:
     return seen
 
 
-def make_venv(target: Path, base_only: bool = False) -> Path:
+def make_venv(target: Path, base_only: bool = False, comfyui: Path | None = None) -> Path:
     """A venv at `target` whose site-packages links only the allowed distributions' files (without
-    NEEDED if base_only: a GPU machine before `gpu_check.sh --kit` installs them); its python."""
+    the needed ones if base_only: a GPU machine before `gpu_check.sh --kit` installs them); its
+    python. `comfyui`: the ComfyUI the check will run, whose requirements may add to NEEDED."""
+    wanted = needed(comfyui)
     # pip too: the GPU machine installs the wheels with it (gpu_check.sh --kit); the check never imports it
-    allowed = base_closure() | {"pip"} | (set() if base_only else {_name(n) for n in NEEDED})
+    allowed = base_closure() | {"pip"} | (set() if base_only else {_name(n) for n in wanted})
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(target)], check=True)
     python = target / "bin" / "python"
     where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -125,7 +186,7 @@ def make_venv(target: Path, base_only: bool = False) -> Path:
             link = site / top
             if not link.exists():
                 link.symlink_to(ours / top)
-    for name in NEEDED:
+    for name in wanted:
         try:
             md.distribution(name)
         except md.PackageNotFoundError:
@@ -153,19 +214,25 @@ def pack_comfyui(src: Path, tarball: Path) -> None:
 
 
 def install_stand_ins(site: Path) -> None:
-    """The stand-in packages of STAND_INS into `site` (a kit's --target folder)."""
+    """The stand-in packages of STAND_INS into `site` (a kit's --target folder), each unless the
+    real one was carried or this Python has it (the stand-ins have no distribution metadata)."""
     for name, folder in STAND_INS.items():
         if any(site.glob(f"{name}-*.dist-info")):  # the real package was carried: keep it whole
             continue
+        try:
+            md.distribution(name)
+            continue
+        except md.PackageNotFoundError:
+            pass
         shutil.copytree(folder / name, site / name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def sizes(kit: Path) -> str:
+def sizes(kit: Path, comfyui: Path | None = None) -> str:
     """A markdown table of a kit's wheels, stand-ins and ComfyUI tarball (MiB): the kit's total and
-    what of it the H200 image needs; NEEDED left out of the kit (--without) named below."""
+    what of it the H200 image needs; the needed ones left out of the kit (--without) named below."""
     items = {_name(w.name.split("-")[0]): w.stat().st_size for w in (kit / "wheels").glob("*.whl")}
-    left_out = [n for n in NEEDED if _name(n) not in items]
+    left_out = [n for n in needed(comfyui) if _name(n) not in items]
     for name, folder in STAND_INS.items():
         items[f"{name} (stand-in)"] = sum(f.stat().st_size for f in (folder / name).rglob("*.py"))
     items["ComfyUI source (tar.gz)"] = (kit / "ComfyUI.tar.gz").stat().st_size
@@ -188,16 +255,18 @@ def main() -> int:
     p.add_argument("--stand-ins", type=Path, default=None, help="install the stand-ins into this folder")
     p.add_argument("--sizes", type=Path, default=None, help="print a kit folder's sizes as a table")
     a = p.parse_args()
+    env_comfyui = os.environ.get("COMFYUI_PATH")
+    comfyui = a.comfyui or (Path(env_comfyui) if env_comfyui else None)
     if a.venv:
-        print(make_venv(a.venv, a.base_only))
+        print(make_venv(a.venv, a.base_only, comfyui))
     elif a.comfyui_tarball:
-        pack_comfyui(a.comfyui or Path(os.environ.get("COMFYUI_PATH", "")), a.comfyui_tarball)
+        pack_comfyui(comfyui or Path(""), a.comfyui_tarball)
     elif a.stand_ins:
         install_stand_ins(a.stand_ins)
     elif a.sizes:
-        print(sizes(a.sizes))
+        print(sizes(a.sizes, comfyui))
     else:
-        print("\n".join(f"{name}=={version}" for name, version in NEEDED.items()))
+        print("\n".join(f"{name}=={version}" for name, version in needed(comfyui).items()))
     return 0
 
 
