@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import time
 import urllib.error
 from pathlib import Path
 
@@ -151,6 +152,21 @@ def test_a_row_runs_again_three_times_then_fails_on_its_fourth_worker_death():
     assert batch_ray._worker_died(died, "r0", "ActorDiedError: SIGKILL") == (
         "its worker died 4 times (not run again): ActorDiedError: SIGKILL")
     assert died == {"r0": 4, "r1": 1}
+
+
+def test_the_start_deadline_holds_only_until_a_worker_has_started():
+    """--start-timeout gives up on workers Ray cannot place, while none has started and no row
+    runs; after one has started, a batch longer than the timeout (the default is 600 s) goes on
+    between its rows. Mutations caught: the started-worker guard dropped (such a batch stopped
+    between two rows with "no Ray worker started"); the running-row guard dropped; the deadline
+    compared the other way."""
+    pool = batch_ray._Pool(None, None, {}, print)
+    past, future = time.monotonic() - 1, time.monotonic() + 3600
+    assert batch_ray._none_started_in_time(pool, {}, past)
+    assert not batch_ray._none_started_in_time(pool, {}, future)
+    assert not batch_ray._none_started_in_time(pool, {"ref": "a row"}, past)
+    pool.file_inputs = {("LoadImage", "image")}  # what the first started worker reports
+    assert not batch_ray._none_started_in_time(pool, {}, past)
 
 
 def test_resources_line_reads_cpus_and_gpus():

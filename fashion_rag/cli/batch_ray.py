@@ -239,6 +239,14 @@ class _Pool:
         return len(self.idle) + len(self.starting)
 
 
+def _none_started_in_time(pool: _Pool, running: dict, deadline: float) -> bool:
+    """Whether to give up on the workers: Ray queues an actor whose resources no node has,
+    silently and for ever, so a batch stops with the numbers when not one worker has started by
+    `deadline` (--start-timeout) and no row runs. Once one has started, the deadline is over: the
+    others may queue, and the batch may run for hours with a moment between rows."""
+    return pool.file_inputs is None and not running and time.monotonic() > deadline
+
+
 def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTable, out: Path,
                todo: list[Job], progress: Progress, finished: Callable[[Record], None], stop: Any) -> None:
     """Run `todo` on Ray workers; every row ends in finished() (batch.run's bookkeeping)."""
@@ -287,9 +295,7 @@ def run_on_ray(args: argparse.Namespace, workflow: dict[str, dict], table: JobTa
         died: collections.Counter[str] = collections.Counter()
         deadline = time.monotonic() + args.start_timeout
         while True:
-            # Ray queues an actor whose resources no node has, silently and for ever: give up with the
-            # numbers when not one worker has started in time (once one has, the others may queue).
-            if pool.file_inputs is None and not running and time.monotonic() > deadline:
+            if _none_started_in_time(pool, running, deadline):
                 raise ServerSetupError(
                     f"no Ray worker started within {args.start_timeout:g} s: each asks for 1 CPU and "
                     f"{gpus:g} GPU, the cluster has {_resources(ray.cluster_resources())}; lower "
