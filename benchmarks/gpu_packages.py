@@ -31,6 +31,9 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the pack's library, for the ComfyUI version (stdlib only)
+
+from fashion_rag.comfyui_folder import read_comfyui_version  # noqa: E402
 
 BASE = ("torch", "transformers", "timm")
 # name -> version tested here; why each is needed
@@ -115,21 +118,11 @@ def comfyui_requirements(comfyui: Path) -> dict[str, str]:
     return out
 
 
-def comfyui_version(comfyui: Path) -> str:
-    """`__version__` of ComfyUI's comfyui_version.py ("" where it names none)."""
-    try:
-        text = (comfyui / "comfyui_version.py").read_text()
-    except OSError:
-        return ""
-    found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
-    return found.group(1) if found else ""
-
-
 def needed(comfyui: Path | None) -> dict[str, str]:
     """NEEDED, plus for a ComfyUI at `comfyui` of a version not in PROVEN_WITH those of
     FROM_COMFYUI and STAND_INS its requirements name (None: NEEDED alone)."""
     out = dict(NEEDED)
-    if comfyui is None or comfyui_version(comfyui) in PROVEN_WITH:
+    if comfyui is None or read_comfyui_version(comfyui) in PROVEN_WITH:
         return out
     requirements = comfyui_requirements(comfyui)
     for name in (n for n in (*FROM_COMFYUI, *STAND_INS) if _name(n) in requirements):

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from fashion_rag.cli.comfy_server import PACK_DIR_NAME, PromptFailed
+from fashion_rag.comfyui_folder import read_comfyui_version
 from tools.harness import comfy_path, make_base_dir
 
 
 def comfyui_version(comfy: Path) -> tuple[int, ...]:
     """(major, minor, patch) of the ComfyUI at `comfy`, from its comfyui_version.py."""
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', (comfy / "comfyui_version.py").read_text())
-    if match is None:
+    version = read_comfyui_version(comfy)
+    if version is None:
         raise RuntimeError(f"{comfy}/comfyui_version.py holds no __version__: is it a ComfyUI checkout?")
-    return tuple(int(p) for p in re.findall(r"\d+", match.group(1))[:3])
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
 
 
 class _ServerStub:

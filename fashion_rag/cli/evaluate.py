@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..categories import CATEGORIES
+from ..comfyui_folder import read_comfyui_version
 from ..files import atomic_write, cached_sha256
 from .batch_report import OK, read_summary
 from .evaluate_graph import RESULT_FILE, EvalGraph, GraphError, Sampling, evaluation_graph, model_files
@@ -586,12 +587,7 @@ class _Evaluation:
         folder = self.comfyui or _default_comfyui()
         if folder is None:
             return "unknown (no --comfyui, no COMFYUI_PATH)"
-        try:
-            text = (folder / "comfyui_version.py").read_text(encoding="utf-8")
-        except OSError:
-            return f"unknown ({folder})"
-        found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
-        return f"{found.group(1) if found else 'unknown'} ({folder})"
+        return f"{read_comfyui_version(folder) or 'unknown'} ({folder})"
 
     def write_problems(self) -> None:
         lines = [f"unusable: {p}" for p in self.state.problems]
