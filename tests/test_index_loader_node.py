@@ -77,3 +77,32 @@ def test_other_weights_are_refused_after_the_index_was_loaded_with_its_own(roots
     with pytest.raises(ValueError, match="other_seed.safetensors") as info:
         loader.load_garment_index(path, str(other))
     assert type(info.value).__name__ == "EncoderMismatchError"  # (the pack as ComfyUI imported it)
+
+
+def test_one_weights_file_built_as_two_architectures_gives_each_index_its_own_encoder(roots, tiny_weights):
+    """One weights file, two indexes: one built as the tiny architecture, one as its QuickGELU twin
+    (the same tensors through another activation, as OpenAI's ViT-B-32 file loads both as ViT-B-32
+    and as ViT-B-32-quickgelu). Loaded one after the other in one session, each index gets its own
+    encoder: its queries are what a fresh encoder of its architecture gives, not the other's.
+    Mutation caught (L7): the loader's encoder cache keyed by the weights file alone (`options=()`:
+    the second index was refused as built with another encoder)."""
+    import numpy as np
+
+    from fashion_rag.openclip_encoder import register_config
+    from tools.demo.encoder import TINY_CONFIG
+
+    comfy, built, (root1, _) = roots
+    quick = "fashion-rag-tiny-quickgelu"
+    register_config(quick, {**TINY_CONFIG, "quick_gelu": True})
+    shutil.copytree(built, root1 / "zz_gelu")
+    build_index(scan_catalog(built.parent / "cat"), root1 / "zz_quick", GarmentEncoder(tiny_weights, quick))
+    loader = comfy.pack.nodes.index_loader
+    query = ["a red mini dress"]
+    got = {}
+    for name, arch in (("zz_gelu", TINY_ARCH), ("zz_quick", quick)):
+        index = loader.load_garment_index(loader.index_dir(name), str(tiny_weights))
+        assert index.encoder.name == arch
+        got[arch] = index.encoder.encode_texts(query)
+        fresh = GarmentEncoder(tiny_weights, arch).encode_texts(query)
+        np.testing.assert_allclose(got[arch], fresh, atol=1e-6)
+    assert np.abs(got[TINY_ARCH] - got[quick]).max() > 1e-3  # the two really are other encoders
