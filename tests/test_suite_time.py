@@ -3,7 +3,8 @@
 its cache state (warm, or empty: the venv or the demo weights still to be made) fails here, on
 the next run. Planted mistakes caught: the README's figure cut to a third of a recorded run
 (fails test_recorded_run_is_within_twice_the_readme), the check comparing against the warm figure
-for an empty-cache run or not doubling (fails test_check_*)."""
+for an empty-cache run or not doubling, a run on your own ComfyUI (COMFYUI_PATH) held against
+the figure for .ci/setup's (fails test_check_*)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def over_twice(record: dict, stated: dict[str, float]) -> str | None:
     limit = 2 * 60 * stated[record["cache"]]
     if record["seconds"] <= limit or not record.get("passed", True):  # a failed run times nothing
         return None
+    if record.get("own_comfyui"):  # COMFYUI_PATH: another ComfyUI than the one the README times
+        return None
     return (f"`bash .ci/test` took {record['seconds']} s ({record['cache']} cache, finished "
             f"{record.get('finished')}, load average {record.get('load_average_1_5_15min')}), more than "
             f"twice the README's {stated[record['cache']]} minutes: measure it again on a quiet machine "
@@ -53,6 +56,9 @@ def test_check_doubles_the_figure_for_the_runs_cache_state():
     assert over_twice({"seconds": 700, "cache": "empty"}, stated) is None  # under 2 x 7 min
     assert over_twice({"seconds": 841, "cache": "empty"}, stated) is not None
     assert over_twice({"seconds": 841, "cache": "empty", "passed": False}, stated) is None  # crashed run
+    # A run on your own ComfyUI (COMFYUI_PATH) is not held against the figure for .ci/setup's own.
+    assert over_twice({"seconds": 841, "cache": "empty", "own_comfyui": True}, stated) is None
+    assert over_twice({"seconds": 841, "cache": "empty", "own_comfyui": False}, stated) is not None
 
 
 def test_check_reads_half_minutes():
