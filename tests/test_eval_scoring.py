@@ -252,3 +252,19 @@ def test_retrieval_scores_refuse_what_they_cannot_count():
         retrieval_scores(ranked, relevant, {"q": "shoes"}, ks=(1,))
     assert retrieval_scores(ranked, relevant, {"q": "dresses"}, ks=(1,))[-1] == {
         "category": "all", "queries": 1, "R@1": 1.0, "P@1": 1.0}
+
+
+def test_a_garment_listed_twice_in_a_ranking_is_found_once():
+    """A ranking may name one garment twice (a reference file listing it by its cleaned photo and
+    by its shop photo gives the same id twice); it is one relevant garment found, so P@k stays a
+    share of the relevant garments, at most 1. Hand count, relevant {g1, g2}, ranked g1 g1 x g2:
+    found 1, 1, 1, 2 at k = 1..4 -> P@k 0.5, 0.5, 0.5, 1.0; R@k 1 throughout.
+    Mutation caught: found counted over the ranked list, not the set of its ids (P@2 = 1.0,
+    P@4 = 1.5)."""
+    ranked = {"q": ["g1", "g1", "x", "g2"], "r": ["y", "h1", "h1"]}
+    relevant = {"q": {"g1", "g2"}, "r": {"h1"}}
+    rows = retrieval_scores(ranked, relevant, {"q": "dresses", "r": "dresses"}, ks=(1, 2, 3, 4))
+    assert rows[-1] == pytest.approx({
+        "category": "all", "queries": 2, "R@1": 0.5, "P@1": 0.25, "R@2": 1.0, "P@2": 0.75,
+        "R@3": 1.0, "P@3": 0.75, "R@4": 1.0, "P@4": 1.0})
+    assert all(0.0 <= v <= 1.0 for row in rows for key, v in row.items() if "@" in key)

@@ -497,3 +497,43 @@ def test_a_mask_of_another_size_is_named_width_by_height():
         C.garment_crop(torch.rand(64, 48, 3), torch.ones(64, 40))
     assert str(err.value) == ("the mask is 40x64 but the image is 48x64: score with the mask the image "
                               "was inpainted with")
+
+
+def test_a_mask_value_of_exactly_one_half_is_repainted():
+    """The mask is binarised at 0.5 inclusive (a pixel at exactly 0.5 is repainted), the same way
+    for the box and for the crop's white background: a 0.5 pixel at the box's top-left corner
+    sets the box and keeps its colour; 0.49 inside the box and 0.4999 outside it count as not
+    repainted (white, and no wider box). Box and crop are hand counts on an 11x12 image whose
+    values are off the 8-bit grid.
+    Mutations caught: the box taken from mask > 0.5 (box (5, 4, 8, 6)); the crop's background
+    taken from mask <= 0.5 (the 0.5 corner white)."""
+    image = torch.rand(11, 12, 3, generator=torch.Generator().manual_seed(7)) * 0.9 + 0.001
+    assert not torch.equal(image * 255, (image * 255).round())
+    mask = torch.zeros(11, 12)
+    repainted = [(2, 3), (4, 5), (6, 8)]  # (y, x)
+    for (y, x), v in zip(repainted, (0.5, 0.75, 1.0), strict=True):
+        mask[y, x] = v
+    mask[5, 4], mask[7, 10], mask[0, 0] = 0.49, 0.4999, 0.25
+    assert C.mask_box(mask) == (3, 2, 8, 6)
+    expected = np.ones((5, 6, 3), dtype=np.float32)  # rows 2..6, columns 3..8
+    for y, x in repainted:
+        expected[y - 2, x - 3] = image[y, x].numpy()
+    crop = C.garment_crop(image, mask)
+    np.testing.assert_array_equal(crop.movedim(0, -1).numpy(), expected)
+
+
+def test_an_image_with_an_alpha_channel_is_scored_on_its_colours():
+    """An [H, W, 4] image (RGBA) gives a 3-channel crop of its colour channels, and the CLIP-T
+    square and CLIP-I patches of its RGB part, as the reference's torchvision calls give them.
+    Mutation caught: the crop keeping every channel (a 4-channel crop; CLIP-T's white square
+    cannot take it)."""
+    image = torch.rand(40, 30, 4, generator=torch.Generator().manual_seed(11))
+    mask = torch.zeros(40, 30)
+    mask[5:25, 4:20] = 1.0
+    rgb = image[..., :3]
+    crop = C.garment_crop(image, mask)
+    assert torch.equal(crop, rgb[5:25, 4:20].movedim(-1, 0))
+    torch.testing.assert_close(C.clip_t_input(image, mask), _reference_clip_t_input(rgb, mask).clamp(0, 1))
+    for category in ("upper_body", "lower_body"):
+        expected = _reference_patch(rgb, mask, category, _patch_size(40))
+        assert torch.equal(C.clip_i_patch(image, mask, category), expected)
