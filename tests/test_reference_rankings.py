@@ -36,8 +36,12 @@ def test_a_garment_of_another_category_is_refused(mini, tmp_path):
     ({"pred_files": ["q"]}, "has no 'pred_files' object"),
     ([1, 2], "has no 'pred_files' object"),
     ({"pred_files": {"q": ["dresses/label_maps/052000_4.png"]}}, "is not 'dresses/cleaned_inshop_imgs"),
+    ({"pred_files": {"q": ["dresses/cleaned_inshop_imgs/sub/052000_1_cleaned.jpg"]}},
+     "is not 'dresses/cleaned_inshop_imgs"),
 ])
 def test_malformed_retrieval_files_are_refused(mini, tmp_path, data, message):
+    """Mutation caught (the path one level deeper): the part count checked as at least 3, not
+    exactly 3 (garment "sub" accepted)."""
     (tmp_path / "test_dresses_single.json").write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=message):
         reference_rankings(tmp_path, mini, ("dresses",), 1)
@@ -50,3 +54,14 @@ def test_a_garment_name_with_a_dot_keeps_it_in_its_id(mini, tmp_path):
     got = reference_rankings(folder, mini, ("dresses",), 2)
     assert got.ranked == {("dresses", "a b"): ["052000.v2_1"]}
     assert got.images == {"052000.v2_1": mini / "dresses" / "images" / "052000.v2_1.jpg"}
+
+
+def test_only_a_trailing_cleaned_is_cut_from_the_id(mini, tmp_path):
+    """"<id>_cleaned.jpg" is garment <id>; a "_cleaned" inside the name stays in the id
+    ("052000_cleaned_1.jpg" in images/ is garment "052000_cleaned_1", read from that file).
+    Mutation caught: every "_cleaned" removed from the name (garment "052000_1")."""
+    folder = _files(tmp_path / "r", ["dresses/images/052000_cleaned_1.jpg",
+                                     "dresses/cleaned_inshop_imgs/052001_1_cleaned.jpg"])
+    got = reference_rankings(folder, mini, ("dresses",), 2)
+    assert got.ranked == {("dresses", "a b"): ["052000_cleaned_1", "052001_1"]}
+    assert got.images["052000_cleaned_1"] == mini / "dresses" / "images" / "052000_cleaned_1.jpg"
