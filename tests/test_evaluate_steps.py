@@ -201,6 +201,19 @@ def test_missing_json_files_are_named_with_the_remedy(tmp_path):
     assert str(exc.value) == f"{missing} not found: put the Dress Code-multimodal captions there"
 
 
+def test_a_json_file_that_cannot_be_opened_is_one_pairs_problem(tmp_path):
+    """An OSError other than "not found" on opening a pair's JSON file (here a symlink pointing at
+    itself: ELOOP) is that pair's PairError naming the file, so the run skips the pair instead of
+    stopping on a traceback.
+    Mutation caught: read_json catching ValueError only (the OSError escaped)."""
+    loop = tmp_path / "k.json"
+    loop.symlink_to(loop)
+    with pytest.raises(PairError) as exc:
+        read_json(loop, "keypoints file")
+    assert str(exc.value).startswith(f"keypoints file {loop} is not readable JSON (")
+    assert "\n" not in str(exc.value)
+
+
 def _photo_files(folder: Path) -> None:
     Image.new("RGB", (48, 64), (90, 90, 90)).save(folder / "p.png")
     Image.new("RGB", (30, 40), (200, 30, 40)).save(folder / "g.png")
