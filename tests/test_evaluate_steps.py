@@ -22,8 +22,9 @@ from fashion_rag.cli import evaluate
 from fashion_rag.cli.batch_jobs import load_workflow
 from fashion_rag.cli.evaluate_graph import Sampling, evaluation_graph, model_files
 from fashion_rag.evaluation.own_photos import prepare_photo, read_photo_table
-from fashion_rag.evaluation.pairs import PairError, Problem, read_dataset_json, read_json
+from fashion_rag.evaluation.pairs import PairError, Problem, pose_json, read_dataset_json, read_json
 from fashion_rag.evaluation.report import write_report
+from fashion_rag.inpaint.keypoints import Keypoints
 from tools.harness import REPO
 
 EXAMPLE = REPO / "example_workflows" / "api" / "fashion_rag_text_to_tryon.json"
@@ -199,6 +200,19 @@ def test_missing_json_files_are_named_with_the_remedy(tmp_path):
     with pytest.raises(ValueError) as exc:
         read_dataset_json(missing, "caption file", "put the Dress Code-multimodal captions there")
     assert str(exc.value) == f"{missing} not found: put the Dress Code-multimodal captions there"
+
+
+def test_pose_json_is_in_the_frame_given_width_by_height():
+    """pose_json gives the keypoints in pixels of `size` (width, height), with that canvas:
+    keypoints on a 100x200 canvas, at 50x400, are (x / 2, y * 2) (hand count, off the integer
+    grid); no keypoints give an empty pose on the reference's 384x512 canvas.
+    Mutation caught: the frame passed on as height x width (canvas 400x50, x * 4, y / 4)."""
+    kp = Keypoints(np.array([[10.0 + i, 20.0 + 2 * i] for i in range(18)]), canvas=(100, 200))
+    frame = json.loads(pose_json(kp, (50, 400)))
+    assert (frame["canvas_width"], frame["canvas_height"]) == (50, 400)
+    expected = [v for i in range(18) for v in (5.0 + 0.5 * i, 40.0 + 4.0 * i, 1.0)]
+    assert frame["people"][0]["pose_keypoints_2d"] == pytest.approx(expected, abs=1e-9)
+    assert json.loads(pose_json(None)) == {"people": [], "canvas_width": 384, "canvas_height": 512}
 
 
 def test_a_json_file_that_cannot_be_opened_is_one_pairs_problem(tmp_path):
