@@ -432,6 +432,19 @@ def test_exactly_the_budget_is_allowed():
         check_budget("a test", 1, (16384, 8193), 4, "advice")
 
 
+def test_room_for_exactly_one_frame_says_one_frame_fits():
+    """Two frames of 16384 x 8192 pixels x 4 float32 channels (2^31 bytes each): 4 GiB, one frame
+    fits. The whole message, written out.
+    Mutation caught: `if fit` made `if fit > 1` (it said one frame is already too large)."""
+    from fashion_rag.inpaint.budget import TooLargeError, check_budget
+
+    with pytest.raises(TooLargeError) as err:
+        check_budget("a test", 2, (16384, 8192), 4, "advice")
+    assert str(err.value) == (
+        "a test of 2 frame(s) at 16384x8192 would take 4.00 GiB (4 float32 channels per pixel), more "
+        "than the 2 GiB a node may allocate; at most 1 frame(s) fit at 16384x8192: advice")
+
+
 def test_one_frame_too_large_names_the_pixels_that_fit():
     """2^31 bytes / (21 channels x 4 bytes) = 25,565,281 pixels.
     Mutation caught: the pixel count leaves out the 4 bytes of a float32."""
