@@ -189,3 +189,20 @@ def test_callback_reports_each_step_before_it_moves():
     assert [float(d["x"][0, 0, 0, 0]) for d in seen] == pytest.approx([5.0, 2.18, 0.395], abs=1e-12)
     assert torch.allclose(out, torch.full((1, 1, 2, 2), 0.6813934419111974, dtype=torch.float64),
                           rtol=1e-12, atol=0)
+
+
+def test_the_train_step_count_comes_from_the_schedule():
+    """A schedule of 500 training steps (diffusers' DDIMScheduler with num_train_timesteps=500):
+    10 steps are 451, 401, ..., 1 (ratio 50, not 100), and the sigmas are diffusers' at those
+    timesteps, then at alpha_bar_0.
+    Mutation caught: reference_ddim_sigmas spacing by the constant 1000 instead of the schedule's
+    length (timestep 901 of 0..499: IndexError)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config({**SCHEDULER_CONFIG, "num_train_timesteps": 500})
+    sched.set_timesteps(10)
+    assert sched.timesteps.tolist() == [451, 401, 351, 301, 251, 201, 151, 101, 51, 1]
+    ac = sched.alphas_cumprod.double()
+    a = ac[sched.timesteps.tolist() + [0]]
+    got = ddim.reference_ddim_sigmas(ac, 10).double()
+    assert torch.allclose(got, ((1 - a) / a).sqrt(), rtol=1e-6, atol=0)

@@ -98,3 +98,11 @@ def test_a_pose_of_another_rank_is_refused_even_with_18_channels(shape):
     with pytest.raises(ValueError, match=r"^pose must be FASHION_RAG_POSE \[B, 18, H, W\], got "
                                          + r"\(" + ", ".join(map(str, shape)) + r"\)$"):
         prepare_inputs(torch.rand(1, 16, 24, 3), _mask(1), torch.rand(shape))
+
+
+def test_fewer_prompts_than_people_is_refused():
+    """2 prompts for 3 person images (neither one prompt, one per image, nor one person): refused
+    with both counts, not passed on as a batch whose prompts and people do not pair up.
+    Mutation caught: `prompts == b` made `prompts <= b` (2 prompts for 3 people went through)."""
+    with pytest.raises(ValueError, match=r"^2 prompts \(one per garment\) for 3 person images: give one "):
+        one_person_per_prompt(torch.rand(3, 16, 24, 3), _mask(3)[:, None], None, 2)
