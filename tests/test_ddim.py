@@ -77,12 +77,13 @@ def test_schedule_and_sigmas(scheduler):
 
 
 @pytest.mark.parametrize("steps,denoise,kept", [(7, 0.37, 2), (50, 0.6, 30), (100, 0.29, 28), (13, 0.999, 12),
-                                                (10, 0.05, 0)])
+                                                (10, 0.05, 0), (13, 1.5, 13)])
 def test_partial_schedules_keep_the_steps_diffusers_keeps(scheduler, steps, denoise, kept):
     """denoise < 1 keeps int(steps x denoise) of the last steps (diffusers' strength), also where
-    that product is not whole (2.59, 28.999999999999996, 12.987, 0.5).
+    that product is not whole (2.59, 28.999999999999996, 12.987, 0.5); above 1 (19.5) the whole
+    schedule, as diffusers' get_timesteps caps it at the step count.
     Mutations caught: round() or ceil instead of int() in reference_ddim_sigmas; denoise ignored
-    (failed: yes, each)."""
+    (failed: yes, each); the cap min(..., steps) dropped (1.5 kept the last 6 steps: 13 - 19)."""
     ac = ddim.scaled_linear_alphas_cumprod()
     timesteps = _diffusers_partial(scheduler, steps, denoise)
     assert len(timesteps) == kept  # the literal count, so diffusers' rule itself is pinned too
@@ -152,3 +153,56 @@ def test_zero_final_sigma_returns_x0():
     out = ddim.sample_ddim_reference(lambda x, s: x0, torch.randn(1, 4, 2, 2) * 3,
                                      torch.tensor([3.0, 1.0, 0.0]))
     assert torch.allclose(out, x0)
+
+
+def test_sigmas_read_back_from_float32_sigmas_are_exact(scheduler):
+    """ComfyUI holds a model's sigmas in float32 and the reference sampler reads its alpha_bar back
+    from them: 1 - alpha_bar_0 is 8.5e-4, so alpha_bar = 1 / (1 + sigma^2) rounded to float32
+    (ulp 6e-8) would move the last sigma by ~3e-5. Read back in float64, the schedule stays within
+    1e-6 of diffusers' float64 sigmas, at 50 steps and at 1 step (timestep 1, then alpha_bar_0).
+    Mutation caught: the float64 cast dropped in alphas_cumprod_from_sigmas (failed: rel ~1e-5)."""
+    ac64 = _alphas_cumprod_f64(scheduler)
+    sigmas32 = ((1 - ac64) / ac64).sqrt().float()  # what model_sampling.sigmas holds
+    for steps in (50, 1):
+        scheduler.set_timesteps(steps)
+        got = ddim.reference_ddim_sigmas(ddim.alphas_cumprod_from_sigmas(sigmas32), steps)
+        assert torch.allclose(got.double(), _diffusers_sigmas(scheduler, scheduler.timesteps),
+                              rtol=1e-6, atol=0), steps
+
+
+def test_callback_reports_each_step_before_it_moves():
+    """The callback ComfyUI's preview reads (KSAMPLER passes i, denoised and x on): at step i the
+    sample x before the step, sigma i, and the model's x0 prediction. By hand, sigmas 5, 2, 0.5,
+    0.03 and predictions 0.3, -0.2, 0.7 from x = 5: x goes 5 -> 0.3 + 4.7 x 2/5 = 2.18 ->
+    -0.2 + 2.38 x 0.25 = 0.395 -> 0.7 - 0.305 x 0.06 = 0.6817, returned / sqrt(1 + 0.03^2).
+    Mutations caught: "denoised" reported as x (the preview showing the noisy sample); "sigma"
+    reported as the next sigma."""
+    preds = iter([0.3, -0.2, 0.7])
+    seen = []
+    out = ddim.sample_ddim_reference(lambda x, s: torch.full_like(x, next(preds)),
+                                     torch.full((1, 1, 2, 2), 5.0, dtype=torch.float64),
+                                     torch.tensor([5.0, 2.0, 0.5, 0.03], dtype=torch.float64),
+                                     callback=seen.append)
+    assert [d["i"] for d in seen] == [0, 1, 2]
+    assert [float(d["sigma"]) for d in seen] == [5.0, 2.0, 0.5]
+    assert [float(d["denoised"][0, 0, 1, 1]) for d in seen] == [0.3, -0.2, 0.7]
+    assert [float(d["x"][0, 0, 0, 0]) for d in seen] == pytest.approx([5.0, 2.18, 0.395], abs=1e-12)
+    assert torch.allclose(out, torch.full((1, 1, 2, 2), 0.6813934419111974, dtype=torch.float64),
+                          rtol=1e-12, atol=0)
+
+
+def test_the_train_step_count_comes_from_the_schedule():
+    """A schedule of 500 training steps (diffusers' DDIMScheduler with num_train_timesteps=500):
+    10 steps are 451, 401, ..., 1 (ratio 50, not 100), and the sigmas are diffusers' at those
+    timesteps, then at alpha_bar_0.
+    Mutation caught: reference_ddim_sigmas spacing by the constant 1000 instead of the schedule's
+    length (timestep 901 of 0..499: IndexError)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config({**SCHEDULER_CONFIG, "num_train_timesteps": 500})
+    sched.set_timesteps(10)
+    assert sched.timesteps.tolist() == [451, 401, 351, 301, 251, 201, 151, 101, 51, 1]
+    ac = sched.alphas_cumprod.double()
+    a = ac[sched.timesteps.tolist() + [0]]
+    got = ddim.reference_ddim_sigmas(ac, 10).double()
+    assert torch.allclose(got, ((1 - a) / a).sqrt(), rtol=1e-6, atol=0)

@@ -87,3 +87,22 @@ def test_masked_pixels_and_paste_outside_by_hand():
     soft = torch.tensor([[[[0.25, 0.8]]]])
     want = torch.tensor([[[[0.175, 0.625, 0.3475], [0.22, 0.8, 0.52]]]])
     assert torch.allclose(paste_outside(result, pixels, soft), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 18, 24), (1, 18, 16, 24, 1)])
+def test_a_pose_of_another_rank_is_refused_even_with_18_channels(shape):
+    """A 3-D pose [1, 18, 24] (a row of heatmaps) and a 5-D one [1, 18, 16, 24, 1]: dimension 1
+    is 18 in both, yet neither is [B, 18, H, W]; refused with the shape given.
+    Mutation caught: the rank check (pose.ndim != 4) dropped (the 3-D pose was taken and
+    expanded to [1, 1, 18, 24])."""
+    with pytest.raises(ValueError, match=r"^pose must be FASHION_RAG_POSE \[B, 18, H, W\], got "
+                                         + r"\(" + ", ".join(map(str, shape)) + r"\)$"):
+        prepare_inputs(torch.rand(1, 16, 24, 3), _mask(1), torch.rand(shape))
+
+
+def test_fewer_prompts_than_people_is_refused():
+    """2 prompts for 3 person images (neither one prompt, one per image, nor one person): refused
+    with both counts, not passed on as a batch whose prompts and people do not pair up.
+    Mutation caught: `prompts == b` made `prompts <= b` (2 prompts for 3 people went through)."""
+    with pytest.raises(ValueError, match=r"^2 prompts \(one per garment\) for 3 person images: give one "):
+        one_person_per_prompt(torch.rand(3, 16, 24, 3), _mask(3)[:, None], None, 2)

@@ -342,3 +342,67 @@ def test_reference_ddim_pair_in_sampler_custom_equals_the_inpaint_node(comfy_run
         custom = comfy_nodes.NODE_CLASS_MAPPINGS["SamplerCustom"]  # a V3 node on 0.3.75 and 0.33
         got = custom.execute(model, True, seed, 7.5, p, n, sampler, sigmas, empty).result[0]["samples"]
     assert rel(got, want["samples"]) < 1e-6
+
+
+def test_a_batch_of_people_keeps_a_noise_each_and_its_own_noise_mask(parts):
+    """Two people with a prompt each through Inpaint Conditioning: no batch_index (KSampler then
+    draws a noise per item, as for any batch; only candidates share one), and with noise_mask each
+    person's own binarised mask (the second one 0.7 in a block elsewhere, 0.3 around it).
+    Mutations caught: batch_index set for every batch of more than one (both people got item 0's
+    noise); the noise mask of the first image only."""
+    _, vae, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    other = torch.full_like(mask, 0.3)
+    other[:, 20:44, 4:20] = 0.7
+    two = [[torch.cat([pos[0][0], torch.randn_like(pos[0][0])]), {}]]
+    with torch.inference_mode():
+        p, _, latent = inpaint.FashionRAGInpaintConditioning.execute(
+            two, neg, vae, torch.cat([image, image.flip(2)]), torch.cat([mask, other]), pose=pose,
+            noise_mask=True)
+    assert "batch_index" not in latent and latent["samples"].shape[0] == 2
+    want = torch.zeros(2, 1, H, W)
+    want[0, 0, 12:52, 8:40] = 1.0
+    want[0, 0, 0:8, 0:16] = want[0, 0, 0:8, 32:48] = 1.0  # 0.5 and 0.51 repaint, 0.49 keeps
+    want[1, 0, 20:44, 4:20] = 1.0
+    assert torch.equal(latent["noise_mask"], want)
+    assert torch.equal(_concat(p)[:, :1], want[:, :, ::8, ::8])  # nearest: each cell's top-left pixel
+
+
+def test_candidates_without_a_pose_get_zero_pose_channels_each(parts):
+    """Three prompts (one per garment), one person and no pose: both branches' channels are
+    [3, 23, 8, 6], the same person three times, the pose channels zero.
+    Mutation caught: the zero pose built for a batch of one (torch.cat refused 3 + 1 items)."""
+    _, vae, inpaint = parts
+    image, mask, _, pos, neg = inputs()
+    three = [[torch.cat([pos[0][0], torch.randn_like(pos[0][0]), pos[0][0]]), {}]]
+    with torch.inference_mode():
+        p, n, latent = inpaint.FashionRAGInpaintConditioning.execute(three, neg, vae, image, mask)
+    cp, cn = _concat(p), _concat(n)
+    assert cp.shape == cn.shape == (3, 23, H // 8, W // 8)
+    assert not cp[:, 5:].any() and not cn[:, 5:].any()
+    assert torch.equal(cp[1], cp[0]) and torch.equal(cp[2], cp[0]) and torch.equal(cn, cp)
+    assert latent["batch_index"] == [0, 0, 0]
+
+
+def test_a_vae_of_another_downscale_is_refused(comfy_runtime, parts):
+    """A VAE that downsamples 4x (three encoder levels, not SD's four): 4 latent channels but a
+    16x12 latent for the 64x48 image, refused with the shape and the remedy rather than a raw
+    torch.cat size error. Mutation caught: the latent's spatial check dropped (only the channel
+    count checked)."""
+    import comfy.sd
+    from diffusers import AutoencoderKL
+    from test_inpaint_parity import VAE_CONFIG
+
+    _, _, inpaint = parts
+    image, mask, pose, pos, neg = inputs()
+    dvae = AutoencoderKL(**{**VAE_CONFIG, "block_out_channels": (32, 32, 32),
+                            "down_block_types": ("DownEncoderBlock2D",) * 3,
+                            "up_block_types": ("UpDecoderBlock2D",) * 3})
+    config = {"params": {"embed_dim": 4, "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    vae4 = comfy.sd.VAE(sd={k: v.clone() for k, v in dvae.state_dict().items()}, config=config)
+    with pytest.raises(ValueError, match=r"^The VAE gave latents of shape \(1, 4, 16, 12\); the Fashion-RAG "
+                                         r"UNet needs 4x8x6: use the SD2 \(SD1.x-family\) VAE\.$"), \
+            torch.inference_mode():
+        inpaint.FashionRAGInpaintConditioning.execute(pos, neg, vae4, image, mask, pose=pose)

@@ -432,6 +432,33 @@ def test_exactly_the_budget_is_allowed():
         check_budget("a test", 1, (16384, 8193), 4, "advice")
 
 
+def test_room_for_exactly_one_frame_says_one_frame_fits():
+    """Two frames of 16384 x 8192 pixels x 4 float32 channels (2^31 bytes each): 4 GiB, one frame
+    fits. The whole message, written out.
+    Mutation caught: `if fit` made `if fit > 1` (it said one frame is already too large)."""
+    from fashion_rag.inpaint.budget import TooLargeError, check_budget
+
+    with pytest.raises(TooLargeError) as err:
+        check_budget("a test", 2, (16384, 8192), 4, "advice")
+    assert str(err.value) == (
+        "a test of 2 frame(s) at 16384x8192 would take 4.00 GiB (4 float32 channels per pixel), more "
+        "than the 2 GiB a node may allocate; at most 1 frame(s) fit at 16384x8192: advice")
+
+
+def test_the_frames_that_fit_are_rounded_down():
+    """8192 x 6000 pixels x 4 float32 channels = 786,432,000 bytes a frame: 2^31 / that is 2.73,
+    so 2 frames fit (not 3); 3 frames take 2.20 GiB.
+    Mutation caught: the count of frames that fit rounded to nearest (it said 3 fit)."""
+    from fashion_rag.inpaint.budget import TooLargeError, check_budget
+
+    check_budget("a test", 2, (8192, 6000), 4, "advice")
+    with pytest.raises(TooLargeError) as err:
+        check_budget("a test", 3, (8192, 6000), 4, "advice")
+    assert str(err.value) == (
+        "a test of 3 frame(s) at 8192x6000 would take 2.20 GiB (4 float32 channels per pixel), more "
+        "than the 2 GiB a node may allocate; at most 2 frame(s) fit at 8192x6000: advice")
+
+
 def test_one_frame_too_large_names_the_pixels_that_fit():
     """2^31 bytes / (21 channels x 4 bytes) = 25,565,281 pixels.
     Mutation caught: the pixel count leaves out the 4 bytes of a float32."""
