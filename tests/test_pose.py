@@ -432,31 +432,23 @@ def test_exactly_the_budget_is_allowed():
         check_budget("a test", 1, (16384, 8193), 4, "advice")
 
 
-def test_room_for_exactly_one_frame_says_one_frame_fits():
-    """Two frames of 16384 x 8192 pixels x 4 float32 channels (2^31 bytes each): 4 GiB, one frame
-    fits. The whole message, written out.
-    Mutation caught: `if fit` made `if fit > 1` (it said one frame is already too large)."""
+@pytest.mark.parametrize("frames,size,gib,fit", [(2, (16384, 8192), "4.00", 1), (3, (8192, 6000), "2.20", 2)])
+def test_the_frames_that_fit_are_counted_down_to_exactly_one(frames, size, gib, fit):
+    """The whole message, written out, for frames of 4 float32 channels:
+    - 16384 x 8192 pixels are 2^31 bytes a frame: two take 4 GiB, exactly one fits;
+    - 8192 x 6000 pixels are 786,432,000 bytes a frame: 2^31 / that is 2.73, so 2 fit (not 3),
+      and three take 2.20 GiB (two are allowed).
+    Mutations caught: `if fit` made `if fit > 1` (it said one frame is already too large); the
+    count of frames that fit rounded to nearest (it said 3 fit)."""
     from fashion_rag.inpaint.budget import TooLargeError, check_budget
 
+    check_budget("a test", fit, size, 4, "advice")
     with pytest.raises(TooLargeError) as err:
-        check_budget("a test", 2, (16384, 8192), 4, "advice")
+        check_budget("a test", frames, size, 4, "advice")
+    w, h = size
     assert str(err.value) == (
-        "a test of 2 frame(s) at 16384x8192 would take 4.00 GiB (4 float32 channels per pixel), more "
-        "than the 2 GiB a node may allocate; at most 1 frame(s) fit at 16384x8192: advice")
-
-
-def test_the_frames_that_fit_are_rounded_down():
-    """8192 x 6000 pixels x 4 float32 channels = 786,432,000 bytes a frame: 2^31 / that is 2.73,
-    so 2 frames fit (not 3); 3 frames take 2.20 GiB.
-    Mutation caught: the count of frames that fit rounded to nearest (it said 3 fit)."""
-    from fashion_rag.inpaint.budget import TooLargeError, check_budget
-
-    check_budget("a test", 2, (8192, 6000), 4, "advice")
-    with pytest.raises(TooLargeError) as err:
-        check_budget("a test", 3, (8192, 6000), 4, "advice")
-    assert str(err.value) == (
-        "a test of 3 frame(s) at 8192x6000 would take 2.20 GiB (4 float32 channels per pixel), more "
-        "than the 2 GiB a node may allocate; at most 2 frame(s) fit at 8192x6000: advice")
+        f"a test of {frames} frame(s) at {w}x{h} would take {gib} GiB (4 float32 channels per pixel), more "
+        f"than the 2 GiB a node may allocate; at most {fit} frame(s) fit at {w}x{h}: advice")
 
 
 def test_one_frame_too_large_names_the_pixels_that_fit():
