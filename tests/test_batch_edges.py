@@ -14,12 +14,21 @@ import io
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from fashion_rag.cli import main
-from fashion_rag.cli.batch_jobs import JobError, convert, map_columns, read_jobs
+from fashion_rag.cli.batch_jobs import JobError, build_prompt, convert, load_workflow, map_columns, read_jobs
+from fashion_rag.cli.batch_outputs import (
+    RowFolderError,
+    _label,
+    check_row_folder,
+    output_images,
+    read_scores,
+    sweep_partials,
+)
 from fashion_rag.cli.batch_report import Progress, Record, read_summary, write_summary
 
 NO_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
@@ -220,3 +229,258 @@ def test_unreachable_server_exits_2_and_keeps_the_earlier_records(tmp_path, caps
     back = read_summary(out / "summary.csv")
     assert {r: (back[r].status, back[r].error) for r in "ab"} == {"a": ("skipped", ""),
                                                                    "b": ("failed", "out of memory")}
+
+
+# --- the job table: columns, ids, headers and digests the tests above leave out ------------------
+
+def test_class_columns_skip_links_and_bad_headers_are_counted_from_1():
+    """Mutations caught in batch_jobs: a ClassType.input column also setting a node of that type
+    where the input is a link (the row's cell would replace the graph's wiring); the list of
+    settable inputs cut with '...' at exactly 30 (`>= 30`) instead of past 30; a header-less
+    column numbered from 0 ("column 1" for the second column)."""
+    wf = {"1": {"class_type": "X", "inputs": {"text": "a"}},
+          "2": {"class_type": "X", "inputs": {"text": ["1", 0]}}}
+    assert map_columns(wf, ["X.text"])[0].targets == (("1", "text"),)
+
+    thirty = ", ".join(f"i{n:02d}" for n in range(30))  # i00, ..., i29
+    wf = {"1": {"class_type": "Y", "inputs": {f"i{n:02d}": n for n in range(30)}}}
+    with pytest.raises(JobError) as err:
+        map_columns(wf, ["nope"])
+    assert f"'nope': no node has an input 'nope' (settable: {thirty})" in str(err.value)
+    wf["1"]["inputs"]["i30"] = 30
+    with pytest.raises(JobError) as err:
+        map_columns(wf, ["nope"])
+    assert f"(settable: {thirty}, ...)" in str(err.value) and "i30" not in str(err.value)
+
+    with pytest.raises(JobError, match="column 2 has no header"):
+        map_columns(_workflow(), ["id", "", "k"])
+
+
+def test_ids_hidden_or_with_control_characters_a_bom_and_spaced_headers(tmp_path):
+    """Mutations caught in batch_jobs: an id with a leading dot accepted (a hidden row folder, and
+    one named like the batch's own '.<id>.<8>.partial' folders); an id holding a control character
+    (a tab, \\x1f) accepted; the job table read as plain utf-8 (a spreadsheet's byte-order mark
+    then glued to the first header: '\\ufeffid' matches no input); headers not stripped (' k ')."""
+    for bad in (".hidden", "a\tb", "a\x1fb"):
+        with pytest.raises(JobError, match=r"line 2: id .* cannot be a folder name"):
+            _read(tmp_path, [["id", "k"], [bad, "1"]])
+    ok = _read(tmp_path, [["id", "k"], ["v1.2", "1"], ["a b", "2"]])  # an inner dot, a space (\x20)
+    assert [j.id for j in ok.jobs] == ["v1.2", "a b"]
+
+    (tmp_path / "jobs.csv").write_bytes(b"\xef\xbb\xbfid,k\r\na,1\r\n")  # Excel's "CSV UTF-8"
+    table = read_jobs(tmp_path / "jobs.csv", _workflow())
+    assert [(j.id, j.cells) for j in table.jobs] == [("a", {"k": "1"})]
+
+    table = _read(tmp_path, [[" id ", " k "], ["a", "1"]])
+    assert [(j.id, j.cells) for j in table.jobs] == [("a", {"k": "1"})]
+
+
+def test_a_changed_workflow_or_a_replaced_home_photo_is_a_changed_row(tmp_path, monkeypatch):
+    """Mutations caught in batch_jobs: the workflow left out of a row's digest (a resumed run with
+    an edited workflow would keep every earlier row); a '~/...' cell stamped without expanding
+    the home folder (no file found: the replaced photo's row never runs again)."""
+    rows = [["id", "text"], ["a", "a blue coat"]]
+    path = _write_csv(tmp_path / "jobs.csv", rows)
+    same = read_jobs(path, _workflow()).jobs[0].digest
+    assert read_jobs(path, _workflow()).jobs[0].digest == same
+    edited = _workflow()
+    edited["1"]["inputs"]["k"] = 3  # a setting no column touches
+    assert read_jobs(path, edited).jobs[0].digest != same
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "me.png").write_bytes(b"1")
+    rows = [["id", "person"], ["a", "~/me.png"]]
+    before = _read(tmp_path, rows).jobs[0].digest
+    (home / "me.png").write_bytes(b"22")
+    assert _read(tmp_path, rows).jobs[0].digest != before
+
+
+class _NoSuchFile(JobError):
+    """A file cell's own error (as batch_files.FileCellError is)."""
+
+
+def test_a_file_cells_error_names_its_row_and_column_and_keeps_its_type(tmp_path):
+    """Mutation caught in batch_jobs: build_prompt re-raising file_value's JobError as it is (the
+    summary's error then says 'no file me.png' without the row or the column)."""
+    table = _read(tmp_path, [["id", "person"], ["a", "me.png"]])
+    asked = []
+
+    def uploaded(target, value):
+        asked.append((target, value))
+        return f"uploads/{value}"
+
+    prompt = build_prompt(_workflow(), table, table.jobs[0], uploaded)
+    assert asked == [(("4", "image"), "me.png")] and prompt["4"]["inputs"]["image"] == "uploads/me.png"
+
+    def missing(target, value):
+        raise _NoSuchFile(f"no file {value}")
+
+    with pytest.raises(_NoSuchFile, match=r"^row 'a', column 'person': no file me\.png$"):
+        build_prompt(_workflow(), table, table.jobs[0], missing)
+
+
+@pytest.mark.parametrize("data", [{}, {"1": {"class_type": "SaveImage", "inputs": {}}, "2": "oops"},
+                                  {"1": {"class_type": "SaveImage", "inputs": {}}, "2": {"inputs": {}}}],
+                         ids=["empty", "a-string-node", "a-node-without-class_type"])
+def test_an_empty_or_partly_broken_workflow_is_refused(tmp_path, data):
+    """Mutations caught in batch_jobs: an empty workflow ({}) accepted (every row would queue an
+    empty prompt); a workflow accepted when any (not every) node has a class_type (the next
+    step then fails with a TypeError or KeyError instead of this message)."""
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(JobError, match="is not an API-format workflow"):
+        load_workflow(path)
+
+
+# --- row folders and the images a row keeps (batch_outputs), without a server --------------------
+
+def test_a_marker_for_another_row_is_not_this_rows_folder(tmp_path):
+    """Mutation caught in batch_outputs: any marker accepted (`"row" in data`), whatever row it
+    names: OUT/b, made by batch for row a, would be replaced by row b's images."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ".fashion_rag_batch").write_text(json.dumps({"row": "a"}))
+    with pytest.raises(RowFolderError, match="was not made by fashion-rag batch for row 'b'"):
+        check_row_folder(tmp_path, "b")
+    check_row_folder(tmp_path, "absent")  # no folder yet: fine
+
+
+def test_sweep_removes_only_the_partial_folders_batch_made(tmp_path):
+    """Half-fetched row folders named as tempfile.mkdtemp names them (8 random characters) are
+    removed when marked for their row or empty; anything else is left. Mutations caught in
+    batch_outputs: the partial-name pattern not matching mkdtemp's 8 characters (`{6}`: a killed
+    run's folders are never swept); every partial-named folder removed, marked or not (a user's
+    folder with files deleted)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = Path(tempfile.mkdtemp(prefix=".r1.", suffix=".partial", dir=out))
+    (ours / ".fashion_rag_batch").write_text(json.dumps({"row": "r1"}))
+    (ours / "result.png").write_bytes(b"png")
+    empty = Path(tempfile.mkdtemp(prefix=".r2.", suffix=".partial", dir=out))
+    users = out / ".r3.abcdefgh.partial"  # named like one, but not marked and not empty
+    users.mkdir()
+    (users / "keep.txt").write_text("mine")
+    other = Path(tempfile.mkdtemp(prefix=".r4.", suffix=".partial", dir=out))
+    (other / ".fashion_rag_batch").write_text(json.dumps({"row": "r9"}))  # marked for another row
+    (other / "x.png").write_bytes(b"png")
+    seven = out / ".r5.abcdefg.partial"  # 7 characters: not a name mkdtemp gives
+    seven.mkdir()
+    (out / "r6").mkdir()  # a row folder
+    sweep_partials(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".r3.abcdefgh.partial", other.name, ".r5.abcdefg.partial", "r6"])
+    assert not ours.exists() and not empty.exists()
+    sweep_partials(tmp_path / "missing")  # no output folder yet: nothing to do
+
+
+def test_kept_images_their_order_labels_and_scores():
+    """output_images, _label and read_scores on one history entry. Mutations caught in
+    batch_outputs: node ids that are not numbers ordered first (`(0, id)`) instead of after the
+    numbered ones; PreviewImage's temp images dropped (only type "output" kept); the label taken
+    from the prefix's first folder ("a" for "a/b/result"); plain-number scores ignored."""
+    workflow = {
+        "10": {"class_type": "SaveImage", "inputs": {"filename_prefix": "a/b/result"}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "fashion_rag/"}},
+        "x": {"class_type": "PreviewImage", "inputs": {}},
+        "12": {"class_type": "PreviewImage", "inputs": {}},
+        "3": {"class_type": "FashionRAGMaskPreview", "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": " / "}},
+    }
+    entry = {"outputs": {
+        "x": {"images": [{"filename": "p.png", "type": "temp"}]},
+        "12": {"images": [{"filename": "q.png", "type": "temp"}, {"type": "temp"}, "junk"]},
+        "3": {"images": [{"filename": "m.png", "type": "temp"}]},
+        "10": {"images": [{"filename": "r.png", "type": "output"}], "fashion_rag_scores": [3]},
+        "9": {"images": [{"filename": "s.png", "type": "output"}],
+              "fashion_rag_scores": [{"score": 0.5, "garment": "g1"}, 0.25, {"score": "high"}, "x"]},
+        "2": {"images": []},
+    }}
+    kept = output_images(workflow, entry)
+    assert list(kept) == ["9", "10", "12", "x"]
+    assert kept["12"] == [{"filename": "q.png", "type": "temp"}]
+    assert kept["x"] == [{"filename": "p.png", "type": "temp"}]
+    assert [_label(workflow, n) for n in ("10", "9", "2", "12", "77")] == [
+        "result", "fashion_rag", "SaveImage_2", "PreviewImage_12", "node_77"]
+    assert read_scores(entry) == [{"node": "9", "score": 0.5, "garment": "g1"}, {"node": "9", "score": 0.25},
+                                  {"node": "10", "score": 3}]
+
+
+# --- the summary CSV and the progress display, the remaining edges -------------------------------
+
+def test_summary_without_scores_zero_seconds_and_a_row_without_id(tmp_path):
+    """Mutations caught in batch_report: a scores column written when no row has scores; 0.0
+    seconds written as an empty cell (`if not r.seconds`: read back as None); a hand-edited row
+    with its id emptied read as a record with id ''."""
+    path = tmp_path / "summary.csv"
+    write_summary(path, [Record("a", "ok", 0.0, ["a/x.png"], "", [], "d")])
+    rows = list(csv.reader(path.open()))
+    assert rows == [["id", "status", "seconds", "outputs", "error", "digest"],
+                    ["a", "ok", "0.00", "a/x.png", "", "d"]]
+    assert read_summary(path)["a"].seconds == 0.0
+
+    _write_csv(path, [["id", "status", "seconds", "outputs", "error", "digest"],
+                      ["", "ok", "1", "x.png", "", "d"], ["b", "ok", "1", "b/x.png", "", "d"]])
+    assert list(read_summary(path)) == ["b"]
+
+
+def test_eta_with_workers_running_rows_side_by_side(monkeypatch, capsys):
+    """Two Ray workers start rows a and b 1 s apart; they finish 10 s later, 1 s apart. The ETA
+    counts wall time between finishes (10 s, then 1 s: 11 s for 2 rows, 2 left -> 0:11), not each
+    row's own 10 s. Mutations caught in batch_report: the clock restarted by the second row's
+    start (`if self.done == 0:`: 9 s for the first row, ETA 0:27); the rows' own seconds counted
+    with several workers (ETA 0:20)."""
+    now = _clock(monkeypatch)
+    progress = Progress(4, sys.stderr)
+    progress.workers = 2
+    progress.start_row("a")
+    now[0] = 101.0
+    progress.start_row("b")
+    now[0] = 110.0
+    progress.finish_row(Record("a", "ok", 10.0))
+    now[0] = 111.0
+    progress.finish_row(Record("b", "ok", 10.0))
+    assert capsys.readouterr().err == ("[1/4] a: ok in 10.0s  (ETA 0:30)\n"
+                                       "[2/4] b: ok in 10.0s  (ETA 0:11)\n")
+
+
+def test_terminal_bar_notes_throttle_and_a_skipped_row(monkeypatch):
+    """On a terminal: a note before any row draws no bar; draw() while a row runs redraws at most
+    every 0.5 s; a skipped row (no seconds) earns a line and is not counted failed. Mutations
+    caught in batch_report: the bar drawn under a note with no row running (`if self.tty:`);
+    the 0.5 s throttle dropped; a row that is not ok counted failed (`!= OK`); a skipped row
+    only moving the bar (`!= FAILED`); a row without seconds failing the display (`:.1f` of
+    None)."""
+    now = _clock(monkeypatch)
+    term = _Terminal()
+    progress = Progress(3, term)
+    progress.note("batch: starting ComfyUI")
+    progress.start_row("a")
+    now[0] = 100.3
+    progress.draw()  # 0.3 s after the last frame: not redrawn
+    now[0] = 100.6
+    progress.draw()
+    now[0] = 104.0
+    progress.finish_row(Record("a", "skipped"))
+    progress.close()
+    assert term.getvalue().split("\r\x1b[K") == [
+        "",
+        "batch: starting ComfyUI\n",
+        "[------------------------] 0/3  ok 0  failed 0  0:00 elapsed  ETA --:--  row a",
+        "[------------------------] 0/3  ok 0  failed 0  0:01 elapsed  ETA --:--  row a",
+        "[1/3] a: skipped in 0.0s\n",
+        "[########----------------] 1/3  ok 0  failed 0  0:04 elapsed  ETA 0:08\n"]
+
+
+def test_a_long_row_id_cuts_the_bar_at_200_characters(monkeypatch):
+    """What is written for the bar is cut at 200 characters: the 4 of the line erase ("\\r\\x1b[K"),
+    77 before the id here, so 119 of a 150-character id. Mutation caught in batch_report: the
+    cut made at 120."""
+    _clock(monkeypatch)
+    term = _Terminal()
+    progress = Progress(1, term)
+    progress.start_row("y" * 150)
+    frame = term.getvalue().split("\r\x1b[K")[1]
+    bar = "[------------------------] 0/1  ok 0  failed 0  0:00 elapsed  ETA --:--  row "
+    assert frame == bar + "y" * 119
+    assert len(frame) == 196
