@@ -484,3 +484,16 @@ def test_a_long_row_id_cuts_the_bar_at_200_characters(monkeypatch):
     bar = "[------------------------] 0/1  ok 0  failed 0  0:00 elapsed  ETA --:--  row "
     assert frame == bar + "y" * 119
     assert len(frame) == 196
+
+
+def test_a_64_bit_seed_cell_is_kept_exactly():
+    """A whole-number cell past 2**53 (ComfyUI's seeds go to 2**64 - 1) is the number typed, not
+    the nearest float: the old code read every int cell through float(), so 2**64 - 1 became
+    2**64 (out of KSampler's range) and 123456789012345678 silently became ...680 (another seed).
+    Mutation caught in batch_jobs: the exact int() reading dropped (every cell through float)."""
+    assert convert("18446744073709551615", 0, "c") == 18446744073709551615  # 2**64 - 1
+    assert convert("9007199254740993", 0, "c") == 9007199254740993  # 2**53 + 1
+    assert convert("123456789012345678", 0, "c") == 123456789012345678
+    assert convert("-7", 0, "c") == -7 and convert("2.0", 0, "c") == 2 and convert("1e3", 0, "c") == 1000
+    with pytest.raises(JobError, match=r"c: '3\.5' is not a whole number"):
+        convert("3.5", 0, "c")

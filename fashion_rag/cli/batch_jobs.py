@@ -248,7 +248,11 @@ def convert(value: str, current: Any, where: str) -> Any:
         raise JobError(f"{where}: {value!r} is not true/false")
     if isinstance(current, int):
         try:
-            number = float(value)
+            return int(value)  # exact however large: a 64-bit seed is past float's 2**53
+        except ValueError:
+            pass
+        try:
+            number = float(value)  # "2.0", "1e3"
         except ValueError:
             number = None
         if number is None or not number.is_integer():
