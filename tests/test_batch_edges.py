@@ -497,3 +497,63 @@ def test_a_64_bit_seed_cell_is_kept_exactly():
     assert convert("-7", 0, "c") == -7 and convert("2.0", 0, "c") == 2 and convert("1e3", 0, "c") == 1000
     with pytest.raises(JobError, match=r"c: '3\.5' is not a whole number"):
         convert("3.5", 0, "c")
+
+
+def test_seed_alias_skips_linked_seeds_and_titles_are_read_from_a_dict_only():
+    """Mutations caught in batch_jobs: the `seed` column also setting a seed input that is a link
+    (a KSampler fed by a seed node: the cell would cut the graph's wiring); a node's `_meta` read
+    as a title whenever it is truthy (a hand-written `"_meta": "person"` then fails with an
+    AttributeError instead of being no title)."""
+    wf = {"1": {"class_type": "Seed", "inputs": {"seed": 5}},
+          "2": {"class_type": "KSampler", "inputs": {"seed": ["1", 0], "steps": 2}}}
+    assert map_columns(wf, ["seed"])[0].targets == (("1", "seed"),)
+
+    wf = {"4": {"class_type": "LoadImage", "inputs": {"image": "a.png"}, "_meta": "person"},
+          "6": {"class_type": "LoadImage", "inputs": {"image": "b.png"}, "_meta": {"title": "person"}}}
+    assert map_columns(wf, ["person"])[0].targets == (("6", "image"),)
+
+
+def test_a_dangling_link_named_like_a_row_is_not_its_folder(tmp_path):
+    """OUT/<id> a symbolic link to nothing: refused like any folder batch did not make (the row
+    fails with RowFolderError). Mutation caught in batch_outputs: `final.exists()` for
+    `os.path.lexists(final)` (a dangling link looks absent; replacing it later fails with an
+    OSError, which stops the whole batch instead of failing the row)."""
+    (tmp_path / "r").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RowFolderError, match="already exists and was not made by fashion-rag batch"):
+        check_row_folder(tmp_path, "r")
+
+
+def test_summary_log_lines_that_are_json_but_no_record_are_skipped(tmp_path):
+    """A hand-edited summary.log.jsonl: lines that parse as JSON but are no record ({} without an
+    id, a list, a number, a string) are skipped like a torn line. Mutation caught in
+    batch_report: only ValueError caught (TypeError / AttributeError then stop the batch before
+    any row runs)."""
+    path = tmp_path / "summary.csv"
+    write_summary(path, [Record("a", "failed", 1.0, [], "earlier")])
+    (tmp_path / "summary.log.jsonl").write_bytes(
+        b'{}\n[1, 2]\n7\n"text"\n{"id": "b", "status": "ok", "seconds": 1.0}\n')
+    back = read_summary(path)
+    assert back == {"a": Record("a", "failed", 1.0, [], "earlier"), "b": Record("b", "ok", 1.0)}
+
+
+def test_terminal_bar_floors_its_fill_and_shows_each_new_row_at_once(monkeypatch):
+    """Seven rows, two done within half a second: the bar is 6 of 24 filled (24 x 2/7 = 6.86,
+    never rounded up: a full bar only when every row is done), and row b is shown as it starts
+    even 0.1 s after the last frame. Mutations caught in batch_report: the fill rounded (7 of
+    24); start_row's draw throttled like a running row's (row b never shown)."""
+    now = _clock(monkeypatch)
+    term = _Terminal()
+    progress = Progress(7, term)
+    progress.start_row("a")
+    now[0] = 100.2
+    progress.finish_row(Record("a", "ok", 0.2))
+    now[0] = 100.3
+    progress.start_row("b")
+    now[0] = 100.4
+    progress.finish_row(Record("b", "ok", 0.1))
+    assert term.getvalue().split("\r\x1b[K") == [
+        "",
+        "[------------------------] 0/7  ok 0  failed 0  0:00 elapsed  ETA --:--  row a",
+        "[###---------------------] 1/7  ok 1  failed 0  0:00 elapsed  ETA 0:01",
+        "[###---------------------] 1/7  ok 1  failed 0  0:00 elapsed  ETA 0:01  row b",
+        "[######------------------] 2/7  ok 2  failed 0  0:00 elapsed  ETA 0:01"]
