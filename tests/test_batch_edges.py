@@ -557,3 +557,19 @@ def test_terminal_bar_floors_its_fill_and_shows_each_new_row_at_once(monkeypatch
         "[###---------------------] 1/7  ok 1  failed 0  0:00 elapsed  ETA 0:01",
         "[###---------------------] 1/7  ok 1  failed 0  0:00 elapsed  ETA 0:01  row b",
         "[######------------------] 2/7  ok 2  failed 0  0:00 elapsed  ETA 0:01"]
+
+
+def test_dotted_node_ids_and_class_names_an_ID_header_and_the_log_as_an_id(tmp_path):
+    """Mutations caught in batch_jobs: a NODE_ID.input / ClassType.input header split at its
+    first dot (a node id or class name holding a dot then matches nothing); a header 'ID' taken
+    for the id column (it is not: read_jobs reads 'id' only, so the ids would silently be row
+    numbers; it must be refused as an unknown input); the id 'summary.log.jsonl' allowed (a row
+    folder where the run's log of finished rows goes)."""
+    wf = {"my.node": {"class_type": "Pack.Loader", "inputs": {"text": "x"}}}
+    cols = map_columns(wf, ["my.node.text", "Pack.Loader.text"])
+    assert [(c.header, c.targets) for c in cols] == [("my.node.text", (("my.node", "text"),)),
+                                                      ("Pack.Loader.text", (("my.node", "text"),))]
+    with pytest.raises(JobError, match="'ID': no node has an input 'ID'"):
+        map_columns(_workflow(), ["ID", "k"])
+    with pytest.raises(JobError, match=r"line 2: id 'Summary\.Log\.jsonl' cannot be a folder name"):
+        _read(tmp_path, [["id", "k"], ["Summary.Log.jsonl", "1"]])
