@@ -1,7 +1,12 @@
 """Second mutation pass over the on-disk index format (ondisk.py): the manifest's checks at their
 boundaries, the pointer and marker records, and what a build keeps. Each test names the planted
 mistake it catches; expected values are literals worked out by hand (sizes, counts, names) or by
-json / hashlib directly, never the pack's own constants."""
+json / hashlib directly, never the pack's own constants.
+
+Planted and left uncaught as equivalent: map_file's size check made `< size` (open_regular,
+bounded by that size, already refuses a larger file); read_faiss reading `n` bytes unbounded by
+the size it took from fstat (only a file growing after its checked open could differ, and FAISS
+asks for the bytes its structure names)."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from fashion_rag.retrieval.catalog import scan_catalog
 from fashion_rag.retrieval.ondisk import (
     IndexFormatError,
     OutDirError,
+    build_command,
     build_lock,
     clean_stale,
     parse_manifest,
@@ -313,3 +319,79 @@ def test_a_killed_first_builds_pointer_temp_file_is_a_builds_but_a_folder_so_nam
     (out / ".index.json.ab12cd34.tmp").mkdir()
     with pytest.raises(OutDirError, match=r"not a garment index \('.index.json.ab12cd34.tmp'\)"):
         prepare_out(out, catalog)
+
+
+@pytest.mark.parametrize("key", ["catalog_root", "catalog_root_relative"])
+def test_a_manifest_naming_a_catalog_folder_by_either_key_is_refused(built, key):
+    """Format 3's catalog_root or catalog_root_relative (the relative one alone too) in an
+    otherwise good manifest. Mutation caught: only catalog_root looked for (a manifest naming
+    its catalog by catalog_root_relative accepted)."""
+    message = _parse(built, lambda m: m.update({key: "../catalog"}))
+    assert message is not None and "it names a catalog folder (catalog_root)" in message, message
+
+
+@pytest.mark.parametrize("pad, refused", [(0, False), (1, True)])
+def test_a_pointer_file_is_read_up_to_4096_bytes(built, tmp_path, pad, refused):
+    """index.json padded with spaces (valid JSON still) to exactly 4096 bytes loads; to 4097 it
+    is refused unparsed. Mutation caught: the records' bound made 40960 bytes."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    text = (copy_dir / "index.json").read_text().rstrip("\n")
+    (copy_dir / "index.json").write_text(text + " " * (4096 - len(text) + pad))
+    assert (copy_dir / "index.json").stat().st_size == 4096 + pad
+    if refused:
+        with pytest.raises(IndexFormatError, match="4097 bytes, more than the 4096 allowed"):
+            resolve_version(copy_dir)
+    else:
+        assert resolve_version(copy_dir).version == json.loads(text)["current"]
+
+
+def test_the_rebuild_command_quotes_a_folder_with_a_space():
+    """An index folder with a space is quoted, so the command can be pasted as it is; the
+    placeholders stay bare. Mutation caught: quoting keyed on a tab instead of a space."""
+    assert build_command("/data/my index") == ("python -m fashion_rag index build --catalog <images folder> "
+                                               "--out '/data/my index' --weights <encoder weights>")
+
+
+@pytest.mark.parametrize("length, kept", [(300, True), (301, False)])
+def test_the_rebuild_command_shows_a_path_of_up_to_300_characters(length, kept):
+    """A path of 300 characters is shown; of 301 (a damaged manifest's value must not flood the
+    hint) the placeholder stands in. Mutation caught: the 300-character bound dropped from _arg."""
+    path = "/" + "a" * (length - 1)
+    shown = path if kept else "<index>"
+    assert build_command(path).endswith(f"--out {shown} --weights <encoder weights>")
+
+
+def test_a_catalog_inside_an_index_folder_is_refused(built, tmp_path, demo_source):
+    """A catalog copied into a built index's folder (where the index's own check would let
+    anything else stay): --out refused, naming the catalog inside it. Mutation caught: only the
+    catalog being the output folder itself refused (`catalog == out` for
+    `catalog.is_relative_to(out)`)."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    catalog = Path(shutil.copytree(demo_source, copy_dir / "shop" / "catalog"))
+    with pytest.raises(OutDirError, match=r"The catalog .*catalog is inside the output folder \(--out\)"):
+        prepare_out(copy_dir, catalog)
+
+
+def test_a_damaged_folder_encoder_record_still_gets_a_rebuild_command(built):
+    """A model-folder record (config_sha256 set) whose weights_path is null: refused for its type,
+    and the hint falls back to the record's name with a placeholder for the weights. Mutation
+    caught: the str test dropped from _source (Path(None) raised TypeError while the refusal
+    was being worded)."""
+    def edit(m):
+        m["encoder"].update(config_sha256="a" * 64, weights_path=None)
+
+    message = _parse(built, edit)
+    assert message is not None and "encoder.weights_path is NoneType, not str" in message, message
+    assert message.endswith("--encoder fashion-rag-tiny --weights <encoder weights>"), message
+
+
+def test_a_long_duplicate_id_is_named_by_its_first_60_characters(built):
+    """Items 0 and 1 both get a 61-character id: the refusal names its first 60 characters.
+    Mutation caught: the id cut at 6 characters (`dup[:6]`)."""
+    def edit(m):
+        m["items"]["ids"][0] = m["items"]["ids"][1] = "g" * 61
+
+    message = _parse(built, edit)
+    assert message is not None and f"items.ids lists {'g' * 60!r} twice" in message, message
