@@ -31,6 +31,7 @@ from fashion_rag.retrieval.ondisk import (
     parse_manifest,
     prepare_out,
     read_manifest,
+    read_version,
     resolve_version,
     temp_folder,
     write_version,
@@ -395,3 +396,46 @@ def test_a_long_duplicate_id_is_named_by_its_first_60_characters(built):
 
     message = _parse(built, edit)
     assert message is not None and f"items.ids lists {'g' * 60!r} twice" in message, message
+
+
+def test_a_manifest_of_another_format_is_refused(built):
+    """format "other-index" in an otherwise good manifest. Mutation caught: the format's value not
+    compared (`"format" not in data`): another tool's manifest of the same shape was accepted."""
+    message = _parse(built, lambda m: m.update(format="other-index"))
+    assert message is not None and "is not a Fashion-RAG garment index manifest" in message, message
+
+
+def test_a_pointer_naming_a_file_instead_of_a_folder_is_an_incomplete_index(built, tmp_path):
+    """The version the pointer names is a file (a folder expected): IndexFormatError "is incomplete",
+    not a bare NotADirectoryError. Mutation caught: _retrying catching FileNotFoundError alone."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    name = "v-20250101T000000Z-0000cccc"
+    (copy_dir / name).write_text("not a folder")
+    (copy_dir / "index.json").write_text(json.dumps({"format": "fashion-rag-garment-index", "current": name}))
+    with pytest.raises(IndexFormatError, match="is incomplete"):
+        read_manifest(copy_dir)
+
+
+def test_the_callers_check_runs_before_any_data_file_is_hashed(built, tmp_path):
+    """embeddings.npy damaged (last byte flipped) and a check that refuses the manifest (as the
+    encoder check does): the check's refusal comes first, the checksum is never reached. Mutation
+    caught: verify_files moved before check() in read_version (a mismatched encoder was reported
+    as a damaged file, after hashing every file)."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    emb = resolve_version(copy_dir).data_dir / "embeddings.npy"
+    raw = bytearray(emb.read_bytes())
+    raw[-1] ^= 0xFF
+    emb.write_bytes(bytes(raw))
+
+    class Refused(Exception):
+        pass
+
+    def check(manifest):
+        raise Refused
+
+    with pytest.raises(Refused):
+        read_version(copy_dir, check, lambda stored: None)
+    with pytest.raises(IndexFormatError, match="embeddings.npy does not match the checksum"):
+        read_version(copy_dir, lambda manifest: None, lambda stored: None)
