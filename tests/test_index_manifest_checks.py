@@ -439,3 +439,47 @@ def test_the_callers_check_runs_before_any_data_file_is_hashed(built, tmp_path):
         read_version(copy_dir, check, lambda stored: None)
     with pytest.raises(IndexFormatError, match="embeddings.npy does not match the checksum"):
         read_version(copy_dir, lambda manifest: None, lambda stored: None)
+
+
+def test_a_builds_work_folder_is_private_until_published(built, tmp_path):
+    """Under umask 022 a build's temp folder is 0700 (a half-written version is no one else's to
+    read). Mutation caught: temp_folder made 0755."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    old = os.umask(0o022)
+    try:
+        with build_lock(copy_dir) as lock, temp_folder(lock) as tmp:
+            assert stat.S_IMODE(tmp.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_a_builds_cleanup_deletes_a_killed_pointer_writes_temp_file(built, tmp_path):
+    """".index.json.ab12cd34.tmp" (the temp file of a pointer write a kill interrupted) beside a
+    built index: a build's cleanup deletes it and names it. Mutation caught: clean_stale's pointer
+    temp branch dropped (`elif False:`): the file stayed."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    (copy_dir / ".index.json.ab12cd34.tmp").write_text("{")
+    with build_lock(copy_dir) as lock:
+        removed, alone = clean_stale(lock)
+    assert (removed, alone) == ([".index.json.ab12cd34.tmp"], [])
+    assert not (copy_dir / ".index.json.ab12cd34.tmp").exists()
+
+
+def test_a_fifo_in_place_of_the_lock_file_is_refused_unread(built, tmp_path):
+    """.build.lock replaced by a FIFO holding a well-formed lock record (kept open here, so a read
+    would not block): build_lock refuses it as not a build's, before reading it. Mutation caught:
+    build_lock's regular-file check dropped (the FIFO was read as the lock record, then written)."""
+    out, _ = built
+    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
+    (copy_dir / ".build.lock").unlink()
+    os.mkfifo(copy_dir / ".build.lock")
+    fd = os.open(copy_dir / ".build.lock", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        record = {"format": "fashion-rag-garment-index", "build": "0123456789abcdef"}
+        os.write(fd, json.dumps(record).encode())
+        with pytest.raises(OutDirError, match=r"not a garment index \('.build.lock'\)"), build_lock(copy_dir):
+            pass
+    finally:
+        os.close(fd)
