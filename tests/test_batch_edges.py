@@ -145,6 +145,12 @@ def _clock(monkeypatch) -> list[float]:
     return now
 
 
+def _bar(monkeypatch, rows: int) -> tuple[list[float], _Terminal, Progress]:
+    """The clock at 100 s (set now[0] to move it), a terminal, and a bar of `rows` rows on it."""
+    term = _Terminal()
+    return _clock(monkeypatch), term, Progress(rows, term)
+
+
 def test_progress_lines_name_the_error_and_count_the_time_between_rows(monkeypatch, capsys):
     """Mutations caught in batch_report: a failed row's line without its error; the clock
     restarted at every row (`if not self.current:`), which leaves the time between rows (summary,
@@ -166,9 +172,7 @@ def test_progress_lines_name_the_error_and_count_the_time_between_rows(monkeypat
 def test_progress_bar_on_a_terminal(monkeypatch):
     """Mutation caught in batch_report: the bar filled one row ahead (`self.done + 1`): a quarter
     of it before any row finished."""
-    now = _clock(monkeypatch)
-    term = _Terminal()
-    progress = Progress(4, term)
+    now, term, progress = _bar(monkeypatch, 4)
     progress.start_row("a")
     now[0] = 110.0
     progress.finish_row(Record("a", "ok", 10.0))
@@ -451,9 +455,7 @@ def test_terminal_bar_notes_throttle_and_a_skipped_row(monkeypatch):
     the 0.5 s throttle dropped; a row that is not ok counted failed (`!= OK`); a skipped row
     only moving the bar (`!= FAILED`); a row without seconds failing the display (`:.1f` of
     None)."""
-    now = _clock(monkeypatch)
-    term = _Terminal()
-    progress = Progress(3, term)
+    now, term, progress = _bar(monkeypatch, 3)
     progress.note("batch: starting ComfyUI")
     progress.start_row("a")
     now[0] = 100.3
@@ -476,9 +478,7 @@ def test_a_long_row_id_cuts_the_bar_at_200_characters(monkeypatch):
     """What is written for the bar is cut at 200 characters: the 4 of the line erase ("\\r\\x1b[K"),
     77 before the id here, so 119 of a 150-character id. Mutation caught in batch_report: the
     cut made at 120."""
-    _clock(monkeypatch)
-    term = _Terminal()
-    progress = Progress(1, term)
+    _, term, progress = _bar(monkeypatch, 1)
     progress.start_row("y" * 150)
     frame = term.getvalue().split("\r\x1b[K")[1]
     bar = "[------------------------] 0/1  ok 0  failed 0  0:00 elapsed  ETA --:--  row "
@@ -541,9 +541,7 @@ def test_terminal_bar_floors_its_fill_and_shows_each_new_row_at_once(monkeypatch
     never rounded up: a full bar only when every row is done), and row b is shown as it starts
     even 0.1 s after the last frame. Mutations caught in batch_report: the fill rounded (7 of
     24); start_row's draw throttled like a running row's (row b never shown)."""
-    now = _clock(monkeypatch)
-    term = _Terminal()
-    progress = Progress(7, term)
+    now, term, progress = _bar(monkeypatch, 7)
     progress.start_row("a")
     now[0] = 100.2
     progress.finish_row(Record("a", "ok", 0.2))
