@@ -48,6 +48,12 @@ def built(tmp_path_factory, tiny_weights, demo_source):
     return out, json.loads((data_dir / "manifest.json").read_text())
 
 
+@pytest.fixture
+def copy_dir(built, tmp_path) -> Path:
+    """A copy of the built index to change (the module's index itself stays as built)."""
+    return Path(shutil.copytree(built[0], tmp_path / "idx"))
+
+
 def _parse(built, edit):
     """The built manifest edited by `edit`, parsed: None if accepted, else the refusal's text."""
     out, good = built
@@ -193,13 +199,11 @@ def test_more_than_six_problems_name_six_and_count_the_rest(built):
     assert message is not None and "(and 2 more);" in message, message
 
 
-def test_a_marker_listing_three_names_is_not_a_builds(built, tmp_path):
+def test_a_marker_listing_three_names_is_not_a_builds(copy_dir):
     """A dead build's folder whose marker lists three names (its temp name and two version names:
     a build writes one or two) is left alone by a build's cleanup, its user file kept; the same
     folder with two names is deleted. Mutation caught: Marker.valid allowing three names
     (`<= 3` for `<= 2`): the three-name folder was deleted."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     dead = "0123456789abcdef"
     versions = ["v-20250101T000000Z-0000aaaa", "v-20250101T000000Z-0000bbbb"]
     for folder, names in ((f".tmp-{dead}-00000002", versions[:1]), (f".tmp-{dead}-00000003", versions)):
@@ -213,12 +217,10 @@ def test_a_marker_listing_three_names_is_not_a_builds(built, tmp_path):
     assert (copy_dir / f".tmp-{dead}-00000003" / "data").read_text() == "a user's file"
 
 
-def test_write_version_refuses_a_folder_made_without_a_version_name(built, tmp_path):
+def test_write_version_refuses_a_folder_made_without_a_version_name(copy_dir):
     """A temp_folder(version=False) handed to write_version: ValueError naming the folder, the
     pointer unchanged. Mutation caught: the two-names check dropped from write_version
     (`marker.names[1]` then raised IndexError)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     pointer = (copy_dir / "index.json").read_bytes()
     with build_lock(copy_dir) as lock, temp_folder(lock) as tmp:
         with pytest.raises(ValueError, match="is not a version folder of this build"):
@@ -237,13 +239,11 @@ def _publish(copy_dir: Path) -> str:
         return write_version(lock, tmp, read_manifest(copy_dir))
 
 
-def test_a_published_version_is_readable_by_other_users_under_umask_022(built, tmp_path):
+def test_a_published_version_is_readable_by_other_users_under_umask_022(copy_dir):
     """Under umask 022 the published version folder is 0755 (x wherever r) and its files 0644,
     so a ComfyUI running as another user reads the index (these tests may run as root, where
     modes are not enforced: only the bits tell). Mutation caught: the folder's bits shifted by
     one (`>> 1`: 0666, no x, a folder other users cannot enter)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     old = os.umask(0o022)
     try:
         version = _publish(copy_dir)
@@ -253,15 +253,13 @@ def test_a_published_version_is_readable_by_other_users_under_umask_022(built, t
     assert {stat.S_IMODE(p.stat().st_mode) for p in (copy_dir / version).iterdir()} == {0o644}
 
 
-def test_a_version_that_keeps_vanishing_fails_as_incomplete_after_three_tries(built, tmp_path):
+def test_a_version_that_keeps_vanishing_fails_as_incomplete_after_three_tries(copy_dir):
     """Every try finds its version gone (a FileNotFoundError) and a newer one in the pointer: three
     tries, then IndexFormatError "is incomplete" naming the missing file (never an internal
     error). Mutation caught: `attempt < _LOAD_ATTEMPTS` for `attempt + 1 < ...` in _retrying (the
     third try went on, and the loop ended in AssertionError("unreachable"))."""
     from fashion_rag.retrieval.ondisk import _retrying
 
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     tries: list[str] = []
 
     def load(ver):
@@ -274,14 +272,12 @@ def test_a_version_that_keeps_vanishing_fails_as_incomplete_after_three_tries(bu
     assert len(tries) == 3 and len(set(tries)) == 3
 
 
-def test_only_an_empty_marker_makes_an_unmarked_folder_the_last_builds(built, tmp_path):
+def test_only_an_empty_marker_makes_an_unmarked_folder_the_last_builds(copy_dir):
     """The lock file names a dead build; two folders are named after it: one holding only an empty
     .build.json (killed while writing it: deleted when the next build takes the lock), one holding
     only a .build.json of other bytes (not a marker a build writes: kept). Mutation caught: the
     empty-size condition dropped from _left_by (any lone .build.json file made the folder the
     dead build's, and it was deleted)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     dead = "0123456789abcdef"
     (copy_dir / ".build.lock").write_text(json.dumps({"format": "fashion-rag-garment-index", "build": dead}))
     for folder, content in ((f".tmp-{dead}-0000000e", b""), (f".tmp-{dead}-0000000f", b"{not a marker")):
@@ -332,11 +328,9 @@ def test_a_manifest_naming_a_catalog_folder_by_either_key_is_refused(built, key)
 
 
 @pytest.mark.parametrize("pad, refused", [(0, False), (1, True)])
-def test_a_pointer_file_is_read_up_to_4096_bytes(built, tmp_path, pad, refused):
+def test_a_pointer_file_is_read_up_to_4096_bytes(pad, refused, copy_dir):
     """index.json padded with spaces (valid JSON still) to exactly 4096 bytes loads; to 4097 it
     is refused unparsed. Mutation caught: the records' bound made 40960 bytes."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     text = (copy_dir / "index.json").read_text().rstrip("\n")
     (copy_dir / "index.json").write_text(text + " " * (4096 - len(text) + pad))
     assert (copy_dir / "index.json").stat().st_size == 4096 + pad
@@ -363,13 +357,11 @@ def test_the_rebuild_command_shows_a_path_of_up_to_300_characters(length, kept):
     assert build_command(path).endswith(f"--out {shown} --weights <encoder weights>")
 
 
-def test_a_catalog_inside_an_index_folder_is_refused(built, tmp_path, demo_source):
+def test_a_catalog_inside_an_index_folder_is_refused(demo_source, copy_dir):
     """A catalog copied into a built index's folder (where the index's own check would let
     anything else stay): --out refused, naming the catalog inside it. Mutation caught: only the
     catalog being the output folder itself refused (`catalog == out` for
     `catalog.is_relative_to(out)`)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     catalog = Path(shutil.copytree(demo_source, copy_dir / "shop" / "catalog"))
     with pytest.raises(OutDirError, match=r"The catalog .*catalog is inside the output folder \(--out\)"):
         prepare_out(copy_dir, catalog)
@@ -405,11 +397,9 @@ def test_a_manifest_of_another_format_is_refused(built):
     assert message is not None and "is not a Fashion-RAG garment index manifest" in message, message
 
 
-def test_a_pointer_naming_a_file_instead_of_a_folder_is_an_incomplete_index(built, tmp_path):
+def test_a_pointer_naming_a_file_instead_of_a_folder_is_an_incomplete_index(copy_dir):
     """The version the pointer names is a file (a folder expected): IndexFormatError "is incomplete",
     not a bare NotADirectoryError. Mutation caught: _retrying catching FileNotFoundError alone."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     name = "v-20250101T000000Z-0000cccc"
     (copy_dir / name).write_text("not a folder")
     (copy_dir / "index.json").write_text(json.dumps({"format": "fashion-rag-garment-index", "current": name}))
@@ -417,13 +407,11 @@ def test_a_pointer_naming_a_file_instead_of_a_folder_is_an_incomplete_index(buil
         read_manifest(copy_dir)
 
 
-def test_the_callers_check_runs_before_any_data_file_is_hashed(built, tmp_path):
+def test_the_callers_check_runs_before_any_data_file_is_hashed(copy_dir):
     """embeddings.npy damaged (last byte flipped) and a check that refuses the manifest (as the
     encoder check does): the check's refusal comes first, the checksum is never reached. Mutation
     caught: verify_files moved before check() in read_version (a mismatched encoder was reported
     as a damaged file, after hashing every file)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     emb = resolve_version(copy_dir).data_dir / "embeddings.npy"
     raw = bytearray(emb.read_bytes())
     raw[-1] ^= 0xFF
@@ -441,11 +429,9 @@ def test_the_callers_check_runs_before_any_data_file_is_hashed(built, tmp_path):
         read_version(copy_dir, lambda manifest: None, lambda stored: None)
 
 
-def test_a_builds_work_folder_is_private_until_published(built, tmp_path):
+def test_a_builds_work_folder_is_private_until_published(copy_dir):
     """Under umask 022 a build's temp folder is 0700 (a half-written version is no one else's to
     read). Mutation caught: temp_folder made 0755."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     old = os.umask(0o022)
     try:
         with build_lock(copy_dir) as lock, temp_folder(lock) as tmp:
@@ -454,12 +440,10 @@ def test_a_builds_work_folder_is_private_until_published(built, tmp_path):
         os.umask(old)
 
 
-def test_a_builds_cleanup_deletes_a_killed_pointer_writes_temp_file(built, tmp_path):
+def test_a_builds_cleanup_deletes_a_killed_pointer_writes_temp_file(copy_dir):
     """".index.json.ab12cd34.tmp" (the temp file of a pointer write a kill interrupted) beside a
     built index: a build's cleanup deletes it and names it. Mutation caught: clean_stale's pointer
     temp branch dropped (`elif False:`): the file stayed."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     (copy_dir / ".index.json.ab12cd34.tmp").write_text("{")
     with build_lock(copy_dir) as lock:
         removed, alone = clean_stale(lock)
@@ -467,12 +451,10 @@ def test_a_builds_cleanup_deletes_a_killed_pointer_writes_temp_file(built, tmp_p
     assert not (copy_dir / ".index.json.ab12cd34.tmp").exists()
 
 
-def test_a_fifo_in_place_of_the_lock_file_is_refused_unread(built, tmp_path):
+def test_a_fifo_in_place_of_the_lock_file_is_refused_unread(copy_dir):
     """.build.lock replaced by a FIFO holding a well-formed lock record (kept open here, so a read
     would not block): build_lock refuses it as not a build's, before reading it. Mutation caught:
     build_lock's regular-file check dropped (the FIFO was read as the lock record, then written)."""
-    out, _ = built
-    copy_dir = Path(shutil.copytree(out, tmp_path / "idx"))
     (copy_dir / ".build.lock").unlink()
     os.mkfifo(copy_dir / ".build.lock")
     fd = os.open(copy_dir / ".build.lock", os.O_RDWR | os.O_NONBLOCK)
